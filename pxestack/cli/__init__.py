@@ -1,0 +1,57 @@
+"""The ``pxestack`` command line.
+
+Subcommands live in their own modules, each with a ``register(subparsers)`` function:
+``serve`` (everything the config file enables), the quick modes ``dhcp``, ``tftp`` and
+``http``, and ``ctl`` (the mayuctl-style client).  Exit status: 0 success, 1 runtime
+failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pxestack import __version__
+
+#: Subcommand modules under ``pxestack.cli``, in the order ``--help`` lists them.
+SUBCOMMANDS = ("serve",)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="pxestack",
+        description="A pure-Python network-boot stack: DHCP, proxyDHCP, TFTP, HTTP and "
+        "mayu-style provisioning.",
+    )
+    parser.add_argument("--version", action="version", version=f"pxestack {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"pxestack.cli.{name}")
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    status: int = args.func(args)
+    return status
+
+
+def entry_point() -> None:
+    """Console-script entry: ``sys.exit(main())``."""
+    sys.exit(main())
+
+
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]

@@ -1,0 +1,40 @@
+"""The ``http:`` section of the configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pxestack.config._reader import Section
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """Settings of the HTTP service (boot scripts, assets, API)."""
+
+    enabled: bool = True
+    listen: tuple[str, int] = ("0.0.0.0", 8080)
+    #: The base URL machines use to reach this service (put in DHCP replies and scripts).
+    public_url: str | None = None
+    assets_root: Path | None = None
+    max_connections: int = 1024
+    max_connections_per_client: int = 16
+    idle_timeout: float = 60.0
+
+
+def read_http(section: Section) -> HttpConfig:
+    """Validate the ``http:`` mapping."""
+    public_url = section.str("public_url", None)
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        section.problem("public_url", f"{public_url!r} is not an http:// or https:// URL")
+    config = HttpConfig(
+        enabled=section.bool("enabled", True),
+        listen=section.listen("listen", ("0.0.0.0", 8080)),
+        public_url=public_url.rstrip("/") if public_url else None,
+        assets_root=section.path("assets_root", None),
+        max_connections=section.int("max_connections", 1024, minimum=1),
+        max_connections_per_client=section.int("max_connections_per_client", 16, minimum=1),
+        idle_timeout=section.float("idle_timeout", 60.0, minimum=1.0),
+    )
+    section.finish()
+    return config

@@ -1,0 +1,1 @@
+"""HTTP: iPXE script rendering (pure), twisted.web resources and the site builder."""

@@ -1,0 +1,74 @@
+"""Service composition: turn a :class:`~pxestack.config.Config` into one ``IService`` tree.
+
+:func:`build_service` is the single place where the protocol servers are put together, so
+``pxestack serve``, ``twistd pxestack`` and ``.tac`` files all run the same tree.  The
+provisioning layer sits above this one: it passes its :class:`BootPolicy`, TFTP file source
+and HTTP resources in through :class:`Extensions` instead of being imported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application import service
+
+from pxestack.config import Config
+
+
+@dataclass
+class Extensions:
+    """What a higher layer (provisioning, an embedder) plugs into the protocol servers.
+
+    Every field is optional; ``None`` means "use the built-in default".
+    """
+
+    #: A :class:`pxestack.dhcp.policy.BootPolicy`.
+    boot_policy: Any = None
+    #: A :class:`pxestack.tftp.source.FileSource` for the TFTP server.
+    tftp_source: Any = None
+    #: Extra twisted.web resources, by first path segment (e.g. ``{b"admin": resource}``).
+    http_children: dict[bytes, Any] = field(default_factory=dict)
+    #: Services to run beside the protocol servers (for example a store flusher).
+    services: list[service.IService] = field(default_factory=list)
+
+
+class PxeStackService(service.MultiService):
+    """The root of pxestack's service tree; stopping it closes every port and flushes state."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.setName("pxestack")
+
+
+def build_service(
+    config: Config,
+    extensions: Extensions | None = None,
+    *,
+    reactor: Any = None,
+) -> PxeStackService:
+    """Build the service tree for every section *config* enables."""
+    ext = extensions or Extensions()
+    root = PxeStackService(config)
+    for extra in ext.services:
+        extra.setServiceParent(root)
+    if config.dhcp is not None:
+        from pxestack.service.dhcp import build_dhcp_services
+
+        for child in build_dhcp_services(config, ext, reactor=reactor):
+            child.setServiceParent(root)
+    if config.tftp is not None:
+        from pxestack.service.tftp import build_tftp_services
+
+        for child in build_tftp_services(config, ext, reactor=reactor):
+            child.setServiceParent(root)
+    if config.http is not None:
+        from pxestack.service.http import build_http_services
+
+        for child in build_http_services(config, ext, reactor=reactor):
+            child.setServiceParent(root)
+    return root
+
+
+__all__ = ["Extensions", "PxeStackService", "build_service"]

@@ -1,0 +1,1 @@
+"""Wire codecs: bytes to frozen values and back.  dpkt is used only inside this package."""
