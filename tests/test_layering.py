@@ -2,12 +2,12 @@
 
 Layers, bottom to top:
 
-0. ``pxestack`` (the version only), ``pxestack._types``, ``pxestack.errors``
+0. ``pxestack`` (the version only), ``pxestack._types``, ``pxestack.errors``, ``pxestack.paths``
 1. ``pxestack.wire`` (bytes <-> values; the only place dpkt may be imported)
 2. sans-IO cores: ``pxestack.dhcp.*`` and ``pxestack.tftp.*`` except ``protocol``, plus
    ``pxestack.http.ipxe``
 3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol``, the rest of
-   ``pxestack.http``, ``pxestack.netif``
+   ``pxestack.http``, ``pxestack.netif``, ``pxestack.ra``
 4. composition: ``pxestack.config``, ``pxestack.service``
 5. ``pxestack.provision``
 6. ``pxestack.app``, ``pxestack.tap``, ``pxestack.cli``, the twistd dropin
@@ -28,7 +28,7 @@ SANS_IO_EXCEPTIONS = {"pxestack.dhcp.protocol", "pxestack.tftp.protocol"}
 
 def layer_of(module: str) -> int | None:
     """The layer number of a pxestack module, or None for modules outside pxestack."""
-    if module in ("pxestack", "pxestack._types", "pxestack.errors"):
+    if module in ("pxestack", "pxestack._types", "pxestack.errors", "pxestack.paths"):
         return 0
     if module in SANS_IO_EXCEPTIONS or module.startswith(tuple(m + "." for m in SANS_IO_EXCEPTIONS)):
         return 3
@@ -39,6 +39,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.http.ipxe", 2),
         ("pxestack.http", 3),
         ("pxestack.netif", 3),
+        ("pxestack.ra", 3),
         ("pxestack.testing", 3),
         ("pxestack.config", 4),
         ("pxestack.service", 4),
