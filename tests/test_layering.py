@@ -45,6 +45,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.service", 4),
         ("pxestack.provision", 5),
         ("pxestack.app", 6),
+        ("pxestack.__main__", 6),
         ("pxestack.tap", 6),
         ("pxestack.cli", 6),
     ]

@@ -1,0 +1,152 @@
+"""The ``pxestack`` command line: version, help everywhere, config errors, clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pxestack import __version__
+from pxestack.cli import SUBCOMMANDS, build_parser, main
+
+PXESTACK = [sys.executable, "-m", "pxestack"]
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pxestack {__version__}"
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "serve" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    assert info.value.code == 0
+    assert f"usage: pxestack {command}" in capsys.readouterr().out
+
+
+def test_config_with_three_mistakes_names_all_three_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "dhcp:\n"
+        "  pools:\n"
+        "    - {subnet: 10.0.0.0/24, start: 10.0.0.300, end: 10.0.0.20}\n"
+        "tftp:\n"
+        "  max_blksize: 70000\n"
+        "htp:\n"
+        "  listen: 0.0.0.0:80\n"
+    )
+    result = subprocess.run(
+        [*PXESTACK, "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == f"pxestack: 3 problem(s) in {path}:"
+    assert lines[1:] == [
+        "  dhcp.pools[0].start: '10.0.0.300' is not an IPv4 address",
+        "  tftp.max_blksize: 70000 is above the maximum 65464",
+        "  htp: unknown key",
+    ]
+
+
+def test_check_accepts_the_quickstart(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*PXESTACK, "serve", "--check"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+
+
+def free_config(tmp_path: Path) -> Path:
+    """A config like the quickstart but on ephemeral ports, so tests never collide."""
+    path = tmp_path / "pxestack.yaml"
+    path.write_text(
+        "state_dir: state\n"
+        "dhcp:\n"
+        "  listen: 127.0.0.1:0\n"
+        "  proxy_port: 0\n"
+        "  server_address: 127.0.0.1\n"
+        "  pools: [{subnet: 127.0.0.0/8, start: 127.0.10.10, end: 127.0.10.20}]\n"
+        "tftp: {listen: '127.0.0.1:0', root: tftproot}\n"
+        "http: {listen: '127.0.0.1:0', public_url: 'http://127.0.0.1:8080'}\n"
+    )
+    return path
+
+
+def wait_for_line(proc: subprocess.Popen[str], needle: str, count: int, timeout: float) -> list[str]:
+    """Read stderr lines until *needle* was seen *count* times."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    hits = 0
+    while hits < count and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        hits += needle in line
+    assert hits >= count, "".join(seen)
+    return seen
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_shuts_down_cleanly_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    config = free_config(tmp_path)
+    proc = subprocess.Popen(
+        [*PXESTACK, "serve", "--config", str(config)], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # DHCP, TFTP and HTTP each log one "listening on" line when their port is open.
+        wait_for_line(proc, "listening on", 3, timeout=60)
+        started = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "pxestack stopped" in err
+    assert elapsed < 2.0, f"shutdown took {elapsed:.2f}s"
+
+
+def test_json_log_format(tmp_path: Path) -> None:
+    config = free_config(tmp_path)
+    proc = subprocess.Popen(
+        [*PXESTACK, "serve", "--config", str(config), "--log-format", "json"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = wait_for_line(proc, "listening on", 3, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = [json.loads(line) for line in lines if line.strip()]
+    assert any(e.get("log_format", "").startswith("listening on") for e in events)
+    assert all("log_level" in e for e in events)
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run([*PXESTACK, "--version"], capture_output=True, text=True,
+                            timeout=60, check=False, env={**os.environ})
+    assert result.stdout.strip() == f"pxestack {__version__}"
