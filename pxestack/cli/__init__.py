@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pxestack import __version__
 
 #: Subcommand modules under ``pxestack.cli``, in the order ``--help`` lists them.
-SUBCOMMANDS = ("serve",)
+SUBCOMMANDS = ("serve", "http")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

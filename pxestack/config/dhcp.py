@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 from pxestack.config._reader import Section
 
 DHCP_MODES = ("server", "proxy")
+
+_MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
+_HEX_OCTETS = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2})*$")
+
+
+def mac_bytes(text: str) -> bytes:
+    """``aa:bb:cc:dd:ee:ff`` (validated by the config reader) as six octets."""
+    return bytes.fromhex(text.replace(":", "").replace("-", ""))
+
+
+def client_id_bytes(text: str) -> bytes:
+    """A reservation's ``client_id``: colon-separated hex octets, else the text's UTF-8 bytes.
+
+    ``01:52:54:00:12:34:56`` is what dhclient and iPXE send (type 1 + MAC); a plain string
+    matches clients configured with a textual identifier.
+    """
+    lowered = text.lower()
+    if _HEX_OCTETS.match(lowered):
+        return bytes.fromhex(lowered.replace(":", ""))
+    return text.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,11 +43,16 @@ class PoolConfig:
     dns: tuple[IPv4Address, ...] = ()
     domain: str | None = None
     lease_time: int | None = None
+    ntp: tuple[IPv4Address, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ReservationConfig:
-    """A fixed address for one client, matched by MAC or by client identifier."""
+    """A fixed address for one client, matched by MAC or by client identifier.
+
+    ``mac`` is normalised to lower-case ``aa:bb:cc:dd:ee:ff``; see :func:`client_id_bytes`
+    for ``client_id``.
+    """
 
     address: IPv4Address
     mac: str | None = None
@@ -55,6 +82,7 @@ class DhcpConfig:
 
     enabled: bool = True
     mode: str = "server"
+    #: Interfaces to serve, one socket each (SO_BINDTODEVICE); empty = just ``listen``.
     interfaces: tuple[str, ...] = ()
     listen: tuple[str, int] = ("0.0.0.0", 67)
     proxy_port: int = 4011
@@ -63,8 +91,23 @@ class DhcpConfig:
     offer_hold: int = 30
     pools: tuple[PoolConfig, ...] = ()
     reservations: tuple[ReservationConfig, ...] = ()
+    #: Relay agents (giaddr) whose requests are answered; others are dropped (D9).
     relays: tuple[IPv4Address, ...] = ()
     boot: BootConfig = field(default_factory=BootConfig)
+    #: Key leases on the client identifier (RFC 2131 §4.2) instead of chaddr.
+    match_client_id: bool = False
+    #: NAK requests for addresses this server does not know in its own subnets.
+    authoritative: bool = False
+    #: Cap on offers held at once (bad-inputs.md D10).
+    max_offers: int = 4096
+    #: How long a DECLINEd address is quarantined, in seconds (RFC 2131 §4.3.3).
+    decline_quarantine: int = 600
+    #: The lease journal (default: ``<state_dir>/dhcp-leases.journal``).
+    lease_file: Path | None = None
+    #: fdatasync the journal before every DHCPACK (turn off only on tmpfs or for tests).
+    fsync: bool = True
+    #: Unicast replies to address-less clients as raw frames (AF_PACKET, needs root).
+    raw_replies: bool = True
 
 
 def _read_pool(section: Section, default_lease: int) -> PoolConfig | None:
@@ -79,6 +122,7 @@ def _read_pool(section: Section, default_lease: int) -> PoolConfig | None:
         dns=section.ipv4_list("dns"),
         domain=section.str("domain", None),
         lease_time=section.int("lease_time", None, minimum=60),
+        ntp=section.ipv4_list("ntp"),
     )
     section.finish()
     if subnet is None or start is None or end is None:
@@ -92,13 +136,24 @@ def _read_pool(section: Section, default_lease: int) -> PoolConfig | None:
 
 
 def _read_reservation(section: Section) -> ReservationConfig | None:
+    mac = section.str("mac", None)
+    if mac is not None:
+        if _MAC.match(mac.lower()):
+            mac = mac.lower().replace("-", ":")
+        else:
+            section.problem("mac", f"{mac!r} is not a MAC address such as 52:54:00:12:34:56")
+            mac = None
+    client_id = section.str("client_id", None)
+    if client_id is not None and not client_id:
+        section.problem("client_id", "is empty")
+        client_id = None
     reservation = ReservationConfig(
         address=section.ipv4("address"),
-        mac=section.str("mac", None),
-        client_id=section.str("client_id", None),
+        mac=mac,
+        client_id=client_id,
         hostname=section.str("hostname", None),
     )
-    if reservation.mac is None and reservation.client_id is None:
+    if not section.has("mac") and not section.has("client_id"):
         section.problem("mac", "a reservation needs mac or client_id")
     section.finish()
     return reservation if reservation.address is not None else None
@@ -143,8 +198,38 @@ def read_dhcp(section: Section) -> DhcpConfig:
         reservations=reservations,
         relays=section.ipv4_list("relays"),
         boot=_read_boot(section.mapping("boot")),
+        match_client_id=section.bool("match_client_id", False),
+        authoritative=section.bool("authoritative", False),
+        max_offers=section.int("max_offers", 4096, minimum=1, maximum=1_000_000),
+        decline_quarantine=section.int("decline_quarantine", 600, minimum=0),
+        lease_file=section.path("lease_file", None),
+        fsync=section.bool("fsync", True),
+        raw_replies=section.bool("raw_replies", True),
     )
     if config.mode == "server" and config.enabled and not section.has("pools"):
         section.problem("pools", "server mode needs at least one pool (or use mode: proxy)")
+    _check_reservations(section, config)
     section.finish()
     return config
+
+
+def _check_reservations(section: Section, config: DhcpConfig) -> None:
+    """Reservations must be unique and lie inside a configured subnet."""
+    seen_addresses: set[IPv4Address] = set()
+    seen_keys: set[tuple[str, str]] = set()
+    for index, reservation in enumerate(config.reservations):
+        where = f"reservations[{index}]"
+        if reservation.address in seen_addresses:
+            section.problem(f"{where}.address", f"'{reservation.address}' is reserved twice")
+        seen_addresses.add(reservation.address)
+        for kind, value in (("mac", reservation.mac), ("client_id", reservation.client_id)):
+            if value is not None:
+                if (kind, value) in seen_keys:
+                    section.problem(f"{where}.{kind}", f"{value!r} has two reservations")
+                seen_keys.add((kind, value))
+        if config.mode == "server" and config.pools and not any(
+            reservation.address in pool.subnet for pool in config.pools
+        ):
+            section.problem(
+                f"{where}.address", f"'{reservation.address}' is not inside any pool's subnet"
+            )

@@ -20,6 +20,14 @@ class HttpConfig:
     max_connections: int = 1024
     max_connections_per_client: int = 16
     idle_timeout: float = 60.0
+    #: Seconds a client may accept no body byte before its transfer is dropped.
+    stall_timeout: float = 30.0
+    #: Bytes of request line plus headers accepted per request.
+    max_header_bytes: int = 16384
+    #: ``Cache-Control`` of assets: 0 = ``no-cache`` (revalidate by ETag), N = ``max-age=N``.
+    cache_max_age: int = 0
+    #: Use ``os.sendfile`` for asset bodies where possible (false forces plain reads).
+    sendfile: bool = True
 
 
 def read_http(section: Section) -> HttpConfig:
@@ -35,6 +43,10 @@ def read_http(section: Section) -> HttpConfig:
         max_connections=section.int("max_connections", 1024, minimum=1),
         max_connections_per_client=section.int("max_connections_per_client", 16, minimum=1),
         idle_timeout=section.float("idle_timeout", 60.0, minimum=1.0),
+        stall_timeout=section.float("stall_timeout", 30.0, minimum=1.0),
+        max_header_bytes=section.int("max_header_bytes", 16384, minimum=1024, maximum=1048576),
+        cache_max_age=section.int("cache_max_age", 0, minimum=0),
+        sendfile=section.bool("sendfile", True),
     )
     section.finish()
     return config

@@ -1,11 +1,116 @@
-"""The ``provision:`` section of the configuration (mayu's concepts)."""
+"""The ``provision:`` section of the configuration (mayu's concepts).
+
+The keys follow mayu's ``config.yaml`` (see ``docs/provisioning.md`` for the full mapping and
+:mod:`pxestack.provision.mayu_import` for reading an existing mayu file):
+
+* ``default_os_version`` is mayu's ``default_coreos_version`` / ``default_flatcar_version``;
+* ``network`` holds ``ip_range`` (the static pool ``InternalAddr`` comes from; unlike mayu,
+  its end is enforced), the networkd values the templates need, and is handed to the
+  templates as ``network``;
+* ``profiles`` are mayu's profiles (name, quantity, tags, ...) plus pxestack's per-profile
+  ``install`` flow: ``disk`` (mayu era B, install to disk, the default) or ``pxe`` (mayu era C,
+  PXE-boot into RAM on every boot);
+* ``templates_env`` is free-form data for the templates, as in mayu.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from pxestack.config._reader import Section
+
+#: The two boot flows a profile can use: mayu era B (install to disk) or era C (RAM boot).
+INSTALL_FLOWS = ("disk", "pxe")
+#: What DHCP/iPXE does with an installed or running machine (mayu issue #14).
+INSTALLED_BOOT_CHOICES = ("ignore", "local-boot")
+#: mayu's git identity (docs of mayu's git audit: ``git config user.name``/``user.email``).
+MAYU_GIT_NAME = "mayu commiter"
+MAYU_GIT_EMAIL = "support+noise@giantswarm.io"
+
+
+def freeze(value: object) -> Any:
+    """A read-only deep copy of YAML data (mappings become ``MappingProxyType``)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: object) -> Any:
+    """The plain ``dict``/``list`` form of :func:`freeze`'s output (for templates and YAML)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class IPRange:
+    """An inclusive range of IPv4 addresses (mayu's ``ip_range: {start, end}``)."""
+
+    start: IPv4Address
+    end: IPv4Address
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, IPv4Address) and self.start <= address <= self.end
+
+    @property
+    def size(self) -> int:
+        """How many addresses the range holds."""
+        return int(self.end) - int(self.start) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """mayu's ``network`` section as far as provisioning uses it."""
+
+    ip_range: IPRange | None = None
+    subnet_size: int = 24
+    subnet_gateway: IPv4Address | None = None
+    dns: tuple[IPv4Address, ...] = ()
+    ntp: tuple[str, ...] = ()
+    network_model: str = "singlenic"
+    interface_match: str = "en*"
+    vlan_id: int | None = None
+    bond_mode: str = "lacp"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileConfig:
+    """One profile: the first ``quantity`` machines that come up get it (mayu §2)."""
+
+    name: str
+    quantity: int = 0
+    tags: tuple[str, ...] = ()
+    disable_engine: bool = False
+    os_version: str = ""
+    etcd_cluster_token: str = ""
+    #: ``disk`` (install to disk, mayu era B) or ``pxe`` (PXE boot into RAM every boot, era C).
+    install: str = "disk"
+    #: Extra kernel arguments for this profile's machines.
+    kernel_args: tuple[str, ...] = ()
+    #: Merged over ``templates_env`` for this profile's machines (host overrides win).
+    templates_env: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """Authentication and limits of the admin API and machine callbacks."""
+
+    #: Bearer token for ``/admin``; may stay empty only while HTTP listens on loopback.
+    token: str = ""
+    token_file: Path | None = None
+    #: mayu compatibility: accept set_installed / boot_complete without a per-host token.
+    accept_unauthenticated_callbacks: bool = False
+    max_body_bytes: int = 1 << 20
+    max_json_depth: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,14 +120,159 @@ class ProvisionConfig:
     enabled: bool = True
     cluster_dir: Path = Path("pxestack-state/cluster")
     git: bool = True
+    git_name: str = MAYU_GIT_NAME
+    git_email: str = MAYU_GIT_EMAIL
+    #: Seconds between retries of a git commit that failed (mayu issue #53).
+    git_retry_interval: float = 30.0
+    default_os_version: str = "current"
+    #: ``<images_dir>/<version>/flatcar_production_pxe.vmlinuz`` etc. (mayu §5.3).
+    images_dir: Path | None = None
+    #: Base URL machines use; defaults to ``http.public_url``.
+    public_url: str | None = None
+    network: NetworkConfig = NetworkConfig()
+    profiles: tuple[ProfileConfig, ...] = ()
+    templates_env: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Directory whose files replace the shipped templates of the same name.
+    templates_dir: Path | None = None
+    #: Every file here is loaded into the template environment (mayu's snippets).
+    snippets_dir: Path | None = None
+    installed_boot: str = "local-boot"
+    #: Extra kernel arguments for every machine (mayu era C's console/autologin flags).
+    kernel_args: tuple[str, ...] = ()
+    api: ApiConfig = ApiConfig()
+
+    def profile(self, name: str) -> ProfileConfig | None:
+        """The profile called *name*, or ``None`` (e.g. the implicit ``default``)."""
+        for profile in self.profiles:
+            if profile.name == name:
+                return profile
+        return None
+
+
+def _read_network(section: Section) -> NetworkConfig:
+    ip_range: IPRange | None = None
+    if section.has("ip_range"):
+        rng = section.mapping("ip_range")
+        start = rng.ipv4("start")
+        end = rng.ipv4("end")
+        rng.finish()
+        if start is not None and end is not None:
+            if end < start:
+                section.problem("ip_range.end", f"{end} is below ip_range.start {start}")
+            else:
+                ip_range = IPRange(start, end)
+    vlan = section.int("vlan_id", None, minimum=1, maximum=4094)
+    network = NetworkConfig(
+        ip_range=ip_range,
+        subnet_size=section.int("subnet_size", 24, minimum=0, maximum=32),
+        subnet_gateway=section.ipv4("subnet_gateway", None),
+        dns=section.ipv4_list("dns"),
+        ntp=section.str_list("ntp"),
+        network_model=section.str("network_model", "singlenic", choices=("singlenic", "bond")),
+        interface_match=section.str("interface_match", "en*"),
+        vlan_id=vlan,
+        bond_mode=section.str("bond_mode", "lacp"),
+    )
+    section.finish()
+    return network
+
+
+def _read_env(section: Section, key: str) -> Mapping[str, Any]:
+    value = section.raw(key, None)
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        section.problem(key, "expected a mapping with string keys")
+        return MappingProxyType({})
+    frozen: Mapping[str, Any] = freeze(value)
+    return frozen
+
+
+def _read_profile(section: Section) -> ProfileConfig:
+    name = section.str("name")
+    if name is not None and (not name or "/" in name or name.strip() != name):
+        section.problem("name", f"{name!r} is not a usable profile name")
+    tags = section.str_list("tags")
+    for index, tag in enumerate(tags):
+        if "=" not in tag:
+            section.problem(f"tags[{index}]", f"{tag!r} is not of the form key=value")
+    profile = ProfileConfig(
+        name=name or "",
+        quantity=section.int("quantity", 0, minimum=0),
+        tags=tags,
+        disable_engine=section.bool("disable_engine", False),
+        os_version=section.str("os_version", ""),
+        etcd_cluster_token=section.str("etcd_cluster_token", ""),
+        install=section.str("install", "disk", choices=INSTALL_FLOWS),
+        kernel_args=section.str_list("kernel_args"),
+        templates_env=_read_env(section, "templates_env"),
+    )
+    section.finish()
+    return profile
+
+
+def _read_api(section: Section) -> ApiConfig:
+    token = section.str("token", "")
+    token_file = section.path("token_file", None)
+    if token and token_file is not None:
+        section.problem("token_file", "give either token or token_file, not both")
+    api = ApiConfig(
+        token=token,
+        token_file=token_file,
+        accept_unauthenticated_callbacks=section.bool("accept_unauthenticated_callbacks", False),
+        max_body_bytes=section.int("max_body_bytes", 1 << 20, minimum=1024, maximum=64 << 20),
+        max_json_depth=section.int("max_json_depth", 32, minimum=2, maximum=512),
+    )
+    section.finish()
+    return api
 
 
 def read_provision(section: Section, state_dir: Path) -> ProvisionConfig:
     """Validate the ``provision:`` mapping; paths default to places under *state_dir*."""
+    public_url = section.str("public_url", None)
+    if public_url is not None and not public_url.startswith(("http://", "https://")):
+        section.problem("public_url", f"{public_url!r} is not an http:// or https:// URL")
+    version = section.str("default_os_version", "current")
+    if not version or "/" in version or version.startswith("."):
+        section.problem("default_os_version", f"{version!r} is not a usable version name")
+    profiles = tuple(_read_profile(p) for p in section.sections("profiles"))
+    seen: set[str] = set()
+    for index, profile in enumerate(profiles):
+        if profile.name in seen:
+            section.problem(f"profiles[{index}].name", f"duplicate profile {profile.name!r}")
+        seen.add(profile.name)
     config = ProvisionConfig(
         enabled=section.bool("enabled", True),
         cluster_dir=section.path("cluster_dir", str(state_dir / "cluster")),
         git=section.bool("git", True),
+        git_name=section.str("git_name", MAYU_GIT_NAME),
+        git_email=section.str("git_email", MAYU_GIT_EMAIL),
+        git_retry_interval=section.float("git_retry_interval", 30.0, minimum=0.1),
+        default_os_version=version,
+        images_dir=section.path("images_dir", None),
+        public_url=public_url.rstrip("/") if public_url else None,
+        network=_read_network(section.mapping("network")),
+        profiles=profiles,
+        templates_env=_read_env(section, "templates_env"),
+        templates_dir=section.path("templates_dir", None),
+        snippets_dir=section.path("snippets_dir", None),
+        installed_boot=section.str("installed_boot", "local-boot", choices=INSTALLED_BOOT_CHOICES),
+        kernel_args=section.str_list("kernel_args"),
+        api=_read_api(section.mapping("api")),
     )
     section.finish()
     return config
+
+
+__all__ = [
+    "INSTALLED_BOOT_CHOICES",
+    "INSTALL_FLOWS",
+    "ApiConfig",
+    "IPRange",
+    "NetworkConfig",
+    "ProfileConfig",
+    "ProvisionConfig",
+    "freeze",
+    "read_provision",
+    "thaw",
+]

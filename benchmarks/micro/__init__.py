@@ -1,0 +1,1 @@
+"""pytest-benchmark micro-benchmarks of the codecs and sans-IO cores (``--benchmark-only``)."""

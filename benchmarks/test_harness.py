@@ -1,0 +1,168 @@
+"""Unit tests of the benchmark harness's pure parts: parsing, the rate search, targets.
+
+Run with ``.venv/bin/pytest benchmarks/test_harness.py`` (the default test run only
+collects ``tests/``).  No namespaces, no servers, no timing.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.common import PXESTACK, Results, Summary
+from benchmarks.dhcp_bench import PerfdhcpRun, parse_perfdhcp, search_sustained
+from benchmarks.report import evaluate_targets, render_markdown_tables, render_text
+
+#: The tail of a real perfdhcp 2.2 report (Kea at 1000 DORA/s for 4 s in the lab).
+PERFDHCP_REPORT = """\
+***Rate statistics***
+Rate: 929.789 4-way exchanges/second, expected rate: 1000
+
+***Malformed Packets***
+Malformed packets: 0
+***Statistics for: DISCOVER-OFFER***
+sent packets: 3999
+received packets: 3990
+drops: 9
+drops ratio: 0.2 %
+orphans: 0
+rejected leases: 0
+non unique addresses: 0
+
+min delay: 0.096 ms
+avg delay: 0.144 ms
+max delay: 3.867 ms
+std deviation: 0.119 ms
+collected packets: 0
+
+***Statistics for: REQUEST-ACK***
+sent packets: 3990
+received packets: 3980
+drops: 10
+drops ratio: 0.250 %
+orphans: 0
+rejected leases: 0
+non unique addresses: 0
+
+min delay: 0.097 ms
+avg delay: 0.170 ms
+max delay: 3.580 ms
+std deviation: 0.106 ms
+collected packets: 0
+"""
+
+
+def test_parse_perfdhcp_report() -> None:
+    run = PerfdhcpRun(target_rate=1000, period=4)
+    parse_perfdhcp(PERFDHCP_REPORT, run)
+    assert (run.discover_sent, run.offers_received) == (3999, 3990)
+    assert (run.requests_sent, run.acks_received) == (3990, 3980)
+    assert run.do_avg_ms == pytest.approx(0.144)
+    assert run.ra_max_ms == pytest.approx(3.580)
+    assert run.completed == 3980
+    assert run.incomplete_fraction == pytest.approx(19 / 3999)
+    assert run.avg_latency_ms == pytest.approx(0.144 + 0.170)
+    assert run.max_latency_ms == pytest.approx(3.867)
+    # 3980 / 4 s = 995/s >= 95 % of 1000, and 0.48 % incomplete <= 1 %.
+    assert run.passes()
+
+
+def test_parse_perfdhcp_discover_offer_only() -> None:
+    report = PERFDHCP_REPORT.split("***Statistics for: REQUEST-ACK***")[0]
+    run = PerfdhcpRun(target_rate=1000, period=4, full_exchange=False)
+    parse_perfdhcp(report, run)
+    assert run.completed == 3990
+    assert run.avg_latency_ms == pytest.approx(0.144)
+    assert run.requests_sent == 0
+
+
+def test_a_step_fails_on_goodput_even_without_losses() -> None:
+    run = PerfdhcpRun(target_rate=1000, period=4, discover_sent=3000, acks_received=3000)
+    assert run.incomplete_fraction == 0
+    assert not run.passes()  # 750/s is below 95 % of the target
+
+
+def _fake_step(capacity: int, tried: list[int]):
+    def step(rate: int) -> PerfdhcpRun:
+        tried.append(rate)
+        done = min(rate, capacity) * 4
+        return PerfdhcpRun(
+            target_rate=rate, period=4, discover_sent=rate * 4, acks_received=done
+        )
+
+    return step
+
+
+@given(st.integers(min_value=1, max_value=40_000))
+def test_search_finds_a_passing_rate_within_the_last_bracket(capacity: int) -> None:
+    rates = (250, 500, 1000, 2000, 4000, 8000, 16000)
+    tried: list[int] = []
+    outcome = search_sustained(_fake_step(capacity, tried), rates, bisections=2)
+    assert len(tried) <= len(rates) + 2
+    best = outcome.sustained_rate
+    # Whatever passed really is within the capacity; every higher step tried failed.
+    assert best <= capacity
+    assert all(rate > capacity for rate in tried if rate > best)
+    if capacity >= rates[-1]:
+        assert best == rates[-1]
+        assert outcome.capped
+
+
+def test_search_bisects_below_the_first_step() -> None:
+    tried: list[int] = []
+    outcome = search_sustained(_fake_step(190, tried), (250, 500), bisections=2)
+    assert tried == [250, 125, 187]
+    assert outcome.sustained_rate == 187
+
+
+def test_summary_median_and_range() -> None:
+    summary = Summary((3.0, 1.0, 2.0))
+    assert (summary.median, summary.low, summary.high) == (2.0, 1.0, 3.0)
+    assert summary.format() == "2.00 (1.00-3.00)"
+
+
+def _results() -> Results:
+    results = Results(meta={})
+    for server, values in ((PXESTACK, [90, 100, 110]), ("tftpd-hpa", [80]), ("atftpd", [95])):
+        results.case("tftp", "lockstep_1468", server, "MB/s").values.extend(values)
+    for server, values in ((PXESTACK, [3.0, 2.0, 4.0]), ("tftpd-hpa", [10.0, 11.0, 12.0])):
+        results.case("tftp", "lossy_1pct", server, "s", higher_is_better=False).values.extend(
+            values
+        )
+    results.case("dhcp", "dora_sustained", PXESTACK, "DORA/s").values.extend([9000.0])
+    results.case("dhcp", "dora_sustained", "kea", "DORA/s").values.extend([4000.0])
+    results.case("dhcp", "dora_naks", PXESTACK, "NAKs", higher_is_better=False).values.extend(
+        [0.0, 2.0]
+    )
+    return results
+
+
+def test_targets_against_the_fastest_peer_and_for_times() -> None:
+    targets = {t["case"]: t for t in evaluate_targets(_results())}
+    lockstep = targets["lockstep_1468"]
+    assert lockstep["peer"] == "atftpd"  # the faster of the two peers
+    assert lockstep["ratio"] == pytest.approx(100 / 95)
+    assert lockstep["met"] is True
+    lossy = targets["lossy_1pct"]
+    assert lossy["ratio"] == pytest.approx(3.0 / 11.0)
+    assert lossy["met"] is True  # 0.27 <= 0.3
+    assert targets["window8_1468"]["met"] is None  # never measured
+
+
+def test_dora_target_needs_zero_naks() -> None:
+    targets = {t["case"]: t for t in evaluate_targets(_results())}
+    dora = targets["dora_sustained"]
+    assert dora["ratio"] == pytest.approx(2.25)
+    assert dora["pxestack_naks"] == 2.0
+    assert dora["met"] is False
+
+
+def test_text_report_shows_ratios_and_verdicts() -> None:
+    results = _results()
+    results.targets = evaluate_targets(results)
+    text = render_text(results)
+    assert "tftp/lockstep_1468 [MB/s, higher is better]" in text
+    assert "1.05x" in text  # pxestack / atftpd
+    assert "NOT MET" in text and "not measured" in text
+    assert "| lossy_1pct (s) |" in render_markdown_tables(results)

@@ -1,0 +1,388 @@
+"""Pure boot decisions, reply destinations and reply sizes (shared by the full server and the
+proxyDHCP core).
+
+Decision order of :func:`decide_boot` (smee's ``Bootfile`` order, with pxestack's additions):
+
+0. The policy returned ``None``: **ignore** the client (no reply at all).
+1. A plain OS client (no PXE/iPXE/HTTPClient marker): **no boot information**.
+2. iPXE (option 77 ``iPXE`` or option 175):
+
+   a. **Chainload-loop breaker**: it carries our own user class (default ``pxestack``, set
+      by our iPXE script/build), or the caller says we chainloaded this MAC moments ago
+      (``recently_chainloaded``; see :class:`ChainloadMemory`).  firmware.md shows why the
+      user class alone is not enough: Debian's ``undionly.kpxe`` comes from the same iPXE
+      snapshot as QEMU's ROM and sends identical options 77/175, only the broadcast flag
+      differs.  Either way it gets the **HTTP script URL**, never another binary.
+   b. An iPXE with HTTP support gets the **HTTP script URL** (option 67).
+   c. A stripped iPXE without HTTP (quirk 1) is **chainloaded** to our full iPXE binary by
+      TFTP, like plain PXE.
+
+   Every iPXE reply also carries option 175 with sub-option 176 (no-pxedhcp) = 1, which
+   ends iPXE's 2-3 s ProxyDHCP wait (firmware.md "What ends iPXE's two idle waits").
+3. UEFI HTTP Boot (option 60 ``HTTPClient``): an **HTTP URL** of the iPXE binary for its
+   architecture, with option 60 ``HTTPClient`` echoed (UEFI 2.5 §24.7; firmware quirk 6).
+4. Plain PXE firmware (option 60 ``PXEClient``): **TFTP** of the iPXE binary for its
+   architecture (``undionly.kpxe`` for BIOS, ``ipxe.efi``/``snponly.efi`` for x64, ...), in
+   the BOOTP ``file`` field and option 67, with siaddr and option 66 naming the TFTP server
+   (quirk 17: some clients read only options).  In the full server **no option 60
+   PXEClient** goes to such firmware: without option 43 discovery control 8 (or a port 4011
+   answer) OVMF's EDK2 client treats it as a BINL offer and fails (firmware.md §2
+   experiments).  In proxy mode option 60 is required, so option 43 with 43.6 = 8 is
+   always sent with it, and the proxy also answers on port 4011.
+
+:func:`reply_destination` implements RFC 2131 §4.1's destination rules and
+:func:`reply_size_limit` the client's option 57 (RFC 2132 §9.10).  :class:`Outgoing` is the
+one value both cores return to the Twisted adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Final
+
+from pxestack._types import Now
+from pxestack.dhcp.client import Arch, ClientInfo, Firmware
+from pxestack.dhcp.policy import BootSpec
+from pxestack.errors import ApiMisuse, MalformedPacket
+from pxestack.wire import constants as c
+from pxestack.wire.dhcp import DhcpMessage, max_message_size
+from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions
+
+_ZERO: Final = IPv4Address(0)
+_BROADCAST: Final = IPv4Address("255.255.255.255")
+
+#: BOOTP ``file`` holds 128 octets including the terminating NUL (quirk 18: names longer
+#: than 127 octets go only in option 67).
+MAX_FILE_FIELD: Final = 127
+
+#: Option 175 with sub-option 176 (``DHCP_EB_NO_PXEDHCP``) = 1: ``b0 01 01``.
+IPXE_NO_PXEDHCP_OPTION: Final = encode_suboptions({c.IPXE_NO_PXEDHCP: b"\x01"}, end=False)
+#: Option 43 with PXE discovery control = 8 ("boot the file in this packet") and END.
+PXE_USE_BOOTFILE_OPTION: Final = encode_suboptions(
+    {c.PXE_DISCOVERY_CONTROL: bytes((c.PXE_DISCOVERY_USE_BOOTFILE,))}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BootDefaults:
+    """Configured defaults of the boot decision (names follow ``config.dhcp.BootConfig``).
+
+    The cores take these as plain values; they never import :mod:`pxestack.config`.
+    """
+
+    #: Our own address: option 54 and the default TFTP next-server.
+    server_address: IPv4Address
+    #: iPXE clients get this script URL.  None: iPXE clients get no boot information.
+    ipxe_script_url: str | None = None
+    #: iPXE clients whose policy says ``local_boot`` get this script URL.
+    local_boot_script_url: str | None = None
+    #: UEFI HTTP Boot clients get ``<this>/<per-arch file>``.  None: they are not served.
+    http_boot_base_url: str | None = None
+    #: TFTP next-server; None means :attr:`server_address`.
+    tftp_server: IPv4Address | None = None
+    bios_file: str = "undionly.kpxe"
+    efi_x64_file: str = "ipxe.efi"
+    efi_ia32_file: str = "ipxe.efi"
+    efi_arm64_file: str = "ipxe-arm64.efi"
+    #: User class our own iPXE script sets; a client sending it is never chainloaded again.
+    ipxe_user_class: str = "pxestack"
+
+    def file_for(self, arch: Arch) -> str | None:
+        """The iPXE binary for ``arch``, or None when we have none (ARM32, RISC-V, Pi...)."""
+        return {
+            Arch.X86_BIOS: self.bios_file,
+            Arch.EFI_X64: self.efi_x64_file,
+            Arch.EFI_IA32: self.efi_ia32_file,
+            Arch.EFI_ARM64: self.efi_arm64_file,
+        }.get(arch)
+
+
+class BootKind(enum.Enum):
+    """What kind of answer the decision produced."""
+
+    #: Policy said ignore: send nothing.
+    IGNORE = "ignore"
+    #: Address only (full server) / nothing (proxy): not a network-boot client, or nothing
+    #: configured for it.
+    NONE = "none"
+    #: Download an iPXE binary by TFTP.
+    TFTP = "tftp"
+    #: iPXE: fetch a script over HTTP.
+    IPXE_SCRIPT = "ipxe-script"
+    #: UEFI HTTP Boot: fetch an EFI binary over HTTP.
+    HTTP_BOOT = "http-boot"
+
+
+@dataclass(frozen=True, slots=True)
+class BootDecision:
+    """The boot part of a reply: ``siaddr``, ``file`` and options to merge into it."""
+
+    kind: BootKind
+    #: Why, in a few words, for structured logs.
+    reason: str
+    siaddr: IPv4Address = _ZERO
+    #: The BOOTP ``file`` field (empty when the name only fits option 67).
+    file: bytes = b""
+    #: Boot options (60, 43, 66, 67, 175) to add to the reply.
+    options: DhcpOptions = field(default_factory=DhcpOptions)
+    #: The client is being sent an iPXE binary: record it in :class:`ChainloadMemory`.
+    chainload: bool = False
+
+    @property
+    def boots(self) -> bool:
+        """Whether there is boot information to send."""
+        return self.kind in (BootKind.TFTP, BootKind.IPXE_SCRIPT, BootKind.HTTP_BOOT)
+
+
+def decide_boot(
+    info: ClientInfo,
+    spec: BootSpec | None,
+    defaults: BootDefaults,
+    *,
+    proxy: bool = False,
+    recently_chainloaded: bool = False,
+) -> BootDecision:
+    """Decide what ``info``'s machine boots (see the module docstring for the order).
+
+    ``proxy`` selects proxyDHCP replies (option 60 ``PXEClient`` plus 43.6 = 8 for PXE
+    firmware).  ``recently_chainloaded`` is the caller's per-client memory (a pure function
+    keeps none): True when this MAC was sent an iPXE binary moments ago.
+    """
+    if spec is None:
+        return BootDecision(BootKind.IGNORE, "policy ignores this machine")
+    firmware = info.firmware
+    if firmware is Firmware.OS:
+        return BootDecision(BootKind.NONE, "not a network-boot client")
+    next_server = spec.next_server or defaults.tftp_server or defaults.server_address
+
+    if firmware is Firmware.IPXE:
+        own_script = info.has_user_class(defaults.ipxe_user_class)
+        if own_script or recently_chainloaded or info.ipxe_supports_http:
+            reason = (
+                "our own iPXE (user class)" if own_script
+                else "iPXE we just chainloaded" if recently_chainloaded
+                else "iPXE with HTTP"
+            )
+            return _ipxe_script(spec, defaults, next_server, reason, proxy=proxy)
+        # Quirk 1: a stripped iPXE without HTTP is chainloaded to our full build.
+        return _tftp(info, spec, defaults, next_server, proxy=proxy, ipxe=True)
+
+    if firmware is Firmware.HTTP_CLIENT:
+        return _http_boot(info, defaults)
+
+    return _tftp(info, spec, defaults, next_server, proxy=proxy, ipxe=False)
+
+
+def _ipxe_script(spec: BootSpec, defaults: BootDefaults, next_server: IPv4Address,
+                 reason: str, *, proxy: bool) -> BootDecision:
+    url = (
+        (spec.ipxe_script_url or defaults.local_boot_script_url) if spec.local_boot
+        else spec.ipxe_script_url
+    ) or defaults.ipxe_script_url
+    if url is None:
+        return BootDecision(BootKind.NONE, "no iPXE script URL configured")
+    items: dict[int, bytes] = {}
+    if proxy:
+        # iPXE counts a packet as a ProxyDHCP offer only if option 60 starts with
+        # "PXEClient" (dhcp_discovery_rx, iPXE @ 36a4c85); siaddr + filename in the same
+        # packet make dhcp_has_pxeopts() true, so it does not also ask port 4011.
+        items[c.OPT_VENDOR_CLASS_ID] = b"PXEClient"
+    items[c.OPT_BOOTFILE_NAME] = url.encode()
+    items[c.OPT_IPXE_ENCAP] = IPXE_NO_PXEDHCP_OPTION
+    return BootDecision(
+        BootKind.IPXE_SCRIPT,
+        reason + (" (local boot)" if spec.local_boot else ""),
+        siaddr=next_server,
+        # dnsmasq leaves ``file`` empty for iPXE and iPXE reads option 67 (firmware.md).
+        file=b"",
+        options=DhcpOptions(items),
+    )
+
+
+def _http_boot(info: ClientInfo, defaults: BootDefaults) -> BootDecision:
+    name = defaults.file_for(info.arch)
+    if defaults.http_boot_base_url is None or name is None:
+        return BootDecision(BootKind.NONE, f"no HTTP boot file for {info.arch.value}")
+    url = f"{defaults.http_boot_base_url.rstrip('/')}/{name}"
+    raw = url.encode()
+    return BootDecision(
+        BootKind.HTTP_BOOT,
+        "UEFI HTTP boot",
+        file=raw if len(raw) <= MAX_FILE_FIELD else b"",
+        options=DhcpOptions(
+            {
+                # UEFI 2.5 §24.7.2: the reply must carry option 60 "HTTPClient" (quirk 6).
+                c.OPT_VENDOR_CLASS_ID: b"HTTPClient",
+                c.OPT_BOOTFILE_NAME: raw,
+            }
+        ),
+    )
+
+
+def _tftp(info: ClientInfo, spec: BootSpec, defaults: BootDefaults, next_server: IPv4Address,
+          *, proxy: bool, ipxe: bool) -> BootDecision:
+    name = spec.boot_file or defaults.file_for(info.arch)
+    if name is None:
+        # bad-inputs D8 / quirk 4: unknown arch gets no boot answer, never a crash.
+        return BootDecision(BootKind.NONE, f"no boot file for architecture {info.arch.value}")
+    raw = name.encode()
+    items: dict[int, bytes] = {}
+    if proxy:
+        # Quirk 6/7/8 and firmware.md: proxy offers need option 60 "PXEClient"; with 43.6 = 8
+        # EDK2 boots the file in this packet instead of asking port 4011, and BIOS PXE ROMs
+        # need option 43 in proxy offers at all.
+        items[c.OPT_VENDOR_CLASS_ID] = b"PXEClient"
+        items[c.OPT_VENDOR_SPECIFIC] = PXE_USE_BOOTFILE_OPTION
+    items[c.OPT_TFTP_SERVER_NAME] = str(next_server).encode()
+    items[c.OPT_BOOTFILE_NAME] = raw
+    if ipxe:
+        items[c.OPT_IPXE_ENCAP] = IPXE_NO_PXEDHCP_OPTION
+    return BootDecision(
+        BootKind.TFTP,
+        ("chainload full iPXE (no HTTP)" if ipxe else "PXE firmware") + f": {name}",
+        siaddr=next_server,
+        file=raw if len(raw) <= MAX_FILE_FIELD else b"",
+        options=DhcpOptions(items),
+        chainload=True,
+    )
+
+
+class ChainloadMemory:
+    """Bounded memory of "we sent this MAC an iPXE binary in transaction X at time T"
+    (sans-IO: ``now`` is an argument).  Feeds ``recently_chainloaded`` to :func:`decide_boot`.
+
+    The transaction id matters: the firmware that was told to chainload still finishes its
+    own exchange (a retransmitted DISCOVER, then REQUEST, same xid) and must get the same
+    answer; only a *new* transaction from that MAC is the chainloaded iPXE.  Bounded by
+    ``capacity`` (oldest evicted first, bad-inputs D11) and by ``window`` seconds.
+    """
+
+    def __init__(self, *, window: float = 300.0, capacity: int = 4096) -> None:
+        """``window``: how long after a chainload a returning iPXE counts as chainloaded."""
+        if window <= 0 or capacity <= 0:
+            raise ApiMisuse("window and capacity must be positive")
+        self.window = window
+        self.capacity = capacity
+        self._entries: OrderedDict[bytes, tuple[int, Now]] = OrderedDict()
+
+    def note(self, chaddr: bytes, xid: int, now: Now) -> None:
+        """Remember that ``chaddr`` was sent an iPXE binary in transaction ``xid``."""
+        self._entries.pop(chaddr, None)
+        self._entries[chaddr] = (xid, now)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def recent(self, chaddr: bytes, xid: int, now: Now) -> bool:
+        """Whether a *new* transaction ``xid`` from ``chaddr`` follows a chainload within the
+        window."""
+        entry = self._entries.get(chaddr)
+        if entry is None:
+            return False
+        chainload_xid, when = entry
+        if now - when > self.window:
+            del self._entries[chaddr]
+            return False
+        return xid != chainload_xid
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# --- reply destination and size ----------------------------------------------------------------
+
+
+class DestinationKind(enum.Enum):
+    """How the adapter must send a reply (RFC 2131 §4.1)."""
+
+    #: To the relay agent at giaddr, server port 67.
+    RELAY = "relay"
+    #: Ordinary UDP unicast to an address the client already owns (ciaddr, port 4011 peer).
+    UNICAST = "unicast"
+    #: To 255.255.255.255, client port 68.
+    BROADCAST = "broadcast"
+    #: To yiaddr at the client's hardware address: needs a raw frame (the client has no
+    #: address yet, so no ARP entry); an adapter without raw sockets broadcasts instead.
+    LINK_UNICAST = "link-unicast"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a reply goes."""
+
+    kind: DestinationKind
+    address: IPv4Address
+    port: int
+    #: The client's hardware address, for LINK_UNICAST frames.
+    chaddr: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One reply a sans-IO core asks its adapter to send.
+
+    The adapter encodes ``message`` with ``encode_dhcp(message, max_size=max_size)`` and sends
+    it from ``source_port`` (67, or 4011 for proxy ACKs) on ``interface`` to ``destination``.
+    """
+
+    message: DhcpMessage
+    destination: Destination
+    max_size: int
+    source_port: int = c.DHCP_SERVER_PORT
+    interface: str | None = None
+
+
+def reply_destination(request: DhcpMessage, reply_type: int, *,
+                      yiaddr: IPv4Address = _ZERO) -> Destination:
+    """RFC 2131 §4.1 (pixiecore's ``txType``, smee's ``replyDestination``):
+
+    * giaddr set: to the relay, port 67 (the relay keeps the client's broadcast bit,
+      quirk 11);
+    * else a DHCPNAK: broadcast ("when giaddr is zero the server broadcasts any DHCPNAK");
+    * else ciaddr set: unicast to ciaddr, port 68 (RENEWING client, INFORM);
+    * else broadcast flag set, or no yiaddr to send to: broadcast;
+    * else unicast to yiaddr at chaddr (LINK_UNICAST; iPXE leaves the flag clear, quirk 12).
+    """
+    if request.giaddr != _ZERO:
+        return Destination(DestinationKind.RELAY, request.giaddr, c.DHCP_SERVER_PORT)
+    if reply_type == c.DHCPNAK:
+        return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
+    if request.ciaddr != _ZERO:
+        return Destination(DestinationKind.UNICAST, request.ciaddr, c.DHCP_CLIENT_PORT)
+    if request.broadcast or yiaddr == _ZERO:
+        return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
+    return Destination(DestinationKind.LINK_UNICAST, yiaddr, c.DHCP_CLIENT_PORT,
+                       chaddr=request.chaddr)
+
+
+def reply_size_limit(request: DhcpMessage, *, mtu: int | None = None) -> int:
+    """Max DHCP payload for a reply: the client's option 57, at least 576 (RFC 2132 §9.10),
+    and no more than the interface MTU allows (bad-inputs D5).  A malformed option 57
+    counts as absent."""
+    try:
+        client_max = request.options.u16(c.OPT_MAX_MESSAGE_SIZE)
+    except MalformedPacket:
+        client_max = None
+    limit = max_message_size(client_max)
+    if mtu is not None:
+        limit = min(limit, max(mtu, c.DHCP_MIN_MAX_MESSAGE) - c.IP_UDP_HEADER_LENGTH)
+    return limit
+
+
+__all__ = [
+    "IPXE_NO_PXEDHCP_OPTION",
+    "MAX_FILE_FIELD",
+    "PXE_USE_BOOTFILE_OPTION",
+    "BootDecision",
+    "BootDefaults",
+    "BootKind",
+    "ChainloadMemory",
+    "Destination",
+    "DestinationKind",
+    "Outgoing",
+    "decide_boot",
+    "reply_destination",
+    "reply_size_limit",
+]

@@ -1,0 +1,214 @@
+"""proxyDHCP (PXE 2.1 §2.2.4): boot information beside a site DHCP server (sans-IO).
+
+:class:`ProxyDhcpCore` never hands out an address (yiaddr stays 0.0.0.0).  It answers only
+network-boot clients (option 60 ``PXEClient``/``HTTPClient`` prefix, or iPXE), quirk 19:
+every phone on the LAN is none of our business.
+
+* Port 67 (snooping the broadcast DISCOVER): a proxy **OFFER** with option 60
+  ``PXEClient``, option 54 (our address), siaddr and the boot file from
+  :func:`~pxestack.dhcp.decide.decide_boot`.  A DHCPREQUEST on port 67 gets a proxy
+  **ACK** too when ``answer_requests`` is set (quirk 10: some Intel ROMs need it; dnsmasq
+  does the same).
+* Port 4011: a DHCPREQUEST (or INFORM) from a PXE client that already has its address gets
+  a proxy **ACK** sent back to where it came from (quirk 9; PXE-E55 otherwise), with
+  option 43.71 (boot item) echoed.
+* Option 97 (client UUID) is echoed when the client sent it (quirk 3).
+* ``efi_via_4011`` selects pixiecore's EFI variant: UEFI PXE clients get an OFFER without
+  option 43 and without a boot file, so EDK2 asks port 4011 and gets the file there (some
+  UEFI firmware ignores 43.6 = 8 offers, netboot#43).  The default sends 43.6 = 8 plus the
+  file straight away, which firmware.md verified with OVMF.
+
+The core holds only a bounded :class:`~pxestack.dhcp.decide.ChainloadMemory`; ``now`` comes
+from the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from ipaddress import IPv4Address
+from typing import Final
+
+from pxestack._types import Address, Now
+from pxestack.dhcp.client import Arch, ClientInfo, Firmware
+from pxestack.dhcp.decide import (
+    BootDefaults,
+    BootKind,
+    ChainloadMemory,
+    Destination,
+    DestinationKind,
+    Outgoing,
+    decide_boot,
+    reply_size_limit,
+)
+from pxestack.dhcp.policy import BootPolicy, Machine
+from pxestack.errors import MalformedPacket
+from pxestack.wire import constants as c
+from pxestack.wire.dhcp import DhcpMessage, build_reply
+from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions
+
+_ZERO: Final = IPv4Address(0)
+_BROADCAST: Final = IPv4Address("255.255.255.255")
+_EFI_ARCHES: Final = frozenset(
+    {Arch.EFI_IA32, Arch.EFI_X64, Arch.EFI_ARM32, Arch.EFI_ARM64, Arch.EFI_RISCV32,
+     Arch.EFI_RISCV64}
+)
+
+#: Counter names of :attr:`ProxyDhcpCore.counters` (a fixed set: bounded, D11).
+COUNTERS: Final = (
+    "offers", "acks", "ignored_not_pxe", "ignored_by_policy", "ignored_no_boot",
+    "ignored_message", "ignored_relay",
+)
+
+
+class ProxyDhcpCore:
+    """The proxyDHCP state machine: ``handle(message, interface, now) -> [Outgoing]``."""
+
+    def __init__(
+        self,
+        defaults: BootDefaults,
+        policy: BootPolicy,
+        *,
+        answer_requests: bool = True,
+        efi_via_4011: bool = False,
+        relays: Iterable[IPv4Address] = (),
+        proxy_port: int = c.PXE_PROXY_PORT,
+        mtu: int | None = None,
+        chainloads: ChainloadMemory | None = None,
+    ) -> None:
+        """``defaults`` carries the server address, URLs and boot file names (the caller
+        maps them from ``config.dhcp``); ``relays`` are the giaddrs whose relayed requests
+        are answered (bad-inputs D9: never a reflector for unknown relays)."""
+        self.defaults = defaults
+        self.policy = policy
+        self.answer_requests = answer_requests
+        self.efi_via_4011 = efi_via_4011
+        self.relays = frozenset(relays)
+        self.proxy_port = proxy_port
+        self.mtu = mtu
+        self.chainloads = chainloads if chainloads is not None else ChainloadMemory()
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+
+    def handle(
+        self,
+        message: DhcpMessage,
+        interface: str | None,
+        now: Now,
+        *,
+        port: int = c.DHCP_SERVER_PORT,
+        source: Address | None = None,
+    ) -> list[Outgoing]:
+        """Answer one decoded message that arrived on ``port`` of ``interface`` from
+        ``source`` (needed for port 4011 replies).  Returns the replies to send (0 or 1)."""
+        on_proxy_port = port == self.proxy_port
+        message_type = message.message_type
+        if message.op != c.BOOTREQUEST or not self._wanted(message_type, on_proxy_port):
+            self.counters["ignored_message"] += 1
+            return []
+        if message.giaddr != _ZERO and message.giaddr not in self.relays:
+            self.counters["ignored_relay"] += 1
+            return []
+        info = ClientInfo.from_message(message)
+        if info.firmware is Firmware.OS:
+            self.counters["ignored_not_pxe"] += 1
+            return []
+        spec = self.policy.boot_spec(Machine.from_client(info, interface=interface))
+        recently = info.is_ipxe and self.chainloads.recent(message.chaddr, message.xid, now)
+        decision = decide_boot(
+            info, spec, self.defaults, proxy=True, recently_chainloaded=recently
+        )
+        if decision.kind is BootKind.IGNORE:
+            self.counters["ignored_by_policy"] += 1
+            return []
+        if not decision.boots:
+            self.counters["ignored_no_boot"] += 1
+            return []
+        if decision.chainload:
+            self.chainloads.note(message.chaddr, message.xid, now)
+
+        reply_type = c.DHCPOFFER if message_type == c.DHCPDISCOVER else c.DHCPACK
+        boot_options = decision.options
+        siaddr, file = decision.siaddr, decision.file
+        if (
+            self.efi_via_4011
+            and not on_proxy_port
+            and reply_type == c.DHCPOFFER
+            and info.firmware is Firmware.PXE
+            and info.arch in _EFI_ARCHES
+        ):
+            # pixiecore's EFI variant: a BINL-style offer (60 PXEClient, no 43, no file)
+            # sends EDK2 to port 4011 at siaddr, where the ACK carries the boot file.
+            boot_options = DhcpOptions({c.OPT_VENDOR_CLASS_ID: b"PXEClient"})
+            file = b""
+        items: dict[int, bytes] = {
+            c.OPT_MESSAGE_TYPE: bytes((reply_type,)),
+            c.OPT_SERVER_ID: self.defaults.server_address.packed,
+        }
+        items.update(boot_options)
+        if on_proxy_port:
+            boot_item = _boot_item(info, message)
+            if boot_item is not None and c.OPT_VENDOR_SPECIFIC in items:
+                # Quirk 9: echo 43.71 (boot item type and layer) in the port 4011 ACK.
+                items[c.OPT_VENDOR_SPECIFIC] = encode_suboptions(
+                    {c.PXE_DISCOVERY_CONTROL: bytes((c.PXE_DISCOVERY_USE_BOOTFILE,)),
+                     c.PXE_BOOT_ITEM: boot_item}
+                )
+        if info.uuid is not None:
+            # Quirk 3: echo option 97 only when present, and only a well-formed one (a
+            # hostile 1 KiB "UUID" must not inflate our reply past the client's size).
+            items[c.OPT_CLIENT_UUID] = b"\x00" + info.uuid.bytes_le
+        reply = build_reply(
+            message,
+            DhcpOptions(items),
+            siaddr=siaddr,
+            file=file,
+            ciaddr=message.ciaddr if on_proxy_port else _ZERO,
+            # Quirk 11: proxy replies carry the broadcast bit (relays keep the client's).
+            flags=message.flags if message.giaddr != _ZERO else message.flags | c.FLAG_BROADCAST,
+        )
+        self.counters["offers" if reply_type == c.DHCPOFFER else "acks"] += 1
+        return [
+            Outgoing(
+                message=reply,
+                destination=self._destination(message, on_proxy_port, source),
+                max_size=reply_size_limit(message, mtu=self.mtu),
+                source_port=self.proxy_port if on_proxy_port else c.DHCP_SERVER_PORT,
+                interface=interface,
+            )
+        ]
+
+    def _wanted(self, message_type: int | None, on_proxy_port: bool) -> bool:
+        """DISCOVER (and REQUEST when ``answer_requests``) on 67; REQUEST/INFORM on 4011."""
+        if on_proxy_port:
+            return message_type in (c.DHCPREQUEST, c.DHCPINFORM)
+        if message_type == c.DHCPDISCOVER:
+            return True
+        return self.answer_requests and message_type == c.DHCPREQUEST
+
+    @staticmethod
+    def _destination(message: DhcpMessage, on_proxy_port: bool,
+                     source: Address | None) -> Destination:
+        """Relay first (RFC 2131 §4.1); port 4011 answers go back to the sender (PXE 2.1
+        §2.2.4); everything else is broadcast, the client has no address we gave it."""
+        if message.giaddr != _ZERO:
+            return Destination(DestinationKind.RELAY, message.giaddr, c.DHCP_SERVER_PORT)
+        if on_proxy_port:
+            if source is not None and source[0] not in ("0.0.0.0", ""):
+                return Destination(DestinationKind.UNICAST, IPv4Address(source[0]), source[1])
+            if message.ciaddr != _ZERO:
+                return Destination(DestinationKind.UNICAST, message.ciaddr, c.DHCP_CLIENT_PORT)
+        return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
+
+
+def _boot_item(info: ClientInfo, message: DhcpMessage) -> bytes | None:
+    """The client's 43.71 boot item (type, layer; 4 octets), if it sent a well-formed one."""
+    if info.firmware is not Firmware.PXE:
+        return None
+    try:
+        sub = message.options.pxe_suboptions()
+    except MalformedPacket:
+        return None
+    item = None if sub is None else sub.get(c.PXE_BOOT_ITEM)
+    return item if item is not None and len(item) == 4 else None
+
+
+__all__ = ["COUNTERS", "ProxyDhcpCore"]

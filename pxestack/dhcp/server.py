@@ -1,0 +1,622 @@
+"""The full DHCP server (RFC 2131), sans-IO: ``handle(message, interface, now) -> [Outgoing]``.
+
+:class:`DhcpServerCore` gets decoded messages with the interface they arrived on and the
+time; it returns the replies to send.  It never touches a socket or a clock, so every rule
+below is tested with plain values (tests/dhcp/test_server*.py).
+
+Per message type:
+
+* **DHCPDISCOVER** (§4.3.1): choose an address from the :class:`~pxestack.dhcp.leases.LeaseStore`
+  (reservation, the client's current or previous address, option 50, then a fresh one), hold
+  it for ``offer_hold`` seconds and answer DHCPOFFER.  A retransmitted DISCOVER (iPXE sends
+  two per boot, firmware.md) finds the held offer and gets the same answer.
+* **DHCPREQUEST** (§4.3.2), told apart by the fields the client fills in (§4.3.2's list):
+
+  - *SELECTING*: option 54 present.  Another server's id means the client chose that
+    server: our offer is withdrawn, no reply.  Ours: ACK the requested address (option 50)
+    if the store grants it, else NAK.
+  - *INIT-REBOOT*: no option 54, option 50 present, ciaddr 0.  NAK when the address is on
+    the wrong network or belongs to someone else; ACK when it is the client's own binding;
+    with no record of the client, stay silent ("MUST remain silent"), unless
+    ``authoritative``, in which case a free address in the range is granted (a restarted
+    server whose journal was lost) and any other is NAKed.
+  - *RENEWING* / *REBINDING*: no option 54, no option 50, ciaddr set.  Extend the client's
+    own binding; NAK an address held by someone else; an unknown client is answered only
+    when ``authoritative`` (as for INIT-REBOOT).
+
+* **DHCPDECLINE** (§4.3.3): the address is quarantined for ``decline_quarantine`` seconds.
+* **DHCPRELEASE** (§4.3.4): the binding is freed (the client keeps a claim on it until
+  someone else needs it).
+* **DHCPINFORM** (§4.3.5): DHCPACK with configuration options only: no yiaddr, no lease time.
+
+Relays (RFC 2131 §4.1, RFC 3046): a message with ``giaddr`` set is answered only if giaddr
+is a configured relay (bad-inputs D9: never a reflector), the subnet is the one containing
+giaddr, the reply goes to giaddr:67 and option 82 is echoed as the last option (RFC 3046
+§2.2).  A message for which no configured subnet matches is dropped (D12).
+
+Boot information: network-boot clients (PXE, iPXE, UEFI HTTP) get a
+:class:`~pxestack.dhcp.policy.BootSpec` from the :class:`~pxestack.dhcp.policy.BootPolicy`
+on every packet and :func:`~pxestack.dhcp.decide.decide_boot` turns it into options; a
+policy answer of ``None`` means no reply at all.  Plain OS clients are served addresses only
+and the policy is not asked.
+
+Reply options honour the client's parameter request list (option 55, RFC 2132 §9.8):
+configuration options beyond the essential ones (53, 54, 51, 58, 59, 1) are sent only when
+requested (or when the client sent no list); boot options are always sent to boot clients.
+Replies fit the client's option 57 (RFC 2132 §9.10); options that would not fit are left
+out, least important first.
+
+Peer data that turns out malformed while handling (an option with a bad length read through
+a typed getter) raises :class:`~pxestack.errors.MalformedPacket`, which the adapter logs and
+drops exactly like a decoding error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network
+from typing import ClassVar, Final
+
+from pxestack._types import Now
+from pxestack.dhcp.client import ClientInfo, Firmware
+from pxestack.dhcp.decide import (
+    BootDefaults,
+    BootKind,
+    ChainloadMemory,
+    Outgoing,
+    decide_boot,
+    reply_destination,
+    reply_size_limit,
+)
+from pxestack.dhcp.leases import Lease, LeaseState, LeaseStore, Subnet, client_key
+from pxestack.dhcp.policy import BootPolicy, Machine
+from pxestack.wire import constants as c
+from pxestack.wire.dhcp import DhcpMessage, build_reply
+from pxestack.wire.dhcp_options import DhcpOptions, encode_domain_search
+
+_ZERO: Final = IPv4Address(0)
+
+#: Counter names of :attr:`DhcpServerCore.counters` (a fixed set: bounded memory, D11).
+COUNTERS: Final = (
+    "offers",
+    "acks",
+    "naks",
+    "informs",
+    "releases",
+    "declines",
+    "ignored_message",
+    "ignored_relay",
+    "ignored_no_subnet",
+    "ignored_by_policy",
+    "ignored_other_server",
+    "ignored_unknown_client",
+    "pool_exhausted",
+)
+
+#: Options always sent in OFFER/ACK (RFC 2131 §4.3.1 Table 3 and §4.4.5 T1/T2).
+_ESSENTIAL: Final = frozenset(
+    {c.OPT_MESSAGE_TYPE, c.OPT_SERVER_ID, c.OPT_LEASE_TIME, c.OPT_RENEWAL_TIME,
+     c.OPT_REBINDING_TIME, c.OPT_SUBNET_MASK, c.OPT_RELAY_AGENT_INFO}
+)
+#: Boot options (from decide_boot), dropped only after every configuration option.
+_BOOT: Final = frozenset(
+    {c.OPT_VENDOR_CLASS_ID, c.OPT_VENDOR_SPECIFIC, c.OPT_TFTP_SERVER_NAME,
+     c.OPT_BOOTFILE_NAME, c.OPT_IPXE_ENCAP, c.OPT_CLIENT_UUID}
+)
+
+#: Lowest lease time granted, whatever the client asks for in option 51 (seconds).
+MIN_LEASE_TIME: Final = 60
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceInfo:
+    """The interface a message arrived on, as the adapter knows it.
+
+    ``address`` is this server's address there: option 54 (server identifier) and the
+    source of replies.  ``network`` selects the subnet for clients on the link.
+    """
+
+    name: str
+    address: IPv4Address
+    network: IPv4Network
+    #: Interface MTU, caps reply sizes (None: only the client's option 57 counts).
+    mtu: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubnetSettings:
+    """One subnet: its address ranges (inside :attr:`subnet`) and the options handed out."""
+
+    subnet: Subnet
+    lease_time: int = 3600
+    routers: tuple[IPv4Address, ...] = ()
+    dns: tuple[IPv4Address, ...] = ()
+    ntp: tuple[IPv4Address, ...] = ()
+    domain: str | None = None
+    domain_search: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Behaviour switches of :class:`DhcpServerCore` (the caller maps them from config)."""
+
+    subnets: tuple[SubnetSettings, ...]
+    #: giaddr values whose relayed messages are answered (D9).
+    relays: frozenset[IPv4Address] = frozenset()
+    #: Seconds an offered address is held for its client.
+    offer_hold: float = 30.0
+    #: Key leases on option 61 instead of chaddr (see :func:`~pxestack.dhcp.leases.client_key`).
+    match_client_id: bool = False
+    #: Answer clients we have no record of in INIT-REBOOT/RENEWING/REBINDING (see module doc).
+    authoritative: bool = False
+    #: Seconds a declined address stays unused (RFC 2131 §4.3.3).
+    decline_quarantine: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEvent:
+    """A lease change, for logs and metrics (given to the ``on_event`` callback)."""
+
+    kind: str
+    lease: Lease | None
+    xid: int
+    mac: bytes
+    interface: str
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class _Context:
+    """What the handlers of one message share."""
+
+    message: DhcpMessage
+    interface: InterfaceInfo
+    now: Now
+    settings: SubnetSettings
+    server_id: IPv4Address
+    client: bytes
+    client_id: bytes | None
+    info: ClientInfo
+
+
+class DhcpServerCore:
+    """The full DHCP server state machine.  See the module docstring for the rules.
+
+    :param settings: subnets and behaviour switches.
+    :param store: the lease database (an :class:`~pxestack.dhcp.leases.InMemoryLeaseStore`
+        whose subnets are those of *settings*).
+    :param policy: the boot policy asked for every network-boot client.
+    :param boot: boot defaults (URLs, file names).  Its ``server_address`` is ignored: each
+        interface's own address is used as server identifier and TFTP next-server.
+    :param on_event: called with a :class:`LeaseEvent` for every lease change.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: LeaseStore,
+        policy: BootPolicy,
+        boot: BootDefaults,
+        *,
+        chainloads: ChainloadMemory | None = None,
+        on_event: Callable[[LeaseEvent], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.policy = policy
+        self.boot = boot
+        self.chainloads = chainloads if chainloads is not None else ChainloadMemory()
+        self.on_event = on_event
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._by_network: dict[IPv4Network, SubnetSettings] = {
+            s.subnet.network: s for s in settings.subnets
+        }
+        self._boot_by_server: dict[IPv4Address, BootDefaults] = {}
+
+    # -- entry point -----------------------------------------------------------------
+
+    def handle(self, message: DhcpMessage, interface: InterfaceInfo, now: Now) -> list[Outgoing]:
+        """Process one decoded message that arrived on *interface* at *now*."""
+        message_type = message.message_type
+        if message.op != c.BOOTREQUEST or message_type is None or not message.chaddr:
+            # BOOTP without option 53 is not served; an empty chaddr names nobody (D6).
+            self.counters["ignored_message"] += 1
+            return []
+        handler = self._handlers.get(message_type)
+        if handler is None:
+            self.counters["ignored_message"] += 1
+            return []
+        giaddr = message.giaddr
+        if giaddr != _ZERO:
+            if giaddr not in self.settings.relays:
+                self.counters["ignored_relay"] += 1
+                return []
+            anchor = giaddr
+        elif message.ciaddr != _ZERO and message_type in (
+            c.DHCPREQUEST, c.DHCPINFORM, c.DHCPRELEASE
+        ):
+            # RFC 2131 §4.3.2 RENEWING: "the DHCP server will trust the value in 'ciaddr'".
+            anchor = message.ciaddr
+        else:
+            anchor = interface.address
+        settings = self._settings_for(anchor)
+        if settings is None:
+            self.counters["ignored_no_subnet"] += 1  # D12
+            return []
+        options = message.options
+        raw_client_id = options.raw(c.OPT_CLIENT_ID)
+        # D6: a zero-length client identifier is ignored; chaddr identifies the client.
+        client_id = raw_client_id or None
+        context = _Context(
+            message=message,
+            interface=interface,
+            now=now,
+            settings=settings,
+            server_id=interface.address,
+            client=client_key(
+                message.chaddr, client_id, match_client_id=self.settings.match_client_id
+            ),
+            client_id=client_id,
+            info=ClientInfo.from_message(message),
+        )
+        return handler(self, context)
+
+    def _settings_for(self, address: IPv4Address) -> SubnetSettings | None:
+        for network, settings in self._by_network.items():
+            if address in network:
+                return settings
+        return None
+
+    # -- timers ------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_deadline` next has work (offer holds, lease expiry)."""
+        return self.store.next_deadline()
+
+    def on_deadline(self, now: Now) -> list[Lease]:
+        """Expire what is due; returns the leases and offers that ended."""
+        ended = self.store.expire(now)
+        for lease in ended:
+            self._event("expired", lease, 0, lease.mac, "")
+        return ended
+
+    # -- message handlers --------------------------------------------------------------
+
+    def _discover(self, ctx: _Context) -> list[Outgoing]:
+        message = ctx.message
+        boot = self._boot(ctx)
+        if boot is None:
+            return []
+        requested = ctx.message.options.ip(c.OPT_REQUESTED_IP)
+        lease = self.store.offer(
+            ctx.client,
+            message.chaddr,
+            ctx.client_id,
+            ctx.settings.subnet,
+            requested,
+            ctx.now,
+            self.settings.offer_hold,
+        )
+        if lease is None:
+            self.counters["pool_exhausted"] += 1
+            self._event("pool-exhausted", None, message.xid, message.chaddr,
+                        ctx.interface.name, str(ctx.settings.subnet.network))
+            return []
+        self.counters["offers"] += 1
+        self._event("offered", lease, message.xid, message.chaddr, ctx.interface.name)
+        return [self._reply(ctx, c.DHCPOFFER, lease, boot)]
+
+    def _request(self, ctx: _Context) -> list[Outgoing]:
+        message = ctx.message
+        options = message.options
+        server_id = options.ip(c.OPT_SERVER_ID)
+        requested = options.ip(c.OPT_REQUESTED_IP)
+        if server_id is not None:
+            # SELECTING (RFC 2131 §4.3.2).
+            if server_id != ctx.server_id:
+                # The client chose another server: our offer is withdrawn.
+                self._withdraw_offer(ctx)
+                self.counters["ignored_other_server"] += 1
+                return []
+            if requested is None or message.ciaddr != _ZERO:
+                return self._nak(ctx, "SELECTING request without option 50")
+            return self._grant(ctx, requested, known_required=False)
+        if requested is not None and message.ciaddr == _ZERO:
+            # INIT-REBOOT: "SHOULD send a DHCPNAK ... if the requested IP address is
+            # incorrect, or is on the wrong network".
+            if requested not in ctx.settings.subnet.network:
+                return self._nak(ctx, f"{requested} is on the wrong network")
+            return self._grant(ctx, requested, known_required=True)
+        if message.ciaddr != _ZERO:
+            # RENEWING (unicast) or REBINDING (broadcast).
+            return self._grant(ctx, message.ciaddr, known_required=True)
+        self.counters["ignored_message"] += 1
+        return []
+
+    def _grant(
+        self, ctx: _Context, address: IPv4Address, *, known_required: bool
+    ) -> list[Outgoing]:
+        """ACK *address* if the client may have it; NAK or stay silent otherwise."""
+        message = ctx.message
+        current = self.store.lookup(ctx.client, ctx.now)
+        known = current is not None and current.address == address
+        if known_required and not known:
+            if current is not None:
+                # We know this client under another address: its idea is wrong.
+                return self._nak(ctx, f"client's address is {current.address}, not {address}")
+            if not self.settings.authoritative:
+                # RFC 2131 §4.3.2: "If the DHCP server has no record of this client, then
+                # it MUST remain silent".
+                self.counters["ignored_unknown_client"] += 1
+                return []
+        boot = self._boot(ctx)
+        if boot is None:
+            return []
+        requested_time = message.options.u32(c.OPT_LEASE_TIME)
+        lease_time = ctx.settings.lease_time
+        if requested_time is not None:
+            lease_time = max(MIN_LEASE_TIME, min(lease_time, requested_time))
+        lease = self.store.bind(
+            ctx.client,
+            message.chaddr,
+            ctx.client_id,
+            address,
+            ctx.now,
+            lease_time,
+            ctx.info.hostname,
+        )
+        if lease is None:
+            return self._nak(ctx, f"{address} is not available to this client")
+        self.counters["acks"] += 1
+        self._event("bound", lease, message.xid, message.chaddr, ctx.interface.name)
+        return [self._reply(ctx, c.DHCPACK, lease, boot)]
+
+    def _withdraw_offer(self, ctx: _Context) -> None:
+        current = self.store.lookup(ctx.client, ctx.now)
+        if current is not None and current.state is LeaseState.OFFERED:
+            self.store.release(ctx.client, current.address, ctx.now)
+
+    def _decline(self, ctx: _Context) -> list[Outgoing]:
+        options = ctx.message.options
+        server_id = options.ip(c.OPT_SERVER_ID)
+        address = options.ip(c.OPT_REQUESTED_IP)
+        if address is None or (server_id is not None and server_id != ctx.server_id):
+            self.counters["ignored_message"] += 1
+            return []
+        decline = self.store.decline(
+            ctx.client, address, ctx.now, self.settings.decline_quarantine
+        )
+        if decline is not None:
+            self.counters["declines"] += 1
+            self._event("declined", None, ctx.message.xid, ctx.message.chaddr,
+                        ctx.interface.name, str(address))
+        return []
+
+    def _release(self, ctx: _Context) -> list[Outgoing]:
+        server_id = ctx.message.options.ip(c.OPT_SERVER_ID)
+        if server_id is not None and server_id != ctx.server_id:
+            self.counters["ignored_other_server"] += 1
+            return []
+        freed = self.store.release(ctx.client, ctx.message.ciaddr, ctx.now)
+        if freed is not None:
+            self.counters["releases"] += 1
+            self._event("released", freed, ctx.message.xid, ctx.message.chaddr,
+                        ctx.interface.name)
+        return []
+
+    def _inform(self, ctx: _Context) -> list[Outgoing]:
+        if ctx.message.ciaddr == _ZERO:
+            self.counters["ignored_message"] += 1
+            return []
+        boot = self._boot(ctx)
+        if boot is None:
+            return []
+        self.counters["informs"] += 1
+        return [self._reply(ctx, c.DHCPACK, None, boot)]
+
+    _handlers: ClassVar[dict[int, Callable[[DhcpServerCore, _Context], list[Outgoing]]]] = {
+        c.DHCPDISCOVER: _discover,
+        c.DHCPREQUEST: _request,
+        c.DHCPDECLINE: _decline,
+        c.DHCPRELEASE: _release,
+        c.DHCPINFORM: _inform,
+    }
+
+    # -- replies -----------------------------------------------------------------------
+
+    def _boot(self, ctx: _Context) -> _BootParts | _NoBoot | None:
+        """Boot options for a network-boot client; ``None`` = policy says ignore."""
+        info = ctx.info
+        if info.firmware is Firmware.OS:
+            return _NO_BOOT
+        message = ctx.message
+        spec = self.policy.boot_spec(Machine.from_client(info, interface=ctx.interface.name))
+        recently = info.is_ipxe and self.chainloads.recent(message.chaddr, message.xid, ctx.now)
+        decision = decide_boot(
+            info, spec, self._defaults_for(ctx.server_id), recently_chainloaded=recently
+        )
+        if decision.kind is BootKind.IGNORE:
+            self.counters["ignored_by_policy"] += 1
+            return None
+        if decision.chainload:
+            self.chainloads.note(message.chaddr, message.xid, ctx.now)
+        if not decision.boots:
+            return _NO_BOOT
+        return _BootParts(decision.siaddr, decision.file, decision.options)
+
+    def _defaults_for(self, server: IPv4Address) -> BootDefaults:
+        """The boot defaults with *server* as server address (cached per interface)."""
+        defaults = self._boot_by_server.get(server)
+        if defaults is None:
+            defaults = replace(self.boot, server_address=server)
+            self._boot_by_server[server] = defaults
+        return defaults
+
+    def _reply(
+        self,
+        ctx: _Context,
+        reply_type: int,
+        lease: Lease | None,
+        boot: _BootParts | _NoBoot,
+    ) -> Outgoing:
+        message = ctx.message
+        settings = ctx.settings
+        network = settings.subnet.network
+        items: dict[int, bytes] = {
+            c.OPT_MESSAGE_TYPE: bytes((reply_type,)),
+            c.OPT_SERVER_ID: ctx.server_id.packed,
+        }
+        if lease is not None:
+            lease_time = max(0, round(lease.expires - ctx.now)) if (
+                lease.state is LeaseState.BOUND
+            ) else settings.lease_time
+            # RFC 2131 §4.4.5: T1 = 0.5 and T2 = 0.875 of the lease time.
+            items[c.OPT_LEASE_TIME] = lease_time.to_bytes(4, "big")
+            items[c.OPT_RENEWAL_TIME] = (lease_time // 2).to_bytes(4, "big")
+            items[c.OPT_REBINDING_TIME] = (lease_time * 7 // 8).to_bytes(4, "big")
+        items[c.OPT_SUBNET_MASK] = network.netmask.packed
+        wanted = _requested(message)
+        optional: list[tuple[int, bytes]] = []
+        if settings.routers:
+            optional.append((c.OPT_ROUTER, b"".join(a.packed for a in settings.routers)))
+        if settings.dns:
+            optional.append((c.OPT_DNS_SERVER, b"".join(a.packed for a in settings.dns)))
+        if settings.domain:
+            optional.append((c.OPT_DOMAIN_NAME, settings.domain.encode()))
+        optional.append((c.OPT_BROADCAST_ADDRESS, network.broadcast_address.packed))
+        if settings.ntp:
+            optional.append((c.OPT_NTP_SERVER, b"".join(a.packed for a in settings.ntp)))
+        if settings.domain_search:
+            optional.append((c.OPT_DOMAIN_SEARCH, encode_domain_search(settings.domain_search)))
+        if lease is not None and lease.hostname and lease.hostname != ctx.info.hostname:
+            # A reservation's host name (RFC 2132 §3.14), when the client did not send it.
+            optional.append((c.OPT_HOST_NAME, lease.hostname.encode()))
+        for code, value in optional:
+            if wanted is None or code in wanted:
+                items[code] = value
+        siaddr = _ZERO
+        file = b""
+        if isinstance(boot, _BootParts):
+            siaddr, file = boot.siaddr, boot.file
+            items.update(boot.options)
+        relay_info = message.options.raw(c.OPT_RELAY_AGENT_INFO)
+        if relay_info is not None and message.giaddr != _ZERO:
+            # RFC 3046 §2.2: echo the whole option, after every other option.
+            items.pop(c.OPT_RELAY_AGENT_INFO, None)
+            items[c.OPT_RELAY_AGENT_INFO] = relay_info
+        max_size = reply_size_limit(message, mtu=ctx.interface.mtu)
+        _fit(items, max_size, file_free=not file, wanted=wanted)
+        yiaddr = lease.address if lease is not None else _ZERO
+        reply = build_reply(
+            message,
+            DhcpOptions._trusted(items),
+            yiaddr=yiaddr,
+            siaddr=siaddr,
+            # RFC 2131 Table 3: ciaddr is copied into ACKs to INFORM and renewals.
+            ciaddr=message.ciaddr if reply_type == c.DHCPACK else _ZERO,
+            file=file,
+        )
+        return Outgoing(
+            message=reply,
+            destination=reply_destination(message, reply_type, yiaddr=yiaddr),
+            max_size=max_size,
+            interface=ctx.interface.name,
+        )
+
+    def _nak(self, ctx: _Context, reason: str) -> list[Outgoing]:
+        """DHCPNAK (RFC 2131 §4.3.2, Table 3): 53, 54, 56 and the echoed option 82."""
+        message = ctx.message
+        items: dict[int, bytes] = {
+            c.OPT_MESSAGE_TYPE: bytes((c.DHCPNAK,)),
+            c.OPT_SERVER_ID: ctx.server_id.packed,
+            c.OPT_MESSAGE: reason.encode()[:200],
+        }
+        relay_info = message.options.raw(c.OPT_RELAY_AGENT_INFO)
+        if relay_info is not None and message.giaddr != _ZERO:
+            items[c.OPT_RELAY_AGENT_INFO] = relay_info
+        flags = message.flags
+        if message.giaddr != _ZERO:
+            # §4.3.2: "The server MUST set the broadcast bit in the DHCPNAK" for relays.
+            flags |= c.FLAG_BROADCAST
+        reply = build_reply(message, DhcpOptions._trusted(items), flags=flags)
+        self.counters["naks"] += 1
+        self._event("nak", None, message.xid, message.chaddr, ctx.interface.name, reason)
+        return [
+            Outgoing(
+                message=reply,
+                destination=reply_destination(message, c.DHCPNAK),
+                max_size=reply_size_limit(message, mtu=ctx.interface.mtu),
+                interface=ctx.interface.name,
+            )
+        ]
+
+    def _event(
+        self, kind: str, lease: Lease | None, xid: int, mac: bytes, interface: str,
+        detail: str = "",
+    ) -> None:
+        if self.on_event is not None:
+            self.on_event(LeaseEvent(kind, lease, xid, mac, interface, detail))
+
+
+@dataclass(frozen=True, slots=True)
+class _BootParts:
+    siaddr: IPv4Address
+    file: bytes
+    options: DhcpOptions
+
+
+class _NoBoot:
+    """Marker: answer with an address but no boot information."""
+
+
+_NO_BOOT: Final = _NoBoot()
+
+
+def _requested(message: DhcpMessage) -> frozenset[int] | None:
+    """Option 55 as a set, or None when the client sent no list (then send everything)."""
+    raw = message.options.raw(c.OPT_PARAMETER_REQUEST_LIST)
+    return None if raw is None else frozenset(raw)
+
+
+def _encoded_size(items: dict[int, bytes]) -> int:
+    """Octets the options take on the wire, with RFC 3396 splits of long values."""
+    return sum(len(v) + 2 * max(1, -(-len(v) // 255)) for v in items.values())
+
+
+def _fit(
+    items: dict[int, bytes], max_size: int, *, file_free: bool, wanted: frozenset[int] | None
+) -> None:
+    """Drop options until the reply fits *max_size* (RFC 2132 §9.10, bad-inputs D5).
+
+    Order of sacrifice: configuration options the client did not ask for, then those it
+    asked for, then boot options; the essential ones are never dropped.  An empty ``file``
+    field can carry overloaded options (the encoder does that; 127 usable octets minus the
+    three of option 52).
+    """
+    capacity = max_size - 240 - 1 + (124 if file_free else 0)
+    if _encoded_size(items) <= capacity:
+        return
+
+    def rank(code: int) -> int:
+        if code in _BOOT:
+            return 2
+        return 1 if wanted is not None and code in wanted else 0
+
+    for code in sorted(
+        (code for code in items if code not in _ESSENTIAL), key=rank
+    ):
+        del items[code]
+        if _encoded_size(items) <= capacity:
+            return
+
+
+__all__ = [
+    "COUNTERS",
+    "MIN_LEASE_TIME",
+    "DhcpServerCore",
+    "InterfaceInfo",
+    "LeaseEvent",
+    "ServerSettings",
+    "SubnetSettings",
+]

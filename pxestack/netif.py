@@ -1,0 +1,102 @@
+"""Network interface facts: the one module that calls ``netifaces``.
+
+The DHCP service opens one socket per configured interface and hands the core the
+interface's name, IPv4 address and network with every packet (pixiecore's ``dhcp4.Conn``
+does the same with IP_PKTINFO; Twisted's ``listenUDP`` exposes no IP_PKTINFO, hence one
+socket per interface).  Everything here is looked up once, at start-up; keeping every
+``netifaces`` call in this module keeps the dependency replaceable (ARCHITECTURE.md §3).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import netifaces
+
+
+class InterfaceError(LookupError):
+    """The named interface does not exist or has no IPv4 address."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetInterface:
+    """What the DHCP server needs to know about one interface."""
+
+    name: str
+    address: IPv4Address
+    network: IPv4Network
+    broadcast: IPv4Address
+    #: The hardware address (empty for interfaces without one, such as ``lo``).
+    mac: bytes
+    #: The kernel's interface index (for ``AF_PACKET`` sockets).
+    index: int
+
+
+def interface_names() -> list[str]:
+    """Every interface the kernel reports."""
+    return list(netifaces.interfaces())
+
+
+def lookup_interface(name: str) -> NetInterface:
+    """The first IPv4 address of interface *name*, its network, broadcast, MAC and index.
+
+    Raises :class:`InterfaceError` naming the problem (no such interface, no IPv4 address).
+    """
+    if name not in netifaces.interfaces():
+        raise InterfaceError(f"no network interface named {name!r}")
+    addresses = netifaces.ifaddresses(name)
+    ipv4 = addresses.get(netifaces.AF_INET) or []
+    if not ipv4:
+        raise InterfaceError(f"interface {name!r} has no IPv4 address")
+    return _describe(name, ipv4[0], addresses)
+
+
+def _describe(
+    name: str, entry: dict[str, str], addresses: dict[int, list[dict[str, str]]]
+) -> NetInterface:
+    """A :class:`NetInterface` for one AF_INET *entry* of interface *name*."""
+    netmask = entry.get("netmask") or "255.255.255.255"
+    iface = IPv4Interface(f"{entry['addr']}/{netmask}")
+    broadcast_text = entry.get("broadcast")
+    broadcast = (
+        IPv4Address(broadcast_text) if broadcast_text else iface.network.broadcast_address
+    )
+    link = addresses.get(netifaces.AF_LINK) or []
+    mac_text = link[0].get("addr", "") if link else ""
+    try:
+        mac = bytes.fromhex(mac_text.replace(":", "")) if mac_text else b""
+    except ValueError:
+        mac = b""
+    try:
+        index = socket.if_nametoindex(name)
+    except OSError:
+        index = 0
+    return NetInterface(
+        name=name,
+        address=iface.ip,
+        network=iface.network,
+        broadcast=broadcast,
+        mac=mac,
+        index=index,
+    )
+
+
+def interface_for_address(address: IPv4Address) -> NetInterface | None:
+    """The interface that has *address* configured, if any (for ``listen:`` without names)."""
+    for name in netifaces.interfaces():
+        addresses = netifaces.ifaddresses(name)
+        for entry in addresses.get(netifaces.AF_INET) or []:
+            if entry.get("addr") == str(address):
+                return _describe(name, entry, addresses)
+    return None
+
+
+__all__ = [
+    "InterfaceError",
+    "NetInterface",
+    "interface_for_address",
+    "interface_names",
+    "lookup_interface",
+]

@@ -1,0 +1,690 @@
+"""twisted.web resources: mayu's machine-facing endpoints and admin API over a Provisioner.
+
+Paths, methods, bodies and status codes are mayu's (mayu.md §5, §14) so that existing
+installers, scripts and ``mayuctl`` keep working:
+
+==========================================  ====================================================
+``GET /ipxebootscript[?serial&uuid&mac]``   iPXE script (chain, installer, RAM boot, local boot)
+``GET /first-stage-script/<serial>``        enrol + installer script (``?uuid=`` fallback)
+``GET /first-stage-ignition.json``          Ignition config of the live installer system
+``POST /final-ignition-config.json``        host data -> ``installing`` -> final Ignition config
+``GET /ignition?serial&uuid``               PXE-every-boot profiles (mayu era C)
+``GET|HEAD /images/[<serial>/]<file>``      kernel, initrd, install image (Range supported)
+``GET /admin/hosts``                        JSON array of every host record
+``GET /admin/host/<serial>``                one record, with its ``ETag``
+``GET /admin/host/<serial>/history``        the host's audit trail (git commits)
+``PUT /admin/host/<serial>/<action>``       set_installed, boot_complete, set_state, mark_fresh,
+                                            set_metadata, set_provider_id, set_ipmi_addr,
+                                            set_cabinet, set_etcd_cluster_token, override
+``GET|PUT /admin/mayu_config``              the provisioning settings in mayu's YAML schema
+``GET /admin/health``                       store and git-audit health (503 when degraded)
+==========================================  ====================================================
+
+Mutations answer 202 with an empty body (mayu) plus the record's new ``ETag``; an unknown
+serial is 400 ``host doesn't exist`` (mayu); an illegal transition is 409; a stale
+``If-Match`` is 412.
+
+Authentication (mayu had none):
+
+* ``/admin`` needs ``Authorization: Bearer <provision.api.token>``; when no token is
+  configured the service refuses to start unless HTTP listens on loopback only.
+* Machine callbacks (host data, set_installed, boot_complete) need the per-host token that
+  was rendered into that host's installer script and final config (``Authorization:
+  Bearer`` or ``?token=``), or the admin token.  ``provision.api.accept_unauthenticated_callbacks``
+  accepts mayu's unauthenticated callbacks during a migration (off by default).
+* Bodies are capped (``max_body_bytes`` -> 413) and JSON nesting is capped (``max_json_depth``).
+
+Store work (file writes, fsync, git commits) runs through *run*, by default a dedicated
+thread pool, so the reactor keeps answering DHCP/TFTP while a commit is fsynced; the
+store's lock keeps enrolment exact.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from pxestack.provision.machine import Event, IllegalTransition
+from pxestack.provision.model import HostState
+from pxestack.provision.provisioner import BadRequest, Provisioner
+from pxestack.provision.store import HostNotFound, PreconditionFailed, StoreError, StoreReadOnly
+from pxestack.provision.templates import TemplateRenderError
+
+log = Logger()
+
+#: ``run(work) -> Deferred``: how blocking store work is executed (thread pool by default).
+Runner = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
+
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json"
+
+
+def synchronous_runner(work: Callable[[], Any]) -> defer.Deferred[Any]:
+    """Run *work* at once in the calling thread (tests; embedders without threads)."""
+    return defer.maybeDeferred(work)
+
+
+class HttpError(Exception):
+    """An error answer: status code and plain-text body."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def json_too_deep(text: str, limit: int) -> bool:
+    """Whether *text* nests arrays/objects deeper than *limit* (checked before parsing).
+
+    bad-inputs S8: a deeply nested body must not reach the recursive parser.
+    """
+    depth = 0
+    in_string = False
+    escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
+
+
+class _Base(Resource):
+    """Shared plumbing: body limits, JSON, auth, running store work, mapping errors."""
+
+    def __init__(self, api: ProvisioningApi) -> None:
+        super().__init__()
+        self.api = api
+
+    # -- input -----------------------------------------------------------------------------
+
+    def body(self, request: Request) -> bytes:
+        """The request body, at most ``max_body_bytes`` (else 413)."""
+        limit = self.api.max_body_bytes
+        declared = request.getHeader(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HttpError(http.REQUEST_ENTITY_TOO_LARGE, "request body too large")
+        content = request.content
+        if content is None:
+            return b""
+        content.seek(0)
+        data: bytes = content.read(limit + 1)
+        if len(data) > limit:
+            raise HttpError(http.REQUEST_ENTITY_TOO_LARGE, "request body too large")
+        return data
+
+    def json_body(self, request: Request, *, allow_empty: bool = False) -> dict[str, Any]:
+        """The body as a JSON object (depth-checked; 400 when it is not one)."""
+        data = self.body(request)
+        if not data.strip():
+            if allow_empty:
+                return {}
+            raise HttpError(http.BAD_REQUEST, "empty body")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(http.BAD_REQUEST, "body is not UTF-8") from None
+        if json_too_deep(text, self.api.max_json_depth):
+            raise HttpError(http.BAD_REQUEST, "JSON nested too deeply")
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError):
+            raise HttpError(http.BAD_REQUEST, "body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise HttpError(http.BAD_REQUEST, "body must be a JSON object")
+        return value
+
+    @staticmethod
+    def arg(request: Request, name: bytes) -> str | None:
+        """The first query argument *name* as text, or ``None``."""
+        values = (request.args or {}).get(name)
+        if not values:
+            return None
+        try:
+            return values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(http.BAD_REQUEST, f"{name.decode()} is not UTF-8") from None
+
+    @staticmethod
+    def bearer(request: Request) -> str | None:
+        """The bearer token of the ``Authorization`` header (RFC 6750 §2.1), or ``None``."""
+        header = request.getHeader(b"authorization")
+        if header is None:
+            return None
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        try:
+            return token.strip().decode("ascii")
+        except UnicodeDecodeError:
+            return None
+
+    def is_admin(self, request: Request) -> bool:
+        """Whether the request carries the admin token (or none is needed: loopback only)."""
+        if self.api.admin_token is None:
+            return True
+        presented = self.bearer(request)
+        return presented is not None and hmac.compare_digest(
+            presented.encode(), self.api.admin_token.encode()
+        )
+
+    def require_admin(self, request: Request) -> None:
+        """401 unless :meth:`is_admin`."""
+        if not self.is_admin(request):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="pxestack"')
+            raise HttpError(http.UNAUTHORIZED, "admin token required")
+
+    def require_machine(self, request: Request, serial: str) -> None:
+        """401 unless the request carries *serial*'s callback token (or admin, or compat)."""
+        if self.api.accept_unauthenticated_callbacks or self.is_admin(request):
+            return
+        found = self.api.provisioner.get(serial)
+        if found is None:
+            raise HostNotFound(serial)
+        presented = self.bearer(request) or self.arg(request, b"token")
+        if not self.api.provisioner.token_matches(found.host, presented):
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="pxestack-machine"')
+            raise HttpError(http.UNAUTHORIZED, "host callback token required")
+
+    # -- output ----------------------------------------------------------------------------
+
+    def respond(
+        self,
+        request: Request,
+        work: Callable[[], Any],
+        write: Callable[[Request, Any], bytes],
+    ) -> int:
+        """Run *work* via the runner; *write* turns its result into the body."""
+        finished = []
+        request.notifyFinish().addBoth(lambda _: finished.append(True))
+
+        def ok(result: Any) -> None:
+            if finished:
+                return
+            try:
+                body = write(request, result)
+            except Exception as exc:  # a bug in a writer: answer 500, log it
+                self._fail(request, Failure(exc))
+                return
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if not finished:
+                self._fail(request, failure)
+
+        self.api.run(work).addCallbacks(ok, failed)
+        return NOT_DONE_YET
+
+    def _fail(self, request: Request, failure: Failure) -> None:
+        code, message = self.error_of(failure)
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", _TEXT)
+        request.write(message.encode() + b"\n")
+        request.finish()
+
+    @staticmethod
+    def error_of(failure: Failure) -> tuple[int, str]:
+        """Map an exception to mayu's status codes (and pxestack's 409/412/503)."""
+        exc = failure.value
+        if isinstance(exc, HttpError):
+            return exc.code, exc.message
+        if isinstance(exc, HostNotFound):
+            return http.BAD_REQUEST, "host doesn't exist"
+        if isinstance(exc, BadRequest):
+            return http.BAD_REQUEST, str(exc)
+        if isinstance(exc, IllegalTransition):
+            return http.CONFLICT, str(exc)
+        if isinstance(exc, PreconditionFailed):
+            return http.PRECONDITION_FAILED, f"{exc} (current ETag {exc.current_etag})"
+        if isinstance(exc, StoreReadOnly):
+            return http.SERVICE_UNAVAILABLE, str(exc)
+        if isinstance(exc, TemplateRenderError):
+            log.error("rendering failed: {error}", error=str(exc))
+            return http.INTERNAL_SERVER_ERROR, f"rendering failed: {exc}"
+        if isinstance(exc, StoreError):
+            log.error("store error: {error}", error=str(exc))
+            return http.INTERNAL_SERVER_ERROR, str(exc)
+        log.failure("unexpected error in the provisioning API", failure)
+        return http.INTERNAL_SERVER_ERROR, "internal error"
+
+    def guarded(self, request: Request, handler: Callable[[], bytes | int]) -> bytes | int:
+        """Run a synchronous handler, turning raised errors into answers."""
+        try:
+            return handler()
+        except Exception as exc:
+            code, message = self.error_of(Failure(exc))
+            request.setResponseCode(code)
+            request.setHeader(b"Content-Type", _TEXT)
+            return message.encode() + b"\n"
+
+
+def _text(content_type: bytes) -> Callable[[Request, Any], bytes]:
+    def write(request: Request, text: Any) -> bytes:
+        request.setHeader(b"Content-Type", content_type)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return str(text).encode("utf-8")
+
+    return write
+
+
+def _accepted(request: Request, result: Any) -> bytes:
+    """mayu's mutation answer: 202 and an empty body (plus the new ETag)."""
+    request.setResponseCode(http.ACCEPTED)
+    etag = getattr(result, "etag", None)
+    if isinstance(etag, str):
+        request.setHeader(b"ETag", etag.encode())
+    return b""
+
+
+# -- machine-facing --------------------------------------------------------------------------
+
+
+class BootScriptResource(_Base):
+    """``GET /ipxebootscript``: without a query, a chain script that identifies the machine."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """Pick the script for the machine named by ``serial``/``uuid``/``mac`` (never enrols)."""
+
+        def handle() -> bytes | int:
+            serial = self.arg(request, b"serial")
+            uuid = self.arg(request, b"uuid")
+            mac = self.arg(request, b"mac")
+            identified = any(v is not None for v in (serial, uuid, mac))
+            prov = self.api.provisioner
+
+            def work() -> str:
+                host = prov.host_for_boot(serial or None, uuid or None, mac or None)
+                return prov.boot_script(host, identified)
+
+            return self.respond(request, work, _text(_TEXT))
+
+        return self.guarded(request, handle)
+
+
+class FirstStageScriptResource(_Base):
+    """``GET /first-stage-script/<serial>``: enrol the machine, return its installer script."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """mayu's first contact (era B)."""
+
+        def handle() -> bytes | int:
+            if len(request.postpath) != 1 or not request.postpath[0]:
+                raise HttpError(http.NOT_FOUND, "no serial in the path")
+            raw = request.postpath[0].decode("utf-8", "replace")
+            prov = self.api.provisioner
+            serial = prov.identity(raw, self.arg(request, b"uuid"))
+
+            def work() -> str:
+                versioned, _created = prov.first_contact(serial)
+                host = versioned.host
+                if host.state in (HostState.INSTALLED, HostState.RUNNING):
+                    # The per-host token is only handed to a machine expected to install;
+                    # an admin marks the host configured (or fresh) to reinstall it.
+                    raise IllegalTransition(host.state, Event.HOST_DATA)
+                return prov.render_first_stage_script(host)
+
+            return self.respond(request, work, _text(b"text/x-shellscript; charset=utf-8"))
+
+        return self.guarded(request, handle)
+
+
+class FirstStageIgnitionResource(_Base):
+    """``GET /first-stage-ignition.json``: the live installer system's Ignition config."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """The same document for every machine."""
+        return self.guarded(request, lambda: self.respond(
+            request, self.api.provisioner.render_first_stage_ignition, _text(_JSON)))
+
+
+class HostDataResource(_Base):
+    """``POST /final-ignition-config.json``: the installer's host data; returns the config."""
+
+    isLeaf = True
+
+    def render_POST(self, request: Request) -> bytes | int:
+        """Record MACs/NIC/IPMI, go ``installing``, answer the final Ignition config."""
+
+        def handle() -> bytes | int:
+            payload = self.json_body(request)
+            prov = self.api.provisioner
+            raw = payload.get("Serial")
+            if not isinstance(raw, str) or not raw.strip():
+                raise BadRequest("no serial ? :/")
+            serial = prov.identity(raw, payload.get("UUID") or self.arg(request, b"uuid"))
+            if prov.get(serial) is not None:
+                self.require_machine(request, serial)
+            elif not self.api.accept_unauthenticated_callbacks and not self.is_admin(request):
+                # A token exists only once the machine is enrolled (first-stage script).
+                raise HttpError(http.UNAUTHORIZED, "host callback token required")
+
+            def work() -> str:
+                _host, config = prov.host_data(payload, serial_hint=serial)
+                return config
+
+            return self.respond(request, work, _text(_JSON))
+
+        return self.guarded(request, handle)
+
+
+class PxeIgnitionResource(_Base):
+    """``GET /ignition?serial=&uuid=``: mayu era C, for profiles with ``install: pxe``."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """Enrol if new, go ``installing``, answer the Ignition config."""
+
+        def handle() -> bytes | int:
+            prov = self.api.provisioner
+            serial = prov.identity(self.arg(request, b"serial") or "", self.arg(request, b"uuid"))
+
+            def work() -> str:
+                versioned, _ = prov.first_contact(serial)
+                if prov.install_flow(versioned.host) != "pxe":
+                    raise HttpError(http.CONFLICT, "this host's profile installs to disk")
+                _host, config = prov.pxe_config(serial)
+                return config
+
+            return self.respond(request, work, _text(_JSON))
+
+        return self.guarded(request, handle)
+
+
+#: ``/images/.../<name>`` -> file names in ``<images_dir>/<version>/``, newest naming first
+#: (Flatcar's, then CoreOS's as mayu's caches have them; mayu.md §5.3).
+IMAGE_FILES: dict[str, tuple[str, ...]] = {
+    "vmlinuz": ("flatcar_production_pxe.vmlinuz", "coreos_production_pxe.vmlinuz"),
+    "initrd.cpio.gz": (
+        "flatcar_production_pxe_image.cpio.gz", "coreos_production_pxe_image.cpio.gz"),
+    "install_image.bin.bz2": (
+        "flatcar_production_image.bin.bz2", "coreos_production_image.bin.bz2"),
+}
+
+
+class ImagesResource(_Base):
+    """``GET|HEAD /images/[<serial>/]<file>``: the host's OS version, served with Range.
+
+    Version = host override › host version › ``default_os_version`` (an unknown serial gets
+    the default).  Unknown file names are 404 (mayu's handler panicked: bug).  The bytes
+    are served by :class:`pxestack.http.assets.AssetResource` (Range, HEAD, conditional
+    requests, sendfile; paths cannot leave the images directory).
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: ProvisioningApi, assets: Resource | None) -> None:
+        super().__init__(api)
+        self.assets = assets
+
+    def render(self, request: Request) -> bytes | int:
+        """Rewrite the path to ``<version>/<file>`` and delegate to the asset resource."""
+
+        def handle() -> bytes | int:
+            if request.method not in (b"GET", b"HEAD"):
+                request.setHeader(b"Allow", b"GET, HEAD")
+                raise HttpError(http.NOT_ALLOWED, "method not allowed")
+            parts = [p.decode("utf-8", "replace") for p in request.postpath]
+            if self.assets is None or len(parts) not in (1, 2) or parts[-1] not in IMAGE_FILES:
+                raise HttpError(http.NOT_FOUND, "not found")
+            prov = self.api.provisioner
+            host = None
+            if len(parts) == 2:
+                found = prov.get(parts[0])
+                host = found.host if found is not None else None
+            version = prov.os_version(host)
+            root = getattr(self.assets, "root", None)
+            names = IMAGE_FILES[parts[-1]]
+            chosen = names[0]
+            if root is not None:
+                for name in names:
+                    if (root / version / name).is_file():
+                        chosen = name
+                        break
+            request.postpath = [version.encode(), chosen.encode()]
+            result: bytes | int = self.assets.render(request)
+            return result
+
+        return self.guarded(request, handle)
+
+
+# -- admin -----------------------------------------------------------------------------------
+
+#: ``PUT /admin/host/<serial>/<action>`` setters: action -> JSON field (mayu.md §5.2, §14).
+FIELD_SETTERS = {
+    "set_metadata": "FleetMetadata",
+    "set_provider_id": "ProviderId",
+    "set_ipmi_addr": "IPMIAddr",
+    "set_cabinet": "Cabinet",
+    "set_etcd_cluster_token": "EtcdClusterToken",
+}
+MACHINE_ACTIONS = ("set_installed", "boot_complete")
+
+
+class AdminResource(_Base):
+    """``/admin/...``: the admin API (bearer token) and the machine callbacks under it."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """``hosts``, ``host/<serial>``, ``host/<serial>/history``, ``mayu_config``, ``health``."""
+
+        def handle() -> bytes | int:
+            self.require_admin(request)
+            path = [p.decode("utf-8", "replace") for p in request.postpath]
+            prov = self.api.provisioner
+            if path == ["hosts"]:
+                return self.respond(
+                    request, lambda: [h.to_json() for h in prov.hosts()], _json_writer)
+            if path == ["health"]:
+                return self.respond(request, prov.store.health, _health_writer)
+            if path == ["mayu_config"]:
+                return self.respond(request, self.api.export_config, _text(b"text/yaml"))
+            if len(path) == 2 and path[0] == "host":
+                serial = path[1].lower()
+
+                def one() -> Any:
+                    found = prov.get(serial)
+                    if found is None:
+                        raise HostNotFound(serial)
+                    return found
+
+                return self.respond(request, one, _versioned_writer)
+            if len(path) == 3 and path[0] == "host" and path[2] == "history":
+                serial = path[1].lower()
+
+                def history() -> Any:
+                    if prov.get(serial) is None:
+                        raise HostNotFound(serial)
+                    return [e.to_json() for e in prov.store.history(serial)]
+
+                return self.respond(request, history, _json_writer)
+            raise HttpError(http.NOT_FOUND, "not found")
+
+        return self.guarded(request, handle)
+
+    def render_PUT(self, request: Request) -> bytes | int:
+        """Host mutations and ``mayu_config``; 202 with an empty body on success."""
+
+        def handle() -> bytes | int:
+            path = [p.decode("utf-8", "replace") for p in request.postpath]
+            prov = self.api.provisioner
+            if path == ["mayu_config"]:
+                self.require_admin(request)
+                text = self.body(request).decode("utf-8", "replace")
+                return self.respond(request, lambda: self.api.import_config(text), _accepted)
+            if len(path) != 3 or path[0] != "host":
+                raise HttpError(http.NOT_FOUND, "not found")
+            serial, action = path[1].lower(), path[2]
+            if_match = _if_match(request)
+            if action in MACHINE_ACTIONS:
+                self.require_machine(request, serial)
+            else:
+                self.require_admin(request)
+            if action == "set_installed":
+                return self.respond(
+                    request, lambda: _etagged(prov, prov.set_installed(serial, if_match)), _accepted)
+            if action == "boot_complete":
+                payload = self.json_body(request, allow_empty=True)
+                return self.respond(
+                    request,
+                    lambda: _etagged(prov, prov.boot_complete(serial, payload, if_match)),
+                    _accepted,
+                )
+            if action == "mark_fresh":
+                return self.respond(
+                    request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), _accepted)
+            payload = self.json_body(request)
+            if action == "set_state":
+                state = payload.get("State")
+                return self.respond(
+                    request, lambda: _etagged(prov, prov.set_state(serial, state, if_match)),
+                    _accepted)
+            if action == "override":
+                overrides = payload.get("Overrides")
+                return self.respond(
+                    request, lambda: _etagged(prov, prov.override(serial, overrides, if_match)),
+                    _accepted)
+            if action in FIELD_SETTERS:
+                name = FIELD_SETTERS[action]
+                if name not in payload:
+                    raise BadRequest(f"{name} missing from the body")
+                value = payload[name]
+                return self.respond(
+                    request,
+                    lambda: _etagged(prov, prov.set_field(serial, name, value, if_match)),
+                    _accepted,
+                )
+            raise HttpError(http.NOT_FOUND, f"unknown action {action!r}")
+
+        return self.guarded(request, handle)
+
+
+def _if_match(request: Request) -> str | None:
+    value = request.getHeader(b"if-match")
+    return value.decode("latin-1") if value is not None else None
+
+
+def _etagged(prov: Provisioner, host: Any) -> Any:
+    return prov.get(host.serial)
+
+
+def _json_writer(request: Request, value: Any) -> bytes:
+    request.setHeader(b"Content-Type", _JSON)
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(value, indent=2).encode()
+
+
+def _versioned_writer(request: Request, versioned: Any) -> bytes:
+    request.setHeader(b"ETag", versioned.etag.encode())
+    return _json_writer(request, versioned.host.to_json())
+
+
+def _health_writer(request: Request, health: Any) -> bytes:
+    if not health.get("ok", False):
+        request.setResponseCode(http.SERVICE_UNAVAILABLE)
+    return _json_writer(request, health)
+
+
+class ProvisioningApi:
+    """Builds the resources and holds what they share (see the module documentation)."""
+
+    def __init__(
+        self,
+        provisioner: Provisioner,
+        *,
+        admin_token: str | None,
+        run: Runner = synchronous_runner,
+        images: Resource | None = None,
+        accept_unauthenticated_callbacks: bool = False,
+        max_body_bytes: int = 1 << 20,
+        max_json_depth: int = 32,
+        config_exporter: Callable[[], str] | None = None,
+        config_importer: Callable[[str], None] | None = None,
+    ) -> None:
+        self.provisioner = provisioner
+        self.admin_token = admin_token or None
+        self.run = run
+        self.images = images
+        self.accept_unauthenticated_callbacks = accept_unauthenticated_callbacks
+        self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+        self._export = config_exporter
+        self._import = config_importer
+
+    def export_config(self) -> str:
+        """``GET /admin/mayu_config``: the settings in mayu's YAML schema."""
+        if self._export is None:
+            raise HttpError(http.NOT_FOUND, "config export is not available")
+        return self._export()
+
+    def import_config(self, text: str) -> None:
+        """``PUT /admin/mayu_config``: validate and apply a mayu YAML config (400 on errors)."""
+        if self._import is None:
+            raise HttpError(http.NOT_FOUND, "config import is not available")
+        try:
+            self._import(text)
+        except yaml.YAMLError as exc:
+            raise BadRequest(f"invalid YAML: {exc}") from None
+
+    def children(self) -> dict[bytes, Resource]:
+        """First path segment -> resource, for ``Extensions.http_children``."""
+        return {
+            b"ipxebootscript": BootScriptResource(self),
+            b"first-stage-script": FirstStageScriptResource(self),
+            b"first-stage-ignition.json": FirstStageIgnitionResource(self),
+            b"final-ignition-config.json": HostDataResource(self),
+            b"ignition": PxeIgnitionResource(self),
+            b"images": ImagesResource(self, self.images),
+            b"admin": AdminResource(self),
+        }
+
+    def root(self) -> Resource:
+        """A root resource with :meth:`children` mounted (tests and stand-alone use)."""
+        root = Resource()
+        for name, child in self.children().items():
+            root.putChild(name, child)
+        return root
+
+
+__all__ = [
+    "FIELD_SETTERS",
+    "IMAGE_FILES",
+    "AdminResource",
+    "BootScriptResource",
+    "FirstStageScriptResource",
+    "HostDataResource",
+    "HttpError",
+    "ImagesResource",
+    "ProvisioningApi",
+    "json_too_deep",
+    "synchronous_runner",
+]

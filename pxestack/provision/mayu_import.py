@@ -1,0 +1,311 @@
+"""Read an existing mayu ``config.yaml`` into pxestack's ``provision:`` section, and back.
+
+The mapping (documented in ``docs/provisioning.md``, "Migrating from mayu"):
+
+=====================================================  =====================================
+mayu key                                               pxestack key
+=====================================================  =====================================
+``default_coreos_version`` / ``default_flatcar_version``  ``provision.default_os_version``
+``network.ip_range`` (era B) / ``network.primary_nic.ip_range`` (era C)  ``provision.network.ip_range``
+``network.subnet_size``, ``subnet_gateway``, ``dns``, ``ntp``  ``provision.network.*`` (same names)
+``network.network_model`` / ``primary_nic.network_model.type``  ``provision.network.network_model``
+``network.bond_mode``, ``vlan_id``, ``bond_interface_match``  ``provision.network.*``
+``profiles[i].{name,quantity,tags,disable_engine,etcd_cluster_token}``  ``provision.profiles[i].*``
+``profiles[i].coreos_version`` / ``flatcar_version``   ``provision.profiles[i].os_version``
+(era C file)                                           ``provision.profiles[i].install: pxe``
+``templates_env``                                      ``provision.templates_env``
+``network.interface``, ``bind_addr``, ``bootstrap_range``, ``router``, ``pxe``, ``uefi``,
+``network.pxe.pxe_interface``                          the ``dhcp:``/``tftp:``/``http:`` sections
+                                                       (reported as notes, not converted)
+=====================================================  =====================================
+
+What cannot be represented is an error naming the mayu key path: ``network_model: bridge``,
+``extra_nics``, routes, and unknown keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pxestack.config._reader import Section
+from pxestack.config.provision import ProvisionConfig, read_provision, thaw
+from pxestack.errors import ConfigError, ConfigProblem
+
+#: mayu keys that belong to pxestack's DHCP/TFTP/HTTP sections, with where they go.
+ELSEWHERE = {
+    "network.interface": "dhcp interface (dhcp.interfaces)",
+    "network.bind_addr": "the server address (dhcp.server_address, http.public_url)",
+    "network.bootstrap_range": "the DHCP pool (dhcp.pools[].start/end)",
+    "network.router": "the DHCP pool's router (dhcp.pools[].router)",
+    "network.pxe": "enabling TFTP (tftp:) and PXE answers (dhcp.boot)",
+    "network.uefi": "nothing: pxestack picks the iPXE binary per client architecture",
+}
+
+
+class _Converter:
+    def __init__(self) -> None:
+        self.problems: list[ConfigProblem] = []
+        self.notes: list[str] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(ConfigProblem(path, message))
+
+    def mapping(self, value: object, path: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.problem(path, "expected a mapping")
+            return {}
+        return value
+
+    def ip(self, value: object, path: str) -> str | None:
+        if value in (None, ""):
+            return None
+        try:
+            return str(IPv4Address(str(value)))
+        except ValueError:
+            self.problem(path, f"{value!r} is not an IPv4 address")
+            return None
+
+    def int_text(self, value: object, path: str) -> int | None:
+        if value in (None, ""):
+            return None
+        try:
+            return int(str(value))
+        except ValueError:
+            self.problem(path, f"{value!r} is not a number")
+            return None
+
+    def unknown(self, data: Mapping[str, Any], known: set[str], prefix: str) -> None:
+        for key in data:
+            if key not in known:
+                path = f"{prefix}.{key}" if prefix else str(key)
+                self.problem(path, "unknown mayu key (mayu ignored it; pxestack does not)")
+
+    def network(self, net: Mapping[str, Any], era_c: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        nic: Mapping[str, Any] = net
+        nic_path = "network"
+        for key, where in ELSEWHERE.items():
+            name = key.split(".", 1)[1]
+            if name in net:
+                self.notes.append(f"{key}: not converted; configure {where}")
+        if era_c:
+            nic = self.mapping(net.get("primary_nic"), "network.primary_nic")
+            nic_path = "network.primary_nic"
+            if net.get("extra_nics"):
+                self.problem("network.extra_nics", "additional NICs are not supported yet")
+            if "pxe" in net:
+                self.notes.append("network.pxe.pxe_interface: configure the dhcp: section")
+            self.unknown(net, {"bind_addr", "pxe", "primary_nic", "extra_nics", "uefi", "ntp"},
+                         "network")
+            self.unknown(nic, {"interface_name", "ip_range", "subnet_size", "subnet_gateway",
+                               "dns", "routes", "network_model"}, nic_path)
+            if nic.get("interface_name"):
+                out["interface_match"] = str(nic["interface_name"])
+            if nic.get("routes"):
+                self.problem(f"{nic_path}.routes", "static routes are not supported yet")
+            model = self.mapping(nic.get("network_model"), f"{nic_path}.network_model")
+            self.unknown(model, {"type", "vlan_id", "bond_mode", "bond_interface_match"},
+                         f"{nic_path}.network_model")
+            model_type, model_path = model.get("type"), f"{nic_path}.network_model.type"
+            vlan, bond_mode = model.get("vlan_id"), model.get("bond_mode")
+            if model.get("bond_interface_match"):
+                out["interface_match"] = str(model["bond_interface_match"])
+        else:
+            self.unknown(net, {"pxe", "uefi", "interface", "bind_addr", "bootstrap_range",
+                               "ip_range", "router", "dns", "ntp", "subnet_size",
+                               "subnet_gateway", "vlan_id", "network_model", "bond_mode"},
+                         "network")
+            model_type, model_path = net.get("network_model"), "network.network_model"
+            vlan, bond_mode = net.get("vlan_id"), net.get("bond_mode")
+        rng = self.mapping(nic.get("ip_range"), f"{nic_path}.ip_range")
+        if rng:
+            start = self.ip(rng.get("start"), f"{nic_path}.ip_range.start")
+            end = self.ip(rng.get("end"), f"{nic_path}.ip_range.end")
+            if start and end:
+                out["ip_range"] = {"start": start, "end": end}
+        size = self.int_text(nic.get("subnet_size"), f"{nic_path}.subnet_size")
+        if size is not None:
+            out["subnet_size"] = size
+        gateway = self.ip(nic.get("subnet_gateway"), f"{nic_path}.subnet_gateway")
+        if gateway:
+            out["subnet_gateway"] = gateway
+        dns = nic.get("dns") or []
+        if dns:
+            out["dns"] = [self.ip(d, f"{nic_path}.dns[{i}]") for i, d in enumerate(dns)]
+        ntp = net.get("ntp") or []
+        if ntp:
+            out["ntp"] = [str(n) for n in ntp]
+        if model_type:
+            if model_type in ("singlenic", "bond"):
+                out["network_model"] = model_type
+            else:
+                self.problem(model_path, f"{model_type!r} is not supported (singlenic, bond)")
+        vlan_id = self.int_text(vlan, "network.vlan_id")
+        if vlan_id is not None:
+            out["vlan_id"] = vlan_id
+        if bond_mode:
+            out["bond_mode"] = str(bond_mode)
+        return out
+
+    def profiles(self, profiles: object, era_c: bool) -> list[dict[str, Any]]:
+        if profiles is None:
+            return []
+        if not isinstance(profiles, list):
+            self.problem("profiles", "expected a list")
+            return []
+        out = []
+        for index, raw in enumerate(profiles):
+            path = f"profiles[{index}]"
+            prof = self.mapping(raw, path)
+            self.unknown(prof, {"name", "quantity", "tags", "disable_engine", "coreos_version",
+                                "flatcar_version", "etcd_cluster_token"}, path)
+            item: dict[str, Any] = {"name": prof.get("name"), "quantity": prof.get("quantity", 0)}
+            if prof.get("tags"):
+                item["tags"] = list(prof["tags"])
+            if prof.get("disable_engine"):
+                item["disable_engine"] = bool(prof["disable_engine"])
+            version = prof.get("flatcar_version") or prof.get("coreos_version")
+            if version:
+                item["os_version"] = str(version)
+            if prof.get("etcd_cluster_token"):
+                item["etcd_cluster_token"] = str(prof["etcd_cluster_token"])
+            if era_c:
+                item["install"] = "pxe"
+            out.append(item)
+        return out
+
+
+def mayu_to_provision(data: object) -> tuple[dict[str, Any], list[str]]:
+    """Convert a parsed mayu config into a ``provision:`` mapping plus migration notes.
+
+    Raises :class:`ConfigError` listing every mayu key (by path) that cannot be converted.
+    """
+    conv = _Converter()
+    root = conv.mapping(data, "")
+    era_c = "default_flatcar_version" in root or "primary_nic" in conv.mapping(
+        root.get("network"), "network")
+    conv.unknown(root, {"default_coreos_version", "default_flatcar_version", "network",
+                        "profiles", "templates_env"}, "")
+    version = root.get("default_flatcar_version") or root.get("default_coreos_version")
+    out: dict[str, Any] = {}
+    if not version:
+        conv.problem("default_coreos_version", "is required (mayu refused to start without it)")
+    else:
+        out["default_os_version"] = str(version)
+    network = conv.network(conv.mapping(root.get("network"), "network"), era_c)
+    if network:
+        out["network"] = network
+    profiles = conv.profiles(root.get("profiles"), era_c)
+    if profiles:
+        out["profiles"] = profiles
+    env = root.get("templates_env")
+    if env is not None:
+        if isinstance(env, Mapping):
+            out["templates_env"] = dict(env)
+        else:
+            conv.problem("templates_env", "expected a mapping")
+    if conv.problems:
+        raise ConfigError(conv.problems)
+    return out, conv.notes
+
+
+def apply_mayu_text(text: str, base: ProvisionConfig) -> ProvisionConfig:
+    """A new :class:`ProvisionConfig`: *base* with the mayu concepts of *text* replacing its own.
+
+    Everything that is not a mayu concept (paths, git, API, public URL) is kept from *base*.
+    Raises :class:`ConfigError` (mayu key paths) or ``yaml.YAMLError``.
+    """
+    mapping, _notes = mayu_to_provision(yaml.safe_load(text))
+    problems: list[ConfigProblem] = []
+    section = Section(mapping, "provision", problems, base.cluster_dir)
+    converted = read_provision(section, base.cluster_dir.parent)
+    if problems:
+        raise ConfigError(problems)
+    from dataclasses import replace
+
+    return replace(
+        base,
+        default_os_version=converted.default_os_version,
+        network=converted.network,
+        profiles=converted.profiles,
+        templates_env=converted.templates_env,
+    )
+
+
+def export_mayu(config: ProvisionConfig) -> str:
+    """The mayu concepts of *config* as a mayu (era B) ``config.yaml`` text."""
+    network: dict[str, Any] = {}
+    net = config.network
+    if net.ip_range is not None:
+        network["ip_range"] = {"start": str(net.ip_range.start), "end": str(net.ip_range.end)}
+    network["subnet_size"] = str(net.subnet_size)
+    if net.subnet_gateway is not None:
+        network["subnet_gateway"] = str(net.subnet_gateway)
+    if net.dns:
+        network["dns"] = [str(d) for d in net.dns]
+    if net.ntp:
+        network["ntp"] = list(net.ntp)
+    network["network_model"] = net.network_model
+    network["bond_mode"] = net.bond_mode
+    if net.vlan_id is not None:
+        network["vlan_id"] = str(net.vlan_id)
+    profiles = []
+    for profile in config.profiles:
+        item: dict[str, Any] = {"name": profile.name, "quantity": profile.quantity}
+        if profile.tags:
+            item["tags"] = list(profile.tags)
+        if profile.disable_engine:
+            item["disable_engine"] = True
+        if profile.os_version:
+            item["coreos_version"] = profile.os_version
+        if profile.etcd_cluster_token:
+            item["etcd_cluster_token"] = profile.etcd_cluster_token
+        profiles.append(item)
+    document = {
+        "default_coreos_version": config.default_os_version,
+        "network": network,
+        "profiles": profiles,
+        "templates_env": thaw(config.templates_env),
+    }
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
+
+
+def migrate_main(argv: list[str] | None = None) -> int:
+    """``migrate-mayu MAYU_CONFIG``: print the ``provision:`` section for a mayu config.
+
+    Notes about keys that belong to other sections go to stderr; conversion errors too
+    (exit status 1).  The lead can expose this as ``pxestack migrate-mayu``.
+    """
+    parser = argparse.ArgumentParser(prog="pxestack migrate-mayu", description=migrate_main.__doc__)
+    parser.add_argument("mayu_config", type=Path, help="mayu's config.yaml")
+    parser.add_argument("--cluster-dir", default=None,
+                        help="mayu's --cluster-directory, reused as provision.cluster_dir")
+    args = parser.parse_args(argv)
+    try:
+        data = yaml.safe_load(args.mayu_config.read_text(encoding="utf-8"))
+        mapping, notes = mayu_to_provision(data)
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"{args.mayu_config}: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.mayu_config}: {problem}", file=sys.stderr)
+        return 1
+    if args.cluster_dir:
+        mapping = {"cluster_dir": args.cluster_dir, **mapping}
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    sys.stdout.write(yaml.safe_dump({"provision": mapping}, sort_keys=False))
+    return 0
+
+
+__all__ = ["ELSEWHERE", "apply_mayu_text", "export_mayu", "mayu_to_provision", "migrate_main"]

@@ -1,0 +1,450 @@
+"""The provisioning actions (mayu's handlers without the HTTP): enrol, record, transition, render.
+
+:class:`Provisioner` is what the HTTP resources in :mod:`pxestack.provision.api` call.  Each
+method validates its input, applies one change through the :class:`~pxestack.provision.store.HostStore`
+(so it is one atomic write and one audit commit), and returns plain values.  Nothing here
+knows about requests or status codes; errors are typed:
+
+* :class:`BadRequest` (the caller's input is wrong -> 400),
+* :class:`~pxestack.provision.store.HostNotFound` (-> 400 "host doesn't exist", as mayu),
+* :class:`~pxestack.provision.machine.IllegalTransition` (-> 409),
+* :class:`~pxestack.provision.store.PreconditionFailed` (-> 412),
+* :class:`~pxestack.provision.templates.TemplateRenderError` and
+  :class:`~pxestack.provision.store.StoreError` (-> 500/503).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote
+
+from pxestack import __version__
+from pxestack.config.provision import ProfileConfig, ProvisionConfig, thaw
+from pxestack.provision import assign
+from pxestack.provision.machine import Event, apply
+from pxestack.provision.model import (
+    VERSION_FIELDS,
+    BadIdentity,
+    Host,
+    HostState,
+    InvalidHostRecord,
+    machine_identity,
+    normalize_mac,
+)
+from pxestack.provision.store import PRIVATE_DIR, HostStore, Versioned, atomic_write
+from pxestack.provision.templates import Templates
+
+#: mayu's commit messages for an enrolment (mayu.md §7), recorded as one commit.
+ENROL_MESSAGES = (
+    "host created",
+    "updated host InternalAddr",
+    "updated host profile and metadata",
+    "set default etcd discovery token",
+)
+
+
+class BadRequest(ValueError):
+    """The request's content is not acceptable (HTTP 400)."""
+
+
+def callback_key(cluster_dir: Path, random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> bytes:
+    """The secret that per-host callback tokens derive from (created 0600 on first use).
+
+    It lives in ``<cluster-dir>/.pxestack/callback.key``, which the cluster's .gitignore
+    excludes, so pushing the audit repository does not publish it.
+    """
+    path = cluster_dir / PRIVATE_DIR / "callback.key"
+    if path.exists():
+        key = path.read_bytes()
+        if len(key) >= 16:
+            return key
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    key = random_bytes(32)
+    atomic_write(path, key, mode=0o600)
+    os.chmod(path, 0o600)
+    return key
+
+
+class Provisioner:
+    """mayu's behaviour over a :class:`HostStore` (see the module documentation)."""
+
+    def __init__(
+        self,
+        config: ProvisionConfig,
+        store: HostStore,
+        *,
+        base_url: str,
+        templates: Templates | None = None,
+        key: bytes,
+        clock: Callable[[], float] = time.time,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+        self.templates = templates or Templates(config.templates_dir, config.snippets_dir)
+        self._key = key
+        self.clock = clock
+        self.random_bytes = random_bytes
+
+    # -- identity and tokens ---------------------------------------------------------------
+
+    @staticmethod
+    def identity(serial: object, uuid: object = None) -> str:
+        """The host key for *serial* (UUID fallback for placeholder serials; mayu PR #122)."""
+        try:
+            return machine_identity(serial, uuid)
+        except BadIdentity as exc:
+            raise BadRequest(str(exc)) from None
+
+    def callback_token(self, host: Host) -> str:
+        """The per-host secret the machine presents on callbacks (HMAC of serial + machine ID)."""
+        message = f"pxestack-callback:{host.serial}:{host.machine_id}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:40]
+
+    def token_matches(self, host: Host, presented: str | None) -> bool:
+        """Constant-time check of a presented callback token."""
+        return presented is not None and hmac.compare_digest(
+            presented.encode(), self.callback_token(host).encode()
+        )
+
+    def profile_of(self, host: Host) -> ProfileConfig | None:
+        """The configured profile of *host* (``None`` for ``default`` when not configured)."""
+        return self.config.profile(host.profile)
+
+    def install_flow(self, host: Host) -> str:
+        """``disk`` (mayu era B) or ``pxe`` (era C) for *host*'s profile."""
+        profile = self.profile_of(host)
+        return profile.install if profile is not None else "disk"
+
+    def now(self) -> datetime:
+        """The current time as an aware datetime (from the injected clock)."""
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, serial: str) -> Versioned | None:
+        """The record of *serial* (lower-cased as mayu does), or ``None``."""
+        return self.store.read(serial.lower())
+
+    def hosts(self) -> list[Host]:
+        """Every host, ordered by serial (mayu returned them unordered)."""
+        return sorted(self.store.hosts(), key=lambda h: h.serial)
+
+    # -- enrolment -------------------------------------------------------------------------
+
+    def first_contact(self, serial: str) -> tuple[Versioned, bool]:
+        """The record of *serial*, enrolling the machine when it is new (mayu.md §2)."""
+
+        def make(existing: Sequence[Host]) -> Host:
+            try:
+                return assign.new_host(
+                    serial, existing, self.config,
+                    random_bytes=self.random_bytes,
+                    default_token=self.store.default_etcd_token,
+                )
+            except assign.AddressPoolExhausted as exc:
+                raise BadRequest(str(exc)) from None
+
+        return self.store.enrol(serial, make, ENROL_MESSAGES)
+
+    # -- machine callbacks -----------------------------------------------------------------
+
+    def host_data(self, payload: Mapping[str, Any], serial_hint: str | None = None) -> tuple[Host, str]:
+        """The installer's host-data POST: record NICs, go ``installing``, return the config.
+
+        *payload* is mayu's ``{"Serial", "NetDevs": [{"Name", "MacAddress"}], "IPMIAddress",
+        "ConnectedNIC"}``.  The final config is rendered before anything is stored; if it
+        cannot be rendered nothing changes (mayu changed the state and then answered 500).
+        """
+        raw_serial = payload.get("Serial")
+        if not isinstance(raw_serial, str) or not raw_serial.strip():
+            raise BadRequest("no serial ? :/")
+        serial = serial_hint or self.identity(raw_serial, payload.get("UUID"))
+        macs = _netdev_macs(payload.get("NetDevs"))
+        connected = payload.get("ConnectedNIC") or ""
+        if not isinstance(connected, str) or len(connected) > 64 or not _is_ifname(connected):
+            raise BadRequest(f"ConnectedNIC {connected!r} is not an interface name")
+        ipmi = _optional_ip(payload.get("IPMIAddress"), "IPMIAddress")
+        self.first_contact(serial)
+        rendered: list[str] = []
+
+        def change(host: Host) -> tuple[Host, str, Sequence[str]]:
+            outcome = apply(host, Event.HOST_DATA, now=self.now())
+            details = []
+            updates: dict[str, Any] = {}
+            if macs and macs != host.mac_addresses:
+                updates["mac_addresses"] = macs
+                details.append("collected host mac addresses")
+            if connected and connected != host.connected_nic:
+                updates["connected_nic"] = connected
+                details.append("updated host connected nic")
+            if ipmi is not None and ipmi != host.ipmi_addr:
+                updates["ipmi_addr"] = ipmi
+                details.append("updated host ipmi address")
+            new = outcome.host.evolve(**updates)
+            rendered.append(self.render_final(new))
+            return new, outcome.message, details
+
+        versioned = self.store.update(serial, change)
+        return versioned.host, rendered[-1]
+
+    def pxe_config(self, serial: str) -> tuple[Host, str]:
+        """Era C's ``GET /ignition``: enrol if new, go ``installing``, return the config."""
+        self.first_contact(serial)
+        rendered: list[str] = []
+
+        def change(host: Host) -> tuple[Host, str, Sequence[str]]:
+            outcome = apply(host, Event.PXE_CONFIG, now=self.now())
+            rendered.append(self.render_final(outcome.host))
+            return outcome.host, outcome.message, outcome.details
+
+        versioned = self.store.update(serial, change)
+        return versioned.host, rendered[-1]
+
+    def set_installed(self, serial: str, if_match: str | None = None) -> Host:
+        """The installer wrote the disk: ``installed`` (DHCP stops PXE-booting it)."""
+        return self._event(serial, Event.SET_INSTALLED, if_match=if_match)
+
+    def boot_complete(self, serial: str, payload: Mapping[str, Any], if_match: str | None = None) -> Host:
+        """The installed OS booted: ``running``, ``LastBoot`` = now, versions copied."""
+        versions = {}
+        for name in VERSION_FIELDS:
+            value = payload.get(name)
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"{name} must be a string")
+            if value:
+                versions[name] = value
+        return self._event(serial, Event.BOOT_COMPLETE, if_match=if_match, versions=versions)
+
+    # -- admin -----------------------------------------------------------------------------
+
+    def set_state(self, serial: str, state: object, if_match: str | None = None) -> Host:
+        """``set_state``: any state, strictly parsed; ``configured`` keeps disk data."""
+        try:
+            target = HostState.parse(state)
+        except InvalidHostRecord as exc:
+            raise BadRequest(str(exc)) from None
+        return self._event(serial, Event.SET_STATE, if_match=if_match, target=target)
+
+    def mark_fresh(self, serial: str, if_match: str | None = None) -> Host:
+        """``mark_fresh``: reinstall from scratch on the next boot."""
+        return self._event(serial, Event.MARK_FRESH, if_match=if_match)
+
+    def set_field(self, serial: str, field: str, value: object, if_match: str | None = None) -> Host:
+        """One of mayu's single-field setters (metadata, provider id, IPMI, cabinet, token)."""
+        parsed: Any
+        if field == "FleetMetadata":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise BadRequest("FleetMetadata must be a list of strings")
+            parsed, attr, message = tuple(value), "fleet_metadata", "updated host metadata"
+        elif field == "ProviderId":
+            parsed, attr, message = _short_str(value, field), "provider_id", "updated host provider id"
+        elif field == "IPMIAddr":
+            parsed, attr, message = _optional_ip(value, field), "ipmi_addr", "updated host ipmi address"
+        elif field == "Cabinet":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+                raise BadRequest("Cabinet must be an integer from 0 to 255")
+            parsed, attr, message = value, "cabinet", "updated host cabinet"
+        elif field == "EtcdClusterToken":
+            parsed, attr, message = (
+                _short_str(value, field), "etcd_cluster_token", "updated host etcd cluster token"
+            )
+        else:
+            raise BadRequest(f"{field} cannot be set")
+
+        def change(host: Host) -> tuple[Host, str, Sequence[str]]:
+            return host.evolve(**{attr: parsed}), message, ()
+
+        return self.store.update(serial.lower(), change, if_match=if_match).host
+
+    def override(self, serial: str, overrides: object, if_match: str | None = None) -> Host:
+        """Merge *overrides* into the host's ``Overrides`` (keys are never deleted, as mayu)."""
+        if not isinstance(overrides, Mapping) or not overrides:
+            raise BadRequest("nothing to override")
+        if not all(isinstance(k, str) and k for k in overrides):
+            raise BadRequest("override keys must be non-empty strings")
+
+        def change(host: Host) -> tuple[Host, str, Sequence[str]]:
+            merged = dict(host.overrides)
+            merged.update(overrides)
+            keys = ", ".join(sorted(overrides))
+            return host.evolve(overrides=MappingProxyType(merged)), f"updated host overrides: {keys}", ()
+
+        return self.store.update(serial.lower(), change, if_match=if_match).host
+
+    def _event(self, serial: str, event: Event, *, if_match: str | None = None, **kwargs: Any) -> Host:
+        def change(host: Host) -> tuple[Host, str, Sequence[str]]:
+            outcome = apply(host, event, now=self.now(), **kwargs)
+            return outcome.host, outcome.message, outcome.details
+
+        return self.store.update(serial.lower(), change, if_match=if_match).host
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def images_url(self, host: Host | None) -> str:
+        """Where this host's kernel and initrd are (``/images/<serial>`` selects its version)."""
+        if host is None:
+            return f"{self.base_url}/images"
+        return f"{self.base_url}/images/{quote(host.serial, safe='')}"
+
+    def context(self, host: Host | None) -> dict[str, Any]:
+        """The template context (mayu's names; mayu.md §8.2-8.3), built fresh per render.
+
+        ``TemplatesEnv`` = ``templates_env`` < profile ``templates_env`` < host ``Overrides``
+        merged into a new dict every time (mayu merged into the global map, so one host's
+        overrides leaked into other hosts' configs: bug).
+        """
+        env = thaw(self.config.templates_env)
+        profile = self.profile_of(host) if host is not None else None
+        if profile is not None:
+            env.update(thaw(profile.templates_env))
+        if host is not None:
+            env.update(thaw(host.overrides))
+        network = self.config.network
+        host_json = host.to_json() if host is not None else {}
+        if host is not None:
+            host_json.setdefault("Hostname", host.hostname)
+            host_json.setdefault("InternalAddr", "")
+            host_json.setdefault("ConnectedNIC", "")
+            host_json.setdefault("MachineID", host.machine_id)
+            host_json.setdefault("Profile", host.profile)
+            host_json["FleetMetadata"] = list(host.fleet_metadata)
+        kernel_args = list(self.config.kernel_args) + (list(profile.kernel_args) if profile else [])
+        serial = host.serial if host is not None else "__SERIAL__"
+        return {
+            "Host": host_json,
+            "Profile": host.profile if host is not None else "",
+            "InstallFlow": self.install_flow(host) if host is not None else "disk",
+            "ClusterNetwork": {
+                "IPRange": {
+                    "Start": str(network.ip_range.start) if network.ip_range else "",
+                    "End": str(network.ip_range.end) if network.ip_range else "",
+                },
+                "SubnetSize": network.subnet_size,
+                "SubnetGateway": str(network.subnet_gateway or ""),
+                "DNS": [str(d) for d in network.dns],
+                "NTP": list(network.ntp),
+                "NetworkModel": network.network_model,
+                "InterfaceMatch": network.interface_match,
+                "VlanId": network.vlan_id or "",
+                "BondMode": network.bond_mode,
+            },
+            "TemplatesEnv": env,
+            "BaseURL": self.base_url,
+            "MayuURL": self.base_url,
+            "ImagesURL": self.images_url(host),
+            "PostBootURL": f"{self.base_url}/admin/host/{quote(serial, safe='')}/boot_complete",
+            "SetInstalledURL": f"{self.base_url}/admin/host/{quote(serial, safe='')}/set_installed",
+            "CallbackToken": self.callback_token(host) if host is not None else "",
+            "KernelArgs": kernel_args,
+            "OSName": "Flatcar Container Linux",
+            "OSVersion": self.os_version(host),
+            "PxeStackVersion": __version__,
+        }
+
+    def os_version(self, host: Host | None) -> str:
+        """Override › host › profile › ``default_os_version`` (mayu.md §5.1 images)."""
+        if host is not None and host.os_version:
+            return host.os_version
+        return self.config.default_os_version
+
+    def render_final(self, host: Host) -> str:
+        """The final Ignition config of *host*."""
+        return self.templates.render("final-ignition.json.j2", self.context(host))
+
+    def render_first_stage_script(self, host: Host) -> str:
+        """The installer script of *host* (mayu's first_stage_script)."""
+        return self.templates.render("first_stage_script.sh.j2", self.context(host))
+
+    def render_first_stage_ignition(self) -> str:
+        """The (host-independent) Ignition config of the live installer system."""
+        return self.templates.render("first-stage-ignition.json.j2", self.context(None))
+
+    def boot_script(self, host: Host | None, identified: bool) -> str:
+        """The iPXE script for a machine (``/ipxebootscript``).
+
+        * Not identified yet: a script that chains back here with ``${serial}``, ``${uuid}``
+          and ``${mac}`` filled in by iPXE.
+        * Installed or running on a ``disk`` profile: boot the local disk now (mayu #14).
+        * A ``pxe`` profile: boot into RAM with this host's config (era C).
+        * Otherwise (unknown, configured, installing, or not enrolled): the installer.
+        """
+        context = self.context(host)
+        if not identified:
+            return self.templates.render("ipxe/chain.ipxe.j2", context)
+        if host is not None:
+            flow = self.install_flow(host)
+            if flow == "pxe":
+                return self.templates.render("ipxe/pxe.ipxe.j2", context)
+            if host.state in (HostState.INSTALLED, HostState.RUNNING):
+                return self.templates.render("ipxe/localboot.ipxe.j2", context)
+        return self.templates.render("ipxe/install.ipxe.j2", context)
+
+    def host_for_boot(self, serial: str | None, uuid: str | None, mac: str | None) -> Host | None:
+        """The known host behind an iPXE request (by serial/UUID, else by MAC); never enrols."""
+        if serial is not None or uuid is not None:
+            try:
+                found = self.store.read(machine_identity(serial or "", uuid))
+            except BadIdentity:
+                found = None
+            if found is not None:
+                return found.host
+        if mac:
+            try:
+                return self.store.host_for_mac(normalize_mac(mac))
+            except InvalidHostRecord:
+                return None
+        return None
+
+
+def _netdev_macs(netdevs: object) -> tuple[str, ...]:
+    if netdevs is None:
+        return ()
+    if not isinstance(netdevs, list) or len(netdevs) > 64:
+        raise BadRequest("NetDevs must be a list of at most 64 interfaces")
+    macs: list[str] = []
+    for index, dev in enumerate(netdevs):
+        if not isinstance(dev, Mapping):
+            raise BadRequest(f"NetDevs[{index}] is not an object")
+        try:
+            mac = normalize_mac(dev.get("MacAddress"))
+        except InvalidHostRecord:
+            raise BadRequest(f"NetDevs[{index}].MacAddress is not a MAC address") from None
+        if mac not in macs:
+            macs.append(mac)
+    return tuple(macs)
+
+
+def _is_ifname(name: str) -> bool:
+    return all(ch.isalnum() or ch in "._-@:" for ch in name)
+
+
+def _optional_ip(value: object, name: str) -> IPv4Address | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} is not an IPv4 address")
+    try:
+        return IPv4Address(value.strip())
+    except ValueError:
+        raise BadRequest(f"{name} {value!r} is not an IPv4 address") from None
+
+
+def _short_str(value: object, name: str) -> str:
+    if not isinstance(value, str) or len(value) > 256 or any(ord(c) < 32 for c in value):
+        raise BadRequest(f"{name} must be a string of at most 256 printable characters")
+    return value
+
+
+__all__ = ["ENROL_MESSAGES", "BadRequest", "Provisioner", "callback_key"]

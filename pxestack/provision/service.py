@@ -1,0 +1,175 @@
+"""Wire the provisioning layer into pxestack's service tree.
+
+:func:`provisioning_extensions` is what :func:`pxestack.app.build_root_service` calls when
+the configuration has a ``provision:`` section.  It opens the cluster directory (verifying
+its git repository), builds the :class:`~pxestack.provision.provisioner.Provisioner`, the
+DHCP :class:`~pxestack.provision.policy.ProvisioningPolicy` and the HTTP resources, and
+returns them as :class:`pxestack.service.Extensions`, together with a
+:class:`ProvisioningService` that runs the store's thread pool and its periodic work
+(re-reading hand-edited records for DHCP, retrying failed git commits).
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import TimerService
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from pxestack.config import Config
+from pxestack.config.provision import ProvisionConfig
+from pxestack.errors import ConfigError, ConfigProblem
+from pxestack.provision.api import ProvisioningApi
+from pxestack.provision.mayu_import import apply_mayu_text, export_mayu
+from pxestack.provision.policy import ProvisioningPolicy
+from pxestack.provision.provisioner import Provisioner, callback_key
+from pxestack.provision.store import FileHostStore
+from pxestack.service import Extensions
+
+#: Where ``PUT /admin/mayu_config`` keeps the accepted text (inside the audited cluster dir).
+MAYU_CONFIG_FILE = "mayu-config.yaml"
+#: Seconds between re-scans of the cluster directory (hand edits reach DHCP this fast).
+RESCAN_INTERVAL = 2.0
+
+log = Logger()
+
+
+def _default_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class ProvisioningService(service.MultiService):
+    """Runs the store's thread pool and the periodic re-scan / git-retry timer."""
+
+    def __init__(self, store: FileHostStore, pool: ThreadPool, retry_interval: float,
+                 reactor: Any = None) -> None:
+        super().__init__()
+        self.setName("provision")
+        self.store = store
+        self.pool = pool
+        self._reactor = reactor
+        timer = TimerService(min(RESCAN_INTERVAL, retry_interval), self.tick)
+        if reactor is not None:
+            timer.clock = reactor
+        timer.setServiceParent(self)
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor threads report back to."""
+        return self._reactor if self._reactor is not None else _default_reactor()
+
+    def startService(self) -> None:
+        """Start the pool before the timer's first tick needs it."""
+        self.pool.start()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop the timer, then let running store work finish and stop the pool."""
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self.pool.stop())
+        return d
+
+    def tick(self) -> defer.Deferred[Any]:
+        """Re-scan the cluster directory and retry any failed git commit (mayu #53)."""
+
+        def work() -> None:
+            self.store.refresh()
+            if not self.store.retry_audit():
+                log.error("git audit of {root} is behind: {health}", root=str(self.store.root),
+                          health=self.store.health())
+
+        d = deferToThreadPool(self.reactor, self.pool, work)
+        d.addErrback(lambda f: log.failure("provisioning maintenance failed", f))
+        return d
+
+
+def _admin_token(config: Config, prov: ProvisionConfig) -> str | None:
+    token = prov.api.token
+    if prov.api.token_file is not None:
+        try:
+            token = prov.api.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([ConfigProblem("provision.api.token_file", str(exc))]) from None
+    if token:
+        return str(token)
+    host = config.http.listen[0] if config.http is not None else "127.0.0.1"
+    if not IPv4Address(host).is_loopback:
+        raise ConfigError([ConfigProblem(
+            "provision.api.token",
+            f"is required because http.listen ({host}) is not loopback-only: "
+            "the admin API must not be open to the network",
+        )])
+    return None
+
+
+def _base_url(config: Config, prov: ProvisionConfig) -> str:
+    if prov.public_url:
+        return prov.public_url
+    if config.http is not None and config.http.public_url:
+        return config.http.public_url
+    if config.http is not None:
+        host, port = config.http.listen
+        if host != "0.0.0.0":
+            return f"http://{host}:{port}"
+    raise ConfigError([ConfigProblem(
+        "provision.public_url", "is required (or http.public_url): machines need a URL to reach")])
+
+
+def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extensions:
+    """Build the provisioning layer for *config* (``config.provision`` must be set)."""
+    prov = config.provision
+    if prov is None:
+        raise ValueError("provisioning_extensions needs a provision: section")
+    base_url = _base_url(config, prov)
+    admin_token = _admin_token(config, prov)
+    store = FileHostStore(prov.cluster_dir, git=prov.git, git_name=prov.git_name,
+                          git_email=prov.git_email)
+    saved = prov.cluster_dir / MAYU_CONFIG_FILE
+    if saved.exists():
+        # A config set through PUT /admin/mayu_config outlives restarts (mayu rewrote its file).
+        prov = apply_mayu_text(saved.read_text(encoding="utf-8"), prov)
+        log.info("using the mayu settings saved in {path}", path=str(saved))
+    provisioner = Provisioner(prov, store, base_url=base_url, key=callback_key(prov.cluster_dir))
+
+    pool = ThreadPool(minthreads=1, maxthreads=4, name="pxestack-provision")
+
+    def run(work: Any) -> defer.Deferred[Any]:
+        return deferToThreadPool(reactor if reactor is not None else _default_reactor(), pool, work)
+
+    def import_config(text: str) -> None:
+        provisioner.config = apply_mayu_text(text, provisioner.config)
+        store.write_cluster_file(MAYU_CONFIG_FILE, text.encode(), "updated mayu config")
+
+    images = None
+    if prov.images_dir is not None:
+        from pxestack.http.assets import AssetResource
+
+        images = AssetResource(Path(prov.images_dir), reactor=reactor)
+    api = ProvisioningApi(
+        provisioner,
+        admin_token=admin_token,
+        run=run,
+        images=images,
+        accept_unauthenticated_callbacks=prov.api.accept_unauthenticated_callbacks,
+        max_body_bytes=prov.api.max_body_bytes,
+        max_json_depth=prov.api.max_json_depth,
+        config_exporter=lambda: export_mayu(provisioner.config),
+        config_importer=import_config,
+    )
+    return Extensions(
+        boot_policy=ProvisioningPolicy(provisioner, installed_boot=prov.installed_boot),
+        tftp_source=None,  # TFTP serves only the iPXE binaries: the filesystem source does.
+        http_children=api.children(),
+        services=[ProvisioningService(store, pool, prov.git_retry_interval, reactor)],
+    )
+
+
+__all__ = ["MAYU_CONFIG_FILE", "ProvisioningService", "provisioning_extensions"]

@@ -1,0 +1,529 @@
+"""The Twisted adapter of the TFTP server: a listener on port 69, one socket per transfer.
+
+:class:`TftpServer` is the controller (Twisted names' ``DNSServerFactory`` role).  Its
+:class:`TftpListener` receives requests on the well-known port; each accepted read or write
+gets a fresh UDP socket on an ephemeral port, its transfer ID (RFC 1350 §4), driven by a
+:class:`~pxestack.tftp.session.ReadSession` or
+:class:`~pxestack.tftp.session.WriteSession`.  The sessions decide everything; this module
+only moves datagrams and keeps one timer per transfer.
+
+The per-block path is kept short because lock-step TFTP is round-trip bound (baselines.md:
+about 15 µs per round trip when client and server share a CPU):
+
+* a transfer socket is registered with the reactor as a plain ``IReadDescriptor``
+  (:class:`_TransferPort`), not a ``DatagramProtocol`` port: its ``doRead`` drains the
+  socket with non-blocking ``recvfrom`` and answers each ACK with ``sendto`` at once,
+  skipping ``udp.Port.write``'s per-datagram address validation;
+* DATA datagrams are built in reused buffers by the session (no per-block allocation of
+  the payload);
+* the retransmission timer is re-armed lazily: it is moved only when the session's deadline
+  comes *earlier* than the armed one.  Each ACK pushes the deadline later, so a healthy
+  transfer costs one timer event per RTO, not one heap operation per block.
+
+Optional single-port mode (for firewalls and NAT that only pass port 69): every transfer
+shares the listener's socket and datagrams are routed by the client's address.
+
+Caps (bad-inputs.md T7): a total number of transfers and a number per client IP; requests
+beyond them get ERROR 0 "Too many transfers".  Hostile or garbled datagrams are logged and
+dropped; nothing a peer sends is raised into the reactor.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pxestack._types import Address
+from pxestack.errors import MalformedPacket
+from pxestack.tftp.session import (
+    SUPPORTED_MODES,
+    UNKNOWN_TID_DATAGRAM,
+    Datagram,
+    ReadSession,
+    SessionSettings,
+    WriteSession,
+    error_datagram,
+    refusal_for,
+    wrap_for_mode,
+)
+from pxestack.tftp.source import FileSource, TftpClient, UploadTarget
+from pxestack.tftp.stats import Outcome, ServerStats, SessionStats, StatsCallback
+from pxestack.wire.tftp import (
+    OP_ERROR,
+    ErrorCode,
+    ReadRequest,
+    WriteRequest,
+    decode_tftp,
+)
+
+#: Largest datagram read from a socket: the largest DATA (65464 + 4) with room to spare.
+MAX_DATAGRAM = 65536 + 64
+
+
+class TransferSocket(Protocol):
+    """What a transfer needs of its UDP socket (a ``socket.socket`` fits; tests fake it)."""
+
+    def fileno(self) -> int:
+        """The descriptor the reactor watches."""
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        """Receive one datagram; raise ``BlockingIOError`` when none is waiting."""
+
+    def sendto(self, data: Datagram, address: Address) -> int:
+        """Send one datagram."""
+
+    def getsockname(self) -> Any:
+        """The local (host, port)."""
+
+    def close(self) -> None:
+        """Release the socket."""
+
+
+def open_transfer_socket(host: str) -> TransferSocket:
+    """A non-blocking UDP socket on an ephemeral port of *host* (a new TID, RFC 1350 §4)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # Windowed transfers at 64 KiB blocks burst more than the default buffer holds.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sock.bind((host, 0))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+Session = ReadSession | WriteSession
+
+
+def _default_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class _Transfer:
+    """One transfer: a session, its client, a way to send, and one lazily armed timer."""
+
+    def __init__(self, server: TftpServer, session: Session, client: Address,
+                 send: Callable[[Datagram, Address], Any]) -> None:
+        self.server = server
+        self.session = session
+        self.client = client
+        self._send = send
+        self._timer: IDelayedCall | None = None
+        self._timer_at = 0.0
+        self.closed = False
+
+    def flush(self, now: float) -> None:
+        """Send what the session queued, then finish or re-arm the timer."""
+        send = self._send
+        client = self.client
+        for datagram in self.session.datagrams_to_send(now):
+            try:
+                send(datagram, client)
+            except OSError as exc:
+                # A full send buffer or an ICMP error: the datagram counts as lost and
+                # the retransmission timer recovers.
+                self.server.log.debug("send to {client} failed: {error}", client=client,
+                                      error=str(exc))
+        if self.session.finished:
+            self.close()
+        else:
+            self.arm(now)
+
+    def datagram(self, data: bytes, now: float) -> None:
+        """A datagram from the client's TID."""
+        try:
+            self.session.receive(data, now)
+        except MalformedPacket as exc:
+            self.server.stats.malformed += 1
+            self.server.log.info("dropped malformed datagram from {client}: {error}",
+                                 client=self.client, error=str(exc))
+            return
+        self.flush(now)
+
+    def arm(self, now: float) -> None:
+        """Make sure a timer fires no later than the session's next deadline."""
+        deadline = self.session.next_deadline()
+        if deadline is None:
+            return
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return  # fires early; on_timer re-arms (see module doc)
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.server.reactor.callLater(max(deadline - now, 0.0), self.on_timer)
+
+    def on_timer(self) -> None:
+        """The timer fired: let the session handle time passing."""
+        self._timer = None
+        if self.closed:
+            return
+        now = self.server.reactor.seconds()
+        self.session.on_deadline(now)
+        self.flush(now)
+
+    def cancel(self, now: float) -> None:
+        """Stop the transfer (server shutdown)."""
+        if not self.closed:
+            self.session.cancel(now)
+            self.flush(now)
+
+    def close(self) -> None:
+        """Release everything and report the outcome to the server (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.server._transfer_finished(self)
+
+
+@implementer(IReadDescriptor)
+class _TransferPort(_Transfer):
+    """A transfer on its own ephemeral socket, read by the reactor directly."""
+
+    def __init__(self, server: TftpServer, session: Session, client: Address,
+                 sock: TransferSocket) -> None:
+        super().__init__(server, session, client, sock.sendto)
+        self.sock = sock
+
+    def fileno(self) -> int:
+        """The socket's descriptor (IReadDescriptor)."""
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:  # noqa: N802 - Twisted interface name
+        """Prefix for Twisted's own log lines."""
+        return "TftpTransfer"
+
+    def doRead(self) -> None:  # noqa: N802 - Twisted interface name
+        """Drain the socket: every datagram waiting is handled before returning."""
+        sock = self.sock
+        client = self.client
+        session = self.session
+        send = sock.sendto
+        now = self.server.reactor.seconds()
+        while not self.closed:
+            try:
+                data, address = sock.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EINTR):
+                    continue
+                self.server.log.warn("transfer socket error: {error}", error=str(exc))
+                break
+            if address != client:
+                self.server._foreign_tid(data, address, send)
+                continue
+            try:
+                session.receive(data, now)
+            except MalformedPacket as exc:
+                self.server.stats.malformed += 1
+                self.server.log.info("dropped malformed datagram from {client}: {error}",
+                                     client=client, error=str(exc))
+                continue
+            for datagram in session.datagrams_to_send(now):
+                try:
+                    send(datagram, client)
+                except OSError as exc:
+                    self.server.log.debug("send to {client} failed: {error}",
+                                          client=client, error=str(exc))
+            if session.finished:
+                self.close()
+                return
+        if not self.closed:
+            self.arm(now)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted interface name
+        """The reactor dropped the descriptor (shutdown): end the transfer."""
+        if not self.closed:
+            self.session.cancel(self.server.reactor.seconds())
+            self.close()
+
+    def close(self) -> None:
+        """Unregister and close the socket, then report the outcome."""
+        if self.closed:
+            return
+        self.server.reactor.removeReader(self)
+        super().close()
+        self.sock.close()
+
+
+class TftpListener(DatagramProtocol):
+    """The well-known port (69): requests, and in single-port mode all transfer traffic."""
+
+    def __init__(self, server: TftpServer) -> None:
+        self.server = server
+
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802
+        """Route a datagram to its transfer (single-port) or treat it as a request."""
+        try:
+            self.server.listener_datagram(datagram, addr, self)
+        except Exception:
+            # Never let a bug in request handling kill the listener.
+            self.server.log.failure("unexpected error handling a datagram from {client}",
+                                    client=addr)
+
+    def send(self, datagram: Datagram, address: Address) -> None:
+        """Send from the well-known port."""
+        if self.transport is not None:
+            self.transport.write(bytes(datagram), address)
+
+
+class TftpServer:
+    """The TFTP server controller: accepts requests, runs transfers, keeps stats.
+
+    :param source: where read requests are served from.
+    :param settings: session tunables (limits, retries, RTO, deadline).
+    :param upload: where write requests go; ``None`` refuses every WRQ with ERROR 2
+        (bad-inputs.md T3, like tftp-hpa without ``-c`` and dnsmasq).
+    :param single_port: serve every transfer from the listener's socket.
+    :param per_client_limit: concurrent transfers per client IP.
+    :param max_transfers: concurrent transfers in total.
+    :param on_stats: called with a :class:`~pxestack.tftp.stats.SessionStats` per transfer.
+    :param transfer_host: local address the per-transfer sockets bind to.
+    :param socket_factory: opens a transfer socket (tests pass a fake).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        source: FileSource,
+        *,
+        settings: SessionSettings | None = None,
+        upload: UploadTarget | None = None,
+        single_port: bool = False,
+        per_client_limit: int = 8,
+        max_transfers: int = 512,
+        on_stats: StatsCallback | None = None,
+        transfer_host: str = "0.0.0.0",
+        reactor: Any = None,
+        socket_factory: Callable[[str], TransferSocket] = open_transfer_socket,
+    ) -> None:
+        self.source = source
+        self.settings = settings or SessionSettings()
+        self.upload = upload
+        self.single_port = single_port
+        self.per_client_limit = per_client_limit
+        self.max_transfers = max_transfers
+        self.on_stats = on_stats
+        self.transfer_host = transfer_host
+        self._reactor = reactor
+        self.socket_factory = socket_factory
+        self.stats = ServerStats()
+        self.transfers: dict[Address, _Transfer] = {}
+        self._per_host: dict[str, int] = {}
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor (``IReactorTime`` and ``IReactorFDSet``) transfers run on."""
+        if self._reactor is None:
+            self._reactor = _default_reactor()
+        return self._reactor
+
+    def listener(self) -> TftpListener:
+        """A new listener protocol bound to this server (pass it to ``listenUDP``)."""
+        return TftpListener(self)
+
+    # ----------------------------------------------------------------- requests
+
+    def listener_datagram(self, data: bytes, addr: Address, listener: TftpListener) -> None:
+        """Handle one datagram that arrived on the well-known port."""
+        if self.single_port:
+            transfer = self.transfers.get(addr)
+            if transfer is not None:
+                transfer.datagram(data, self.reactor.seconds())
+                return
+        try:
+            packet = decode_tftp(data)
+        except MalformedPacket as exc:
+            self.stats.malformed += 1
+            self.log.info("dropped malformed request from {client}: {error}", client=addr,
+                          error=str(exc))
+            return
+        if isinstance(packet, ReadRequest | WriteRequest):
+            self._request(packet, addr, listener)
+        else:
+            # ACK/DATA/ERROR/OACK to port 69 belong to no transfer.  Answering would make
+            # the server a reflector (bad-inputs.md T7), so they are dropped.
+            self.log.debug("ignored {kind} on the request port from {client}",
+                           kind=type(packet).__name__, client=addr)
+
+    def _request(self, request: ReadRequest | WriteRequest, addr: Address,
+                 listener: TftpListener) -> None:
+        self.stats.requests += 1
+        write = isinstance(request, WriteRequest)
+        if addr in self.transfers:
+            # The client resent its request before our first answer arrived: the running
+            # transfer's own retransmission covers it.  Starting a second one would double
+            # every block (the request-level Sorcerer's Apprentice).
+            self.log.debug("duplicate request from {client} ignored", client=addr)
+            return
+        refusal = self._admission(request, addr)
+        if refusal is not None:
+            code, message, reason = refusal
+            self.stats.refused += 1
+            self.log.info("refused {op} {path!r} from {client}: {reason}",
+                          op="WRQ" if write else "RRQ", path=request.filename,
+                          client=addr, reason=reason)
+            listener.send(error_datagram(code, message), addr)
+            return
+        now = self.reactor.seconds()
+        client = TftpClient(addr, self._listener_address(listener))
+        try:
+            session: Session
+            if isinstance(request, WriteRequest):
+                assert self.upload is not None
+                upload = self.upload.create(request.filename, client)
+                session = WriteSession(request, upload, now, settings=self.settings,
+                                       client=addr)
+            else:
+                reader = self.source.open(request.filename, client)
+                try:
+                    reader = wrap_for_mode(reader, request.mode)
+                except BaseException:
+                    reader.close()
+                    raise
+                session = ReadSession(request, reader, now, settings=self.settings,
+                                      client=addr)
+        except Exception as exc:
+            code, message = refusal_for(exc)
+            self.stats.refused += 1
+            log = self.log.info if code in (ErrorCode.FILE_NOT_FOUND,
+                                            ErrorCode.ACCESS_VIOLATION,
+                                            ErrorCode.FILE_EXISTS) else self.log.error
+            log("refused {op} {path!r} from {client}: {reason}",
+                op="WRQ" if write else "RRQ", path=request.filename, client=addr,
+                reason=getattr(exc, "reason", None) or repr(exc))
+            listener.send(error_datagram(code, message), addr)
+            return
+        transfer = self._start_transfer(session, addr, listener)
+        if transfer is None:
+            return
+        self.log.info(
+            "{op} {path!r} from {client}: blksize={blksize} windowsize={windowsize} "
+            "tsize={tsize}",
+            op="WRQ" if write else "RRQ", path=request.filename, client=addr,
+            blksize=session.blksize, windowsize=session.windowsize,
+            tsize=session.negotiated.tsize, options=dict(request.options),
+        )
+        transfer.flush(now)
+
+    def _admission(self, request: ReadRequest | WriteRequest,
+                   addr: Address) -> tuple[int, str, str] | None:
+        if request.mode not in SUPPORTED_MODES:
+            return ErrorCode.ILLEGAL_OPERATION, "Unsupported mode", f"mode {request.mode!r}"
+        if isinstance(request, WriteRequest) and self.upload is None:
+            return ErrorCode.ACCESS_VIOLATION, "Access violation", "uploads are disabled"
+        if len(self.transfers) >= self.max_transfers:
+            self.stats.over_limit += 1
+            return ErrorCode.NOT_DEFINED, "Too many transfers", "server transfer limit"
+        if self._per_host.get(addr[0], 0) >= self.per_client_limit:
+            self.stats.over_limit += 1
+            return ErrorCode.NOT_DEFINED, "Too many transfers", "per-client transfer limit"
+        return None
+
+    def _listener_address(self, listener: TftpListener) -> Address | None:
+        transport = listener.transport
+        if transport is None:
+            return None
+        host = transport.getHost()
+        return (getattr(host, "host", ""), getattr(host, "port", 0))
+
+    def _start_transfer(self, session: Session, addr: Address,
+                        listener: TftpListener) -> _Transfer | None:
+        transfer: _Transfer
+        if self.single_port:
+            transfer = _Transfer(self, session, addr, listener.send)
+        else:
+            try:
+                sock = self.socket_factory(self.transfer_host)
+            except OSError as exc:
+                self.log.error("cannot open a transfer socket: {error}", error=str(exc))
+                session.cancel(self.reactor.seconds(), "Server error")
+                for datagram in session.datagrams_to_send(0.0):
+                    listener.send(datagram, addr)
+                self.stats.refused += 1
+                return None
+            port = _TransferPort(self, session, addr, sock)
+            self.reactor.addReader(port)
+            transfer = port
+        self.transfers[addr] = transfer
+        self._per_host[addr[0]] = self._per_host.get(addr[0], 0) + 1
+        self.stats.active += 1
+        return transfer
+
+    def _foreign_tid(self, data: bytes, address: Address,
+                     send: Callable[[Datagram, Address], Any]) -> None:
+        """RFC 1350 §4: a packet from another TID gets ERROR 5; the transfer goes on."""
+        self.stats.foreign_tid += 1
+        self.log.info("datagram from foreign TID {source}", source=address)
+        if len(data) >= 2 and data[0] == 0 and data[1] == OP_ERROR:
+            return  # never answer an ERROR (RFC 1350 §7)
+        try:
+            send(UNKNOWN_TID_DATAGRAM, address)
+        except OSError:
+            pass
+
+    def _transfer_finished(self, transfer: _Transfer) -> None:
+        if self.transfers.get(transfer.client) is transfer:
+            del self.transfers[transfer.client]
+        host = transfer.client[0]
+        remaining = self._per_host.get(host, 1) - 1
+        if remaining > 0:
+            self._per_host[host] = remaining
+        else:
+            self._per_host.pop(host, None)
+        self.stats.active -= 1
+        stats = transfer.session.stats()
+        self.stats.record(stats)
+        self._log_finished(stats)
+        if self.on_stats is not None:
+            try:
+                self.on_stats(stats)
+            except Exception:
+                self.log.failure("stats callback failed")
+
+    def _log_finished(self, stats: SessionStats) -> None:
+        fields = {
+            "client": stats.client, "path": stats.path, "outcome": stats.outcome.value,
+            "bytes": stats.bytes_acked, "duration": round(stats.duration, 6),
+            "retransmits": stats.retransmits, "blksize": stats.blksize,
+            "windowsize": stats.windowsize, "error": stats.error,
+        }
+        if stats.outcome is Outcome.COMPLETE:
+            self.log.info("sent {path!r} to {client}: {bytes} bytes in {duration}s, "
+                          "{retransmits} retransmits", **fields)
+        elif stats.outcome is Outcome.ABORTED:
+            # PXE ROMs and OVMF abort after reading tsize: normal, keep it quiet.
+            self.log.debug("{path!r} to {client} aborted by the client: {error}", **fields)
+        else:
+            self.log.warn("{path!r} to {client} {outcome}: {error}", **fields)
+
+    def stop(self) -> None:
+        """Cancel every running transfer (each client gets an ERROR)."""
+        now = self.reactor.seconds()
+        for transfer in list(self.transfers.values()):
+            transfer.cancel(now)
+
+
+__all__ = [
+    "MAX_DATAGRAM",
+    "TftpListener",
+    "TftpServer",
+    "TransferSocket",
+    "open_transfer_socket",
+]

@@ -1,0 +1,655 @@
+"""The sans-IO TFTP read session: one transfer's state machine, with time passed in.
+
+Shape (aioquic's ``QuicConnection``): the adapter feeds datagrams with :meth:`receive`, asks
+what to send with :meth:`datagrams_to_send`, arms one timer at :meth:`next_deadline` and
+calls :meth:`on_deadline` when it fires.  No clock, socket or Twisted here; ``now`` is a
+float of seconds on the adapter's clock.
+
+Protocol rules implemented:
+
+* RFC 1350 lock-step: DATA *n* is sent, the ACK *n* moves on; a short block ends the file
+  (a file whose size is a multiple of the block size ends with an empty DATA).
+* RFC 2347 §3: when options were granted, an OACK goes first and DATA 1 follows ACK 0.
+* RFC 7440 windowsize: up to *windowsize* blocks are in flight.  An ACK for a block short
+  of the last one sent means the client lost what followed (RFC 7440 §4), so the next
+  window starts right after it.
+* Sorcerer's Apprentice (RFC 1123 §4.2.3.1): a duplicate ACK never triggers a resend; only a
+  time-out does.  ACKs for blocks not in flight (stale or future) are ignored
+  (bad-inputs.md T5, T6).
+* Block numbers roll over past 65535 to **0** (bad-inputs.md T8: what tftp-hpa, curl and
+  atftp expect).  ACKs are matched modulo 65536 against the blocks in flight.
+* An ERROR from the client ends the transfer without an answer (RFC 1350 §7: errors are
+  not acknowledged).  OVMF's size probe is exactly this: RRQ with tsize, OACK, then ERROR 0
+  "User aborted the transfer." before a second RRQ (firmware.md), logged as ``aborted``.
+* Retransmission time-out (RFC 6298 applied to TFTP): the first RTO is conservative
+  (:attr:`SessionSettings.initial_rto`); every ACK of a block sent only once gives a
+  round-trip sample (Karn's rule: none from retransmitted blocks) for SRTT/RTTVAR
+  (RFC 6298 §2.2-2.3), RTO = SRTT + 4·RTTVAR clamped to [min_rto, max_rto]; each time-out
+  doubles it (§5.5).  One lost block therefore costs a few round trips, not seconds.
+  A client-negotiated ``timeout`` (RFC 2349 §3) caps the RTO: we never wait longer than the
+  client agreed to.
+* Bounded work (bad-inputs.md T7): at most :attr:`SessionSettings.max_retries`
+  consecutive time-outs, and an overall :attr:`SessionSettings.deadline` per transfer.
+
+Buffers: each window slot is one reused ``bytearray`` holding a complete DATA datagram;
+:meth:`datagrams_to_send` hands out ``memoryview`` slices of them.  They stay valid until
+the next :meth:`receive` or :meth:`on_deadline` call, so the adapter sends them at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TypeAlias
+
+from pxestack._types import Address, Now
+from pxestack.errors import ApiMisuse, MalformedPacket
+from pxestack.paths import PathNotFound, PathRefused
+from pxestack.tftp.negotiate import Negotiated, NegotiationLimits, negotiate
+from pxestack.tftp.source import NetasciiReader, Reader, Upload, UploadExists
+from pxestack.tftp.stats import Outcome, SessionStats
+from pxestack.wire.tftp import (
+    OP_ACK,
+    OP_DATA,
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    OptionAck,
+    ReadRequest,
+    WriteRequest,
+    decode_tftp,
+    encode_tftp,
+)
+
+#: What :meth:`ReadSession.datagrams_to_send` hands out (reused buffers, see module doc).
+Datagram: TypeAlias = bytes | bytearray | memoryview
+
+#: OVMF's abort message after its tsize probe (firmware.md).
+OVMF_ABORT_MESSAGE = "User aborted the transfer"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Tunables of a read session (from the ``tftp:`` config section)."""
+
+    limits: NegotiationLimits = field(default_factory=NegotiationLimits)
+    #: Consecutive time-outs before giving up (RFC 1350 leaves the count to the server).
+    max_retries: int = 8
+    #: Overall seconds a transfer may take, from the request (bad-inputs.md T7).
+    deadline: float = 300.0
+    #: RTO before any round trip was measured (RFC 6298 §2.1 says 1 s).
+    initial_rto: float = 1.0
+    #: Floor of the adaptive RTO.  RFC 6298 §2.4 asks for 1 s on the Internet; a boot LAN
+    #: answers in well under a millisecond, and a spurious resend only costs a duplicate
+    #: block the client re-acknowledges (and that ACK is ignored, see Sorcerer's Apprentice).
+    min_rto: float = 0.05
+    #: Ceiling of the RTO, also after back-off.
+    max_rto: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 1:
+            raise ApiMisuse("max_retries must be at least 1")
+        if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
+            raise ApiMisuse("need 0 < min_rto <= initial_rto <= max_rto")
+        if self.deadline <= 0:
+            raise ApiMisuse("deadline must be positive")
+
+
+class SessionState(Enum):
+    """Where a session is; everything but ``SENDING`` is final."""
+
+    SENDING = "sending"
+    FINISHED = "finished"
+
+
+def error_datagram(code: int, message: str) -> bytes:
+    """An encoded ERROR (RFC 1350 §5), for refusals made before a session exists."""
+    return encode_tftp(Error(code, message))
+
+
+#: RFC 1350 §4: the answer to a packet from a TID that is not part of the transfer.
+UNKNOWN_TID_DATAGRAM = error_datagram(ErrorCode.UNKNOWN_TID, "Unknown transfer ID")
+
+
+class ReadSession:
+    """One RRQ being served: negotiation done at construction, then DATA until the end.
+
+    *reader* is owned by the session from here on and closed when it finishes.
+    """
+
+    def __init__(
+        self,
+        request: ReadRequest,
+        reader: Reader,
+        now: Now,
+        *,
+        settings: SessionSettings | None = None,
+        client: Address = ("0.0.0.0", 0),
+    ) -> None:
+        self.settings = settings or SessionSettings()
+        self.request = request
+        self.client = client
+        self.started = now
+        self._reader: Reader | None = reader
+        size = reader.size()
+        self.negotiated: Negotiated = negotiate(
+            request.options, limits=self.settings.limits, file_size=size
+        )
+        self.blksize = self.negotiated.blksize
+        self.windowsize = self.negotiated.windowsize
+        self.state = SessionState.SENDING
+        self.outcome: Outcome | None = None
+        self.error_message = ""
+        self.finished_at: Now | None = None
+
+        # RTO state (RFC 6298).  A client's negotiated timeout caps it (RFC 2349 §3).
+        ceiling = self.settings.max_rto
+        if self.negotiated.timeout is not None:
+            ceiling = min(ceiling, float(self.negotiated.timeout))
+        self._max_rto = max(ceiling, self.settings.min_rto)
+        self._rto = min(self.settings.initial_rto, self._max_rto)
+        self.srtt: float | None = None
+        self._rttvar = 0.0
+
+        # Window bookkeeping, all in absolute block indexes (1-based; never wrap).
+        self._acked = 0  # highest block the client acknowledged
+        self._sent = 0  # highest block sent at least once
+        self._final: int | None = None  # index of the last block, once read
+        self._slots = [bytearray(4 + self.blksize) for _ in range(self.windowsize)]
+        self._lengths = [0] * self.windowsize
+        self._send_times = [0.0] * self.windowsize
+        self._resent = [False] * self.windowsize
+
+        self._oack: bytes | None = None
+        self._oack_time = now
+        self._oack_resent = False
+        self._outbox: list[Datagram] = []
+        self._retries = 0
+        self._retransmit_at: float | None = None
+        self._deadline_at = now + self.settings.deadline
+
+        self.datagrams_sent = 0
+        self.retransmits = 0
+
+        if self.negotiated.oack:
+            # RFC 2347 §3: options granted -> OACK first, DATA 1 after ACK 0.
+            self._oack = encode_tftp(OptionAck(self.negotiated.oack))
+            self._outbox.append(self._oack)
+            self.datagrams_sent += 1
+        else:
+            self._fill_window(now)
+        self._retransmit_at = now + self._rto
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def finished(self) -> bool:
+        """Whether the transfer has ended (any outcome)."""
+        return self.state is SessionState.FINISHED
+
+    @property
+    def bytes_acked(self) -> int:
+        """Payload octets the client has acknowledged."""
+        if self._acked == 0:
+            return 0
+        if self._final is not None and self._acked == self._final:
+            return (self._acked - 1) * self.blksize + self._lengths[
+                (self._acked - 1) % self.windowsize
+            ]
+        return self._acked * self.blksize
+
+    @property
+    def rto(self) -> float:
+        """The current retransmission time-out in seconds."""
+        return self._rto
+
+    def receive(self, datagram: bytes, now: Now) -> None:
+        """Handle a datagram from the client's TID.
+
+        Raises :class:`~pxestack.errors.MalformedPacket` for undecodable bytes (state
+        unchanged: the adapter logs and drops them).
+        """
+        # Hot path: a well-formed ACK is 4 octets, opcode 4 (RFC 1350 §5).
+        if len(datagram) == 4 and datagram[1] == OP_ACK and datagram[0] == 0:
+            self._on_ack((datagram[2] << 8) | datagram[3], now)
+            return
+        packet = decode_tftp(datagram)
+        if self.state is not SessionState.SENDING:
+            return
+        if isinstance(packet, Error):
+            # RFC 1350 §7: an ERROR ends the transfer and is never answered.  OVMF's
+            # "User aborted the transfer." after its tsize probe lands here (firmware.md).
+            self._finish(Outcome.ABORTED, now, f"client error {packet.code}: {packet.message}")
+            return
+        if isinstance(packet, Ack):  # pragma: no cover - caught by the hot path above
+            self._on_ack(packet.block, now)
+            return
+        # A DATA, request or OACK on a read transfer's TID is an illegal operation.
+        self._fail(ErrorCode.ILLEGAL_OPERATION, "Illegal TFTP operation", Outcome.FAILED, now)
+
+    def datagrams_to_send(self, now: Now) -> list[Datagram]:
+        """The datagrams to send now, in order (valid until the next call into the session)."""
+        out = self._outbox
+        if out:
+            self._outbox = []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_deadline` must be called next; ``None`` once finished."""
+        if self.state is not SessionState.SENDING:
+            return None
+        if self._retransmit_at is None:
+            return self._deadline_at
+        return min(self._retransmit_at, self._deadline_at)
+
+    def on_deadline(self, now: Now) -> None:
+        """Handle time passing: overall deadline, or a retransmission time-out.
+
+        Calling it early is harmless (nothing is due, nothing happens), so an adapter may
+        keep a lazily re-armed timer.
+        """
+        if self.state is not SessionState.SENDING:
+            return
+        if now >= self._deadline_at:
+            self._fail(ErrorCode.NOT_DEFINED, "Transfer time limit exceeded",
+                       Outcome.DEADLINE, now)
+            return
+        if self._retransmit_at is None or now < self._retransmit_at:
+            return
+        self._retries += 1
+        if self._retries > self.settings.max_retries:
+            self._fail(ErrorCode.NOT_DEFINED, "Timed out waiting for ACK",
+                       Outcome.TIMED_OUT, now)
+            return
+        # RFC 6298 §5.5: back off.
+        self._rto = min(self._rto * 2.0, self._max_rto)
+        if self._oack is not None:
+            self._outbox.append(self._oack)
+            self._oack_resent = True
+            self.datagrams_sent += 1
+            self.retransmits += 1
+        else:
+            self._resend_from(self._acked + 1)
+        self._retransmit_at = now + self._rto
+
+    def cancel(self, now: Now, message: str = "Server shutting down") -> None:
+        """Stop the transfer (shutdown); the client gets an ERROR."""
+        if self.state is SessionState.SENDING:
+            self._fail(ErrorCode.NOT_DEFINED, message, Outcome.CANCELLED, now)
+
+    def stats(self) -> SessionStats:
+        """A :class:`~pxestack.tftp.stats.SessionStats` of the transfer so far."""
+        return SessionStats(
+            client=self.client,
+            path=self.request.filename,
+            outcome=self.outcome or Outcome.FAILED,
+            bytes_acked=self.bytes_acked,
+            datagrams_sent=self.datagrams_sent,
+            retransmits=self.retransmits,
+            blksize=self.blksize,
+            windowsize=self.windowsize,
+            tsize=self.negotiated.tsize,
+            started=self.started,
+            finished=self.finished_at if self.finished_at is not None else self.started,
+            srtt=self.srtt,
+            error=self.error_message,
+        )
+
+    # ----------------------------------------------------------------- internals
+
+    def _on_ack(self, block: int, now: Now) -> None:
+        if self.state is not SessionState.SENDING:
+            return
+        if self._oack is not None:
+            # Waiting for ACK 0 of the OACK (RFC 2347 §3); anything else is stale.
+            if block != 0:
+                return
+            self._oack = None
+            if not self._oack_resent:
+                self._sample_rtt(now - self._oack_time)
+            self._retries = 0
+            self._fill_window(now)
+            self._retransmit_at = now + self._rto
+            return
+        acked = self._acked
+        # Match the 16-bit number against the blocks in flight (rollover to 0, T8).
+        advance = (block - acked) & 0xFFFF
+        if advance == 0 or advance > self._sent - acked:
+            # Duplicate (Sorcerer's Apprentice, RFC 1123 §4.2.3.1), stale or future ACK:
+            # ignored.  Only a time-out resends.
+            return
+        acked += advance
+        self._acked = acked
+        self._retries = 0
+        slot = (acked - 1) % self.windowsize
+        if not self._resent[slot]:
+            self._sample_rtt(now - self._send_times[slot])  # Karn's rule
+        if acked == self._final:
+            self._finish(Outcome.COMPLETE, now)
+            return
+        if acked < self._sent:
+            # RFC 7440 §4: the client acknowledged part of the window; restart after it.
+            self._resend_from(acked + 1)
+        self._fill_window(now)
+        self._retransmit_at = now + self._rto
+
+    def _fill_window(self, now: Now) -> None:
+        """Read and queue new blocks until the window is full or the file ends."""
+        limit = self._acked + self.windowsize
+        if self._final is not None and limit > self._final:
+            limit = self._final
+        sent = self._sent
+        blksize = self.blksize
+        windowsize = self.windowsize
+        reader = self._reader
+        while sent < limit:
+            sent += 1
+            slot = (sent - 1) % windowsize
+            buffer = self._slots[slot]
+            if reader is None:  # pragma: no cover - only after finishing
+                return
+            try:
+                count = reader.readinto(memoryview(buffer)[4:])
+            except OSError as exc:
+                self._fail(ErrorCode.NOT_DEFINED, "Read error", Outcome.FAILED, now,
+                           f"read error: {exc}")
+                return
+            block = sent & 0xFFFF
+            buffer[0] = 0
+            buffer[1] = OP_DATA
+            buffer[2] = block >> 8
+            buffer[3] = block & 0xFF
+            self._lengths[slot] = count
+            self._send_times[slot] = now
+            self._resent[slot] = False
+            self._outbox.append(
+                buffer if count == blksize else memoryview(buffer)[: 4 + count]
+            )
+            if count < blksize:
+                self._final = sent
+                limit = sent
+        self.datagrams_sent += sent - self._sent
+        self._sent = sent
+
+    def _resend_from(self, first: int) -> None:
+        for index in range(first, self._sent + 1):
+            slot = (index - 1) % self.windowsize
+            self._resent[slot] = True
+            count = self._lengths[slot]
+            buffer = self._slots[slot]
+            self._outbox.append(
+                buffer if count == self.blksize else memoryview(buffer)[: 4 + count]
+            )
+            self.datagrams_sent += 1
+            self.retransmits += 1
+
+    def _sample_rtt(self, sample: float) -> None:
+        """RFC 6298 §2.2/§2.3 SRTT/RTTVAR update and RTO = SRTT + 4·RTTVAR, clamped."""
+        sample = max(sample, 0.0)
+        if self.srtt is None:
+            self.srtt = sample
+            self._rttvar = sample / 2.0
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self.srtt - sample)
+            self.srtt = 0.875 * self.srtt + 0.125 * sample
+        rto = self.srtt + 4.0 * self._rttvar
+        settings = self.settings
+        self._rto = min(max(rto, settings.min_rto), self._max_rto)
+
+    def _fail(
+        self, code: int, message: str, outcome: Outcome, now: Now, detail: str = ""
+    ) -> None:
+        self._outbox = [error_datagram(code, message)]
+        self._finish(outcome, now, detail or message)
+
+    def _finish(self, outcome: Outcome, now: Now, message: str = "") -> None:
+        self.state = SessionState.FINISHED
+        self.outcome = outcome
+        self.error_message = message
+        self.finished_at = now
+        self._retransmit_at = None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
+
+class WriteSession:
+    """One WRQ being received into an :class:`~pxestack.tftp.source.Upload` (RFC 1350).
+
+    Lock-step only (windowsize is not offered for uploads).  The server is the receiver
+    here, so a duplicate DATA *is* answered with its ACK again (RFC 1350 §2; the
+    Sorcerer's Apprentice rule binds the sender).  The last ACK is resent on time-out.  After
+    the final short block the upload is committed and the session *dallies* for one RTO,
+    re-acknowledging a repeated final DATA in case the last ACK was lost (RFC 1350 §6).
+    """
+
+    def __init__(
+        self,
+        request: WriteRequest,
+        upload: Upload,
+        now: Now,
+        *,
+        settings: SessionSettings | None = None,
+        client: Address = ("0.0.0.0", 0),
+    ) -> None:
+        self.settings = settings or SessionSettings()
+        self.request = request
+        self.client = client
+        self.started = now
+        self._upload: Upload | None = upload
+        limits = self.settings.limits
+        self.negotiated = negotiate(
+            request.options,
+            limits=NegotiationLimits(max_blksize=limits.max_blksize, max_windowsize=1,
+                                     allow_blksize=limits.allow_blksize,
+                                     allow_windowsize=False,
+                                     allow_timeout=limits.allow_timeout),
+            write=True,
+        )
+        self.blksize = self.negotiated.blksize
+        self.windowsize = 1
+        self.state = SessionState.SENDING
+        self.outcome: Outcome | None = None
+        self.error_message = ""
+        self.finished_at: Now | None = None
+        self.bytes_acked = 0
+        self.datagrams_sent = 1
+        self.retransmits = 0
+        self._received = 0  # absolute index of the last block written
+        self._retries = 0
+        self._rto = min(self.settings.initial_rto, self.settings.max_rto)
+        if self.negotiated.timeout is not None:
+            self._rto = min(self._rto, float(self.negotiated.timeout))
+        self._deadline_at = now + self.settings.deadline
+        self._dally_until: float | None = None
+        self._last = (
+            encode_tftp(OptionAck(self.negotiated.oack))
+            if self.negotiated.oack
+            else encode_tftp(Ack(0))
+        )
+        self._outbox: list[Datagram] = [self._last]
+        self._retransmit_at: float | None = now + self._rto
+
+    @property
+    def finished(self) -> bool:
+        """Whether the transfer has ended (any outcome)."""
+        return self.state is SessionState.FINISHED
+
+    def receive(self, datagram: bytes, now: Now) -> None:
+        """Handle a datagram from the client's TID (MalformedPacket for garbage)."""
+        packet = decode_tftp(datagram)
+        if self.state is not SessionState.SENDING:
+            return
+        if isinstance(packet, Error):
+            self._end(Outcome.ABORTED, now, f"client error {packet.code}: {packet.message}")
+            return
+        if not isinstance(packet, Data):
+            self._fail(ErrorCode.ILLEGAL_OPERATION, "Illegal TFTP operation", now)
+            return
+        if self._dally_until is not None:
+            if packet.block == self._received & 0xFFFF:
+                self._outbox.append(self._last)
+                self.datagrams_sent += 1
+            return
+        if packet.block == self._received & 0xFFFF and self._received:
+            # Our ACK was lost and the client resent: acknowledge again.
+            self._outbox.append(self._last)
+            self.datagrams_sent += 1
+            self.retransmits += 1
+            return
+        if packet.block != (self._received + 1) & 0xFFFF:
+            return
+        if len(packet.payload) > self.blksize:
+            self._fail(ErrorCode.ILLEGAL_OPERATION, "Block larger than negotiated", now)
+            return
+        assert self._upload is not None
+        try:
+            self._upload.write(packet.payload)
+        except OSError as exc:
+            self._fail(ErrorCode.DISK_FULL, "Disk full or allocation exceeded", now,
+                       f"write error: {exc}")
+            return
+        self._received += 1
+        self.bytes_acked += len(packet.payload)
+        self._retries = 0
+        self._last = encode_tftp(Ack(packet.block))
+        self._outbox.append(self._last)
+        self.datagrams_sent += 1
+        if len(packet.payload) < self.blksize:
+            try:
+                self._upload.commit()
+            except OSError as exc:
+                self._upload = None
+                self._fail(ErrorCode.NOT_DEFINED, "Could not store the file", now,
+                           f"commit error: {exc}")
+                return
+            self._upload = None
+            self._dally_until = now + self._rto
+            self._retransmit_at = None
+        else:
+            self._retransmit_at = now + self._rto
+
+    def datagrams_to_send(self, now: Now) -> list[Datagram]:
+        """The datagrams to send now."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`on_deadline` is due; ``None`` once finished."""
+        if self.state is not SessionState.SENDING:
+            return None
+        if self._dally_until is not None:
+            return self._dally_until
+        if self._retransmit_at is None:
+            return self._deadline_at
+        return min(self._retransmit_at, self._deadline_at)
+
+    def on_deadline(self, now: Now) -> None:
+        """End the dally, enforce the deadline, or resend the last ACK."""
+        if self.state is not SessionState.SENDING:
+            return
+        if self._dally_until is not None:
+            if now >= self._dally_until:
+                self._end(Outcome.COMPLETE, now)
+            return
+        if now >= self._deadline_at:
+            self._fail(ErrorCode.NOT_DEFINED, "Transfer time limit exceeded", now,
+                       outcome=Outcome.DEADLINE)
+            return
+        if self._retransmit_at is None or now < self._retransmit_at:
+            return
+        self._retries += 1
+        if self._retries > self.settings.max_retries:
+            self._fail(ErrorCode.NOT_DEFINED, "Timed out waiting for DATA", now,
+                       outcome=Outcome.TIMED_OUT)
+            return
+        self._rto = min(self._rto * 2.0, self.settings.max_rto)
+        self._outbox.append(self._last)
+        self.datagrams_sent += 1
+        self.retransmits += 1
+        self._retransmit_at = now + self._rto
+
+    def cancel(self, now: Now, message: str = "Server shutting down") -> None:
+        """Stop the transfer; a partial upload is discarded."""
+        if self.state is SessionState.SENDING:
+            if self._dally_until is not None:
+                self._end(Outcome.COMPLETE, now)
+            else:
+                self._fail(ErrorCode.NOT_DEFINED, message, now, outcome=Outcome.CANCELLED)
+
+    def stats(self) -> SessionStats:
+        """A :class:`~pxestack.tftp.stats.SessionStats`; bytes_acked counts bytes received."""
+        return SessionStats(
+            client=self.client,
+            path=self.request.filename,
+            outcome=self.outcome or Outcome.FAILED,
+            bytes_acked=self.bytes_acked,
+            datagrams_sent=self.datagrams_sent,
+            retransmits=self.retransmits,
+            blksize=self.blksize,
+            windowsize=1,
+            tsize=self.negotiated.tsize,
+            started=self.started,
+            finished=self.finished_at if self.finished_at is not None else self.started,
+            error=self.error_message,
+        )
+
+    def _fail(self, code: int, message: str, now: Now, detail: str = "", *,
+              outcome: Outcome = Outcome.FAILED) -> None:
+        self._outbox = [error_datagram(code, message)]
+        self._end(outcome, now, detail or message)
+
+    def _end(self, outcome: Outcome, now: Now, message: str = "") -> None:
+        self.state = SessionState.FINISHED
+        self.outcome = outcome
+        self.error_message = message
+        self.finished_at = now
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            upload.abort()
+
+
+#: Transfer modes served (RFC 1350 §1); "mail" is obsolete and refused with ERROR 4.
+SUPPORTED_MODES = ("octet", "netascii")
+
+
+def wrap_for_mode(reader: Reader, mode: str) -> Reader:
+    """The reader that produces *mode*'s bytes: netascii is converted (RFC 1350 §1)."""
+    if mode == "netascii":
+        return NetasciiReader(reader)
+    if mode == "octet":
+        return reader
+    raise ApiMisuse(f"unsupported mode {mode!r}")
+
+
+def refusal_for(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The ERROR code and client-facing message for a source's exception.
+
+    :class:`~pxestack.paths.PathNotFound` -> 1, :class:`~pxestack.paths.PathRefused` -> 2
+    (RFC 1350 Appendix), anything else -> 0.  The message never echoes server paths.
+    """
+    if isinstance(exc, PathNotFound):
+        return ErrorCode.FILE_NOT_FOUND, "File not found"
+    if isinstance(exc, UploadExists):
+        return ErrorCode.FILE_EXISTS, "File already exists"
+    if isinstance(exc, PathRefused):
+        return ErrorCode.ACCESS_VIOLATION, "Access violation"
+    if isinstance(exc, MalformedPacket):
+        return ErrorCode.ILLEGAL_OPERATION, "Illegal TFTP operation"
+    return ErrorCode.NOT_DEFINED, "Server error"
+
+
+__all__ = [
+    "OVMF_ABORT_MESSAGE",
+    "SUPPORTED_MODES",
+    "UNKNOWN_TID_DATAGRAM",
+    "Datagram",
+    "ReadSession",
+    "SessionSettings",
+    "SessionState",
+    "WriteSession",
+    "error_datagram",
+    "refusal_for",
+    "wrap_for_mode",
+]

@@ -1,0 +1,326 @@
+"""The DHCP/BOOTP message: a frozen value, a strict decoder and an encoder.
+
+Layout: RFC 2131 §2 Figure 1 (fixed 236-octet BOOTP header), magic cookie (RFC 2131 §3),
+then the options area.  The fixed header is read with one :mod:`struct` call rather than
+through ``dpkt.dhcp``: dpkt accepts packets this module must refuse (bad lengths, missing
+END, hlen > 16) and its option handling has no RFC 3396 or option 52 support, so wrapping it
+would mean re-checking every field anyway; a single ``struct`` unpack is also the fastest
+path for the server's hot loop.
+
+Decoding (:func:`decode_dhcp`) raises only :class:`~pxestack.errors.MalformedPacket`
+subclasses.  Option 52 overload (RFC 2132 §9.3) is resolved while decoding: options found in
+``file``/``sname`` are merged after the options area (RFC 3396 §5 order: options, file,
+sname), option 52 itself is dropped, and an overloaded field reads as empty.  Encoding
+(:func:`encode_dhcp`) is the inverse: it splits long options (RFC 3396), overloads empty
+``file``/``sname`` fields only when the options do not fit ``max_size``, and pads to the
+300-octet BOOTP minimum.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
+from typing import Final
+
+from pxestack.errors import ApiMisuse, Invalid, Truncated
+from pxestack.wire import constants as c
+from pxestack.wire.dhcp_options import DhcpOptions, parse_option_area
+
+# op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr(16),
+# sname(64), file(128), cookie(4)
+_HEADER: Final = struct.Struct("!BBBBIHHIIII16s64s128s4s")
+_HEADER_WITH_COOKIE_LENGTH: Final = _HEADER.size  # 240
+_ZERO: Final = IPv4Address(0)
+_OVERLOAD_CODE: Final = c.OPT_OVERLOAD
+
+
+def _c_string(raw: bytes) -> bytes:
+    """``sname``/``file`` are NUL-terminated (RFC 2131 §2); keep what precedes the first NUL."""
+    end = raw.find(b"\x00")
+    return raw if end < 0 else raw[:end]
+
+
+def format_mac(hardware_address: bytes) -> str:
+    """``aa:bb:cc:dd:ee:ff`` form of a hardware address (any length)."""
+    return hardware_address.hex(":")
+
+
+def parse_mac(text: str) -> bytes:
+    """Parse ``aa:bb:cc:dd:ee:ff`` (or ``-`` separated) into octets; ApiMisuse if malformed."""
+    try:
+        raw = bytes.fromhex(text.replace(":", "").replace("-", ""))
+    except ValueError as exc:
+        raise ApiMisuse(f"not a hardware address: {text!r}") from exc
+    if not 1 <= len(raw) <= c.CHADDR_LENGTH:
+        raise ApiMisuse(f"not a hardware address: {text!r}")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpMessage:
+    """One BOOTP/DHCP message (RFC 2131 §2).
+
+    ``chaddr`` holds exactly ``hlen`` octets; ``sname`` and ``file`` hold the text before the
+    first NUL (empty when overloaded with options); ``options`` never contains PAD, END or
+    option 52.
+    """
+
+    op: int
+    xid: int
+    chaddr: bytes
+    options: DhcpOptions = field(default_factory=DhcpOptions)
+    htype: int = c.HTYPE_ETHERNET
+    hlen: int = 6
+    hops: int = 0
+    secs: int = 0
+    flags: int = 0
+    ciaddr: IPv4Address = _ZERO
+    yiaddr: IPv4Address = _ZERO
+    siaddr: IPv4Address = _ZERO
+    giaddr: IPv4Address = _ZERO
+    sname: bytes = b""
+    file: bytes = b""
+
+    @property
+    def message_type(self) -> int | None:
+        """Option 53 (RFC 2132 §9.6), or None for a plain BOOTP message."""
+        value = self.options.raw(c.OPT_MESSAGE_TYPE)
+        return value[0] if value is not None and len(value) == 1 else None
+
+    @property
+    def broadcast(self) -> bool:
+        """The BROADCAST flag (RFC 2131 §2, Figure 2)."""
+        return bool(self.flags & c.FLAG_BROADCAST)
+
+    @property
+    def mac(self) -> str:
+        """The client hardware address as ``aa:bb:...``."""
+        return format_mac(self.chaddr)
+
+    def replace(self, **changes: object) -> DhcpMessage:
+        """A copy with the named fields changed (``dataclasses.replace``)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def decode_dhcp(data: bytes) -> DhcpMessage:
+    """Decode one DHCP message; raise only :class:`~pxestack.errors.MalformedPacket`.
+
+    Refused (bad-inputs D1-D3, D6): shorter than 240 octets, wrong magic cookie, op not 1/2,
+    hlen > 16, an option running past its area, no END in the options area, option 52 or 53
+    of the wrong length or value, option values beyond the RFC 3396 size cap.
+    """
+    if len(data) < _HEADER_WITH_COOKIE_LENGTH:
+        raise Truncated(f"{len(data)} octets is shorter than a BOOTP header and cookie")
+    (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr_raw,
+     sname_raw, file_raw, cookie) = _HEADER.unpack_from(data)
+    if cookie != c.MAGIC_COOKIE:
+        raise Invalid("no DHCP magic cookie (plain BOOTP is not served)")
+    if op not in (c.BOOTREQUEST, c.BOOTREPLY):
+        raise Invalid(f"op {op} is neither BOOTREQUEST nor BOOTREPLY")
+    if hlen > c.CHADDR_LENGTH:
+        # ISC CVE-2010-2156 / CVE-2012-3571 class: never index past the 16-octet field.
+        raise Invalid(f"hlen {hlen} exceeds the 16-octet chaddr field")
+    items: dict[int, bytes] = {}
+    parse_option_area(data[_HEADER_WITH_COOKIE_LENGTH:], items, require_end=True)
+    overload_value = items.pop(_OVERLOAD_CODE, None)
+    sname = _c_string(sname_raw)
+    file = _c_string(file_raw)
+    if overload_value is not None:
+        if len(overload_value) != 1 or overload_value[0] not in (1, 2, 3):
+            raise Invalid(f"option 52 overload value {overload_value!r} is not 1, 2 or 3")
+        overload = overload_value[0]
+        # RFC 2132 §9.3 / RFC 3396 §5: file first, then sname; each parsed once, and an
+        # option 52 found inside them is ignored rather than followed (bad-inputs D3).
+        if overload & c.OVERLOAD_FILE:
+            parse_option_area(file_raw, items, require_end=False, where="file")
+            items.pop(_OVERLOAD_CODE, None)
+            file = b""
+        if overload & c.OVERLOAD_SNAME:
+            parse_option_area(sname_raw, items, require_end=False, where="sname")
+            items.pop(_OVERLOAD_CODE, None)
+            sname = b""
+    message_type = items.get(c.OPT_MESSAGE_TYPE)
+    if message_type is not None and len(message_type) != 1:
+        raise Invalid("option 53 must be one octet")
+    return DhcpMessage(
+        op=op,
+        htype=htype,
+        hlen=hlen,
+        hops=hops,
+        xid=xid,
+        secs=secs,
+        flags=flags,
+        ciaddr=IPv4Address(ciaddr) if ciaddr else _ZERO,
+        yiaddr=IPv4Address(yiaddr) if yiaddr else _ZERO,
+        siaddr=IPv4Address(siaddr) if siaddr else _ZERO,
+        giaddr=IPv4Address(giaddr) if giaddr else _ZERO,
+        chaddr=chaddr_raw[:hlen],
+        sname=sname,
+        file=file,
+        options=DhcpOptions._trusted(items),
+    )
+
+
+def _option_chunks(options: DhcpOptions) -> list[bytes]:
+    """Encoded TLVs, option 53 first, values over 255 octets split (RFC 3396 §5)."""
+    chunks: list[bytes] = []
+    codes = list(options)
+    if c.OPT_MESSAGE_TYPE in options:
+        # Not required by RFC 2131, but every server puts 53 first and some clients rely on it.
+        codes.remove(c.OPT_MESSAGE_TYPE)
+        codes.insert(0, c.OPT_MESSAGE_TYPE)
+    for code in codes:
+        if code in (c.OPT_PAD, c.OPT_END, c.OPT_OVERLOAD):
+            raise ApiMisuse(f"option {code} is managed by the codec, not a value")
+        value = options[code]
+        if not value:
+            chunks.append(bytes((code, 0)))
+            continue
+        for start in range(0, len(value), 255):
+            part = value[start : start + 255]
+            chunks.append(bytes((code, len(part))) + part)
+    return chunks
+
+
+def _pack(chunks: list[bytes], capacity: int) -> tuple[bytes, list[bytes]]:
+    """First-fit: take chunks that fit ``capacity``; return (area, chunks left over).
+
+    Chunks of different options may change places, but the pieces of one split option keep
+    their order, since RFC 3396 §5 concatenates them in the order options, file, sname.
+    """
+    out = bytearray()
+    left: list[bytes] = []
+    blocked: set[int] = set()
+    for chunk in chunks:
+        code = chunk[0]
+        if code not in blocked and len(out) + len(chunk) <= capacity:
+            out += chunk
+        else:
+            blocked.add(code)
+            left.append(chunk)
+    return bytes(out), left
+
+
+def max_message_size(client_max: int | None) -> int:
+    """The DHCP payload limit for a reply, from the client's option 57 (RFC 2132 §9.10).
+
+    Option 57 counts the whole IP datagram and may not be below 576; a smaller or missing
+    value means 576.  The result excludes the 28 octets of IPv4 and UDP headers.
+    """
+    limit = c.DHCP_MIN_MAX_MESSAGE if client_max is None else max(client_max,
+                                                                  c.DHCP_MIN_MAX_MESSAGE)
+    return limit - c.IP_UDP_HEADER_LENGTH
+
+
+def encode_dhcp(message: DhcpMessage, *, max_size: int = 548, allow_overload: bool = True) -> bytes:
+    """Encode ``message`` as at most ``max_size`` octets of UDP payload.
+
+    ``max_size`` defaults to 548 (RFC 2131 §2: 576-octet datagrams minus IP and UDP headers);
+    use :func:`max_message_size` to derive it from the client's option 57.  Options that do
+    not fit are moved into an empty ``file`` then an empty ``sname`` field with option 52
+    (RFC 2132 §9.3) when ``allow_overload``; firmware that must never see overload (old PXE
+    ROMs, dnsmasq's ``dhcp-no-override``) is protected by the caller putting its boot file in
+    ``file``, which is then never overloaded.  Raises :class:`~pxestack.errors.ApiMisuse` if
+    a field is out of range or the options cannot fit.
+    """
+    chaddr = message.chaddr
+    if len(chaddr) != message.hlen or message.hlen > c.CHADDR_LENGTH:
+        raise ApiMisuse(f"chaddr has {len(chaddr)} octets, hlen says {message.hlen}")
+    if len(message.sname) > c.SNAME_LENGTH or len(message.file) > c.FILE_LENGTH:
+        raise ApiMisuse("sname is at most 64 and file at most 128 octets")
+    chunks = _option_chunks(message.options)
+    main_capacity = max_size - _HEADER_WITH_COOKIE_LENGTH - 1  # minus END
+    main, left = _pack(chunks, main_capacity)
+    sname_field = message.sname
+    file_field = message.file
+    if left:
+        can_use_file = allow_overload and not message.file
+        can_use_sname = allow_overload and not message.sname
+        if not (can_use_file or can_use_sname):
+            raise ApiMisuse(f"options do not fit in {max_size} octets")
+        main, left = _pack(chunks, main_capacity - 3)  # room for option 52
+        overload = 0
+        if can_use_file and left:
+            area, left = _pack(left, c.FILE_LENGTH - 1)
+            if area:
+                file_field = area + b"\xff"
+                overload |= c.OVERLOAD_FILE
+        if can_use_sname and left:
+            area, left = _pack(left, c.SNAME_LENGTH - 1)
+            if area:
+                sname_field = area + b"\xff"
+                overload |= c.OVERLOAD_SNAME
+        if left:
+            raise ApiMisuse(f"options do not fit in {max_size} octets even with overload")
+        main = bytes((c.OPT_OVERLOAD, 1, overload)) + main
+    try:
+        header = _HEADER.pack(
+            message.op,
+            message.htype,
+            message.hlen,
+            message.hops,
+            message.xid,
+            message.secs,
+            message.flags,
+            int(message.ciaddr),
+            int(message.yiaddr),
+            int(message.siaddr),
+            int(message.giaddr),
+            chaddr,
+            sname_field,
+            file_field,
+            c.MAGIC_COOKIE,
+        )
+    except struct.error as exc:
+        raise ApiMisuse(f"header field out of range: {exc}") from exc
+    packet = header + main + b"\xff"
+    if len(packet) < c.BOOTP_MIN_LENGTH:
+        packet += bytes(c.BOOTP_MIN_LENGTH - len(packet))
+    return packet
+
+
+def build_reply(
+    request: DhcpMessage,
+    options: DhcpOptions,
+    *,
+    yiaddr: IPv4Address = _ZERO,
+    siaddr: IPv4Address = _ZERO,
+    ciaddr: IPv4Address = _ZERO,
+    sname: bytes = b"",
+    file: bytes = b"",
+    flags: int | None = None,
+) -> DhcpMessage:
+    """A BOOTREPLY answering ``request`` per RFC 2131 §4.3.1 Table 3.
+
+    xid, htype, hlen, chaddr, giaddr and flags are copied from the request (flags can be
+    overridden: PXE proxy replies set the broadcast bit); hops and secs are 0.
+    """
+    return DhcpMessage(
+        op=c.BOOTREPLY,
+        htype=request.htype,
+        hlen=request.hlen,
+        hops=0,
+        xid=request.xid,
+        secs=0,
+        flags=request.flags if flags is None else flags,
+        ciaddr=ciaddr,
+        yiaddr=yiaddr,
+        siaddr=siaddr,
+        giaddr=request.giaddr,
+        chaddr=request.chaddr,
+        sname=sname,
+        file=file,
+        options=options,
+    )
+
+
+__all__ = [
+    "DhcpMessage",
+    "build_reply",
+    "decode_dhcp",
+    "encode_dhcp",
+    "format_mac",
+    "max_message_size",
+    "parse_mac",
+]

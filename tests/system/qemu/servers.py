@@ -1,0 +1,325 @@
+"""The servers a boot runs against, each started inside the test namespace.
+
+* :class:`ReferenceServer`: dnsmasq (full DHCP with ``no-ping``, iPXE clients get the HTTP
+  script URL, others TFTP ``ipxe.efi``) plus :mod:`refserver` for HTTP and the first-stage
+  callbacks.  With ``router_advertisements=True`` pxestack's RA responder
+  (:mod:`pxestack.ra`, through :mod:`ra_runner`) answers router solicitations beside it.
+  This is the baseline the pxestack timings are compared with.
+* :class:`PxestackServer`: ``pxestack serve --config <generated>``, everything from one
+  process.
+
+Every process is started by PID and stopped by that PID only.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .artifacts import Artifacts
+from .netns import BRIDGE, SERVER_ADDRESS, Segment
+
+HERE = Path(__file__).resolve().parent
+HTTP_PORT = 8080
+BASE_URL = f"http://{SERVER_ADDRESS}:{HTTP_PORT}"
+IPXE_EFI = Path("/usr/lib/ipxe/ipxe.efi")
+UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")
+POOL = ("198.18.0.100", "198.18.0.200")
+#: The image "version" directory the harness's kernel and initramfs are filed under.
+OS_VERSION = "e2e"
+ADMIN_TOKEN = "e2e-admin-token"
+
+
+class Process:
+    """A child process with its log file; stopped by its own PID."""
+
+    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+
+    def check_alive(self) -> None:
+        """Raise with the log's tail if the process has exited."""
+        if self.popen.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s; always reaped."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+def wait_for_port(segment: Segment, port: int, timeout: float = 15.0) -> None:
+    """Wait until something listens on TCP *port* inside *segment*."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(
+            segment.command(["ss", "-Hltn", f"sport = :{port}"]), capture_output=True, text=True
+        ).stdout
+        if out.strip():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on tcp port {port} after {timeout} s")
+
+
+def wait_for_udp(segment: Segment, port: int, timeout: float = 15.0) -> None:
+    """Wait until a UDP socket is bound to *port* inside *segment*."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(
+            segment.command(["ss", "-Hlun", f"sport = :{port}"]), capture_output=True, text=True
+        ).stdout
+        if out.strip():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on udp port {port} after {timeout} s")
+
+
+@dataclass
+class Event:
+    """One request the reference HTTP server saw."""
+
+    t: float
+    data: dict[str, object]
+
+
+class ReferenceServer:
+    """dnsmasq + the reference HTTP server (+ optionally the RA responder)."""
+
+    name = "dnsmasq"
+
+    def __init__(self, segment: Segment, workdir: Path, artifacts: Artifacts,
+                 *, router_advertisements: bool = False) -> None:
+        self.segment = segment
+        self.workdir = workdir
+        self.router_advertisements = router_advertisements
+        if router_advertisements:
+            self.name = "dnsmasq+ra"
+        self.events_path = workdir / "http-events.jsonl"
+        self.processes: list[Process] = []
+        root = workdir / "http"
+        tftp = workdir / "tftp"
+        for directory in (root, tftp):
+            directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifacts.kernel, root / "vmlinuz")
+        shutil.copyfile(artifacts.initrd, root / "initrd.img")
+        shutil.copyfile(IPXE_EFI, tftp / "ipxe.efi")
+        shutil.copyfile(UNDIONLY, tftp / "undionly.kpxe")
+        self.dnsmasq_conf = workdir / "dnsmasq.conf"
+        self.dnsmasq_conf.write_text(dnsmasq_config(workdir, tftp))
+
+    def start(self) -> None:
+        """Start every process and wait until each listens."""
+        self.events_path.unlink(missing_ok=True)
+        cmd = self.segment.command
+        try:
+            self.processes.append(Process(
+                "refserver",
+                cmd([sys.executable, str(HERE / "refserver.py"), "--port", str(HTTP_PORT),
+                     "--root", str(self.workdir / "http"), "--events", str(self.events_path),
+                     "--base-url", BASE_URL]),
+                self.workdir / "refserver.log",
+            ))
+            self.processes.append(Process(
+                "dnsmasq",
+                cmd(["dnsmasq", "--keep-in-foreground", f"--conf-file={self.dnsmasq_conf}"]),
+                self.workdir / "dnsmasq.log",
+            ))
+            if self.router_advertisements:
+                self.processes.append(Process(
+                    "ra",
+                    cmd([sys.executable, str(HERE / "ra_runner.py"), BRIDGE]),
+                    self.workdir / "ra.log",
+                ))
+            wait_for_port(self.segment, HTTP_PORT)
+            wait_for_udp(self.segment, 67)
+            if self.router_advertisements:
+                _wait_for_log(self.processes[-1], "answering router solicitations")
+            for process in self.processes:
+                process.check_alive()
+        except BaseException:
+            self.stop()
+            raise
+
+    def events(self) -> list[Event]:
+        """Every recorded HTTP event so far."""
+        if not self.events_path.exists():
+            return []
+        return [
+            Event(float(d.pop("t")), d)
+            for d in (json.loads(line) for line in self.events_path.read_text().splitlines())
+        ]
+
+    def stop(self) -> None:
+        """Stop every process this object started."""
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+
+def _wait_for_log(process: Process, text: str, timeout: float = 15.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        process.check_alive()
+        if text in process.log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{process.name} did not log {text!r} within {timeout} s")
+
+
+def dnsmasq_config(workdir: Path, tftp_root: Path) -> str:
+    """The reference dnsmasq configuration (firmware.md's "Server side" reference)."""
+    return "\n".join([
+        "port=0",
+        f"interface={BRIDGE}",
+        "bind-interfaces",
+        "user=root",
+        f"dhcp-range={POOL[0]},{POOL[1]},255.254.0.0,1h",
+        # Without no-ping dnsmasq probes the address for ~3 s before its first OFFER.
+        "no-ping",
+        "dhcp-authoritative",
+        f"dhcp-leasefile={workdir / 'dnsmasq.leases'}",
+        "log-dhcp",
+        # QEMU's NIC ROMs and the chainloaded ipxe.efi send user class "iPXE": hand them the
+        # HTTP script straight away (no TFTP).  OVMF's native PXE client gets ipxe.efi.
+        "dhcp-userclass=set:ipxe,iPXE",
+        f"dhcp-boot=tag:ipxe,{BASE_URL}/boot.ipxe",
+        "dhcp-match=set:efi64,option:client-arch,7",
+        "dhcp-match=set:efi64,option:client-arch,9",
+        f"dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,{SERVER_ADDRESS}",
+        f"dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,{SERVER_ADDRESS}",
+        "enable-tftp",
+        f"tftp-root={tftp_root}",
+        "",
+    ])
+
+
+class PxestackServer:
+    """``pxestack serve --config <generated>`` inside the namespace."""
+
+    name = "pxestack"
+
+    def __init__(self, segment: Segment, workdir: Path, artifacts: Artifacts,
+                 profiles: list[dict[str, object]] | None = None,
+                 installed_boot: str = "local-boot") -> None:
+        self.segment = segment
+        self.workdir = workdir
+        self.processes: list[Process] = []
+        self.state = workdir / "pxestack-state"
+        self.cluster_dir = self.state / "cluster"
+        # mayu's image cache layout (mayu.md §5.3): <images_dir>/<version>/<flatcar names>.
+        images = self.state / "images" / OS_VERSION
+        tftp = self.state / "tftproot"
+        for directory in (self.state / "assets", images, tftp):
+            directory.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifacts.kernel, images / "flatcar_production_pxe.vmlinuz")
+        shutil.copyfile(artifacts.initrd, images / "flatcar_production_pxe_image.cpio.gz")
+        shutil.copyfile(IPXE_EFI, tftp / "ipxe.efi")
+        shutil.copyfile(UNDIONLY, tftp / "undionly.kpxe")
+        self.config_path = workdir / "pxestack.yaml"
+        self.config_path.write_text(
+            yaml.safe_dump(pxestack_config(self.state, profiles, installed_boot), sort_keys=False)
+        )
+
+    def start(self) -> None:
+        """Start ``pxestack serve`` and wait for its HTTP and DHCP ports."""
+        pxestack = Path(sys.executable).with_name("pxestack")
+        try:
+            self.processes.append(Process(
+                "pxestack",
+                self.segment.command([str(pxestack), "serve", "--config", str(self.config_path)]),
+                self.workdir / "pxestack.log",
+            ))
+            wait_for_port(self.segment, HTTP_PORT)
+            wait_for_udp(self.segment, 67)
+            self.processes[0].check_alive()
+        except BaseException:
+            self.stop()
+            raise
+
+    def hosts(self) -> list[dict[str, object]]:
+        """``GET /admin/hosts`` from inside the namespace (mayu's host records)."""
+        out = subprocess.run(
+            self.segment.command(["curl", "-sf", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+                                  f"{BASE_URL}/admin/hosts"]),
+            capture_output=True, text=True, timeout=15,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"GET /admin/hosts failed: {out.stderr}")
+        hosts: list[dict[str, object]] = json.loads(out.stdout)
+        return hosts
+
+    def git_log(self) -> list[str]:
+        """The cluster directory's commit subjects, oldest first (mayu's git audit)."""
+        out = subprocess.run(
+            ["git", "-C", str(self.cluster_dir), "log", "--reverse", "--format=%s"],
+            capture_output=True, text=True, timeout=15, check=True,
+        )
+        return out.stdout.splitlines()
+
+    def stop(self) -> None:
+        """Stop the pxestack process."""
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+
+def pxestack_config(
+    state: Path,
+    profiles: list[dict[str, object]] | None,
+    installed_boot: str = "local-boot",
+) -> dict[str, object]:
+    """The configuration the harness runs ``pxestack serve`` with.
+
+    The first stage reads ``mayu=`` (rendered by pxestack's install script) and needs the
+    serial console and the name of pxestack's host-data endpoint on the kernel line.
+    """
+    return {
+        "state_dir": str(state),
+        "log_format": "text",
+        "log_level": "debug",
+        "dhcp": {
+            "mode": "server",
+            "interfaces": [BRIDGE],
+            "listen": "0.0.0.0:67",
+            "proxy_port": 0,
+            "server_address": SERVER_ADDRESS,
+            "lease_time": 3600,
+            "pools": [{"subnet": "198.18.0.0/15", "start": POOL[0], "end": POOL[1]}],
+            "boot": {"ipxe_script_url": f"{BASE_URL}/boot.ipxe"},
+        },
+        "tftp": {"listen": f"{SERVER_ADDRESS}:69", "root": str(state / "tftproot")},
+        "http": {
+            "listen": f"0.0.0.0:{HTTP_PORT}",
+            "public_url": BASE_URL,
+            "assets_root": str(state / "assets"),
+        },
+        "provision": {
+            "cluster_dir": str(state / "cluster"),
+            "git": True,
+            "default_os_version": OS_VERSION,
+            "images_dir": str(state / "images"),
+            "installed_boot": installed_boot,
+            "kernel_args": ["console=ttyS0", "quiet", "panic=5",
+                            "pxestack.final=final-ignition-config.json"],
+            "api": {"token": ADMIN_TOKEN},
+            **({"profiles": profiles} if profiles else {}),
+        },
+    }
+
+
+__all__ = ["BASE_URL", "PxestackServer", "ReferenceServer", "dnsmasq_config", "pxestack_config"]

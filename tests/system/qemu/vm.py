@@ -1,0 +1,174 @@
+"""One QEMU virtual machine that network-boots with one of three firmware paths.
+
+* ``bios``: SeaBIOS with QEMU's iPXE NIC option ROM (virtio-net-pci's default romfile).
+* ``uefi``: OVMF with the same NIC's iPXE EFI ROM (``efi-virtio.rom``).
+* ``uefi-pxe``: OVMF's own UEFI PXE client (``romfile=""``), which TFTPs ``ipxe.efi``.
+
+Always TCG: ``/dev/kvm`` on these machines may be PVM (``kvm_pvm``), where SeaBIOS runs but
+Linux hangs.  The firmware console reaches the serial log only with ``-nographic`` (SeaBIOS
+sercon), so QEMU runs with ``-nographic -serial file:... -monitor none``.  The guest's
+``poweroff -f`` ends the QEMU process; ``-no-reboot`` turns a reboot into an exit as well.
+
+:class:`ConsoleWatch` timestamps every console line when it first appears, which gives the
+boot timeline without instrumenting the server.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .netns import Segment
+
+FIRMWARES = ("bios", "uefi", "uefi-pxe")
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+EFI_VIRTIO_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The identity of one virtual machine (what SMBIOS and the NIC report)."""
+
+    index: int
+    serial: str
+    mac: str
+    uuid: str
+
+    @classmethod
+    def numbered(cls, index: int) -> Machine:
+        """Machine number *index* (1-based) with a predictable serial, MAC and UUID."""
+        return cls(
+            index=index,
+            serial=f"E2E-SN-{index:04d}",
+            mac=f"52:54:00:e2:e0:{index:02x}",
+            uuid=f"00000000-0000-4000-8000-e2e0000000{index:02x}",
+        )
+
+
+def qemu_command(machine: Machine, firmware: str, tap: str, serial_log: Path,
+                 vars_file: Path | None) -> list[str]:
+    """The ``qemu-system-x86_64`` command line for *machine* booting *firmware* from *tap*."""
+    if firmware not in FIRMWARES:
+        raise ValueError(f"unknown firmware {firmware!r}; expected one of {FIRMWARES}")
+    nic = f"virtio-net-pci,netdev=n0,mac={machine.mac},bootindex=1"
+    if firmware == "uefi":
+        nic += f",romfile={EFI_VIRTIO_ROM}"
+    elif firmware == "uefi-pxe":
+        nic += ",romfile="  # no iPXE ROM: OVMF's own PXE client must chainload ipxe.efi
+    command = [
+        "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
+        "-nographic", "-serial", f"file:{serial_log}", "-monitor", "none",
+        "-no-reboot", "-nodefaults",
+        "-smbios", f"type=1,serial={machine.serial},product=e2e-vm,uuid={machine.uuid}",
+        "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
+        "-device", nic,
+    ]
+    if firmware == "bios":
+        command += ["-boot", "n"]
+    else:
+        assert vars_file is not None
+        command += [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
+        ]
+    return command
+
+
+@dataclass
+class ConsoleWatch:
+    """Timestamps of serial-console lines, in seconds since the machine was started."""
+
+    path: Path
+    started: float
+    lines: list[tuple[float, str]] = field(default_factory=list)
+    _consumed: int = 0
+    _partial: str = ""
+
+    def poll(self) -> None:
+        """Read what the console wrote since the last poll."""
+        try:
+            with self.path.open("rb") as log:
+                log.seek(self._consumed)
+                chunk = log.read()
+        except FileNotFoundError:
+            return
+        if not chunk:
+            return
+        self._consumed += len(chunk)
+        now = time.time() - self.started
+        text = self._partial + chunk.decode("utf-8", "replace").replace("\r", "\n")
+        *complete, self._partial = text.split("\n")
+        self.lines.extend((now, line) for line in complete if line.strip())
+
+    def first(self, pattern: str) -> float | None:
+        """When a line matching *pattern* (a regex) first appeared, or ``None``."""
+        regex = re.compile(pattern)
+        return next((when for when, line in self.lines if regex.search(line)), None)
+
+    def text(self) -> str:
+        """The whole console as read so far."""
+        return "\n".join(line for _, line in self.lines)
+
+
+class VirtualMachine:
+    """A running QEMU process inside *segment*, attached to *tap*."""
+
+    def __init__(self, segment: Segment, machine: Machine, firmware: str, tap: str,
+                 workdir: Path) -> None:
+        self.machine = machine
+        self.firmware = firmware
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.serial_log = workdir / f"vm{machine.index}-{firmware}-serial.log"
+        self.serial_log.unlink(missing_ok=True)
+        vars_file = None
+        if firmware != "bios":
+            vars_file = workdir / f"vm{machine.index}-OVMF_VARS.fd"
+            shutil.copyfile(OVMF_VARS, vars_file)
+        self.command = segment.command(
+            qemu_command(machine, firmware, tap, self.serial_log, vars_file)
+        )
+        self.stderr_log = workdir / f"vm{machine.index}-{firmware}-qemu.log"
+        self.started = time.time()
+        with self.stderr_log.open("wb") as stderr:
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
+            )
+        self.console = ConsoleWatch(self.serial_log, self.started)
+        self.exited_after: float | None = None
+
+    def poll(self) -> bool:
+        """Read the console; return True once QEMU has exited."""
+        self.console.poll()
+        if self.exited_after is None and self.process.poll() is not None:
+            self.exited_after = time.time() - self.started
+            self.console.poll()
+        return self.exited_after is not None
+
+    def stop(self) -> None:
+        """Kill QEMU (by its own PID) if it still runs, and reap it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.poll()
+
+
+def wait_all(machines: list[VirtualMachine], timeout: float, interval: float = 0.1) -> bool:
+    """Poll *machines* until all have exited or *timeout* seconds pass; True if all exited."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all([vm.poll() for vm in machines]):
+            return True
+        time.sleep(interval)
+    return all([vm.poll() for vm in machines])
+
+
+__all__ = ["FIRMWARES", "ConsoleWatch", "Machine", "VirtualMachine", "qemu_command", "wait_all"]
