@@ -304,6 +304,11 @@ class PxestackDhcpServer(DhcpServer):
             "  proxy_port: 0\n"
             # perfdhcp always acts as a relay agent (giaddr = the client's address).
             f"  relays: [{lab.client.ip}]\n"
+            # perfdhcp -i (DO mode) never REQUESTs, so every OFFER stays outstanding for
+            # offer_hold seconds; the default cap of 4096 outstanding offers (the defence
+            # against DISCOVER floods, bad-inputs.md D10) would then limit DO mode to
+            # 4096 per test period.  10 000 simulated clients hold at most 10 000 offers.
+            f"  max_offers: {CLIENTS + 1024}\n"
             "  pools:\n"
             f"    - subnet: {SUBNET}\n"
             f"      start: {POOL_START}\n"
@@ -481,8 +486,11 @@ def servers(peers: Peers) -> list[DhcpServer]:
     return [PxestackDhcpServer(), KeaServer(peers), DnsmasqDhcpServer(peers)]
 
 
-def run_dhcp(results: Results, peers: Peers, *, repeats: int, quick: bool) -> None:
-    """Run the DORA and DO searches for every available server, *repeats* times each."""
+def run_dhcp(
+    results: Results, peers: Peers, *, repeats: int, quick: bool, only: tuple[str, ...] = ()
+) -> None:
+    """Run the DORA and DO searches for every available server (or those named in *only*),
+    *repeats* times each."""
     reason = peers.require("perfdhcp", "nft", "ip")
     if reason:
         results.skip("dhcp", "all", reason)
@@ -491,6 +499,8 @@ def run_dhcp(results: Results, peers: Peers, *, repeats: int, quick: bool) -> No
     lab_module = netlab()
     candidates = []
     for server in servers(peers):
+        if only and server.name not in only:
+            continue
         why = server.unavailable(peers)
         if why:
             results.skip("dhcp", server.name, why)

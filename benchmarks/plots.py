@@ -1,9 +1,8 @@
 """PNG plots of a results file (matplotlib, Agg backend) into docs/benchmarks/.
 
-One bar chart per area: for every case a group of bars, one per server, at the median with
-min-max error bars.  Values are normalised to the best peer of each case so that cases with
-different units share one axis; the absolute median is written above each bar.  The DHCP
-rate search also gets a goodput-versus-target plot from the recorded steps.
+One figure per area with a panel per case: a bar per server at the median, min-max error
+bars, the median written above each bar, in the case's own unit.  The DHCP rate search also
+gets a goodput-versus-target plot from every recorded step.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ COLOURS = {
     "dnsmasq": "#2ca02c",
     "tftpd-hpa": "#9467bd",
     "atftpd": "#8c564b",
+    "nginx": "#17becf",
+    "static.File": "#bcbd22",
 }
 
 #: The cases worth a plot (helper series such as NAK counts are left out).
@@ -29,7 +30,7 @@ PLOTTED = {
     "dhcp": ("dora_sustained", "do_sustained", "dora_unthrottled_goodput",
              "do_unthrottled_goodput"),
     "tftp": ("lockstep_1468", "window8_1468", "concurrent32", "lossy_1pct"),
-    "http": (),
+    "http": ("assets_1_clients", "assets_16_clients"),
 }  # fmt: skip
 
 
@@ -42,8 +43,13 @@ def _pyplot() -> Any:
     return plt
 
 
-def _normalised_bars(data: dict[str, Any], area: str, output: Path) -> Path | None:
-    """The per-area chart; returns its path, or None when there was nothing to draw."""
+def _case_panels(data: dict[str, Any], area: str, output: Path) -> Path | None:
+    """One panel per case of *area*: a bar per server at the median, min-max error bars.
+
+    Each panel has its own axis in the case's unit (times and rates do not share a scale);
+    the title says whether higher or lower is better.  Returns the PNG path, or None when
+    nothing of *area* was measured.
+    """
     cases = [
         c
         for c in PLOTTED.get(area, ())
@@ -51,60 +57,38 @@ def _normalised_bars(data: dict[str, Any], area: str, output: Path) -> Path | No
     ]
     if not cases:
         return None
-    servers = list(
-        dict.fromkeys(r["server"] for r in data["cases"] if r["area"] == area and r["values"])
-    )
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(max(6.0, 2.2 * len(cases)), 4.2), dpi=110)
-    width = 0.8 / max(len(servers), 1)
-    for s_index, server in enumerate(servers):
-        xs, heights, lows, highs, labels = [], [], [], [], []
-        for c_index, case in enumerate(cases):
-            record = next(
-                (r for r in data["cases"]
-                 if (r["area"], r["case"], r["server"]) == (area, case, server)),
-                None,
-            )  # fmt: skip
-            if record is None or not record["values"]:
-                continue
-            peers = [
-                statistics.median(r["values"])
-                for r in data["cases"]
-                if (r["area"], r["case"]) == (area, case) and r["server"] != PXESTACK
-                and r["values"]
-            ]  # fmt: skip
-            higher = record["higher_is_better"]
-            reference = (max(peers) if higher else min(peers)) if peers else record["median"]
-            if not reference:
-                continue
-            # Times are inverted so that taller is better everywhere on the chart.
-            scale = (lambda v, ref=reference: v / ref) if higher else (
-                lambda v, ref=reference: ref / v if v else 0.0
-            )  # fmt: skip
-            median = scale(record["median"])
-            values = [scale(v) for v in record["values"]]
-            xs.append(c_index + (s_index - (len(servers) - 1) / 2) * width)
-            heights.append(median)
-            lows.append(median - min(values))
-            highs.append(max(values) - median)
-            labels.append(f"{record['median']:.3g}")
+    columns = min(len(cases), 2)
+    rows = (len(cases) + columns - 1) // columns
+    figure, grid = plt.subplots(
+        rows, columns, figsize=(5.2 * columns, 3.4 * rows), dpi=110, squeeze=False
+    )
+    for index, case in enumerate(cases):
+        axes = grid[index // columns][index % columns]
+        records = [
+            r for r in data["cases"] if (r["area"], r["case"]) == (area, case) and r["values"]
+        ]
+        names = [r["server"] for r in records]
+        medians = [statistics.median(r["values"]) for r in records]
+        lows = [m - min(r["values"]) for m, r in zip(medians, records, strict=True)]
+        highs = [max(r["values"]) - m for m, r in zip(medians, records, strict=True)]
         bars = axes.bar(
-            xs, heights, width, yerr=[lows, highs], capsize=3, label=server,
-            color=COLOURS.get(server, "#7f7f7f"),
+            names, medians, yerr=[lows, highs], capsize=4,
+            color=[COLOURS.get(name, "#7f7f7f") for name in names],
         )  # fmt: skip
-        for bar, label in zip(bars, labels, strict=True):
+        for bar, median in zip(bars, medians, strict=True):
             axes.annotate(
-                label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                ha="center", va="bottom", fontsize=7, xytext=(0, 2),
+                f"{median:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                 textcoords="offset points",
             )  # fmt: skip
-    units = {r["case"]: r["unit"] for r in data["cases"] if r["area"] == area}
-    axes.set_xticks(range(len(cases)))
-    axes.set_xticklabels([f"{case}\n[{units[case]}]" for case in cases], fontsize=8)
-    axes.axhline(1.0, color="black", linewidth=0.6, linestyle=":")
-    axes.set_ylabel("relative to the best peer (taller is better)")
-    axes.set_title(f"{area.upper()}: median with min-max, labels are absolute medians")
-    axes.legend(fontsize=8)
+        better = "higher" if records[0]["higher_is_better"] else "lower"
+        axes.set_title(f"{case} ({better} is better)", fontsize=10)
+        axes.set_ylabel(records[0]["unit"])
+        axes.tick_params(axis="x", labelsize=8)
+    for index in range(len(cases), rows * columns):
+        grid[index // columns][index % columns].set_visible(False)
+    figure.suptitle(f"{area.upper()}: median of the repetitions, bars show min-max", fontsize=11)
     figure.tight_layout()
     path = output / f"{area}.png"
     figure.savefig(path)
@@ -121,6 +105,8 @@ def _dhcp_steps(data: dict[str, Any], output: Path) -> Path | None:
     if not records:
         return None
     plt = _pyplot()
+    from matplotlib import ticker
+
     figure, all_axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110, sharey=False)
     for axes, case in zip(all_axes, ("dora_sustained", "do_sustained"), strict=True):
         for record in records:
@@ -137,6 +123,13 @@ def _dhcp_steps(data: dict[str, Any], output: Path) -> Path | None:
             )  # fmt: skip
         axes.set_xscale("log")
         axes.set_yscale("log")
+        limits = axes.get_xlim()
+        axes.plot(
+            limits, limits, color="black", linewidth=0.6, linestyle=":", label="goodput = target"
+        )
+        for axis in (axes.xaxis, axes.yaxis):
+            axis.set_major_formatter(ticker.ScalarFormatter())
+            axis.set_minor_formatter(ticker.NullFormatter())
         axes.set_xlabel("target rate (/s)")
         axes.set_ylabel("goodput (/s)")
         axes.set_title("DORA" if case == "dora_sustained" else "DISCOVER→OFFER")
@@ -155,9 +148,10 @@ def render(results_file: Path, output: Path) -> list[Path]:
     written = [
         path
         for path in (
-            _normalised_bars(data, "dhcp", output),
+            _case_panels(data, "dhcp", output),
             _dhcp_steps(data, output),
-            _normalised_bars(data, "tftp", output),
+            _case_panels(data, "tftp", output),
+            _case_panels(data, "http", output),
         )
         if path is not None
     ]

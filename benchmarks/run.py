@@ -24,11 +24,12 @@ from benchmarks import plots, report
 from benchmarks.common import PLOTS_DIR, RESULTS_DIR, ROOT, Results, log, machine_info
 from benchmarks.peers import find_peers
 
-AREAS = ("dhcp", "tftp", "http", "micro")
+AREAS = ("dhcp", "tftp", "bootstorm", "http", "micro")
 #: Areas a plain run covers.  ``micro`` is cheap but noisy beside the load tests, ``http``
 #: belongs to its own script; both are included unless --only narrows the run.
 DEFAULT_AREAS = AREAS
 MIN_REPEATS = 3
+DOCS_FILE = ROOT / "docs" / "benchmarks.md"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated TFTP case names to run (default: all)",
     )
     parser.add_argument(
+        "--servers",
+        default="",
+        help="comma-separated servers to measure, e.g. pxestack,kea (default: all available)",
+    )
+    parser.add_argument(
+        "--storm-machines",
+        type=int,
+        default=0,
+        help="machines in the boot storm (default 1000; 200 with --quick)",
+    )
+    parser.add_argument(
+        "--storm-rate", type=float, default=200.0, help="boot-storm arrivals per second"
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=MIN_REPEATS,
@@ -64,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-install", action="store_true", help="never call apt-get; skip missing peers"
     )
     parser.add_argument("--no-plots", action="store_true", help="do not render PNG plots")
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="rewrite the generated results block of docs/benchmarks.md with this run",
+    )
     parser.add_argument(
         "--plots-dir", type=Path, default=PLOTS_DIR, help="where PNG plots go (docs/benchmarks)"
     )
@@ -103,20 +123,28 @@ def _run_micro(results_dir: Path, stamp: str, quick: bool) -> dict[str, object]:
     return {"json": str(output), "exit_status": completed.returncode}
 
 
-def _run_http(results_dir: Path, stamp: str, quick: bool) -> dict[str, object]:
-    """Run the HTTP helper's benchmarks/http_assets.py if it exists."""
+def _run_http(results: Results, results_dir: Path, stamp: str, quick: bool) -> dict[str, object]:
+    """Run the HTTP helper's benchmarks/http_assets.py (if present) and import its numbers."""
     script = ROOT / "benchmarks" / "http_assets.py"
     if not script.exists():
         return {"skipped": "benchmarks/http_assets.py does not exist yet"}
-    output = results_dir / f"http-{stamp}.txt"
-    argv = [sys.executable, "-m", "benchmarks.http_assets", *(["--quick"] if quick else [])]
+    output = results_dir / f"http-{stamp}.json"
+    argv = [
+        sys.executable, "-m", "benchmarks.http_assets", f"--output={output}",
+        *(["--quick"] if quick else []),
+    ]  # fmt: skip
     log("http: " + " ".join(argv[1:]))
-    with output.open("w") as handle:
-        completed = subprocess.run(
-            argv, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, timeout=3600, check=False
-        )
-    sys.stdout.write(output.read_text())
-    return {"output": str(output), "exit_status": completed.returncode}
+    completed = subprocess.run(argv, cwd=ROOT, timeout=3600, check=False)
+    if output.exists():
+        import json
+
+        for entry in json.loads(output.read_text()).get("results", []):
+            record = results.case(
+                "http", f"assets_{entry['clients']}_clients", entry["server"], "MB/s"
+            )
+            record.note = "concurrent curl clients fetching one 32 MiB asset over loopback"
+            record.values.extend(entry.get("runs_mb_s", []))
+    return {"json": str(output), "exit_status": completed.returncode}
 
 
 def _finish(results: Results, args: argparse.Namespace, path: Path) -> None:
@@ -128,6 +156,11 @@ def _finish(results: Results, args: argparse.Namespace, path: Path) -> None:
     (path.parent / "latest.md").write_text(report.render_markdown_tables(results))
     sys.stdout.write(report.render_text(results))
     print(f"\nresults: {path}")
+    if args.update_docs:
+        if report.update_docs(DOCS_FILE, results):
+            print(f"updated: {DOCS_FILE}")
+        else:
+            print(f"not updated: {DOCS_FILE} lacks the {report.DOCS_START} markers")
     if not args.no_plots and results.cases:
         try:
             written = plots.render(path, args.plots_dir)
@@ -151,6 +184,8 @@ def _render_only(args: argparse.Namespace) -> int:
         results.cases.append(CaseResult(**fields))
     results.targets = report.evaluate_targets(results)
     sys.stdout.write(report.render_text(results))
+    if args.update_docs and report.update_docs(DOCS_FILE, results):
+        print(f"updated: {DOCS_FILE}")
     if not args.no_plots:
         for plot in plots.render(args.render, args.plots_dir):
             print(f"plot: {plot}")
@@ -176,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"bench-{stamp}.json"
-    needs_lab = bool({"dhcp", "tftp"} & set(areas))
+    needs_lab = bool({"dhcp", "tftp", "bootstorm"} & set(areas))
     peers = find_peers(install=not args.no_install and needs_lab)
     import pxestack
 
@@ -190,25 +225,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         command=" ".join([Path(sys.executable).name, "-m", "benchmarks", *(argv or sys.argv[1:])]),
     )
     results = Results(meta=meta)
+    only_servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
     try:
         if needs_lab and os.geteuid() != 0:
-            for area in ("dhcp", "tftp"):
+            for area in ("dhcp", "tftp", "bootstorm"):
                 if area in areas:
                     results.skip(area, "all", "needs root for network namespaces")
         else:
             if "dhcp" in areas:
                 from benchmarks.dhcp_bench import run_dhcp
 
-                run_dhcp(results, peers, repeats=args.repeats, quick=args.quick)
+                run_dhcp(results, peers, repeats=args.repeats, quick=args.quick, only=only_servers)
                 results.write(path)
             if "tftp" in areas:
                 from benchmarks.tftp_bench import run_tftp
 
                 cases = tuple(c for c in args.tftp_cases.split(",") if c)
-                run_tftp(results, peers, repeats=args.repeats, quick=args.quick, cases=cases)
+                run_tftp(
+                    results, peers, repeats=args.repeats, quick=args.quick, cases=cases,
+                    only=only_servers,
+                )  # fmt: skip
                 results.write(path)
+        if "bootstorm" in areas and os.geteuid() == 0:
+            from benchmarks.bootstorm import run_bootstorm
+
+            machines = args.storm_machines or (200 if args.quick else 1000)
+            run_bootstorm(results, repeats=args.repeats, machines=machines, rate=args.storm_rate)
+            results.write(path)
         if "http" in areas:
-            meta["http"] = _run_http(args.results_dir, stamp, args.quick)
+            meta["http"] = _run_http(results, args.results_dir, stamp, args.quick)
         if "micro" in areas:
             meta["micro"] = _run_micro(args.results_dir, stamp, args.quick)
     finally:

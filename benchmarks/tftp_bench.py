@@ -364,15 +364,24 @@ def _run_case(
 
 
 def run_tftp(
-    results: Results, peers: Peers, *, repeats: int, quick: bool, cases: tuple[str, ...] = ()
+    results: Results,
+    peers: Peers,
+    *,
+    repeats: int,
+    quick: bool,
+    cases: tuple[str, ...] = (),
+    only: tuple[str, ...] = (),
 ) -> None:
-    """Run every TFTP case against every available server, *repeats* times."""
+    """Run every TFTP case (or those in *cases*) against every available server (or those
+    named in *only*), *repeats* times."""
     reason = peers.require("atftp", "curl", "nft", "ip", "taskset")
     if reason:
         results.skip("tftp", "all", reason)
         return
     candidates = []
     for server in servers(peers):
+        if only and server.name not in only:
+            continue
         why = server.unavailable(peers)
         if why:
             results.skip("tftp", server.name, why)

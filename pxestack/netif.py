@@ -16,8 +16,12 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import netifaces
 
 
-class InterfaceError(LookupError):
-    """The named interface does not exist or has no IPv4 address."""
+class InterfaceError(OSError):
+    """The named interface does not exist or has no IPv4 address.
+
+    An ``OSError``, so a service failing to start because of it is reported like a port
+    that cannot be bound (``pxestack.cli._run.run_service``).
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pxestack import __version__
-from pxestack.cli import SUBCOMMANDS, build_parser, main
+from pxestack.cli import build_parser, main, subcommand_names
 
 PXESTACK = [sys.executable, "-m", "pxestack"]
 
@@ -30,7 +30,7 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     assert "serve" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", SUBCOMMANDS)
+@pytest.mark.parametrize("command", subcommand_names())
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args([command, "--help"])
@@ -150,3 +150,31 @@ def test_python_dash_m_runs_the_cli() -> None:
     result = subprocess.run([*PXESTACK, "--version"], capture_output=True, text=True,
                             timeout=60, check=False, env={**os.environ})
     assert result.stdout.strip() == f"pxestack {__version__}"
+
+
+def test_migrate_mayu_prints_a_provision_section(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [*PXESTACK, "migrate-mayu", str(root / "examples" / "mayu-config.yaml")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    import yaml
+
+    from pxestack.config import load_config
+
+    data = yaml.safe_load(result.stdout)
+    config = load_config(data, base_dir=tmp_path)
+    assert config.provision is not None
+    assert [p.name for p in config.provision.profiles][:1] == ["core"]
+
+
+def test_migrate_mayu_reports_what_does_not_map(tmp_path: Path) -> None:
+    mayu = tmp_path / "config.yaml"
+    mayu.write_text("default_coreos_version: 1.0\nnetwork:\n  network_model: bridge\n")
+    result = subprocess.run(
+        [*PXESTACK, "migrate-mayu", str(mayu)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert "network.network_model" in result.stderr

@@ -43,6 +43,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.testing", 3),
         ("pxestack.config", 4),
         ("pxestack.service", 4),
+        ("pxestack.metrics", 4),
         ("pxestack.provision", 5),
         ("pxestack.app", 6),
         ("pxestack.__main__", 6),

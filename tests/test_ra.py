@@ -259,3 +259,91 @@ def test_hop_limit_of(ancillary: list[tuple[int, int, bytes]], expected: int | N
 def test_no_interfaces_is_refused() -> None:
     with pytest.raises(ValueError):
         RouterAdvertisementService([])
+
+
+# -- real sockets in a network namespace ------------------------------------------------------
+
+PROBE = r"""
+import select, socket, struct, sys
+from ipaddress import IPv6Address
+from pxestack.wire.icmpv6 import (RouterSolicitation, decode_router_advertisement,
+                                  encode_router_solicitation)
+iface, hops = sys.argv[1], int(sys.argv[2])
+sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, iface.encode())
+sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, hops)
+sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+mac = bytes.fromhex(open(f"/sys/class/net/{iface}/address").read().strip().replace(":", ""))
+rs = encode_router_solicitation(RouterSolicitation(source_link_layer=mac))
+for attempt in range(3):
+    sock.sendto(rs, ("ff02::2", 0, 0, socket.if_nametoindex(iface)))
+    while select.select([sock], [], [], 1.5)[0]:
+        data, anc, _, (source, *_rest) = sock.recvmsg(1500, socket.CMSG_SPACE(4))
+        if data[0] != 134:
+            continue
+        hop = struct.unpack("@i", anc[0][2][:4])[0] if anc else None
+        ra = decode_router_advertisement(data)
+        print(f"RA from={source} hop={hop} M={ra.managed} O={ra.other} "
+              f"lifetime={ra.router_lifetime} options={len(ra.options)}")
+        sys.exit(0)
+print("no RA")
+sys.exit(1)
+"""
+
+
+@pytest.mark.netns
+def test_real_router_solicitation_gets_the_advertisement(tmp_path: Any) -> None:
+    """Kernel sockets end to end: filter, all-routers group, hop-limit check, unicast RA."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from conftest import require_root_and_tools
+
+    require_root_and_tools("ip")
+    root = Path(__file__).resolve().parent.parent
+    ns = f"pxt-ra-{os.getpid()}"
+
+    def ip(*argv: str) -> None:
+        subprocess.run(["ip", "-n", ns, *argv], check=True, capture_output=True)
+
+    def in_ns(*argv: str) -> list[str]:
+        return ["ip", "netns", "exec", ns, *argv]
+
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    responder = None
+    try:
+        for key in ("all", "default"):
+            subprocess.run(in_ns("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"),
+                           check=True)
+        ip("link", "add", "ra-srv", "type", "veth", "peer", "name", "ra-cli")
+        for name in ("lo", "ra-srv", "ra-cli"):
+            ip("link", "set", name, "up")
+        log = tmp_path / "responder.log"
+        with log.open("w") as out:
+            responder = subprocess.Popen(
+                in_ns(sys.executable, str(root / "examples" / "router_advertisements.py"),
+                      "ra-srv"),
+                stdout=out, stderr=subprocess.STDOUT,
+            )
+        deadline = time.time() + 15
+        while "answering router solicitations" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.1)
+        forwarded = subprocess.run(in_ns(sys.executable, "-c", PROBE, "ra-cli", "64"),
+                                   capture_output=True, text=True, timeout=30)
+        answered = subprocess.run(in_ns(sys.executable, "-c", PROBE, "ra-cli", "255"),
+                                  capture_output=True, text=True, timeout=30)
+    finally:
+        if responder is not None:
+            responder.terminate()
+            responder.wait(10)
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+    # RFC 4861 §6.1.1: a solicitation that may have been forwarded (hop limit != 255) is
+    # dropped; a proper one is answered from the link-local address with hop limit 255.
+    assert forwarded.stdout.strip() == "no RA", forwarded.stdout + forwarded.stderr
+    line = answered.stdout.strip()
+    assert line.startswith("RA from=fe80::"), answered.stdout + answered.stderr
+    assert "hop=255 M=False O=False lifetime=0 options=0" in line
+    assert "hop limit 64" in log.read_text()

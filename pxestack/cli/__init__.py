@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pxestack import __version__
 
 #: Subcommand modules under ``pxestack.cli``, in the order ``--help`` lists them.
-SUBCOMMANDS = ("serve", "http")
+SUBCOMMANDS = ("serve", "dhcp", "tftp", "http", "ctl", "images", "migrate")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommand_names() -> list[str]:
+    """The names of every registered subcommand (as typed on the command line)."""
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices)
+    return []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -54,4 +63,4 @@ def entry_point() -> None:
     sys.exit(main())
 
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "subcommand_names"]

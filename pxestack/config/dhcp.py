@@ -11,6 +11,10 @@ from pxestack.config._reader import Section
 
 DHCP_MODES = ("server", "proxy")
 
+#: Shortest configurable lease (seconds).  Leases this short are for labs and tests, where a
+#: client must reach RENEWING (T1 = half the lease) within seconds.
+MIN_LEASE_TIME = 10
+
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _HEX_OCTETS = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2})*$")
 
@@ -121,7 +125,7 @@ def _read_pool(section: Section, default_lease: int) -> PoolConfig | None:
         router=section.ipv4("router", None),
         dns=section.ipv4_list("dns"),
         domain=section.str("domain", None),
-        lease_time=section.int("lease_time", None, minimum=60),
+        lease_time=section.int("lease_time", None, minimum=MIN_LEASE_TIME),
         ntp=section.ipv4_list("ntp"),
     )
     section.finish()
@@ -176,7 +180,7 @@ def _read_boot(section: Section) -> BootConfig:
 
 def read_dhcp(section: Section) -> DhcpConfig:
     """Validate the ``dhcp:`` mapping."""
-    lease_time = section.int("lease_time", 3600, minimum=60)
+    lease_time = section.int("lease_time", 3600, minimum=MIN_LEASE_TIME)
     pools = tuple(
         pool
         for pool in (_read_pool(s, lease_time) for s in section.sections("pools"))

@@ -71,8 +71,9 @@ from pxestack.dhcp.decide import (
 )
 from pxestack.dhcp.leases import Lease, LeaseState, LeaseStore, Subnet, client_key
 from pxestack.dhcp.policy import BootPolicy, Machine
+from pxestack.errors import ApiMisuse
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp import DhcpMessage, build_reply
+from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions, encode_domain_search
 
 _ZERO: Final = IPv4Address(0)
@@ -92,6 +93,12 @@ COUNTERS: Final = (
     "ignored_other_server",
     "ignored_unknown_client",
     "pool_exhausted",
+    "reply_too_large",
+)
+
+#: Kinds of :class:`LeaseEvent`.
+EVENT_KINDS: Final = frozenset(
+    {"offered", "bound", "released", "declined", "expired", "nak", "pool-exhausted"}
 )
 
 #: Options always sent in OFFER/ACK (RFC 2131 §4.3.1 Table 3 and §4.4.5 T1/T2).
@@ -105,8 +112,8 @@ _BOOT: Final = frozenset(
      c.OPT_BOOTFILE_NAME, c.OPT_IPXE_ENCAP, c.OPT_CLIENT_UUID}
 )
 
-#: Lowest lease time granted, whatever the client asks for in option 51 (seconds).
-MIN_LEASE_TIME: Final = 60
+#: Lowest lease time granted, whatever shorter time a client asks for in option 51 (seconds).
+MIN_LEASE_TIME: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +197,8 @@ class DhcpServerCore:
     :param boot: boot defaults (URLs, file names).  Its ``server_address`` is ignored: each
         interface's own address is used as server identifier and TFTP next-server.
     :param on_event: called with a :class:`LeaseEvent` for every lease change.
+    :param event_kinds: only these kinds reach *on_event* (None: all of :data:`EVENT_KINDS`);
+        the others are not even built, which keeps the hot path lean when logs are quiet.
     """
 
     def __init__(
@@ -201,6 +210,7 @@ class DhcpServerCore:
         *,
         chainloads: ChainloadMemory | None = None,
         on_event: Callable[[LeaseEvent], None] | None = None,
+        event_kinds: frozenset[str] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -208,11 +218,13 @@ class DhcpServerCore:
         self.boot = boot
         self.chainloads = chainloads if chainloads is not None else ChainloadMemory()
         self.on_event = on_event
+        self.event_kinds = EVENT_KINDS if event_kinds is None else event_kinds
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._by_network: dict[IPv4Network, SubnetSettings] = {
             s.subnet.network: s for s in settings.subnets
         }
         self._boot_by_server: dict[IPv4Address, BootDefaults] = {}
+        self._options_cache: dict[IPv4Network, tuple[bytes, tuple[tuple[int, bytes], ...]]] = {}
 
     # -- entry point -----------------------------------------------------------------
 
@@ -305,7 +317,7 @@ class DhcpServerCore:
             return []
         self.counters["offers"] += 1
         self._event("offered", lease, message.xid, message.chaddr, ctx.interface.name)
-        return [self._reply(ctx, c.DHCPOFFER, lease, boot)]
+        return _one(self._reply(ctx, c.DHCPOFFER, lease, boot))
 
     def _request(self, ctx: _Context) -> list[Outgoing]:
         message = ctx.message
@@ -370,7 +382,7 @@ class DhcpServerCore:
             return self._nak(ctx, f"{address} is not available to this client")
         self.counters["acks"] += 1
         self._event("bound", lease, message.xid, message.chaddr, ctx.interface.name)
-        return [self._reply(ctx, c.DHCPACK, lease, boot)]
+        return _one(self._reply(ctx, c.DHCPACK, lease, boot))
 
     def _withdraw_offer(self, ctx: _Context) -> None:
         current = self.store.lookup(ctx.client, ctx.now)
@@ -413,7 +425,7 @@ class DhcpServerCore:
         if boot is None:
             return []
         self.counters["informs"] += 1
-        return [self._reply(ctx, c.DHCPACK, None, boot)]
+        return _one(self._reply(ctx, c.DHCPACK, None, boot))
 
     _handlers: ClassVar[dict[int, Callable[[DhcpServerCore, _Context], list[Outgoing]]]] = {
         c.DHCPDISCOVER: _discover,
@@ -459,10 +471,9 @@ class DhcpServerCore:
         reply_type: int,
         lease: Lease | None,
         boot: _BootParts | _NoBoot,
-    ) -> Outgoing:
+    ) -> Outgoing | None:
         message = ctx.message
         settings = ctx.settings
-        network = settings.subnet.network
         items: dict[int, bytes] = {
             c.OPT_MESSAGE_TYPE: bytes((reply_type,)),
             c.OPT_SERVER_ID: ctx.server_id.packed,
@@ -475,23 +486,12 @@ class DhcpServerCore:
             items[c.OPT_LEASE_TIME] = lease_time.to_bytes(4, "big")
             items[c.OPT_RENEWAL_TIME] = (lease_time // 2).to_bytes(4, "big")
             items[c.OPT_REBINDING_TIME] = (lease_time * 7 // 8).to_bytes(4, "big")
-        items[c.OPT_SUBNET_MASK] = network.netmask.packed
+        mask, optional = self._subnet_options(settings)
+        items[c.OPT_SUBNET_MASK] = mask
         wanted = _requested(message)
-        optional: list[tuple[int, bytes]] = []
-        if settings.routers:
-            optional.append((c.OPT_ROUTER, b"".join(a.packed for a in settings.routers)))
-        if settings.dns:
-            optional.append((c.OPT_DNS_SERVER, b"".join(a.packed for a in settings.dns)))
-        if settings.domain:
-            optional.append((c.OPT_DOMAIN_NAME, settings.domain.encode()))
-        optional.append((c.OPT_BROADCAST_ADDRESS, network.broadcast_address.packed))
-        if settings.ntp:
-            optional.append((c.OPT_NTP_SERVER, b"".join(a.packed for a in settings.ntp)))
-        if settings.domain_search:
-            optional.append((c.OPT_DOMAIN_SEARCH, encode_domain_search(settings.domain_search)))
         if lease is not None and lease.hostname and lease.hostname != ctx.info.hostname:
             # A reservation's host name (RFC 2132 §3.14), when the client did not send it.
-            optional.append((c.OPT_HOST_NAME, lease.hostname.encode()))
+            optional = (*optional, (c.OPT_HOST_NAME, lease.hostname.encode()))
         for code, value in optional:
             if wanted is None or code in wanted:
                 items[code] = value
@@ -506,9 +506,8 @@ class DhcpServerCore:
             items.pop(c.OPT_RELAY_AGENT_INFO, None)
             items[c.OPT_RELAY_AGENT_INFO] = relay_info
         max_size = reply_size_limit(message, mtu=ctx.interface.mtu)
-        _fit(items, max_size, file_free=not file, wanted=wanted)
         yiaddr = lease.address if lease is not None else _ZERO
-        reply = build_reply(
+        draft = build_reply(
             message,
             DhcpOptions._trusted(items),
             yiaddr=yiaddr,
@@ -517,12 +516,41 @@ class DhcpServerCore:
             ciaddr=message.ciaddr if reply_type == c.DHCPACK else _ZERO,
             file=file,
         )
+        reply = draft if _encoded_size(items) <= max_size - 241 else _fit(draft, max_size, wanted)
+        if reply is None:
+            self.counters["reply_too_large"] += 1
+            return None
         return Outgoing(
             message=reply,
             destination=reply_destination(message, reply_type, yiaddr=yiaddr),
             max_size=max_size,
             interface=ctx.interface.name,
         )
+
+    def _subnet_options(
+        self, settings: SubnetSettings
+    ) -> tuple[bytes, tuple[tuple[int, bytes], ...]]:
+        """The subnet mask and the encoded configuration options of *settings* (cached:
+        they are the same for every reply in the subnet)."""
+        cached = self._options_cache.get(settings.subnet.network)
+        if cached is not None:
+            return cached
+        network = settings.subnet.network
+        optional: list[tuple[int, bytes]] = []
+        if settings.routers:
+            optional.append((c.OPT_ROUTER, b"".join(a.packed for a in settings.routers)))
+        if settings.dns:
+            optional.append((c.OPT_DNS_SERVER, b"".join(a.packed for a in settings.dns)))
+        if settings.domain:
+            optional.append((c.OPT_DOMAIN_NAME, settings.domain.encode()))
+        optional.append((c.OPT_BROADCAST_ADDRESS, network.broadcast_address.packed))
+        if settings.ntp:
+            optional.append((c.OPT_NTP_SERVER, b"".join(a.packed for a in settings.ntp)))
+        if settings.domain_search:
+            optional.append((c.OPT_DOMAIN_SEARCH, encode_domain_search(settings.domain_search)))
+        cached = (network.netmask.packed, tuple(optional))
+        self._options_cache[network] = cached
+        return cached
 
     def _nak(self, ctx: _Context, reason: str) -> list[Outgoing]:
         """DHCPNAK (RFC 2131 §4.3.2, Table 3): 53, 54, 56 and the echoed option 82."""
@@ -555,7 +583,7 @@ class DhcpServerCore:
         self, kind: str, lease: Lease | None, xid: int, mac: bytes, interface: str,
         detail: str = "",
     ) -> None:
-        if self.on_event is not None:
+        if self.on_event is not None and kind in self.event_kinds:
             self.on_event(LeaseEvent(kind, lease, xid, mac, interface, detail))
 
 
@@ -564,6 +592,10 @@ class _BootParts:
     siaddr: IPv4Address
     file: bytes
     options: DhcpOptions
+
+
+def _one(reply: Outgoing | None) -> list[Outgoing]:
+    return [] if reply is None else [reply]
 
 
 class _NoBoot:
@@ -581,38 +613,51 @@ def _requested(message: DhcpMessage) -> frozenset[int] | None:
 
 def _encoded_size(items: dict[int, bytes]) -> int:
     """Octets the options take on the wire, with RFC 3396 splits of long values."""
-    return sum(len(v) + 2 * max(1, -(-len(v) // 255)) for v in items.values())
+    total = 0
+    for value in items.values():
+        size = len(value)
+        total += size + 2 if size <= 255 else size + 2 * -(-size // 255)
+    return total
 
 
-def _fit(
-    items: dict[int, bytes], max_size: int, *, file_free: bool, wanted: frozenset[int] | None
-) -> None:
-    """Drop options until the reply fits *max_size* (RFC 2132 §9.10, bad-inputs D5).
-
-    Order of sacrifice: configuration options the client did not ask for, then those it
-    asked for, then boot options; the essential ones are never dropped.  An empty ``file``
-    field can carry overloaded options (the encoder does that; 127 usable octets minus the
-    three of option 52).
-    """
-    capacity = max_size - 240 - 1 + (124 if file_free else 0)
-    if _encoded_size(items) <= capacity:
-        return
+def _sacrifice_order(items: dict[int, bytes], wanted: frozenset[int] | None) -> list[int]:
+    """Options that may be left out, least important first (see :func:`_fit`)."""
 
     def rank(code: int) -> int:
         if code in _BOOT:
             return 2
         return 1 if wanted is not None and code in wanted else 0
 
-    for code in sorted(
-        (code for code in items if code not in _ESSENTIAL), key=rank
-    ):
-        del items[code]
-        if _encoded_size(items) <= capacity:
-            return
+    return sorted((code for code in items if code not in _ESSENTIAL), key=rank)
+
+
+def _fit(reply: DhcpMessage, max_size: int, wanted: frozenset[int] | None) -> DhcpMessage | None:
+    """*reply*, with options left out until it encodes within *max_size*; None if it can't.
+
+    RFC 2132 §9.10 and bad-inputs D5.  The common case (everything fits the options area)
+    costs one sum; only an oversized reply is trial-encoded (the encoder may still overload
+    an empty ``file``/``sname``).  Order of sacrifice: configuration options the client did
+    not ask for, then those it asked for, then boot options; the essential ones never.
+    """
+    items = dict(reply.options)
+    if _encoded_size(items) <= max_size - 241:
+        return reply
+    order = _sacrifice_order(items, wanted)
+    while True:
+        candidate = replace(reply, options=DhcpOptions._trusted(dict(items)))
+        try:
+            encode_dhcp(candidate, max_size=max_size)
+        except ApiMisuse:
+            if not order:
+                return None
+            del items[order.pop(0)]
+            continue
+        return candidate
 
 
 __all__ = [
     "COUNTERS",
+    "EVENT_KINDS",
     "MIN_LEASE_TIME",
     "DhcpServerCore",
     "InterfaceInfo",

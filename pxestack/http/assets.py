@@ -523,7 +523,7 @@ class AssetResource(Resource):
         request.setHeader(b"Accept-Ranges", b"bytes")
 
         verdict = evaluate_preconditions(
-            if_none_match=_header(request, b"If-None-Match"),
+            if_none_match=_list_header(request, b"If-None-Match"),
             if_modified_since=_header(request, b"If-Modified-Since"),
             etag=etag,
             mtime=mtime,
@@ -610,6 +610,12 @@ def _header(request: http.Request, name: bytes) -> bytes | None:
     """The last value of request header *name*, or None."""
     value: bytes | None = request.getHeader(name)
     return value
+
+
+def _list_header(request: http.Request, name: bytes) -> bytes | None:
+    """All field lines of a list-valued header joined with commas (RFC 9110 §5.3)."""
+    values: list[bytes] | None = request.requestHeaders.getRawHeaders(name)
+    return b", ".join(values) if values else None
 
 
 def _plain(request: http.Request, body: bytes) -> bytes:

@@ -82,7 +82,9 @@ def kernel_boot_script(
     lines = [SCRIPT_HEADER]
     if dhcp_first:
         lines.append("dhcp")
-    lines.append(f"kernel {ipxe_word(kernel_url, 'kernel URL')} {kernel_command_line(args)}".rstrip())
+    lines.append(
+        f"kernel {ipxe_word(kernel_url, 'kernel URL')} {kernel_command_line(args)}".rstrip()
+    )
     lines.extend(f"initrd {ipxe_word(url, 'initrd URL')}" for url in initrd_urls)
     lines.append("boot")
     return "\n".join(lines) + "\n"

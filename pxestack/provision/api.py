@@ -54,6 +54,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from pxestack.errors import ConfigError
 from pxestack.provision.machine import Event, IllegalTransition
 from pxestack.provision.model import HostState
 from pxestack.provision.provisioner import BadRequest, Provisioner
@@ -162,7 +163,7 @@ class _Base(Resource):
         if not values:
             return None
         try:
-            return values[0].decode("utf-8")
+            return str(values[0].decode("utf-8"))
         except UnicodeDecodeError:
             raise HttpError(http.BAD_REQUEST, f"{name.decode()} is not UTF-8") from None
 
@@ -176,7 +177,7 @@ class _Base(Resource):
         if scheme.lower() != b"bearer":
             return None
         try:
-            return token.strip().decode("ascii")
+            return str(token.strip().decode("ascii"))
         except UnicodeDecodeError:
             return None
 
@@ -334,9 +335,9 @@ class FirstStageScriptResource(_Base):
         """mayu's first contact (era B)."""
 
         def handle() -> bytes | int:
-            if len(request.postpath) != 1 or not request.postpath[0]:
+            if len(request.postpath or []) != 1 or not (request.postpath or [b""])[0]:
                 raise HttpError(http.NOT_FOUND, "no serial in the path")
-            raw = request.postpath[0].decode("utf-8", "replace")
+            raw = (request.postpath or [b""])[0].decode("utf-8", "replace")
             prov = self.api.provisioner
             serial = prov.identity(raw, self.arg(request, b"uuid"))
 
@@ -361,8 +362,12 @@ class FirstStageIgnitionResource(_Base):
 
     def render_GET(self, request: Request) -> bytes | int:
         """The same document for every machine."""
-        return self.guarded(request, lambda: self.respond(
-            request, self.api.provisioner.render_first_stage_ignition, _text(_JSON)))
+        return self.guarded(
+            request,
+            lambda: self.respond(
+                request, self.api.provisioner.render_first_stage_ignition, _text(_JSON)
+            ),
+        )
 
 
 class HostDataResource(_Base):
@@ -424,16 +429,20 @@ class PxeIgnitionResource(_Base):
 IMAGE_FILES: dict[str, tuple[str, ...]] = {
     "vmlinuz": ("flatcar_production_pxe.vmlinuz", "coreos_production_pxe.vmlinuz"),
     "initrd.cpio.gz": (
-        "flatcar_production_pxe_image.cpio.gz", "coreos_production_pxe_image.cpio.gz"),
+        "flatcar_production_pxe_image.cpio.gz",
+        "coreos_production_pxe_image.cpio.gz",
+    ),
     "install_image.bin.bz2": (
-        "flatcar_production_image.bin.bz2", "coreos_production_image.bin.bz2"),
+        "flatcar_production_image.bin.bz2",
+        "coreos_production_image.bin.bz2",
+    ),
 }
 
 
 class ImagesResource(_Base):
     """``GET|HEAD /images/[<serial>/]<file>``: the host's OS version, served with Range.
 
-    Version = host override › host version › ``default_os_version`` (an unknown serial gets
+    Version = host override > host version > ``default_os_version`` (an unknown serial gets
     the default).  Unknown file names are 404 (mayu's handler panicked: bug).  The bytes
     are served by :class:`pxestack.http.assets.AssetResource` (Range, HEAD, conditional
     requests, sendfile; paths cannot leave the images directory).
@@ -452,7 +461,7 @@ class ImagesResource(_Base):
             if request.method not in (b"GET", b"HEAD"):
                 request.setHeader(b"Allow", b"GET, HEAD")
                 raise HttpError(http.NOT_ALLOWED, "method not allowed")
-            parts = [p.decode("utf-8", "replace") for p in request.postpath]
+            parts = [p.decode("utf-8", "replace") for p in request.postpath or []]
             if self.assets is None or len(parts) not in (1, 2) or parts[-1] not in IMAGE_FILES:
                 raise HttpError(http.NOT_FOUND, "not found")
             prov = self.api.provisioner
@@ -499,11 +508,12 @@ class AdminResource(_Base):
 
         def handle() -> bytes | int:
             self.require_admin(request)
-            path = [p.decode("utf-8", "replace") for p in request.postpath]
+            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
             prov = self.api.provisioner
             if path == ["hosts"]:
                 return self.respond(
-                    request, lambda: [h.to_json() for h in prov.hosts()], _json_writer)
+                    request, lambda: [h.to_json() for h in prov.hosts()], _json_writer
+                )
             if path == ["health"]:
                 return self.respond(request, prov.store.health, _health_writer)
             if path == ["mayu_config"]:
@@ -535,7 +545,7 @@ class AdminResource(_Base):
         """Host mutations and ``mayu_config``; 202 with an empty body on success."""
 
         def handle() -> bytes | int:
-            path = [p.decode("utf-8", "replace") for p in request.postpath]
+            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
             prov = self.api.provisioner
             if path == ["mayu_config"]:
                 self.require_admin(request)
@@ -551,7 +561,8 @@ class AdminResource(_Base):
                 self.require_admin(request)
             if action == "set_installed":
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.set_installed(serial, if_match)), _accepted)
+                    request, lambda: _etagged(prov, prov.set_installed(serial, if_match)), _accepted
+                )
             if action == "boot_complete":
                 payload = self.json_body(request, allow_empty=True)
                 return self.respond(
@@ -561,18 +572,23 @@ class AdminResource(_Base):
                 )
             if action == "mark_fresh":
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), _accepted)
+                    request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), _accepted
+                )
             payload = self.json_body(request)
             if action == "set_state":
                 state = payload.get("State")
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.set_state(serial, state, if_match)),
-                    _accepted)
+                    request,
+                    lambda: _etagged(prov, prov.set_state(serial, state, if_match)),
+                    _accepted,
+                )
             if action == "override":
                 overrides = payload.get("Overrides")
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.override(serial, overrides, if_match)),
-                    _accepted)
+                    request,
+                    lambda: _etagged(prov, prov.override(serial, overrides, if_match)),
+                    _accepted,
+                )
             if action in FIELD_SETTERS:
                 name = FIELD_SETTERS[action]
                 if name not in payload:
@@ -654,6 +670,8 @@ class ProvisioningApi:
             self._import(text)
         except yaml.YAMLError as exc:
             raise BadRequest(f"invalid YAML: {exc}") from None
+        except ConfigError as exc:
+            raise BadRequest(str(exc)) from None
 
     def children(self) -> dict[bytes, Resource]:
         """First path segment -> resource, for ``Extensions.http_children``."""

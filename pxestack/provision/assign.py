@@ -58,7 +58,9 @@ def allocate_address(ip_range: IPRange | None, used: Iterable[IPv4Address]) -> I
     raise AddressPoolExhausted(f"no free address left in {ip_range.start}-{ip_range.end}")
 
 
-def new_machine_id(random_bytes: Callable[[int], bytes], cabinet: int = 0, position: int = 0) -> str:
+def new_machine_id(
+    random_bytes: Callable[[int], bytes], cabinet: int = 0, position: int = 0
+) -> str:
     """32 hex digits: 16 random bytes with byte 0 = cabinet, byte 1 = position (as mayu).
 
     The value becomes ``/etc/machine-id`` of the installed system.

@@ -57,33 +57,41 @@ class IllegalTransition(Exception):  # noqa: N818
 _ALL = tuple(HostState)
 
 #: state -> event -> new state.  SET_STATE is handled by :func:`apply` (its target is data).
-TRANSITIONS: Mapping[Event, Mapping[HostState, HostState]] = MappingProxyType({
-    # mayu: any -> installing when the installer posts host data.
-    Event.HOST_DATA: MappingProxyType({s: S.INSTALLING for s in _ALL}),
-    Event.PXE_CONFIG: MappingProxyType({s: S.INSTALLING for s in _ALL}),
-    Event.SET_INSTALLED: MappingProxyType({
-        S.INSTALLING: S.INSTALLED,
-        S.INSTALLED: S.INSTALLED,  # a retried request after a lost response
-    }),
-    Event.BOOT_COMPLETE: MappingProxyType({
-        S.UNKNOWN: S.RUNNING,  # records made by hand or migrated without a state
-        S.INSTALLING: S.RUNNING,  # PXE-every-boot profiles (mayu era C) go straight here
-        S.INSTALLED: S.RUNNING,
-        S.RUNNING: S.RUNNING,  # sent on every boot
-        S.CONFIGURED: S.CONFIGURED,  # reinstall pending: keep it (mayu bug: cancelled it)
-    }),
-    Event.MARK_FRESH: MappingProxyType({s: S.CONFIGURED for s in _ALL}),
-})
+TRANSITIONS: Mapping[Event, Mapping[HostState, HostState]] = MappingProxyType(
+    {
+        # mayu: any -> installing when the installer posts host data.
+        Event.HOST_DATA: MappingProxyType({s: S.INSTALLING for s in _ALL}),
+        Event.PXE_CONFIG: MappingProxyType({s: S.INSTALLING for s in _ALL}),
+        Event.SET_INSTALLED: MappingProxyType(
+            {
+                S.INSTALLING: S.INSTALLED,
+                S.INSTALLED: S.INSTALLED,  # a retried request after a lost response
+            }
+        ),
+        Event.BOOT_COMPLETE: MappingProxyType(
+            {
+                S.UNKNOWN: S.RUNNING,  # records made by hand or migrated without a state
+                S.INSTALLING: S.RUNNING,  # PXE-every-boot profiles (mayu era C) go straight here
+                S.INSTALLED: S.RUNNING,
+                S.RUNNING: S.RUNNING,  # sent on every boot
+                S.CONFIGURED: S.CONFIGURED,  # reinstall pending: keep it (mayu bug: cancelled it)
+            }
+        ),
+        Event.MARK_FRESH: MappingProxyType({s: S.CONFIGURED for s in _ALL}),
+    }
+)
 
 #: mayu's commit message texts (mayu.md §7), after the ``<serial>: `` prefix.
-MESSAGES: Mapping[Event, str] = MappingProxyType({
-    Event.HOST_DATA: "updated host state to installing",
-    Event.PXE_CONFIG: "updated host state to installing",
-    Event.SET_INSTALLED: "updated state to installed",
-    Event.BOOT_COMPLETE: "updated state to running",
-    Event.MARK_FRESH: "host flagged as fresh",
-    Event.SET_STATE: "updated host state",
-})
+MESSAGES: Mapping[Event, str] = MappingProxyType(
+    {
+        Event.HOST_DATA: "updated host state to installing",
+        Event.PXE_CONFIG: "updated host state to installing",
+        Event.SET_INSTALLED: "updated state to installed",
+        Event.BOOT_COMPLETE: "updated state to running",
+        Event.MARK_FRESH: "host flagged as fresh",
+        Event.SET_STATE: "updated host state",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

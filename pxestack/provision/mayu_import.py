@@ -1,23 +1,16 @@
 """Read an existing mayu ``config.yaml`` into pxestack's ``provision:`` section, and back.
 
-The mapping (documented in ``docs/provisioning.md``, "Migrating from mayu"):
+The mapping (the full table is in ``docs/provisioning.md``, "Migrating from mayu"):
 
-=====================================================  =====================================
-mayu key                                               pxestack key
-=====================================================  =====================================
-``default_coreos_version`` / ``default_flatcar_version``  ``provision.default_os_version``
-``network.ip_range`` (era B) / ``network.primary_nic.ip_range`` (era C)  ``provision.network.ip_range``
-``network.subnet_size``, ``subnet_gateway``, ``dns``, ``ntp``  ``provision.network.*`` (same names)
-``network.network_model`` / ``primary_nic.network_model.type``  ``provision.network.network_model``
-``network.bond_mode``, ``vlan_id``, ``bond_interface_match``  ``provision.network.*``
-``profiles[i].{name,quantity,tags,disable_engine,etcd_cluster_token}``  ``provision.profiles[i].*``
-``profiles[i].coreos_version`` / ``flatcar_version``   ``provision.profiles[i].os_version``
-(era C file)                                           ``provision.profiles[i].install: pxe``
-``templates_env``                                      ``provision.templates_env``
-``network.interface``, ``bind_addr``, ``bootstrap_range``, ``router``, ``pxe``, ``uefi``,
-``network.pxe.pxe_interface``                          the ``dhcp:``/``tftp:``/``http:`` sections
-                                                       (reported as notes, not converted)
-=====================================================  =====================================
+* ``default_coreos_version`` / ``default_flatcar_version`` -> ``default_os_version``;
+* ``network.ip_range`` (era B) or ``network.primary_nic.ip_range`` (era C), ``subnet_size``,
+  ``subnet_gateway``, ``dns``, ``ntp``, ``network_model``, ``bond_mode``, ``vlan_id``,
+  ``bond_interface_match`` -> ``network.*``;
+* ``profiles[i]`` -> ``profiles[i]`` (``coreos_version``/``flatcar_version`` ->
+  ``os_version``; an era C file gives every profile ``install: pxe``);
+* ``templates_env`` -> ``templates_env``;
+* ``network.interface``, ``bind_addr``, ``bootstrap_range``, ``router``, ``pxe``, ``uefi``
+  belong to the ``dhcp:``/``tftp:``/``http:`` sections and are reported as notes.
 
 What cannot be represented is an error naming the mayu key path: ``network_model: bridge``,
 ``extra_nics``, routes, and unknown keys.
@@ -104,26 +97,57 @@ class _Converter:
                 self.problem("network.extra_nics", "additional NICs are not supported yet")
             if "pxe" in net:
                 self.notes.append("network.pxe.pxe_interface: configure the dhcp: section")
-            self.unknown(net, {"bind_addr", "pxe", "primary_nic", "extra_nics", "uefi", "ntp"},
-                         "network")
-            self.unknown(nic, {"interface_name", "ip_range", "subnet_size", "subnet_gateway",
-                               "dns", "routes", "network_model"}, nic_path)
+            self.unknown(
+                net, {"bind_addr", "pxe", "primary_nic", "extra_nics", "uefi", "ntp"}, "network"
+            )
+            self.unknown(
+                nic,
+                {
+                    "interface_name",
+                    "ip_range",
+                    "subnet_size",
+                    "subnet_gateway",
+                    "dns",
+                    "routes",
+                    "network_model",
+                },
+                nic_path,
+            )
             if nic.get("interface_name"):
                 out["interface_match"] = str(nic["interface_name"])
             if nic.get("routes"):
                 self.problem(f"{nic_path}.routes", "static routes are not supported yet")
             model = self.mapping(nic.get("network_model"), f"{nic_path}.network_model")
-            self.unknown(model, {"type", "vlan_id", "bond_mode", "bond_interface_match"},
-                         f"{nic_path}.network_model")
+            self.unknown(
+                model,
+                {"type", "vlan_id", "bond_mode", "bond_interface_match"},
+                f"{nic_path}.network_model",
+            )
             model_type, model_path = model.get("type"), f"{nic_path}.network_model.type"
             vlan, bond_mode = model.get("vlan_id"), model.get("bond_mode")
             if model.get("bond_interface_match"):
                 out["interface_match"] = str(model["bond_interface_match"])
         else:
-            self.unknown(net, {"pxe", "uefi", "interface", "bind_addr", "bootstrap_range",
-                               "ip_range", "router", "dns", "ntp", "subnet_size",
-                               "subnet_gateway", "vlan_id", "network_model", "bond_mode"},
-                         "network")
+            self.unknown(
+                net,
+                {
+                    "pxe",
+                    "uefi",
+                    "interface",
+                    "bind_addr",
+                    "bootstrap_range",
+                    "ip_range",
+                    "router",
+                    "dns",
+                    "ntp",
+                    "subnet_size",
+                    "subnet_gateway",
+                    "vlan_id",
+                    "network_model",
+                    "bond_mode",
+                },
+                "network",
+            )
             model_type, model_path = net.get("network_model"), "network.network_model"
             vlan, bond_mode = net.get("vlan_id"), net.get("bond_mode")
         rng = self.mapping(nic.get("ip_range"), f"{nic_path}.ip_range")
@@ -166,8 +190,19 @@ class _Converter:
         for index, raw in enumerate(profiles):
             path = f"profiles[{index}]"
             prof = self.mapping(raw, path)
-            self.unknown(prof, {"name", "quantity", "tags", "disable_engine", "coreos_version",
-                                "flatcar_version", "etcd_cluster_token"}, path)
+            self.unknown(
+                prof,
+                {
+                    "name",
+                    "quantity",
+                    "tags",
+                    "disable_engine",
+                    "coreos_version",
+                    "flatcar_version",
+                    "etcd_cluster_token",
+                },
+                path,
+            )
             item: dict[str, Any] = {"name": prof.get("name"), "quantity": prof.get("quantity", 0)}
             if prof.get("tags"):
                 item["tags"] = list(prof["tags"])
@@ -192,9 +227,19 @@ def mayu_to_provision(data: object) -> tuple[dict[str, Any], list[str]]:
     conv = _Converter()
     root = conv.mapping(data, "")
     era_c = "default_flatcar_version" in root or "primary_nic" in conv.mapping(
-        root.get("network"), "network")
-    conv.unknown(root, {"default_coreos_version", "default_flatcar_version", "network",
-                        "profiles", "templates_env"}, "")
+        root.get("network"), "network"
+    )
+    conv.unknown(
+        root,
+        {
+            "default_coreos_version",
+            "default_flatcar_version",
+            "network",
+            "profiles",
+            "templates_env",
+        },
+        "",
+    )
     version = root.get("default_flatcar_version") or root.get("default_coreos_version")
     out: dict[str, Any] = {}
     if not version:
@@ -287,8 +332,11 @@ def migrate_main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="pxestack migrate-mayu", description=migrate_main.__doc__)
     parser.add_argument("mayu_config", type=Path, help="mayu's config.yaml")
-    parser.add_argument("--cluster-dir", default=None,
-                        help="mayu's --cluster-directory, reused as provision.cluster_dir")
+    parser.add_argument(
+        "--cluster-dir",
+        default=None,
+        help="mayu's --cluster-directory, reused as provision.cluster_dir",
+    )
     args = parser.parse_args(argv)
     try:
         data = yaml.safe_load(args.mayu_config.read_text(encoding="utf-8"))
@@ -309,3 +357,7 @@ def migrate_main(argv: list[str] | None = None) -> int:
 
 
 __all__ = ["ELSEWHERE", "apply_mayu_text", "export_mayu", "mayu_to_provision", "migrate_main"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(migrate_main())

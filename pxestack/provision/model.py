@@ -50,7 +50,7 @@ class HostState(enum.Enum):
             raise InvalidHostRecord("State", f"{text!r} is not one of {names}") from None
 
 
-class InvalidHostRecord(ValueError):
+class InvalidHostRecord(ValueError):  # noqa: N818 - mayu-era name, reads well at raise sites
     """A conf.json (or an API body) holds a value pxestack cannot accept."""
 
     def __init__(self, field_name: str, message: str) -> None:
@@ -78,30 +78,32 @@ def normalize_mac(value: object) -> str:
 _SERIAL_CHARS = re.compile(r"[a-z0-9][a-z0-9._:+-]{0,127}")
 #: Serials that firmware reports when the vendor never set one, so they are not unique
 #: (mayu.md §13.5, mayu PR #122).  Compared after lower-casing and trimming.
-KNOWN_BAD_SERIALS = frozenset({
-    "",
-    "0",
-    "0123456789",  # QEMU/KVM's default SMBIOS serial
-    "123456789",
-    "1234567890",
-    "none",
-    "n/a",
-    "na",
-    "null",
-    "not specified",
-    "not-specified",
-    "default string",  # AMI BIOS placeholder
-    "default-string",
-    "to be filled by o.e.m.",  # AMI BIOS placeholder
-    "to-be-filled-by-o.e.m.",
-    "system serial number",
-    "system-serial-number",
-    "chassis serial number",
-    "chassis-serial-number",
-    "serial",
-    "00000000",
-    "xxxxxxxxxx",
-})
+KNOWN_BAD_SERIALS = frozenset(
+    {
+        "",
+        "0",
+        "0123456789",  # QEMU/KVM's default SMBIOS serial
+        "123456789",
+        "1234567890",
+        "none",
+        "n/a",
+        "na",
+        "null",
+        "not specified",
+        "not-specified",
+        "default string",  # AMI BIOS placeholder
+        "default-string",
+        "to be filled by o.e.m.",  # AMI BIOS placeholder
+        "to-be-filled-by-o.e.m.",
+        "system serial number",
+        "system-serial-number",
+        "chassis serial number",
+        "chassis-serial-number",
+        "serial",
+        "00000000",
+        "xxxxxxxxxx",
+    }
+)
 
 
 class BadIdentity(ValueError):  # noqa: N818
@@ -142,9 +144,12 @@ def machine_identity(serial: object, uuid: object = None) -> str:
         return sanitize_serial(serial)
     if isinstance(uuid, str) and uuid.strip():
         text = uuid.strip().lower()
-        if re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text):
-            if text.replace("-", "").strip("0f"):
-                return text
+        well_formed = re.fullmatch(
+            r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text
+        )
+        # All-zero and all-F UUIDs are placeholders of broken SMBIOS tables, not identities.
+        if well_formed and text.replace("-", "").strip("0f"):
+            return text
         raise BadIdentity(f"uuid {uuid!r} is not a usable SMBIOS UUID")
     raise BadIdentity(f"serial {serial!r} is a placeholder and no UUID was given")
 
@@ -198,7 +203,7 @@ class Host:
 
     @property
     def os_version(self) -> str:
-        """The OS version override › recorded version (``CoreOSVersion``/``FlatcarVersion``)."""
+        """The OS version override > recorded version (``CoreOSVersion``/``FlatcarVersion``)."""
         override = self.overrides.get("CoreOSVersion") or self.overrides.get("FlatcarVersion")
         if isinstance(override, str) and override:
             return override
@@ -252,10 +257,26 @@ class Host:
         if not isinstance(data, Mapping):
             raise InvalidHostRecord("(record)", "is not a JSON object")
         known = {
-            "Serial", "Enabled", "MachineID", "Hostname", "Cabinet", "MachineOnCabinet",
-            "InternalAddr", "Profile", "FleetMetadata", "FleetDisableEngine",
-            "EtcdClusterToken", "MacAddresses", "ConnectedNIC", "IPMIAddr", "State",
-            "KeepDiskData", "LastBoot", "ProviderId", "Overrides", *VERSION_FIELDS,
+            "Serial",
+            "Enabled",
+            "MachineID",
+            "Hostname",
+            "Cabinet",
+            "MachineOnCabinet",
+            "InternalAddr",
+            "Profile",
+            "FleetMetadata",
+            "FleetDisableEngine",
+            "EtcdClusterToken",
+            "MacAddresses",
+            "ConnectedNIC",
+            "IPMIAddr",
+            "State",
+            "KeepDiskData",
+            "LastBoot",
+            "ProviderId",
+            "Overrides",
+            *VERSION_FIELDS,
         }
         serial = directory if directory is not None else _str(data, "Serial").lower()
         if not serial:

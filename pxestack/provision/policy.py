@@ -47,17 +47,18 @@ class ProvisioningPolicy:
         except Exception:
             self.log.failure("host lookup failed for {mac}", mac=machine.mac)
             return BootSpec(ipxe_script_url=self.script_url)
-        if host is not None and host.state in _INSTALLED:
-            if self.provisioner.install_flow(host) == "disk":
-                if self.installed_boot == "ignore":
-                    return None
-                # Also name the script URL: /ipxebootscript?mac= serves the local-boot
-                # script for this host, whichever of the two fields the DHCP core honours.
-                return BootSpec(
-                    ipxe_script_url=f"{self.script_url}?mac={host.mac_addresses[0]}"
-                    if host.mac_addresses else None,
-                    local_boot=True,
-                )
+        installed = host is not None and host.state in _INSTALLED
+        if host is not None and installed and self.provisioner.install_flow(host) == "disk":
+            if self.installed_boot == "ignore":
+                return None
+            # Also name the script URL: /ipxebootscript?mac= serves the local-boot script
+            # for this host, whichever of the two fields the DHCP core honours.
+            return BootSpec(
+                ipxe_script_url=f"{self.script_url}?mac={host.mac_addresses[0]}"
+                if host.mac_addresses
+                else None,
+                local_boot=True,
+            )
         return BootSpec(ipxe_script_url=self.script_url)
 
 

@@ -1,8 +1,9 @@
 """The provisioning actions (mayu's handlers without the HTTP): enrol, record, transition, render.
 
 :class:`Provisioner` is what the HTTP resources in :mod:`pxestack.provision.api` call.  Each
-method validates its input, applies one change through the :class:`~pxestack.provision.store.HostStore`
-(so it is one atomic write and one audit commit), and returns plain values.  Nothing here
+method validates its input, applies one change through the
+:class:`~pxestack.provision.store.HostStore` (so it is one atomic write and one audit
+commit), and returns plain values.  Nothing here
 knows about requests or status codes; errors are typed:
 
 * :class:`BadRequest` (the caller's input is wrong -> 400),
@@ -53,11 +54,13 @@ ENROL_MESSAGES = (
 )
 
 
-class BadRequest(ValueError):
+class BadRequest(ValueError):  # noqa: N818 - the HTTP status it maps to
     """The request's content is not acceptable (HTTP 400)."""
 
 
-def callback_key(cluster_dir: Path, random_bytes: Callable[[int], bytes] = secrets.token_bytes) -> bytes:
+def callback_key(
+    cluster_dir: Path, random_bytes: Callable[[int], bytes] = secrets.token_bytes
+) -> bytes:
     """The secret that per-host callback tokens derive from (created 0600 on first use).
 
     It lives in ``<cluster-dir>/.pxestack/callback.key``, which the cluster's .gitignore
@@ -149,7 +152,9 @@ class Provisioner:
         def make(existing: Sequence[Host]) -> Host:
             try:
                 return assign.new_host(
-                    serial, existing, self.config,
+                    serial,
+                    existing,
+                    self.config,
                     random_bytes=self.random_bytes,
                     default_token=self.store.default_etcd_token,
                 )
@@ -160,7 +165,9 @@ class Provisioner:
 
     # -- machine callbacks -----------------------------------------------------------------
 
-    def host_data(self, payload: Mapping[str, Any], serial_hint: str | None = None) -> tuple[Host, str]:
+    def host_data(
+        self, payload: Mapping[str, Any], serial_hint: str | None = None
+    ) -> tuple[Host, str]:
         """The installer's host-data POST: record NICs, go ``installing``, return the config.
 
         *payload* is mayu's ``{"Serial", "NetDevs": [{"Name", "MacAddress"}], "IPMIAddress",
@@ -216,7 +223,9 @@ class Provisioner:
         """The installer wrote the disk: ``installed`` (DHCP stops PXE-booting it)."""
         return self._event(serial, Event.SET_INSTALLED, if_match=if_match)
 
-    def boot_complete(self, serial: str, payload: Mapping[str, Any], if_match: str | None = None) -> Host:
+    def boot_complete(
+        self, serial: str, payload: Mapping[str, Any], if_match: str | None = None
+    ) -> Host:
         """The installed OS booted: ``running``, ``LastBoot`` = now, versions copied."""
         versions = {}
         for name in VERSION_FIELDS:
@@ -241,7 +250,9 @@ class Provisioner:
         """``mark_fresh``: reinstall from scratch on the next boot."""
         return self._event(serial, Event.MARK_FRESH, if_match=if_match)
 
-    def set_field(self, serial: str, field: str, value: object, if_match: str | None = None) -> Host:
+    def set_field(
+        self, serial: str, field: str, value: object, if_match: str | None = None
+    ) -> Host:
         """One of mayu's single-field setters (metadata, provider id, IPMI, cabinet, token)."""
         parsed: Any
         if field == "FleetMetadata":
@@ -249,16 +260,26 @@ class Provisioner:
                 raise BadRequest("FleetMetadata must be a list of strings")
             parsed, attr, message = tuple(value), "fleet_metadata", "updated host metadata"
         elif field == "ProviderId":
-            parsed, attr, message = _short_str(value, field), "provider_id", "updated host provider id"
+            parsed, attr, message = (
+                _short_str(value, field),
+                "provider_id",
+                "updated host provider id",
+            )
         elif field == "IPMIAddr":
-            parsed, attr, message = _optional_ip(value, field), "ipmi_addr", "updated host ipmi address"
+            parsed, attr, message = (
+                _optional_ip(value, field),
+                "ipmi_addr",
+                "updated host ipmi address",
+            )
         elif field == "Cabinet":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
                 raise BadRequest("Cabinet must be an integer from 0 to 255")
             parsed, attr, message = value, "cabinet", "updated host cabinet"
         elif field == "EtcdClusterToken":
             parsed, attr, message = (
-                _short_str(value, field), "etcd_cluster_token", "updated host etcd cluster token"
+                _short_str(value, field),
+                "etcd_cluster_token",
+                "updated host etcd cluster token",
             )
         else:
             raise BadRequest(f"{field} cannot be set")
@@ -279,11 +300,17 @@ class Provisioner:
             merged = dict(host.overrides)
             merged.update(overrides)
             keys = ", ".join(sorted(overrides))
-            return host.evolve(overrides=MappingProxyType(merged)), f"updated host overrides: {keys}", ()
+            return (
+                host.evolve(overrides=MappingProxyType(merged)),
+                f"updated host overrides: {keys}",
+                (),
+            )
 
         return self.store.update(serial.lower(), change, if_match=if_match).host
 
-    def _event(self, serial: str, event: Event, *, if_match: str | None = None, **kwargs: Any) -> Host:
+    def _event(
+        self, serial: str, event: Event, *, if_match: str | None = None, **kwargs: Any
+    ) -> Host:
         def change(host: Host) -> tuple[Host, str, Sequence[str]]:
             outcome = apply(host, event, now=self.now(), **kwargs)
             return outcome.host, outcome.message, outcome.details
@@ -354,7 +381,7 @@ class Provisioner:
         }
 
     def os_version(self, host: Host | None) -> str:
-        """Override › host › profile › ``default_os_version`` (mayu.md §5.1 images)."""
+        """Override > host > profile > ``default_os_version`` (mayu.md §5.1 images)."""
         if host is not None and host.os_version:
             return host.os_version
         return self.config.default_os_version

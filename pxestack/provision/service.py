@@ -49,8 +49,9 @@ def _default_reactor() -> Any:
 class ProvisioningService(service.MultiService):
     """Runs the store's thread pool and the periodic re-scan / git-retry timer."""
 
-    def __init__(self, store: FileHostStore, pool: ThreadPool, retry_interval: float,
-                 reactor: Any = None) -> None:
+    def __init__(
+        self, store: FileHostStore, pool: ThreadPool, retry_interval: float, reactor: Any = None
+    ) -> None:
         super().__init__()
         self.setName("provision")
         self.store = store
@@ -83,8 +84,11 @@ class ProvisioningService(service.MultiService):
         def work() -> None:
             self.store.refresh()
             if not self.store.retry_audit():
-                log.error("git audit of {root} is behind: {health}", root=str(self.store.root),
-                          health=self.store.health())
+                log.error(
+                    "git audit of {root} is behind: {health}",
+                    root=str(self.store.root),
+                    health=self.store.health(),
+                )
 
         d = deferToThreadPool(self.reactor, self.pool, work)
         d.addErrback(lambda f: log.failure("provisioning maintenance failed", f))
@@ -102,11 +106,15 @@ def _admin_token(config: Config, prov: ProvisionConfig) -> str | None:
         return str(token)
     host = config.http.listen[0] if config.http is not None else "127.0.0.1"
     if not IPv4Address(host).is_loopback:
-        raise ConfigError([ConfigProblem(
-            "provision.api.token",
-            f"is required because http.listen ({host}) is not loopback-only: "
-            "the admin API must not be open to the network",
-        )])
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    "provision.api.token",
+                    f"is required because http.listen ({host}) is not loopback-only: "
+                    "the admin API must not be open to the network",
+                )
+            ]
+        )
     return None
 
 
@@ -119,8 +127,14 @@ def _base_url(config: Config, prov: ProvisionConfig) -> str:
         host, port = config.http.listen
         if host != "0.0.0.0":
             return f"http://{host}:{port}"
-    raise ConfigError([ConfigProblem(
-        "provision.public_url", "is required (or http.public_url): machines need a URL to reach")])
+    raise ConfigError(
+        [
+            ConfigProblem(
+                "provision.public_url",
+                "is required (or http.public_url): machines need a URL to reach",
+            )
+        ]
+    )
 
 
 def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extensions:
@@ -130,8 +144,9 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         raise ValueError("provisioning_extensions needs a provision: section")
     base_url = _base_url(config, prov)
     admin_token = _admin_token(config, prov)
-    store = FileHostStore(prov.cluster_dir, git=prov.git, git_name=prov.git_name,
-                          git_email=prov.git_email)
+    store = FileHostStore(
+        prov.cluster_dir, git=prov.git, git_name=prov.git_name, git_email=prov.git_email
+    )
     saved = prov.cluster_dir / MAYU_CONFIG_FILE
     if saved.exists():
         # A config set through PUT /admin/mayu_config outlives restarts (mayu rewrote its file).

@@ -223,7 +223,7 @@ class GitAudit:
         self.commits = 0
         with contextlib.suppress(AttributeError, ValueError):
             # Loose objects and refs are fsynced, so a commit survives power loss.
-            pygit2.option(pygit2.GIT_OPT_ENABLE_FSYNC_GITDIR, 1)
+            pygit2.option(pygit2.enums.Option.ENABLE_FSYNC_GITDIR, True)
         self.repo = self._open_or_init()
 
     # -- start-up --------------------------------------------------------------------------
@@ -259,8 +259,9 @@ class GitAudit:
                 continue
             holders = _lock_holders(lock)
             if holders:
-                self.log.warn("{lock} is held by pid {pids}; leaving it", lock=str(lock),
-                              pids=holders)
+                self.log.warn(
+                    "{lock} is held by pid {pids}; leaving it", lock=str(lock), pids=holders
+                )
                 continue
             self.log.warn("removing stale git lock {lock} (its owner is gone)", lock=str(lock))
             lock.unlink(missing_ok=True)
@@ -285,7 +286,9 @@ class GitAudit:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.log.error(
                 "git commit in {root} failed ({count} change(s) pending, will retry): {error}",
-                root=str(self.root), count=len(self.pending), error=self.last_error,
+                root=str(self.root),
+                count=len(self.pending),
+                error=self.last_error,
             )
             return False
         self.pending.clear()
@@ -294,8 +297,7 @@ class GitAudit:
 
     def _dirty(self) -> bool:
         return any(
-            flags != pygit2.enums.FileStatus.CURRENT
-            and not flags & pygit2.enums.FileStatus.IGNORED
+            flags != pygit2.enums.FileStatus.CURRENT and not flags & pygit2.enums.FileStatus.IGNORED
             for flags in self.repo.status().values()
         )
 
@@ -323,7 +325,9 @@ class GitAudit:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def history(self, relpath: str, limit: int = 100, scan_limit: int = 20000) -> list[HistoryEntry]:
+    def history(
+        self, relpath: str, limit: int = 100, scan_limit: int = 20000
+    ) -> list[HistoryEntry]:
         """Commits that changed *relpath*, newest first (at most *limit*)."""
         if self.repo.head_is_unborn:
             return []
@@ -335,12 +339,14 @@ class GitAudit:
             mine = _entry_id(commit.tree, relpath)
             parent = _entry_id(commit.parents[0].tree, relpath) if commit.parents else None
             if mine != parent:
-                out.append(HistoryEntry(
-                    commit=str(commit.id),
-                    time=datetime.fromtimestamp(commit.commit_time, UTC),
-                    author=commit.author.name,
-                    message=commit.message.rstrip("\n"),
-                ))
+                out.append(
+                    HistoryEntry(
+                        commit=str(commit.id),
+                        time=datetime.fromtimestamp(commit.commit_time, UTC),
+                        author=commit.author.name,
+                        message=commit.message.rstrip("\n"),
+                    )
+                )
         return out
 
     def health(self) -> dict[str, Any]:
@@ -414,7 +420,10 @@ class FileHostStore:
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{path} cannot be read: {exc}") from exc
             raise StoreError(f"{path} is not a JSON object")
-        data = {"GitStore": True, "Config": {"DefaultEtcdClusterToken": self.random_bytes(16).hex()}}
+        data = {
+            "GitStore": True,
+            "Config": {"DefaultEtcdClusterToken": self.random_bytes(16).hex()},
+        }
         atomic_write(path, json.dumps(data, indent=2).encode())
         if self.audit is not None and self.audit.broken is None:
             self.audit.commit("initial commit")
@@ -462,8 +471,9 @@ class FileHostStore:
         except (OSError, ValueError, InvalidHostRecord) as exc:
             message = f"{path}: {exc}"
             if self.problems.get(serial) != message:
-                self.log.error("cannot use host record {problem}; keeping the last good copy",
-                               problem=message)
+                self.log.error(
+                    "cannot use host record {problem}; keeping the last good copy", problem=message
+                )
             self.problems[serial] = message
             return cached.versioned if cached is not None else None
         self.problems.pop(serial, None)
@@ -484,9 +494,7 @@ class FileHostStore:
                     names.add(name)
             for gone in set(self._cache) - names:
                 del self._cache[gone]
-            self._mac_index = {
-                mac: host.serial for host in seen for mac in host.mac_addresses
-            }
+            self._mac_index = {mac: host.serial for host in seen for mac in host.mac_addresses}
             return seen
 
     def refresh(self) -> None:
@@ -637,12 +645,15 @@ class InMemoryHostStore:
     def _put(self, host: Host, message: str) -> Versioned:
         versioned = Versioned(host, etag_of(host.to_bytes()))
         self._hosts[host.serial] = versioned
-        self._history.setdefault(host.serial, []).insert(0, HistoryEntry(
-            commit=f"{len(self._history.get(host.serial, [])):040x}",
-            time=datetime.fromtimestamp(self.clock(), UTC),
-            author="pxestack",
-            message=f"{host.serial}: {message}",
-        ))
+        self._history.setdefault(host.serial, []).insert(
+            0,
+            HistoryEntry(
+                commit=f"{len(self._history.get(host.serial, [])):040x}",
+                time=datetime.fromtimestamp(self.clock(), UTC),
+                author="pxestack",
+                message=f"{host.serial}: {message}",
+            ),
+        )
         return versioned
 
     def enrol(

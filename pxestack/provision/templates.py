@@ -115,8 +115,11 @@ def validate_ignition(document: object) -> None:
     unknown = set(document) - IGNITION_KEYS
     if unknown:
         raise TemplateRenderError(f"unknown Ignition keys: {', '.join(sorted(unknown))}")
-    version = document.get("ignition", {}).get("version") if isinstance(
-        document.get("ignition"), dict) else None
+    version = (
+        document.get("ignition", {}).get("version")
+        if isinstance(document.get("ignition"), dict)
+        else None
+    )
     if not isinstance(version, str) or not re.fullmatch(r"3\.\d+\.\d+", version):
         raise TemplateRenderError(f"ignition.version {version!r} is not a spec 3.x version")
     for unit in document.get("systemd", {}).get("units", []):
@@ -142,10 +145,12 @@ class Templates:
             snippets.append(jinja2.FileSystemLoader(str(snippets_dir)))
         snippets.append(jinja2.FileSystemLoader(str(SHIPPED / "snippets")))
         main.append(jinja2.FileSystemLoader(str(SHIPPED)))
-        loader = jinja2.ChoiceLoader([
-            jinja2.PrefixLoader({"snippets": jinja2.ChoiceLoader(snippets)}),
-            *main,
-        ])
+        loader = jinja2.ChoiceLoader(
+            [
+                jinja2.PrefixLoader({"snippets": jinja2.ChoiceLoader(snippets)}),
+                *main,
+            ]
+        )
         self._envs = {
             kind: self._environment(loader, finalize)
             for kind, finalize in (

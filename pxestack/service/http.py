@@ -7,6 +7,7 @@ servers do), so ``twistd`` can open port 80 before it drops root.
 
 from __future__ import annotations
 
+import resource
 from typing import Any
 
 from twisted.application import service
@@ -23,6 +24,41 @@ log = Logger()
 
 #: ``listen(2)`` backlog: a rack powering on opens hundreds of connections at once.
 LISTEN_BACKLOG = 511
+
+
+#: Descriptors each open connection may hold while it sends a file: the socket and the file.
+DESCRIPTORS_PER_CONNECTION = 2
+#: Descriptors kept aside for listening sockets, logs, the other protocol servers and the
+#: directory walk of ``open_under_root``.
+DESCRIPTOR_RESERVE = 256
+
+
+def ensure_descriptor_budget(max_connections: int) -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` so *max_connections* transfers fit; returns the limit.
+
+    systemd and most shells start services with a soft limit of 1024, which a boot storm
+    with the default ``max_connections`` (1024, each holding a socket and a file) would hit:
+    the kernel would then refuse ``accept`` and ``open`` with EMFILE.  Like nginx's
+    ``worker_rlimit_nofile``, the soft limit is raised toward the hard limit; if even that
+    is too low, a warning names the problem and the service runs with what it has.
+    """
+    needed = max_connections * DESCRIPTORS_PER_CONNECTION + DESCRIPTOR_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warn("cannot raise the open-file limit to {target}: {error}",
+                     target=target, error=str(exc))
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warn(
+            "open-file limit {limit} is below the {needed} that http.max_connections "
+            "{connections} needs; expect refused connections under load",
+            limit=soft, needed=needed, connections=max_connections,
+        )
+    return int(soft)
 
 
 def _default_reactor() -> Any:
@@ -65,7 +101,12 @@ class HttpService(service.Service):
         return self.site.stats
 
     def privilegedStartService(self) -> None:
-        """Bind the port (possibly privileged) before twistd drops root."""
+        """Bind the port (possibly privileged) before twistd drops root.
+
+        Also raises the open-file limit while still privileged (see
+        :func:`ensure_descriptor_budget`).
+        """
+        ensure_descriptor_budget(self.site.limits.max_connections)
         host, port = self.listen
         self.port = self.reactor.listenTCP(
             port, self.site, backlog=self.backlog, interface=host
@@ -73,11 +114,19 @@ class HttpService(service.Service):
         service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
-        """Bind now if ``privilegedStartService`` was not called (library use), then log."""
+        """Bind now if ``privilegedStartService`` was not called (library use)."""
         if self.port is None:
             self.privilegedStartService()
         service.Service.startService(self)
-        address = self.port.getHost() if self.port is not None else None
+        # Announce the port once the reactor runs: only then are connections accepted (and
+        # SIGTERM handled), so scripts that wait for this line can rely on it.
+        self.reactor.callWhenRunning(self._announce)
+
+    def _announce(self) -> None:
+        """Log the real listening address (the port number may have been 0)."""
+        if self.port is None:
+            return
+        address = self.port.getHost()
         log.info(
             "http listening on http://{host}:{port}/",
             host=getattr(address, "host", self.listen[0]),
@@ -116,6 +165,10 @@ def build_http_services(
     http_config = config.http
     if http_config is None:
         raise ApiMisuse("build_http_services called without an http: section")
+    root = http_config.assets_root
+    if root is not None and not root.is_dir():
+        log.warn("http.assets_root {root} is not a directory: every asset will be 404",
+                 root=str(root))
     site = build_site(
         http_config.assets_root,
         children=dict(getattr(ext, "http_children", None) or {}),
@@ -127,4 +180,10 @@ def build_http_services(
     return [HttpService(site, http_config.listen, reactor=reactor)]
 
 
-__all__ = ["LISTEN_BACKLOG", "HttpService", "build_http_services", "limits_from"]
+__all__ = [
+    "LISTEN_BACKLOG",
+    "HttpService",
+    "build_http_services",
+    "ensure_descriptor_budget",
+    "limits_from",
+]

@@ -30,6 +30,7 @@ dropped; nothing a peer sends is raised into the reactor.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from collections.abc import Callable
@@ -66,6 +67,8 @@ from pxestack.wire.tftp import (
 
 #: Largest datagram read from a socket: the largest DATA (65464 + 4) with room to spare.
 MAX_DATAGRAM = 65536 + 64
+#: Receive buffer of a read transfer: ACKs are 4 octets, ERRORs carry a short message.
+READ_RECEIVE_SIZE = 2048
 
 
 class TransferSocket(Protocol):
@@ -198,25 +201,33 @@ class _TransferPort(_Transfer):
                  sock: TransferSocket) -> None:
         super().__init__(server, session, client, sock.sendto)
         self.sock = sock
+        # A read transfer only receives ACKs and ERRORs: a small buffer avoids allocating
+        # 64 KiB per datagram.  A write transfer receives whole DATA blocks (+1 octet so an
+        # oversized block is seen as such, not silently truncated).
+        self.receive_size = (
+            READ_RECEIVE_SIZE if isinstance(session, ReadSession)
+            else min(session.blksize + 5, MAX_DATAGRAM)
+        )
 
     def fileno(self) -> int:
         """The socket's descriptor (IReadDescriptor)."""
         return self.sock.fileno()
 
-    def logPrefix(self) -> str:  # noqa: N802 - Twisted interface name
+    def logPrefix(self) -> str:
         """Prefix for Twisted's own log lines."""
         return "TftpTransfer"
 
-    def doRead(self) -> None:  # noqa: N802 - Twisted interface name
+    def doRead(self) -> None:
         """Drain the socket: every datagram waiting is handled before returning."""
         sock = self.sock
         client = self.client
         session = self.session
         send = sock.sendto
-        now = self.server.reactor.seconds()
+        seconds = self.server.reactor.seconds
+        now = seconds()
         while not self.closed:
             try:
-                data, address = sock.recvfrom(MAX_DATAGRAM)
+                data, address = sock.recvfrom(self.receive_size)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -227,6 +238,7 @@ class _TransferPort(_Transfer):
             if address != client:
                 self.server._foreign_tid(data, address, send)
                 continue
+            now = seconds()
             try:
                 session.receive(data, now)
             except MalformedPacket as exc:
@@ -246,7 +258,7 @@ class _TransferPort(_Transfer):
         if not self.closed:
             self.arm(now)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted interface name
+    def connectionLost(self, reason: Failure) -> None:
         """The reactor dropped the descriptor (shutdown): end the transfer."""
         if not self.closed:
             self.session.cancel(self.server.reactor.seconds())
@@ -267,7 +279,7 @@ class TftpListener(DatagramProtocol):
     def __init__(self, server: TftpServer) -> None:
         self.server = server
 
-    def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         """Route a datagram to its transfer (single-port) or treat it as a request."""
         try:
             self.server.listener_datagram(datagram, addr, self)
@@ -306,7 +318,7 @@ class TftpServer:
         settings: SessionSettings | None = None,
         upload: UploadTarget | None = None,
         single_port: bool = False,
-        per_client_limit: int = 8,
+        per_client_limit: int = 64,
         max_transfers: int = 512,
         on_stats: StatsCallback | None = None,
         transfer_host: str = "0.0.0.0",
@@ -473,10 +485,8 @@ class TftpServer:
         self.log.info("datagram from foreign TID {source}", source=address)
         if len(data) >= 2 and data[0] == 0 and data[1] == OP_ERROR:
             return  # never answer an ERROR (RFC 1350 §7)
-        try:
+        with contextlib.suppress(OSError):
             send(UNKNOWN_TID_DATAGRAM, address)
-        except OSError:
-            pass
 
     def _transfer_finished(self, transfer: _Transfer) -> None:
         if self.transfers.get(transfer.client) is transfer:

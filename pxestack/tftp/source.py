@@ -25,6 +25,7 @@ upload to a temporary file and renames it into place only once the transfer comp
 from __future__ import annotations
 
 import errno
+import io
 import os
 import secrets
 import stat
@@ -88,33 +89,21 @@ class SourceFailed(PxeStackError):  # noqa: N818 - reads as the event it reports
     client's (a template error, a failing callable); the client gets ERROR 0."""
 
 
-class FileReader:
-    """A :class:`Reader` over an open file descriptor (owned: closed by :meth:`close`)."""
+class FileReader(io.FileIO):
+    """A :class:`Reader` over an open file descriptor (owned: closed by :meth:`close`).
 
-    __slots__ = ("_fd", "_size")
+    An unbuffered ``FileIO``: its ``readinto`` is one ``read(2)`` straight into the
+    session's buffer, called without any Python frame in between (the per-block path).
+    On a regular file a read is short only at end of file.
+    """
 
     def __init__(self, fd: int, size: int | None = None) -> None:
-        self._fd = fd
+        super().__init__(fd, "rb", closefd=True)
         self._size = size if size is not None else os.fstat(fd).st_size
 
     def size(self) -> int | None:
-        """The file's size when it was opened."""
+        """The file's size when it was opened (``FileIO.size`` does not exist; no clash)."""
         return self._size
-
-    def readinto(self, buffer: memoryview) -> int:
-        """Read up to ``len(buffer)`` octets; short only at end of file."""
-        wanted = len(buffer)
-        got = os.readv(self._fd, [buffer])
-        while 0 < got < wanted:
-            more = os.readv(self._fd, [buffer[got:]])
-            if more == 0:
-                break
-            got += more
-        return got
-
-    def close(self) -> None:
-        """Close the descriptor."""
-        os.close(self._fd)
 
 
 class BytesReader:

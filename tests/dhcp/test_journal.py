@@ -211,11 +211,15 @@ def test_every_acked_lease_survives_sigkill(tmp_path_factory: object, delays: li
             env=env,
         )
         try:
+            # Wait for the first ACK (interpreter start-up varies a lot on a busy machine),
+            # then let it run for the random delay and kill it mid-stream.
+            assert process.stdout is not None
+            first = process.stdout.readline()
             time.sleep(delay)
             os.kill(process.pid, signal.SIGKILL)
         finally:
             out, _ = process.communicate(timeout=30)
-        for line in out.decode().splitlines():
+        for line in (first + out).decode().splitlines():
             parts = line.split()
             if len(parts) == 2:  # the last line may itself be torn
                 acked[parts[0]] = parts[1]
@@ -224,7 +228,7 @@ def test_every_acked_lease_survives_sigkill(tmp_path_factory: object, delays: li
         missing = {mac: address for mac, address in acked.items() if recovered.get(mac) != address}
         assert not missing, f"round {round_number}: {len(missing)} ACKed leases lost"
         assert len(set(recovered.values())) == len(recovered)
-    assert acked, "the writer never got to ACK anything"
+    assert len(acked) >= len(delays), "the writer ACKed nothing in some round"
 
 
 def test_payload_is_compact_json() -> None:

@@ -36,6 +36,7 @@ from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions
 
 NET = IPv4Network("198.18.0.0/24")
+ZERO = IPv4Address(0)
 RANGE = AddressRange(IPv4Address("198.18.0.100"), IPv4Address("198.18.0.149"))
 REMOTE = IPv4Network("198.19.7.0/24")
 REMOTE_RANGE = AddressRange(IPv4Address("198.19.7.10"), IPv4Address("198.19.7.20"))
@@ -62,10 +63,10 @@ def make_core(**switches: object) -> tuple[DhcpServerCore, InMemoryLeaseStore, l
                        routers=(RELAY,)),
     )
     reservations = switches.pop("reservations", ())
+    policy = switches.pop("policy", None) or StaticBootPolicy()
     store = InMemoryLeaseStore([s.subnet for s in subnets], reservations)  # type: ignore[arg-type]
     events: list[LeaseEvent] = []
     settings = ServerSettings(subnets, relays=frozenset({RELAY}), **switches)  # type: ignore[arg-type]
-    policy = switches.pop("policy", None) or StaticBootPolicy()
     core = DhcpServerCore(
         settings,
         store,
@@ -81,8 +82,8 @@ def message(
     n: int = 1,
     *,
     xid: int = 0x1000,
-    ciaddr: IPv4Address = IPv4Address(0),
-    giaddr: IPv4Address = IPv4Address(0),
+    ciaddr: IPv4Address = ZERO,
+    giaddr: IPv4Address = ZERO,
     flags: int = 0,
     **options: bytes,
 ) -> DhcpMessage:
@@ -373,14 +374,25 @@ def test_plain_os_client_gets_an_address_without_boot_information() -> None:
     assert reply.message.file == b"" and c.OPT_BOOTFILE_NAME not in reply.message.options
 
 
-def test_reply_fits_the_client_limit_even_with_a_huge_option_82() -> None:
+def test_reply_fits_the_client_limit_by_leaving_out_unrequested_options() -> None:
     """bad-inputs.md D5: the reply is capped by option 57 (at least 576)."""
     core, _, _ = make_core()
-    big = bytes([1, 255]) + bytes(255) + bytes([2, 200]) + bytes(200)
-    reply = only(core.handle(message(
-        c.DHCPDISCOVER, giaddr=RELAY, relay_info=big, max_size=(576).to_bytes(2, "big")
-    ), IFACE, 0.0))
-    assert reply.max_size == 548
+    agent_info = bytes([1, 250]) + bytes(250)
+    full = only(core.handle(message(c.DHCPDISCOVER, giaddr=RELAY, relay_info=agent_info,
+                                    prl=bytes([1, 3])), IFACE, 0.0))
+    assert full.max_size == 548
+    assert full.message.options.raw(c.OPT_RELAY_AGENT_INFO) == agent_info
+    # Sent without a 55 every option would be wanted; the unrequested extras went first.
+    assert len(encode_dhcp(full.message, max_size=548)) <= 548
+
+
+def test_reply_that_cannot_fit_is_dropped_not_raised() -> None:
+    core, _, _ = make_core()
+    huge = bytes([1, 255]) + bytes(255) + bytes([2, 200]) + bytes(200)
+    assert core.handle(message(
+        c.DHCPDISCOVER, giaddr=RELAY, relay_info=huge, max_size=(576).to_bytes(2, "big")
+    ), IFACE, 0.0) == []
+    assert core.counters["reply_too_large"] == 1
 
 
 def test_lease_timers_expire_offers() -> None:

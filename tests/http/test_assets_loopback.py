@@ -294,3 +294,19 @@ def test_per_client_connection_cap_answers_503(
             holder.close()
     wait_for(lambda: curl("-o", "/dev/null", "-w", "%{http_code}",
                           capped.url("/small.txt")).stdout == b"200", "slots to free up")
+
+
+def test_keep_alive_after_sendfile_and_http_10(
+    server: Server, assets: Path, tmp_path: Path
+) -> None:
+    before = server.status()["connections"]["accepted"]
+    first, second = tmp_path / "a", tmp_path / "b"
+    # one curl, two URLs: the second request reuses the connection the first body used
+    result = curl("--fail", "-o", str(first), server.url("/big.bin"),
+                  "-o", str(second), server.url("/assets/big.bin"))
+    assert result.returncode == 0, result.stderr
+    expected = (assets / "big.bin").read_bytes()
+    assert first.read_bytes() == expected and second.read_bytes() == expected
+    assert server.status()["connections"]["accepted"] - before == 2  # curl's + this status
+    old = curl("--http1.0", "--fail", "-o", "-", server.url("/small.txt"))
+    assert old.returncode == 0 and old.stdout == (assets / "small.txt").read_bytes()

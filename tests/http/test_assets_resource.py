@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from pxestack.http.assets import COPY_BUDGET, socket_sink_for
-from pxestack.http.headers import http_date
+from pxestack.http.headers import UNSATISFIABLE, ByteRange, http_date, parse_range
 from pxestack.http.site import AssetSite, SiteLimits, build_site
 from pxestack.http.stats import TransferRecord
 
@@ -323,3 +325,113 @@ def test_keep_alive_serves_a_second_request(harness: Harness, root: Path) -> Non
     raw = transport.value()
     assert raw.count(b"HTTP/1.1 200 OK") == 2
     assert harness.site.stats.per_asset["kernel"].completed == 2
+
+
+class _Channel:
+    """Just enough of an HTTPChannel for socket_sink_for: a transport that it produces for."""
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+
+class _Request:
+    def __init__(self, channel: object) -> None:
+        self.channel = channel
+
+
+@pytest.fixture
+def tcp_transport() -> object:
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+
+    ours, theirs = socket.socketpair()
+    transport = tcp.Connection(ours, Protocol(), reactor=Clock())  # type: ignore[arg-type]
+    yield transport
+    ours.close()
+    theirs.close()
+
+
+def test_socket_sink_needs_a_plain_tcp_connection_producing_for_the_channel(
+    tcp_transport: object,
+) -> None:
+    from twisted.internet.interfaces import ISSLTransport
+    from zope.interface import directlyProvides
+
+    from pxestack.http import assets
+
+    channel = _Channel(tcp_transport)
+    request = _Request(channel)
+    assert socket_sink_for(request) is None  # the channel is not the transport's producer
+    tcp_transport.registerProducer(channel, True)  # type: ignore[attr-defined]
+    sink = socket_sink_for(request)
+    assert sink is not None and assets.SENDFILE_SUPPORTED
+    assert sink.fd == tcp_transport.socket.fileno()  # type: ignore[attr-defined]
+    tcp_transport.TLS = True  # type: ignore[attr-defined]  # startTLS() sets this
+    assert socket_sink_for(request) is None
+    tcp_transport.TLS = False  # type: ignore[attr-defined]
+    directlyProvides(tcp_transport, ISSLTransport)
+    assert socket_sink_for(request) is None
+
+
+def test_socket_sink_is_refused_when_sendfile_is_unsupported(
+    tcp_transport: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pxestack.http import assets
+
+    channel = _Channel(tcp_transport)
+    tcp_transport.registerProducer(channel, True)  # type: ignore[attr-defined]
+    monkeypatch.setattr(assets, "SENDFILE_SUPPORTED", False)
+    assert socket_sink_for(_Request(channel)) is None
+
+
+# -- properties ---------------------------------------------------------------------------
+
+KERNEL = bytes(range(256)) * 40
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=st.integers(0, 11000), last=st.one_of(st.none(), st.integers(0, 11000)),
+       suffix=st.booleans())
+def test_any_range_returns_exactly_the_slice_the_rfc_model_selects(
+    root: Path, first: int, last: int | None, suffix: bool
+) -> None:
+    harness = Harness(root)
+    field = f"bytes=-{first}" if suffix else f"bytes={first}-{'' if last is None else last}"
+    response = harness.request("GET", "/kernel", Range=field)
+    expected = parse_range(field.encode(), len(KERNEL))
+    if expected is UNSATISFIABLE:
+        assert response.status == 416
+    elif isinstance(expected, ByteRange):
+        assert response.status == 206
+        assert response.body == KERNEL[expected.first:expected.last + 1]
+    else:
+        assert (response.status, response.body) == (200, KERNEL)
+
+
+SEGMENTS = ["..", ".", "", "sub", "kernel", "initrd.gz", "escape", "%2e%2e", "%2e", "%2F",
+            "..%2f", "%5c..", "%00", "assets", "secret", "~", "%252e%252e"]
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=6))
+def test_no_request_path_reaches_outside_the_root(root: Path, segments: list[str]) -> None:
+    if not (root / "escape").is_symlink():
+        (root / "escape").symlink_to(root.parent)
+    harness = Harness(root)
+    response = harness.request("GET", "/" + "/".join(segments))
+    assert response.body != b"outside the root"
+    if response.status == 200:
+        inside = {p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()}
+        assert response.body in inside
+    else:
+        assert response.status == 404
+
+
+def test_if_none_match_split_over_several_field_lines(harness: Harness) -> None:
+    etag = harness.request("HEAD", "/kernel").headers["etag"]
+    channel, transport = harness.connect()
+    channel.dataReceived(b"GET /kernel HTTP/1.1\r\nHost: t\r\nIf-None-Match: \"a\"\r\n"
+                         b"If-None-Match: " + etag.encode() + b"\r\n\r\n")
+    assert parse_response(transport.value()).status == 304

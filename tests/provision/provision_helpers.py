@@ -1,4 +1,4 @@
-"""Shared builders for the provisioning tests: a config, a git-backed store, an in-memory HTTP client."""
+"""Builders for the provisioning tests: config, git-backed store, in-memory HTTP client."""
 
 from __future__ import annotations
 
@@ -87,8 +87,9 @@ class Client:
             all_headers[b"Authorization"] = [b"Bearer " + token.encode()]
         results: list[Any] = []
         d = self.stub.request(method, BASE_URL + path, data=data, headers=all_headers)
-        d.addCallback(lambda r: treq.content(r).addCallback(
-            lambda b: Response(r.code, r.headers, b)))
+        d.addCallback(
+            lambda r: treq.content(r).addCallback(lambda b: Response(r.code, r.headers, b))
+        )
         d.addBoth(results.append)
         self.stub.flush()
         assert results, f"no answer to {method} {path}"
@@ -108,15 +109,26 @@ class Rig:
     client: Client
 
 
-def make_rig(cluster_dir: Path, *, admin_token: str | None = ADMIN_TOKEN,
-             compat: bool = False, images: Resource | None = None, **overrides: Any) -> Rig:
+def make_rig(
+    cluster_dir: Path,
+    *,
+    admin_token: str | None = ADMIN_TOKEN,
+    compat: bool = False,
+    images: Resource | None = None,
+    **overrides: Any,
+) -> Rig:
     """A config, a git-backed store, the provisioner and an in-memory HTTP client."""
     config = provision_config(cluster_dir, **overrides)
     store = FileHostStore(cluster_dir)
     provisioner = Provisioner(config, store, base_url=BASE_URL, key=callback_key(cluster_dir))
-    api = ProvisioningApi(provisioner, admin_token=admin_token, images=images,
-                          accept_unauthenticated_callbacks=compat, max_body_bytes=4096,
-                          max_json_depth=8)
+    api = ProvisioningApi(
+        provisioner,
+        admin_token=admin_token,
+        images=images,
+        accept_unauthenticated_callbacks=compat,
+        max_body_bytes=4096,
+        max_json_depth=8,
+    )
     return Rig(config, store, provisioner, api, Client(api.root()))
 
 

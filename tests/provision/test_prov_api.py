@@ -28,14 +28,17 @@ def test_admin_hosts_is_a_top_level_array_for_mayuctl(rig):
         assert host["State"] in ("unknown", "configured", "installing", "installed", "running")
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/admin/hosts"),
-    ("GET", "/admin/host/sn-1"),
-    ("GET", "/admin/host/sn-1/history"),
-    ("PUT", "/admin/host/sn-1/set_state"),
-    ("PUT", "/admin/host/sn-1/mark_fresh"),
-    ("GET", "/admin/mayu_config"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/admin/hosts"),
+        ("GET", "/admin/host/sn-1"),
+        ("GET", "/admin/host/sn-1/history"),
+        ("PUT", "/admin/host/sn-1/set_state"),
+        ("PUT", "/admin/host/sn-1/mark_fresh"),
+        ("GET", "/admin/mayu_config"),
+    ],
+)
 def test_admin_api_needs_the_bearer_token(rig, method, path):
     enrol(rig)
     assert rig.client.request(method, path, {"State": "configured"}).code == 401
@@ -47,12 +50,27 @@ def test_machine_callbacks_need_the_hosts_own_token(rig):
     token_2 = enrol(rig, "sn-2")
     assert token_1 != token_2
     # Serial or MAC alone is not enough; another host's token is not enough either.
-    assert rig.client.request("POST", "/final-ignition-config.json",
-                              host_data("sn-1", ["52:54:00:00:00:01"])).code == 401
-    assert rig.client.request("POST", "/final-ignition-config.json",
-                              host_data("sn-1", ["52:54:00:00:00:01"]), token=token_2).code == 401
-    ok = rig.client.request("POST", "/final-ignition-config.json",
-                            host_data("sn-1", ["52:54:00:00:00:01"]), token=token_1)
+    assert (
+        rig.client.request(
+            "POST", "/final-ignition-config.json", host_data("sn-1", ["52:54:00:00:00:01"])
+        ).code
+        == 401
+    )
+    assert (
+        rig.client.request(
+            "POST",
+            "/final-ignition-config.json",
+            host_data("sn-1", ["52:54:00:00:00:01"]),
+            token=token_2,
+        ).code
+        == 401
+    )
+    ok = rig.client.request(
+        "POST",
+        "/final-ignition-config.json",
+        host_data("sn-1", ["52:54:00:00:00:01"]),
+        token=token_1,
+    )
     assert ok.code == 200
     assert rig.client.request("PUT", "/admin/host/sn-1/set_installed").code == 401
     assert rig.client.request("PUT", "/admin/host/sn-1/set_installed?token=" + token_2).code == 401
@@ -61,8 +79,9 @@ def test_machine_callbacks_need_the_hosts_own_token(rig):
 
 def test_compat_switch_accepts_mayus_unauthenticated_callbacks(tmp_path):
     rig = make_rig(tmp_path / "cluster", compat=True)
-    posted = rig.client.request("POST", "/final-ignition-config.json",
-                                host_data("legacy-1", ["52:54:00:00:00:09"]))
+    posted = rig.client.request(
+        "POST", "/final-ignition-config.json", host_data("legacy-1", ["52:54:00:00:00:09"])
+    )
     assert posted.code == 200
     assert rig.client.request("PUT", "/admin/host/legacy-1/set_installed").code == 202
     assert rig.client.request("PUT", "/admin/host/legacy-1/boot_complete", b"").code == 202
@@ -77,19 +96,28 @@ def test_no_admin_token_means_open_admin_api(tmp_path):
 
 
 def test_unknown_serial_is_mayus_400(rig):
-    answer = rig.client.request("PUT", "/admin/host/nope/set_state", {"State": "configured"},
-                                token=ADMIN_TOKEN)
+    answer = rig.client.request(
+        "PUT", "/admin/host/nope/set_state", {"State": "configured"}, token=ADMIN_TOKEN
+    )
     assert (answer.code, answer.body) == (400, b"host doesn't exist\n")
 
 
-@pytest.mark.parametrize(("action", "body", "field", "expected"), [
-    ("set_metadata", {"FleetMetadata": ["a=b", "c=d"]}, "FleetMetadata", ["a=b", "c=d"]),
-    ("set_provider_id", {"ProviderId": "rack-7"}, "ProviderId", "rack-7"),
-    ("set_ipmi_addr", {"IPMIAddr": "198.18.30.3"}, "IPMIAddr", "198.18.30.3"),
-    ("set_cabinet", {"Cabinet": 4}, "Cabinet", 4),
-    ("set_etcd_cluster_token", {"EtcdClusterToken": "abc"}, "EtcdClusterToken", "abc"),
-    ("override", {"Overrides": {"CoreOSVersion": "1.2.3"}}, "Overrides", {"CoreOSVersion": "1.2.3"}),
-])
+@pytest.mark.parametrize(
+    ("action", "body", "field", "expected"),
+    [
+        ("set_metadata", {"FleetMetadata": ["a=b", "c=d"]}, "FleetMetadata", ["a=b", "c=d"]),
+        ("set_provider_id", {"ProviderId": "rack-7"}, "ProviderId", "rack-7"),
+        ("set_ipmi_addr", {"IPMIAddr": "198.18.30.3"}, "IPMIAddr", "198.18.30.3"),
+        ("set_cabinet", {"Cabinet": 4}, "Cabinet", 4),
+        ("set_etcd_cluster_token", {"EtcdClusterToken": "abc"}, "EtcdClusterToken", "abc"),
+        (
+            "override",
+            {"Overrides": {"CoreOSVersion": "1.2.3"}},
+            "Overrides",
+            {"CoreOSVersion": "1.2.3"},
+        ),
+    ],
+)
 def test_mayuctl_setters(rig, action, body, field, expected):
     enrol(rig)
     # mayuctl sends whole Host objects with extra keys; they are ignored.
@@ -102,15 +130,18 @@ def test_mayuctl_setters(rig, action, body, field, expected):
     assert message.startswith("sn-1: updated host ")
 
 
-@pytest.mark.parametrize(("action", "body"), [
-    ("set_state", {"State": "bogus"}),
-    ("set_state", {"State": 3}),
-    ("set_ipmi_addr", {"IPMIAddr": "not-an-ip"}),
-    ("set_cabinet", {"Cabinet": -1}),
-    ("set_metadata", {"FleetMetadata": "a=b"}),
-    ("override", {"Overrides": {}}),
-    ("set_provider_id", {}),
-])
+@pytest.mark.parametrize(
+    ("action", "body"),
+    [
+        ("set_state", {"State": "bogus"}),
+        ("set_state", {"State": 3}),
+        ("set_ipmi_addr", {"IPMIAddr": "not-an-ip"}),
+        ("set_cabinet", {"Cabinet": -1}),
+        ("set_metadata", {"FleetMetadata": "a=b"}),
+        ("override", {"Overrides": {}}),
+        ("set_provider_id", {}),
+    ],
+)
 def test_bad_values_are_400_and_change_nothing(rig, action, body):
     enrol(rig)
     before = rig.store.read("sn-1")
@@ -131,28 +162,43 @@ def test_if_match_detects_concurrent_edits(rig):
     first = rig.client.request("GET", "/admin/host/sn-1", token=ADMIN_TOKEN)
     etag = first.header("ETag")
     assert etag and etag.startswith('"')
-    ok = rig.client.request("PUT", "/admin/host/sn-1/set_provider_id", {"ProviderId": "a"},
-                            token=ADMIN_TOKEN, headers={"If-Match": etag})
+    ok = rig.client.request(
+        "PUT",
+        "/admin/host/sn-1/set_provider_id",
+        {"ProviderId": "a"},
+        token=ADMIN_TOKEN,
+        headers={"If-Match": etag},
+    )
     assert ok.code == 202
     assert ok.header("ETag") != etag
-    stale = rig.client.request("PUT", "/admin/host/sn-1/set_provider_id", {"ProviderId": "b"},
-                               token=ADMIN_TOKEN, headers={"If-Match": etag})
+    stale = rig.client.request(
+        "PUT",
+        "/admin/host/sn-1/set_provider_id",
+        {"ProviderId": "b"},
+        token=ADMIN_TOKEN,
+        headers={"If-Match": etag},
+    )
     assert stale.code == 412
     assert rig.provisioner.get("sn-1").host.provider_id == "a"
 
 
 def test_body_size_and_json_depth_are_capped(rig):
     enrol(rig)
-    big = rig.client.request("PUT", "/admin/host/sn-1/set_provider_id",
-                             {"ProviderId": "x" * 5000}, token=ADMIN_TOKEN)
+    big = rig.client.request(
+        "PUT", "/admin/host/sn-1/set_provider_id", {"ProviderId": "x" * 5000}, token=ADMIN_TOKEN
+    )
     assert big.code == 413
     deep = '{"Overrides": ' + "[" * 50 + "]" * 50 + "}"
-    assert rig.client.request("PUT", "/admin/host/sn-1/override", deep,
-                              token=ADMIN_TOKEN).code == 400
-    assert rig.client.request("PUT", "/admin/host/sn-1/override", "{not json",
-                              token=ADMIN_TOKEN).code == 400
-    assert rig.client.request("PUT", "/admin/host/sn-1/override", "[1]",
-                              token=ADMIN_TOKEN).code == 400
+    assert (
+        rig.client.request("PUT", "/admin/host/sn-1/override", deep, token=ADMIN_TOKEN).code == 400
+    )
+    assert (
+        rig.client.request("PUT", "/admin/host/sn-1/override", "{not json", token=ADMIN_TOKEN).code
+        == 400
+    )
+    assert (
+        rig.client.request("PUT", "/admin/host/sn-1/override", "[1]", token=ADMIN_TOKEN).code == 400
+    )
 
 
 @pytest.mark.parametrize("serial", ["../etc", "a/b", "..", ".hidden", "x\x00y", "é"])
@@ -162,7 +208,8 @@ def test_hostile_serials_never_become_paths(rig, serial):
     answer = rig.client.request("GET", "/first-stage-script/" + quote(serial, safe=""))
     assert answer.code in (400, 404)
     assert [p.name for p in rig.store.root.iterdir() if not p.name.startswith(".")] == [
-        "cluster.json"]
+        "cluster.json"
+    ]
 
 
 def test_known_bad_serial_falls_back_to_the_uuid(rig):
@@ -175,8 +222,9 @@ def test_known_bad_serial_falls_back_to_the_uuid(rig):
 
 def test_installed_host_gets_no_installer_script(rig):
     token = enrol(rig)
-    rig.client.request("POST", "/final-ignition-config.json",
-                       host_data("sn-1", ["52:54:00:00:00:01"]), token=token)
+    rig.client.request(
+        "POST", "/final-ignition-config.json", host_data("sn-1", ["52:54:00:00:00:01"]), token=token
+    )
     rig.client.request("PUT", "/admin/host/sn-1/set_installed", token=token)
     assert rig.client.request("GET", "/first-stage-script/sn-1").code == 409
 
@@ -190,8 +238,9 @@ def test_health_and_mayu_config_roundtrip(rig):
 
 
 def test_pxe_profile_gets_ignition_every_boot(tmp_path):
-    rig = make_rig(tmp_path / "cluster", profiles=[
-        {"name": "ram", "quantity": 5, "install": "pxe"}])
+    rig = make_rig(
+        tmp_path / "cluster", profiles=[{"name": "ram", "quantity": 5, "install": "pxe"}]
+    )
     script = rig.client.request("GET", "/ipxebootscript?serial=sn-r&uuid=&mac=")
     assert "first-stage-script" in script.body.decode()  # not enrolled yet: installer path
     config = rig.client.request("GET", "/ignition?serial=sn-r&uuid=")
@@ -199,7 +248,9 @@ def test_pxe_profile_gets_ignition_every_boot(tmp_path):
     assert rig.provisioner.get("sn-r").host.state.value == "installing"
     script = rig.client.request("GET", "/ipxebootscript?serial=sn-r&uuid=&mac=")
     assert "ignition.config.url=http://198.18.0.1:8080/ignition?serial=sn-r" in script.body.decode()
-    token = config.json()["storage"]["files"][2]["contents"]["source"].split("PXESTACK_TOKEN%3D")[1][:40]
+    token = config.json()["storage"]["files"][2]["contents"]["source"].split("PXESTACK_TOKEN%3D")[
+        1
+    ][:40]
     assert rig.client.request("PUT", "/admin/host/sn-r/boot_complete", b"", token=token).code == 202
     assert rig.provisioner.get("sn-r").host.state.value == "running"
     # Running, but a PXE profile: it must still get the RAM boot, never a local boot.

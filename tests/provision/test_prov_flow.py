@@ -29,10 +29,13 @@ def test_first_contact_to_running_and_back_to_configured(tmp_path):
     chain = client.request("GET", "/ipxebootscript")
     assert chain.code == 200
     assert "chain --autofree http://198.18.0.1:8080/ipxebootscript?serial=${serial:uristring}" in (
-        chain.body.decode())
+        chain.body.decode()
+    )
     install = client.request("GET", "/ipxebootscript?serial=SN-0001&uuid=&mac=52-54-00-aa-00-01")
     assert install.code == 200
-    assert "next-script=http://198.18.0.1:8080/first-stage-script/__SERIAL__" in install.body.decode()
+    assert (
+        "next-script=http://198.18.0.1:8080/first-stage-script/__SERIAL__" in install.body.decode()
+    )
 
     # First contact: the installer script (enrols the host, assigns profile and address).
     script = client.request("GET", "/first-stage-script/SN-0001")
@@ -49,8 +52,9 @@ def test_first_contact_to_running_and_back_to_configured(tmp_path):
     assert hosts[0]["Hostname"] == hosts[0]["MachineID"][:16]
 
     # The installer posts its host data with its token and gets the final Ignition config.
-    final = client.request("POST", "/final-ignition-config.json", host_data("SN-0001", MACS),
-                           token=token)
+    final = client.request(
+        "POST", "/final-ignition-config.json", host_data("SN-0001", MACS), token=token
+    )
     assert final.code == 200, final.body
     ignition = json.loads(final.body)
     assert ignition["ignition"]["version"].startswith("3.")
@@ -71,9 +75,12 @@ def test_first_contact_to_running_and_back_to_configured(tmp_path):
     assert "sanboot --no-describe --drive 0x80 || exit" in local.body.decode()
 
     # boot_complete from the installed OS (the unit in the final config sends the versions).
-    booted = client.request("PUT", "/admin/host/sn-0001/boot_complete",
-                            {"CoreOSVersion": "3975.2.0", "FlatcarVersion": "3975.2.0"},
-                            token=token)
+    booted = client.request(
+        "PUT",
+        "/admin/host/sn-0001/boot_complete",
+        {"CoreOSVersion": "3975.2.0", "FlatcarVersion": "3975.2.0"},
+        token=token,
+    )
     assert booted.code == 202
     host = client.request("GET", "/admin/host/sn-0001", token=ADMIN_TOKEN).json()
     assert host["State"] == "running"
@@ -81,8 +88,9 @@ def test_first_contact_to_running_and_back_to_configured(tmp_path):
     assert host["CoreOSVersion"] == "3975.2.0"
 
     # The admin asks for a reinstall that keeps disk data: DHCP serves the installer again.
-    again = client.request("PUT", "/admin/host/sn-0001/set_state", {"State": "configured"},
-                           token=ADMIN_TOKEN)
+    again = client.request(
+        "PUT", "/admin/host/sn-0001/set_state", {"State": "configured"}, token=ADMIN_TOKEN
+    )
     assert again.code == 202
     host = client.request("GET", "/admin/host/sn-0001", token=ADMIN_TOKEN).json()
     assert (host["State"], host["KeepDiskData"]) == ("configured", True)

@@ -112,3 +112,39 @@ def test_cli_rejects_a_missing_root(tmp_path: Path, capsys: pytest.CaptureFixtur
     args = build_parser().parse_args(["http", "--root", str(tmp_path / "missing")])
     assert http_command(args) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_descriptor_budget_raises_the_soft_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from pxestack.service import http as http_service_module
+
+    limits = {"soft": 1024, "hard": 4096}
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (limits["soft"], limits["hard"]))
+
+    def setrlimit(which: int, value: tuple[int, int]) -> None:
+        limits["soft"], limits["hard"] = value
+
+    monkeypatch.setattr(resource, "setrlimit", setrlimit)
+    assert http_service_module.ensure_descriptor_budget(1024) == 2304
+    assert limits == {"soft": 2304, "hard": 4096}
+    # never above the hard limit
+    assert http_service_module.ensure_descriptor_budget(5000) == 4096
+
+
+def test_listening_line_waits_for_the_reactor(tmp_path: Path) -> None:
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    reactor = MemoryReactorClock()
+    [http_service] = build_http_services(config_for(tmp_path), Extensions(), reactor=reactor)  # type: ignore[arg-type]
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        http_service.startService()
+        assert not [e for e in events if "listening" in str(e.get("log_format"))]
+        for hook, args, kwargs in reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    announced = [e for e in events if "http listening on" in str(e.get("log_format"))]
+    assert len(announced) == 1 and announced[0]["log_level"] == LogLevel.info

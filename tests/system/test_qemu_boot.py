@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import require, require_root_and_tools
 from qemu.artifacts import Artifacts, cache_dir, ensure_artifacts
 from qemu.netns import Segment
@@ -82,22 +81,28 @@ def reference_boot(artifacts: Artifacts, workdir: Path, firmware: str,
 
 
 @pytest.fixture(scope="module")
-def reference_bios(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> BootResult:
-    """Machine 1 booted once with SeaBIOS + iPXE ROM against dnsmasq: the baseline."""
-    result, _ = reference_boot(artifacts, tmp_path_factory.mktemp("reference-bios"), "bios")
+def reference_bios_run(
+    artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[BootResult, list[dict]]:
+    """Machine 1 booted once with SeaBIOS + iPXE ROM against dnsmasq, and the HTTP events."""
+    return reference_boot(artifacts, tmp_path_factory.mktemp("reference-bios"), "bios")
+
+
+@pytest.fixture(scope="module")
+def reference_bios(reference_bios_run: tuple[BootResult, list[dict]]) -> BootResult:
+    """The baseline boot: what the same machine takes against dnsmasq."""
+    result = reference_bios_run[0]
     assert result.ok, result.summary()
     return result
 
 
-@pytest.fixture(scope="module")
-def pxestack_bios(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> BootResult:
-    """Machine 1 booted once with SeaBIOS + iPXE ROM against ``pxestack serve``."""
-    workdir = tmp_path_factory.mktemp("pxestack-bios")
+def pxestack_boot(artifacts: Artifacts, workdir: Path, firmware: str) -> BootResult:
+    """Boot machine 1 against a fresh ``pxestack serve``."""
     segment = Segment.create(taps=1)
     server = PxestackServer(segment, workdir, artifacts)
     try:
         server.start()
-        [result] = boot_machines(segment, [(Machine.numbered(1), "bios")], workdir,
+        [result] = boot_machines(segment, [(Machine.numbered(1), firmware)], workdir,
                                  server.name, BOOT_TIMEOUT)
     finally:
         server.stop()
@@ -106,14 +111,23 @@ def pxestack_bios(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory
     return result
 
 
+@pytest.fixture(scope="module")
+def pxestack_bios(artifacts: Artifacts, tmp_path_factory: pytest.TempPathFactory) -> BootResult:
+    """Machine 1 booted once with SeaBIOS + iPXE ROM against ``pxestack serve``."""
+    return pxestack_boot(artifacts, tmp_path_factory.mktemp("pxestack-bios"), "bios")
+
+
 # -- the reference: proves the harness ------------------------------------------------------
 
 
 @pytest.mark.parametrize("firmware", REFERENCE_FIRMWARES)
 def test_reference_server_boots_the_first_stage(
-    artifacts: Artifacts, tmp_path: Path, firmware: str
+    artifacts: Artifacts, tmp_path: Path, firmware: str, request: pytest.FixtureRequest
 ) -> None:
-    result, events = reference_boot(artifacts, tmp_path, firmware)
+    if firmware == "bios":
+        result, events = request.getfixturevalue("reference_bios_run")
+    else:
+        result, events = reference_boot(artifacts, tmp_path, firmware)
     assert result.ok, result.summary()
     machine = Machine.numbered(1)
     [host_data] = [e for e in events if e.get("event") == "host-data"]
@@ -177,19 +191,32 @@ def test_pxestack_boots_uefi_paths(
         server.stop()
 
 
+@pytest.mark.timeout(600)
 def test_pxestack_is_at_least_twice_as_fast_as_dnsmasq(
-    reference_bios: BootResult, pxestack_bios: BootResult
+    artifacts: Artifacts, tmp_path: Path, reference_bios: BootResult, pxestack_bios: BootResult
 ) -> None:
-    """Issue 7: power-on -> first-stage callback <= 0.5x the reference, same run."""
+    """Issue 7: power-on -> first-stage callback <= 0.5x the reference, same run.
+
+    The guest kernel's boot under TCG on a shared 2-vCPU machine varies by several seconds
+    from one boot to the next, so one more reference/pxestack pair is booted and the ratio
+    is taken over the sums of both pairs.
+    """
     assert pxestack_bios.ok, pxestack_bios.summary()
-    assert reference_bios.callback is not None and pxestack_bios.callback is not None
-    ratio = pxestack_bios.callback / reference_bios.callback
-    save_results(RESULTS, [reference_bios, pxestack_bios], ratio=ratio)
-    print(f"\ncallback: dnsmasq {reference_bios.callback:.2f} s, "
-          f"pxestack {pxestack_bios.callback:.2f} s, ratio {ratio:.2f}")
-    assert ratio <= TARGET_RATIO, (
-        f"ratio {ratio:.2f} > {TARGET_RATIO}:\n{reference_bios.summary()}\n"
-        f"{pxestack_bios.summary()}"
+    reference_again, _ = reference_boot(artifacts, tmp_path / "reference", "bios")
+    pxestack_again = pxestack_boot(artifacts, tmp_path / "pxestack", "bios")
+    references = [reference_bios, reference_again]
+    ours = [pxestack_bios, pxestack_again]
+    for result in (*references, *ours):
+        assert result.ok and result.callback is not None, result.summary()
+    reference_total = sum(r.callback for r in references if r.callback is not None)
+    our_total = sum(r.callback for r in ours if r.callback is not None)
+    ratio = our_total / reference_total
+    save_results(RESULTS, [*references, *ours], ratio=ratio)
+    print("\n" + "\n".join(r.summary() for r in (*references, *ours)))
+    print(f"callback: dnsmasq {reference_total / 2:.2f} s, pxestack {our_total / 2:.2f} s "
+          f"(mean of 2), ratio {ratio:.2f}")
+    assert ratio <= TARGET_RATIO, "\n".join(
+        [f"ratio {ratio:.2f} > {TARGET_RATIO}"] + [r.summary() for r in (*references, *ours)]
     )
 
 

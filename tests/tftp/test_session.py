@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from tftp_simclient import SimClient
 
 from pxestack.errors import ApiMisuse, MalformedPacket
+from pxestack.paths import PathNotFound, PathRefused
 from pxestack.tftp.negotiate import NegotiationLimits
 from pxestack.tftp.session import (
     ReadSession,
@@ -22,7 +23,6 @@ from pxestack.tftp.session import (
 )
 from pxestack.tftp.source import BytesReader
 from pxestack.tftp.stats import Outcome
-from pxestack.paths import PathNotFound, PathRefused
 from pxestack.wire.tftp import (
     Ack,
     Data,

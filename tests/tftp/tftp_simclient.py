@@ -69,5 +69,9 @@ class SimClient:
         """The client's own retransmission: ACK the last block again."""
         if self.error is not None:
             return []
+        if self.last_block == 0 and self.oack is None:
+            # Nothing received yet: a real client resends its RRQ (to port 69), not ACK 0,
+            # which would accept an OACK it has not seen.
+            return []
         self._since_ack = 0
         return [encode_tftp(Ack(self.last_block & 0xFFFF))]

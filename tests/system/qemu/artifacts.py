@@ -318,14 +318,23 @@ timeout 30 wget -q -O /tmp/final-config "$@" --post-data "$BODY" "$PXE_URL/$FINA
 mark "host data posted body=$BODY final-config=$(wc -c < /tmp/final-config)B"
 
 # busybox wget has no PUT: write the request by hand (HTTP/1.0, so the server closes).
+# busybox nc stops reading once its stdin ends, so the writer stays open until the answer
+# has arrived (at most 30 s) instead of ending right after the request.
 put() {
   rest="${1#http://}"; hostport="${rest%%/*}"; path="/${rest#*/}"
   host="${hostport%%:*}"; port="${hostport##*:}"
   [ "$port" = "$hostport" ] && port=80
   auth=""
   [ -n "$TOKEN" ] && auth="Authorization: Bearer $TOKEN\\r\\n"
-  printf "PUT %s HTTP/1.0\\r\\nHost: %s\\r\\n${auth}Content-Length: 0\\r\\n\\r\\n" \\
-    "$path" "$hostport" | timeout 30 nc "$host" "$port" > /tmp/put-response
+  : > /tmp/put-response
+  {
+    printf "PUT %s HTTP/1.0\\r\\nHost: %s\\r\\n${auth}Content-Length: 0\\r\\n\\r\\n" \\
+      "$path" "$hostport"
+    for i in $(seq 1 300); do
+      grep -q '^HTTP/' /tmp/put-response && break
+      sleep 0.1
+    done
+  } | timeout 30 nc "$host" "$port" > /tmp/put-response
   head -n1 /tmp/put-response | grep -q '^HTTP/1\\.[01] 2'
 }
 put "$API_URL/admin/host/$SERIAL/set_installed" \\

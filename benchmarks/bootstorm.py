@@ -1,0 +1,334 @@
+"""Boot storm: N simulated machines provisioned at once by one real pxestack server.
+
+    .venv/bin/python -m benchmarks.bootstorm [--machines 1000] [--rate 200] [--repeats 1]
+
+A full pxestack (DHCP server, TFTP, HTTP, provisioning with the git audit on) runs in the
+server namespace of a :func:`netlab.two_hosts` lab; :mod:`benchmarks.storm_client` runs in
+the client namespace and walks every machine through DHCP (PXE ROM), TFTP of the iPXE
+binary, DHCP again (iPXE), the boot scripts, first-stage enrolment, the host-data POST and
+set_installed, starting machines at ``--rate`` per second.
+
+Reported: the time from the first machine's arrival to the last machine's set_installed,
+per-phase latency percentiles, the server's peak memory (VmHWM), the git commits made.
+Checked: every machine finished every phase; DHCP addresses and provisioned InternalAddr
+are unique; every host record is ``installed``; the profile counts are exactly the
+configured quantities (the first ``quantity`` machines get each profile, the rest get
+``default``).  Target (issue 8): 1000 machines in under 60 s on the 2-vCPU machine, git on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, Results, log, netlab, scratch_dir
+
+IPXE_BINARY = Path("/usr/lib/ipxe/undionly.kpxe")
+HTTP_PORT = 8080
+#: Profiles of the storm: a small exact one first, then one that takes about half.
+CORE_QUANTITY = 3
+TARGET_SECONDS = 60.0
+
+
+def profile_plan(machines: int) -> dict[str, int]:
+    """The exact profile counts expected for *machines* enrolments in any order."""
+    worker_quantity = max(machines // 2, 1)
+    core = min(CORE_QUANTITY, machines)
+    worker = min(worker_quantity, machines - core)
+    return {"core": core, "worker": worker, "default": machines - core - worker}
+
+
+def server_config(lab: Any, workdir: Path, machines: int, admin_token: str, git: bool) -> str:
+    """The pxestack configuration of the storm (everything on, state on tmpfs)."""
+    base_url = f"http://{lab.server.ip}:{HTTP_PORT}"
+    worker_quantity = max(machines // 2, 1)
+    return f"""\
+state_dir: {workdir / "state"}
+log_level: warn
+dhcp:
+  mode: server
+  interfaces: [{lab.server.ifname}]
+  server_address: {lab.server.ip}
+  lease_time: 3600
+  proxy_port: 0
+  # The storm client relays for every machine from the client namespace's one address.
+  relays: [{lab.client.ip}]
+  pools:
+    - subnet: 198.18.0.0/15
+      start: 198.19.0.1
+      end: 198.19.255.254
+  boot:
+    ipxe_script_url: {base_url}/ipxebootscript
+tftp:
+  listen: {lab.server.ip}:69
+  root: {workdir / "tftproot"}
+http:
+  listen: {lab.server.ip}:{HTTP_PORT}
+  public_url: {base_url}
+provision:
+  cluster_dir: {workdir / "cluster"}
+  git: {"true" if git else "false"}
+  default_os_version: "3975.2.0"
+  network:
+    ip_range: {{start: 198.18.100.1, end: 198.18.127.254}}
+    subnet_size: 15
+    subnet_gateway: {lab.server.ip}
+    dns: [{lab.server.ip}]
+  profiles:
+    - {{name: core, quantity: {CORE_QUANTITY}, tags: [role=core]}}
+    - {{name: worker, quantity: {worker_quantity}, tags: [role=worker]}}
+  api:
+    token: {admin_token}
+"""
+
+
+class MemorySampler:
+    """Samples a process's VmRSS every 0.2 s in a thread; keeps the peak and VmHWM."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_rss_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _status(self) -> dict[str, int]:
+        values = {}
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(rest.split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        return values
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak_rss_kib = max(self.peak_rss_kib, self._status().get("VmRSS", 0))
+
+    def start(self) -> None:
+        """Start sampling."""
+        self._thread.start()
+
+    def stop(self) -> int:
+        """Stop and return the peak in KiB (the larger of sampled VmRSS and VmHWM)."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+        return max(self.peak_rss_kib, self._status().get("VmHWM", 0))
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max of *values* (empty dict when there are none)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
+
+
+def _admin_hosts(lab: Any, token: str) -> list[dict[str, Any]]:
+    url = f"http://{lab.server.ip}:{HTTP_PORT}/admin/hosts"
+    result = lab.client.run(
+        ["curl", "-sS", "--fail", "--max-time", "60", "-H", f"Authorization: Bearer {token}", url],
+        timeout=90,
+    )
+    hosts: list[dict[str, Any]] = json.loads(result.stdout)
+    return hosts
+
+
+def verify(report: dict[str, Any], hosts: list[dict[str, Any]], machines: int) -> list[str]:
+    """Every check of the storm; returns the failures (empty = all passed)."""
+    problems = []
+    failed = [m for m in report["machines"] if m["error"]]
+    if failed:
+        sample = "; ".join(f"{m['serial']}: {m['error']}" for m in failed[:5])
+        problems.append(f"{len(failed)} of {machines} machines failed ({sample})")
+    addresses = [m["address"] for m in report["machines"] if m["address"]]
+    duplicates = [a for a, n in Counter(addresses).items() if n > 1]
+    if duplicates:
+        problems.append(f"DHCP gave {len(duplicates)} addresses to several machines")
+    if len(hosts) != machines:
+        problems.append(f"{len(hosts)} host records for {machines} machines")
+    not_installed = [h["Serial"] for h in hosts if h.get("State") != "installed"]
+    if not_installed:
+        problems.append(f"{len(not_installed)} hosts not installed (e.g. {not_installed[:3]})")
+    internal = [h.get("InternalAddr") for h in hosts]
+    if len(set(internal)) != len(internal):
+        problems.append("duplicate InternalAddr among host records")
+    counts = Counter(h.get("Profile") for h in hosts)
+    expected = {k: v for k, v in profile_plan(machines).items() if v}
+    if dict(counts) != expected:
+        problems.append(f"profile counts {dict(counts)} != expected {expected}")
+    return problems
+
+
+def run_once(machines: int, rate: float, *, git: bool = True) -> dict[str, Any]:
+    """One storm against a fresh server; returns the measurements and check results."""
+    lab_module = netlab()
+    admin_token = secrets.token_hex(16)
+    with lab_module.two_hosts("storm") as lab, scratch_dir("storm") as workdir:
+        tftproot = workdir / "tftproot"
+        tftproot.mkdir()
+        if IPXE_BINARY.exists():
+            shutil.copy(IPXE_BINARY, tftproot / "undionly.kpxe")
+        else:
+            (tftproot / "undionly.kpxe").write_bytes(secrets.token_bytes(74213))
+        config = workdir / "pxestack.yaml"
+        config.write_text(server_config(lab, workdir, machines, admin_token, git))
+        server = lab.server.popen(
+            lab_module.pxestack_argv("serve", "--config", str(config)),
+            stdout=(workdir / "server.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            for port in (67, 69):
+                lab.server.wait_udp_port(port, timeout=30, process=server)
+            lab.server.wait_tcp_port(HTTP_PORT, timeout=30, process=server)
+            spec = {
+                "machines": machines,
+                "arrival_rate": rate,
+                "server_ip": lab.server.ip,
+                "relay_ip": lab.client.ip,
+                "ifname": lab.client.ifname,
+                "prefix": lab.client.prefix,
+                "base_url": f"http://{lab.server.ip}:{HTTP_PORT}",
+                "tftp_blksize": 1432,  # what iPXE asks (firmware.md)
+                "boot_file_size": (tftproot / "undionly.kpxe").stat().st_size,
+                "machine_deadline": 240.0,
+                "storm_deadline": machines / rate + 240.0,
+            }
+            spec_path = workdir / "spec.json"
+            spec_path.write_text(json.dumps(spec))
+            sampler = MemorySampler(server.pid)
+            sampler.start()
+            started = time.monotonic()
+            result = lab.client.run(
+                [sys.executable, str(ROOT / "benchmarks" / "storm_client.py"), str(spec_path)],
+                timeout=spec["storm_deadline"] + 120,
+                check=False,
+                cwd=ROOT,
+            )
+            elapsed = time.monotonic() - started
+            peak_kib = sampler.stop()
+            if result.returncode != 0:
+                raise RuntimeError(f"storm client failed: {result.stderr[-1500:]}")
+            report = json.loads(result.stdout)
+            hosts = _admin_hosts(lab, admin_token)
+            problems = verify(report, hosts, machines)
+            commits = None
+            if git and (workdir / "cluster" / ".git").exists():
+                counted = subprocess.run(
+                    ["git", "-C", str(workdir / "cluster"), "rev-list", "--count", "HEAD"],
+                    capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                commits = int(counted.stdout.strip()) if counted.returncode == 0 else None
+            if server.poll() is not None:
+                problems.append(f"server exited with {server.returncode}")
+        finally:
+            lab.server.stop(server, grace=10)
+            log_tail = (workdir / "server.log").read_text(errors="replace")[-2000:]
+    phases = {
+        phase: percentiles([m["phases"][phase] for m in report["machines"] if phase in m["phases"]])
+        for phase in ("dhcp_pxe", "tftp", "dhcp_ipxe", "script", "enrol", "hostdata", "installed")
+    }
+    totals = [m["total_s"] for m in report["machines"] if m["total_s"] is not None]
+    return {
+        "machines": machines,
+        "arrival_rate": rate,
+        "git": git,
+        "time_to_provision_all_s": report["wall_s"],
+        "client_elapsed_s": elapsed,
+        "per_machine_total_s": percentiles(totals),
+        "phases_s": phases,
+        "peak_rss_mib": peak_kib / 1024,
+        "git_commits": commits,
+        "stray_dhcp_replies": report["stray_dhcp_replies"],
+        "checks_passed": not problems,
+        "problems": problems,
+        "server_log_tail": log_tail if problems else "",
+    }
+
+
+def describe(run: dict[str, Any]) -> str:
+    """A human summary of one storm."""
+    wall = run["time_to_provision_all_s"]
+    lines = [
+        f"boot storm: {run['machines']} machines at {run['arrival_rate']}/s, "
+        f"git audit {'on' if run['git'] else 'off'}",
+        f"  time to provision all: {wall:.1f} s" if wall else "  time to provision all: -",
+        f"  server peak memory: {run['peak_rss_mib']:.0f} MiB; git commits: {run['git_commits']}",
+        f"  checks: {'all passed' if run['checks_passed'] else 'FAILED'}",
+    ]
+    lines += [f"    - {problem}" for problem in run["problems"]]
+    lines.append("  phase latency, s: p50 / p90 / p99 / max")
+    for phase, stats in {"total": run["per_machine_total_s"], **run["phases_s"]}.items():
+        if stats:
+            lines.append(
+                f"    {phase:<10} {stats['p50']:.3f} / {stats['p90']:.3f} / "
+                f"{stats['p99']:.3f} / {stats['max']:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def run_bootstorm(
+    results: Results, *, repeats: int, machines: int, rate: float, git: bool = True
+) -> None:
+    """Run the storm *repeats* times and record it in *results* (area ``bootstorm``)."""
+    provision = results.case(
+        "bootstorm", f"provision_{machines}", "pxestack", "s", higher_is_better=False
+    )
+    provision.note = f"{machines} machines arriving at {rate}/s, full flow, git audit {git}"
+    memory = results.case("bootstorm", "peak_rss", "pxestack", "MiB", higher_is_better=False)
+    for repetition in range(repeats):
+        log(f"boot storm {repetition + 1}/{repeats}: {machines} machines at {rate}/s")
+        try:
+            run = run_once(machines, rate, git=git)
+        except Exception as exc:  # one failed storm must not end the suite
+            log(f"  boot storm failed: {exc}")
+            provision.failures += 1
+            provision.runs.append({"error": str(exc)})
+            continue
+        log(describe(run))
+        provision.runs.append(run)
+        if run["checks_passed"] and run["time_to_provision_all_s"] is not None:
+            provision.values.append(run["time_to_provision_all_s"])
+            memory.values.append(run["peak_rss_mib"])
+        else:
+            provision.failures += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone command line; exit status 1 when a check failed."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bootstorm", description=__doc__)
+    parser.add_argument("--machines", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=200.0, help="machine arrivals per second")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--no-git", action="store_true", help="turn the git audit off")
+    args = parser.parse_args(argv)
+    results = Results(meta={})
+    run_bootstorm(
+        results, repeats=args.repeats, machines=args.machines, rate=args.rate, git=not args.no_git
+    )
+    record = results.find("bootstorm", f"provision_{args.machines}", "pxestack")
+    assert record is not None
+    if record.values:
+        print(f"median time to provision all: {statistics.median(record.values):.1f} s "
+              f"(target < {TARGET_SECONDS:.0f} s for 1000 machines)")  # fmt: skip
+    return 0 if record.failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

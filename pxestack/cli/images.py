@@ -1,0 +1,489 @@
+"""``pxestack images``: manage the OS image cache (kernels, initrds, install images).
+
+::
+
+    pxestack images --dir /var/lib/pxestack/images list
+    pxestack images add flatcar 3975.2.0 --kernel vmlinuz --initrd initrd.cpio.gz
+    pxestack images fetch https://.../flatcar_production_pxe.vmlinuz flatcar 3975.2.0 \\
+        --role kernel --sha256-url https://.../flatcar_production_pxe.vmlinuz.sha256
+    pxestack images remove flatcar 3975.2.0
+
+The layout is mayu's (``<dir>/<version>/...``, mayu.md §5.3) for Flatcar and CoreOS and
+``<dir>/<os>/<version>/...`` for other OSes; see :mod:`pxestack.provision.images`.  Every
+image gets a ``.sha256`` file beside it.  ``fetch`` verifies a SHA-256 (given, or read from a
+checksum file URL) and/or a detached OpenPGP signature (with ``gpgv``) before the file is
+renamed into place, so the HTTP server never serves an unverified or partial image.
+
+Exit status: 0 ok, 1 failure (download, checksum or signature mismatch, I/O), 2 usage,
+3 no such image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from pxestack import __version__
+from pxestack.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from pxestack.provision.images import (
+    ROLES,
+    ChecksumMismatch,
+    ImageEntry,
+    ImageError,
+    ImageNotFound,
+    ImageStore,
+    normalize_sha256,
+    parse_checksum_file,
+)
+
+#: No such image (the same code ``pxestack ctl`` uses for "host doesn't exist").
+EXIT_NOT_FOUND = 3
+IMAGES_DIR_ENV = "PXESTACK_IMAGES_DIR"
+#: The largest download accepted unless ``--max-bytes`` says otherwise (Flatcar's install
+#: image is about 500 MiB; FCOS's live rootfs about 800 MiB).
+DEFAULT_MAX_BYTES = 8 << 30
+#: Checksum and signature files are small; anything bigger is refused.
+MAX_SIDE_FILE_BYTES = 1 << 20
+_CHUNK = 256 << 10
+
+
+class ImagesCommandError(Exception):
+    """Report one line and exit with :attr:`exit_code`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+def human_bytes(count: float) -> str:
+    """``12.3 MiB`` style sizes (binary prefixes)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"  # pragma: no cover - the loop always returns
+
+
+class ProgressBar:
+    """A one-line download progress bar on *stream* (stderr).
+
+    On a terminal the line is redrawn in place at most every *interval* seconds; otherwise
+    (logs, CI) a line is printed at every 25 % and at the end, so logs stay short.
+    """
+
+    def __init__(self, label: str, total: int | None, stream: TextIO, *,
+                 width: int = 30, interval: float = 0.1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.label = label
+        self.total = total
+        self.stream = stream
+        self.width = width
+        self.interval = interval
+        self.clock = clock
+        self.done = 0
+        self.started = clock()
+        self._last_draw = -interval
+        self._last_quarter = 0
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    def line(self) -> str:
+        """The progress line as it would be drawn now."""
+        elapsed = max(self.clock() - self.started, 1e-9)
+        rate = f"{human_bytes(self.done / elapsed)}/s"
+        if self.total:
+            fraction = min(self.done / self.total, 1.0)
+            filled = int(fraction * self.width)
+            bar = "#" * filled + "-" * (self.width - filled)
+            return (f"{self.label} [{bar}] {fraction * 100:5.1f}% "
+                    f"{human_bytes(self.done)}/{human_bytes(self.total)} {rate}")
+        return f"{self.label} {human_bytes(self.done)} {rate}"
+
+    def update(self, count: int) -> None:
+        """*count* more bytes arrived."""
+        self.done += count
+        now = self.clock()
+        if self.tty:
+            if now - self._last_draw >= self.interval:
+                self._last_draw = now
+                self.stream.write("\r" + self.line())
+                self.stream.flush()
+        elif self.total:
+            quarter = min(self.done * 4 // self.total, 4)
+            if quarter > self._last_quarter and quarter < 4:
+                self._last_quarter = quarter
+                self.stream.write(self.line() + "\n")
+
+    def finish(self) -> None:
+        """Draw the final state and end the line."""
+        self.stream.write(("\r" if self.tty else "") + self.line() + "\n")
+        self.stream.flush()
+
+
+# -- downloading ---------------------------------------------------------------------------
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener()
+
+
+def open_url(url: str, timeout: float) -> Any:
+    """Open an ``http``/``https`` URL for reading; :class:`ImagesCommandError` on any error."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise ImagesCommandError(f"{url!r} is not an http:// or https:// URL", EXIT_USAGE)
+    request = urllib.request.Request(url, headers={  # noqa: S310 - scheme checked above
+        "User-Agent": f"pxestack-images/{__version__}"})
+    try:
+        return _opener().open(request, timeout=timeout)
+    except urllib.error.HTTPError as error:
+        error.close()
+        raise ImagesCommandError(f"GET {url}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        raise ImagesCommandError(f"GET {url}: {reason}") from None
+
+
+def fetch_small(url: str, timeout: float) -> bytes:
+    """A checksum or signature file (at most :data:`MAX_SIDE_FILE_BYTES`)."""
+    with open_url(url, timeout) as answer:
+        data: bytes = answer.read(MAX_SIDE_FILE_BYTES + 1)
+    if len(data) > MAX_SIDE_FILE_BYTES:
+        raise ImagesCommandError(f"{url} is larger than {MAX_SIDE_FILE_BYTES} bytes")
+    return data
+
+
+def download_chunks(answer: Any, url: str, progress: ProgressBar | None,
+                    max_bytes: int) -> Iterator[bytes]:
+    """The body of *answer* in chunks, checked against Content-Length and *max_bytes*."""
+    declared = answer.headers.get("Content-Length")
+    expected = int(declared) if declared and declared.isdigit() else None
+    if expected is not None and expected > max_bytes:
+        raise ImagesCommandError(f"{url} is {expected} bytes, more than --max-bytes {max_bytes}")
+    received = 0
+    while True:
+        try:
+            chunk = answer.read(_CHUNK)
+        except (OSError, ValueError) as error:
+            raise ImagesCommandError(f"GET {url}: download interrupted: {error}") from None
+        if not chunk:
+            break
+        received += len(chunk)
+        if received > max_bytes:
+            raise ImagesCommandError(f"{url} is larger than --max-bytes {max_bytes}")
+        if progress is not None:
+            progress.update(len(chunk))
+        yield chunk
+    if expected is not None and received != expected:
+        raise ImagesCommandError(f"GET {url}: got {received} of {expected} bytes (truncated)")
+    if progress is not None:
+        progress.finish()
+
+
+def verify_signature(data_path: Path, signature: bytes, keyring: Path) -> None:
+    """Check a detached OpenPGP signature with ``gpgv`` against *keyring* only.
+
+    ``gpgv`` (not ``gpg``) is used because it trusts exactly the keys in the keyring given
+    and never touches the user's own keyring or trust database.
+    """
+    gpgv = shutil.which("gpgv")
+    if gpgv is None:
+        raise ImagesCommandError("--keyring needs gpgv (Debian package gpgv)", EXIT_USAGE)
+    with tempfile.TemporaryDirectory(prefix="pxestack-gpgv-") as scratch:
+        sig_path = Path(scratch) / "image.sig"
+        sig_path.write_bytes(signature)
+        result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [gpgv, "--keyring", str(keyring.resolve()), str(sig_path), str(data_path)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "GNUPGHOME": scratch},
+        )
+    if result.returncode != 0:
+        detail = " ".join(result.stderr.split())[-300:]
+        reason = detail or f"gpgv exit {result.returncode}"
+        raise ImagesCommandError(f"signature check failed: {reason}")
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def store_of(args: argparse.Namespace) -> ImageStore:
+    """The image cache: ``--dir`` > ``$PXESTACK_IMAGES_DIR`` > ``provision.images_dir``."""
+    directory = args.dir or os.environ.get(IMAGES_DIR_ENV)
+    if not directory and args.config:
+        from pxestack.config import ConfigError, load_config_file
+
+        try:
+            config = load_config_file(args.config)
+        except ConfigError as exc:
+            raise ImagesCommandError(f"{args.config}: {exc}", EXIT_USAGE) from None
+        if config.provision is not None and config.provision.images_dir is not None:
+            directory = str(config.provision.images_dir)
+    if not directory:
+        raise ImagesCommandError(
+            f"no image directory: pass --dir, set {IMAGES_DIR_ENV}, or --config with "
+            "provision.images_dir", EXIT_USAGE)
+    return ImageStore(directory)
+
+
+def emit(args: argparse.Namespace, data: Any, table: Callable[[], str]) -> None:
+    """JSON, YAML or the table, as ``--output`` asks."""
+    if args.output == "json":
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    elif args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+    else:
+        sys.stdout.write(table())
+
+
+def entries_table(entries: list[ImageEntry], statuses: dict[Path, str] | None = None) -> str:
+    """OS, version, role, name, size, SHA-256 (shortened) and, after a verify, status."""
+    headers = ["OS", "VERSION", "ROLE", "NAME", "SIZE", "SHA256"]
+    if statuses is not None:
+        headers.append("STATUS")
+    rows = []
+    for e in entries:
+        row = [e.os, e.version, e.role, e.name, human_bytes(e.size),
+               (e.sha256 or "-")[:16]]
+        if statuses is not None:
+            row.append(statuses[e.path])
+        rows.append(row)
+    from pxestack.cli.ctl import format_table
+
+    return format_table(headers, rows)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``list [--os] [--version] [--role] [--verify]``."""
+    store = store_of(args)
+    entries = store.select(args.os, args.version, args.role)
+    statuses = {e.path: store.verify(e) for e in entries} if args.verify else None
+    data = [dict(e.to_json(), **({"status": statuses[e.path]} if statuses else {}))
+            for e in entries]
+    emit(args, data, lambda: entries_table(entries, statuses))
+    if statuses and "mismatch" in statuses.values():
+        bad = [str(p) for p, s in statuses.items() if s == "mismatch"]
+        print(f"pxestack images: checksum mismatch: {', '.join(bad)}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _targets(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(file name in the cache, local source) for ``add``'s role options and ``--file``."""
+    targets = []
+    for role in ROLES:
+        source = getattr(args, role.replace("-", "_"))
+        if source:
+            targets.append((ImageStore.file_name(args.os_name, role), Path(source)))
+    for spec in args.file or ():
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise ImagesCommandError(f"--file {spec!r} must be NAME=PATH", EXIT_USAGE)
+        targets.append((name, Path(source)))
+    if not targets:
+        raise ImagesCommandError("nothing to add: give --kernel, --initrd, --rootfs, "
+                            "--install-image or --file NAME=PATH", EXIT_USAGE)
+    return targets
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    """``add OS VERSION --kernel F --initrd F ...``: copy local files into the cache."""
+    store = store_of(args)
+    targets = _targets(args)
+    expected = normalize_sha256(args.sha256) if args.sha256 else None
+    if expected is not None and len(targets) != 1:
+        raise ImagesCommandError("--sha256 needs exactly one file to add", EXIT_USAGE)
+    added = [store.add_file(args.os_name, args.version, name, source, expected_sha256=expected,
+                            replace=args.force) for name, source in targets]
+    emit(args, [e.to_json() for e in added], lambda: entries_table(added))
+    return EXIT_OK
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """``remove OS VERSION [--role R] [--name N]``."""
+    removed = store_of(args).remove(args.os_name, args.version, args.role, args.name)
+    emit(args, [e.to_json() for e in removed],
+         lambda: "".join(f"removed {e.path}\n" for e in removed))
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """``fetch URL OS VERSION``: download, verify, store atomically."""
+    store = store_of(args)
+    url_name = os.path.basename(urllib.parse.urlsplit(args.url).path)
+    if args.role:
+        name = ImageStore.file_name(args.os_name, args.role)
+    elif args.name or url_name:
+        name = args.name or url_name
+    else:
+        raise ImagesCommandError("the URL names no file: pass --role or --name", EXIT_USAGE)
+    store.directory(args.os_name, args.version)  # validate names before downloading
+    expected: str | None = None
+    if args.sha256:
+        expected = normalize_sha256(args.sha256)
+    elif args.sha256_url:
+        text = fetch_small(args.sha256_url, args.timeout).decode("utf-8", "replace")
+        expected = parse_checksum_file(text, url_name or name)
+    signature = None
+    if args.keyring:
+        signature = fetch_small(args.signature_url or args.url + ".sig", args.timeout)
+    if expected is None and signature is None and not args.no_verify:
+        raise ImagesCommandError("refusing an unverified download: give --sha256, --sha256-url or "
+                            "--keyring (or --no-verify)", EXIT_USAGE)
+    progress = None if args.quiet else ProgressBar(name, None, sys.stderr)
+    with open_url(args.url, args.timeout) as answer:
+        if progress is not None:
+            length = answer.headers.get("Content-Length")
+            progress.total = int(length) if length and length.isdigit() else None
+        chunks = download_chunks(answer, args.url, progress, args.max_bytes)
+        if signature is None:
+            entry = store.write_stream(args.os_name, args.version, name, chunks,
+                                       expected_sha256=expected, replace=args.force)
+        else:
+            entry = _fetch_signed(store, args, name, chunks, expected, signature)
+    emit(args, entry.to_json(), lambda: entries_table([entry]))
+    return EXIT_OK
+
+
+def _fetch_signed(store: ImageStore, args: argparse.Namespace, name: str,
+                  chunks: Iterator[bytes], expected: str | None, signature: bytes) -> ImageEntry:
+    """Download to a scratch file, check the signature, then store it (still atomically)."""
+    directory = Path(tempfile.mkdtemp(prefix="pxestack-fetch-"))
+    try:
+        scratch = directory / name
+        with scratch.open("wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        verify_signature(scratch, signature, Path(args.keyring))
+        return store.add_file(args.os_name, args.version, name, scratch,
+                              expected_sha256=expected, replace=args.force)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- argument parsing ----------------------------------------------------------------------
+
+
+def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Map errors to one ``pxestack images:`` line and the documented exit codes."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ImagesCommandError as exc:
+            print(f"pxestack images: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except ImageNotFound as exc:
+            print(f"pxestack images: {exc}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        except ChecksumMismatch as exc:
+            print(f"pxestack images: checksum mismatch, nothing stored: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except ImageError as exc:
+            print(f"pxestack images: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except OSError as exc:
+            print(f"pxestack images: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", "-d", default=argparse.SUPPRESS, metavar="DIR",
+                        help=f"image cache directory (default ${IMAGES_DIR_ENV}, or "
+                        "provision.images_dir of --config)")
+    parser.add_argument("--config", "-c", default=argparse.SUPPRESS, metavar="FILE",
+                        help="read provision.images_dir from this configuration file")
+    parser.add_argument("--output", "-o", choices=("table", "json", "yaml"),
+                        default=argparse.SUPPRESS, help="output format (default table)")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``images`` subcommand."""
+    parser = subparsers.add_parser(
+        "images",
+        help="manage the OS image cache (kernels, initrds, install images)",
+        description="Manage kernels, initrds and install images per OS and version, each "
+        "with a .sha256 file beside it.  Flatcar and CoreOS use mayu's layout "
+        "(<dir>/<version>/); other OSes <dir>/<os>/<version>/.  Exit status: 0 ok, "
+        "1 failure (download, checksum, signature), 2 usage, 3 no such image.",
+    )
+    _add_common(parser)
+    parser.set_defaults(dir=None, config=None, output="table")
+    commands = parser.add_subparsers(dest="images_command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int],
+                help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=help_text,
+                                                           description=help_text)
+        _add_common(sub)
+        sub.set_defaults(func=_run(handler))
+        return sub
+
+    listing = command("list", cmd_list, "list the cached images")
+    listing.add_argument("--os", metavar="OS", help="only this OS")
+    listing.add_argument("--version", metavar="VERSION", help="only this version")
+    listing.add_argument("--role", choices=(*ROLES, "file"), help="only this role")
+    listing.add_argument("--verify", action="store_true",
+                         help="re-hash every file and compare with its .sha256 (exit 1 on a "
+                         "mismatch)")
+
+    add = command("add", cmd_add, "copy local files into the cache")
+    add.add_argument("os_name", metavar="OS", help="flatcar, coreos, fcos, or any name")
+    add.add_argument("version", metavar="VERSION")
+    for role in ROLES:
+        add.add_argument(f"--{role}", metavar="FILE", help=f"the {role} file")
+    add.add_argument("--file", action="append", metavar="NAME=PATH",
+                     help="any other file, stored as NAME (repeatable)")
+    add.add_argument("--sha256", metavar="HEX", help="expected SHA-256 (one file only)")
+    add.add_argument("--force", action="store_true", help="replace a different existing file")
+
+    fetch = command("fetch", cmd_fetch, "download an image, verify it, store it atomically")
+    fetch.add_argument("url", metavar="URL")
+    fetch.add_argument("os_name", metavar="OS")
+    fetch.add_argument("version", metavar="VERSION")
+    what = fetch.add_mutually_exclusive_group()
+    what.add_argument("--role", choices=ROLES, help="store under the role's file name")
+    what.add_argument("--name", metavar="NAME", help="store as NAME (default: the URL's)")
+    check = fetch.add_mutually_exclusive_group()
+    check.add_argument("--sha256", metavar="HEX", help="expected SHA-256")
+    check.add_argument("--sha256-url", metavar="URL",
+                       help="checksum file (sha256sum or BSD format) to read it from")
+    fetch.add_argument("--keyring", metavar="FILE",
+                       help="verify a detached OpenPGP signature with gpgv against this "
+                       "keyring (e.g. Flatcar's image signing key)")
+    fetch.add_argument("--signature-url", metavar="URL", help="default: URL + .sig")
+    fetch.add_argument("--no-verify", action="store_true",
+                       help="accept the download without any checksum or signature")
+    fetch.add_argument("--force", action="store_true", help="replace a different existing file")
+    fetch.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="network timeout per read (default 60)")
+    fetch.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
+                       help="refuse larger downloads (default 8 GiB)")
+    fetch.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    remove = command("remove", cmd_remove, "delete images of one OS version")
+    remove.add_argument("os_name", metavar="OS")
+    remove.add_argument("version", metavar="VERSION")
+    remove.add_argument("--role", choices=(*ROLES, "file"), help="only this role")
+    remove.add_argument("--name", metavar="NAME", help="only this file")
+
+
+__all__ = ["EXIT_NOT_FOUND", "ProgressBar", "human_bytes", "register"]

@@ -1,0 +1,549 @@
+"""Prometheus metrics: one :class:`Metrics` object, recorder hooks, and the ``/metrics`` page.
+
+The protocol adapters and the provisioning layer report events to a :class:`Metrics`
+object through small, cheap calls (no I/O, no locks beyond prometheus_client's own);
+``/metrics`` (:class:`MetricsResource`) renders them in the Prometheus text format, or
+OpenMetrics when the scraper asks for it.  Each hook is shaped like the callback its caller
+already has, so wiring is one line per adapter:
+
+===============================  ================================================  =========
+hook                             called by                                         shape
+===============================  ================================================  =========
+:meth:`Metrics.dhcp_packet`      ``DhcpDatagramProtocol.datagramReceived``         per packet
+:meth:`Metrics.dhcp_lease_event` ``DhcpServerCore(on_event=...)``                  LeaseEvent
+:meth:`Metrics.watch_leases`     service wiring, once per lease store              pull
+:meth:`Metrics.tftp_transfer`    ``TftpServer(on_stats=...)``                      SessionStats
+:meth:`Metrics.watch_counters`   service wiring (``ServerStats.snapshot``,         pull
+                                 ``DhcpServerCore.counters``)
+:meth:`Metrics.http_request`     ``AssetSite.log`` (or :func:`instrument_site`)    per request
+:meth:`Metrics.http_transfer`    ``AssetStats.observers``                          TransferRecord
+:meth:`Metrics.watch_gauge`      service wiring (``ServerStats.active``)           pull
+:meth:`Metrics.watch_hosts`      provisioning wiring, once                         pull
+:meth:`Metrics.host_transition`  provisioning, after each stored state change      per change
+:meth:`Metrics.boot_event`       ``/ipxebootscript?mac=`` (``boot_script``)        per event
+===============================  ================================================  =========
+
+"Pull" sources are callables read at scrape time, so a gauge can never go stale or drift
+from the truth (leases in use, hosts per state).  A pull source that raises is logged and
+skipped: a broken source never breaks the scrape or the server.
+
+Every label value is taken from a fixed set or from the operator's configuration (pool
+networks, profile names), never verbatim from a client: a hostile client must not be able
+to create unbounded time series (bad-inputs.md, bounded memory).
+
+This module is in layer 4 (beside :mod:`pxestack.service`): it may use the sans-IO value
+types below it but never :mod:`pxestack.provision`; the provisioning layer calls in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+
+log = Logger()
+
+#: DHCP message type names by option 53 value (RFC 2132 §9.6; RFC 4388 adds 10-13).
+DHCP_MESSAGE_TYPES: Mapping[int, str] = {
+    1: "discover", 2: "offer", 3: "request", 4: "decline", 5: "ack", 6: "nak",
+    7: "release", 8: "inform", 10: "leasequery", 11: "leaseunassigned",
+    12: "leaseunknown", 13: "leaseactive",
+}
+
+#: ``outcome`` label values of ``pxestack_dhcp_packets_total``.
+DHCP_OUTCOMES = ("offer", "ack", "nak", "ignored", "malformed", "error")
+
+#: Lease event kinds of ``DhcpServerCore`` (``LeaseEvent.kind``); anything else is "other".
+LEASE_EVENTS = ("offered", "bound", "released", "declined", "expired", "nak",
+                "pool-exhausted")
+
+#: First path segments that get their own ``endpoint`` label; the rest are "other".
+#: (Bare asset paths such as ``/ipxe.efi`` are file names: unbounded, so "other".)
+DEFAULT_HTTP_ENDPOINTS = frozenset({
+    "ipxebootscript", "first-stage-script", "first-stage-ignition.json",
+    "final-ignition-config.json", "ignition", "images", "admin", "assets", "healthz",
+    "metrics",
+})
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+#: Buckets of the TFTP transfer and boot phase histograms, in seconds: from a sub-second
+#: TFTP of an iPXE binary to an hour-long disk install.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800,
+                    3600, float("inf"))
+
+
+@dataclass(frozen=True, slots=True)
+class BootPhase:
+    """A measured stretch of a machine's boot: from event *start* to event *end*."""
+
+    name: str
+    start: str
+    end: str
+    description: str
+
+
+#: The phases of ``pxestack_boot_phase_duration_seconds`` (label ``phase``).  Events are
+#: keyed per machine: DHCP events by MAC address, provisioning events by serial.
+BOOT_PHASES: tuple[BootPhase, ...] = (
+    BootPhase("dhcp", "dhcp_offered", "dhcp_bound",
+              "DHCPDISCOVER answered to DHCPACK (keyed by MAC)"),
+    BootPhase("firmware", "dhcp_bound", "boot_script",
+              "DHCPACK to the iPXE script request: TFTP of iPXE, iPXE's own DHCP (by MAC)"),
+    BootPhase("installer_boot", "enrolled", "installing",
+              "first contact to the installer's host data: the live system boots"),
+    BootPhase("install", "installing", "installed",
+              "host data to set_installed: the disk is written"),
+    BootPhase("first_boot", "installed", "running",
+              "set_installed to boot_complete: reboot into the installed OS"),
+    BootPhase("installing_to_running", "installing", "running",
+              "host data / Ignition fetch to boot_complete (whole install, or a RAM boot "
+              "of a PXE-every-boot profile)"),
+    BootPhase("provision", "enrolled", "running",
+              "first contact to the first boot_complete: the whole provisioning"),
+)
+BOOT_EVENTS = frozenset(e for p in BOOT_PHASES for e in (p.start, p.end)) | {"configured"}
+
+
+class _PullCollector(Collector):
+    """Renders metric families from callables at scrape time; a failing callable is skipped."""
+
+    def __init__(self) -> None:
+        self.sources: list[Callable[[], Iterable[Metric]]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        """Every source's families (prometheus_client's Collector protocol)."""
+        for source in list(self.sources):
+            try:
+                families = list(source())
+            except Exception:
+                log.failure("a metrics source failed; its metrics are left out of this scrape")
+                continue
+            yield from families
+
+
+class BootPhaseTracker:
+    """Turns per-machine events into phase durations (see :data:`BOOT_PHASES`).
+
+    A phase is measured when its end event follows its start event for the same machine;
+    the start is then consumed, so a later repeat of the end event (``running`` on every
+    reboot) is not measured against a stale start.  At most *max_machines* machines are
+    remembered (least recently seen dropped first) and starts older than *max_age* seconds
+    are ignored, so a stream of unknown MACs cannot grow memory without bound.
+    """
+
+    def __init__(self, observe: Callable[[str, float], None], *, max_machines: int = 10000,
+                 max_age: float = 86400.0) -> None:
+        self._observe = observe
+        self.max_machines = max_machines
+        self.max_age = max_age
+        self._pending: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._by_start: dict[str, list[BootPhase]] = {}
+        self._by_end: dict[str, list[BootPhase]] = {}
+        for phase in BOOT_PHASES:
+            self._by_start.setdefault(phase.start, []).append(phase)
+            self._by_end.setdefault(phase.end, []).append(phase)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def event(self, machine: str, event: str, now: float) -> None:
+        """Record *event* for *machine* at *now* (seconds, any monotonic-enough clock)."""
+        if event not in BOOT_EVENTS:
+            raise ValueError(f"unknown boot event {event!r}; one of {sorted(BOOT_EVENTS)}")
+        key = machine.lower()
+        pending = self._pending.get(key)
+        if pending is not None:
+            self._pending.move_to_end(key)
+            for phase in self._by_end.get(event, ()):
+                started = pending.pop(phase.name, None)
+                if started is not None and 0 <= now - started <= self.max_age:
+                    self._observe(phase.name, now - started)
+            if event == "configured":
+                # A reinstall begins: nothing measured before it may end after it.
+                pending.clear()
+        starts = self._by_start.get(event, ())
+        if starts:
+            if pending is None:
+                pending = self._pending[key] = {}
+            for phase in starts:
+                pending[phase.name] = now
+        if pending is not None and not pending:
+            del self._pending[key]
+        while len(self._pending) > self.max_machines:
+            self._pending.popitem(last=False)
+
+
+class Metrics:
+    """Every pxestack metric in one registry, with the hooks that move them.
+
+    :param registry: where to register (default: a new, private registry, so two
+        instances never clash and tests need no global state).
+    :param process_metrics: also export ``process_*``, ``python_gc_*`` and
+        ``python_info`` (prometheus_client's standard collectors).
+    :param http_endpoints: first path segments that get their own ``endpoint`` label.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        process_metrics: bool = True,
+        http_endpoints: Iterable[str] = DEFAULT_HTTP_ENDPOINTS,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.http_endpoints = frozenset(http_endpoints)
+        reg = self.registry
+        self.dhcp_packets = Counter(
+            "pxestack_dhcp_packets", "DHCP datagrams received, by message type and outcome",
+            ["type", "outcome"], registry=reg)
+        self.dhcp_lease_events = Counter(
+            "pxestack_dhcp_lease_events", "Lease changes of the DHCP server, by kind",
+            ["event"], registry=reg)
+        self.tftp_transfers = Counter(
+            "pxestack_tftp_transfers", "Finished TFTP transfers, by outcome", ["outcome"],
+            registry=reg)
+        self.tftp_bytes = Counter(
+            "pxestack_tftp_bytes", "TFTP payload bytes acknowledged by clients", registry=reg)
+        self.tftp_datagrams = Counter(
+            "pxestack_tftp_datagrams_sent", "TFTP DATA/OACK datagrams sent, retransmissions "
+            "included", registry=reg)
+        self.tftp_retransmits = Counter(
+            "pxestack_tftp_retransmits", "TFTP DATA/OACK datagrams sent again", registry=reg)
+        self.tftp_duration = Histogram(
+            "pxestack_tftp_transfer_duration_seconds", "TFTP transfer time, request to end",
+            buckets=DURATION_BUCKETS, registry=reg)
+        self.http_requests = Counter(
+            "pxestack_http_requests", "HTTP requests answered, by endpoint, method and status",
+            ["endpoint", "method", "status"], registry=reg)
+        self.http_response_bytes = Counter(
+            "pxestack_http_response_bytes", "HTTP response body bytes, by endpoint",
+            ["endpoint"], registry=reg)
+        self.http_transfers = Counter(
+            "pxestack_http_asset_transfers", "Asset body transfers, by outcome and method",
+            ["outcome", "method"], registry=reg)
+        self.http_transfer_bytes = Counter(
+            "pxestack_http_asset_bytes", "Asset body bytes handed to the kernel, by method",
+            ["method"], registry=reg)
+        self.boot_phase_duration = Histogram(
+            "pxestack_boot_phase_duration_seconds", "Duration of each phase of a machine's "
+            "boot and provisioning", ["phase"], buckets=DURATION_BUCKETS, registry=reg)
+        self.boot_phases = BootPhaseTracker(
+            lambda phase, seconds: self.boot_phase_duration.labels(phase).observe(seconds))
+        self._pull = _PullCollector()
+        reg.register(self._pull)
+        if process_metrics:
+            ProcessCollector(registry=reg)
+            PlatformCollector(registry=reg)
+            GCCollector(registry=reg)
+
+    # -- DHCP ------------------------------------------------------------------------------
+
+    def dhcp_packet(self, received_type: int | None, outcome: str) -> None:
+        """One received datagram: its option 53 type (None when absent) and what came of it.
+
+        *outcome* is one of :data:`DHCP_OUTCOMES`: the type of the reply sent ("offer",
+        "ack", "nak"), "ignored" (no reply), "malformed" (dropped undecoded; pass
+        ``received_type=None``) or "error" (a bug in pxestack dropped it).
+        """
+        if received_type is None:
+            type_name = "none"
+        else:
+            type_name = DHCP_MESSAGE_TYPES.get(received_type, "other")
+        self.dhcp_packets.labels(type_name, outcome if outcome in DHCP_OUTCOMES else "other").inc()
+
+    def dhcp_replies(self, received_type: int | None, reply_types: Iterable[int | None]) -> None:
+        """:meth:`dhcp_packet` for a handled datagram, with the outcome taken from the
+        replies' message types (an empty list is "ignored")."""
+        outcome = "ignored"
+        for reply_type in reply_types:
+            name = DHCP_MESSAGE_TYPES.get(reply_type or 0, "")
+            if name in DHCP_OUTCOMES:
+                outcome = name
+        self.dhcp_packet(received_type, outcome)
+
+    def dhcp_lease_event(self, event: Any, now: float | None = None) -> None:
+        """A ``DhcpServerCore`` lease event (``on_event`` callback; duck-typed LeaseEvent).
+
+        With *now*, ``offered`` and ``bound`` also feed the ``dhcp`` and ``firmware`` boot
+        phases, keyed by the client's MAC address.
+        """
+        kind = str(getattr(event, "kind", ""))
+        self.dhcp_lease_events.labels(kind if kind in LEASE_EVENTS else "other").inc()
+        mac = getattr(event, "mac", b"")
+        if now is not None and kind in ("offered", "bound") and isinstance(mac, bytes) and mac:
+            self.boot_event(mac_text(mac), f"dhcp_{kind}", now)
+
+    def watch_leases(self, source: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
+        """Export ``pxestack_dhcp_leases_in_use`` and ``pxestack_dhcp_pool_addresses``.
+
+        *source* returns ``{pool: (in_use, size)}`` at scrape time, e.g.
+        ``lambda: leases_by_pool(store, reactor.seconds())``.
+        """
+
+        def families() -> Iterator[Metric]:
+            data = source()
+            in_use = GaugeMetricFamily("pxestack_dhcp_leases_in_use",
+                                       "Addresses offered or bound now, per pool", labels=["pool"])
+            size = GaugeMetricFamily("pxestack_dhcp_pool_addresses",
+                                     "Dynamic addresses per pool", labels=["pool"])
+            for pool, (used, total) in sorted(data.items()):
+                in_use.add_metric([pool], used)
+                size.add_metric([pool], total)
+            yield in_use
+            yield size
+
+        self._pull.sources.append(families)
+
+    # -- TFTP ------------------------------------------------------------------------------
+
+    def tftp_transfer(self, stats: Any) -> None:
+        """One finished TFTP transfer (the server's ``on_stats`` callback; a SessionStats)."""
+        outcome = getattr(stats, "outcome", None)
+        label = str(getattr(outcome, "value", outcome))
+        self.tftp_transfers.labels(label).inc()
+        self.tftp_bytes.inc(max(0, int(stats.bytes_acked)))
+        self.tftp_datagrams.inc(max(0, int(stats.datagrams_sent)))
+        self.tftp_retransmits.inc(max(0, int(stats.retransmits)))
+        duration = float(stats.finished) - float(stats.started)
+        if duration >= 0:
+            self.tftp_duration.observe(duration)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def endpoint_of(self, path: bytes | str) -> str:
+        """The ``endpoint`` label for a request path: its first segment when known."""
+        text = path.decode("latin-1") if isinstance(path, bytes) else path
+        first = text.split("?", 1)[0].lstrip("/").split("/", 1)[0]
+        if not first:
+            return "root"
+        return first if first in self.http_endpoints else "other"
+
+    def http_request(self, request: Any) -> None:
+        """One finished twisted.web request (call from ``Site.log``; duck-typed Request)."""
+        endpoint = self.endpoint_of(getattr(request, "path", b"") or b"")
+        raw_method = getattr(request, "method", b"") or b""
+        method = raw_method.decode("latin-1") if isinstance(raw_method, bytes) else str(raw_method)
+        code = getattr(request, "code", 0)
+        status = str(code) if isinstance(code, int) and 100 <= code <= 599 else "other"
+        self.http_requests.labels(endpoint, method if method in HTTP_METHODS else "other",
+                                  status).inc()
+        sent = getattr(request, "sentLength", 0)
+        if isinstance(sent, int) and sent > 0:
+            self.http_response_bytes.labels(endpoint).inc(sent)
+
+    def http_transfer(self, record: Any) -> None:
+        """One asset body transfer (an ``AssetStats.observers`` entry; a TransferRecord)."""
+        outcome = str(getattr(record, "outcome", "other"))
+        if outcome not in ("completed", "client-gone", "stalled", "stopped"):
+            outcome = "other"
+        method = str(getattr(record, "method", "other"))
+        if method not in ("sendfile", "copy"):
+            method = "other"
+        self.http_transfers.labels(outcome, method).inc()
+        self.http_transfer_bytes.labels(method).inc(max(0, int(getattr(record, "sent", 0))))
+
+    # -- provisioning ----------------------------------------------------------------------
+
+    def watch_hosts(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """Export ``pxestack_hosts{state}`` and ``pxestack_hosts_by_profile{profile}``.
+
+        *source* yields ``(state, profile)`` per host at scrape time, e.g.
+        ``lambda: [(h.state.value, h.profile) for h in provisioner.hosts()]``.
+        """
+
+        def families() -> Iterator[Metric]:
+            by_state: dict[str, int] = dict.fromkeys(
+                ("unknown", "configured", "installing", "installed", "running"), 0)
+            by_profile: dict[str, int] = {}
+            for state, profile in source():
+                by_state[state] = by_state.get(state, 0) + 1
+                by_profile[profile or "-"] = by_profile.get(profile or "-", 0) + 1
+            states = GaugeMetricFamily("pxestack_hosts", "Provisioned hosts per state",
+                                       labels=["state"])
+            for state, count in sorted(by_state.items()):
+                states.add_metric([state], count)
+            profiles = GaugeMetricFamily("pxestack_hosts_by_profile",
+                                         "Provisioned hosts per profile", labels=["profile"])
+            for profile, count in sorted(by_profile.items()):
+                profiles.add_metric([profile], count)
+            yield states
+            yield profiles
+
+        self._pull.sources.append(families)
+
+    def boot_event(self, machine: str, event: str, now: float) -> None:
+        """A step in a machine's boot (see :data:`BOOT_PHASES`); ends any phase it closes.
+
+        The provisioning layer reports ``enrolled`` (first contact), ``installing``,
+        ``installed``, ``running`` and ``configured`` keyed by serial; the HTTP layer
+        reports ``boot_script`` keyed by MAC when the iPXE script request names one.
+        MACs may be given as iPXE's ``${mac:hexhyp}`` (``52-54-00-..``) or with colons.
+        """
+        key = machine.strip().lower()
+        if _HYPHEN_MAC.fullmatch(key):
+            key = key.replace("-", ":")
+        self.boot_phases.event(key, event, now)
+
+    def host_transition(self, serial: str, state: str, now: float, *,
+                        enrolled: bool = False) -> None:
+        """A host record changed: *enrolled* on first contact, else its new *state*.
+
+        The provisioning layer's one hook for boot phases: ``installing``, ``installed``,
+        ``running`` and ``configured`` end and start phases; ``unknown`` does nothing.
+        """
+        if enrolled:
+            self.boot_event(serial, "enrolled", now)
+        elif state in BOOT_EVENTS:
+            self.boot_event(serial, state, now)
+
+    # -- generic ---------------------------------------------------------------------------
+
+    def watch_counters(self, name: str, documentation: str,
+                       source: Callable[[], Mapping[str, int]], *,
+                       exclude: Iterable[str] = ()) -> None:
+        """Export a fixed set of running counters as ``<name>_total{event}``.
+
+        For counters an adapter already keeps (``tftp ServerStats.snapshot``,
+        ``DhcpServerCore.counters``); *name* must start with ``pxestack_``.  Keys in
+        *exclude* (gauges such as ``active``) are left out: export them with
+        :meth:`watch_gauge`.
+        """
+        _check_name(name)
+        skipped = frozenset(exclude)
+
+        def families() -> Iterator[Metric]:
+            family = CounterMetricFamily(name, documentation, labels=["event"])
+            for key, value in sorted(source().items()):
+                if key not in skipped:
+                    family.add_metric([key], value)
+            yield family
+
+        self._pull.sources.append(families)
+
+    def watch_gauge(self, name: str, documentation: str, source: Callable[[], float]) -> None:
+        """Export one value read at scrape time (e.g. ``ServerStats.active``) as a gauge."""
+        _check_name(name)
+
+        def families() -> Iterator[Metric]:
+            yield GaugeMetricFamily(name, documentation, value=source())
+
+        self._pull.sources.append(families)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type, negotiated from an ``Accept`` header."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+_HYPHEN_MAC = re.compile(r"[0-9a-f]{2}(-[0-9a-f]{2}){5}")
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(r"pxestack_[a-z0-9_]+", name):
+        raise ValueError(f"metric name {name!r} must be pxestack_ and lower-case words")
+
+
+def mac_text(mac: bytes) -> str:
+    """A hardware address as lower-case ``aa:bb:..`` (the key boot events use)."""
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def leases_by_pool(store: Any, now: float) -> dict[str, tuple[int, int]]:
+    """``{pool: (in_use, size)}`` for an ``InMemoryLeaseStore`` (for :meth:`Metrics.watch_leases`).
+
+    A pool is a configured subnet, labelled by its network (``198.18.0.0/24``); *in_use*
+    counts addresses offered or bound at *now* inside its dynamic ranges and reservations.
+    """
+    subnets = list(store.subnets)
+    result = {str(s.network): [0, sum(len(r) for r in s.ranges)] for s in subnets}
+    for lease in store.leases():
+        if not lease.active(now):
+            continue
+        for subnet in subnets:
+            if lease.address in subnet.network:
+                result[str(subnet.network)][0] += 1
+                break
+    return {pool: (used, size) for pool, (used, size) in result.items()}
+
+
+class MetricsResource(Resource):
+    """``GET /metrics``: the registry in Prometheus text (or OpenMetrics) format.
+
+    :param token: when set, scrapes must send ``Authorization: Bearer <token>`` (Prometheus'
+        ``authorization`` scrape setting); otherwise the page is open, as usual for metrics
+        (they hold counts, never secrets or host names).
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics, *, token: str | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # twisted.web is untyped here
+        self.metrics = metrics
+        self.token = token
+
+    def render_GET(self, request: Any) -> bytes:
+        """The exposition body (HEAD is answered by twisted.web from this)."""
+        if self.token is not None:
+            header = request.getHeader(b"authorization") or b""
+            expected = b"Bearer " + self.token.encode()
+            if not hmac.compare_digest(header, expected):
+                request.setResponseCode(401)
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="pxestack-metrics"')
+                request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+                return b"metrics token required\n"
+        accept = request.getHeader(b"accept")
+        body, content_type = self.metrics.render(accept.decode("latin-1") if accept else None)
+        request.setHeader(b"Content-Type", content_type.encode("latin-1"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
+
+
+def instrument_site(site: Any, metrics: Metrics) -> None:
+    """Count every request *site* answers (wraps its ``log`` method, twisted.web's
+    per-request completion hook), and every asset transfer when it has ``stats.observers``.
+
+    For wiring without touching the site's class; a site that calls
+    :meth:`Metrics.http_request` from its own ``log`` does not need this.
+    """
+    original = site.log
+
+    def log_and_count(request: Any) -> None:
+        original(request)
+        try:
+            metrics.http_request(request)
+        except Exception:
+            log.failure("counting an HTTP request failed")
+
+    site.log = log_and_count
+    observers = getattr(getattr(site, "stats", None), "observers", None)
+    if isinstance(observers, list):
+        observers.append(metrics.http_transfer)
+
+
+__all__ = [
+    "BOOT_EVENTS",
+    "BOOT_PHASES",
+    "DEFAULT_HTTP_ENDPOINTS",
+    "DHCP_MESSAGE_TYPES",
+    "DHCP_OUTCOMES",
+    "BootPhase",
+    "BootPhaseTracker",
+    "Metrics",
+    "MetricsResource",
+    "instrument_site",
+    "leases_by_pool",
+    "mac_text",
+]

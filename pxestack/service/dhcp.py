@@ -1,0 +1,389 @@
+"""The DHCP service: the ``dhcp:`` section turned into listening sockets and a lease database.
+
+:func:`build_dhcp_services` returns one :class:`DhcpService` (a ``MultiService``).  Work
+that needs privileges or touches the system happens in ``privilegedStartService``, before
+twistd drops root, exactly like the port services:
+
+* each named interface is looked up (:mod:`pxestack.netif`) and gets its own socket on port
+  67, bound with ``SO_BINDTODEVICE`` so that the interface of every packet is known (the
+  cores take it as an argument) and several interfaces are served at once;
+* with no interfaces named, one socket on ``listen`` (the quickstart uses 127.0.0.1:6767);
+* full server: the lease journal is recovered (a torn tail is skipped) and the lease store
+  restored; an ``AF_PACKET`` socket per interface sends unicast replies to clients that have
+  no address yet (falls back to broadcast without CAP_NET_RAW);
+* proxy mode: port 67 (shared with a site DHCP server on the same host through
+  ``SO_REUSEADDR``) and the PXE port 4011 (``proxy_port``; 0 disables it).
+
+Stopping closes the sockets, cancels the expiry timer, compacts and closes the journal.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from twisted.application import internet, service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from pxestack.config import Config
+from pxestack.config.dhcp import BootConfig, DhcpConfig, client_id_bytes, mac_bytes
+from pxestack.dhcp.decide import BootDefaults
+from pxestack.dhcp.journal import LeaseJournal
+from pxestack.dhcp.leases import AddressRange, InMemoryLeaseStore, Reservation, Subnet
+from pxestack.dhcp.policy import BootPolicy, StaticBootPolicy
+from pxestack.dhcp.protocol import (
+    DeadlineTimer,
+    DhcpServerProtocol,
+    FrameSenderFactory,
+    ProxyDhcpProtocol,
+    RawUnicastSender,
+)
+from pxestack.dhcp.proxy import ProxyDhcpCore
+from pxestack.dhcp.server import (
+    EVENT_KINDS,
+    DhcpServerCore,
+    InterfaceInfo,
+    LeaseEvent,
+    ServerSettings,
+    SubnetSettings,
+)
+from pxestack.errors import ApiMisuse
+from pxestack.netif import InterfaceError, interface_for_address, lookup_interface
+from pxestack.service.ports import UdpPortService
+from pxestack.wire import constants as c
+
+log = Logger()
+
+#: Journal file name under ``state_dir`` when ``dhcp.lease_file`` is not set.
+DEFAULT_LEASE_FILE = "dhcp-leases.journal"
+#: Seconds between journal compaction checks.
+MAINTENANCE_INTERVAL = 60.0
+#: Compact when this many records were appended since the last compaction (and the journal
+#: holds at least twice as many records as live leases).
+COMPACT_AFTER = 10_000
+
+
+def boot_defaults(config: Config, server_address: IPv4Address) -> BootDefaults:
+    """The boot decision's defaults from ``dhcp.boot`` and ``http.public_url``."""
+    dhcp = config.dhcp
+    boot = dhcp.boot if dhcp is not None else BootConfig()
+    public_url = config.http.public_url if config.http is not None else None
+    script = boot.ipxe_script_url or (f"{public_url}/boot.ipxe" if public_url else None)
+    return BootDefaults(
+        server_address=server_address,
+        ipxe_script_url=script,
+        http_boot_base_url=public_url,
+        tftp_server=boot.tftp_server,
+        bios_file=boot.bios_file,
+        efi_x64_file=boot.efi_x64_file,
+        efi_ia32_file=boot.efi_ia32_file,
+        efi_arm64_file=boot.efi_arm64_file,
+        ipxe_user_class=boot.ipxe_user_class,
+    )
+
+
+def server_settings(dhcp: DhcpConfig) -> ServerSettings:
+    """Subnets (pools grouped by subnet; the first pool's options win) and switches."""
+    grouped: dict[IPv4Network, list[Any]] = {}
+    for pool in dhcp.pools:
+        grouped.setdefault(pool.subnet, []).append(pool)
+    subnets = []
+    for network, pools in grouped.items():
+        first = pools[0]
+        subnets.append(
+            SubnetSettings(
+                subnet=Subnet(network, tuple(AddressRange(p.start, p.end) for p in pools)),
+                lease_time=first.lease_time or dhcp.lease_time,
+                routers=(first.router,) if first.router is not None else (),
+                dns=first.dns,
+                ntp=first.ntp,
+                domain=first.domain,
+            )
+        )
+    return ServerSettings(
+        subnets=tuple(subnets),
+        relays=frozenset(dhcp.relays),
+        offer_hold=float(dhcp.offer_hold),
+        match_client_id=dhcp.match_client_id,
+        authoritative=dhcp.authoritative,
+        decline_quarantine=float(dhcp.decline_quarantine),
+    )
+
+
+def reservations(dhcp: DhcpConfig) -> list[Reservation]:
+    """``dhcp.reservations`` as lease-store values."""
+    return [
+        Reservation(
+            address=r.address,
+            mac=mac_bytes(r.mac) if r.mac is not None else None,
+            client_id=client_id_bytes(r.client_id) if r.client_id is not None else None,
+            hostname=r.hostname,
+        )
+        for r in dhcp.reservations
+    ]
+
+
+#: Lease events worth logging at each log level (offers and expiry only at debug).
+EVENTS_BY_LEVEL = {
+    "debug": EVENT_KINDS,
+    "info": frozenset({"bound", "released", "declined", "nak", "pool-exhausted"}),
+    "warn": frozenset({"nak", "pool-exhausted"}),
+    "error": frozenset(),
+}
+
+
+def _log_event(event: LeaseEvent) -> None:
+    """Structured log line per lease change (offers and expiry at debug level)."""
+    address = str(event.lease.address) if event.lease is not None else event.detail
+    fields = {
+        "event": event.kind,
+        "address": address,
+        "mac": event.mac.hex(":"),
+        "xid": f"{event.xid:08x}",
+        "iface": event.interface,
+        "detail": event.detail,
+    }
+    if event.kind in ("offered", "expired"):
+        log.debug("dhcp {event} {address} for {mac} on {iface}", **fields)
+    elif event.kind in ("nak", "pool-exhausted"):
+        log.warn("dhcp {event} for {mac} on {iface}: {detail}", **fields)
+    else:
+        log.info("dhcp {event} {address} for {mac} on {iface}", **fields)
+
+
+class DhcpService(service.MultiService):
+    """The DHCP server or proxy for one configuration.  Its port children are created when
+    it starts (interfaces are looked up then), so a missing interface fails the start with
+    a message naming it, not the construction."""
+
+    def __init__(
+        self,
+        config: Config,
+        policy: BootPolicy,
+        *,
+        reactor: Any = None,
+        frame_senders: FrameSenderFactory | None = None,
+        lookup: Any = None,
+    ) -> None:
+        super().__init__()
+        if config.dhcp is None:
+            raise ApiMisuse("DhcpService needs a dhcp: section")
+        self.setName("dhcp")
+        self.config = config
+        self.dhcp: DhcpConfig = config.dhcp
+        self.policy = policy
+        self._reactor = reactor
+        self._frame_senders = frame_senders or RawUnicastSender.open
+        self._lookup = lookup or lookup_interface
+        self.core: DhcpServerCore | None = None
+        self.store: InMemoryLeaseStore | None = None
+        self.journal: LeaseJournal | None = None
+        self.timer: DeadlineTimer | None = None
+        self.proxy_cores: list[ProxyDhcpCore] = []
+        self.protocols: list[DhcpServerProtocol | ProxyDhcpProtocol] = []
+        self._senders: list[Any] = []
+        self._prepared = False
+
+    @property
+    def reactor(self) -> Any:
+        """The reactor the ports and timers use."""
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    @property
+    def lease_file(self) -> Path:
+        """Where the lease journal lives."""
+        return self.dhcp.lease_file or self.config.state_dir / DEFAULT_LEASE_FILE
+
+    # -- interfaces --------------------------------------------------------------------
+
+    def _interfaces(self) -> list[tuple[InterfaceInfo, str | None]]:
+        """(interface, device to bind) for every socket to open."""
+        if self.dhcp.interfaces:
+            found: list[tuple[InterfaceInfo, str | None]] = []
+            for name in self.dhcp.interfaces:
+                nic = self._lookup(name)
+                found.append((InterfaceInfo(nic.name, nic.address, nic.network), name))
+            return found
+        host, _ = self.dhcp.listen
+        address = self.dhcp.server_address or IPv4Address(host)
+        if address == IPv4Address(0):
+            raise InterfaceError(
+                "dhcp.listen is 0.0.0.0 and no dhcp.interfaces are named: set "
+                "dhcp.interfaces or dhcp.server_address so replies can name this server"
+            )
+        nic = interface_for_address(address)
+        if nic is not None:
+            network = nic.network
+            name = nic.name
+        else:
+            pool = next((p for p in self.dhcp.pools if address in p.subnet), None)
+            network = pool.subnet if pool is not None else IPv4Network(f"{address}/32")
+            name = "listen"
+        return [(InterfaceInfo(name, address, network), None)]
+
+    def _reply_targets(self, info: InterfaceInfo) -> dict[str, Any]:
+        """Broadcast address and client port for replies on this socket.
+
+        On port 67 replies go to 255.255.255.255:68.  On a test port (the quickstart's 6767)
+        clients listen on port + 1, and a loopback socket broadcasts to its own network.
+        """
+        port = self.dhcp.listen[1]
+        client_port = c.DHCP_CLIENT_PORT if port == c.DHCP_SERVER_PORT else port + 1
+        broadcast = (
+            str(info.network.broadcast_address) if info.address.is_loopback
+            else "255.255.255.255"
+        )
+        return {"client_port": client_port, "broadcast_address": broadcast}
+
+    # -- start / stop ------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        self._prepared = True
+        interfaces = self._interfaces()
+        host, port = self.dhcp.listen
+        if self.dhcp.mode == "server":
+            self._prepare_server(interfaces, host, port)
+        else:
+            self._prepare_proxy(interfaces, host, port)
+
+    def _prepare_server(
+        self, interfaces: list[tuple[InterfaceInfo, str | None]], host: str, port: int
+    ) -> None:
+        settings = server_settings(self.dhcp)
+        journal, contents = LeaseJournal.open(self.lease_file, sync=self.dhcp.fsync)
+        store = InMemoryLeaseStore(
+            [s.subnet for s in settings.subnets],
+            reservations(self.dhcp),
+            max_offers=self.dhcp.max_offers,
+            listener=journal,
+        )
+        now = self.reactor.seconds()
+        kept = store.restore(contents.leases.values(), contents.declines.values(), now)
+        log.info(
+            "dhcp lease journal {path}: {kept} leases restored, {skipped} damaged bytes skipped",
+            path=str(self.lease_file), kept=kept, skipped=contents.skipped_bytes,
+        )
+        core = DhcpServerCore(
+            settings, store, self.policy, boot_defaults(self.config, IPv4Address(0)),
+            on_event=_log_event,
+            event_kinds=EVENTS_BY_LEVEL.get(self.config.log_level, EVENT_KINDS),
+        )
+        timer = DeadlineTimer(core, self.reactor)
+        self.core, self.store, self.journal, self.timer = core, store, journal, timer
+        for info, device in interfaces:
+            frames = None
+            if device is not None and self.dhcp.raw_replies:
+                frames = self._frame_senders(device)
+                if frames is not None:
+                    self._senders.append(frames)
+            protocol = DhcpServerProtocol(
+                core, info, timer=timer, reactor=self.reactor, frames=frames,
+                **self._reply_targets(info),
+            )
+            self.protocols.append(protocol)
+            self._add_port(port, protocol, "" if device else host, device, reuse=False)
+        maintenance = internet.TimerService(MAINTENANCE_INTERVAL, self.maintain)
+        maintenance.clock = self.reactor
+        maintenance.setServiceParent(self)
+        timer.rearm()
+
+    def _prepare_proxy(
+        self, interfaces: list[tuple[InterfaceInfo, str | None]], host: str, port: int
+    ) -> None:
+        for info, device in interfaces:
+            core = ProxyDhcpCore(
+                boot_defaults(self.config, info.address),
+                self.policy,
+                relays=self.dhcp.relays,
+                proxy_port=self.dhcp.proxy_port or c.PXE_PROXY_PORT,
+            )
+            self.proxy_cores.append(core)
+            ports = [port]
+            if self.dhcp.proxy_port:
+                ports.append(self.dhcp.proxy_port)
+            for number in ports:
+                protocol = ProxyDhcpProtocol(
+                    core, info, port=number, reactor=self.reactor, **self._reply_targets(info)
+                )
+                self.protocols.append(protocol)
+                # Port 67 is shared with a site DHCP server on the same host (SO_REUSEADDR).
+                self._add_port(number, protocol, "" if device else host, device, reuse=True)
+
+    def _add_port(
+        self, port: int, protocol: Any, host: str, device: str | None, *, reuse: bool
+    ) -> None:
+        UdpPortService(
+            port, protocol, host, device=device, broadcast=True, reuse_address=reuse,
+            reactor=self.reactor,
+        ).setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """Look up interfaces, recover leases, open raw sockets and bind every port."""
+        self._prepare()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        """Start (binding now if twistd did not call ``privilegedStartService``)."""
+        self._prepare()
+        super().startService()
+
+    def maintain(self) -> None:
+        """Periodic: compact the journal once it is mostly stale records."""
+        if self.journal is None or self.store is None:
+            return
+        if self.journal.appended >= COMPACT_AFTER and self.journal.appended >= 2 * len(self.store):
+            written = self.journal.compact(self.store.leases(), self.store.declines())
+            log.info("dhcp lease journal compacted to {records} records", records=written)
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Close the ports, stop the timer, compact and close the journal."""
+        stopped: defer.Deferred[None] = defer.maybeDeferred(super().stopService)
+
+        def finish(result: object) -> object:
+            if self.timer is not None:
+                self.timer.stop()
+            for sender in self._senders:
+                close = getattr(sender, "close", None)
+                if close is not None:
+                    close()
+            self._senders.clear()
+            if self.journal is not None and self.store is not None:
+                self.journal.compact(self.store.leases(), self.store.declines())
+                self.journal.close()
+                self.journal = None
+            return result
+
+        stopped.addBoth(finish)
+        return stopped
+
+
+def build_dhcp_services(
+    config: Config, ext: Any, *, reactor: Any = None
+) -> list[service.IService]:
+    """The services for the ``dhcp:`` section (one :class:`DhcpService`).
+
+    *ext* is a :class:`pxestack.service.Extensions`; its ``boot_policy`` replaces the
+    default :class:`~pxestack.dhcp.policy.StaticBootPolicy`.
+    """
+    if config.dhcp is None:
+        raise ApiMisuse("build_dhcp_services called without a dhcp: section")
+    policy = getattr(ext, "boot_policy", None) or StaticBootPolicy()
+    return [DhcpService(config, policy, reactor=reactor)]
+
+
+__all__ = [
+    "DEFAULT_LEASE_FILE",
+    "DhcpService",
+    "boot_defaults",
+    "build_dhcp_services",
+    "reservations",
+    "server_settings",
+]

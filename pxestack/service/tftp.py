@@ -1,0 +1,92 @@
+"""The TFTP service: the ``tftp:`` section turned into a listening :class:`TftpServer`.
+
+:func:`build_tftp_services` is what :func:`pxestack.service.build_service` calls.  The
+content source is the filesystem root from the config unless a higher layer (provisioning,
+an embedder) passes its own :class:`~pxestack.tftp.source.FileSource` in
+:class:`~pxestack.service.Extensions`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+
+from pxestack.config import Config
+from pxestack.config.tftp import TftpConfig
+from pxestack.errors import ApiMisuse
+from pxestack.service.ports import UdpPortService
+from pxestack.tftp.negotiate import NegotiationLimits
+from pxestack.tftp.protocol import TftpServer
+from pxestack.tftp.session import SessionSettings
+from pxestack.tftp.source import FileSource, FilesystemSource, UploadDirectory
+
+
+class TftpService(UdpPortService):
+    """The TFTP listener port plus its :class:`TftpServer`; stopping cancels transfers.
+
+    :ivar server: the controller (its ``stats`` hold the server counters).
+    """
+
+    def __init__(self, server: TftpServer, listen: tuple[str, int], *,
+                 reactor: Any = None) -> None:
+        super().__init__(listen[1], server.listener(), listen[0], reactor=reactor)
+        self.server = server
+        self.setName("tftp")
+
+    def stopService(self) -> Any:
+        """Cancel running transfers (clients get an ERROR), then close the port."""
+        self.server.stop()
+        return super().stopService()
+
+
+def session_settings(tftp: TftpConfig) -> SessionSettings:
+    """The sans-IO session tunables the ``tftp:`` section describes."""
+    return SessionSettings(
+        limits=NegotiationLimits(
+            max_blksize=tftp.max_blksize,
+            max_windowsize=tftp.max_windowsize,
+            allow_blksize=tftp.blksize_option,
+            allow_windowsize=tftp.windowsize_option,
+        ),
+        max_retries=tftp.retries,
+        deadline=tftp.deadline,
+        initial_rto=tftp.initial_rto,
+        min_rto=tftp.min_rto,
+        max_rto=tftp.max_rto,
+    )
+
+
+def build_tftp_services(
+    config: Config, ext: Any, *, reactor: Any = None
+) -> list[service.IService]:
+    """The TFTP service for *config*; *ext* is a :class:`pxestack.service.Extensions`.
+
+    ``ext.tftp_source`` replaces the filesystem root when set.  The root (and the upload
+    directory, when configured) is created if missing.
+    """
+    tftp = config.tftp
+    if tftp is None:
+        raise ApiMisuse("build_tftp_services needs a config with a tftp section")
+    source: FileSource | None = getattr(ext, "tftp_source", None)
+    if source is None:
+        tftp.root.mkdir(parents=True, exist_ok=True)
+        source = FilesystemSource(tftp.root, lowercase=tftp.lowercase)
+    upload = None
+    if tftp.upload_dir is not None:
+        tftp.upload_dir.mkdir(parents=True, exist_ok=True)
+        upload = UploadDirectory(tftp.upload_dir)
+    server = TftpServer(
+        source,
+        settings=session_settings(tftp),
+        upload=upload,
+        single_port=tftp.single_port,
+        per_client_limit=tftp.per_client_limit,
+        max_transfers=tftp.max_transfers,
+        transfer_host=tftp.listen[0],
+        reactor=reactor,
+    )
+    return [TftpService(server, tftp.listen, reactor=reactor)]
+
+
+__all__ = ["TftpService", "build_tftp_services", "session_settings"]

@@ -1,0 +1,133 @@
+"""mayu config migration, provisioning_extensions wiring, and /admin/mayu_config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from provision_helpers import ADMIN_TOKEN, Client
+
+from pxestack.config import load_config
+from pxestack.dhcp.policy import BootPolicy
+from pxestack.errors import ConfigError
+from pxestack.provision.mayu_import import mayu_to_provision, migrate_main
+from pxestack.provision.service import ProvisioningService, provisioning_extensions
+from pxestack.service import Extensions
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_example_mayu_config_converts_and_loads(tmp_path):
+    data = yaml.safe_load((EXAMPLES / "mayu-config.yaml").read_text())
+    mapping, notes = mayu_to_provision(data)
+    assert any("bootstrap_range" in n for n in notes)
+    config = load_config({"provision": {"cluster_dir": str(tmp_path), **mapping}}).provision
+    assert [p.name for p in config.profiles] == ["core", "worker"]
+    assert config.default_os_version == "3975.2.0"
+    assert str(config.network.ip_range.end) == "198.18.0.90"
+    assert all(p.install == "disk" for p in config.profiles)
+
+
+def test_era_c_config_makes_pxe_profiles():
+    mapping, _ = mayu_to_provision(
+        {
+            "default_flatcar_version": "3975.2.0",
+            "network": {
+                "primary_nic": {
+                    "ip_range": {"start": "198.18.0.10", "end": "198.18.0.20"},
+                    "network_model": {"type": "singlenic"},
+                }
+            },
+            "profiles": [{"name": "core", "quantity": 3}],
+        }
+    )
+    assert mapping["profiles"][0]["install"] == "pxe"
+    assert mapping["network"]["ip_range"]["start"] == "198.18.0.10"
+
+
+def test_unmappable_keys_are_errors_with_mayu_paths():
+    with pytest.raises(ConfigError) as caught:
+        mayu_to_provision(
+            {
+                "network": {
+                    "network_model": "bridge",
+                    "ip_range": {"start": "x", "end": "1.2.3.4"},
+                },
+                "profiles": [{"name": "a", "colour": "red"}],
+                "surprise": 1,
+            }
+        )
+    paths = {p.path for p in caught.value.problems}
+    assert paths == {
+        "default_coreos_version",
+        "network.network_model",
+        "network.ip_range.start",
+        "profiles[0].colour",
+        "surprise",
+    }
+
+
+def test_migrate_cli_hook(tmp_path, capsys):
+    assert migrate_main([str(EXAMPLES / "mayu-config.yaml")]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["provision"]["profiles"][0]["name"] == "core"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("network: {network_model: bridge}\n")
+    assert migrate_main([str(bad)]) == 1
+
+
+def _config(tmp_path, listen="127.0.0.1:18080", **provision):
+    return load_config(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "http": {"listen": listen, "public_url": "http://198.18.0.1:18080"},
+            "provision": {"profiles": [{"name": "core", "quantity": 1}], **provision},
+        }
+    )
+
+
+def test_extensions_plug_into_the_service_layer(tmp_path):
+    ext = provisioning_extensions(_config(tmp_path))
+    assert isinstance(ext, Extensions)
+    assert isinstance(ext.boot_policy, BootPolicy)
+    assert ext.tftp_source is None
+    assert {b"ipxebootscript", b"first-stage-script", b"images", b"admin"} <= set(ext.http_children)
+    assert isinstance(ext.services[0], ProvisioningService)
+
+
+def test_admin_token_required_off_loopback(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        provisioning_extensions(_config(tmp_path, listen="0.0.0.0:18080"))
+    assert caught.value.problems[0].path == "provision.api.token"
+    provisioning_extensions(_config(tmp_path, listen="0.0.0.0:18080", api={"token": "t"}))
+
+
+def test_mayu_config_get_and_put_persist(tmp_path):
+    from twisted.web.resource import Resource
+
+    ext = provisioning_extensions(_config(tmp_path, api={"token": ADMIN_TOKEN}))
+    root = Resource()
+    for name, child in ext.http_children.items():
+        root.putChild(name, child)
+    # The production runner uses a thread pool; swap in the synchronous one for the stub.
+    from pxestack.provision.api import synchronous_runner
+
+    ext.http_children[b"admin"].api.run = synchronous_runner
+    client = Client(root)
+    current = client.request("GET", "/admin/mayu_config", token=ADMIN_TOKEN)
+    assert current.code == 200
+    assert yaml.safe_load(current.body)["profiles"] == [{"name": "core", "quantity": 1}]
+    new = yaml.safe_load(current.body)
+    new["profiles"] = [{"name": "big", "quantity": 50}]
+    put = client.request("PUT", "/admin/mayu_config", yaml.safe_dump(new), token=ADMIN_TOKEN)
+    assert put.code == 202
+    again = yaml.safe_load(client.request("GET", "/admin/mayu_config", token=ADMIN_TOKEN).body)
+    assert again["profiles"] == [{"name": "big", "quantity": 50}]
+    bad = client.request(
+        "PUT", "/admin/mayu_config", "network: {network_model: bridge}", token=ADMIN_TOKEN
+    )
+    assert bad.code == 400
+    # Kept across a restart.
+    ext2 = provisioning_extensions(_config(tmp_path, api={"token": ADMIN_TOKEN}))
+    assert ext2.boot_policy.provisioner.config.profiles[0].name == "big"

@@ -1,0 +1,212 @@
+"""build_dhcp_services: sockets per interface, the lease journal across restarts, proxy mode."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from pxestack.config import load_config
+from pxestack.dhcp.leases import LeaseState
+from pxestack.dhcp.policy import BootSpec, StaticBootPolicy
+from pxestack.dhcp.protocol import DhcpServerProtocol, ProxyDhcpProtocol
+from pxestack.netif import InterfaceError, NetInterface
+from pxestack.service import Extensions, build_service
+from pxestack.service.dhcp import DhcpService, build_dhcp_services
+from pxestack.service.ports import UdpPortService
+from pxestack.wire import constants as c
+from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
+from pxestack.wire.dhcp_options import DhcpOptions
+
+MAC = bytes.fromhex("020000000042")
+
+
+class FakePort:
+    def __init__(self, port: int, interface: str) -> None:
+        self.port, self.interface = port, interface
+        self.broadcast = False
+        self.stopped = False
+
+    def getHost(self) -> Any:
+        return type("Host", (), {"host": self.interface, "port": self.port})()
+
+    def setBroadcastAllowed(self, allowed: bool) -> None:
+        self.broadcast = allowed
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class FakeUdpReactor(Clock):
+    """listenUDP/adoptDatagramPort recorder on top of task.Clock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.advance(1_700_000_000)
+        self.ports: list[tuple[FakePort, Any]] = []
+
+    def listenUDP(self, port: int, protocol: Any, interface: str = "") -> FakePort:
+        fake = FakePort(port, interface)
+        self.ports.append((fake, protocol))
+        protocol.makeConnection(Transport())
+        return fake
+
+    def adoptDatagramPort(self, fileno: int, family: int, protocol: Any) -> FakePort:
+        fake = FakePort(-1, "adopted")
+        self.ports.append((fake, protocol))
+        protocol.makeConnection(Transport())
+        return fake
+
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+
+def config(tmp_path: Path, **dhcp: object) -> Any:
+    section: dict[str, object] = {
+        "listen": "127.0.0.1:6767",
+        "proxy_port": 0,
+        "fsync": False,
+        "pools": [{"subnet": "127.0.0.0/8", "start": "127.0.10.10", "end": "127.0.10.20",
+                   "router": "127.0.0.1", "dns": ["127.0.0.1"]}],
+    }
+    section.update(dhcp)
+    return load_config(
+        {"state_dir": str(tmp_path / "state"), "dhcp": section,
+         "http": {"public_url": "http://127.0.0.1:8080"}},
+        base_dir=tmp_path,
+    )
+
+
+def packet(kind: int, **options: bytes) -> bytes:
+    items = {c.OPT_MESSAGE_TYPE: bytes((kind,))}
+    items.update({int(k[1:]): v for k, v in options.items()})
+    return encode_dhcp(DhcpMessage(op=c.BOOTREQUEST, xid=99, chaddr=MAC,
+                                   flags=c.FLAG_BROADCAST, options=DhcpOptions(items)))
+
+
+def start(cfg: Any, reactor: FakeUdpReactor, ext: Extensions | None = None) -> DhcpService:
+    [svc] = build_dhcp_services(cfg, ext or Extensions(), reactor=reactor)
+    assert isinstance(svc, DhcpService)
+    svc.privilegedStartService()
+    svc.startService()
+    return svc
+
+
+def test_server_on_loopback_leases_survive_a_restart(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    reactor = FakeUdpReactor()
+    svc = start(cfg, reactor)
+    [(port, protocol)] = reactor.ports
+    assert (port.port, port.interface, port.broadcast) == (6767, "127.0.0.1", True)
+    assert isinstance(protocol, DhcpServerProtocol)
+    protocol.datagramReceived(packet(c.DHCPDISCOVER), ("127.0.0.1", 6768))
+    offer = decode_dhcp(protocol.transport.written[-1][0])  # type: ignore[union-attr]
+    # Loopback quickstart: replies go to the network broadcast on client port 6768.
+    assert protocol.transport.written[-1][1] == ("127.255.255.255", 6768)  # type: ignore[union-attr]
+    protocol.datagramReceived(
+        packet(c.DHCPREQUEST, o50=offer.yiaddr.packed, o54=IPv4Address("127.0.0.1").packed),
+        ("127.0.0.1", 6768),
+    )
+    ack = decode_dhcp(protocol.transport.written[-1][0])  # type: ignore[union-attr]
+    assert ack.message_type == c.DHCPACK and ack.yiaddr == offer.yiaddr
+    stopped = svc.stopService()
+    assert stopped.called and port.stopped
+    assert (tmp_path / "state" / "dhcp-leases.journal").exists()
+
+    again = start(cfg, FakeUdpReactor())
+    assert again.store is not None
+    lease = again.store.lookup(b"M" + MAC, FakeUdpReactor().seconds())
+    assert lease is not None and lease.address == offer.yiaddr
+    assert lease.state is LeaseState.BOUND
+    again.stopService()
+
+
+def test_offer_expiry_runs_on_the_reactor_clock(tmp_path: Path) -> None:
+    reactor = FakeUdpReactor()
+    svc = start(config(tmp_path, offer_hold=10), reactor)
+    [(_, protocol)] = reactor.ports
+    protocol.datagramReceived(packet(c.DHCPDISCOVER), ("127.0.0.1", 6768))
+    assert svc.store is not None and svc.store.outstanding_offers == 1
+    reactor.advance(11)
+    assert svc.store.outstanding_offers == 0
+    svc.stopService()
+
+
+def test_one_socket_per_interface_bound_to_its_device(tmp_path: Path) -> None:
+    nics = {
+        "pxt0": NetInterface("pxt0", IPv4Address("198.18.0.1"), IPv4Network("198.18.0.0/24"),
+                             IPv4Address("198.18.0.255"), b"\x02" * 6, 7),
+        "pxt1": NetInterface("pxt1", IPv4Address("198.18.1.1"), IPv4Network("198.18.1.0/24"),
+                             IPv4Address("198.18.1.255"), b"\x04" * 6, 8),
+    }
+    cfg = config(
+        tmp_path, listen="0.0.0.0:67", interfaces=["pxt0", "pxt1"],
+        pools=[{"subnet": "198.18.0.0/24", "start": "198.18.0.10", "end": "198.18.0.20"},
+               {"subnet": "198.18.1.0/24", "start": "198.18.1.10", "end": "198.18.1.20"}],
+    )
+    opened: list[str] = []
+
+    def frames(name: str) -> None:
+        opened.append(name)
+        return None
+
+    svc = DhcpService(cfg, StaticBootPolicy(), reactor=FakeUdpReactor(),
+                      frame_senders=frames, lookup=nics.__getitem__)
+    svc._prepare()
+    ports = [child for child in svc if isinstance(child, UdpPortService)]
+    assert [(p.port_number, p.device, p.interface) for p in ports] == [
+        (67, "pxt0", ""), (67, "pxt1", "")
+    ]
+    assert opened == ["pxt0", "pxt1"]
+    infos = [p.protocol.interface for p in ports]  # type: ignore[attr-defined]
+    assert [(i.name, i.address) for i in infos] == [
+        ("pxt0", IPv4Address("198.18.0.1")), ("pxt1", IPv4Address("198.18.1.1"))
+    ]
+    # Each interface's clients get addresses from its own subnet, from one lease database.
+    for port in ports:
+        port.protocol.makeConnection(Transport())
+        port.protocol.datagramReceived(packet(c.DHCPDISCOVER), ("0.0.0.0", 68))
+        offer = decode_dhcp(port.protocol.transport.written[-1][0])  # type: ignore[attr-defined]
+        assert offer.yiaddr in port.protocol.interface.network  # type: ignore[attr-defined]
+    assert svc.journal is not None
+    svc.journal.close()
+
+
+def test_missing_interface_fails_the_start_naming_it(tmp_path: Path) -> None:
+    cfg = config(tmp_path, interfaces=["pxt-nonexistent0"])
+    [svc] = build_dhcp_services(cfg, Extensions(), reactor=FakeUdpReactor())
+    with pytest.raises(InterfaceError, match="pxt-nonexistent0"):
+        svc.privilegedStartService()
+
+
+def test_proxy_mode_answers_only_pxe_clients_with_the_policy_from_extensions(
+    tmp_path: Path,
+) -> None:
+    policy = StaticBootPolicy(BootSpec(ipxe_script_url="http://example.test/x.ipxe"))
+    cfg = config(tmp_path, mode="proxy", listen="127.0.0.1:0", pools=None)
+    reactor = FakeUdpReactor()
+    svc = start(cfg, reactor, Extensions(boot_policy=policy))
+    [(_, protocol)] = reactor.ports
+    assert isinstance(protocol, ProxyDhcpProtocol)
+    protocol.datagramReceived(packet(c.DHCPDISCOVER), ("127.0.0.1", 68))
+    assert protocol.transport.written == []  # type: ignore[union-attr]
+    ipxe = packet(c.DHCPDISCOVER, o60=b"PXEClient:Arch:00000:UNDI:002001", o77=b"iPXE",
+                  o93=b"\x00\x00", o175=bytes.fromhex("1301011001 02".replace(" ", "")))
+    protocol.datagramReceived(ipxe, ("127.0.0.1", 68))
+    reply = decode_dhcp(protocol.transport.written[-1][0])  # type: ignore[union-attr]
+    assert reply.options.text(c.OPT_BOOTFILE_NAME) == "http://example.test/x.ipxe"
+    assert reply.yiaddr == IPv4Address(0)
+    svc.stopService()
+
+
+def test_build_service_includes_dhcp(tmp_path: Path) -> None:
+    root = build_service(config(tmp_path), reactor=FakeUdpReactor())
+    assert root.getServiceNamed("dhcp") is not None

@@ -1,0 +1,191 @@
+"""The harness's own pure parts: module load order, .modinfo, cpio, console timing, QEMU argv.
+
+These run everywhere (no root, no QEMU): a mistake here would otherwise only show up as a
+guest that never finds its NIC.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qemu.artifacts import INIT_SCRIPT, MARK, CpioWriter, build_initramfs, load_order, modinfo
+from qemu.vm import ConsoleWatch, Machine, qemu_command
+
+# -- module load order ------------------------------------------------------------------------
+
+#: The real dependency graph of Debian 6.1's NIC modules (from their .modinfo).
+DEBIAN_DEPENDS = {
+    "virtio_ring": [],
+    "virtio": [],
+    "failover": [],
+    "net_failover": ["failover"],
+    "virtio_net": ["net_failover", "virtio", "virtio_ring"],
+    "virtio_pci_modern_dev": [],
+    "virtio_pci_legacy_dev": [],
+    "virtio_pci": ["virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio", "virtio_ring"],
+    "e1000": [],
+}
+
+
+def test_load_order_puts_dependencies_first_and_each_once() -> None:
+    order = load_order(DEBIAN_DEPENDS, ["virtio_net", "virtio_pci", "e1000"])
+    assert sorted(order) == sorted(DEBIAN_DEPENDS)
+    for module, dependencies in DEBIAN_DEPENDS.items():
+        assert all(order.index(d) < order.index(module) for d in dependencies)
+
+
+@given(st.dictionaries(st.sampled_from("abcdefgh"), st.sets(st.sampled_from("abcdefgh")),
+                       min_size=1))
+def test_load_order_on_any_acyclic_graph(raw: dict[str, set[str]]) -> None:
+    # keep only edges to "smaller" names: acyclic by construction, every dependency known
+    names = set(raw) | {d for deps in raw.values() for d in deps}
+    depends = {n: sorted(d for d in raw.get(n, ()) if d < n) for n in names}
+    order = load_order(depends, sorted(names))
+    assert sorted(order) == sorted(names)
+    assert all(order.index(d) < order.index(m) for m, deps in depends.items() for d in deps)
+
+
+def test_load_order_reports_cycles_and_missing_modules() -> None:
+    with pytest.raises(ValueError, match="cycle"):
+        load_order({"a": ["b"], "b": ["a"]}, ["a"])
+    with pytest.raises(KeyError, match="virtio"):
+        load_order({"virtio_net": ["virtio"]}, ["virtio_net"])
+
+
+# -- .modinfo -----------------------------------------------------------------------------------
+
+
+def elf_with_sections(sections: dict[str, bytes]) -> bytes:
+    """A minimal ELF64 little-endian file holding *sections* (plus .shstrtab)."""
+    names = b"\0" + b"".join(n.encode() + b"\0" for n in [*sections, ".shstrtab"])
+    bodies = [*sections.values(), names]
+    offsets, data = [], b""
+    for body in bodies:
+        offsets.append(64 + len(data))
+        data += body
+    shoff = 64 + len(data)
+    header = b"\x7fELF\x02\x01\x01" + bytes(9)
+    header += struct.pack("<HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64,
+                          len(bodies) + 1, len(bodies))
+    name_at = 1
+    headers = bytes(64)  # the null section
+    for name, offset, body in zip([*sections, ".shstrtab"], offsets, bodies, strict=True):
+        headers += struct.pack("<IIQQQQIIQQ", name_at, 1, 0, 0, offset, len(body), 0, 0, 1, 0)
+        name_at += len(name) + 1
+    return header + data + headers
+
+
+def test_modinfo_reads_depends_from_the_section() -> None:
+    elf = elf_with_sections({
+        ".text": b"\x90" * 16,
+        ".modinfo": b"license=GPL\0depends=net_failover,virtio\0name=virtio_net\0"
+                    b"alias=a\0alias=b\0",
+    })
+    info = modinfo(elf)
+    assert info["depends"] == ["net_failover,virtio"]
+    assert info["name"] == ["virtio_net"]
+    assert info["alias"] == ["a", "b"]
+
+
+def test_modinfo_rejects_non_modules() -> None:
+    with pytest.raises(ValueError):
+        modinfo(b"MZ" + bytes(100))
+    with pytest.raises(ValueError, match=r"no \.modinfo"):
+        modinfo(elf_with_sections({".text": b"\x90"}))
+
+
+# -- cpio ---------------------------------------------------------------------------------------
+
+
+def read_newc(archive: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
+    """name -> (mode, data, rdev) of a newc archive, read independently of CpioWriter."""
+    entries: dict[str, tuple[int, bytes, tuple[int, int]]] = {}
+    offset = 0
+    while True:
+        assert archive[offset : offset + 6] == b"070701"
+        fields = [int(archive[offset + 6 + 8 * i : offset + 14 + 8 * i], 16) for i in range(13)]
+        mode, size = fields[1], fields[6]
+        rmajor, rminor, namesize = fields[9], fields[10], fields[11]
+        name_start = offset + 110
+        name = archive[name_start : name_start + namesize - 1].decode()
+        data_start = (name_start + namesize + 3) & ~3
+        data = archive[data_start : data_start + size]
+        offset = (data_start + size + 3) & ~3
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = (mode, data, (rmajor, rminor))
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z]{1,12}", fullmatch=True), st.binary(max_size=40),
+                       max_size=6))
+def test_cpio_round_trips_through_an_independent_reader(files: dict[str, bytes]) -> None:
+    writer = CpioWriter()
+    for name, data in files.items():
+        writer.file(name, data, 0o640)
+    entries = read_newc(writer.finish())
+    assert {n: d for n, (_, d, _) in entries.items()} == files
+    assert all(mode == 0o100640 for mode, _, _ in entries.values())
+
+
+def test_initramfs_holds_init_busybox_console_and_ordered_modules() -> None:
+    image = build_initramfs(b"BUSYBOX", {"b": b"B", "a": b"A"}, ["a", "b"])
+    entries = read_newc(gzip.decompress(image))
+    assert entries["init"][0] == 0o100755 and entries["init"][1] == INIT_SCRIPT.encode()
+    assert entries["bin/busybox"][1] == b"BUSYBOX"
+    assert entries["dev/console"][0] == 0o020600 and entries["dev/console"][2] == (5, 1)
+    assert entries["lib/modules/load-order"][1] == b"a\nb\n"
+    assert entries["bin/sh"] == (0o120777, b"busybox", (0, 0))
+
+
+def test_init_never_uses_wget_dash_t() -> None:
+    # busybox-static 1.35 (Debian 12) segfaults in "wget -T N".
+    commands = [line for line in INIT_SCRIPT.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("wget -T" in line for line in commands)
+    assert "timeout 30 wget" in INIT_SCRIPT
+    assert f'echo "{MARK} $*"' in INIT_SCRIPT
+
+
+# -- console timing -----------------------------------------------------------------------------
+
+
+def test_console_lines_are_timestamped_when_complete(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    watch = ConsoleWatch(log, started=0.0)
+    watch.poll()  # no file yet
+    log.write_bytes(b"SeaBIOS\r\niPXE half")
+    watch.poll()
+    assert [line for _, line in watch.lines] == ["SeaBIOS"]
+    with log.open("ab") as out:
+        out.write(b" line\n")
+    watch.poll()
+    assert [line for _, line in watch.lines] == ["SeaBIOS", "iPXE half line"]
+    assert watch.first(r"iPXE") is not None and watch.first("nothing") is None
+
+
+# -- QEMU command lines ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("firmware", "romfile", "pflash"),
+    [("bios", None, False), ("uefi", "efi-virtio.rom", True), ("uefi-pxe", "", True)],
+)
+def test_qemu_command_per_firmware(firmware: str, romfile: str | None, pflash: bool) -> None:
+    machine = Machine.numbered(2)
+    argv = qemu_command(machine, firmware, "tap1", Path("/tmp/s.log"), Path("/tmp/vars.fd"))
+    assert argv[:3] == ["qemu-system-x86_64", "-accel", "tcg"]
+    nic = argv[argv.index("-device") + 1]
+    assert f"mac={machine.mac}" in nic
+    if romfile is None:
+        assert "romfile" not in nic
+    else:
+        assert nic.split("romfile=")[1].split(",")[0].endswith(romfile)
+    assert any("if=pflash" in a for a in argv) is pflash
+    assert f"serial={machine.serial}" in argv[argv.index("-smbios") + 1]
+    with pytest.raises(ValueError):
+        qemu_command(machine, "coreboot", "tap1", Path("/tmp/s.log"), None)
