@@ -121,7 +121,9 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "serve":
         ensure_venv()
-        return run([str(BIN / "pxestack"), "serve", *rest])
+        # exec, so that Ctrl-C and SIGTERM reach pxestack itself (clean shutdown)
+        os.chdir(ROOT)
+        os.execv(str(BIN / "pxestack"), [str(BIN / "pxestack"), "serve", *rest])
     if command == "test":
         ensure_debian_packages()
         ensure_venv()

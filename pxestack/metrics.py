@@ -20,8 +20,14 @@ hook                             called by                                      
 :meth:`Metrics.watch_gauge`      service wiring (``ServerStats.active``)           pull
 :meth:`Metrics.watch_hosts`      provisioning wiring, once                         pull
 :meth:`Metrics.host_transition`  provisioning, after each stored state change      per change
+                                 (or wrap the store in :class:`MeteredHostStore`)
 :meth:`Metrics.boot_event`       ``/ipxebootscript?mac=`` (``boot_script``)        per event
 ===============================  ================================================  =========
+
+The ``attach_*`` methods do the wiring for a whole adapter object in one call
+(:meth:`Metrics.attach_dhcp_server`, :meth:`~Metrics.attach_dhcp_protocol`,
+:meth:`~Metrics.attach_tftp_server`, :meth:`~Metrics.attach_site`); they compose with any
+callback the object already has.
 
 "Pull" sources are callables read at scrape time, so a gauge can never go stale or drift
 from the truth (leases in use, hosts per state).  A pull source that raises is logged and
@@ -39,6 +45,8 @@ from __future__ import annotations
 
 import hmac
 import re
+import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -150,6 +158,8 @@ class BootPhaseTracker:
         self.max_machines = max_machines
         self.max_age = max_age
         self._pending: OrderedDict[str, dict[str, float]] = OrderedDict()
+        # Store work (and so host_transition) runs in the provisioning thread pool.
+        self._lock = threading.Lock()
         self._by_start: dict[str, list[BootPhase]] = {}
         self._by_end: dict[str, list[BootPhase]] = {}
         for phase in BOOT_PHASES:
@@ -163,7 +173,10 @@ class BootPhaseTracker:
         """Record *event* for *machine* at *now* (seconds, any monotonic-enough clock)."""
         if event not in BOOT_EVENTS:
             raise ValueError(f"unknown boot event {event!r}; one of {sorted(BOOT_EVENTS)}")
-        key = machine.lower()
+        with self._lock:
+            self._event(machine.lower(), event, now)
+
+    def _event(self, key: str, event: str, now: float) -> None:
         pending = self._pending.get(key)
         if pending is not None:
             self._pending.move_to_end(key)
@@ -409,6 +422,76 @@ class Metrics:
         elif state in BOOT_EVENTS:
             self.boot_event(serial, state, now)
 
+    # -- one-call wiring for the adapters ----------------------------------------------------
+
+    def attach_dhcp_server(self, core: Any, store: Any, clock: Callable[[], float]) -> None:
+        """Wire a ``DhcpServerCore`` and its ``InMemoryLeaseStore``: lease events (composed
+        with the core's existing ``on_event``), leases in use per pool, the core's counters.
+
+        *clock* is the reactor's ``seconds`` (the same clock the core is driven with).
+        """
+        previous = core.on_event
+
+        def on_event(event: Any) -> None:
+            if previous is not None:
+                previous(event)
+            self.dhcp_lease_event(event, clock())
+
+        core.on_event = on_event
+        self.watch_leases(lambda: leases_by_pool(store, clock()))
+        self.watch_counters("pxestack_dhcp_server_events", "DHCP server core counters",
+                            lambda: core.counters)
+
+    def attach_dhcp_protocol(self, protocol: Any) -> None:
+        """Count every datagram a ``DhcpDatagramProtocol`` receives by type and outcome.
+
+        Wraps the instance's ``dispatch`` (decoded messages and their replies) and
+        ``datagramReceived`` (datagrams dropped as malformed before dispatch, read from the
+        protocol's own ``malformed`` counter).  Nothing else about the protocol changes.
+        """
+        dispatch = protocol.dispatch
+        receive = protocol.datagramReceived
+
+        def counted_dispatch(message: Any, source: Any, now: float) -> Any:
+            received = getattr(message, "message_type", None)
+            try:
+                replies = dispatch(message, source, now)
+            except Exception:
+                self.dhcp_packet(received, "error")
+                raise
+            self.dhcp_replies(received, [getattr(r.message, "message_type", None)
+                                         for r in replies])
+            return replies
+
+        def counted_receive(datagram: bytes, addr: Any) -> None:
+            malformed = protocol.malformed
+            receive(datagram, addr)
+            if protocol.malformed > malformed:
+                self.dhcp_packet(None, "malformed")
+
+        protocol.dispatch = counted_dispatch
+        protocol.datagramReceived = counted_receive
+
+    def attach_tftp_server(self, server: Any) -> None:
+        """Wire a ``TftpServer``: per-transfer stats (composed with its ``on_stats``), its
+        running counters and the number of active transfers."""
+        previous = server.on_stats
+
+        def on_stats(stats: Any) -> None:
+            if previous is not None:
+                previous(stats)
+            self.tftp_transfer(stats)
+
+        server.on_stats = on_stats
+        self.watch_counters("pxestack_tftp_server_events", "TFTP server counters",
+                            server.stats.snapshot, exclude=("active",))
+        self.watch_gauge("pxestack_tftp_active_transfers", "TFTP transfers running now",
+                         lambda: server.stats.active)
+
+    def attach_site(self, site: Any) -> None:
+        """Wire a twisted.web site: see :func:`instrument_site`."""
+        instrument_site(site, self)
+
     # -- generic ---------------------------------------------------------------------------
 
     def watch_counters(self, name: str, documentation: str,
@@ -511,6 +594,60 @@ class MetricsResource(Resource):
         return body
 
 
+class MeteredHostStore:
+    """A host store that reports every stored state change to :meth:`Metrics.host_transition`.
+
+    It wraps any ``HostStore`` (``FileHostStore``, ``InMemoryHostStore``) by delegation, so
+    the provisioning layer needs no metrics code: build the ``Provisioner`` with
+    ``MeteredHostStore(store, metrics)``.  Enrolment reports ``enrolled``; an update that
+    changes ``State`` reports the new state (an update that keeps it, such as the
+    ``boot_complete`` of every later reboot, reports nothing).  Everything else is passed
+    through unchanged.
+
+    :param clock: wall-clock seconds, the clock the DHCP adapters' reactor uses.
+    """
+
+    def __init__(self, store: Any, metrics: Metrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def enrol(self, serial: str, make: Callable[..., Any], message: Any) -> Any:
+        """The store's ``enrol``; a created record is the start of its provisioning."""
+        versioned, created = self._store.enrol(serial, make, message)
+        if created:
+            self._report(versioned, enrolled=True)
+        return versioned, created
+
+    def update(self, serial: str, change: Callable[[Any], Any], *,
+               if_match: str | None = None) -> Any:
+        """The store's ``update``; a change of ``State`` is reported after it is stored."""
+        before: list[Any] = []
+
+        def observed(host: Any) -> Any:
+            before.append(getattr(host, "state", None))
+            return change(host)
+
+        versioned = self._store.update(serial, observed, if_match=if_match)
+        after = getattr(versioned.host, "state", None)
+        if before and before[-1] != after:
+            self._report(versioned, enrolled=False)
+        return versioned
+
+    def _report(self, versioned: Any, *, enrolled: bool) -> None:
+        host = versioned.host
+        state = getattr(getattr(host, "state", None), "value", "")
+        try:
+            self._metrics.host_transition(host.serial, str(state), self._clock(),
+                                          enrolled=enrolled)
+        except Exception:
+            log.failure("recording a host transition failed", serial=host.serial)
+
+
 def instrument_site(site: Any, metrics: Metrics) -> None:
     """Count every request *site* answers (wraps its ``log`` method, twisted.web's
     per-request completion hook), and every asset transfer when it has ``stats.observers``.
@@ -541,6 +678,7 @@ __all__ = [
     "DHCP_OUTCOMES",
     "BootPhase",
     "BootPhaseTracker",
+    "MeteredHostStore",
     "Metrics",
     "MetricsResource",
     "instrument_site",

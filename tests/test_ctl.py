@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import pytest_twisted
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor, threads
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -500,3 +502,78 @@ def test_example_reinstall_script(rig, tmp_path):
     for serial, profile in by_profile.items():
         expected = HostState.CONFIGURED if profile == "worker" else HostState.RUNNING
         assert rig.host(serial).state is expected
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_answering_garbage_is_exit_1(capsys, monkeypatch):
+    """mayuctl needs a top-level array (mayu.md §14); anything else is reported, not crashed."""
+    monkeypatch.delenv("PXESTACK_TOKEN", raising=False)
+    port, base = serve_stand_in(MayuStandIn({"hosts": []}))  # an object wrapper
+    try:
+        assert (yield ctl(base, "list")) == 1
+    finally:
+        yield port.stopListening()
+    assert "JSON array" in capsys.readouterr().err
+
+
+@settings(max_examples=100)
+@given(st.text(max_size=60))
+def test_last_boot_text_never_raises(text):
+    assert isinstance(last_boot_text(text), str)
+
+
+@settings(max_examples=100)
+@given(st.text(max_size=300))
+def test_env_file_parser_takes_any_text(text):
+    parsed = parse_env_file(text)
+    assert all("\n" not in key for key in parsed)
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (IP SAN) and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pxestack test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest_twisted.inlineCallbacks
+def test_https_server_is_verified_against_cacert(tmp_path, capsys, monkeypatch):
+    """mayu's API was TLS (mayu.md §5.2); ctl verifies the certificate, with --cacert."""
+    from twisted.internet import ssl
+
+    monkeypatch.delenv("PXESTACK_TOKEN", raising=False)
+    cert_path, key_path = _self_signed(tmp_path)
+    context = ssl.DefaultOpenSSLContextFactory(str(key_path), str(cert_path))
+    stand_in = MayuStandIn([{"Serial": "abc", "State": "running"}])
+    port = reactor.listenSSL(0, Site(stand_in), context, interface="127.0.0.1")
+    base = f"https://127.0.0.1:{port.getHost().port}"
+    try:
+        assert (yield ctl(base, "list", "--cacert", str(cert_path), "--no-legend",
+                          "--fields", "serial,state")) == 0
+        assert capsys.readouterr().out.split() == ["abc", "running"]
+        assert (yield ctl(base, "list")) == 1  # not in the system trust store
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+    finally:
+        yield port.stopListening()

@@ -20,6 +20,8 @@ import pytest
 import pytest_twisted
 import treq
 from conftest import require
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.web.server import Site
 
@@ -435,3 +437,13 @@ def test_added_images_are_served_by_the_images_endpoint(tmp_path, sources):
         yield port.stopListening()
     assert (kernel.code, kernel_body) == (200, KERNEL)
     assert (initrd.code, initrd_body) == (200, INITRD)
+
+
+@settings(max_examples=100)
+@given(st.text(max_size=400), st.one_of(st.none(), st.text(max_size=20)))
+def test_checksum_parser_returns_a_sha256_or_refuses(text, name):
+    try:
+        found = parse_checksum_file(text, name)
+    except ImageError:
+        return
+    assert len(found) == 64 and set(found) <= set("0123456789abcdef")

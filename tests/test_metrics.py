@@ -26,6 +26,7 @@ from pxestack.http.stats import TransferRecord
 from pxestack.metrics import (
     BOOT_PHASES,
     BootPhaseTracker,
+    MeteredHostStore,
     Metrics,
     MetricsResource,
     instrument_site,
@@ -346,10 +347,11 @@ def test_hosts_per_state_and_profile_move_as_a_machine_provisions(tmp_path):
                     "subnet_size": 24, "subnet_gateway": "198.18.10.1"},
         "profiles": [{"name": "core", "quantity": 1}],
     }}).provision
-    store = FileHostStore(cluster)
+    metrics = Metrics(process_metrics=False)
+    clock = [1000.0]
+    store = MeteredHostStore(FileHostStore(cluster), metrics, clock=lambda: clock[0])
     provisioner = Provisioner(config, store, base_url="http://198.18.0.1:8080",
                               key=callback_key(cluster))
-    metrics = Metrics(process_metrics=False)
     metrics.watch_hosts(lambda: [(h.state.value, h.profile) for h in provisioner.hosts()])
     api = ProvisioningApi(provisioner, admin_token=None)
     children = dict(api.children())
@@ -383,9 +385,14 @@ def test_hosts_per_state_and_profile_move_as_a_machine_provisions(tmp_path):
         states.append((yield scrape_http()))
         host_data = {"Serial": "sn-1", "NetDevs": [
             {"Name": "eno1", "MacAddress": "52:54:00:00:00:01"}], "ConnectedNIC": "eno1"}
+        clock[0] += 45  # the live installer boots
         assert (yield call("POST", "/final-ignition-config.json", host_data)) == 200
         states.append((yield scrape_http()))
+        clock[0] += 200  # the disk is written
         assert (yield call("PUT", "/admin/host/sn-1/set_installed")) == 202
+        clock[0] += 70  # reboot into the installed OS
+        assert (yield call("PUT", "/admin/host/sn-1/boot_complete", {})) == 202
+        clock[0] += 86400  # a reboot a day later: nothing new to measure
         assert (yield call("PUT", "/admin/host/sn-1/boot_complete", {})) == 202
         states.append((yield scrape_http()))
     finally:
@@ -400,4 +407,130 @@ def test_hosts_per_state_and_profile_move_as_a_machine_provisions(tmp_path):
     assert value(last, "pxestack_http_requests_total", endpoint="first-stage-script",
                  method="GET", status="200") == 1
     assert value(last, "pxestack_http_requests_total", endpoint="admin", method="PUT",
-                 status="202") == 2
+                 status="202") == 3
+    phases = {p: (value(last, "pxestack_boot_phase_duration_seconds_count", phase=p),
+                  value(last, "pxestack_boot_phase_duration_seconds_sum", phase=p))
+              for p in ("installer_boot", "install", "first_boot", "provision")}
+    assert phases == {"installer_boot": (1, 45), "install": (1, 200), "first_boot": (1, 70),
+                      "provision": (1, 315)}
+    # Before the machine went further, nothing had been measured.
+    assert value(states[0], "pxestack_boot_phase_duration_seconds_count",
+                 phase="installer_boot") == 0
+
+
+# -- one-call wiring against the real adapters ---------------------------------------------
+
+
+def _dhcp_server(clock):
+    from pxestack.dhcp.decide import BootDefaults
+    from pxestack.dhcp.policy import StaticBootPolicy
+    from pxestack.dhcp.protocol import DeadlineTimer, DhcpServerProtocol
+    from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo, ServerSettings, SubnetSettings
+
+    net = IPv4Network("198.18.0.0/24")
+    subnet = SubnetSettings(Subnet(net, (AddressRange(IPv4Address("198.18.0.100"),
+                                                      IPv4Address("198.18.0.109")),)))
+    store = InMemoryLeaseStore([subnet.subnet])
+    seen = []
+    core = DhcpServerCore(
+        ServerSettings((subnet,), offer_hold=30.0), store, StaticBootPolicy(),
+        BootDefaults(server_address=IPv4Address(0),
+                     ipxe_script_url="http://198.18.0.1:8080/boot.ipxe"),
+        on_event=seen.append)
+    protocol = DhcpServerProtocol(core, InterfaceInfo("veth0", IPv4Address("198.18.0.1"), net),
+                                  timer=DeadlineTimer(core, clock), reactor=clock)
+
+    class Transport:
+        def __init__(self):
+            self.written = []
+
+        def write(self, data, addr):
+            self.written.append(data)
+
+    transport = Transport()
+    protocol.makeConnection(transport)
+    return core, store, protocol, transport, seen
+
+
+def test_attach_dhcp_counts_real_packets_leases_and_the_dora_time(metrics):
+    from twisted.internet.task import Clock
+
+    from pxestack.wire import constants as c
+    from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
+    from pxestack.wire.dhcp_options import DhcpOptions
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    core, store, protocol, transport, seen = _dhcp_server(clock)
+    metrics.attach_dhcp_server(core, store, clock.seconds)
+    metrics.attach_dhcp_protocol(protocol)
+
+    def message(kind, options=()):
+        opts = {c.OPT_MESSAGE_TYPE: bytes((kind,)), **dict(options)}
+        return encode_dhcp(DhcpMessage(op=c.BOOTREQUEST, xid=9, chaddr=MAC,
+                                       flags=c.FLAG_BROADCAST, options=DhcpOptions(opts)))
+
+    protocol.datagramReceived(message(c.DHCPDISCOVER), ("0.0.0.0", 68))
+    offer = decode_dhcp(transport.written[-1])
+    clock.advance(1.5)
+    protocol.datagramReceived(message(c.DHCPREQUEST, [
+        (c.OPT_REQUESTED_IP, offer.yiaddr.packed),
+        (c.OPT_SERVER_ID, IPv4Address("198.18.0.1").packed)]), ("0.0.0.0", 68))
+    protocol.datagramReceived(b"\x01" * 100, ("198.18.0.9", 68))  # malformed
+    protocol.datagramReceived(message(c.DHCPINFORM), ("198.18.0.9", 68))
+    assert [e.kind for e in seen][:2] == ["offered", "bound"]  # the core's own callback kept
+    s = scrape(metrics)
+    assert value(s, "pxestack_dhcp_packets_total", type="discover", outcome="offer") == 1
+    assert value(s, "pxestack_dhcp_packets_total", type="request", outcome="ack") == 1
+    assert value(s, "pxestack_dhcp_packets_total", type="none", outcome="malformed") == 1
+    assert sum(v for (name, labels), v in s.items()
+               if name == "pxestack_dhcp_packets_total" and ("type", "inform") in labels) == 1
+    assert value(s, "pxestack_dhcp_leases_in_use", pool="198.18.0.0/24") == 1
+    assert value(s, "pxestack_dhcp_pool_addresses", pool="198.18.0.0/24") == 10
+    assert value(s, "pxestack_dhcp_server_events_total", event="acks") == core.counters["acks"] == 1
+    assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="dhcp") == 1.5
+
+
+def test_attach_dhcp_protocol_counts_a_bug_and_still_never_raises(metrics):
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    core, _store, protocol, _transport, _seen = _dhcp_server(clock)
+    metrics.attach_dhcp_protocol(protocol)
+
+    def broken(*args):
+        raise KeyError("bug")
+
+    core.handle = broken
+    from pxestack.wire import constants as c
+    from pxestack.wire.dhcp import DhcpMessage, encode_dhcp
+    from pxestack.wire.dhcp_options import DhcpOptions
+
+    protocol.datagramReceived(encode_dhcp(DhcpMessage(
+        op=c.BOOTREQUEST, xid=1, chaddr=MAC,
+        options=DhcpOptions({c.OPT_MESSAGE_TYPE: bytes((c.DHCPDISCOVER,))}))), ("0.0.0.0", 68))
+    assert protocol.bugs == 1
+    assert value(scrape(metrics), "pxestack_dhcp_packets_total", type="discover",
+                 outcome="error") == 1
+
+
+def test_attach_tftp_server_composes_with_its_callback(metrics, tmp_path):
+    from twisted.internet.task import Clock
+
+    from pxestack.tftp.protocol import TftpServer
+    from pxestack.tftp.source import FilesystemSource
+
+    earlier = []
+    server = TftpServer(FilesystemSource(tmp_path), on_stats=earlier.append, reactor=Clock())
+    metrics.attach_tftp_server(server)
+    finished = transfer(Outcome.COMPLETE, 4096, 3, 1, 0.2)
+    server.on_stats(finished)
+    server.stats.record(finished)
+    server.stats.requests += 1
+    server.stats.active = 2
+    assert earlier == [finished]
+    s = scrape(metrics)
+    assert value(s, "pxestack_tftp_transfers_total", outcome="complete") == 1
+    assert value(s, "pxestack_tftp_server_events_total", event="requests") == 1
+    assert value(s, "pxestack_tftp_server_events_total", event="completed") == 1
+    assert value(s, "pxestack_tftp_active_transfers") == 2

@@ -315,9 +315,11 @@ def test_real_router_solicitation_gets_the_advertisement(tmp_path: Any) -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     responder = None
     try:
-        for key in ("all", "default"):
-            subprocess.run(in_ns("sysctl", "-qw", f"net.ipv6.conf.{key}.accept_dad=0"),
-                           check=True)
+        # No DAD delay, and no router solicitations of the kernel's own: only the probe's.
+        for setting in ("accept_dad=0", "router_solicitations=0"):
+            for key in ("all", "default"):
+                subprocess.run(in_ns("sysctl", "-qw", f"net.ipv6.conf.{key}.{setting}"),
+                               check=True)
         ip("link", "add", "ra-srv", "type", "veth", "peer", "name", "ra-cli")
         for name in ("lo", "ra-srv", "ra-cli"):
             ip("link", "set", name, "up")

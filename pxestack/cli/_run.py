@@ -72,6 +72,9 @@ def run_service(root: service.IService, config: Config, reactor: Any = None) -> 
         print(f"pxestack: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
+    # Logged once the reactor runs, i.e. after it installed its SIGINT/SIGTERM handlers:
+    # from this line on a signal means a clean shutdown.
+    reactor.callWhenRunning(log.info, "pxestack running")
     reactor.run()
     log.info("pxestack stopped")
     return EXIT_OK

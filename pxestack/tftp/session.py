@@ -63,6 +63,11 @@ from pxestack.wire.tftp import (
     encode_tftp,
 )
 
+#: Read-ahead of a reader that supports ``readv``: at most this many octets and blocks
+#: per system call (one call per 44 blocks at blksize 1468).
+READ_AHEAD_OCTETS = 64 * 1024
+MAX_READ_AHEAD_BLOCKS = 64
+
 # DATA header (RFC 1350 §5): opcode, block number.
 _DATA_HEADER = struct.Struct("!HH")
 
@@ -160,11 +165,22 @@ class ReadSession:
         self._acked = 0  # highest block the client acknowledged
         self._sent = 0  # highest block sent at least once
         self._final: int | None = None  # index of the last block, once read
-        self._slots = [bytearray(4 + self.blksize) for _ in range(self.windowsize)]
+        self._read = 0  # highest block read into its slot (read ahead of _sent)
+        # Ring of slots: the window plus a read-ahead batch.  A reader with ``readv``
+        # (files) fills a whole batch of slots with one system call; each slot keeps 4
+        # octets in front of its payload for the DATA header, so a datagram is one
+        # contiguous buffer and goes out with a single sendto, without copying.
+        self._batch = (
+            max(1, min(MAX_READ_AHEAD_BLOCKS, READ_AHEAD_OCTETS // self.blksize))
+            if callable(getattr(reader, "readv", None)) else 1
+        )
+        ring = self.windowsize + self._batch
+        self._ring = ring
+        self._slots = [bytearray(4 + self.blksize) for _ in range(ring)]
         self._payloads = [memoryview(slot)[4:] for slot in self._slots]
-        self._lengths = [0] * self.windowsize
-        self._send_times = [0.0] * self.windowsize
-        self._resent = [False] * self.windowsize
+        self._lengths = [0] * ring
+        self._send_times = [0.0] * ring
+        self._resent = [False] * ring
 
         self._oack: bytes | None = None
         self._oack_time = now
@@ -200,7 +216,7 @@ class ReadSession:
             return 0
         if self._final is not None and self._acked == self._final:
             return (self._acked - 1) * self.blksize + self._lengths[
-                (self._acked - 1) % self.windowsize
+                (self._acked - 1) % self._ring
             ]
         return self._acked * self.blksize
 
@@ -330,7 +346,7 @@ class ReadSession:
         if not acked & 7 or self.srtt is None:
             # RFC 6298 §3 needs at least one sample per round trip; one per 8 blocks is
             # plenty in lock-step and keeps the per-block path short.
-            slot = (acked - 1) % self.windowsize
+            slot = (acked - 1) % self._ring
             if not self._resent[slot]:
                 self._sample_rtt(now - self._send_times[slot])  # Karn's rule
         if acked == self._final:
@@ -343,7 +359,7 @@ class ReadSession:
         self._retransmit_at = now + self._rto
 
     def _fill_window(self, now: Now) -> None:
-        """Read and queue new blocks until the window is full or the file ends."""
+        """Queue new blocks until the window is full or the file ends."""
         limit = self._acked + self.windowsize
         final = self._final
         if final is not None and limit > final:
@@ -351,57 +367,86 @@ class ReadSession:
         sent = self._sent
         if sent >= limit:
             return
-        blksize = self.blksize
-        windowsize = self.windowsize
-        reader = self._reader
-        if reader is None:  # pragma: no cover - only after finishing
-            return
+        ring = self._ring
+        slots = self._slots
+        lengths = self._lengths
         outbox = self._outbox
-        readinto = reader.readinto
+        blksize = self.blksize
         first = sent
         while sent < limit:
             sent += 1
-            slot = (sent - 1) % windowsize
-            try:
-                count = readinto(self._payloads[slot]) or 0
-                if count < blksize:
-                    count = self._read_rest(slot, count)
-            except OSError as exc:
-                self._fail(ErrorCode.NOT_DEFINED, "Read error", Outcome.FAILED, now,
-                           f"read error: {exc}")
-                return
-            buffer = self._slots[slot]
+            if sent > self._read:
+                if not self._read_ahead(now):
+                    return
+                final = self._final
+                if final is not None and limit > final:
+                    limit = final
+                if sent > self._read:  # the file ended exactly at the previous block
+                    sent -= 1
+                    break
+            slot = (sent - 1) % ring
+            buffer = slots[slot]
             _DATA_HEADER.pack_into(buffer, 0, OP_DATA, sent & 0xFFFF)
-            self._lengths[slot] = count
             self._send_times[slot] = now
             self._resent[slot] = False
-            if count == blksize:
-                outbox.append(buffer)
-            else:
-                outbox.append(memoryview(buffer)[: 4 + count])
-                self._final = sent
-                break
+            count = lengths[slot]
+            outbox.append(buffer if count == blksize else memoryview(buffer)[: 4 + count])
         self.datagrams_sent += sent - first
         self._sent = sent
 
-    def _read_rest(self, slot: int, count: int) -> int:
-        """A short read: read again until the block is full or the reader says EOF.
+    def _read_ahead(self, now: Now) -> bool:
+        """Read the next batch of blocks into free slots; False if the session failed.
 
-        A Reader promises short reads only at the end, but a second call costs one
-        syscall per file and makes a mistaken short read harmless instead of truncating.
+        Sets :attr:`_final` when the reader reaches the end.  A short read is retried
+        once more before it is taken as the end (a Reader promises short reads only at the
+        end; the extra call costs one system call per file and makes a mistaken short read
+        harmless instead of truncating the file).
         """
-        assert self._reader is not None
-        view = self._payloads[slot]
-        while count < self.blksize:
-            more = self._reader.readinto(view[count:]) or 0
-            if more == 0:
-                break
-            count += more
-        return count
+        reader = self._reader
+        if reader is None:  # pragma: no cover - only after finishing
+            return False
+        first = self._read + 1
+        free = self._ring - (self._read - self._acked)
+        count = min(self._batch, free)
+        ring = self._ring
+        blksize = self.blksize
+        views = [self._payloads[(index - 1) % ring] for index in range(first, first + count)]
+        try:
+            total = (
+                reader.readv(views)  # type: ignore[attr-defined]
+                if count > 1
+                else reader.readinto(views[0]) or 0
+            )
+            wanted = count * blksize
+            while total < wanted:
+                # Continue where the short read stopped (see docstring).
+                index, offset = divmod(total, blksize)
+                more = reader.readinto(views[index][offset:]) or 0
+                if more == 0:
+                    break
+                total += more
+        except OSError as exc:
+            self._fail(ErrorCode.NOT_DEFINED, "Read error", Outcome.FAILED, now,
+                       f"read error: {exc}")
+            return False
+        full, rest = divmod(total, blksize)
+        lengths = self._lengths
+        for index in range(first, first + full):
+            lengths[(index - 1) % ring] = blksize
+        if full < count:
+            # The end: the block after the last full one is short (possibly empty,
+            # RFC 1350 §6) and is the final block.
+            last = first + full
+            lengths[(last - 1) % ring] = rest
+            self._final = last
+            self._read = last
+        else:
+            self._read = first + count - 1
+        return True
 
     def _resend_from(self, first: int) -> None:
         for index in range(first, self._sent + 1):
-            slot = (index - 1) % self.windowsize
+            slot = (index - 1) % self._ring
             self._resent[slot] = True
             count = self._lengths[slot]
             buffer = self._slots[slot]

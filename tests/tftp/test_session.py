@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -21,7 +23,7 @@ from pxestack.tftp.session import (
     refusal_for,
     wrap_for_mode,
 )
-from pxestack.tftp.source import BytesReader
+from pxestack.tftp.source import BytesReader, FileReader
 from pxestack.tftp.stats import Outcome
 from pxestack.wire.tftp import (
     Ack,
@@ -525,3 +527,57 @@ def test_session_completes_under_random_loss() -> None:
     assert session.retransmits > 0
     # The adaptive RTO keeps each loss cheap: far below one second per lost block.
     assert session.rto < 1.0
+
+
+class ChoppyReader(BytesReader):
+    """A reader with ``readv`` that returns short reads mid-file (a network filesystem)."""
+
+    def readv(self, buffers: list[memoryview]) -> int:
+        return self.readinto(buffers[0][: max(1, len(buffers[0]) // 3)])
+
+
+@pytest.mark.parametrize("windowsize", [1, 3])
+@pytest.mark.parametrize("blocks", [0, 1, 43, 44, 45, 88, 200])
+@pytest.mark.parametrize("extra", [0, 1])
+def test_batched_file_reads(tmp_path: Path, windowsize: int, blocks: int, extra: int) -> None:
+    """The readv read-ahead path (FileReader) around batch boundaries, with 5 % loss."""
+    data = payload(1468 * blocks + extra, seed=blocks)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    request = ReadRequest("f", "octet", (("blksize", "1468"), ("windowsize", str(windowsize))))
+    session = ReadSession(request, FileReader(fd), 0.0)
+    assert session._batch == 44
+    client = lossy_exchange(session, random.Random(blocks), loss=0.05)
+    assert session.outcome is Outcome.COMPLETE
+    assert bytes(client.received) == data
+    assert session.bytes_acked == len(data)
+
+
+def test_short_reads_from_readv_are_completed() -> None:
+    data = payload(5000)
+    session = ReadSession(ReadRequest("f"), ChoppyReader(data), 0.0)
+    client = SimClient()
+    run_lossless(session, client)
+    assert bytes(client.received) == data
+
+
+def lossy_exchange(session: ReadSession, rng: random.Random, loss: float) -> SimClient:
+    """Drive *session* against a SimClient with random loss both ways until it ends."""
+    client = SimClient()
+    now = 0.0
+    for _ in range(200_000):
+        if session.finished:
+            break
+        out = [bytes(d) for d in session.datagrams_to_send(now)]
+        replies = [r for d in out if rng.random() >= loss for r in client.handle(d)]
+        delivered = [r for r in replies if rng.random() >= loss]
+        now += 0.0005
+        for reply in delivered:
+            session.receive(reply, now)
+        if not out and not delivered:
+            deadline = session.next_deadline()
+            assert deadline is not None
+            now = max(now, deadline)
+            session.on_deadline(now)
+    return client
