@@ -256,6 +256,8 @@ def run_once(machines: int, rate: float, *, git: bool = True) -> dict[str, Any]:
         "peak_rss_mib": peak_kib / 1024,
         "git_commits": commits,
         "stray_dhcp_replies": report["stray_dhcp_replies"],
+        "client_cpu_s": report.get("client_cpu_s"),
+        "tftp_refusals": sum(m.get("tftp_refusals", 0) for m in report["machines"]),
         "checks_passed": not problems,
         "problems": problems,
         "server_log_tail": log_tail if problems else "",
@@ -269,7 +271,9 @@ def describe(run: dict[str, Any]) -> str:
         f"boot storm: {run['machines']} machines at {run['arrival_rate']}/s, "
         f"git audit {'on' if run['git'] else 'off'}",
         f"  time to provision all: {wall:.1f} s" if wall else "  time to provision all: -",
-        f"  server peak memory: {run['peak_rss_mib']:.0f} MiB; git commits: {run['git_commits']}",
+        f"  server peak memory: {run['peak_rss_mib']:.0f} MiB; git commits: {run['git_commits']}; "
+        f"TFTP requests refused (then retried): {run['tftp_refusals']}; "
+        f"load generator CPU: {run['client_cpu_s'] or 0:.1f} s",
         f"  checks: {'all passed' if run['checks_passed'] else 'FAILED'}",
     ]
     lines += [f"    - {problem}" for problem in run["problems"]]
@@ -290,7 +294,9 @@ def run_bootstorm(
     provision = results.case(
         "bootstorm", f"provision_{machines}", "pxestack", "s", higher_is_better=False
     )
-    provision.note = f"{machines} machines arriving at {rate}/s, full flow, git audit {git}"
+    provision.note = (
+        f"{machines} machines arriving at {rate:g}/s, full flow, git audit {'on' if git else 'off'}"
+    )
     memory = results.case("bootstorm", "peak_rss", "pxestack", "MiB", higher_is_better=False)
     for repetition in range(repeats):
         log(f"boot storm {repetition + 1}/{repeats}: {machines} machines at {rate}/s")

@@ -240,14 +240,3 @@ def machine_info() -> dict[str, Any]:
         "git_dirty": bool(_command_output(["git", "-C", str(ROOT), "status", "--porcelain"])),
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
-    """Poll *predicate* until it is true or *timeout* seconds pass; returns the last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)

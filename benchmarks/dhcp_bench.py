@@ -417,7 +417,7 @@ def search_sustained(
 ) -> SearchOutcome:
     """Step through *rates* until one fails, then bisect *bisections* times below it."""
     outcome = SearchOutcome(best=None)
-    low, high = 0, None
+    low, high = 0, 0
     for rate in rates:
         run = step(rate)
         outcome.steps.append(run)
@@ -425,7 +425,8 @@ def search_sustained(
             high = rate
             break
         outcome.best, low = run, rate
-    for _ in range(bisections if high is not None else 0):
+    # high == 0: every step passed, the result is capped by the step list (no bisection).
+    for _ in range(bisections if high else 0):
         middle = (low + high) // 2
         if middle <= low:
             break

@@ -34,6 +34,11 @@ PLOTTED = {
 }  # fmt: skip
 
 
+def _label(value: float) -> str:
+    """A bar label without exponent notation: whole numbers from 100 up, else 3 digits."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -78,7 +83,7 @@ def _case_panels(data: dict[str, Any], area: str, output: Path) -> Path | None:
         )  # fmt: skip
         for bar, median in zip(bars, medians, strict=True):
             axes.annotate(
-                f"{median:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                _label(median), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                 ha="center", va="bottom", fontsize=8, xytext=(0, 2),
                 textcoords="offset points",
             )  # fmt: skip

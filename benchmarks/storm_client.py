@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import socket
 import subprocess
 import sys
@@ -52,6 +53,10 @@ class StormError(Exception):
     """One machine's flow failed (the message says where)."""
 
 
+class TftpRefusedError(StormError):
+    """The TFTP server answered the request with an ERROR packet."""
+
+
 @dataclass
 class Machine:
     """One simulated machine and what it measured."""
@@ -64,6 +69,7 @@ class Machine:
     phases: dict[str, float] = field(default_factory=dict)
     error: str = ""
     finished: float = 0.0
+    tftp_refusals: int = 0
 
     @property
     def mac_text(self) -> str:
@@ -168,6 +174,12 @@ def boot_file(message: DhcpMessage) -> str:
     return value.rstrip(b"\x00").decode("latin-1")
 
 
+#: iPXE's retransmission timer bounds (``DEFAULT_MIN_TIMEOUT`` = 1/4 s, ``DEFAULT_MAX_TIMEOUT``
+#: = 10 s in iPXE's core/retry.c).
+TFTP_MIN_TIMEOUT = 0.25
+TFTP_MAX_TIMEOUT = 10.0
+
+
 class TftpDownload(asyncio.DatagramProtocol):
     """A lock-step TFTP read (RFC 1350 with RFC 2347/2348 blksize), bounded retries."""
 
@@ -196,16 +208,20 @@ class TftpDownload(asyncio.DatagramProtocol):
                + str(self.blksize).encode() + b"\x00tsize\x000\x00")  # fmt: skip
         last_sent, destination = rrq, (server, 69)
         self.transport.sendto(rrq, destination)
-        expected, received, blksize, retries = 1, 0, 512, 0
+        expected, received, blksize = 1, 0, 512
+        timeout = TFTP_MIN_TIMEOUT
         peer: tuple[str, int] | None = None
         while time.monotonic() < deadline:
-            item = await self._next(1.0)
+            item = await self._next(timeout)
             if item is None:
-                retries += 1
-                if retries > 6:
+                # iPXE's retry timer (core/retry.c): double the timeout after each expiry and
+                # give up once it would exceed the maximum (about 16 s of silence in all).
+                timeout *= 2
+                if timeout > TFTP_MAX_TIMEOUT:
                     raise StormError(f"TFTP {path}: timed out at block {expected}")
                 self.transport.sendto(last_sent, destination)
                 continue
+            timeout = TFTP_MIN_TIMEOUT
             data, addr = item
             if peer is None:
                 peer, destination = addr, addr
@@ -229,10 +245,9 @@ class TftpDownload(asyncio.DatagramProtocol):
                 else:
                     continue  # a duplicate: the ACK already sent stands
             elif opcode == 5:
-                raise StormError(f"TFTP {path}: ERROR {data[4:-1]!r}")
+                raise TftpRefusedError(f"TFTP {path}: ERROR {data[4:-1]!r}")
             else:
                 continue
-            retries = 0
             self.transport.sendto(last_sent, destination)
         raise StormError(f"TFTP {path}: over the deadline")
 
@@ -319,11 +334,41 @@ class AddressAdder:
         self.process.wait(timeout=30)
 
 
+#: How often a refused TFTP transfer is tried again, and the back-off before each try.
+TFTP_ATTEMPTS = 6
+TFTP_RETRY_DELAY = (1.0, 3.0)
+
+
+async def fetch_with_retries(
+    machine: Machine, spec: dict[str, Any], filename: str, deadline: float
+) -> int:
+    """TFTP-download *filename*; a refusal (server ERROR) is retried after 1-3 s.
+
+    PXE firmware that fails to load its boot file starts over after a pause (and a rack's
+    worth of ROMs do exactly that when a server sheds load), so a refusal counts in
+    ``tftp_refusals`` but does not fail the machine until :data:`TFTP_ATTEMPTS` are spent.
+    """
+    loop = asyncio.get_running_loop()
+    for attempt in range(1, TFTP_ATTEMPTS + 1):
+        transport, download = await loop.create_datagram_endpoint(
+            lambda: TftpDownload(spec["tftp_blksize"]), local_addr=(machine.address, 0)
+        )
+        try:
+            return await download.fetch(spec["server_ip"], filename, deadline)
+        except TftpRefusedError:
+            machine.tftp_refusals += 1
+            if attempt == TFTP_ATTEMPTS:
+                raise
+        finally:
+            transport.close()
+        await asyncio.sleep(random.uniform(*TFTP_RETRY_DELAY))
+    raise StormError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
 async def run_machine(
     machine: Machine, spec: dict[str, Any], relay: DhcpRelay, adder: AddressAdder
 ) -> None:
     """The whole flow of one machine; records phase durations or the first error."""
-    loop = asyncio.get_running_loop()
     deadline = time.monotonic() + spec["machine_deadline"]
     phase = "dhcp_pxe"
     try:
@@ -336,13 +381,7 @@ async def run_machine(
         phase = "tftp"
         started = time.monotonic()
         await adder.add(machine.address)
-        transport, download = await loop.create_datagram_endpoint(
-            lambda: TftpDownload(spec["tftp_blksize"]), local_addr=(machine.address, 0)
-        )
-        try:
-            size = await download.fetch(spec["server_ip"], filename, deadline)
-        finally:
-            transport.close()
+        size = await fetch_with_retries(machine, spec, filename, deadline)
         if size != spec["boot_file_size"]:
             raise StormError(f"TFTP {filename}: {size} bytes, expected {spec['boot_file_size']}")
         machine.phases["tftp"] = time.monotonic() - started
@@ -452,7 +491,9 @@ async def storm(spec: dict[str, Any]) -> dict[str, Any]:
     relay_transport.close()
     adder.close()
     finished = [m.finished for m in machines if m.finished]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
+        "client_cpu_s": usage.ru_utime + usage.ru_stime,
         "start": start,
         "wall_s": (max(finished) - start) if finished else None,
         "stray_dhcp_replies": relay.stray,
@@ -468,6 +509,7 @@ def _machine_report(machine: Machine, arrival: float) -> dict[str, Any]:
         "address": machine.address,
         "phases": machine.phases,
         "error": machine.error,
+        "tftp_refusals": machine.tftp_refusals,
         "total_s": (machine.finished - arrival) if machine.finished else None,
     }
 

@@ -264,7 +264,7 @@ class Metrics:
 
     # -- DHCP ------------------------------------------------------------------------------
 
-    def dhcp_packet(self, received_type: int | None, outcome: str) -> None:
+    def dhcp_packet(self, received_type: int | None, outcome: str, count: int = 1) -> None:
         """One received datagram: its option 53 type (None when absent) and what came of it.
 
         *outcome* is one of :data:`DHCP_OUTCOMES`: the type of the reply sent ("offer",
@@ -275,7 +275,8 @@ class Metrics:
             type_name = "none"
         else:
             type_name = DHCP_MESSAGE_TYPES.get(received_type, "other")
-        self.dhcp_packets.labels(type_name, outcome if outcome in DHCP_OUTCOMES else "other").inc()
+        label = outcome if outcome in DHCP_OUTCOMES else "other"
+        self.dhcp_packets.labels(type_name, label).inc(count)
 
     def dhcp_replies(self, received_type: int | None, reply_types: Iterable[int | None]) -> None:
         """:meth:`dhcp_packet` for a handled datagram, with the outcome taken from the
@@ -445,12 +446,15 @@ class Metrics:
     def attach_dhcp_protocol(self, protocol: Any) -> None:
         """Count every datagram a ``DhcpDatagramProtocol`` receives by type and outcome.
 
-        Wraps the instance's ``dispatch`` (decoded messages and their replies) and
-        ``datagramReceived`` (datagrams dropped as malformed before dispatch, read from the
-        protocol's own ``malformed`` counter).  Nothing else about the protocol changes.
+        Wraps the instance's ``dispatch`` (decoded messages and their replies) and its
+        entry point, ``receive_batch`` (what a batching UDP port calls, and what
+        ``datagramReceived`` delegates to) or else ``datagramReceived``, to count datagrams
+        dropped as malformed before dispatch from the protocol's own ``malformed`` counter.
+        Nothing else about the protocol changes.
         """
         dispatch = protocol.dispatch
-        receive = protocol.datagramReceived
+        entry = "receive_batch" if hasattr(protocol, "receive_batch") else "datagramReceived"
+        receive = getattr(protocol, entry)
 
         def counted_dispatch(message: Any, source: Any, now: float) -> Any:
             received = getattr(message, "message_type", None)
@@ -463,14 +467,15 @@ class Metrics:
                                          for r in replies])
             return replies
 
-        def counted_receive(datagram: bytes, addr: Any) -> None:
+        def counted_receive(*args: Any) -> None:
             malformed = protocol.malformed
-            receive(datagram, addr)
-            if protocol.malformed > malformed:
-                self.dhcp_packet(None, "malformed")
+            receive(*args)
+            dropped = protocol.malformed - malformed
+            if dropped > 0:
+                self.dhcp_packet(None, "malformed", dropped)
 
         protocol.dispatch = counted_dispatch
-        protocol.datagramReceived = counted_receive
+        setattr(protocol, entry, counted_receive)
 
     def attach_tftp_server(self, server: Any) -> None:
         """Wire a ``TftpServer``: per-transfer stats (composed with its ``on_stats``), its

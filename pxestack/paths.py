@@ -261,7 +261,7 @@ def _open_at(parent_fd: int, name: str, flags: int) -> int:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             # O_NOFOLLOW met a symlink swapped in after the lstat: refuse, never follow.
-            raise PathRefused(f"{name!r} changed while it was being opened") from None
+            raise PathRefused(f"{name!r} is a symlink (or changed while being opened)") from None
         raise _refusal(exc, name) from None
 
 

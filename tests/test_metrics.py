@@ -477,12 +477,15 @@ def test_attach_dhcp_counts_real_packets_leases_and_the_dora_time(metrics):
         (c.OPT_REQUESTED_IP, offer.yiaddr.packed),
         (c.OPT_SERVER_ID, IPv4Address("198.18.0.1").packed)]), ("0.0.0.0", 68))
     protocol.datagramReceived(b"\x01" * 100, ("198.18.0.9", 68))  # malformed
+    # What a batching UDP port hands over: two more malformed datagrams in one batch.
+    protocol.receive_batch([(b"", ("198.18.0.9", 68)), (b"\x02" * 50, ("198.18.0.9", 68))])
     protocol.datagramReceived(message(c.DHCPINFORM), ("198.18.0.9", 68))
     assert [e.kind for e in seen][:2] == ["offered", "bound"]  # the core's own callback kept
     s = scrape(metrics)
     assert value(s, "pxestack_dhcp_packets_total", type="discover", outcome="offer") == 1
     assert value(s, "pxestack_dhcp_packets_total", type="request", outcome="ack") == 1
-    assert value(s, "pxestack_dhcp_packets_total", type="none", outcome="malformed") == 1
+    assert value(s, "pxestack_dhcp_packets_total", type="none", outcome="malformed") == 3
+    assert protocol.malformed == 3
     assert sum(v for (name, labels), v in s.items()
                if name == "pxestack_dhcp_packets_total" and ("type", "inform") in labels) == 1
     assert value(s, "pxestack_dhcp_leases_in_use", pool="198.18.0.0/24") == 1

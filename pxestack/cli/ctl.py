@@ -219,6 +219,10 @@ class AdminClient:
         doesn't exist`` becomes :class:`HostNotFoundError` when *serial* names a host.
         """
         reply = self.request(method, path, body, content_type=content_type, headers=headers)
+        return self.check(reply, method, path, serial=serial)
+
+    def check(self, reply: Reply, method: str, path: str, *, serial: str | None = None) -> Reply:
+        """*reply* when its status is a success (up to 399); else the matching error."""
         if reply.status < 400:
             return reply
         message = reply.text.strip()
@@ -448,7 +452,7 @@ def fetch_host(client: AdminClient, serial: str) -> tuple[dict[str, Any], str | 
             raise CtlError(f"GET {host_path(serial.lower())} did not answer a JSON object")
         return record, reply.headers.get("etag")
     if reply.status not in (404, 405) or HOST_MISSING_TEXT in reply.text:
-        client.call("GET", host_path(serial.lower()), serial=serial)  # raises the right error
+        client.check(reply, "GET", host_path(serial.lower()), serial=serial)
     for host in fetch_hosts(client):
         if str(field_of(host, "Serial") or "").lower() == serial.lower():
             return host, None
@@ -571,7 +575,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     reply = client.request("GET", path)
     if reply.status in (404, 405) and HOST_MISSING_TEXT not in reply.text:
         raise CtlError(f"{client.server} has no history endpoint (mayu itself keeps none)")
-    reply = reply if reply.status < 400 else client.call("GET", path, serial=args.serial)
+    client.check(reply, "GET", path, serial=args.serial)
     entries = reply.json()
     if not isinstance(entries, list):
         raise CtlError(f"GET {path} did not answer a JSON array")
@@ -689,9 +693,10 @@ def cmd_config_set(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """``health``: the store's and git audit's health; exit 1 when degraded (HTTP 503)."""
-    reply = make_client(args).request("GET", "/admin/health")
-    if reply.status not in (200, 503):
-        make_client(args).call("GET", "/admin/health")  # raises with the server's message
+    client = make_client(args)
+    reply = client.request("GET", "/admin/health")
+    if reply.status != 503:
+        client.check(reply, "GET", "/admin/health")
     data = reply.json()
 
     def table() -> str:

@@ -10,6 +10,7 @@ so validation and defaults are those of ``pxestack serve``::
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ def register(subparsers: Any) -> None:
                         help="concurrent transfers per client IP (default 64)")
     parser.add_argument("--single-port", action="store_true",
                         help="serve every transfer from the listening port (firewalls, NAT)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="worker processes sharing the port with SO_REUSEPORT; the kernel "
+                        "spreads clients over them (default 1)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", choices=("debug", "info", "warn", "error"),
                         default="info")
@@ -80,10 +85,58 @@ def tftp_command(args: argparse.Namespace) -> int:
     if config.tftp.root.exists() and not config.tftp.root.is_dir():
         print(f"pxestack tftp: --root {config.tftp.root} is not a directory", file=sys.stderr)
         return EXIT_USAGE
+    if args.workers < 1:
+        print("pxestack tftp: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     from pxestack.cli._run import run_service
     from pxestack.service import build_service
+    from pxestack.service.tftp import TftpService
 
-    return run_service(build_service(config), config)
+    root = build_service(config)
+    tftp = root.getServiceNamed("tftp")
+    assert isinstance(tftp, TftpService)
+    workers: list[subprocess.Popen[bytes]] = []
+    if args.workers > 1 or args.reuse_port:
+        tftp.reuse_port = True
+    if args.workers > 1:
+        workers = [_spawn_worker(config) for _ in range(args.workers - 1)]
+    try:
+        return run_service(root, config)
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+def _spawn_worker(config: Config) -> subprocess.Popen[bytes]:
+    """Start one more ``pxestack tftp`` on the same port (SO_REUSEPORT), dying with us."""
+    tftp = config.tftp
+    assert tftp is not None
+    argv = [
+        "tftp", "--root", str(tftp.root), "--listen", f"{tftp.listen[0]}:{tftp.listen[1]}",
+        "--max-blksize", str(tftp.max_blksize), "--max-windowsize", str(tftp.max_windowsize),
+        "--per-client-limit", str(tftp.per_client_limit), "--log-format", config.log_format,
+        "--log-level", config.log_level, "--reuse-port",
+    ]
+    if tftp.single_port:
+        argv.append("--single-port")
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and validated values
+        [sys.executable, "-m", "pxestack", *argv], preexec_fn=_die_with_parent
+    )
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent exits (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 __all__ = ["config_from_args", "register", "tftp_command"]

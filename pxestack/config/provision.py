@@ -8,13 +8,16 @@ The keys follow mayu's ``config.yaml`` (see ``docs/provisioning.md`` for the ful
   its end is enforced), the networkd values the templates need, and is handed to the
   templates as ``network``;
 * ``profiles`` are mayu's profiles (name, quantity, tags, ...) plus pxestack's per-profile
-  ``install`` flow: ``disk`` (mayu era B, install to disk, the default) or ``pxe`` (mayu era C,
-  PXE-boot into RAM on every boot);
+  OS flow: ``os`` (``flatcar``, the default; ``fcos`` for Fedora CoreOS; ``generic`` for any
+  kernel + initrd) and ``install``: ``disk`` (mayu era B, install to disk, the default) or
+  ``pxe`` (mayu era C, PXE-boot into RAM on every boot), with the OS's own settings under
+  ``flatcar:`` or ``generic:`` (see :mod:`pxestack.provision.flows`);
 * ``templates_env`` is free-form data for the templates, as in mayu.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -23,9 +26,24 @@ from types import MappingProxyType
 from typing import Any
 
 from pxestack.config._reader import Section
+from pxestack.http.ipxe import is_safe_word
 
 #: The two boot flows a profile can use: mayu era B (install to disk) or era C (RAM boot).
 INSTALL_FLOWS = ("disk", "pxe")
+#: The operating systems a profile can boot (``docs/provisioning.md``, "OS flows").
+OS_CHOICES = ("flatcar", "fcos", "generic")
+#: Where ``flatcar-install`` gets the disk image: pxestack's image cache (checked against
+#: its recorded SHA-256, then ``flatcar-install -f``) or a Flatcar release server / mirror
+#: (``flatcar-install -C CHANNEL -V VERSION [-b BASEURL]``, verified by its GPG signature).
+FLATCAR_IMAGE_SOURCES = ("cache", "release")
+#: ``{name}`` placeholders a generic profile's ``cmdline`` may use.
+GENERIC_PLACEHOLDERS = ("base_url", "images_url", "script_url", "serial")
+_DISK_PATH = re.compile(r"/dev/[A-Za-z0-9._/:-]+")
+_CHANNEL = re.compile(r"[a-z][a-z0-9-]{0,31}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,199}")
+_OS_DIR = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 #: What DHCP/iPXE does with an installed or running machine (mayu issue #14).
 INSTALLED_BOOT_CHOICES = ("ignore", "local-boot")
 #: mayu's git identity (docs of mayu's git audit: ``git config user.name``/``user.email``).
@@ -83,6 +101,34 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FlatcarSettings:
+    """How a Flatcar profile installs to disk (``profiles[].flatcar``)."""
+
+    #: ``cache`` (pxestack's image cache) or ``release`` (a Flatcar release server).
+    image_source: str = "cache"
+    #: ``flatcar-install -C``: the release channel (``release`` only).
+    channel: str = "stable"
+    #: ``flatcar-install -b``: a mirror URL instead of the channel's release server.
+    base_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenericSettings:
+    """A generic Linux boot (``profiles[].generic``): kernel, initrds, command line, script."""
+
+    #: An ``http(s)://`` URL, or a file name in ``<images_dir>/<image_os>/<version>/``.
+    kernel: str
+    initrd: tuple[str, ...] = ()
+    #: Kernel arguments; may contain the placeholders of :data:`GENERIC_PLACEHOLDERS`.
+    cmdline: tuple[str, ...] = ()
+    #: A ``.sh.j2`` (shell) or ``.yaml.j2`` (e.g. cloud-config) template served to this
+    #: host at ``/script/<serial>`` (optional).
+    script: str | None = None
+    #: The OS directory in the image cache (``<images_dir>/<image_os>/<version>/``).
+    image_os: str = "generic"
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileConfig:
     """One profile: the first ``quantity`` machines that come up get it (mayu §2)."""
 
@@ -98,6 +144,13 @@ class ProfileConfig:
     kernel_args: tuple[str, ...] = ()
     #: Merged over ``templates_env`` for this profile's machines (host overrides win).
     templates_env: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``flatcar`` (the default), ``fcos`` (Fedora CoreOS) or ``generic``.
+    os: str = "flatcar"
+    #: The disk the installer writes (``""``: ``templates_env.install_disk``, else /dev/sda).
+    install_disk: str = ""
+    flatcar: FlatcarSettings = FlatcarSettings()
+    #: Set exactly when ``os`` is ``generic``.
+    generic: GenericSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +241,83 @@ def _read_env(section: Section, key: str) -> Mapping[str, Any]:
     return frozen
 
 
+def _read_flatcar(section: Section) -> FlatcarSettings:
+    source = section.str("image_source", "cache", choices=FLATCAR_IMAGE_SOURCES)
+    channel = section.str("channel", "stable")
+    if channel is not None and not _CHANNEL.fullmatch(channel):
+        section.problem("channel", f"{channel!r} is not a Flatcar channel name such as stable")
+    base_url = section.str("base_url", None)
+    if base_url is not None:
+        if not base_url.startswith(("http://", "https://")) or not is_safe_word(base_url):
+            section.problem("base_url", f"{base_url!r} is not an http:// or https:// URL")
+        elif source != "release":
+            section.problem("base_url", "is only used with image_source: release")
+    if section.has("channel") and source != "release":
+        section.problem("channel", "is only used with image_source: release")
+    settings = FlatcarSettings(
+        image_source=source or "cache",
+        channel=channel or "stable",
+        base_url=base_url.rstrip("/") if base_url else None,
+    )
+    section.finish()
+    return settings
+
+
+def _image_reference(section: Section, key: str, value: str) -> None:
+    """A kernel/initrd is an http(s) URL (safe as one iPXE word) or a cache file name."""
+    if value.startswith(("http://", "https://")):
+        if not is_safe_word(value):
+            section.problem(key, f"{value!r} is not usable in an iPXE script")
+    elif not _FILE_NAME.fullmatch(value):
+        section.problem(key, f"{value!r} is neither an http(s):// URL nor a plain file name")
+
+
+def _read_generic(section: Section) -> GenericSettings:
+    kernel = section.str("kernel")
+    if kernel is not None:
+        _image_reference(section, "kernel", kernel)
+    initrd = section.str_list("initrd")
+    for index, item in enumerate(initrd):
+        _image_reference(section, f"initrd[{index}]", item)
+    cmdline = section.str_list("cmdline")
+    for index, arg in enumerate(cmdline):
+        unknown = [n for n in _PLACEHOLDER.findall(arg) if n not in GENERIC_PLACEHOLDERS]
+        literal = _PLACEHOLDER.sub("x", arg)
+        if unknown:
+            section.problem(
+                f"cmdline[{index}]",
+                f"unknown placeholder {{{unknown[0]}}} (known: "
+                + ", ".join(f"{{{n}}}" for n in GENERIC_PLACEHOLDERS)
+                + ")",
+            )
+        elif not literal or not is_safe_word(literal):
+            section.problem(
+                f"cmdline[{index}]",
+                f"{arg!r} is not one kernel argument (no spaces, quotes, $ or #)",
+            )
+    script = section.str("script", None)
+    if script is not None and (
+        not _TEMPLATE_NAME.fullmatch(script)
+        or ".." in script
+        or not script.endswith((".sh.j2", ".yaml.j2"))
+    ):
+        section.problem(
+            "script", f"{script!r} is not a template name ending in .sh.j2 or .yaml.j2"
+        )
+    image_os = section.str("image_os", "generic")
+    if image_os is not None and not _OS_DIR.fullmatch(image_os):
+        section.problem("image_os", f"{image_os!r} is not an OS directory name such as debian")
+    settings = GenericSettings(
+        kernel=kernel or "",
+        initrd=initrd,
+        cmdline=cmdline,
+        script=script,
+        image_os=image_os or "generic",
+    )
+    section.finish()
+    return settings
+
+
 def _read_profile(section: Section) -> ProfileConfig:
     name = section.str("name")
     if name is not None and (not name or "/" in name or name.strip() != name):
@@ -196,16 +326,41 @@ def _read_profile(section: Section) -> ProfileConfig:
     for index, tag in enumerate(tags):
         if "=" not in tag:
             section.problem(f"tags[{index}]", f"{tag!r} is not of the form key=value")
+    os_name = section.str("os", "flatcar", choices=OS_CHOICES) or "flatcar"
+    os_version = section.str("os_version", "")
+    if os_name != "flatcar" and not os_version:
+        # default_os_version names a Flatcar release; another OS needs its own version
+        # to find its files in the image cache.
+        section.problem("os_version", f"is required for os: {os_name}")
+    install_disk = section.str("install_disk", "")
+    if install_disk and not _DISK_PATH.fullmatch(install_disk):
+        section.problem("install_disk", f"{install_disk!r} is not a /dev/... path")
+    flatcar = FlatcarSettings()
+    if section.has("flatcar"):
+        flatcar = _read_flatcar(section.mapping("flatcar"))
+        if os_name != "flatcar":
+            section.problem("flatcar", f"is only used with os: flatcar (not {os_name})")
+    generic = None
+    if section.has("generic"):
+        generic = _read_generic(section.mapping("generic"))
+        if os_name != "generic":
+            section.problem("generic", f"is only used with os: generic (not {os_name})")
+    elif os_name == "generic":
+        section.problem("generic", "is required for os: generic (at least generic.kernel)")
     profile = ProfileConfig(
         name=name or "",
         quantity=section.int("quantity", 0, minimum=0),
         tags=tags,
         disable_engine=section.bool("disable_engine", False),
-        os_version=section.str("os_version", ""),
+        os_version=os_version or "",
         etcd_cluster_token=section.str("etcd_cluster_token", ""),
         install=section.str("install", "disk", choices=INSTALL_FLOWS),
         kernel_args=section.str_list("kernel_args"),
         templates_env=_read_env(section, "templates_env"),
+        os=os_name,
+        install_disk=install_disk or "",
+        flatcar=flatcar,
+        generic=generic if os_name == "generic" else None,
     )
     section.finish()
     return profile
@@ -265,9 +420,14 @@ def read_provision(section: Section, state_dir: Path) -> ProvisionConfig:
 
 
 __all__ = [
+    "FLATCAR_IMAGE_SOURCES",
+    "GENERIC_PLACEHOLDERS",
     "INSTALLED_BOOT_CHOICES",
     "INSTALL_FLOWS",
+    "OS_CHOICES",
     "ApiConfig",
+    "FlatcarSettings",
+    "GenericSettings",
     "IPRange",
     "NetworkConfig",
     "ProfileConfig",

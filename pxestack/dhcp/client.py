@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Final, TypeVar
@@ -24,6 +24,7 @@ from typing import Final, TypeVar
 from pxestack.errors import MalformedPacket
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage
+from pxestack.wire.dhcp_options import DhcpOptions
 
 _T = TypeVar("_T")
 
@@ -164,99 +165,186 @@ class ClientInfo:
 
     @classmethod
     def from_message(cls, message: DhcpMessage) -> ClientInfo:
-        """Classify the sender of ``message``; never raises on what the peer sent."""
+        """Classify the sender of ``message``; never raises on what the peer sent.
+
+        The options that describe the firmware (60, 77, 93, 175, 57) are read once per
+        distinct set of values and memoised (:func:`_model_facts`): in a boot storm every
+        machine of one model sends the same ones.  The per-machine options (97 UUID, 61
+        client identifier, 12 host name) and the header fields are read for every message.
+        """
         options = message.options
-        errors: list[str] = []
-
-        def read(getter: Callable[[], _T], what: str) -> _T | None:
-            try:
-                return getter()
-            except MalformedPacket as exc:
-                errors.append(f"{what}: {exc}")
-                return None
-
-        vendor_class = read(lambda: options.text(c.OPT_VENDOR_CLASS_ID), "option 60")
-        user_classes = options.user_classes()
-        ipxe_sub = read(options.ipxe_suboptions, "option 175")
-        features: set[str] = set()
-        version: tuple[int, ...] | None = None
-        if ipxe_sub is not None:
-            for code, value in ipxe_sub.items():
-                name = c.IPXE_FEATURES.get(code)
-                if name is not None and len(value) == 1 and value[0]:
-                    features.add(name)
-            raw_version = ipxe_sub.get(c.IPXE_VERSION)
-            if raw_version:
-                version = tuple(raw_version)
-
-        firmware = _firmware_kind(vendor_class, user_classes, ipxe_sub is not None)
-
-        arch_code: int | None = None
-        arches = read(options.client_architectures, "option 93")
-        if arches:
-            arch_code = arches[0]
-        elif vendor_class is not None:
-            match = _PXE_VENDOR_ARCH.match(vendor_class)
-            if match:
-                arch_code = int(match.group(1))
-        arch, http_boot_arch = (
-            (Arch.UNKNOWN, False) if arch_code is None
-            else ARCH_TYPES.get(arch_code, (Arch.UNKNOWN, False))
-        )
-        if arch_code is not None and arch is Arch.UNKNOWN:
-            # bad-inputs D8 / quirk 4: unknown arch means "default", never a crash.
-            errors.append(f"option 93: unknown architecture type {arch_code}")
-
-        raspberry_pi = message.chaddr[:3] in RASPBERRY_PI_OUIS and message.hlen == 6
+        items = options.items_view()
+        facts = _model_facts(items)
+        arch = facts.arch
+        firmware = facts.firmware
+        raspberry_pi = message.hlen == 6 and message.chaddr[:3] in RASPBERRY_PI_OUIS
         if raspberry_pi and arch in (Arch.X86_BIOS, Arch.UNKNOWN) and firmware is Firmware.PXE:
             # Quirk 4: the Pi 4/5 EEPROM bootloader claims arch 0; its MAC OUI tells the truth.
             arch = Arch.RPI
 
+        errors = facts.errors_head
         client_uuid = None
-        if options.raw(c.OPT_CLIENT_UUID) == b"":
+        raw_uuid = items.get(c.OPT_CLIENT_UUID)
+        if raw_uuid == b"":
             # Quirk 3: some Intel PXE ROMs send option 97 with no GUID at all (pixiecore#21).
-            errors.append("option 97: empty, no client UUID")
-        else:
-            client_uuid = read(options.client_uuid, "option 97")
+            errors = (*errors, "option 97: empty, no client UUID")
+        elif raw_uuid is not None:
+            try:
+                client_uuid = options.client_uuid()
+            except MalformedPacket as exc:
+                errors = (*errors, f"option 97: {exc}")
 
-        client_id = options.raw(c.OPT_CLIENT_ID)
+        client_id = items.get(c.OPT_CLIENT_ID)
         if client_id is not None and not 2 <= len(client_id) <= 255:
             # RFC 2132 §9.14: at least 2 octets; bad-inputs D6: fall back to chaddr.
-            errors.append(f"option 61: {len(client_id)} octets is not a valid client identifier")
+            errors = (
+                *errors, f"option 61: {len(client_id)} octets is not a valid client identifier"
+            )
             client_id = None
 
-        hostname = read(lambda: options.text(c.OPT_HOST_NAME), "option 12")
-        if hostname is not None and not _valid_hostname(hostname):
-            # bad-inputs D7: never let a NUL, "/", ".." or spaces through as a host name.
-            errors.append("option 12: not an RFC 1123 host name, ignored")
-            hostname = None
-
-        max_size = read(lambda: options.u16(c.OPT_MAX_MESSAGE_SIZE), "option 57")
+        hostname = None
+        if c.OPT_HOST_NAME in items:
+            try:
+                hostname = options.text(c.OPT_HOST_NAME)
+            except MalformedPacket as exc:
+                errors = (*errors, f"option 12: {exc}")
+            if hostname is not None and not _valid_hostname(hostname):
+                # bad-inputs D7: never let a NUL, "/", ".." or spaces through as a host name.
+                errors = (*errors, "option 12: not an RFC 1123 host name, ignored")
+                hostname = None
+        if facts.errors_tail:
+            errors = (*errors, *facts.errors_tail)
 
         return cls(
             mac=message.mac,
             chaddr=message.chaddr,
             message_type=message.message_type,
             arch=arch,
-            arch_code=arch_code,
-            http_boot_arch=http_boot_arch,
+            arch_code=facts.arch_code,
+            http_boot_arch=facts.http_boot_arch,
             firmware=firmware,
-            vendor_class=vendor_class,
-            user_classes=user_classes,
-            ipxe_features=frozenset(features),
-            ipxe_version=version,
+            vendor_class=facts.vendor_class,
+            user_classes=facts.user_classes,
+            ipxe_features=facts.ipxe_features,
+            ipxe_version=facts.ipxe_version,
             uuid=client_uuid,
             client_id=client_id,
             hostname=hostname,
-            max_message_size=max_size,
-            broadcast=message.broadcast,
+            max_message_size=facts.max_message_size,
+            broadcast=bool(message.flags & c.FLAG_BROADCAST),
             giaddr=message.giaddr,
             raspberry_pi=raspberry_pi,
-            ipxe_secs=IpxeDebugSecs.from_secs(message.secs)
-            if firmware is Firmware.IPXE
+            ipxe_secs=IpxeDebugSecs.from_secs(message.secs) if firmware is Firmware.IPXE
             else None,
-            errors=tuple(errors),
+            errors=errors,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelFacts:
+    """What the firmware-describing options say (the same for every machine of a model)."""
+
+    vendor_class: str | None
+    user_classes: tuple[bytes, ...]
+    ipxe_features: frozenset[str]
+    ipxe_version: tuple[int, ...] | None
+    firmware: Firmware
+    arch_code: int | None
+    arch: Arch
+    http_boot_arch: bool
+    max_message_size: int | None
+    #: Problems with options 60, 175 and 93 (reported before those of 97, 61 and 12) ...
+    errors_head: tuple[str, ...]
+    #: ... and with option 57 (reported last).
+    errors_tail: tuple[str, ...]
+
+
+#: Memo of :func:`_read_model_facts`, bounded in entries and in key size (bad-inputs D11: a
+#: flood of distinct, large option sets must not grow memory).
+_MODEL_MEMO: dict[tuple[bytes | None, ...], _ModelFacts] = {}
+_MODEL_MEMO_ENTRIES: Final = 1024
+_MODEL_MEMO_KEY_OCTETS: Final = 512
+
+
+def _model_facts(items: Mapping[int, bytes]) -> _ModelFacts:
+    """:func:`_read_model_facts`, memoised by the raw values of the options it reads."""
+    get = items.get
+    key = (
+        get(c.OPT_VENDOR_CLASS_ID),
+        get(c.OPT_USER_CLASS),
+        get(c.OPT_IPXE_ENCAP),
+        get(c.OPT_CLIENT_ARCH),
+        get(c.OPT_MAX_MESSAGE_SIZE),
+    )
+    facts = _MODEL_MEMO.get(key)
+    if facts is not None:
+        return facts
+    facts = _read_model_facts(DhcpOptions._trusted(dict(items)))
+    if sum(len(value) for value in key if value is not None) <= _MODEL_MEMO_KEY_OCTETS:
+        if len(_MODEL_MEMO) >= _MODEL_MEMO_ENTRIES:
+            _MODEL_MEMO.clear()
+        _MODEL_MEMO[key] = facts
+    return facts
+
+
+def _read_model_facts(options: DhcpOptions) -> _ModelFacts:
+    """Read options 60, 77, 175, 93 and 57; malformed ones become errors, never raise."""
+    errors: list[str] = []
+
+    def read(getter: Callable[[], _T], what: str) -> _T | None:
+        try:
+            return getter()
+        except MalformedPacket as exc:
+            errors.append(f"{what}: {exc}")
+            return None
+
+    vendor_class = read(lambda: options.text(c.OPT_VENDOR_CLASS_ID), "option 60")
+    user_classes = options.user_classes()
+    ipxe_sub = read(options.ipxe_suboptions, "option 175")
+    features: set[str] = set()
+    version: tuple[int, ...] | None = None
+    if ipxe_sub is not None:
+        for code, value in ipxe_sub.items():
+            name = c.IPXE_FEATURES.get(code)
+            if name is not None and len(value) == 1 and value[0]:
+                features.add(name)
+        raw_version = ipxe_sub.get(c.IPXE_VERSION)
+        if raw_version:
+            version = tuple(raw_version)
+
+    firmware = _firmware_kind(vendor_class, user_classes, ipxe_sub is not None)
+
+    arch_code: int | None = None
+    arches = read(options.client_architectures, "option 93")
+    if arches:
+        arch_code = arches[0]
+    elif vendor_class is not None:
+        match = _PXE_VENDOR_ARCH.match(vendor_class)
+        if match:
+            arch_code = int(match.group(1))
+    arch, http_boot_arch = (
+        (Arch.UNKNOWN, False) if arch_code is None
+        else ARCH_TYPES.get(arch_code, (Arch.UNKNOWN, False))
+    )
+    if arch_code is not None and arch is Arch.UNKNOWN:
+        # bad-inputs D8 / quirk 4: unknown arch means "default", never a crash.
+        errors.append(f"option 93: unknown architecture type {arch_code}")
+    head = tuple(errors)
+    errors.clear()
+    max_size = read(lambda: options.u16(c.OPT_MAX_MESSAGE_SIZE), "option 57")
+    return _ModelFacts(
+        vendor_class=vendor_class,
+        user_classes=user_classes,
+        ipxe_features=frozenset(features),
+        ipxe_version=version,
+        firmware=firmware,
+        arch_code=arch_code,
+        arch=arch,
+        http_boot_arch=http_boot_arch,
+        max_message_size=max_size,
+        errors_head=head,
+        errors_tail=tuple(errors),
+    )
 
 
 def _firmware_kind(vendor_class: str | None, user_classes: tuple[bytes, ...],

@@ -38,6 +38,7 @@ one value both cores return to the Twisted adapter.
 from __future__ import annotations
 
 import enum
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -57,6 +58,9 @@ _BROADCAST: Final = IPv4Address("255.255.255.255")
 #: BOOTP ``file`` holds 128 octets including the terminating NUL (quirk 18: names longer
 #: than 127 octets go only in option 67).
 MAX_FILE_FIELD: Final = 127
+
+#: Distinct boot answers remembered (they depend on configuration, not on the client).
+_DECISION_MEMO_SIZE: Final = 256
 
 #: Option 175 with sub-option 176 (``DHCP_EB_NO_PXEDHCP``) = 1: ``b0 01 01``.
 IPXE_NO_PXEDHCP_OPTION: Final = encode_suboptions({c.IPXE_NO_PXEDHCP: b"\x01"}, end=False)
@@ -92,12 +96,15 @@ class BootDefaults:
 
     def file_for(self, arch: Arch) -> str | None:
         """The iPXE binary for ``arch``, or None when we have none (ARM32, RISC-V, Pi...)."""
-        return {
-            Arch.X86_BIOS: self.bios_file,
-            Arch.EFI_X64: self.efi_x64_file,
-            Arch.EFI_IA32: self.efi_ia32_file,
-            Arch.EFI_ARM64: self.efi_arm64_file,
-        }.get(arch)
+        if arch is Arch.X86_BIOS:
+            return self.bios_file
+        if arch is Arch.EFI_X64:
+            return self.efi_x64_file
+        if arch is Arch.EFI_IA32:
+            return self.efi_ia32_file
+        if arch is Arch.EFI_ARM64:
+            return self.efi_arm64_file
+        return None
 
 
 class BootKind(enum.Enum):
@@ -184,6 +191,13 @@ def _ipxe_script(spec: BootSpec, defaults: BootDefaults, next_server: IPv4Addres
     ) or defaults.ipxe_script_url
     if url is None:
         return BootDecision(BootKind.NONE, "no iPXE script URL configured")
+    return _ipxe_script_decision(url, next_server, reason, proxy, spec.local_boot)
+
+
+@functools.lru_cache(maxsize=_DECISION_MEMO_SIZE)
+def _ipxe_script_decision(url: str, next_server: IPv4Address, reason: str, proxy: bool,
+                          local_boot: bool) -> BootDecision:
+    """The iPXE-script answer (memoised: decisions are immutable values)."""
     items: dict[int, bytes] = {}
     if proxy:
         # iPXE counts a packet as a ProxyDHCP offer only if option 60 starts with
@@ -194,7 +208,7 @@ def _ipxe_script(spec: BootSpec, defaults: BootDefaults, next_server: IPv4Addres
     items[c.OPT_IPXE_ENCAP] = IPXE_NO_PXEDHCP_OPTION
     return BootDecision(
         BootKind.IPXE_SCRIPT,
-        reason + (" (local boot)" if spec.local_boot else ""),
+        reason + (" (local boot)" if local_boot else ""),
         siaddr=next_server,
         # dnsmasq leaves ``file`` empty for iPXE and iPXE reads option 67 (firmware.md).
         file=b"",
@@ -227,7 +241,20 @@ def _tftp(info: ClientInfo, spec: BootSpec, defaults: BootDefaults, next_server:
     name = spec.boot_file or defaults.file_for(info.arch)
     if name is None:
         # bad-inputs D8 / quirk 4: unknown arch gets no boot answer, never a crash.
-        return BootDecision(BootKind.NONE, f"no boot file for architecture {info.arch.value}")
+        return _no_boot_file(info.arch)
+    return _tftp_decision(name, next_server, proxy, ipxe)
+
+
+@functools.lru_cache(maxsize=len(Arch))
+def _no_boot_file(arch: Arch) -> BootDecision:
+    """The "no boot file for this architecture" answer (memoised per architecture)."""
+    return BootDecision(BootKind.NONE, f"no boot file for architecture {arch.value}")
+
+
+@functools.lru_cache(maxsize=_DECISION_MEMO_SIZE)
+def _tftp_decision(name: str, next_server: IPv4Address, proxy: bool, ipxe: bool
+                   ) -> BootDecision:
+    """The TFTP answer for boot file *name* (memoised: decisions are immutable values)."""
     raw = name.encode()
     items: dict[int, bytes] = {}
     if proxy:

@@ -28,6 +28,7 @@ and fsyncs the directory, so at every instant either the old or the new file is 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -53,19 +54,36 @@ def encode_record(payload: dict[str, object]) -> bytes:
     return _HEADER.pack(RECORD_MAGIC, len(body), zlib.crc32(body)) + body
 
 
+def _dotted(address: int) -> str:
+    """Dotted-quad text of an IPv4 address given as an integer (``str(IPv4Address)``
+    costs several times more, and this runs for every DHCPACK)."""
+    return f"{address >> 24}.{(address >> 16) & 255}.{(address >> 8) & 255}.{address & 255}"
+
+
+def _json_number(value: float) -> str:
+    """*value* exactly as ``json.dumps`` writes it (``repr`` for finite numbers)."""
+    return repr(value) if math.isfinite(value) else json.dumps(value)
+
+
 def bind_record(lease: Lease) -> bytes:
-    """The framed record of a binding."""
-    return encode_record(
-        {
-            "t": "b",
-            "a": str(lease.address),
-            "k": lease.client.hex(),
-            "m": lease.mac.hex(),
-            "i": lease.client_id.hex() if lease.client_id is not None else None,
-            "h": lease.hostname,
-            "e": lease.expires,
-        }
-    )
+    """The framed record of a binding.
+
+    The payload is formatted directly rather than through ``json.dumps`` of a dict (it is
+    written for every DHCPACK); the bytes are identical to what :func:`encode_record` would
+    produce for the same mapping (tests/dhcp/test_journal.py checks this), so the loader
+    does not care.  Only the host name, the one free-text field, goes through the JSON
+    encoder for its escaping.
+    """
+    client_id = lease.client_id
+    hostname = lease.hostname
+    body = (
+        f'{{"t":"b","a":"{_dotted(int(lease.address))}","k":"{lease.client.hex()}",'
+        f'"m":"{lease.mac.hex()}",'
+        f'"i":{"null" if client_id is None else chr(34) + client_id.hex() + chr(34)},'
+        f'"h":{"null" if hostname is None else json.dumps(hostname)},'
+        f'"e":{_json_number(lease.expires)}}}'
+    ).encode()
+    return _HEADER.pack(RECORD_MAGIC, len(body), zlib.crc32(body)) + body
 
 
 def free_record(lease: Lease) -> bytes:
@@ -242,8 +260,19 @@ class LeaseJournal:
 
     Use :meth:`open` to recover the contents and start a fresh, compacted file.
 
-    :param sync: ``fdatasync`` bindings and declines before returning (turn off only for
-        tests and benchmarks that measure something else).
+    Two ways to make bindings durable:
+
+    * one at a time (the default): :meth:`bound` writes the record and ``fdatasync``-s it
+      before returning, so the caller may send its DHCPACK right after;
+    * **group commit**: between :meth:`begin_batch` and :meth:`commit` records are only
+      collected; :meth:`commit` writes them with one ``write()`` and makes them durable with
+      one ``fdatasync``.  The caller must not send an ACK produced inside the batch before
+      :meth:`commit` returns (:class:`~pxestack.dhcp.protocol.DhcpServerProtocol` holds
+      them back while :attr:`pending` is true).  A crash before the commit loses only
+      bindings that were never acknowledged.
+
+    :param sync: ``fdatasync`` bindings and declines (turn off only for tests and benchmarks
+        that measure something else).
     """
 
     def __init__(self, path: Path, *, sync: bool = True) -> None:
@@ -254,6 +283,9 @@ class LeaseJournal:
             os.write(self._fd, FILE_MAGIC)
         #: Records appended since the last compaction.
         self.appended = 0
+        self._batching = False
+        self._held: list[bytes] = []
+        self._held_durable = False
 
     @classmethod
     def open(cls, path: Path, *, sync: bool = True) -> tuple[LeaseJournal, JournalContents]:
@@ -267,16 +299,52 @@ class LeaseJournal:
         )
         return cls(path, sync=sync), contents
 
-    def _append(self, record: bytes, durable: bool) -> None:
+    def _descriptor(self) -> int:
         if self._fd is None:
             raise ValueError(f"lease journal {self.path} is closed")
-        os.write(self._fd, record)
+        return self._fd
+
+    def _append(self, record: bytes, durable: bool) -> None:
         self.appended += 1
+        if self._batching:
+            self._held.append(record)
+            self._held_durable = self._held_durable or durable
+            return
+        fd = self._descriptor()
+        os.write(fd, record)
         if durable and self.sync:
-            os.fdatasync(self._fd)
+            os.fdatasync(fd)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a batch holds a binding or decline that is not durable yet."""
+        return self._held_durable
+
+    def begin_batch(self) -> None:
+        """Collect records in memory until :meth:`commit` (group commit)."""
+        self._batching = True
+
+    def commit(self) -> None:
+        """End the batch: one ``write()`` of every held record, one ``fdatasync`` if any of
+        them must be durable.  Raises ``OSError`` when the disk refuses; the held records
+        are dropped then (their ACKs must not be sent)."""
+        self._batching = False
+        if not self._held:
+            return
+        data = b"".join(self._held)
+        durable = self._held_durable
+        self._held.clear()
+        self._held_durable = False
+        fd = self._descriptor()
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if durable and self.sync:
+            os.fdatasync(fd)
 
     def bound(self, lease: Lease) -> None:
-        """Record a binding durably (fdatasync before returning)."""
+        """Record a binding durably (fdatasync before returning, or at :meth:`commit`)."""
         self._append(bind_record(lease), durable=True)
 
     def freed(self, lease: Lease) -> None:
@@ -289,6 +357,8 @@ class LeaseJournal:
 
     def compact(self, leases: Iterable[Lease], declines: Iterable[Decline]) -> int:
         """Replace the journal by a snapshot of the live state; returns records written."""
+        if self._batching or self._held:
+            self.commit()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -298,12 +368,16 @@ class LeaseJournal:
         return written
 
     def flush(self) -> None:
-        """Make everything written so far durable (releases included)."""
+        """Make everything written so far durable (releases and any open batch included)."""
+        if self._batching or self._held:
+            self.commit()
         if self._fd is not None:
             os.fsync(self._fd)
 
     def close(self) -> None:
-        """Sync and close the file."""
+        """Write any held records, sync and close the file."""
+        if self._batching or self._held:
+            self.commit()
         if self._fd is not None:
             os.fsync(self._fd)
             os.close(self._fd)

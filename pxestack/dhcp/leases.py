@@ -39,6 +39,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from pxestack.errors import ApiMisuse
+from pxestack.wire.dhcp_options import ipv4_address
 
 #: Default cap on outstanding (unanswered) offers; bad-inputs.md D10 (DISCOVER floods).
 DEFAULT_MAX_OFFERS = 4096
@@ -225,6 +226,13 @@ class _SubnetState:
     #: Addresses that were used and became free again (expired, released, offer lapsed).
     recycled: deque[int] = field(default_factory=deque)
     recycled_set: set[int] = field(default_factory=set)
+    #: The network as integers, for containment tests without ``ipaddress`` objects.
+    network_int: int = 0
+    netmask: int = 0
+
+    def __post_init__(self) -> None:
+        self.network_int = int(self.subnet.network.network_address)
+        self.netmask = int(self.subnet.network.netmask)
 
 
 class InMemoryLeaseStore:
@@ -347,7 +355,17 @@ class InMemoryLeaseStore:
         raise ApiMisuse(f"subnet {subnet.network} is not configured in this store")
 
     def _in_ranges(self, state: _SubnetState, address: int) -> bool:
-        return any(first <= address <= last for first, last in state.bounds)
+        for first, last in state.bounds:
+            if first <= address <= last:
+                return True
+        return False
+
+    def _state_containing(self, address: int) -> _SubnetState | None:
+        """The first subnet whose network contains *address* (integer form, no objects)."""
+        for state in self._subnets:
+            if address & state.netmask == state.network_int:
+                return state
+        return None
 
     def _usable_by(self, address: int, client: bytes, now: float) -> bool:
         """Whether *client* may take *address* now (ignoring reservations of its own)."""
@@ -479,7 +497,7 @@ class InMemoryLeaseStore:
         if not already_offered and self._offers >= self.max_offers:
             return None
         lease = Lease(
-            address=IPv4Address(chosen),
+            address=ipv4_address(chosen),
             client=client,
             mac=mac,
             state=LeaseState.OFFERED,
@@ -508,7 +526,7 @@ class InMemoryLeaseStore:
                 return False
             holder = self._by_address.get(address_int)
             return holder is None or holder.client == client or not holder.active(now)
-        state = next((s for s in self._subnets if address in s.subnet.network), None)
+        state = self._state_containing(address_int)
         if state is None or not self._in_ranges(state, address_int):
             return False
         if reservation is not None and reservation.address in state.subnet.network:

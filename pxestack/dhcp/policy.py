@@ -113,7 +113,7 @@ class StaticBootPolicy:
 
     def boot_spec(self, machine: Machine) -> BootSpec | None:
         """``None`` for an ignored MAC, else the static spec."""
-        if normalize_mac(machine.mac) in self._ignored:
+        if self._ignored and normalize_mac(machine.mac) in self._ignored:
             return None
         return self.spec
 

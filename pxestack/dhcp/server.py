@@ -77,6 +77,8 @@ from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions, encode_domain_search
 
 _ZERO: Final = IPv4Address(0)
+#: Bound of the address -> subnet memo.
+_SUBNET_MEMO_ENTRIES: Final = 4096
 
 #: Counter names of :attr:`DhcpServerCore.counters` (a fixed set: bounded memory, D11).
 COUNTERS: Final = (
@@ -223,8 +225,14 @@ class DhcpServerCore:
         self._by_network: dict[IPv4Network, SubnetSettings] = {
             s.subnet.network: s for s in settings.subnets
         }
-        self._boot_by_server: dict[IPv4Address, BootDefaults] = {}
-        self._options_cache: dict[IPv4Network, tuple[bytes, tuple[tuple[int, bytes], ...]]] = {}
+        self._boot_by_server: dict[int, BootDefaults] = {}
+        #: Encoded options of each configured subnet, by ``id()`` of its settings (hashing
+        #: the settings or their IPv4Network costs more than encoding a few options).
+        self._options_cache: dict[
+            int, tuple[SubnetSettings, tuple[bytes, tuple[tuple[int, bytes], ...]]]
+        ] = {id(s): (s, _encode_subnet_options(s)) for s in settings.subnets}
+        self._subnet_memo: dict[int, SubnetSettings | None] = {}
+        self._relays = frozenset(int(relay) for relay in settings.relays)
 
     # -- entry point -----------------------------------------------------------------
 
@@ -241,7 +249,7 @@ class DhcpServerCore:
             return []
         giaddr = message.giaddr
         if giaddr != _ZERO:
-            if giaddr not in self.settings.relays:
+            if int(giaddr) not in self._relays:
                 self.counters["ignored_relay"] += 1
                 return []
             anchor = giaddr
@@ -275,10 +283,21 @@ class DhcpServerCore:
         return handler(self, context)
 
     def _settings_for(self, address: IPv4Address) -> SubnetSettings | None:
-        for network, settings in self._by_network.items():
-            if address in network:
-                return settings
-        return None
+        """The subnet containing *address* (giaddr, ciaddr or the interface address).
+
+        Memoised per address: the anchors are few (relays, interfaces) except ciaddr in
+        renewals, and the memo is bounded (D11)."""
+        memo = self._subnet_memo
+        key = int(address)  # an int hashes in C; an IPv4Address in Python
+        if key in memo:
+            return memo[key]
+        settings = next(
+            (s for network, s in self._by_network.items() if address in network), None
+        )
+        if len(memo) >= _SUBNET_MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = settings
+        return settings
 
     # -- timers ------------------------------------------------------------------------
 
@@ -459,10 +478,11 @@ class DhcpServerCore:
 
     def _defaults_for(self, server: IPv4Address) -> BootDefaults:
         """The boot defaults with *server* as server address (cached per interface)."""
-        defaults = self._boot_by_server.get(server)
+        key = int(server)  # an int hashes in C; an IPv4Address in Python
+        defaults = self._boot_by_server.get(key)
         if defaults is None:
             defaults = replace(self.boot, server_address=server)
-            self._boot_by_server[server] = defaults
+            self._boot_by_server[key] = defaults
         return defaults
 
     def _reply(
@@ -482,13 +502,12 @@ class DhcpServerCore:
             lease_time = max(0, round(lease.expires - ctx.now)) if (
                 lease.state is LeaseState.BOUND
             ) else settings.lease_time
-            # RFC 2131 §4.4.5: T1 = 0.5 and T2 = 0.875 of the lease time.
-            items[c.OPT_LEASE_TIME] = lease_time.to_bytes(4, "big")
-            items[c.OPT_RENEWAL_TIME] = (lease_time // 2).to_bytes(4, "big")
-            items[c.OPT_REBINDING_TIME] = (lease_time * 7 // 8).to_bytes(4, "big")
+            (items[c.OPT_LEASE_TIME], items[c.OPT_RENEWAL_TIME],
+             items[c.OPT_REBINDING_TIME]) = _lease_time_values(lease_time)
         mask, optional = self._subnet_options(settings)
         items[c.OPT_SUBNET_MASK] = mask
-        wanted = _requested(message)
+        # Option 55 as raw octets: ``code in wanted`` works on bytes, no set to build.
+        wanted = message.options.raw(c.OPT_PARAMETER_REQUEST_LIST)
         if lease is not None and lease.hostname and lease.hostname != ctx.info.hostname:
             # A reservation's host name (RFC 2132 §3.14), when the client did not send it.
             optional = (*optional, (c.OPT_HOST_NAME, lease.hostname.encode()))
@@ -516,7 +535,9 @@ class DhcpServerCore:
             ciaddr=message.ciaddr if reply_type == c.DHCPACK else _ZERO,
             file=file,
         )
-        reply = draft if _encoded_size(items) <= max_size - 241 else _fit(draft, max_size, wanted)
+        reply = draft if _encoded_size(items) <= max_size - 241 else _fit(
+            draft, max_size, None if wanted is None else frozenset(wanted)
+        )
         if reply is None:
             self.counters["reply_too_large"] += 1
             return None
@@ -530,27 +551,12 @@ class DhcpServerCore:
     def _subnet_options(
         self, settings: SubnetSettings
     ) -> tuple[bytes, tuple[tuple[int, bytes], ...]]:
-        """The subnet mask and the encoded configuration options of *settings* (cached:
-        they are the same for every reply in the subnet)."""
-        cached = self._options_cache.get(settings.subnet.network)
-        if cached is not None:
-            return cached
-        network = settings.subnet.network
-        optional: list[tuple[int, bytes]] = []
-        if settings.routers:
-            optional.append((c.OPT_ROUTER, b"".join(a.packed for a in settings.routers)))
-        if settings.dns:
-            optional.append((c.OPT_DNS_SERVER, b"".join(a.packed for a in settings.dns)))
-        if settings.domain:
-            optional.append((c.OPT_DOMAIN_NAME, settings.domain.encode()))
-        optional.append((c.OPT_BROADCAST_ADDRESS, network.broadcast_address.packed))
-        if settings.ntp:
-            optional.append((c.OPT_NTP_SERVER, b"".join(a.packed for a in settings.ntp)))
-        if settings.domain_search:
-            optional.append((c.OPT_DOMAIN_SEARCH, encode_domain_search(settings.domain_search)))
-        cached = (network.netmask.packed, tuple(optional))
-        self._options_cache[network] = cached
-        return cached
+        """The subnet mask and the encoded configuration options of *settings* (encoded once
+        per configured subnet: they are the same for every reply in it)."""
+        cached = self._options_cache.get(id(settings))
+        if cached is not None and cached[0] is settings:
+            return cached[1]
+        return _encode_subnet_options(settings)
 
     def _nak(self, ctx: _Context, reason: str) -> list[Outgoing]:
         """DHCPNAK (RFC 2131 §4.3.2, Table 3): 53, 54, 56 and the echoed option 82."""
@@ -605,10 +611,45 @@ class _NoBoot:
 _NO_BOOT: Final = _NoBoot()
 
 
-def _requested(message: DhcpMessage) -> frozenset[int] | None:
-    """Option 55 as a set, or None when the client sent no list (then send everything)."""
-    raw = message.options.raw(c.OPT_PARAMETER_REQUEST_LIST)
-    return None if raw is None else frozenset(raw)
+def _encode_subnet_options(
+    settings: SubnetSettings,
+) -> tuple[bytes, tuple[tuple[int, bytes], ...]]:
+    """The subnet mask and the encoded configuration options of one subnet."""
+    network = settings.subnet.network
+    optional: list[tuple[int, bytes]] = []
+    if settings.routers:
+        optional.append((c.OPT_ROUTER, b"".join(a.packed for a in settings.routers)))
+    if settings.dns:
+        optional.append((c.OPT_DNS_SERVER, b"".join(a.packed for a in settings.dns)))
+    if settings.domain:
+        optional.append((c.OPT_DOMAIN_NAME, settings.domain.encode()))
+    optional.append((c.OPT_BROADCAST_ADDRESS, network.broadcast_address.packed))
+    if settings.ntp:
+        optional.append((c.OPT_NTP_SERVER, b"".join(a.packed for a in settings.ntp)))
+    if settings.domain_search:
+        optional.append((c.OPT_DOMAIN_SEARCH, encode_domain_search(settings.domain_search)))
+    return network.netmask.packed, tuple(optional)
+
+
+_LEASE_TIME_MEMO: dict[int, tuple[bytes, bytes, bytes]] = {}
+
+
+def _lease_time_values(lease_time: int) -> tuple[bytes, bytes, bytes]:
+    """Options 51, 58 and 59 for *lease_time* (memoised: the values repeat).
+
+    RFC 2131 §4.4.5: T1 = 0.5 and T2 = 0.875 of the lease time.
+    """
+    values = _LEASE_TIME_MEMO.get(lease_time)
+    if values is None:
+        values = (
+            lease_time.to_bytes(4, "big"),
+            (lease_time // 2).to_bytes(4, "big"),
+            (lease_time * 7 // 8).to_bytes(4, "big"),
+        )
+        if len(_LEASE_TIME_MEMO) >= 1024:
+            _LEASE_TIME_MEMO.clear()
+        _LEASE_TIME_MEMO[lease_time] = values
+    return values
 
 
 def _encoded_size(items: dict[int, bytes]) -> int:

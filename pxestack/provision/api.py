@@ -8,8 +8,12 @@ installers, scripts and ``mayuctl`` keep working:
 ``GET /first-stage-script/<serial>``        enrol + installer script (``?uuid=`` fallback)
 ``GET /first-stage-ignition.json``          Ignition config of the live installer system
 ``POST /final-ignition-config.json``        host data -> ``installing`` -> final Ignition config
-``GET /ignition?serial&uuid``               PXE-every-boot profiles (mayu era C)
-``GET|HEAD /images/[<serial>/]<file>``      kernel, initrd, install image (Range supported)
+``GET /ignition?serial&uuid``               the machine's Ignition config (flows flatcar-pxe,
+                                            fcos-disk, fcos-pxe; mayu era C)
+``GET /installer-ignition?serial&uuid``     the fcos-disk live installer's Ignition config
+``GET /script/<serial>[?uuid=]``            a generic profile's script
+``GET|HEAD /images/[<serial>/]<file>``      kernel, initrd, install image of the host's flow
+                                            (Range supported)
 ``GET /admin/hosts``                        JSON array of every host record
 ``GET /admin/host/<serial>``                one record, with its ``ETag``
 ``GET /admin/host/<serial>/history``        the host's audit trail (git commits)
@@ -55,6 +59,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from pxestack.errors import ConfigError
+from pxestack.provision.flows import FLATCAR_IMAGE_FILES
 from pxestack.provision.machine import Event, IllegalTransition
 from pxestack.provision.model import HostState
 from pxestack.provision.provisioner import BadRequest, Provisioner
@@ -308,7 +313,11 @@ class BootScriptResource(_Base):
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes | int:
-        """Pick the script for the machine named by ``serial``/``uuid``/``mac`` (never enrols)."""
+        """Pick the script for the machine named by ``serial``/``uuid``/``mac``.
+
+        A new machine that names itself (serial or UUID) is enrolled here, so that its
+        first script already belongs to its profile's OS flow (:meth:`Provisioner.boot_host`).
+        """
 
         def handle() -> bytes | int:
             serial = self.arg(request, b"serial")
@@ -318,7 +327,7 @@ class BootScriptResource(_Base):
             prov = self.api.provisioner
 
             def work() -> str:
-                host = prov.host_for_boot(serial or None, uuid or None, mac or None)
+                host = prov.boot_host(serial or None, uuid or None, mac or None)
                 return prov.boot_script(host, identified)
 
             return self.respond(request, work, _text(_TEXT))
@@ -344,6 +353,11 @@ class FirstStageScriptResource(_Base):
             def work() -> str:
                 versioned, _created = prov.first_contact(serial)
                 host = versioned.host
+                flow = prov.flow_of(host)
+                if not flow.uses_first_stage:
+                    raise HttpError(
+                        http.CONFLICT, f"this host's profile uses flow {flow.name}, not mayu's"
+                    )
                 if host.state in (HostState.INSTALLED, HostState.RUNNING):
                     # The per-host token is only handed to a machine expected to install;
                     # an admin marks the host configured (or fresh) to reinstall it.
@@ -400,8 +414,21 @@ class HostDataResource(_Base):
         return self.guarded(request, handle)
 
 
+def _refuse_installed(host: Any, flow: Any) -> None:
+    """409 for a disk flow's host that is installed or running (it boots its disk)."""
+    if flow.install == "disk" and host.state in (HostState.INSTALLED, HostState.RUNNING):
+        raise HttpError(
+            http.CONFLICT,
+            f"host is {host.state.value}; set it configured or mark it fresh to reinstall",
+        )
+
+
 class PxeIgnitionResource(_Base):
-    """``GET /ignition?serial=&uuid=``: mayu era C, for profiles with ``install: pxe``."""
+    """``GET /ignition?serial=&uuid=``: the machine's Ignition config (mayu era C).
+
+    Served for the flows whose Ignition fetches its config itself: ``flatcar-pxe`` and
+    ``fcos-pxe`` on every boot, ``fcos-disk`` once, when coreos-installer writes the disk.
+    """
 
     isLeaf = True
 
@@ -414,8 +441,12 @@ class PxeIgnitionResource(_Base):
 
             def work() -> str:
                 versioned, _ = prov.first_contact(serial)
-                if prov.install_flow(versioned.host) != "pxe":
-                    raise HttpError(http.CONFLICT, "this host's profile installs to disk")
+                flow = prov.flow_of(versioned.host)
+                if not flow.serves_config:
+                    raise HttpError(
+                        http.CONFLICT, f"this host's profile uses flow {flow.name}, not /ignition"
+                    )
+                _refuse_installed(versioned.host, flow)
                 _host, config = prov.pxe_config(serial)
                 return config
 
@@ -424,19 +455,82 @@ class PxeIgnitionResource(_Base):
         return self.guarded(request, handle)
 
 
-#: ``/images/.../<name>`` -> file names in ``<images_dir>/<version>/``, newest naming first
-#: (Flatcar's, then CoreOS's as mayu's caches have them; mayu.md §5.3).
-IMAGE_FILES: dict[str, tuple[str, ...]] = {
-    "vmlinuz": ("flatcar_production_pxe.vmlinuz", "coreos_production_pxe.vmlinuz"),
-    "initrd.cpio.gz": (
-        "flatcar_production_pxe_image.cpio.gz",
-        "coreos_production_pxe_image.cpio.gz",
-    ),
-    "install_image.bin.bz2": (
-        "flatcar_production_image.bin.bz2",
-        "coreos_production_image.bin.bz2",
-    ),
+class InstallerIgnitionResource(_Base):
+    """``GET /installer-ignition?serial=&uuid=``: the fcos-disk live installer's config.
+
+    It carries the host's callback token (for ``set_installed``), so like the first-stage
+    script it is only served while the host is expected to install; it changes nothing.
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """The live system's Ignition config for the machine named by the query."""
+
+        def handle() -> bytes | int:
+            prov = self.api.provisioner
+            serial = prov.identity(self.arg(request, b"serial") or "", self.arg(request, b"uuid"))
+
+            def work() -> str:
+                versioned, _ = prov.first_contact(serial)
+                flow = prov.flow_of(versioned.host)
+                if flow.installer_template is None:
+                    raise HttpError(
+                        http.CONFLICT, f"this host's profile uses flow {flow.name}: no installer"
+                    )
+                _refuse_installed(versioned.host, flow)
+                return prov.render_installer_config(versioned.host)
+
+            return self.respond(request, work, _text(_JSON))
+
+        return self.guarded(request, handle)
+
+
+#: Content type of a generic script by its template kind.
+_SCRIPT_TYPES = {
+    "sh": b"text/x-shellscript; charset=utf-8",
+    "yaml": b"text/yaml; charset=utf-8",
+    "json": _JSON,
 }
+
+
+class ScriptResource(_Base):
+    """``GET /script/<serial>[?uuid=]``: a generic profile's script (goes ``installing``)."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """Enrol if new, go ``installing``, answer the rendered script."""
+
+        def handle() -> bytes | int:
+            if len(request.postpath or []) != 1 or not (request.postpath or [b""])[0]:
+                raise HttpError(http.NOT_FOUND, "no serial in the path")
+            raw = (request.postpath or [b""])[0].decode("utf-8", "replace")
+            prov = self.api.provisioner
+            serial = prov.identity(raw, self.arg(request, b"uuid"))
+
+            def work() -> tuple[str, str]:
+                versioned, _ = prov.first_contact(serial)
+                flow = prov.flow_of(versioned.host)
+                if flow.script_template is None:
+                    raise HttpError(http.NOT_FOUND, f"flow {flow.name} of this host has no script")
+                _refuse_installed(versioned.host, flow)
+                _host, text, kind = prov.script(serial)
+                return text, kind
+
+            def write(req: Request, result: tuple[str, str]) -> bytes:
+                text, kind = result
+                return _text(_SCRIPT_TYPES.get(kind, _TEXT))(req, text)
+
+            return self.respond(request, work, write)
+
+        return self.guarded(request, handle)
+
+
+#: ``/images/.../<name>`` -> file names in ``<images_dir>/<version>/`` for Flatcar, newest
+#: naming first (Flatcar's, then CoreOS's as mayu's caches have them; mayu.md §5.3).  The
+#: other flows' names are in :mod:`pxestack.provision.flows`.
+IMAGE_FILES = FLATCAR_IMAGE_FILES
 
 
 class ImagesResource(_Base):
@@ -462,7 +556,7 @@ class ImagesResource(_Base):
                 request.setHeader(b"Allow", b"GET, HEAD")
                 raise HttpError(http.NOT_ALLOWED, "method not allowed")
             parts = [p.decode("utf-8", "replace") for p in request.postpath or []]
-            if self.assets is None or len(parts) not in (1, 2) or parts[-1] not in IMAGE_FILES:
+            if self.assets is None or len(parts) not in (1, 2):
                 raise HttpError(http.NOT_FOUND, "not found")
             prov = self.api.provisioner
             host = None
@@ -470,15 +564,17 @@ class ImagesResource(_Base):
                 found = prov.get(parts[0])
                 host = found.host if found is not None else None
             version = prov.os_version(host)
+            candidates = prov.flow_of(host).image_candidates(version, parts[-1])
+            if not candidates:
+                raise HttpError(http.NOT_FOUND, "not found")
             root = getattr(self.assets, "root", None)
-            names = IMAGE_FILES[parts[-1]]
-            chosen = names[0]
+            chosen = candidates[0]
             if root is not None:
-                for name in names:
-                    if (root / version / name).is_file():
-                        chosen = name
+                for candidate in candidates:
+                    if root.joinpath(*candidate).is_file():
+                        chosen = candidate
                         break
-            request.postpath = [version.encode(), chosen.encode()]
+            request.postpath = [part.encode() for part in chosen]
             result: bytes | int = self.assets.render(request)
             return result
 
@@ -681,6 +777,8 @@ class ProvisioningApi:
             b"first-stage-ignition.json": FirstStageIgnitionResource(self),
             b"final-ignition-config.json": HostDataResource(self),
             b"ignition": PxeIgnitionResource(self),
+            b"installer-ignition": InstallerIgnitionResource(self),
+            b"script": ScriptResource(self),
             b"images": ImagesResource(self, self.images),
             b"admin": AdminResource(self),
         }
@@ -702,7 +800,10 @@ __all__ = [
     "HostDataResource",
     "HttpError",
     "ImagesResource",
+    "InstallerIgnitionResource",
     "ProvisioningApi",
+    "PxeIgnitionResource",
+    "ScriptResource",
     "json_too_deep",
     "synchronous_runner",
 ]

@@ -32,6 +32,7 @@ from urllib.parse import quote
 from pxestack import __version__
 from pxestack.config.provision import ProfileConfig, ProvisionConfig, thaw
 from pxestack.provision import assign
+from pxestack.provision.flows import Flow, flow_for
 from pxestack.provision.machine import Event, apply
 from pxestack.provision.model import (
     VERSION_FIELDS,
@@ -52,6 +53,16 @@ ENROL_MESSAGES = (
     "updated host profile and metadata",
     "set default etcd discovery token",
 )
+
+
+#: The disk the installers write when neither the host, the profile nor templates_env say.
+DEFAULT_INSTALL_DISK = "/dev/sda"
+#: Human-readable OS names for the templates (``OSName``).
+OS_NAMES = {
+    "flatcar": "Flatcar Container Linux",
+    "fcos": "Fedora CoreOS",
+    "generic": "Linux",
+}
 
 
 class BadRequest(ValueError):  # noqa: N818 - the HTTP status it maps to
@@ -129,6 +140,10 @@ class Provisioner:
         """``disk`` (mayu era B) or ``pxe`` (era C) for *host*'s profile."""
         profile = self.profile_of(host)
         return profile.install if profile is not None else "disk"
+
+    def flow_of(self, host: Host | None) -> Flow:
+        """The OS flow of *host*'s profile (Flatcar/disk for ``default`` or no host)."""
+        return flow_for(self.profile_of(host) if host is not None else None)
 
     def now(self) -> datetime:
         """The current time as an aware datetime (from the injected clock)."""
@@ -349,6 +364,11 @@ class Provisioner:
             host_json["FleetMetadata"] = list(host.fleet_metadata)
         kernel_args = list(self.config.kernel_args) + (list(profile.kernel_args) if profile else [])
         serial = host.serial if host is not None else "__SERIAL__"
+        quoted = quote(serial, safe="")
+        flow = self.flow_of(host)
+        images_url = self.images_url(host)
+        script_url = f"{self.base_url}/script/{quoted}"
+        flatcar = profile.flatcar if profile is not None else None
         return {
             "Host": host_json,
             "Profile": host.profile if host is not None else "",
@@ -370,14 +390,70 @@ class Provisioner:
             "TemplatesEnv": env,
             "BaseURL": self.base_url,
             "MayuURL": self.base_url,
-            "ImagesURL": self.images_url(host),
+            "ImagesURL": images_url,
             "PostBootURL": f"{self.base_url}/admin/host/{quote(serial, safe='')}/boot_complete",
             "SetInstalledURL": f"{self.base_url}/admin/host/{quote(serial, safe='')}/set_installed",
             "CallbackToken": self.callback_token(host) if host is not None else "",
             "KernelArgs": kernel_args,
-            "OSName": "Flatcar Container Linux",
+            "OSName": OS_NAMES[flow.os],
+            "OS": flow.os,
+            "Flow": flow.name,
             "OSVersion": self.os_version(host),
             "PxeStackVersion": __version__,
+            "InstallDisk": self.install_disk(host, env),
+            "ConfigURL": f"{self.base_url}/ignition?serial={quoted}",
+            "InstallerConfigURL": f"{self.base_url}/installer-ignition?serial={quoted}",
+            "ScriptURL": script_url,
+            "Flatcar": {
+                "ImageSource": flatcar.image_source if flatcar else "cache",
+                "Channel": flatcar.channel if flatcar else "stable",
+                "BaseURL": (flatcar.base_url or "") if flatcar else "",
+            },
+            "Generic": self._generic_context(profile, serial, images_url, script_url),
+        }
+
+    def install_disk(self, host: Host | None, env: Mapping[str, Any]) -> str:
+        """The disk to install to: host override > profile ``install_disk`` > templates_env."""
+        override = host.overrides.get("install_disk") if host is not None else None
+        if isinstance(override, str) and override:
+            return override
+        profile = self.profile_of(host) if host is not None else None
+        if profile is not None and profile.install_disk:
+            return profile.install_disk
+        value = env.get("install_disk")
+        return value if isinstance(value, str) and value else DEFAULT_INSTALL_DISK
+
+    def _generic_context(
+        self, profile: ProfileConfig | None, serial: str, images_url: str, script_url: str
+    ) -> dict[str, Any]:
+        """Kernel and initrd URLs and the command line of a generic profile."""
+        generic = profile.generic if profile is not None else None
+        if generic is None:
+            return {"Kernel": "", "Initrds": [], "Cmdline": [], "Script": ""}
+
+        def url(name: str) -> str:
+            if name.startswith(("http://", "https://")):
+                return name
+            return f"{images_url}/{quote(name, safe='')}"
+
+        values = {
+            "base_url": self.base_url,
+            "images_url": images_url,
+            "script_url": script_url,
+            "serial": quote(serial, safe=""),
+        }
+
+        def expand(arg: str) -> str:
+            # Plain replacement, not str.format: the config may only name these four.
+            for name, value in values.items():
+                arg = arg.replace("{" + name + "}", value)
+            return arg
+
+        return {
+            "Kernel": url(generic.kernel),
+            "Initrds": [url(name) for name in generic.initrd],
+            "Cmdline": [expand(arg) for arg in generic.cmdline],
+            "Script": generic.script or "",
         }
 
     def os_version(self, host: Host | None) -> str:
@@ -387,8 +463,39 @@ class Provisioner:
         return self.config.default_os_version
 
     def render_final(self, host: Host) -> str:
-        """The final Ignition config of *host*."""
-        return self.templates.render("final-ignition.json.j2", self.context(host))
+        """The final Ignition config of *host* (the template of its OS flow)."""
+        flow = self.flow_of(host)
+        if flow.config_template is None:
+            raise BadRequest(f"profile {host.profile!r} (flow {flow.name}) has no Ignition config")
+        return self.templates.render(flow.config_template, self.context(host))
+
+    def render_installer_config(self, host: Host) -> str:
+        """The live installer system's Ignition config (flow ``fcos-disk``)."""
+        flow = self.flow_of(host)
+        if flow.installer_template is None:
+            raise BadRequest(f"profile {host.profile!r} (flow {flow.name}) has no installer")
+        return self.templates.render(flow.installer_template, self.context(host))
+
+    def script(self, serial: str) -> tuple[Host, str, str]:
+        """A generic profile's script for *serial*: goes ``installing``; (host, text, kind).
+
+        Like era C's ``GET /ignition``: rendered before anything is stored, so a template
+        error changes nothing.
+        """
+        rendered: list[tuple[str, str]] = []
+
+        def change(host: Host) -> tuple[Host, str, Sequence[str]]:
+            flow = self.flow_of(host)
+            if flow.script_template is None:
+                raise BadRequest(f"profile {host.profile!r} (flow {flow.name}) has no script")
+            outcome = apply(host, Event.PXE_CONFIG, now=self.now())
+            text = self.templates.render(flow.script_template, self.context(outcome.host))
+            rendered.append((text, self.templates.kind_of(flow.script_template)))
+            return outcome.host, outcome.message, outcome.details
+
+        versioned = self.store.update(serial, change)
+        text, kind = rendered[-1]
+        return versioned.host, text, kind
 
     def render_first_stage_script(self, host: Host) -> str:
         """The installer script of *host* (mayu's first_stage_script)."""
@@ -410,13 +517,33 @@ class Provisioner:
         context = self.context(host)
         if not identified:
             return self.templates.render("ipxe/chain.ipxe.j2", context)
-        if host is not None:
-            flow = self.install_flow(host)
-            if flow == "pxe":
-                return self.templates.render("ipxe/pxe.ipxe.j2", context)
-            if host.state in (HostState.INSTALLED, HostState.RUNNING):
-                return self.templates.render("ipxe/localboot.ipxe.j2", context)
-        return self.templates.render("ipxe/install.ipxe.j2", context)
+        flow = self.flow_of(host)
+        if (
+            host is not None
+            and flow.install == "disk"
+            and host.state in (HostState.INSTALLED, HostState.RUNNING)
+        ):
+            return self.templates.render("ipxe/localboot.ipxe.j2", context)
+        return self.templates.render(flow.boot_template, context)
+
+    def boot_host(self, serial: str | None, uuid: str | None, mac: str | None) -> Host | None:
+        """The host behind an iPXE request, enrolling it when its serial/UUID is new.
+
+        The profile, and with it the OS flow, is chosen at enrolment, so a machine that
+        names itself is enrolled here, at its first identified request: its very first
+        script is already the one of its flow (a ``pxe`` or ``fcos`` machine must never be
+        sent to the Flatcar disk installer).  A request that names only a MAC (or only a
+        placeholder serial without UUID) cannot be enrolled and gets the default flow.
+        """
+        host = self.host_for_boot(serial, uuid, mac)
+        if host is not None or (not serial and not uuid):
+            return host
+        try:
+            identity = machine_identity(serial or "", uuid)
+        except BadIdentity:
+            return None
+        versioned, _created = self.first_contact(identity)
+        return versioned.host
 
     def host_for_boot(self, serial: str | None, uuid: str | None, mac: str | None) -> Host | None:
         """The known host behind an iPXE request (by serial/UUID, else by MAC); never enrols."""
@@ -474,4 +601,11 @@ def _short_str(value: object, name: str) -> str:
     return value
 
 
-__all__ = ["ENROL_MESSAGES", "BadRequest", "Provisioner", "callback_key"]
+__all__ = [
+    "DEFAULT_INSTALL_DISK",
+    "ENROL_MESSAGES",
+    "OS_NAMES",
+    "BadRequest",
+    "Provisioner",
+    "callback_key",
+]

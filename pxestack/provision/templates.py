@@ -9,8 +9,11 @@ chosen by the template's file name:
 * ``*.sh.j2``: the value must consist of ``[A-Za-z0-9._,:/=@+%-]`` unless it went through
   ``|sh`` (POSIX single-quoting);
 * ``*.json.j2``: the value may not contain quotes, backslashes or control characters unless
-  it went through ``|tojson``; the output must parse as JSON and, for Ignition, carry a
-  spec 3.x ``ignition.version`` and only keys the spec defines.
+  it went through ``|tojson``; the output must parse as JSON and, for Ignition (a template
+  whose name contains ``ignition``), follow the Ignition spec version it declares
+  (:mod:`pxestack.provision.ignition`);
+* ``*.yaml.j2``: as for JSON (a ``|tojson`` value is a valid YAML flow scalar), and the output
+  must parse as YAML; a document starting with ``#cloud-config`` must be a mapping.
 
 So a template that forgets to escape fails loudly on hostile data instead of injecting it
 (bad-inputs W2).  Templates are looked up in ``provision.templates_dir`` first, then in the
@@ -28,13 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 
 from pxestack.http.ipxe import ipxe_url_component, ipxe_word, is_safe_word
+from pxestack.provision import ignition
 
 SHIPPED = Path(__file__).resolve().parent / "templates"
 
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9._,:/=@+%-]*")
 _JSON_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+#: Characters that can change the structure of a YAML document around a plain value.
+_YAML_UNSAFE = re.compile(r'["\'\\\x00-\x1f\x7f#{}\[\],&*!|>%@`]|: |:$')
 #: Top-level keys of an Ignition spec 3.x config.
 IGNITION_KEYS = frozenset({"ignition", "kernelArguments", "passwd", "storage", "systemd"})
 
@@ -104,33 +111,36 @@ def _finalize_json(value: object) -> str:
     return text
 
 
+def _finalize_yaml(value: object) -> str:
+    if isinstance(value, JsonText):
+        return str(value)
+    text = _plain(value)
+    if _YAML_UNSAFE.search(text) or text != text.strip() or text.startswith(("-", "?")):
+        raise UnsafeTemplateValue(f"{text!r} is not safe in a YAML document; use |tojson")
+    return text
+
+
 def _tojson(value: object, indent: int | None = None) -> JsonText:
     return JsonText(json.dumps(value, indent=indent, sort_keys=False, ensure_ascii=True))
 
 
 def validate_ignition(document: object) -> None:
-    """Check the parts of an Ignition spec 3.x config that mayu silently dropped (§8.3)."""
-    if not isinstance(document, dict):
-        raise TemplateRenderError("an Ignition config must be a JSON object")
-    unknown = set(document) - IGNITION_KEYS
-    if unknown:
-        raise TemplateRenderError(f"unknown Ignition keys: {', '.join(sorted(unknown))}")
-    version = (
-        document.get("ignition", {}).get("version")
-        if isinstance(document.get("ignition"), dict)
-        else None
-    )
-    if not isinstance(version, str) or not re.fullmatch(r"3\.\d+\.\d+", version):
-        raise TemplateRenderError(f"ignition.version {version!r} is not a spec 3.x version")
-    for unit in document.get("systemd", {}).get("units", []):
-        if not isinstance(unit, dict) or not isinstance(unit.get("name"), str):
-            raise TemplateRenderError(f"systemd unit without a name: {unit!r}")
-        unknown = set(unit) - {"name", "enabled", "mask", "contents", "dropins"}
-        if unknown:
-            raise TemplateRenderError(f"unit {unit['name']}: unknown keys {sorted(unknown)}")
-    for entry in document.get("storage", {}).get("files", []):
-        if not isinstance(entry, dict) or not str(entry.get("path", "")).startswith("/"):
-            raise TemplateRenderError(f"storage file without an absolute path: {entry!r}")
+    """Check *document* against the Ignition spec it declares (mayu dropped bad keys, §8.3)."""
+    try:
+        ignition.validate(document)
+    except ignition.IgnitionError as exc:
+        raise TemplateRenderError(f"invalid Ignition config: {exc}") from None
+
+
+def validate_cloud_config(text: str) -> object:
+    """Parse YAML output; a ``#cloud-config`` document must be a mapping (cloud-init)."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TemplateRenderError(f"did not produce valid YAML: {exc}") from None
+    if text.startswith("#cloud-config") and not isinstance(document, dict):
+        raise TemplateRenderError("a #cloud-config document must be a YAML mapping")
+    return document
 
 
 class Templates:
@@ -157,6 +167,7 @@ class Templates:
                 ("ipxe", _finalize_ipxe),
                 ("sh", _finalize_shell),
                 ("json", _finalize_json),
+                ("yaml", _finalize_yaml),
             )
         }
 
@@ -181,10 +192,12 @@ class Templates:
     @staticmethod
     def kind_of(name: str) -> str:
         """The escaping context of template *name* (from its suffix)."""
-        for kind in ("ipxe", "sh", "json"):
+        for kind in ("ipxe", "sh", "json", "yaml"):
             if name.endswith(f".{kind}.j2"):
                 return kind
-        raise TemplateRenderError(f"template {name!r} must end in .ipxe.j2, .sh.j2 or .json.j2")
+        raise TemplateRenderError(
+            f"template {name!r} must end in .ipxe.j2, .sh.j2, .json.j2 or .yaml.j2"
+        )
 
     def render(self, name: str, context: Mapping[str, Any]) -> str:
         """Render template *name*; raises :class:`TemplateRenderError` with the reason."""
@@ -203,6 +216,11 @@ class Templates:
             if "ignition" in name:
                 validate_ignition(document)
             return json.dumps(document, separators=(",", ":")) + "\n"
+        if kind == "yaml":
+            try:
+                validate_cloud_config(text)
+            except TemplateRenderError as exc:
+                raise TemplateRenderError(f"{name}: {exc}") from None
         return text
 
 
@@ -212,5 +230,6 @@ __all__ = [
     "TemplateRenderError",
     "Templates",
     "UnsafeTemplateValue",
+    "validate_cloud_config",
     "validate_ignition",
 ]

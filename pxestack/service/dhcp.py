@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.application import internet, service
 from twisted.internet import defer
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
 from pxestack.config import Config
@@ -34,6 +35,7 @@ from pxestack.dhcp.journal import LeaseJournal
 from pxestack.dhcp.leases import AddressRange, InMemoryLeaseStore, Reservation, Subnet
 from pxestack.dhcp.policy import BootPolicy, StaticBootPolicy
 from pxestack.dhcp.protocol import (
+    BatchingUdpPort,
     DeadlineTimer,
     DhcpServerProtocol,
     FrameSenderFactory,
@@ -151,6 +153,28 @@ def _log_event(event: LeaseEvent) -> None:
         log.warn("dhcp {event} for {mac} on {iface}: {detail}", **fields)
     else:
         log.info("dhcp {event} {address} for {mac} on {iface}", **fields)
+
+
+class DhcpPortService(UdpPortService):
+    """A DHCP listening port that reads in batches (:class:`BatchingUdpPort`: one journal
+    commit per batch).  On a reactor without file descriptors (tests' fakes) it falls back
+    to the plain :class:`UdpPortService`."""
+
+    def privilegedStartService(self) -> None:
+        """Bind the batching port before twistd drops root."""
+        reactor = self.reactor
+        if not isinstance(reactor, PosixReactorBase):
+            super().privilegedStartService()
+            return
+        port = BatchingUdpPort(
+            self.port_number, self.protocol, self.interface, reactor=reactor,
+            device=self.device, reuse_address=self.reuse_address,
+        )
+        port.startListening()
+        if self.broadcast:
+            port.setBroadcastAllowed(True)
+        self.port = port
+        service.Service.privilegedStartService(self)
 
 
 class DhcpService(service.MultiService):
@@ -285,7 +309,7 @@ class DhcpService(service.MultiService):
                 if frames is not None:
                     self._senders.append(frames)
             protocol = DhcpServerProtocol(
-                core, info, timer=timer, reactor=self.reactor, frames=frames,
+                core, info, timer=timer, journal=journal, reactor=self.reactor, frames=frames,
                 **self._reply_targets(info),
             )
             self.protocols.append(protocol)
@@ -320,7 +344,7 @@ class DhcpService(service.MultiService):
     def _add_port(
         self, port: int, protocol: Any, host: str, device: str | None, *, reuse: bool
     ) -> None:
-        UdpPortService(
+        DhcpPortService(
             port, protocol, host, device=device, broadcast=True, reuse_address=reuse,
             reactor=self.reactor,
         ).setServiceParent(self)
@@ -381,6 +405,7 @@ def build_dhcp_services(
 
 __all__ = [
     "DEFAULT_LEASE_FILE",
+    "DhcpPortService",
     "DhcpService",
     "boot_defaults",
     "build_dhcp_services",

@@ -8,6 +8,7 @@ an embedder) passes its own :class:`~pxestack.tftp.source.FileSource` in
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.application import service
@@ -29,10 +30,29 @@ class TftpService(UdpPortService):
     """
 
     def __init__(self, server: TftpServer, listen: tuple[str, int], *,
-                 reactor: Any = None) -> None:
+                 reactor: Any = None, reuse_port: bool = False) -> None:
         super().__init__(listen[1], server.listener(), listen[0], reactor=reactor)
         self.server = server
+        #: Bind with SO_REUSEPORT, so several worker processes share the port and the
+        #: kernel spreads clients over them by address hash (``pxestack tftp --workers``).
+        self.reuse_port = reuse_port
         self.setName("tftp")
+
+    def privilegedStartService(self) -> None:
+        """Bind the port; with :attr:`reuse_port`, through an adopted SO_REUSEPORT socket."""
+        if not self.reuse_port or self.port is not None:
+            super().privilegedStartService()
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((self.interface, self.port_number))
+            sock.setblocking(False)
+            self.port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET,
+                                                       self.protocol)
+        finally:
+            sock.close()  # adoptDatagramPort dup()s the descriptor
+        service.Service.privilegedStartService(self)
 
     def stopService(self) -> Any:
         """Cancel running transfers (clients get an ERROR), then close the port."""

@@ -69,6 +69,8 @@ from pxestack.wire.tftp import (
 MAX_DATAGRAM = 65536 + 64
 #: Receive buffer of a read transfer: ACKs are 4 octets, ERRORs carry a short message.
 READ_RECEIVE_SIZE = 2048
+#: Datagrams one ``doRead`` handles before returning to the reactor.
+MAX_DATAGRAMS_PER_READ = 1024
 
 
 class TransferSocket(Protocol):
@@ -224,8 +226,13 @@ class _TransferPort(_Transfer):
         session = self.session
         send = sock.sendto
         seconds = self.server.reactor.seconds
+        fast = getattr(session, "next_after_ack", None)
         now = seconds()
-        while not self.closed:
+        # Bounded, so a flood on one transfer socket cannot starve the reactor; the
+        # reactor calls again while data is waiting (level-triggered).
+        for _ in range(MAX_DATAGRAMS_PER_READ):
+            if self.closed:
+                return
             try:
                 data, address = sock.recvfrom(self.receive_size)
             except BlockingIOError:
@@ -239,6 +246,15 @@ class _TransferPort(_Transfer):
                 self.server._foreign_tid(data, address, send)
                 continue
             now = seconds()
+            if fast is not None:
+                datagram = fast(data, now)
+                if datagram is not None:
+                    try:
+                        send(datagram, client)
+                    except OSError as exc:
+                        self.server.log.debug("send to {client} failed: {error}",
+                                              client=client, error=str(exc))
+                    continue
             try:
                 session.receive(data, now)
             except MalformedPacket as exc:
@@ -482,7 +498,7 @@ class TftpServer:
                      send: Callable[[Datagram, Address], Any]) -> None:
         """RFC 1350 §4: a packet from another TID gets ERROR 5; the transfer goes on."""
         self.stats.foreign_tid += 1
-        self.log.info("datagram from foreign TID {source}", source=address)
+        self.log.debug("datagram from foreign TID {source}", source=address)
         if len(data) >= 2 and data[0] == 0 and data[1] == OP_ERROR:
             return  # never answer an ERROR (RFC 1350 §7)
         with contextlib.suppress(OSError):

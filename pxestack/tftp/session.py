@@ -31,9 +31,15 @@ Protocol rules implemented:
 * Bounded work (bad-inputs.md T7): at most :attr:`SessionSettings.max_retries`
   consecutive time-outs, and an overall :attr:`SessionSettings.deadline` per transfer.
 
-Buffers: each window slot is one reused ``bytearray`` holding a complete DATA datagram;
-:meth:`datagrams_to_send` hands out ``memoryview`` slices of them.  They stay valid until
-the next :meth:`receive` or :meth:`on_deadline` call, so the adapter sends them at once.
+Buffers: a ring of reused ``bytearray`` slots (the window plus a read-ahead batch), each
+holding a complete DATA datagram; :meth:`datagrams_to_send` hands out the slots or
+``memoryview`` slices of them.  They stay valid until the next :meth:`receive`,
+:meth:`next_after_ack` or :meth:`on_deadline` call, so the adapter sends them at once.  A
+reader with ``readv`` (files) fills up to 64 KiB of slots with one system call.
+
+:meth:`next_after_ack` is the lock-step fast path for adapters: for the ACK of the block in
+flight it updates the state exactly as :meth:`receive` does and returns the next DATA
+directly; in every other case it changes nothing and returns ``None``.
 """
 
 from __future__ import annotations
@@ -85,6 +91,10 @@ class SessionSettings:
     limits: NegotiationLimits = field(default_factory=NegotiationLimits)
     #: Consecutive time-outs before giving up (RFC 1350 leaves the count to the server).
     max_retries: int = 8
+    #: Time-outs allowed before the client answered anything at all.  A spoofed request
+    #: never gets an answer, and every resend to it is traffic reflected at the victim
+    #: (bad-inputs.md T7), so an unconfirmed transfer gives up sooner.
+    unconfirmed_retries: int = 3
     #: Overall seconds a transfer may take, from the request (bad-inputs.md T7).
     deadline: float = 300.0
     #: RTO before any round trip was measured (RFC 6298 §2.1 says 1 s).
@@ -249,6 +259,48 @@ class ReadSession:
         # A DATA, request or OACK on a read transfer's TID is an illegal operation.
         self._fail(ErrorCode.ILLEGAL_OPERATION, "Illegal TFTP operation", Outcome.FAILED, now)
 
+    def next_after_ack(self, datagram: bytes, now: Now) -> Datagram | None:
+        """Lock-step fast path: the DATA that answers *datagram*, or ``None``.
+
+        Handles only the common case of a lock-step transfer (windowsize 1, OACK done):
+        *datagram* is the ACK of the block in flight and the next block is already read
+        ahead.  Then the state changes exactly as :meth:`receive` would change it, and the
+        next DATA datagram is returned for sending at once.  In every other case nothing
+        is changed and ``None`` is returned; the caller then uses :meth:`receive` and
+        :meth:`datagrams_to_send`.  An adapter calls this first on its per-block path;
+        it saves the general path's bookkeeping and list building for each block.
+        """
+        acked = self._acked + 1
+        if (
+            acked != self._sent
+            or acked >= self._read
+            or self.windowsize != 1
+            or self._oack is not None
+            or self.state is not SessionState.SENDING
+            or len(datagram) != 4
+            or datagram[1] != OP_ACK
+            or datagram[0] != 0
+            or ((datagram[2] << 8) | datagram[3]) != acked & 0xFFFF
+        ):
+            return None
+        ring = self._ring
+        self._acked = acked
+        self._retries = 0
+        if not acked & 7 or self.srtt is None:
+            slot = (acked - 1) % ring  # one RTT sample per 8 blocks, Karn's rule
+            if not self._resent[slot]:
+                self._sample_rtt(now - self._send_times[slot])
+        slot = acked % ring  # the slot of block acked + 1
+        buffer = self._slots[slot]
+        _DATA_HEADER.pack_into(buffer, 0, OP_DATA, (acked + 1) & 0xFFFF)
+        self._send_times[slot] = now
+        self._resent[slot] = False
+        self._sent = acked + 1
+        self.datagrams_sent += 1
+        self._retransmit_at = now + self._rto
+        count = self._lengths[slot]
+        return buffer if count == self.blksize else memoryview(buffer)[: 4 + count]
+
     def datagrams_to_send(self, now: Now) -> list[Datagram]:
         """The datagrams to send now, in order (valid until the next call into the session)."""
         out = self._outbox
@@ -279,7 +331,13 @@ class ReadSession:
         if self._retransmit_at is None or now < self._retransmit_at:
             return
         self._retries += 1
-        if self._retries > self.settings.max_retries:
+        confirmed = self._acked > 0 or (self.negotiated.oack and self._oack is None)
+        limit = (
+            self.settings.max_retries
+            if confirmed
+            else min(self.settings.max_retries, self.settings.unconfirmed_retries)
+        )
+        if self._retries > limit:
             self._fail(ErrorCode.NOT_DEFINED, "Timed out waiting for ACK",
                        Outcome.TIMED_OUT, now)
             return

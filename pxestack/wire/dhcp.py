@@ -21,11 +21,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
+from collections.abc import Mapping
 from typing import Final
 
 from pxestack.errors import ApiMisuse, Invalid, Truncated
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp_options import DhcpOptions, parse_option_area
+from pxestack.wire.dhcp_options import DhcpOptions, ipv4_address, parse_option_area
 
 # op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr(16),
 # sname(64), file(128), cookie(4)
@@ -143,26 +144,65 @@ def decode_dhcp(data: bytes) -> DhcpMessage:
     message_type = items.get(c.OPT_MESSAGE_TYPE)
     if message_type is not None and len(message_type) != 1:
         raise Invalid("option 53 must be one octet")
+    # Positional, in field order (op, xid, chaddr, options, htype, hlen, hops, secs, flags,
+    # ciaddr, yiaddr, siaddr, giaddr, sname, file): this runs for every packet.
     return DhcpMessage(
-        op=op,
-        htype=htype,
-        hlen=hlen,
-        hops=hops,
-        xid=xid,
-        secs=secs,
-        flags=flags,
-        ciaddr=IPv4Address(ciaddr) if ciaddr else _ZERO,
-        yiaddr=IPv4Address(yiaddr) if yiaddr else _ZERO,
-        siaddr=IPv4Address(siaddr) if siaddr else _ZERO,
-        giaddr=IPv4Address(giaddr) if giaddr else _ZERO,
-        chaddr=chaddr_raw[:hlen],
-        sname=sname,
-        file=file,
-        options=DhcpOptions._trusted(items),
+        op,
+        xid,
+        chaddr_raw[:hlen],
+        DhcpOptions._trusted(items),
+        htype,
+        hlen,
+        hops,
+        secs,
+        flags,
+        ipv4_address(ciaddr) if ciaddr else _ZERO,
+        ipv4_address(yiaddr) if yiaddr else _ZERO,
+        ipv4_address(siaddr) if siaddr else _ZERO,
+        ipv4_address(giaddr) if giaddr else _ZERO,
+        sname,
+        file,
     )
 
 
-def _option_chunks(options: DhcpOptions) -> list[bytes]:
+_MANAGED_CODES: Final = (c.OPT_PAD, c.OPT_END, c.OPT_OVERLOAD)
+_MESSAGE_TYPE_CODE: Final = c.OPT_MESSAGE_TYPE
+
+
+def _check_codes(items: Mapping[int, bytes]) -> None:
+    """PAD, END and option 52 are written by the codec, never taken from the caller."""
+    for code in _MANAGED_CODES:
+        if code in items:
+            raise ApiMisuse(f"option {code} is managed by the codec, not a value")
+
+
+def _simple_area(items: Mapping[int, bytes]) -> bytearray | None:
+    """The options area in one pass, option 53 first; None if a value needs splitting.
+
+    This is the encoder's hot path: a reply whose every value fits one TLV (all of them in
+    practice) is written straight into one buffer, with no per-option chunk objects.
+    """
+    out = bytearray()
+    message_type = items.get(_MESSAGE_TYPE_CODE)
+    if message_type is not None:
+        if len(message_type) > 255:
+            return None
+        out.append(_MESSAGE_TYPE_CODE)
+        out.append(len(message_type))
+        out += message_type
+    for code, value in items.items():
+        if code == _MESSAGE_TYPE_CODE:
+            continue
+        size = len(value)
+        if size > 255:
+            return None
+        out.append(code)
+        out.append(size)
+        out += value
+    return out
+
+
+def _option_chunks(options: Mapping[int, bytes]) -> list[bytes]:
     """Encoded TLVs, option 53 first, values over 255 octets split (RFC 3396 §5)."""
     chunks: list[bytes] = []
     codes = list(options)
@@ -171,8 +211,6 @@ def _option_chunks(options: DhcpOptions) -> list[bytes]:
         codes.remove(c.OPT_MESSAGE_TYPE)
         codes.insert(0, c.OPT_MESSAGE_TYPE)
     for code in codes:
-        if code in (c.OPT_PAD, c.OPT_END, c.OPT_OVERLOAD):
-            raise ApiMisuse(f"option {code} is managed by the codec, not a value")
         value = options[code]
         if not value:
             chunks.append(bytes((code, 0)))
@@ -202,6 +240,46 @@ def _pack(chunks: list[bytes], capacity: int) -> tuple[bytes, list[bytes]]:
     return bytes(out), left
 
 
+def _split_layout(
+    message: DhcpMessage,
+    items: Mapping[int, bytes],
+    max_size: int,
+    main_capacity: int,
+    allow_overload: bool,
+) -> tuple[bytes, bytes, bytes]:
+    """(options area without END, sname field, file field) for options that need RFC 3396
+    splits or do not fit the options area.
+
+    Options that do not fit are moved into an empty ``file`` then an empty ``sname`` field,
+    announced by option 52 (RFC 2132 §9.3), when *allow_overload*.
+    """
+    chunks = _option_chunks(items)
+    main, left = _pack(chunks, main_capacity)
+    sname_field = message.sname
+    file_field = message.file
+    if not left:
+        return main, sname_field, file_field
+    can_use_file = allow_overload and not message.file
+    can_use_sname = allow_overload and not message.sname
+    if not (can_use_file or can_use_sname):
+        raise ApiMisuse(f"options do not fit in {max_size} octets")
+    main, left = _pack(chunks, main_capacity - 3)  # room for option 52
+    overload = 0
+    if can_use_file and left:
+        area, left = _pack(left, c.FILE_LENGTH - 1)
+        if area:
+            file_field = area + b"\xff"
+            overload |= c.OVERLOAD_FILE
+    if can_use_sname and left:
+        area, left = _pack(left, c.SNAME_LENGTH - 1)
+        if area:
+            sname_field = area + b"\xff"
+            overload |= c.OVERLOAD_SNAME
+    if left:
+        raise ApiMisuse(f"options do not fit in {max_size} octets even with overload")
+    return bytes((c.OPT_OVERLOAD, 1, overload)) + main, sname_field, file_field
+
+
 def max_message_size(client_max: int | None) -> int:
     """The DHCP payload limit for a reply, from the client's option 57 (RFC 2132 §9.10).
 
@@ -229,31 +307,16 @@ def encode_dhcp(message: DhcpMessage, *, max_size: int = 548, allow_overload: bo
         raise ApiMisuse(f"chaddr has {len(chaddr)} octets, hlen says {message.hlen}")
     if len(message.sname) > c.SNAME_LENGTH or len(message.file) > c.FILE_LENGTH:
         raise ApiMisuse("sname is at most 64 and file at most 128 octets")
-    chunks = _option_chunks(message.options)
+    items = message.options.items_view()
+    _check_codes(items)
     main_capacity = max_size - _HEADER_WITH_COOKIE_LENGTH - 1  # minus END
-    main, left = _pack(chunks, main_capacity)
     sname_field = message.sname
     file_field = message.file
-    if left:
-        can_use_file = allow_overload and not message.file
-        can_use_sname = allow_overload and not message.sname
-        if not (can_use_file or can_use_sname):
-            raise ApiMisuse(f"options do not fit in {max_size} octets")
-        main, left = _pack(chunks, main_capacity - 3)  # room for option 52
-        overload = 0
-        if can_use_file and left:
-            area, left = _pack(left, c.FILE_LENGTH - 1)
-            if area:
-                file_field = area + b"\xff"
-                overload |= c.OVERLOAD_FILE
-        if can_use_sname and left:
-            area, left = _pack(left, c.SNAME_LENGTH - 1)
-            if area:
-                sname_field = area + b"\xff"
-                overload |= c.OVERLOAD_SNAME
-        if left:
-            raise ApiMisuse(f"options do not fit in {max_size} octets even with overload")
-        main = bytes((c.OPT_OVERLOAD, 1, overload)) + main
+    main: bytes | bytearray | None = _simple_area(items)
+    if main is None or len(main) > main_capacity:
+        main, sname_field, file_field = _split_layout(
+            message, items, max_size, main_capacity, allow_overload
+        )
     try:
         header = _HEADER.pack(
             message.op,

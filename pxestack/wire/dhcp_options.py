@@ -88,6 +88,25 @@ OPTION_FORMATS: Final[dict[int, str]] = {
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
+#: Memo of :func:`ipv4_address`; bounded (cleared when full, bad-inputs D11).
+_ADDRESS_MEMO: dict[int, IPv4Address] = {}
+_ADDRESS_MEMO_ENTRIES: Final = 16384
+
+
+def ipv4_address(value: int) -> IPv4Address:
+    """``IPv4Address(value)`` for an integer already known to be in range, memoised.
+
+    Constructing an ``IPv4Address`` runs several Python-level checks; a DHCP server sees the
+    same few giaddr/server-id values and its pool's addresses over and over, and the objects
+    are immutable, so they are shared.
+    """
+    address = _ADDRESS_MEMO.get(value)
+    if address is None:
+        if len(_ADDRESS_MEMO) >= _ADDRESS_MEMO_ENTRIES:
+            _ADDRESS_MEMO.clear()
+        address = _ADDRESS_MEMO[value] = IPv4Address(value)
+    return address
+
 
 # --- value encoders ------------------------------------------------------------------------
 
@@ -393,6 +412,10 @@ class DhcpOptions(Mapping[int, bytes]):
         options._items = items
         return options
 
+    def items_view(self) -> Mapping[int, bytes]:
+        """The underlying mapping, read-only by contract (no copy: the codec's hot path)."""
+        return self._items
+
     @classmethod
     def build(cls, items: Mapping[int, OptionValue]) -> DhcpOptions:
         """Encode Python values by option code (see :data:`OPTION_FORMATS`); bytes pass as-is.
@@ -476,7 +499,7 @@ class DhcpOptions(Mapping[int, bytes]):
         if value is None:
             return None
         _check_length(code, value, 4)
-        return IPv4Address(value)
+        return ipv4_address(int.from_bytes(value, "big"))
 
     def ips(self, code: int) -> tuple[IPv4Address, ...] | None:
         """A non-empty list of IPv4 addresses (RFC 2132: length is a multiple of 4, >= 4)."""
@@ -586,5 +609,6 @@ __all__ = [
     "encode_u16",
     "encode_u32",
     "encode_user_class",
+    "ipv4_address",
     "parse_option_area",
 ]

@@ -65,6 +65,9 @@ class NdpOption:
             raise ApiMisuse(
                 f"option {self.type} body of {len(self.body)} bytes does not fill 8-octet units"
             )
+        if len(self.body) + 2 > 255 * 8:
+            # RFC 4861 §4.6: the length octet counts 8-octet units, so at most 255 of them.
+            raise ApiMisuse(f"option {self.type} is longer than 255 8-octet units")
 
 
 @dataclass(frozen=True, slots=True)

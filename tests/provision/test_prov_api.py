@@ -242,7 +242,11 @@ def test_pxe_profile_gets_ignition_every_boot(tmp_path):
         tmp_path / "cluster", profiles=[{"name": "ram", "quantity": 5, "install": "pxe"}]
     )
     script = rig.client.request("GET", "/ipxebootscript?serial=sn-r&uuid=&mac=")
-    assert "first-stage-script" in script.body.decode()  # not enrolled yet: installer path
+    # The first identified request enrols the machine, so even its first script is the RAM
+    # boot of its profile (never the Flatcar disk installer).
+    assert "first-stage-script" not in script.body.decode()
+    assert "ignition.config.url=http://198.18.0.1:8080/ignition?serial=sn-r" in script.body.decode()
+    assert rig.provisioner.get("sn-r").host.profile == "ram"
     config = rig.client.request("GET", "/ignition?serial=sn-r&uuid=")
     assert config.code == 200
     assert rig.provisioner.get("sn-r").host.state.value == "installing"

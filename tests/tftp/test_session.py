@@ -62,6 +62,19 @@ class TrackingReader(BytesReader):
         self.closed = True
 
 
+class BatchReader(TrackingReader):
+    """A TrackingReader with ``readv``, so the session reads ahead in batches."""
+
+    def readv(self, buffers: list[memoryview]) -> int:
+        total = 0
+        for buffer in buffers:
+            got = self.readinto(buffer)
+            total += got
+            if got < len(buffer):
+                break
+        return total
+
+
 def payload(size: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(size)
 
@@ -193,6 +206,38 @@ def test_timeout_resends_with_backoff_then_gives_up() -> None:
     assert session.outcome is Outcome.TIMED_OUT
     assert session.retransmits == 3
     assert reader.closed
+
+
+def test_spoofed_request_gets_few_resends() -> None:
+    """bad-inputs.md T7: a requester that never answers gets few resends (amplification)."""
+    request = ReadRequest("f", "octet", (("blksize", "1468"), ("tsize", "0")))
+    session = ReadSession(request, TrackingReader(payload(100_000)), 0.0,
+                          settings=SessionSettings(max_retries=8, unconfirmed_retries=3))
+    bytes_out = sum(len(d) for d in session.datagrams_to_send(0.0))
+    while not session.finished:
+        deadline = session.next_deadline()
+        assert deadline is not None
+        session.on_deadline(deadline)
+        bytes_out += sum(len(d) for d in session.datagrams_to_send(deadline))
+    assert session.outcome is Outcome.TIMED_OUT
+    assert session.retransmits == 3
+    request_size = len(encode_tftp(request))
+    assert bytes_out / request_size < 10
+
+
+def test_confirmed_transfer_keeps_all_retries() -> None:
+    settings_ = SessionSettings(max_retries=5, unconfirmed_retries=1)
+    session = ReadSession(ReadRequest("f"), TrackingReader(payload(5000)), 0.0,
+                          settings=settings_)
+    sent(session)
+    session.receive(encode_tftp(Ack(1)), 0.01)
+    now = 0.01
+    while not session.finished:
+        deadline = session.next_deadline()
+        assert deadline is not None
+        now = deadline
+        session.on_deadline(now)
+    assert session.retransmits == 5
 
 
 def test_overall_deadline() -> None:
@@ -406,14 +451,15 @@ class SessionAgainstClient(RuleBasedStateMachine):
 
     @precondition(lambda self: self.session is None)
     @rule(size=st.integers(0, 6000), blksize=st.sampled_from([8, 512, 1000]),
-          window=st.integers(1, 5), options=st.booleans())
-    def start(self, size: int, blksize: int, window: int, options: bool) -> None:
+          window=st.integers(1, 5), options=st.booleans(), batched=st.booleans())
+    def start(self, size: int, blksize: int, window: int, options: bool,
+              batched: bool) -> None:
         self.data = payload(size, seed=size)
         opts = (("blksize", str(blksize)), ("windowsize", str(window)), ("tsize", "0"))
         request = ReadRequest("f", "octet", opts if options else ())
         settings_ = SessionSettings(max_retries=1000, deadline=1e9)
-        self.session = ReadSession(request, TrackingReader(self.data), self.now,
-                                   settings=settings_)
+        reader = (BatchReader if batched else TrackingReader)(self.data)
+        self.session = ReadSession(request, reader, self.now, settings=settings_)
         self._collect()
 
     def _collect(self) -> None:
@@ -429,8 +475,8 @@ class SessionAgainstClient(RuleBasedStateMachine):
         self.to_server += self.client.handle(datagram)
 
     @precondition(lambda self: self.session is not None and self.to_server)
-    @rule(index=st.integers(0, 20), duplicate=st.booleans())
-    def deliver_to_server(self, index: int, duplicate: bool) -> None:
+    @rule(index=st.integers(0, 20), duplicate=st.booleans(), fast=st.booleans())
+    def deliver_to_server(self, index: int, duplicate: bool, fast: bool) -> None:
         assert self.session is not None
         datagram = self.to_server[index % len(self.to_server)]
         if not duplicate:
@@ -440,8 +486,13 @@ class SessionAgainstClient(RuleBasedStateMachine):
         self.acks_seen.add(block)
         before = self.session.stats().bytes_acked
         self.now += 0.001
-        self.session.receive(datagram, self.now)
-        out = [bytes(d) for d in self.session.datagrams_to_send(self.now)]
+        quick = self.session.next_after_ack(datagram, self.now) if fast else None
+        if quick is not None:
+            # The adapter's lock-step fast path must behave like the general path.
+            out = [bytes(quick)]
+        else:
+            self.session.receive(datagram, self.now)
+            out = [bytes(d) for d in self.session.datagrams_to_send(self.now)]
         if repeated and self.session.stats().bytes_acked == before:
             assert out == [], "a duplicate ACK must never trigger a resend"
         self.to_client += out

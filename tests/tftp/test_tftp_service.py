@@ -18,7 +18,7 @@ from pxestack.config import ConfigError, load_config
 from pxestack.service import Extensions, build_service
 from pxestack.service.tftp import TftpService, build_tftp_services, session_settings
 from pxestack.tftp.source import CallableSource, FilesystemSource, UploadDirectory
-from pxestack.wire.tftp import Data, ReadRequest, decode_tftp, encode_tftp
+from pxestack.wire.tftp import Data, Error, ReadRequest, decode_tftp, encode_tftp
 
 
 class FakePort:
@@ -147,3 +147,61 @@ def test_cli_serves_on_loopback(tmp_path: Path) -> None:
         server.terminate()
         server.wait(timeout=10)
     assert server.returncode == 0
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is *pid* (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_cli_workers_share_the_port(tmp_path: Path) -> None:
+    """--workers 2: two processes on one SO_REUSEPORT port; the helper dies with us."""
+    (tmp_path / "f.bin").write_bytes(b"w" * 3000)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pxestack", "tftp", "--root", str(tmp_path), "--listen",
+         f"127.0.0.1:{port}", "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stderr is not None
+        listening = 0
+        for _ in range(400):
+            line = server.stderr.readline()
+            if not line:
+                break
+            listening += "listening on udp" in line
+            if listening == 2:
+                break
+        assert listening == 2
+        workers = _children(server.pid)
+        assert len(workers) == 1
+        # Different source ports hash to either process; every one is served.
+        for _ in range(6):
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            client.settimeout(10)
+            client.sendto(encode_tftp(ReadRequest("f.bin")), ("127.0.0.1", port))
+            data, tid = client.recvfrom(2048)
+            assert decode_tftp(data) == Data(1, b"w" * 512)
+            client.sendto(encode_tftp(Error(0, "done")), tid)
+            client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert server.returncode == 0
+    for pid in workers:
+        stat = Path(f"/proc/{pid}/stat")
+        # Gone, or a zombie waiting for this test process to be reaped by init.
+        assert not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z"

@@ -183,10 +183,11 @@ def test_unknown_options_are_kept_not_rejected() -> None:
         lambda: RouterAdvertisement(options=(NdpOption(1, IPXE_MAC),)),
         lambda: NdpOption(3, b"\x00"),
         lambda: NdpOption(256, bytes(6)),
+        lambda: NdpOption(3, bytes(256 * 8 - 2)),
         lambda: encode_router_advertisement(RouterAdvertisement(), source=ALL_NODES),
     ],
     ids=["lifetime", "hop-limit", "lla-length", "lla-in-options", "option-units",
-         "option-type", "half-checksum"],
+         "option-type", "option-too-long", "half-checksum"],
 )
 def test_impossible_values_are_api_misuse(make: object) -> None:
     with pytest.raises(ApiMisuse):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,9 +28,21 @@ from qemu.artifacts import ensure_artifacts
 from qemu.netns import Segment
 from qemu.scenario import BootResult, boot_machines
 from qemu.servers import PxestackServer, ReferenceServer
-from qemu.vm import Machine
+from qemu.vm import EFI_VIRTIO_ROM, OVMF_CODE, OVMF_VARS, Machine
 
 MIXED = ("bios", "uefi", "uefi-pxe", "bios")
+TOOLS = ("qemu-system-x86_64", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
+#: Debian packages that provide what the demo needs (as .ci/run installs them).
+PACKAGES = "qemu-system-x86 ipxe-qemu ipxe ovmf dnsmasq curl git iproute2"
+
+
+def missing_prerequisites(server: str) -> list[str]:
+    """Executables and firmware files the demo needs but cannot find."""
+    tools = [*TOOLS, "dnsmasq"] if server == "dnsmasq" else list(TOOLS)
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    files = (OVMF_CODE, OVMF_VARS, EFI_VIRTIO_ROM, Path("/usr/lib/ipxe/ipxe.efi"))
+    missing += [str(path) for path in files if not path.exists()]
+    return missing
 
 
 def table(rows: list[list[str]]) -> str:
@@ -75,6 +88,10 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("demo.py needs root (network namespaces, tap devices)", file=sys.stderr)
+        return 2
+    missing = missing_prerequisites(args.server)
+    if missing:
+        print(f"missing: {', '.join(missing)}; apt-get install {PACKAGES}", file=sys.stderr)
         return 2
     firmwares = MIXED if args.firmware == "mixed" else (args.firmware,) * 4
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="pxestack-demo-"))

@@ -221,6 +221,25 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(h.stats[0].outcome, Outcome.COMPLETE)
         self.assertEqual(h.server.stats.foreign_tid, 2)
 
+    def test_flood_does_not_monopolize_the_reactor(self) -> None:
+        """bad-inputs.md T7: one doRead handles a bounded number of datagrams."""
+        from pxestack.tftp.protocol import MAX_DATAGRAMS_PER_READ
+
+        h = self.harness()
+        (h.root / "f").write_bytes(b"a" * 1000)
+        h.request(ReadRequest("f"))
+        sock = h.sockets[0]
+        flood = MAX_DATAGRAMS_PER_READ + 10
+        for port in range(flood):
+            sock.inbox.append((encode_tftp(Ack(7)), ("198.18.0.9", 1000 + port % 50000)))
+        h.reactor.readers[0].doRead()
+        self.assertEqual(len(sock.inbox), 10)
+        h.reactor.readers[0].doRead()
+        self.assertEqual(len(sock.inbox), 0)
+        h.to_transfer(Ack(1))
+        h.to_transfer(Ack(2))
+        self.assertEqual(h.stats[0].outcome, Outcome.COMPLETE)
+
     def test_timeouts_retransmit_then_give_up(self) -> None:
         settings = SessionSettings(max_retries=2, initial_rto=1.0, min_rto=0.05, max_rto=2.0)
         h = self.harness(settings=settings)
@@ -426,3 +445,36 @@ def test_lossy_transfer_with_clock(tmp_path: Path, windowsize: int) -> None:
                     readers[0].doRead()
     assert h.stats and h.stats[0].outcome is Outcome.COMPLETE
     assert bytes(client.received) == data
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_tftp_like = st.one_of(
+    st.binary(max_size=40),
+    st.builds(lambda op, rest: bytes([0, op]) + rest, st.integers(0, 7), st.binary(max_size=30)),
+    st.sampled_from([encode_tftp(Ack(n)) for n in (0, 1, 2, 3, 65535)]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["listener", "transfer"]), st.booleans(), _tftp_like),
+                max_size=30))
+def test_hostile_datagrams_never_escape(tmp_path_factory: pytest.TempPathFactory,
+                                       events: list[tuple[str, bool, bytes]]) -> None:
+    """Arbitrary bytes on port 69 and on a transfer port, from the client or a stranger:
+    nothing is raised, and the bookkeeping stays consistent."""
+    h = Harness(tmp_path_factory.mktemp("hostile"))
+    (h.root / "f").write_bytes(b"q" * 3000)
+    h.request(ReadRequest("f"))
+    for where, from_client, raw in events:
+        source = CLIENT if from_client else OTHER
+        if where == "listener" or not h.reactor.readers:
+            h.listener.datagramReceived(raw, source)
+        else:
+            port = h.reactor.readers[0]
+            port.sock.inbox.append((raw, source))
+            port.doRead()
+        h.reactor.advance(0.3)
+    assert h.server.stats.active == len(h.server.transfers) == len(h.reactor.readers)
+    assert h.server.stats.active >= 0
