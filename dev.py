@@ -143,7 +143,7 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         ensure_debian_packages()
         ensure_venv()
-        return run([str(BIN / "python"), "-m", "tests.system.qemu.demo", *rest])
+        return run([str(BIN / "python"), "tests/system/qemu/demo.py", *rest])
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -46,9 +46,9 @@ from typing import Any
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import dhcp_bench as bench  # noqa: E402
-from benchmarks.common import log, netlab, scratch_dir  # noqa: E402
-from benchmarks.peers import find_peers  # noqa: E402
+from benchmarks import dhcp_bench as bench
+from benchmarks.common import log, netlab, scratch_dir
+from benchmarks.peers import find_peers
 
 CLIENTS = bench.CLIENTS
 RELAY = IPv4Address("198.18.0.2")
@@ -266,7 +266,8 @@ def run_net(args: argparse.Namespace) -> None:
                         spy = args.py_spy.replace("{n}", f"{rate}-{repetition}")
                     run = _one_net_run(server, lab, rate, args, spy)
                     table.setdefault((server.name, rate), []).append(run)
-                    log(f"  rep {repetition + 1} {server.name} {args.mode} rate {rate or 'search'}: "
+                    label = rate or "search"
+                    log(f"  rep {repetition + 1} {server.name} {args.mode} rate {label}: "
                         f"target {run.target_rate} goodput {run.goodput:.0f}/s incomplete "
                         f"{run.incomplete_fraction * 100:.2f} % naks {run.server_naks} "
                         f"latency {run.avg_latency_ms} ms; load {os.getloadavg()[0]:.2f}")

@@ -83,7 +83,7 @@ LEASE_EVENTS = ("offered", "bound", "released", "declined", "expired", "nak",
 DEFAULT_HTTP_ENDPOINTS = frozenset({
     "ipxebootscript", "first-stage-script", "first-stage-ignition.json",
     "final-ignition-config.json", "ignition", "images", "admin", "assets", "healthz",
-    "metrics",
+    "metrics", "installer-ignition", "script", "boot.ipxe",
 })
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 

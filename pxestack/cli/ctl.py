@@ -45,8 +45,8 @@ from pxestack.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 EXIT_NOT_FOUND = 3
 
 #: Where the admin API listens when neither ``--server`` nor ``PXESTACK_SERVER`` says
-#: (mayu's API port, 4080, on loopback).
-DEFAULT_SERVER = "http://127.0.0.1:4080"
+#: (pxestack's default ``http.listen`` port on loopback; mayu's API port was 4080).
+DEFAULT_SERVER = "http://127.0.0.1:8080"
 SERVER_ENV = "PXESTACK_SERVER"
 TOKEN_ENV = "PXESTACK_TOKEN"  # noqa: S105 - the variable name, not a secret
 

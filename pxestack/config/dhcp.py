@@ -81,6 +81,24 @@ class BootConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RouterAdvertisementConfig:
+    """The IPv6 router-advertisement responder that ends iPXE's ~13 s router-discovery wait."""
+
+    enabled: bool = False
+    #: Answer each solicitation by unicast to its sender (else to ff02::1).
+    unicast: bool = True
+
+
+def _read_router_advertisements(section: Section) -> RouterAdvertisementConfig:
+    config = RouterAdvertisementConfig(
+        enabled=section.bool("enabled", False),
+        unicast=section.bool("unicast", True),
+    )
+    section.finish()
+    return config
+
+
+@dataclass(frozen=True, slots=True)
 class DhcpConfig:
     """Settings of the DHCP service (full server or proxyDHCP)."""
 
@@ -112,6 +130,12 @@ class DhcpConfig:
     fsync: bool = True
     #: Unicast replies to address-less clients as raw frames (AF_PACKET, needs root).
     raw_replies: bool = True
+    #: Answer IPv6 router solicitations on ``interfaces`` with an RA (M=0, O=0, lifetime 0)
+    #: so that iPXE stops waiting for IPv6 autoconfiguration (firmware.md).  Only for a
+    #: dedicated provisioning segment.
+    router_advertisements: RouterAdvertisementConfig = field(
+        default_factory=lambda: RouterAdvertisementConfig()
+    )
 
 
 def _read_pool(section: Section, default_lease: int) -> PoolConfig | None:
@@ -209,7 +233,15 @@ def read_dhcp(section: Section) -> DhcpConfig:
         lease_file=section.path("lease_file", None),
         fsync=section.bool("fsync", True),
         raw_replies=section.bool("raw_replies", True),
+        router_advertisements=_read_router_advertisements(
+            section.mapping("router_advertisements")
+        ),
     )
+    if config.router_advertisements.enabled and not config.interfaces:
+        section.problem(
+            "router_advertisements.enabled",
+            "router advertisements need dhcp.interfaces (the segments to answer on)",
+        )
     if config.mode == "server" and config.enabled and not section.has("pools"):
         section.problem("pools", "server mode needs at least one pool (or use mode: proxy)")
     _check_reservations(section, config)

@@ -372,8 +372,9 @@ def reply_destination(request: DhcpMessage, reply_type: int, *,
     * else broadcast flag set, or no yiaddr to send to: broadcast;
     * else unicast to yiaddr at chaddr (LINK_UNICAST; iPXE leaves the flag clear, quirk 12).
     """
-    if request.giaddr != _ZERO:
-        return Destination(DestinationKind.RELAY, request.giaddr, c.DHCP_SERVER_PORT)
+    giaddr = request.giaddr
+    if giaddr != _ZERO:
+        return _relay_destination(giaddr)
     if reply_type == c.DHCPNAK:
         return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
     if request.ciaddr != _ZERO:
@@ -382,6 +383,21 @@ def reply_destination(request: DhcpMessage, reply_type: int, *,
         return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
     return Destination(DestinationKind.LINK_UNICAST, yiaddr, c.DHCP_CLIENT_PORT,
                        chaddr=request.chaddr)
+
+
+_RELAY_DESTINATIONS: dict[int, Destination] = {}
+
+
+def _relay_destination(giaddr: IPv4Address) -> Destination:
+    """The RELAY destination of *giaddr* (one shared value per relay; bounded memo)."""
+    key = int(giaddr)
+    destination = _RELAY_DESTINATIONS.get(key)
+    if destination is None:
+        if len(_RELAY_DESTINATIONS) >= 1024:
+            _RELAY_DESTINATIONS.clear()
+        destination = Destination(DestinationKind.RELAY, giaddr, c.DHCP_SERVER_PORT)
+        _RELAY_DESTINATIONS[key] = destination
+    return destination
 
 
 def reply_size_limit(request: DhcpMessage, *, mtu: int | None = None) -> int:

@@ -26,6 +26,7 @@ not cancel and reschedule a timer per packet.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
@@ -189,10 +190,8 @@ def _grow_receive_buffer(sock: socket.socket, size: int) -> None:
             return
         except OSError:
             pass
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    except OSError:
-        pass
 
 
 class BatchingUdpPort(udp.Port):
@@ -229,14 +228,14 @@ class BatchingUdpPort(udp.Port):
         max_batch: int = DEFAULT_MAX_BATCH,
         receive_buffer: int = DEFAULT_RECEIVE_BUFFER,
     ) -> None:
-        super().__init__(port, protocol, interface, reactor=reactor)
+        super().__init__(port, protocol, interface, reactor=reactor)  # type: ignore[no-untyped-call]
         self.device = device
         self.reuse_address = reuse_address
         self.max_batch = max_batch
         self.receive_buffer = receive_buffer
         self.batching_protocol = protocol
 
-    def createInternetSocket(self) -> socket.socket:  # noqa: N802 (Twisted's name)
+    def createInternetSocket(self) -> socket.socket:
         """The socket, with the options that must be set before ``bind``."""
         sock: socket.socket = super().createInternetSocket()
         if self.reuse_address or self.device is not None:
@@ -249,7 +248,7 @@ class BatchingUdpPort(udp.Port):
             _grow_receive_buffer(sock, self.receive_buffer)
         return sock
 
-    def doRead(self) -> None:  # noqa: N802 (Twisted's name)
+    def doRead(self) -> None:
         """Read until ``EAGAIN`` or :attr:`max_batch` datagrams, then hand the batch over."""
         recvfrom = self.socket.recvfrom
         size = self.maxPacketSize
@@ -539,11 +538,11 @@ __all__ = [
     "DEFAULT_MAX_BATCH",
     "BatchingUdpPort",
     "DeadlineTimer",
-    "GroupCommit",
     "DhcpDatagramProtocol",
     "DhcpServerProtocol",
     "FrameSender",
     "FrameSenderFactory",
+    "GroupCommit",
     "ProxyDhcpProtocol",
     "RawUnicastSender",
     "ipv4_udp_packet",

@@ -263,6 +263,12 @@ def mayu_to_provision(data: object) -> tuple[dict[str, Any], list[str]]:
     return out, conv.notes
 
 
+#: ``provision.profiles[]`` keys that a mayu config.yaml sets (everything else is pxestack's).
+MAYU_PROFILE_KEYS = frozenset(
+    {"name", "quantity", "tags", "disable_engine", "os_version", "etcd_cluster_token"}
+)
+
+
 def apply_mayu_text(text: str, base: ProvisionConfig) -> ProvisionConfig:
     """A new :class:`ProvisionConfig`: *base* with the mayu concepts of *text* replacing its own.
 
@@ -275,13 +281,27 @@ def apply_mayu_text(text: str, base: ProvisionConfig) -> ProvisionConfig:
     converted = read_provision(section, base.cluster_dir.parent)
     if problems:
         raise ConfigError(problems)
-    from dataclasses import replace
+    from dataclasses import fields, replace
 
+    # A mayu config knows only mayu's profile keys: keep pxestack's own per-profile
+    # settings (os, install_disk, flows, kernel_args, ...) of profiles with the same name.
+    previous = {profile.name: profile for profile in base.profiles}
+    profiles = []
+    for profile, raw in zip(converted.profiles, mapping.get("profiles", []), strict=True):
+        old = previous.get(profile.name)
+        if old is not None:
+            kept = {
+                f.name: getattr(old, f.name)
+                for f in fields(profile)
+                if f.name not in MAYU_PROFILE_KEYS and f.name not in raw
+            }
+            profile = replace(profile, **kept)
+        profiles.append(profile)
     return replace(
         base,
         default_os_version=converted.default_os_version,
         network=converted.network,
-        profiles=converted.profiles,
+        profiles=tuple(profiles),
         templates_env=converted.templates_env,
     )
 

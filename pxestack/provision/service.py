@@ -25,6 +25,7 @@ from twisted.python.threadpool import ThreadPool
 from pxestack.config import Config
 from pxestack.config.provision import ProvisionConfig
 from pxestack.errors import ConfigError, ConfigProblem
+from pxestack.metrics import MeteredHostStore, Metrics
 from pxestack.provision.api import ProvisioningApi
 from pxestack.provision.mayu_import import apply_mayu_text, export_mayu
 from pxestack.provision.policy import ProvisioningPolicy
@@ -152,7 +153,12 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         # A config set through PUT /admin/mayu_config outlives restarts (mayu rewrote its file).
         prov = apply_mayu_text(saved.read_text(encoding="utf-8"), prov)
         log.info("using the mayu settings saved in {path}", path=str(saved))
-    provisioner = Provisioner(prov, store, base_url=base_url, key=callback_key(prov.cluster_dir))
+    metrics = Metrics()
+    provisioner = Provisioner(
+        prov, MeteredHostStore(store, metrics), base_url=base_url,
+        key=callback_key(prov.cluster_dir),
+    )
+    metrics.watch_hosts(lambda: [(host.state.value, host.profile) for host in provisioner.hosts()])
 
     pool = ThreadPool(minthreads=1, maxthreads=4, name="pxestack-provision")
 
@@ -184,6 +190,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         tftp_source=None,  # TFTP serves only the iPXE binaries: the filesystem source does.
         http_children=api.children(),
         services=[ProvisioningService(store, pool, prov.git_retry_interval, reactor)],
+        metrics=metrics,
     )
 
 

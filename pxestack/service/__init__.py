@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application import service
 
 from pxestack.config import Config
+from pxestack.metrics import Metrics, MetricsResource
 
 
 @dataclass
@@ -31,6 +32,9 @@ class Extensions:
     http_children: dict[bytes, Any] = field(default_factory=dict)
     #: Services to run beside the protocol servers (for example a store flusher).
     services: list[service.IService] = field(default_factory=list)
+    #: The :class:`pxestack.metrics.Metrics` every server reports to (made when None);
+    #: served at ``/metrics`` by the HTTP service.
+    metrics: Any = None
 
 
 class PxeStackService(service.MultiService):
@@ -39,6 +43,7 @@ class PxeStackService(service.MultiService):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
+        self.metrics: Any = None
         self.setName("pxestack")
 
 
@@ -50,7 +55,11 @@ def build_service(
 ) -> PxeStackService:
     """Build the service tree for every section *config* enables."""
     ext = extensions or Extensions()
+    if ext.metrics is None:
+        ext.metrics = Metrics()
+    ext.http_children.setdefault(b"metrics", MetricsResource(ext.metrics))
     root = PxeStackService(config)
+    root.metrics = ext.metrics
     for extra in ext.services:
         extra.setServiceParent(root)
     if config.dhcp is not None:

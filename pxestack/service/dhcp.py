@@ -400,7 +400,17 @@ def build_dhcp_services(
     if config.dhcp is None:
         raise ApiMisuse("build_dhcp_services called without a dhcp: section")
     policy = getattr(ext, "boot_policy", None) or StaticBootPolicy()
-    return [DhcpService(config, policy, reactor=reactor)]
+    services: list[service.IService] = [DhcpService(config, policy, reactor=reactor)]
+    advertisements = config.dhcp.router_advertisements
+    if advertisements.enabled:
+        from pxestack.ra import RouterAdvertisementService
+
+        services.append(
+            RouterAdvertisementService(
+                config.dhcp.interfaces, unicast=advertisements.unicast, reactor=reactor
+            )
+        )
+    return services
 
 
 __all__ = [

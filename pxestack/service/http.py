@@ -177,6 +177,9 @@ def build_http_services(
         use_sendfile=http_config.sendfile,
         reactor=reactor,
     )
+    metrics = getattr(ext, "metrics", None)
+    if metrics is not None:
+        metrics.attach_site(site)
     return [HttpService(site, http_config.listen, reactor=reactor)]
 
 

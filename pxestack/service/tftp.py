@@ -106,6 +106,9 @@ def build_tftp_services(
         transfer_host=tftp.listen[0],
         reactor=reactor,
     )
+    metrics = getattr(ext, "metrics", None)
+    if metrics is not None:
+        metrics.attach_tftp_server(server)
     return [TftpService(server, tftp.listen, reactor=reactor)]
 
 

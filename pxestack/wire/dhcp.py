@@ -19,9 +19,9 @@ sname), option 52 itself is dropped, and an overloaded field reads as empty.  En
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from ipaddress import IPv4Address
 from typing import Final
 
 from pxestack.errors import ApiMisuse, Invalid, Truncated
@@ -104,6 +104,49 @@ class DhcpMessage:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+# A frozen dataclass __init__ sets each field through ``object.__setattr__``, which on
+# CPython 3.11 costs about twice as much as calling the slot descriptors directly.  The
+# codec builds two messages per packet (decode, reply), so it uses the descriptors; the
+# result is an ordinary, frozen DhcpMessage (eq, hash, repr and replace() unchanged).
+_new_object = object.__new__
+_DHCPMESSAGE_FIELDS: Final = (
+    "op", "xid", "chaddr", "options", "htype", "hlen", "hops", "secs", "flags", "ciaddr",
+    "yiaddr", "siaddr", "giaddr", "sname", "file",
+)
+(
+    _set_op, _set_xid, _set_chaddr, _set_options, _set_htype, _set_hlen, _set_hops,
+    _set_secs, _set_flags, _set_ciaddr, _set_yiaddr, _set_siaddr, _set_giaddr, _set_sname,
+    _set_file,
+) = (DhcpMessage.__dict__[name].__set__ for name in _DHCPMESSAGE_FIELDS)
+if tuple(f.name for f in fields(DhcpMessage)) != _DHCPMESSAGE_FIELDS:  # a field was added
+    raise ImportError("update the setters above for DhcpMessage's fields")
+
+
+def _new_message(
+    op: int, xid: int, chaddr: bytes, options: DhcpOptions, htype: int, hlen: int,
+    hops: int, secs: int, flags: int, ciaddr: IPv4Address, yiaddr: IPv4Address,
+    siaddr: IPv4Address, giaddr: IPv4Address, sname: bytes, file: bytes,
+) -> DhcpMessage:
+    """``DhcpMessage(...)`` with every field given positionally, without ``__init__``."""
+    message: DhcpMessage = _new_object(DhcpMessage)
+    _set_op(message, op)
+    _set_xid(message, xid)
+    _set_chaddr(message, chaddr)
+    _set_options(message, options)
+    _set_htype(message, htype)
+    _set_hlen(message, hlen)
+    _set_hops(message, hops)
+    _set_secs(message, secs)
+    _set_flags(message, flags)
+    _set_ciaddr(message, ciaddr)
+    _set_yiaddr(message, yiaddr)
+    _set_siaddr(message, siaddr)
+    _set_giaddr(message, giaddr)
+    _set_sname(message, sname)
+    _set_file(message, file)
+    return message
+
+
 def decode_dhcp(data: bytes) -> DhcpMessage:
     """Decode one DHCP message; raise only :class:`~pxestack.errors.MalformedPacket`.
 
@@ -125,8 +168,9 @@ def decode_dhcp(data: bytes) -> DhcpMessage:
     items: dict[int, bytes] = {}
     parse_option_area(data[_HEADER_WITH_COOKIE_LENGTH:], items, require_end=True)
     overload_value = items.pop(_OVERLOAD_CODE, None)
-    sname = _c_string(sname_raw)
-    file = _c_string(file_raw)
+    # Nearly every client leaves sname and file empty: skip the search then.
+    sname = _c_string(sname_raw) if sname_raw[0] else b""
+    file = _c_string(file_raw) if file_raw[0] else b""
     if overload_value is not None:
         if len(overload_value) != 1 or overload_value[0] not in (1, 2, 3):
             raise Invalid(f"option 52 overload value {overload_value!r} is not 1, 2 or 3")
@@ -144,9 +188,7 @@ def decode_dhcp(data: bytes) -> DhcpMessage:
     message_type = items.get(c.OPT_MESSAGE_TYPE)
     if message_type is not None and len(message_type) != 1:
         raise Invalid("option 53 must be one octet")
-    # Positional, in field order (op, xid, chaddr, options, htype, hlen, hops, secs, flags,
-    # ciaddr, yiaddr, siaddr, giaddr, sname, file): this runs for every packet.
-    return DhcpMessage(
+    return _new_message(
         op,
         xid,
         chaddr_raw[:hlen],
@@ -359,22 +401,22 @@ def build_reply(
     xid, htype, hlen, chaddr, giaddr and flags are copied from the request (flags can be
     overridden: PXE proxy replies set the broadcast bit); hops and secs are 0.
     """
-    return DhcpMessage(
-        op=c.BOOTREPLY,
-        htype=request.htype,
-        hlen=request.hlen,
-        hops=0,
-        xid=request.xid,
-        secs=0,
-        flags=request.flags if flags is None else flags,
-        ciaddr=ciaddr,
-        yiaddr=yiaddr,
-        siaddr=siaddr,
-        giaddr=request.giaddr,
-        chaddr=request.chaddr,
-        sname=sname,
-        file=file,
-        options=options,
+    return _new_message(
+        c.BOOTREPLY,
+        request.xid,
+        request.chaddr,
+        options,
+        request.htype,
+        request.hlen,
+        0,  # hops
+        0,  # secs
+        request.flags if flags is None else flags,
+        ciaddr,
+        yiaddr,
+        siaddr,
+        request.giaddr,
+        sname,
+        file,
     )
 
 
