@@ -134,7 +134,10 @@ def main(argv: list[str]) -> int:
     if command == "lint":
         ensure_venv()
         status = run([str(BIN / "ruff"), "check", "pxestack", "tests", "benchmarks", "dev.py"])
-        strict_targets = ["pxestack/wire", "pxestack/errors.py", "pxestack/_types.py"]
+        strict_targets = [
+            "pxestack/wire", "pxestack/dhcp", "pxestack/tftp", "pxestack/http/ipxe.py",
+            "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py",
+        ]
         return status or run([str(BIN / "mypy"), *strict_targets, *rest])
     if command == "bench":
         ensure_debian_packages()

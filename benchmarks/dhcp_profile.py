@@ -214,6 +214,13 @@ def _py_spy(pid: int, output: str, seconds: int) -> subprocess.Popen[Any]:
     )
 
 
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by process *pid* (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
 def _one_net_run(server: Any, lab: Any, rate: int, args: argparse.Namespace,
                  spy_output: str | None) -> bench.PerfdhcpRun:
     full = args.mode == "dora"
@@ -238,7 +245,13 @@ def _one_net_run(server: Any, lab: Any, rate: int, args: argparse.Namespace,
                 outcome = bench.search_sustained(step, rates, 2)
                 run = outcome.best or outcome.steps[0]
             else:
+                user, system = _cpu_seconds(process.pid)
                 run = bench.run_perfdhcp(lab, rate, args.period, full_exchange=full)
+                user_after, system_after = _cpu_seconds(process.pid)
+                # Server CPU per completed exchange: robust against other load on the box.
+                done = max(run.completed, 1)
+                run.cpu_user_us = (user_after - user) / done * 1e6  # type: ignore[attr-defined]
+                run.cpu_sys_us = (system_after - system) / done * 1e6  # type: ignore[attr-defined]
             if spy is not None:
                 spy.wait(timeout=60)
             if process.poll() is not None:
@@ -274,14 +287,16 @@ def run_net(args: argparse.Namespace) -> None:
     print(f"\nmode {args.mode}, period {args.period} s, {args.reps} repetitions, "
           f"load average now {os.getloadavg()}")
     print(f"{'server':10s} {'rate':>6s} {'target':>7s} {'goodput':>8s} {'incompl%':>9s} "
-          f"{'NAKs':>5s} {'lat ms':>7s}")
+          f"{'NAKs':>5s} {'lat ms':>7s} {'usr µs':>7s} {'sys µs':>7s}  (server CPU per exchange)")
     for (name, rate), runs in sorted(table.items(), key=lambda item: (item[0][1], item[0][0])):
         print(f"{name:10s} {rate or 'search':>6} "
               f"{statistics.median(r.target_rate or 0 for r in runs):7.0f} "
               f"{statistics.median(r.goodput for r in runs):8.0f} "
               f"{statistics.median(r.incomplete_fraction for r in runs) * 100:9.2f} "
               f"{statistics.median(r.server_naks for r in runs):5.0f} "
-              f"{statistics.median(r.avg_latency_ms or 0 for r in runs):7.2f}")
+              f"{statistics.median(r.avg_latency_ms or 0 for r in runs):7.2f} "
+              f"{statistics.median(getattr(r, 'cpu_user_us', 0.0) for r in runs):7.1f} "
+              f"{statistics.median(getattr(r, 'cpu_sys_us', 0.0) for r in runs):7.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,11 +22,11 @@ class MalformedPacket(PxeStackError):  # noqa: N818 - the protocol term reads be
     """A datagram from the network could not be decoded; the peer's fault."""
 
 
-class Truncated(MalformedPacket):  # noqa: N818
+class Truncated(MalformedPacket):
     """The datagram ended before a field or option it announced."""
 
 
-class Invalid(MalformedPacket):  # noqa: N818
+class Invalid(MalformedPacket):
     """A field holds a value the protocol does not allow."""
 
 

@@ -1,4 +1,4 @@
-"""twistd glue: ``twistd pxestack --config FILE`` (no logic here, as in ``twisted/names/tap.py``)."""
+"""twistd glue for ``twistd pxestack --config FILE``; no logic (as ``twisted/names/tap.py``)."""
 
 from __future__ import annotations
 

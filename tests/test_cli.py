@@ -88,7 +88,9 @@ def free_config(tmp_path: Path) -> Path:
     return path
 
 
-def wait_for_line(proc: subprocess.Popen[str], needle: str, count: int, timeout: float) -> list[str]:
+def wait_for_line(
+    proc: subprocess.Popen[str], needle: str, count: int, timeout: float
+) -> list[str]:
     """Read stderr lines until *needle* was seen *count* times."""
     assert proc.stderr is not None
     seen: list[str] = []
@@ -116,7 +118,7 @@ def test_serve_shuts_down_cleanly_on_signal(tmp_path: Path, sig: signal.Signals)
         wait_for_line(proc, "pxestack running", 1, timeout=60)
         started = time.monotonic()
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=10)
         elapsed = time.monotonic() - started
     finally:
         if proc.poll() is None:

@@ -30,7 +30,8 @@ def layer_of(module: str) -> int | None:
     """The layer number of a pxestack module, or None for modules outside pxestack."""
     if module in ("pxestack", "pxestack._types", "pxestack.errors", "pxestack.paths"):
         return 0
-    if module in SANS_IO_EXCEPTIONS or module.startswith(tuple(m + "." for m in SANS_IO_EXCEPTIONS)):
+    adapter_prefixes = tuple(m + "." for m in SANS_IO_EXCEPTIONS)
+    if module in SANS_IO_EXCEPTIONS or module.startswith(adapter_prefixes):
         return 3
     prefixes = [
         ("pxestack.wire", 1),

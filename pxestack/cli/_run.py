@@ -10,9 +10,9 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     globalLogBeginner,
     jsonFileLogObserver,
     textFileLogObserver,

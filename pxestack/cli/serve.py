@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from pxestack.cli import EXIT_USAGE
-from pxestack.config import ConfigError, Config, load_config_file, load_quickstart
+from pxestack.config import Config, ConfigError, load_config_file, load_quickstart
 
 
 def register(subparsers: Any) -> None:

@@ -12,9 +12,13 @@ The payload is compact JSON, one of::
     {"t": "f", "a": address, "k": client key (hex), "e": when}  # a release
     {"t": "d", "a": address, "u": quarantined until}            # a decline
 
-Durability: a binding and a decline are ``fdatasync``-ed before :meth:`LeaseJournal.bound`
-returns, so the server never ACKs a lease that a crash could lose.  A release is written but
-not synced: losing one only means the client's old binding comes back until it expires.
+Durability: a binding and a decline are ``fdatasync``-ed before the server sends the ACK,
+so it never ACKs a lease that a crash could lose.  Either :meth:`LeaseJournal.bound` syncs
+before returning, or, with group commit (:meth:`LeaseJournal.begin_batch` /
+:meth:`LeaseJournal.commit`), the records of one batch of datagrams are written with one
+``write()`` and synced with one ``fdatasync`` and the adapter holds that batch's ACKs until
+the commit returns.  A release is written but not synced: losing one only means the
+client's old binding comes back until it expires.
 
 Loading keeps every valid record.  A torn last record (a crash mid-``write``) is skipped; a
 damaged record in the middle is skipped too, by scanning forward for the next record whose

@@ -657,12 +657,12 @@ def _encoded_size(items: dict[int, bytes]) -> int:
 
     Every value costs two octets of code and length; a value over 255 octets is split into
     ``ceil(size / 255)`` pieces with two more per extra piece.  Summed with ``map`` (in C):
-    this runs for every reply.
+    this runs for every reply, and only a total over 255 can hide a long value.
     """
-    sizes = list(map(len, items.values()))
-    total = sum(sizes) + 2 * len(sizes)
-    if sizes and max(sizes) > 255:
-        total += sum(2 * ((size - 1) // 255) for size in sizes if size > 255)
+    values = items.values()
+    total = sum(map(len, values)) + 2 * len(items)
+    if total > 255:
+        total += sum(2 * ((len(value) - 1) // 255) for value in values if len(value) > 255)
     return total
 
 

@@ -167,11 +167,14 @@ def test_parse_listen_rejects(text: str) -> None:
 
 @given(st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=12,
 ))
 def test_arbitrary_yaml_values_raise_only_config_error(data: object) -> None:
     try:
-        load_config({"dhcp": data, "tftp": data, "http": data, "provision": data}, base_dir=Path("/"))
+        load_config(
+            {"dhcp": data, "tftp": data, "http": data, "provision": data}, base_dir=Path("/")
+        )
     except ConfigError as exc:
         assert exc.problems
