@@ -408,6 +408,13 @@ def reply_size_limit(request: DhcpMessage, *, mtu: int | None = None) -> int:
         client_max = request.options.u16(c.OPT_MAX_MESSAGE_SIZE)
     except MalformedPacket:
         client_max = None
+    return size_limit(client_max, mtu)
+
+
+@functools.lru_cache(maxsize=256)
+def size_limit(client_max: int | None, mtu: int | None) -> int:
+    """:func:`reply_size_limit` from an already parsed option 57 (None: absent or
+    malformed) and the interface MTU; memoised, as the pairs repeat."""
     limit = max_message_size(client_max)
     if mtu is not None:
         limit = min(limit, max(mtu, c.DHCP_MIN_MAX_MESSAGE) - c.IP_UDP_HEADER_LENGTH)
@@ -428,4 +435,5 @@ __all__ = [
     "decide_boot",
     "reply_destination",
     "reply_size_limit",
+    "size_limit",
 ]

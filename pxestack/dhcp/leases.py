@@ -506,13 +506,18 @@ class InMemoryLeaseStore:
                 return None  # only possible with leases restored from before the reservation
         else:
             current = self._by_client.get(client)
-            if current is not None and current.address in subnet.network:
+            # Containment by integer mask: ``address in IPv4Network`` runs Python code.
+            if current is not None and (
+                int(current.address) & state.netmask == state.network_int
+            ):
                 address = int(current.address)
                 if current.state is LeaseState.BOUND and current.active(now):
                     return current
                 if self._usable_by(address, client, now) and self._in_ranges(state, address):
                     chosen = address
-            if chosen is None and requested is not None and requested in subnet.network:
+            if chosen is None and requested is not None and (
+                int(requested) & state.netmask == state.network_int
+            ):
                 address = int(requested)
                 if self._in_ranges(state, address) and self._usable_by(address, client, now):
                     chosen = address
@@ -525,12 +530,14 @@ class InMemoryLeaseStore:
             if existing.state is LeaseState.BOUND and existing.active(now):
                 return existing
             already_offered = existing.state is LeaseState.OFFERED
+            address_value = existing.address
         else:
             already_offered = False
+            address_value = ipv4_address(chosen)
         if not already_offered and self._offers >= self.max_offers:
             return None
         lease = _new_lease(
-            ipv4_address(chosen),
+            address_value,
             client,
             mac,
             LeaseState.OFFERED,

@@ -54,7 +54,7 @@ drops exactly like a decoding error.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import ClassVar, Final
 
@@ -68,6 +68,7 @@ from pxestack.dhcp.decide import (
     decide_boot,
     reply_destination,
     reply_size_limit,
+    size_limit,
 )
 from pxestack.dhcp.leases import Lease, LeaseState, LeaseStore, Subnet, client_key
 from pxestack.dhcp.policy import BootPolicy, Machine
@@ -77,6 +78,8 @@ from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions, encode_domain_search
 
 _ZERO: Final = IPv4Address(0)
+#: ``bytes((n,))`` for every octet value (option 53 values without building them).
+_ONE_OCTET: Final = tuple(bytes((n,)) for n in range(256))
 #: Bound of the address -> subnet memo.
 _SUBNET_MEMO_ENTRIES: Final = 4096
 
@@ -131,6 +134,11 @@ class InterfaceInfo:
     network: IPv4Network
     #: Interface MTU, caps reply sizes (None: only the client's option 57 counts).
     mtu: int | None = None
+    #: ``address.packed``, option 54 of every reply (derived; computed once).
+    packed_address: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packed_address", self.address.packed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,8 +503,8 @@ class DhcpServerCore:
         message = ctx.message
         settings = ctx.settings
         items: dict[int, bytes] = {
-            c.OPT_MESSAGE_TYPE: bytes((reply_type,)),
-            c.OPT_SERVER_ID: ctx.server_id.packed,
+            c.OPT_MESSAGE_TYPE: _ONE_OCTET[reply_type],
+            c.OPT_SERVER_ID: ctx.interface.packed_address,
         }
         if lease is not None:
             lease_time = max(0, round(lease.expires - ctx.now)) if (
@@ -524,7 +532,9 @@ class DhcpServerCore:
             # RFC 3046 §2.2: echo the whole option, after every other option.
             items.pop(c.OPT_RELAY_AGENT_INFO, None)
             items[c.OPT_RELAY_AGENT_INFO] = relay_info
-        max_size = reply_size_limit(message, mtu=ctx.interface.mtu)
+        # Option 57 as the classification read it (a malformed one counts as absent there
+        # too), so the options are not parsed again: reply_size_limit's rule.
+        max_size = size_limit(ctx.info.max_message_size, ctx.interface.mtu)
         yiaddr = lease.address if lease is not None else _ZERO
         draft = build_reply(
             message,
