@@ -7,9 +7,9 @@ The DHCP performance owner's own measuring script (the full comparative suite is
     No sockets.  10 000 perfdhcp-like clients (relayed, option 60 ``PXEClient``) go through
     the real adapter (:class:`~pxestack.dhcp.protocol.DhcpServerProtocol`: decode, core,
     encode) with a lease journal on ``/dev/shm`` and a transport that only keeps the
-    payloads.  Prints CPU µs (``time.process_time``, so other load on the machine matters less) per
-    DISCOVER->OFFER and per REQUEST->ACK; ``--cprofile FILE``
-    writes a cProfile stats file of the same run.
+    payloads.  Prints CPU µs (``time.process_time``, so other load on the machine matters
+    less) per DISCOVER->OFFER and per REQUEST->ACK; ``--cprofile FILE`` writes a cProfile
+    stats file of the same run.
 
 ``net``
     The veth lab of ``tests/netlab.py`` (namespaces ``pxt-dhcpprof-<pid>-s/-c``),
@@ -21,6 +21,10 @@ The DHCP performance owner's own measuring script (the full comparative suite is
     ``--search`` runs the suite's sustained-rate search instead of fixed rates;
     ``--py-spy FILE`` records a py-spy profile (``--format raw`` collapsed stacks, or an
     SVG flame graph when FILE ends in .svg) of the pxestack server during each run.
+    ``--baseline-tree DIR`` adds the pxestack code found in DIR as a fourth server, for
+    before/after comparisons in one run.  Besides perfdhcp's figures the table shows the
+    server's CPU time (user and system, from ``/proc``) per completed exchange, which
+    depends much less on what else the machine is doing than the rates do.
 
 Run as root::
 
@@ -29,6 +33,8 @@ Run as root::
     .venv/bin/python benchmarks/dhcp_profile.py net --mode do --search --servers pxestack,dnsmasq
     .venv/bin/python benchmarks/dhcp_profile.py net --rates 6000 --servers pxestack \\
         --py-spy /tmp/dhcp.txt
+    git archive <commit> pxestack | tar -x -C /tmp/base   # the code before a change
+    .venv/bin/python benchmarks/dhcp_profile.py net --rates 3000 --baseline-tree /tmp/base
 """
 
 from __future__ import annotations
@@ -261,11 +267,38 @@ def _one_net_run(server: Any, lab: Any, rate: int, args: argparse.Namespace,
             lab.server.stop(process)
 
 
+class BaselinePxestack(bench.PxestackDhcpServer):
+    """pxestack from another source tree (``--baseline-tree``), e.g. the code before a change:
+    ``git archive <commit> pxestack | tar -x -C /tmp/base``.  Same configuration; the tree
+    comes first on ``PYTHONPATH`` of the server process."""
+
+    name = "pxestack-base"
+
+    def __init__(self, tree: str) -> None:
+        self.tree = tree
+
+    def start(self, lab: Any, workdir: Path) -> subprocess.Popen[Any]:
+        """Start ``pxestack serve`` importing the baseline tree."""
+        previous = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = self.tree
+        try:
+            return super().start(lab, workdir)
+        finally:
+            if previous is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = previous
+
+
 def run_net(args: argparse.Namespace) -> None:
     """Fixed-rate (or searched) perfdhcp runs, servers interleaved per repetition."""
     peers = find_peers(install=False)
     wanted = [name for name in args.servers.split(",") if name]
-    candidates = [s for s in bench.servers(peers) if s.name in wanted]
+    available: list[Any] = list(bench.servers(peers))
+    if args.baseline_tree:
+        available.append(BaselinePxestack(args.baseline_tree))
+        wanted.append(BaselinePxestack.name)
+    candidates = [s for s in available if s.name in wanted]
     rates = [int(r) for r in args.rates.split(",")] if not args.search else [0]
     table: dict[tuple[str, int], list[bench.PerfdhcpRun]] = {}
     log(f"load average {os.getloadavg()}")
@@ -318,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     net.add_argument("--search", action="store_true",
                      help="sustained-rate search (benchmarks.dhcp_bench, quick plan)")
     net.add_argument("--py-spy", help="py-spy output for pxestack ({n} = rate-repetition)")
+    net.add_argument("--baseline-tree",
+                     help="also run pxestack from this source tree as 'pxestack-base'")
     args = parser.parse_args(argv)
     if args.command == "micro":
         run_micro(args)

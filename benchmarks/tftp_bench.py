@@ -173,10 +173,13 @@ class Atftpd(TftpServer):
 
 
 class PxestackTftp(TftpServer):
-    """pxestack's TFTP server via ``pxestack serve --config`` with only a ``tftp:`` section.
+    """pxestack's TFTP server via ``pxestack tftp`` quick mode, one worker per CPU.
 
-    The config file (rather than ``pxestack tftp`` quick mode) raises the per-client transfer
-    cap, because all 32 concurrent clients come from the one client address.
+    ``--workers`` processes share port 69 with SO_REUSEPORT (the parent binds only once
+    every worker has), so the concurrent case uses both vCPUs as tftpd-hpa's forked
+    children do; in the pinned cases ``taskset`` pins all of them to the one CPU.  The
+    per-client transfer cap is raised, because all 32 concurrent clients come from the one
+    client address.
     """
 
     name = PXESTACK
@@ -188,21 +191,13 @@ class PxestackTftp(TftpServer):
         return None
 
     def argv(self, lab: Any, root: Path, workdir: Path) -> list[str]:
-        """Write the config and return ``pxestack serve --config FILE``."""
-        config = (
-            f"state_dir: {workdir / 'state'}\n"
-            "log_level: warn\n"
-            "tftp:\n"
-            f"  listen: {lab.server.ip}:69\n"
-            f"  root: {root}\n"
-            "  max_blksize: 65464\n"
-            "  max_windowsize: 16\n"
-            f"  per_client_limit: {CONCURRENT_CLIENTS * 2}\n"
-            "  max_transfers: 512\n"
-        )
-        path = workdir / "pxestack.yaml"
-        path.write_text(config)
-        return netlab().pxestack_argv("serve", "--config", str(path))
+        """``pxestack tftp --root ROOT --listen IP:69 --workers NCPU ...``."""
+        return netlab().pxestack_argv(
+            "tftp", "--root", str(root), "--listen", f"{lab.server.ip}:69",
+            "--max-blksize", "65464", "--max-windowsize", "16",
+            "--per-client-limit", str(CONCURRENT_CLIENTS * 2), "--log-level", "warn",
+            "--workers", str(os.cpu_count() or 1),
+        )  # fmt: skip
 
 
 def servers(peers: Peers) -> list[TftpServer]:

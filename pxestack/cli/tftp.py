@@ -10,8 +10,12 @@ so validation and defaults are those of ``pxestack serve``::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,8 @@ from pxestack.cli import EXIT_USAGE
 from pxestack.config import Config, ConfigError, load_config
 
 DEFAULT_LISTEN = "0.0.0.0:69"
+#: Seconds the parent waits for its workers to bind before it binds itself.
+WORKER_READY_TIMEOUT = 30.0
 
 
 def register(subparsers: Any) -> None:
@@ -46,6 +52,8 @@ def register(subparsers: Any) -> None:
                         help="worker processes sharing the port with SO_REUSEPORT; the kernel "
                         "spreads clients over them (default 1)")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    # A worker writes one octet to this descriptor once its reactor runs (bound port).
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", choices=("debug", "info", "warn", "error"),
                         default="info")
@@ -98,8 +106,10 @@ def tftp_command(args: argparse.Namespace) -> int:
     workers: list[subprocess.Popen[bytes]] = []
     if args.workers > 1 or args.reuse_port:
         tftp.reuse_port = True
+    if args.ready_fd is not None:
+        _report_ready_when_running(args.ready_fd)
     if args.workers > 1:
-        workers = [_spawn_worker(config) for _ in range(args.workers - 1)]
+        workers = _start_workers(config, args.workers - 1)
     try:
         return run_service(root, config)
     finally:
@@ -113,7 +123,55 @@ def tftp_command(args: argparse.Namespace) -> int:
                 worker.wait()
 
 
-def _spawn_worker(config: Config) -> subprocess.Popen[bytes]:
+def _report_ready_when_running(descriptor: int) -> None:
+    """In a worker: tell the parent (one octet on *descriptor*) that the port is bound."""
+    from twisted.internet import reactor
+
+    def ready() -> None:
+        with contextlib.suppress(OSError):
+            os.write(descriptor, b"1")
+            os.close(descriptor)
+
+    reactor.callWhenRunning(ready)
+
+
+def _start_workers(config: Config, count: int) -> list[subprocess.Popen[bytes]]:
+    """Start *count* workers and wait (bounded) until each has bound the shared port.
+
+    The parent binds its own listener only afterwards, so whoever waits for the port to
+    answer (a benchmark, a service manager) finds every process ready and the kernel
+    spreads the very first requests over all of them.  A worker that is not ready within
+    :data:`WORKER_READY_TIMEOUT` seconds is waited for no longer; it joins when it can.
+    """
+    workers = []
+    pending: list[int] = []
+    for _ in range(count):
+        read_end, write_end = os.pipe()
+        try:
+            workers.append(_spawn_worker(config, write_end))
+        finally:
+            os.close(write_end)
+        pending.append(read_end)
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT
+    try:
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                print(f"pxestack tftp: {len(pending)} worker(s) not ready after "
+                      f"{WORKER_READY_TIMEOUT:.0f} s; starting anyway", file=sys.stderr)
+                break
+            ready, _, _ = select.select(pending, [], [], left)
+            for descriptor in ready:
+                os.read(descriptor, 1)  # b"1", or b"" when the worker died
+                pending.remove(descriptor)
+                os.close(descriptor)
+    finally:
+        for descriptor in pending:
+            os.close(descriptor)
+    return workers
+
+
+def _spawn_worker(config: Config, ready_fd: int) -> subprocess.Popen[bytes]:
     """Start one more ``pxestack tftp`` on the same port (SO_REUSEPORT), dying with us."""
     tftp = config.tftp
     assert tftp is not None
@@ -121,12 +179,13 @@ def _spawn_worker(config: Config) -> subprocess.Popen[bytes]:
         "tftp", "--root", str(tftp.root), "--listen", f"{tftp.listen[0]}:{tftp.listen[1]}",
         "--max-blksize", str(tftp.max_blksize), "--max-windowsize", str(tftp.max_windowsize),
         "--per-client-limit", str(tftp.per_client_limit), "--log-format", config.log_format,
-        "--log-level", config.log_level, "--reuse-port",
+        "--log-level", config.log_level, "--reuse-port", "--ready-fd", str(ready_fd),
     ]
     if tftp.single_port:
         argv.append("--single-port")
     return subprocess.Popen(  # noqa: S603 - our own interpreter and validated values
-        [sys.executable, "-m", "pxestack", *argv], preexec_fn=_die_with_parent
+        [sys.executable, "-m", "pxestack", *argv], preexec_fn=_die_with_parent,
+        pass_fds=(ready_fd,),
     )
 
 

@@ -56,7 +56,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
 from pxestack.errors import ConfigError
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
@@ -122,6 +122,24 @@ class _Base(Resource):
     def __init__(self, api: ProvisioningApi) -> None:
         super().__init__()
         self.api = api
+
+    def render_HEAD(self, request: Request) -> bytes | int:
+        """HEAD is GET without a body; on a resource without GET it is 405, not a crash.
+
+        twisted.web's default ``render_HEAD`` calls ``render_GET`` unconditionally, so a
+        POST-only resource (``/final-ignition-config.json``) would answer 500.
+        """
+        render_get = getattr(self, "render_GET", None)
+        if render_get is None:
+            allowed = sorted(
+                name[len("render_"):].encode()
+                for name in dir(self)
+                if name.startswith("render_") and name not in ("render_HEAD",)
+                and name[len("render_"):].isupper()
+            )
+            raise UnsupportedMethod(allowed)
+        result: bytes | int = render_get(request)
+        return result
 
     # -- input -----------------------------------------------------------------------------
 

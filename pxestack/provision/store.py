@@ -221,6 +221,10 @@ class GitAudit:
         self.last_error: str | None = None
         self.broken: str | None = None
         self.commits = 0
+        #: Files written by queued changes (relative paths), staged by the next commit.
+        self._pending_paths: set[str] = set()
+        #: A queued change did not say what it touched: the next commit scans the work tree.
+        self._scan_needed = False
         with contextlib.suppress(AttributeError, ValueError):
             # Loose objects and refs are fsynced, so a commit survives power loss.
             pygit2.option(pygit2.enums.Option.ENABLE_FSYNC_GITDIR, True)
@@ -268,20 +272,43 @@ class GitAudit:
 
     # -- committing ------------------------------------------------------------------------
 
-    def commit(self, message: str) -> bool:
-        """Commit every change in the work tree with *message* (plus any queued ones)."""
+    def commit(self, message: str, paths: Sequence[str] | None = None) -> bool:
+        """Record one change as one commit with *message* (plus any queued ones).
+
+        *paths* (relative to the cluster directory) are the files the change wrote or
+        deleted; only they are staged and only the trees on their paths are rebuilt, so a
+        commit does not scan the work tree (with ``add_all`` and ``status`` per commit, a
+        boot storm of 1000 machines spent most of its time re-scanning the cluster).
+        ``None`` stages the whole work tree (a scan; for callers that cannot say what they
+        touched).
+        """
         self.pending.append(message)
+        if paths is None:
+            self._scan_needed = True
+        else:
+            self._pending_paths.update(paths)
         return self.retry()
 
     def retry(self) -> bool:
-        """Commit pending changes; ``True`` when nothing is left pending."""
-        if not self.pending and not self._dirty():
-            return True
+        """Commit pending changes; ``True`` when nothing is left pending.
+
+        With nothing queued it checks the work tree (a full ``git status``) so that hand
+        edits and changes written just before an unclean stop are committed too (S5).
+        """
         if not self.pending:
+            if not self._dirty():
+                return True
             self.pending.append("pxestack: recorded changes found uncommitted in the work tree")
+            self._scan_needed = True
         try:
             self._remove_stale_locks(self.root / ".git")
-            self._commit_all("\n\n".join(self.pending))
+            message = "\n\n".join(self.pending)
+            if self._scan_needed:
+                self._stage_work_tree()
+                self._commit_tree(message, self.repo.index.write_tree())
+            else:
+                staged = self._stage_paths(sorted(self._pending_paths))
+                self._commit_tree(message, self._tree_with(self._head_tree(), staged))
         except (pygit2.GitError, OSError, KeyError, ValueError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.log.error(
@@ -292,6 +319,8 @@ class GitAudit:
             )
             return False
         self.pending.clear()
+        self._pending_paths.clear()
+        self._scan_needed = False
         self.last_error = None
         return True
 
@@ -301,9 +330,35 @@ class GitAudit:
             for flags in self.repo.status().values()
         )
 
-    def _commit_all(self, message: str) -> None:
-        index = self.repo.index
+    def _fresh_index(self) -> pygit2.Index:
+        index: pygit2.Index = self.repo.index
+        # Re-read only when the file changed on disk (an operator's ``git add``); otherwise
+        # libgit2 keeps the in-memory index with its cached subtree ids.
         index.read(force=False)
+        return index
+
+    def _stage_paths(self, paths: Sequence[str]) -> dict[str, tuple[pygit2.Oid, int] | None]:
+        """Stage exactly *paths*: written files are added, vanished ones removed.
+
+        Returns each path's new blob id and file mode, ``None`` for a removed path.
+        """
+        index = self._fresh_index()
+        staged: dict[str, tuple[pygit2.Oid, int] | None] = {}
+        for path in paths:
+            if (self.root / path).is_file():
+                index.add(path)  # hashes the file and records its stat data
+                entry = index[path]
+                staged[path] = (entry.id, entry.mode)
+            else:
+                with contextlib.suppress(OSError, KeyError):
+                    index.remove(path)
+                staged[path] = None
+        index.write()
+        return staged
+
+    def _stage_work_tree(self) -> None:
+        """Stage every change in the work tree (a full scan; recovery and hand edits)."""
+        index = self._fresh_index()
         index.add_all()
         # Deleted host directories are recorded too.
         for path, flags in self.repo.status().items():
@@ -311,7 +366,9 @@ class GitAudit:
                 with contextlib.suppress(OSError, KeyError):
                     index.remove(path)
         index.write()
-        tree = index.write_tree()
+
+    def _commit_tree(self, message: str, tree: pygit2.Oid) -> None:
+        """Commit *tree* with *message* unless it equals HEAD's tree."""
         parents: list[Any] = []
         if not self.repo.head_is_unborn:
             head = self.repo.head.peel(pygit2.Commit)
@@ -322,6 +379,43 @@ class GitAudit:
         signature = pygit2.Signature(self.name, self.email, when, 0)
         self.repo.create_commit("HEAD", signature, signature, message, tree, parents)
         self.commits += 1
+
+    def _head_tree(self) -> pygit2.Tree | None:
+        if self.repo.head_is_unborn:
+            return None
+        return self.repo.head.peel(pygit2.Commit).tree
+
+    def _tree_with(
+        self, base: pygit2.Tree | None, changes: dict[str, tuple[pygit2.Oid, int] | None]
+    ) -> pygit2.Oid:
+        """*base* with *changes* applied, rebuilding only the trees on the changed paths.
+
+        libgit2's ``write_tree`` from the index re-reads every subtree to refresh its tree
+        cache, so a commit would cost one object read per host; building from HEAD's tree
+        touches one host directory and the root.
+        """
+        builder = self.repo.TreeBuilder(base) if base is not None else self.repo.TreeBuilder()
+        nested: dict[str, dict[str, tuple[pygit2.Oid, int] | None]] = {}
+        for path, blob in changes.items():
+            head, sep, rest = path.partition("/")
+            if sep:
+                nested.setdefault(head, {})[rest] = blob
+            elif blob is None:
+                if builder.get(head) is not None:
+                    builder.remove(head)
+            else:
+                builder.insert(head, blob[0], blob[1])
+        for name, sub in nested.items():
+            existing = builder.get(name)
+            subtree = self.repo.get(existing.id) if existing is not None else None
+            sub_id = self._tree_with(subtree if isinstance(subtree, pygit2.Tree) else None, sub)
+            written = self.repo.get(sub_id)
+            if isinstance(written, pygit2.Tree) and len(written) == 0:
+                if existing is not None:
+                    builder.remove(name)  # git has no empty directories
+            else:
+                builder.insert(name, sub_id, pygit2.enums.FileMode.TREE)
+        return builder.write()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -388,6 +482,9 @@ class FileHostStore:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
     ) -> None:
         self.root = Path(root)
+        # Plain strings for the per-lookup stat: pathlib costs more than the stat itself
+        # when every enrolment checks every host (a boot storm of 1000 machines).
+        self._root_str = os.fspath(self.root)
         self.clock = clock
         self.random_bytes = random_bytes
         self._lock = threading.RLock()
@@ -454,9 +551,8 @@ class FileHostStore:
 
     def _load(self, serial: str) -> Versioned | None:
         """The record of *serial*, re-read when its file changed; ``None`` if it has none."""
-        path = self.root / serial / HOST_FILE
         try:
-            st = os.stat(path)
+            st = os.stat(os.path.join(self._root_str, serial, HOST_FILE))
         except FileNotFoundError:
             self._cache.pop(serial, None)
             self.problems.pop(serial, None)
@@ -465,6 +561,7 @@ class FileHostStore:
         cached = self._cache.get(serial)
         if cached is not None and cached.key == key:
             return cached.versioned
+        path = self.root / serial / HOST_FILE
         try:
             raw = path.read_bytes()
             host = Host.from_json(json.loads(raw), directory=serial)
@@ -540,7 +637,7 @@ class FileHostStore:
             text = f"{host.serial}: {message}"
             if details:
                 text += "\n\n" + "\n".join(details)
-            self.audit.commit(text)
+            self.audit.commit(text, [f"{host.serial}/{HOST_FILE}"])
         return versioned
 
     def enrol(
@@ -587,7 +684,7 @@ class FileHostStore:
             self._writable()
             atomic_write(self.root / name, data)
             if self.audit is not None:
-                self.audit.commit(message)
+                self.audit.commit(message, [name])
 
     def history(self, serial: str, limit: int = 100) -> list[HistoryEntry]:
         """See :meth:`HostStore.history` (empty without git)."""

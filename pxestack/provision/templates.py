@@ -40,6 +40,10 @@ SHIPPED = Path(__file__).resolve().parent / "templates"
 
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9._,:/=@+%-]*")
 _JSON_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+#: An interface name or glob as a systemd unit / NetworkManager keyfile value: printable
+#: ASCII without whitespace, so a machine-reported ConnectedNIC or a configured match can
+#: never end the line and add keys or sections of its own.
+_IFNAME_SAFE = re.compile(r"[!-~]{1,128}")
 #: Characters that can change the structure of a YAML document around a plain value.
 _YAML_UNSAFE = re.compile(r'["\'\\\x00-\x1f\x7f#{}\[\],&*!|>%@`]|: |:$')
 #: Top-level keys of an Ignition spec 3.x config.
@@ -120,6 +124,14 @@ def _finalize_yaml(value: object) -> str:
     return text
 
 
+def _ifname(value: object) -> str:
+    """*value* checked as an interface name or glob for a unit file (the ``ifname`` filter)."""
+    text = _plain(value)
+    if not _IFNAME_SAFE.fullmatch(text):
+        raise UnsafeTemplateValue(f"{text!r} is not an interface name or glob")
+    return text
+
+
 def _tojson(value: object, indent: int | None = None) -> JsonText:
     return JsonText(json.dumps(value, indent=indent, sort_keys=False, ensure_ascii=True))
 
@@ -186,6 +198,7 @@ class Templates:
         env.filters["ipxe_url"] = lambda v: IpxeText(ipxe_url_component(v))
         env.filters["sh"] = lambda v: ShellText(shlex.quote(_plain(v)))
         env.filters["tojson"] = _tojson
+        env.filters["ifname"] = _ifname
         env.filters["has_tag"] = lambda tags, tag: tag.lower() in (t.lower() for t in tags)
         return env
 

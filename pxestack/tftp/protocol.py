@@ -24,7 +24,9 @@ Optional single-port mode (for firewalls and NAT that only pass port 69): every 
 shares the listener's socket and datagrams are routed by the client's address.
 
 Caps (bad-inputs.md T7): a total number of transfers and a number per client IP; requests
-beyond them get ERROR 0 "Too many transfers".  Hostile or garbled datagrams are logged and
+beyond them are counted (``stats.over_limit``), logged and dropped without an answer, so
+the client's own RRQ retransmission gets it served once a slot frees (an ERROR would end
+a PXE boot).  Hostile or garbled datagrams are logged and
 dropped; nothing a peer sends is raised into the reactor.
 """
 
@@ -32,7 +34,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import select
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -71,6 +75,25 @@ MAX_DATAGRAM = 65536 + 64
 READ_RECEIVE_SIZE = 2048
 #: Datagrams one ``doRead`` handles before returning to the reactor.
 MAX_DATAGRAMS_PER_READ = 1024
+#: ``setsockopt``/cmsg level and type of Linux UDP segmentation offload (linux/udp.h).
+UDP_SEGMENT: int = getattr(socket, "UDP_SEGMENT", 103)
+#: A segmented send stays under the 65507-octet UDP payload limit ...
+GSO_MAX_BYTES = 65000
+#: ... and under the kernel's UDP_MAX_SEGMENTS.
+GSO_MAX_SEGMENTS = 64
+#: The cmsg data of ``UDP_SEGMENT``: the segment size, a native ``u16``.
+_GSO_SIZE = struct.Struct("=H")
+#: Errors meaning "this kernel, device or path cannot segment": EINVAL (segment larger
+#: than the MTU), EIO (no checksum offload), ENOPROTOOPT/EOPNOTSUPP (old kernel).
+_GSO_UNSUPPORTED = frozenset((errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
+#: Ready transfer sockets one multiplexer ``doRead`` serves before returning.
+MAX_READY_PER_POLL = 256
+#: How long a lone transfer waits in its own ``poll`` for the client's next datagram
+#: before handing control back to the reactor (milliseconds; ``poll``'s resolution).
+INLINE_WAIT_MS = 1
+#: Longest a lone transfer keeps the reactor (seconds), so timers of other services in
+#: the same process (DHCP, HTTP) run late by no more than this.
+INLINE_BUDGET = 0.02
 
 
 class TransferSocket(Protocol):
@@ -98,6 +121,10 @@ def open_transfer_socket(host: str) -> TransferSocket:
     try:
         # Windowed transfers at 64 KiB blocks burst more than the default buffer holds.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        # Bounds the blocking receive of a lone lock-step transfer (_TransferPort._lockstep);
+        # the socket is otherwise non-blocking, where this has no effect.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("@ll", 0, INLINE_WAIT_MS * 1000))
         sock.bind((host, 0))
         sock.setblocking(False)
     except BaseException:
@@ -128,11 +155,11 @@ class _Transfer:
         self._timer_at = 0.0
         self.closed = False
 
-    def flush(self, now: float) -> None:
-        """Send what the session queued, then finish or re-arm the timer."""
+    def send_all(self, datagrams: list[Datagram]) -> None:
+        """Send *datagrams* to the client in order, one call each."""
         send = self._send
         client = self.client
-        for datagram in self.session.datagrams_to_send(now):
+        for datagram in datagrams:
             try:
                 send(datagram, client)
             except OSError as exc:
@@ -140,6 +167,10 @@ class _Transfer:
                 # the retransmission timer recovers.
                 self.server.log.debug("send to {client} failed: {error}", client=client,
                                       error=str(exc))
+
+    def flush(self, now: float) -> None:
+        """Send what the session queued, then finish or re-arm the timer."""
+        self.send_all(self.session.datagrams_to_send(now))
         if self.session.finished:
             self.close()
         else:
@@ -203,6 +234,19 @@ class _TransferPort(_Transfer):
                  sock: TransferSocket) -> None:
         super().__init__(server, session, client, sock.sendto)
         self.sock = sock
+        #: The session's lock-step fast path (``ReadSession.next_after_ack``), if any.
+        self.fast: Callable[[bytes, float], Datagram | None] | None = getattr(
+            session, "next_after_ack", None)
+        #: Watched through the server's ``_TransferMultiplexer`` (else by the reactor).
+        self.multiplexed = False
+        #: The transfer's ``select.poll`` while it runs alone (``TftpServer.inline_poller``).
+        self.poller: select.poll | None = None
+        #: Lone lock-step transfers wait with a blocking receive (see :meth:`_lockstep`);
+        #: needs a real socket with ``SO_RCVTIMEO``, as ``open_transfer_socket`` sets.
+        self.lockstep_inline = (session.windowsize == 1
+                                and callable(getattr(sock, "setblocking", None)))
+        #: Send windows with UDP segmentation offload (see :meth:`send_all`).
+        self.segmentation = server.segmentation and callable(getattr(sock, "sendmsg", None))
         # A read transfer only receives ACKs and ERRORs: a small buffer avoids allocating
         # 64 KiB per datagram.  A write transfer receives whole DATA blocks (+1 octet so an
         # oversized block is seen as such, not silently truncated).
@@ -210,6 +254,50 @@ class _TransferPort(_Transfer):
             READ_RECEIVE_SIZE if isinstance(session, ReadSession)
             else min(session.blksize + 5, MAX_DATAGRAM)
         )
+
+    def send_all(self, datagrams: list[Datagram]) -> None:
+        """Send *datagrams* in order; a run of equal-sized ones goes out in one call.
+
+        A window of DATA is a run of full blocks, the last one possibly shorter.  With
+        Linux UDP segmentation offload (``UDP_SEGMENT``, Linux 4.18) the run is passed to
+        one ``sendmsg`` as a list of buffers and the kernel cuts it into one datagram per
+        block, so a window costs one system call instead of one per block.  When the
+        kernel refuses (a block larger than the path MTU, no checksum offload on the
+        device, an old kernel), segmentation is switched off for this transfer and the
+        run is sent a datagram at a time.
+        """
+        if not self.segmentation:
+            super().send_all(datagrams)
+            return
+        sendmsg = self.sock.sendmsg  # type: ignore[attr-defined]
+        client = self.client
+        count = len(datagrams)
+        start = 0
+        while start < count:
+            size = len(datagrams[start])
+            limit = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+            end = start + 1
+            while end < count and end - start < limit and len(datagrams[end]) == size:
+                end += 1
+            if end < count and end - start < limit and len(datagrams[end]) < size:
+                end += 1  # the transfer's last, shorter block closes the run
+            if end - start == 1:
+                super().send_all(datagrams[start:end])
+                start = end
+                continue
+            try:
+                sendmsg(datagrams[start:end],
+                        [(socket.SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, client)
+            except OSError as exc:
+                if exc.errno in _GSO_UNSUPPORTED:
+                    self.segmentation = False
+                    self.server.log.debug("UDP segmentation off for {client}: {error}",
+                                          client=client, error=str(exc))
+                    super().send_all(datagrams[start:])
+                    return
+                self.server.log.debug("send to {client} failed: {error}", client=client,
+                                      error=str(exc))
+            start = end
 
     def fileno(self) -> int:
         """The socket's descriptor (IReadDescriptor)."""
@@ -220,14 +308,28 @@ class _TransferPort(_Transfer):
         return "TftpTransfer"
 
     def doRead(self) -> None:
-        """Drain the socket: every datagram waiting is handled before returning."""
+        """Drain the socket: every datagram waiting is handled before returning.
+
+        When this is the server's only transfer, the answer to a datagram is followed by a
+        short ``poll`` on this socket and the listening sockets instead of a return to the
+        reactor (:meth:`TftpServer.inline_poller`): the client's next ACK is handled
+        without the reactor's dispatch and without a failing ``recvfrom``.  Any datagram
+        on a listener, a quiet millisecond or :data:`INLINE_BUDGET` seconds hand control
+        back to the reactor.
+        """
         sock = self.sock
         client = self.client
         session = self.session
         send = sock.sendto
-        seconds = self.server.reactor.seconds
-        fast = getattr(session, "next_after_ack", None)
+        server = self.server
+        seconds = server.reactor.seconds
+        fast = self.fast
         now = seconds()
+        poll = None
+        if server.inline and len(server.transfers) == 1:
+            poll = server.inline_poller(self)
+            own = [(self.fileno(), select.POLLIN)]
+            inline_until = now + INLINE_BUDGET
         # Bounded, so a flood on one transfer socket cannot starve the reactor; the
         # reactor calls again while data is waiting (level-triggered).
         for _ in range(MAX_DATAGRAMS_PER_READ):
@@ -254,7 +356,19 @@ class _TransferPort(_Transfer):
                     except OSError as exc:
                         self.server.log.debug("send to {client} failed: {error}",
                                               client=client, error=str(exc))
-                    continue
+                    if poll is not None:
+                        if self.lockstep_inline:
+                            now = self._lockstep(fast, inline_until)
+                            if self.closed:
+                                return
+                            break
+                        if now > inline_until or poll(INLINE_WAIT_MS) != own:
+                            break
+                        continue
+                    # Lock-step: the client answers this DATA, so its next ACK cannot be
+                    # waiting yet; asking would cost a failing recvfrom.  A datagram that
+                    # does wait makes the descriptor readable again (level-triggered).
+                    break
             try:
                 session.receive(data, now)
             except MalformedPacket as exc:
@@ -262,17 +376,81 @@ class _TransferPort(_Transfer):
                 self.server.log.info("dropped malformed datagram from {client}: {error}",
                                      client=client, error=str(exc))
                 continue
-            for datagram in session.datagrams_to_send(now):
+            outbox = session.datagrams_to_send(now)
+            if len(outbox) == 1:
+                try:
+                    send(outbox[0], client)
+                except OSError as exc:
+                    self.server.log.debug("send to {client} failed: {error}",
+                                          client=client, error=str(exc))
+            elif outbox:
+                self.send_all(outbox)
+            if session.finished:
+                self.close()
+                return
+            if poll is not None and (now > inline_until or poll(INLINE_WAIT_MS) != own):
+                break
+        if not self.closed:
+            self.arm(now)
+
+    def _lockstep(self, fast: Callable[[bytes, float], Datagram | None],
+                  until: float) -> float:
+        """Serve lock-step ACKs with blocking receives until *until*; returns the time.
+
+        The tightest loop this adapter has, for a transfer running alone at windowsize 1:
+        one blocking ``recvfrom`` (bounded by ``SO_RCVTIMEO``, :data:`INLINE_WAIT_MS`) and
+        one ``sendto`` per block, no ``poll``.  Anything but the next in-order ACK from
+        the client (a foreign TID, an ERROR, a duplicate, the end of the read-ahead) ends
+        the loop after handing that datagram to the general path; so do a quiet
+        millisecond and *until*.  The listener is not watched meanwhile, so a new request
+        waits at most :data:`INLINE_BUDGET`.
+        """
+        sock = self.sock
+        recvfrom = sock.recvfrom
+        send = sock.sendto
+        client = self.client
+        size = self.receive_size
+        seconds: Callable[[], float] = self.server.reactor.seconds
+        now = seconds()
+        sock.setblocking(True)  # type: ignore[attr-defined]
+        try:
+            while now < until:
+                try:
+                    data, address = recvfrom(size)
+                except OSError:
+                    return now  # time-out (EAGAIN) or an ICMP error: the reactor's turn
+                now = seconds()
+                datagram = fast(data, now) if address == client else None
+                if datagram is None:
+                    sock.setblocking(False)  # type: ignore[attr-defined]
+                    self._general(data, address, now)
+                    return now
                 try:
                     send(datagram, client)
                 except OSError as exc:
                     self.server.log.debug("send to {client} failed: {error}",
                                           client=client, error=str(exc))
-            if session.finished:
-                self.close()
-                return
-        if not self.closed:
-            self.arm(now)
+            return now
+        finally:
+            if not self.closed:
+                sock.setblocking(False)  # type: ignore[attr-defined]
+
+    def _general(self, data: bytes, address: Address, now: float) -> None:
+        """Handle one datagram the lock-step loop does not: the general path of doRead."""
+        if address != self.client:
+            self.server._foreign_tid(data, address, self.sock.sendto)
+            return
+        session = self.session
+        try:
+            session.receive(data, now)
+        except MalformedPacket as exc:
+            self.server.stats.malformed += 1
+            self.server.log.info("dropped malformed datagram from {client}: {error}",
+                                 client=self.client, error=str(exc))
+            return
+        self.send_all(session.datagrams_to_send(now))
+        if session.finished:
+            self.close()
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor dropped the descriptor (shutdown): end the transfer."""
@@ -284,9 +462,84 @@ class _TransferPort(_Transfer):
         """Unregister and close the socket, then report the outcome."""
         if self.closed:
             return
-        self.server.reactor.removeReader(self)
+        multiplexer = self.server._multiplexer
+        if self.multiplexed and multiplexer is not None:
+            multiplexer.remove(self)
+        else:
+            self.server.reactor.removeReader(self)
         super().close()
         self.sock.close()
+
+
+@implementer(IReadDescriptor)
+class _TransferMultiplexer:
+    """All transfer sockets of a server behind one ``epoll`` the reactor watches.
+
+    With many concurrent transfers, the reactor's own dispatch (an ``epoll_wait``, then
+    a logging context and method lookups per ready descriptor) is a large share of each
+    block's cost.  The reactor watches only this object's epoll descriptor; one ``doRead``
+    collects every ready transfer socket with a single ``epoll.poll`` and calls each
+    transfer's ``doRead`` directly.
+    """
+
+    def __init__(self, server: TftpServer) -> None:
+        self.server = server
+        self.epoll = select.epoll()
+        self.ports: dict[int, _TransferPort] = {}
+        self.watched = False
+
+    def add(self, port: _TransferPort) -> None:
+        """Watch *port*'s socket; raises ``OSError``/``ValueError`` if it has no real fd."""
+        descriptor = port.fileno()
+        self.epoll.register(descriptor, select.EPOLLIN)
+        self.ports[descriptor] = port
+        if not self.watched:
+            self.server.reactor.addReader(self)
+            self.watched = True
+
+    def remove(self, port: _TransferPort) -> None:
+        """Stop watching *port* (before its socket closes)."""
+        descriptor = port.fileno()
+        if self.ports.get(descriptor) is port:
+            del self.ports[descriptor]
+            with contextlib.suppress(OSError, ValueError):
+                self.epoll.unregister(descriptor)
+
+    def fileno(self) -> int:
+        """The epoll descriptor (IReadDescriptor)."""
+        return self.epoll.fileno()
+
+    def logPrefix(self) -> str:
+        """Prefix for Twisted's own log lines."""
+        return "TftpTransfers"
+
+    def doRead(self) -> None:
+        """Serve every transfer socket that is ready."""
+        ports = self.ports
+        for descriptor, _ in self.epoll.poll(0, MAX_READY_PER_POLL):
+            port = ports.get(descriptor)
+            if port is None or port.closed:
+                continue
+            try:
+                port.doRead()
+            except Exception:
+                # A bug in one transfer must not take the others (or the reactor) down.
+                self.server.log.failure("unexpected error in a transfer to {client}",
+                                        client=port.client)
+                port.connectionLost(Failure())  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The reactor dropped the epoll descriptor (shutdown): end every transfer."""
+        self.watched = False
+        for port in list(self.ports.values()):
+            port.connectionLost(reason)
+
+    def close(self) -> None:
+        """Stop being watched and close the epoll descriptor."""
+        if self.watched:
+            self.server.reactor.removeReader(self)
+            self.watched = False
+        self.epoll.close()
 
 
 class TftpListener(DatagramProtocol):
@@ -323,6 +576,12 @@ class TftpServer:
     :param on_stats: called with a :class:`~pxestack.tftp.stats.SessionStats` per transfer.
     :param transfer_host: local address the per-transfer sockets bind to.
     :param socket_factory: opens a transfer socket (tests pass a fake).
+    :param inline: let a transfer that is the only one running wait for its client's
+        next datagram in its own ``poll`` (see :meth:`inline_poller`).
+    :param segmentation: send a window's blocks in one ``sendmsg`` with Linux UDP
+        segmentation offload where the kernel allows (``_TransferPort.send_all``).
+    :param multiplex: watch all transfer sockets through one epoll descriptor of the
+        server's own (``_TransferMultiplexer``) rather than one reactor reader each.
     """
 
     log = Logger()
@@ -340,6 +599,9 @@ class TftpServer:
         transfer_host: str = "0.0.0.0",
         reactor: Any = None,
         socket_factory: Callable[[str], TransferSocket] = open_transfer_socket,
+        inline: bool = True,
+        segmentation: bool = True,
+        multiplex: bool = True,
     ) -> None:
         self.source = source
         self.settings = settings or SessionSettings()
@@ -354,6 +616,16 @@ class TftpServer:
         self.stats = ServerStats()
         self.transfers: dict[Address, _Transfer] = {}
         self._per_host: dict[str, int] = {}
+        self._listeners: list[TftpListener] = []
+        #: Answer a lone transfer's datagrams from a ``poll`` loop (see ``inline_poller``).
+        self.inline = inline
+        #: Send a window's blocks with one segmented ``sendmsg`` where the kernel can.
+        self.segmentation = segmentation
+        #: Watch transfer sockets through one epoll (``_TransferMultiplexer``).
+        self.multiplex = multiplex and hasattr(select, "epoll")
+        self._multiplexer: _TransferMultiplexer | None = None
+        #: A request was dropped over a cap since the last transfer ended (log throttle).
+        self._saturated = False
 
     @property
     def reactor(self) -> Any:
@@ -364,7 +636,37 @@ class TftpServer:
 
     def listener(self) -> TftpListener:
         """A new listener protocol bound to this server (pass it to ``listenUDP``)."""
-        return TftpListener(self)
+        listener = TftpListener(self)
+        self._listeners.append(listener)
+        return listener
+
+    def inline_poller(self, transfer: _TransferPort) -> Callable[[int], list[Any]] | None:
+        """A ``poll`` over *transfer*'s socket and the listeners, or ``None``.
+
+        Lock-step TFTP is round-trip bound, and on a busy or single CPU most of a round
+        trip is the reactor's own dispatch (``epoll_wait``, logging context, a failing
+        ``recvfrom`` to learn the socket is drained).  While *transfer* is the only one
+        running, nothing else of this server needs the reactor, so it may wait for its
+        client in a direct ``poll``.  The listeners are in the poll set, so a new request
+        ends the wait at once.  ``None`` (use the reactor) when other transfers run, when
+        disabled, or when a listener has no real descriptor (tests' fakes).
+        """
+        if not self.inline or len(self.transfers) != 1:
+            return None
+        poller = transfer.poller
+        if poller is None:
+            try:
+                descriptors = [listener.transport.fileno()  # type: ignore[union-attr]
+                               for listener in self._listeners]
+                poller = select.poll()
+                poller.register(transfer.fileno(), select.POLLIN)
+                for descriptor in descriptors:
+                    poller.register(descriptor, select.POLLIN)
+            except (AttributeError, OSError, TypeError, ValueError):
+                self.inline = False
+                return None
+            transfer.poller = poller
+        return poller.poll
 
     # ----------------------------------------------------------------- requests
 
@@ -401,6 +703,8 @@ class TftpServer:
             self.log.debug("duplicate request from {client} ignored", client=addr)
             return
         refusal = self._admission(request, addr)
+        if refusal is None and self._over_cap(request, addr):
+            return
         if refusal is not None:
             code, message, reason = refusal
             self.stats.refused += 1
@@ -456,13 +760,31 @@ class TftpServer:
             return ErrorCode.ILLEGAL_OPERATION, "Unsupported mode", f"mode {request.mode!r}"
         if isinstance(request, WriteRequest) and self.upload is None:
             return ErrorCode.ACCESS_VIOLATION, "Access violation", "uploads are disabled"
-        if len(self.transfers) >= self.max_transfers:
-            self.stats.over_limit += 1
-            return ErrorCode.NOT_DEFINED, "Too many transfers", "server transfer limit"
-        if self._per_host.get(addr[0], 0) >= self.per_client_limit:
-            self.stats.over_limit += 1
-            return ErrorCode.NOT_DEFINED, "Too many transfers", "per-client transfer limit"
         return None
+
+    def _over_cap(self, request: ReadRequest | WriteRequest, addr: Address) -> bool:
+        """Whether a cap is reached; if so the request is counted, logged and dropped.
+
+        No ERROR is sent: PXE firmware (iPXE, OVMF, Intel/Broadcom option ROMs) gives up
+        the boot on any ERROR answering its RRQ, while it resends an unanswered RRQ after
+        its own time-out.  Staying silent turns overload into a short delay: the resent
+        request is served once a transfer slot is free.  The first drop of a saturated
+        period is logged as a warning, the rest at debug level, so a flood cannot flood
+        the log (bad-inputs.md T7).
+        """
+        if len(self.transfers) >= self.max_transfers:
+            reason = "server transfer limit"
+        elif self._per_host.get(addr[0], 0) >= self.per_client_limit:
+            reason = "per-client transfer limit"
+        else:
+            return False
+        self.stats.over_limit += 1
+        log = self.log.debug if self._saturated else self.log.warn
+        self._saturated = True
+        log("dropped {op} {path!r} from {client} ({reason}); the client will retry",
+            op="WRQ" if isinstance(request, WriteRequest) else "RRQ",
+            path=request.filename, client=addr, reason=reason)
+        return True
 
     def _listener_address(self, listener: TftpListener) -> Address | None:
         transport = listener.transport
@@ -487,12 +809,26 @@ class TftpServer:
                 self.stats.refused += 1
                 return None
             port = _TransferPort(self, session, addr, sock)
-            self.reactor.addReader(port)
+            self._watch(port)
             transfer = port
         self.transfers[addr] = transfer
         self._per_host[addr[0]] = self._per_host.get(addr[0], 0) + 1
         self.stats.active += 1
         return transfer
+
+    def _watch(self, port: _TransferPort) -> None:
+        """Have *port* read: through the multiplexer when possible, else the reactor."""
+        if self.multiplex:
+            try:
+                if self._multiplexer is None:
+                    self._multiplexer = _TransferMultiplexer(self)
+                self._multiplexer.add(port)
+                port.multiplexed = True
+                return
+            except (OSError, ValueError):
+                # A socket without a real descriptor (tests' fakes): the reactor reads it.
+                self.multiplex = False
+        self.reactor.addReader(port)
 
     def _foreign_tid(self, data: bytes, address: Address,
                      send: Callable[[Datagram, Address], Any]) -> None:
@@ -514,6 +850,7 @@ class TftpServer:
         else:
             self._per_host.pop(host, None)
         self.stats.active -= 1
+        self._saturated = False
         stats = transfer.session.stats()
         self.stats.record(stats)
         self._log_finished(stats)

@@ -280,7 +280,8 @@ class AdapterTests(SynchronousTestCase):
         self.assertNotEqual(h.reactor.getDelayedCalls(), armed)
 
     def test_per_client_and_total_caps(self) -> None:
-        """bad-inputs.md T7: concurrent transfers are capped per client IP and in total."""
+        """bad-inputs.md T7: concurrent transfers are capped per client IP and in total;
+        requests over a cap are dropped without an answer (an ERROR ends a PXE boot)."""
         h = self.harness(per_client_limit=2, max_transfers=3)
         (h.root / "f").write_bytes(b"a" * 5000)
         for port in (1, 2, 3):
@@ -288,10 +289,52 @@ class AdapterTests(SynchronousTestCase):
         h.request(ReadRequest("f"), ("198.18.0.4", 1))
         h.request(ReadRequest("f"), ("198.18.0.5", 1))
         self.assertEqual(len(h.sockets), 3)
-        self.assertEqual(decoded(h.transport.written), [
-            Error(0, "Too many transfers"), Error(0, "Too many transfers")
-        ])
+        self.assertEqual(h.transport.written, [])  # no ERROR from port 69
         self.assertEqual(h.server.stats.over_limit, 2)
+        self.assertEqual(h.server.stats.refused, 0)
+        self.assertEqual(h.server.stats.requests, 5)
+        dropped = [e for e in self.events if "dropped" in e.get("log_format", "")]
+        self.assertEqual([e["log_level"] for e in dropped],
+                         [LogLevel.warn, LogLevel.debug])
+        self.assertEqual([e["reason"] for e in dropped],
+                         ["per-client transfer limit", "server transfer limit"])
+
+    def test_request_dropped_over_cap_is_served_when_resent_after_a_slot_frees(self) -> None:
+        """The client's own RRQ retransmission is what gets it served after an overload."""
+        h = self.harness(max_transfers=1)
+        (h.root / "f").write_bytes(b"a" * 100)
+        h.request(ReadRequest("f"))
+        h.request(ReadRequest("f"), OTHER)
+        self.assertEqual((len(h.sockets), h.server.stats.over_limit), (1, 1))
+        h.to_transfer(Ack(1))  # the 100-octet file fits one block: the first transfer ends
+        self.assertTrue(h.sockets[0].closed)
+        h.request(ReadRequest("f"), OTHER)  # the client's retransmitted RRQ
+        self.assertEqual(len(h.sockets), 2)
+        self.assertEqual(decoded(h.sockets[1].sent), [Data(1, b"a" * 100)])
+        self.assertEqual(h.transport.written, [])
+        # The slot freed, so the next saturation is reported as a warning again.
+        h.request(ReadRequest("f"), ("198.18.0.9", 7))
+        levels = [e["log_level"] for e in self.events if "dropped" in e.get("log_format", "")]
+        self.assertEqual(levels, [LogLevel.warn, LogLevel.warn])
+
+    def test_write_request_over_cap_is_dropped_too(self) -> None:
+        h = self.harness(max_transfers=1, upload=UploadDirectory(self.tmp / "up"))
+        (self.tmp / "up").mkdir()
+        (h.root / "f").write_bytes(b"a" * 5000)
+        h.request(ReadRequest("f"))
+        h.request(WriteRequest("new.bin"), OTHER)
+        self.assertEqual((len(h.sockets), h.transport.written), (1, []))
+        self.assertEqual(h.server.stats.over_limit, 1)
+
+    def test_refusals_are_still_answered_when_over_cap(self) -> None:
+        """A request that is refused anyway (mode, disabled uploads) still gets its ERROR."""
+        h = self.harness(max_transfers=1)
+        (h.root / "f").write_bytes(b"a" * 5000)
+        h.request(ReadRequest("f"))
+        h.request(WriteRequest("x"), OTHER)
+        self.assertEqual(decoded(h.transport.written),
+                         [Error(ErrorCode.ACCESS_VIOLATION, "Access violation")])
+        self.assertEqual(h.server.stats.over_limit, 0)
 
     def test_duplicate_request_is_ignored(self) -> None:
         h = self.harness()

@@ -208,18 +208,6 @@ def dnsmasq_config(workdir: Path, tftp_root: Path) -> str:
     ])
 
 
-def serve_has_router_advertisements() -> bool:
-    """Whether ``pxestack serve`` can run the RA responder itself (``dhcp.router_advertisements``).
-
-    Until the configuration has that key, the harness runs the same responder
-    (:mod:`pxestack.ra`) beside ``pxestack serve`` through :mod:`ra_runner`, and the boot
-    results say so (server name ``pxestack+ra-sidecar``).
-    """
-    from pxestack.config.dhcp import DhcpConfig
-
-    return "router_advertisements" in DhcpConfig.__dataclass_fields__
-
-
 class PxestackServer:
     """``pxestack serve --config <generated>`` inside the namespace."""
 
@@ -242,14 +230,11 @@ class PxestackServer:
         shutil.copyfile(artifacts.initrd, images / "flatcar_production_pxe_image.cpio.gz")
         shutil.copyfile(IPXE_EFI, tftp / "ipxe.efi")
         shutil.copyfile(UNDIONLY, tftp / "undionly.kpxe")
-        self.ra_sidecar = not serve_has_router_advertisements()
-        if self.ra_sidecar:
-            self.name = "pxestack+ra-sidecar"
         config = pxestack_config(self.state, profiles, installed_boot)
-        if not self.ra_sidecar:
-            dhcp = config["dhcp"]
-            assert isinstance(dhcp, dict)
-            dhcp["router_advertisements"] = {"enabled": True}
+        dhcp = config["dhcp"]
+        assert isinstance(dhcp, dict)
+        # pxestack's own RA responder ends iPXE's IPv6 wait (firmware.md).
+        dhcp["router_advertisements"] = {"enabled": True}
         self.config_path = workdir / "pxestack.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -262,13 +247,6 @@ class PxestackServer:
                 self.segment.command([str(pxestack), "serve", "--config", str(self.config_path)]),
                 self.workdir / "pxestack.log",
             ))
-            if self.ra_sidecar:
-                self.processes.append(Process(
-                    "ra",
-                    self.segment.command([sys.executable, str(HERE / "ra_runner.py"), BRIDGE]),
-                    self.workdir / "ra.log",
-                ))
-                _wait_for_log(self.processes[-1], "answering router solicitations")
             wait_for_port(self.segment, HTTP_PORT)
             wait_for_udp(self.segment, 67)
             for process in self.processes:
