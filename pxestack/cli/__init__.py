@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from pxestack import __version__
 
@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"pxestack.cli.{name}")
         module.register(subparsers)
     return parser
+
+
+def print_problems(where: str, problems: Iterable[object]) -> int:
+    """Print every configuration problem on one screen; returns :data:`EXIT_USAGE`."""
+    unique = list(dict.fromkeys(str(problem) for problem in problems))
+    print(f"pxestack: {len(unique)} problem(s) in {where}:", file=sys.stderr)
+    for problem in unique:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def subcommand_names() -> list[str]:
@@ -63,4 +72,12 @@ def entry_point() -> None:
     sys.exit(main())
 
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main", "subcommand_names"]
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+    "print_problems",
+    "subcommand_names",
+]

@@ -15,11 +15,10 @@ configuration file (docs/dhcp.md).
 from __future__ import annotations
 
 import argparse
-import sys
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pxestack.cli import EXIT_USAGE
+from pxestack.cli import EXIT_USAGE, print_problems
 from pxestack.config import Config, ConfigError, load_config
 
 
@@ -158,9 +157,7 @@ def config_from_args(args: argparse.Namespace) -> Config | None:
         problems.extend(str(problem) for problem in exc.problems)
         config = None
     if problems:
-        print(f"pxestack dhcp: {len(problems)} problem(s):", file=sys.stderr)
-        for problem in dict.fromkeys(problems):
-            print(f"  {problem}", file=sys.stderr)
+        print_problems("the pxestack dhcp arguments", problems)
         return None
     return config
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pxestack.cli import EXIT_USAGE
+from pxestack.cli import EXIT_USAGE, print_problems
 from pxestack.config import Config, ConfigError, load_config
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -73,10 +73,7 @@ def http_command(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ConfigError as exc:
-        print(f"pxestack http: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return print_problems("the pxestack http arguments", exc.problems)
     assert config.http is not None and config.http.assets_root is not None
     if not config.http.assets_root.is_dir():
         print(f"pxestack http: --root {config.http.assets_root} is not a directory",

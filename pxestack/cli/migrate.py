@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from pxestack.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from pxestack.cli import EXIT_FAILURE, EXIT_OK, print_problems
 from pxestack.errors import ConfigError
 
 
@@ -42,10 +42,7 @@ def migrate(args: argparse.Namespace) -> int:
     try:
         mapping, notes = mayu_to_provision(data)
     except ConfigError as exc:
-        print(f"pxestack: {len(exc.problems)} problem(s) in {args.mayu_config}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return print_problems(str(args.mayu_config), exc.problems)
     if args.cluster_dir:
         mapping = {"cluster_dir": args.cluster_dir, **mapping}
     for note in notes:

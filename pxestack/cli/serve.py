@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from pxestack.cli import EXIT_USAGE
+from pxestack.cli import EXIT_USAGE, print_problems
 from pxestack.config import Config, ConfigError, load_config_file, load_quickstart
 
 
@@ -34,10 +33,7 @@ def load_or_report(path: str | None, log_format: str | None = None) -> Config | 
     try:
         config = load_config_file(path) if path else load_quickstart()
     except ConfigError as exc:
-        source = path or "<embedded quickstart>"
-        print(f"pxestack: {len(exc.problems)} problem(s) in {source}:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        print_problems(path or "<embedded quickstart>", exc.problems)
         return None
     if log_format is not None:
         from dataclasses import replace

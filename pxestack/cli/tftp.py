@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pxestack.cli import EXIT_USAGE
+from pxestack.cli import EXIT_USAGE, print_problems
 from pxestack.config import Config, ConfigError, load_config
 
 DEFAULT_LISTEN = "0.0.0.0:69"
@@ -85,10 +85,7 @@ def tftp_command(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ConfigError as exc:
-        print(f"pxestack tftp: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return print_problems("the pxestack tftp arguments", exc.problems)
     assert config.tftp is not None
     if config.tftp.root.exists() and not config.tftp.root.is_dir():
         print(f"pxestack tftp: --root {config.tftp.root} is not a directory", file=sys.stderr)
