@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -142,8 +144,9 @@ class Harness:
 
 class AdapterTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.tmp = Path(self.mktemp())
-        self.tmp.mkdir()
+        # Not trial's mktemp(): that writes under the current directory (the source tree).
+        self.tmp = Path(tempfile.mkdtemp(prefix="pxestack-tftp-adapter-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
         self.events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
