@@ -176,8 +176,8 @@ class PxestackTftp(TftpServer):
     """pxestack's TFTP server via ``pxestack tftp`` quick mode, one worker per CPU.
 
     ``--workers`` processes share port 69 with SO_REUSEPORT (the parent binds only once
-    every worker has), so the concurrent case uses both vCPUs as tftpd-hpa's forked
-    children do; in the pinned cases ``taskset`` pins all of them to the one CPU.  The
+    every worker has), so the unpinned concurrent case uses both vCPUs as tftpd-hpa's
+    forked children do; the pinned cases run one process.  The
     per-client transfer cap is raised, because all 32 concurrent clients come from the one
     client address.
     """
@@ -190,13 +190,26 @@ class PxestackTftp(TftpServer):
             return "pxestack.tftp.protocol does not exist yet"
         return None
 
+    #: Worker processes for the next start: one per CPU, or one when pinned (see start).
+    workers = os.cpu_count() or 1
+
+    def start(self, lab: Any, root: Path, workdir: Path, cpu: int | None) -> subprocess.Popen[Any]:
+        """Start with one worker per CPU, or a single process when pinned to one CPU.
+
+        Pinned, more processes cannot add CPU time, and the port answers as soon as the
+        first process binds: the rest would still be starting up on the pinned CPU while
+        the measured transfer runs.
+        """
+        self.workers = 1 if cpu is not None else (os.cpu_count() or 1)
+        return super().start(lab, root, workdir, cpu)
+
     def argv(self, lab: Any, root: Path, workdir: Path) -> list[str]:
-        """``pxestack tftp --root ROOT --listen IP:69 --workers NCPU ...``."""
+        """``pxestack tftp --root ROOT --listen IP:69 --workers N ...``."""
         return netlab().pxestack_argv(
             "tftp", "--root", str(root), "--listen", f"{lab.server.ip}:69",
             "--max-blksize", "65464", "--max-windowsize", "16",
             "--per-client-limit", str(CONCURRENT_CLIENTS * 2), "--log-level", "warn",
-            "--workers", str(os.cpu_count() or 1),
+            "--workers", str(self.workers),
         )  # fmt: skip
 
 

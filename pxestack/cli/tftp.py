@@ -10,21 +10,16 @@ so validation and defaults are those of ``pxestack serve``::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import select
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from pxestack.cli import EXIT_USAGE, print_problems
+from pxestack.cli import EXIT_FAILURE, EXIT_USAGE, print_problems
 from pxestack.config import Config, ConfigError, load_config
 
 DEFAULT_LISTEN = "0.0.0.0:69"
-#: Seconds the parent waits for its workers to bind before it binds itself.
-WORKER_READY_TIMEOUT = 30.0
 
 
 def register(subparsers: Any) -> None:
@@ -52,8 +47,8 @@ def register(subparsers: Any) -> None:
                         help="worker processes sharing the port with SO_REUSEPORT; the kernel "
                         "spreads clients over them (default 1)")
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
-    # A worker writes one octet to this descriptor once its reactor runs (bound port).
-    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    # A worker serves the bound socket its parent passes down (see _bind_shared_sockets).
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", choices=("debug", "info", "warn", "error"),
                         default="info")
@@ -103,10 +98,21 @@ def tftp_command(args: argparse.Namespace) -> int:
     workers: list[subprocess.Popen[bytes]] = []
     if args.workers > 1 or args.reuse_port:
         tftp.reuse_port = True
-    if args.ready_fd is not None:
-        _report_ready_when_running(args.ready_fd)
+    if args.listen_fd is not None:
+        tftp.adopt_fd = args.listen_fd
     if args.workers > 1:
-        workers = _start_workers(config, args.workers - 1)
+        host, port = config.tftp.listen
+        try:
+            shared = _bind_shared_sockets(host, port, args.workers)
+        except OSError as exc:
+            print(f"pxestack tftp: cannot bind {host}:{port}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        tftp.adopt_fd = shared[0].fileno()
+        try:
+            workers = [_spawn_worker(config, sock.fileno()) for sock in shared[1:]]
+        finally:
+            for sock in shared[1:]:
+                sock.close()  # the workers hold their own copies
     try:
         return run_service(root, config)
     finally:
@@ -120,69 +126,46 @@ def tftp_command(args: argparse.Namespace) -> int:
                 worker.wait()
 
 
-def _report_ready_when_running(descriptor: int) -> None:
-    """In a worker: tell the parent (one octet on *descriptor*) that the port is bound."""
-    from twisted.internet import reactor
+def _bind_shared_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """*count* UDP sockets bound to (*host*, *port*) with SO_REUSEPORT, all at once.
 
-    def ready() -> None:
-        with contextlib.suppress(OSError):
-            os.write(descriptor, b"1")
-            os.close(descriptor)
-
-    reactor.callWhenRunning(ready)
-
-
-def _start_workers(config: Config, count: int) -> list[subprocess.Popen[bytes]]:
-    """Start *count* workers and wait (bounded) until each has bound the shared port.
-
-    The parent binds its own listener only afterwards, so whoever waits for the port to
-    answer (a benchmark, a service manager) finds every process ready and the kernel
-    spreads the very first requests over all of them.  A worker that is not ready within
-    :data:`WORKER_READY_TIMEOUT` seconds is waited for no longer; it joins when it can.
+    The parent binds every process's socket before any process serves, then hands each
+    worker its own.  Whoever waits for the port to answer (a service manager, a
+    benchmark) therefore finds all of them bound, and the kernel spreads the very first
+    requests over every process.  If each process bound its own socket while starting,
+    the first to bind would receive every request sent before the others were up.
     """
-    workers = []
-    pending: list[int] = []
-    for _ in range(count):
-        read_end, write_end = os.pipe()
-        try:
-            workers.append(_spawn_worker(config, write_end))
-        finally:
-            os.close(write_end)
-        pending.append(read_end)
-    deadline = time.monotonic() + WORKER_READY_TIMEOUT
+    sockets: list[socket.socket] = []
     try:
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                print(f"pxestack tftp: {len(pending)} worker(s) not ready after "
-                      f"{WORKER_READY_TIMEOUT:.0f} s; starting anyway", file=sys.stderr)
-                break
-            ready, _, _ = select.select(pending, [], [], left)
-            for descriptor in ready:
-                os.read(descriptor, 1)  # b"1", or b"" when the worker died
-                pending.remove(descriptor)
-                os.close(descriptor)
-    finally:
-        for descriptor in pending:
-            os.close(descriptor)
-    return workers
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
-def _spawn_worker(config: Config, ready_fd: int) -> subprocess.Popen[bytes]:
-    """Start one more ``pxestack tftp`` on the same port (SO_REUSEPORT), dying with us."""
+def _spawn_worker(config: Config, listen_fd: int) -> subprocess.Popen[bytes]:
+    """Start one more ``pxestack tftp`` serving *listen_fd* (a bound SO_REUSEPORT socket
+    on the same port), dying with us."""
     tftp = config.tftp
     assert tftp is not None
     argv = [
         "tftp", "--root", str(tftp.root), "--listen", f"{tftp.listen[0]}:{tftp.listen[1]}",
         "--max-blksize", str(tftp.max_blksize), "--max-windowsize", str(tftp.max_windowsize),
         "--per-client-limit", str(tftp.per_client_limit), "--log-format", config.log_format,
-        "--log-level", config.log_level, "--reuse-port", "--ready-fd", str(ready_fd),
+        "--log-level", config.log_level, "--reuse-port", "--listen-fd", str(listen_fd),
     ]
     if tftp.single_port:
         argv.append("--single-port")
     return subprocess.Popen(  # noqa: S603 - our own interpreter and validated values
         [sys.executable, "-m", "pxestack", *argv], preexec_fn=_die_with_parent,
-        pass_fds=(ready_fd,),
+        pass_fds=(listen_fd,),
     )
 
 

@@ -36,17 +36,24 @@ class TftpService(UdpPortService):
         #: Bind with SO_REUSEPORT, so several worker processes share the port and the
         #: kernel spreads clients over them by address hash (``pxestack tftp --workers``).
         self.reuse_port = reuse_port
+        #: Serve this already bound socket instead of binding one (a worker's socket,
+        #: bound by the parent ``pxestack tftp --workers``); implies :attr:`reuse_port`.
+        self.adopt_fd: int | None = None
         self.setName("tftp")
 
     def privilegedStartService(self) -> None:
         """Bind the port; with :attr:`reuse_port`, through an adopted SO_REUSEPORT socket."""
-        if not self.reuse_port or self.port is not None:
+        if self.port is not None or not (self.reuse_port or self.adopt_fd is not None):
             super().privilegedStartService()
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if self.adopt_fd is not None:
+            sock = socket.socket(fileno=self.adopt_fd)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((self.interface, self.port_number))
+            if self.adopt_fd is None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind((self.interface, self.port_number))
             sock.setblocking(False)
             self.port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET,
                                                        self.protocol)

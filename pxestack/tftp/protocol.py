@@ -18,7 +18,13 @@ about 15 µs per round trip when client and server share a CPU):
   the payload);
 * the retransmission timer is re-armed lazily: it is moved only when the session's deadline
   comes *earlier* than the armed one.  Each ACK pushes the deadline later, so a healthy
-  transfer costs one timer event per RTO, not one heap operation per block.
+  transfer costs one timer event per RTO, not one heap operation per block;
+* all transfer sockets sit behind one epoll of the server's own (``_TransferMultiplexer``),
+  so the reactor dispatches once per batch of ready transfers, not once per datagram;
+* a transfer running alone waits for its client itself (a bounded blocking ``recvfrom`` in
+  lock-step, a ``poll`` with the listeners when windowed) instead of returning to the
+  reactor between blocks;
+* a window of DATA leaves in one ``sendmsg`` with Linux UDP segmentation offload.
 
 Optional single-port mode (for firewalls and NAT that only pass port 69): every transfer
 shares the listener's socket and datagrams are routed by the client's address.
@@ -83,9 +89,12 @@ GSO_MAX_BYTES = 65000
 GSO_MAX_SEGMENTS = 64
 #: The cmsg data of ``UDP_SEGMENT``: the segment size, a native ``u16``.
 _GSO_SIZE = struct.Struct("=H")
-#: Errors meaning "this kernel, device or path cannot segment": EINVAL (segment larger
-#: than the MTU), EIO (no checksum offload), ENOPROTOOPT/EOPNOTSUPP (old kernel).
-_GSO_UNSUPPORTED = frozenset((errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP))
+#: Errors meaning "this kernel, device or path cannot segment": EMSGSIZE (segment larger
+#: than the device MTU, e.g. blksize 8192 on Ethernet), EINVAL (likewise on older
+#: kernels), EIO (no checksum offload), ENOPROTOOPT/EOPNOTSUPP (kernel before 4.18).
+_GSO_UNSUPPORTED = frozenset(
+    (errno.EMSGSIZE, errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+)
 #: Ready transfer sockets one multiplexer ``doRead`` serves before returning.
 MAX_READY_PER_POLL = 256
 #: How long a lone transfer waits in its own ``poll`` for the client's next datagram
@@ -881,6 +890,10 @@ class TftpServer:
         now = self.reactor.seconds()
         for transfer in list(self.transfers.values()):
             transfer.cancel(now)
+        multiplexer = self._multiplexer
+        if multiplexer is not None and not multiplexer.ports:
+            self._multiplexer = None
+            multiplexer.close()
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from pxestack.tftp.source import FilesystemSource
 from pxestack.wire.tftp import (
     Ack,
     Data,
+    Error,
     OptionAck,
     ReadRequest,
     TftpPacket,
@@ -77,7 +78,7 @@ class CountingSocket(socket.socket):
 
     def sendmsg(self, buffers: Any, *args: Any) -> int:  # type: ignore[override]
         if self.refuse_segmentation:
-            raise OSError(errno.EINVAL, "segment larger than the MTU")
+            raise OSError(errno.EMSGSIZE, "segment larger than the MTU")
         self.sendmsg_calls.append(len(buffers))
         return super().sendmsg(buffers, *args)
 
@@ -276,3 +277,20 @@ def test_refused_segmentation_falls_back_to_one_send_per_block(lab: Any) -> None
         assert sock.sendto_calls == 1 + 4  # OACK, then each block on its own
     finally:
         CountingSocket.refuse_segmentation = False
+
+
+def test_stop_cancels_transfers_and_releases_the_epoll(lab: Any) -> None:
+    lab = lab()
+    (lab.root / "f").write_bytes(b"x" * 5000)
+    clients = [lab.client() for _ in range(2)]
+    for client in clients:
+        lab.request(client, ReadRequest("f"))
+    [multiplexer] = lab.reactor.readers
+    lab.server.stop()
+    assert lab.reactor.readers == [] and multiplexer.epoll.closed
+    assert not lab.server.transfers
+    for client in clients:
+        assert receive(client)[0] == Data(1, b"x" * 512)
+        error, _ = receive(client)
+        assert isinstance(error, Error)
+
