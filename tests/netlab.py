@@ -316,6 +316,9 @@ class Lab:
 
         An nftables ``numgen random mod 10000 < N drop`` rule on the netdev ingress hook of
         both veth ends, with a resolution of 0.01 %.  Replaces any earlier loss setting.
+        Only IPv4 is dropped: ARP passes, because a dropped ARP request marks the neighbour
+        as failed and turns random loss into an outage of seconds (every send then fails
+        with EHOSTUNREACH), which is not the loss the tests mean to model.
         """
         if not 0.0 <= percent <= 100.0:
             raise ValueError(f"loss percent must be within 0..100, got {percent}")
@@ -329,7 +332,7 @@ class Lab:
                 f"  chain ingress {{\n"
                 f'    type filter hook ingress device "{namespace.ifname}" priority -500;\n'
                 f"    policy accept;\n"
-                f"    numgen random mod 10000 < {threshold} counter drop\n"
+                f"    meta protocol ip numgen random mod 10000 < {threshold} counter drop\n"
                 f"  }}\n"
                 f"}}\n"
             )

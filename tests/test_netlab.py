@@ -49,18 +49,25 @@ ECHO_CLIENT = textwrap.dedent(
                 data, _ = s.recvfrom(2048)
             except BlockingIOError:
                 return
+            except OSError:
+                continue  # an ICMP error queued on the socket: that datagram was lost
             seen.add(data)
     for seq in range(count):
-        s.sendto(seq.to_bytes(4, "big"), (host, port))
+        try:
+            s.sendto(seq.to_bytes(4, "big"), (host, port))
+        except OSError:
+            pass  # e.g. EHOSTUNREACH after ARP requests were dropped: a lost datagram
         time.sleep(0.0005)
         drain()
     s.setblocking(True)
     s.settimeout(1.0)
-    try:
-        while len(seen) < count:
+    while len(seen) < count:
+        try:
             seen.add(s.recvfrom(2048)[0])
-    except TimeoutError:
-        pass
+        except TimeoutError:
+            break
+        except OSError:
+            continue
     print(len(seen))
     """
 )

@@ -190,6 +190,7 @@ class DhcpService(service.MultiService):
         reactor: Any = None,
         frame_senders: FrameSenderFactory | None = None,
         lookup: Any = None,
+        metrics: Any = None,
     ) -> None:
         super().__init__()
         if config.dhcp is None:
@@ -207,6 +208,8 @@ class DhcpService(service.MultiService):
         self.timer: DeadlineTimer | None = None
         self.proxy_cores: list[ProxyDhcpCore] = []
         self.protocols: list[DhcpServerProtocol | ProxyDhcpProtocol] = []
+        #: A :class:`pxestack.metrics.Metrics` to report packets and leases to, or None.
+        self.metrics = metrics
         self._senders: list[Any] = []
         self._prepared = False
 
@@ -277,6 +280,11 @@ class DhcpService(service.MultiService):
             self._prepare_server(interfaces, host, port)
         else:
             self._prepare_proxy(interfaces, host, port)
+        if self.metrics is not None:
+            if self.core is not None and self.store is not None:
+                self.metrics.attach_dhcp_server(self.core, self.store, self.reactor.seconds)
+            for protocol in self.protocols:
+                self.metrics.attach_dhcp_protocol(protocol)
 
     def _prepare_server(
         self, interfaces: list[tuple[InterfaceInfo, str | None]], host: str, port: int
@@ -400,7 +408,9 @@ def build_dhcp_services(
     if config.dhcp is None:
         raise ApiMisuse("build_dhcp_services called without a dhcp: section")
     policy = getattr(ext, "boot_policy", None) or StaticBootPolicy()
-    services: list[service.IService] = [DhcpService(config, policy, reactor=reactor)]
+    services: list[service.IService] = [
+        DhcpService(config, policy, reactor=reactor, metrics=getattr(ext, "metrics", None))
+    ]
     advertisements = config.dhcp.router_advertisements
     if advertisements.enabled:
         from pxestack.ra import RouterAdvertisementService
