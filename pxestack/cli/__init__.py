@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--log-format text|json`` and ``--log-level`` for the quick-mode subcommands."""
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines as text or as one JSON object each (default text)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warn", "error"),
+                        default="info", help="the lowest level logged (default info)")
+
+
 def print_problems(where: str, problems: Iterable[object]) -> int:
     """Print every configuration problem on one screen; returns :data:`EXIT_USAGE`."""
     unique = list(dict.fromkeys(str(problem) for problem in problems))
@@ -76,6 +84,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_OK",
     "EXIT_USAGE",
+    "add_logging_arguments",
     "build_parser",
     "main",
     "print_problems",

@@ -18,7 +18,7 @@ import argparse
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
-from pxestack.cli import EXIT_USAGE, print_problems
+from pxestack.cli import EXIT_USAGE, add_logging_arguments, print_problems
 from pxestack.config import Config, ConfigError, load_config
 
 
@@ -58,9 +58,7 @@ def register(subparsers: Any) -> None:
                         help="NAK/answer clients this server has no record of")
     parser.add_argument("--no-fsync", action="store_true",
                         help="do not fsync the lease journal per ACK (tmpfs, tests)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    parser.add_argument("--log-level", choices=("debug", "info", "warn", "error"),
-                        default="info")
+    add_logging_arguments(parser)
     parser.add_argument("--check", action="store_true",
                         help="validate the flags and exit")
     parser.set_defaults(func=dhcp)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pxestack.cli import EXIT_USAGE, print_problems
+from pxestack.cli import EXIT_USAGE, add_logging_arguments, print_problems
 from pxestack.config import Config, ConfigError, load_config
 
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -42,9 +42,7 @@ def register(subparsers: Any) -> None:
                         help="drop a client that reads nothing for this long (default 30)")
     parser.add_argument("--no-sendfile", action="store_true",
                         help="read and write bodies instead of using sendfile")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    parser.add_argument("--log-level", choices=("debug", "info", "warn", "error"),
-                        default="info")
+    add_logging_arguments(parser)
     parser.set_defaults(func=http_command)
 
 

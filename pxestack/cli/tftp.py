@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pxestack.cli import EXIT_FAILURE, EXIT_USAGE, print_problems
+from pxestack.cli import EXIT_FAILURE, EXIT_USAGE, add_logging_arguments, print_problems
 from pxestack.config import Config, ConfigError, load_config
 
 DEFAULT_LISTEN = "0.0.0.0:69"
@@ -49,9 +49,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     # A worker serves the bound socket its parent passes down (see _bind_shared_sockets).
     parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
-    parser.add_argument("--log-level", choices=("debug", "info", "warn", "error"),
-                        default="info")
+    add_logging_arguments(parser)
     parser.set_defaults(func=tftp_command)
 
 
