@@ -179,6 +179,15 @@ class _Base(Resource):
             raise HttpError(http.BAD_REQUEST, "body must be a JSON object")
         return value
 
+    def path_serial(self, request: Request) -> str:
+        """The machine named by ``/<endpoint>/<serial>[?uuid=]`` (404 without a serial)."""
+        postpath = request.postpath or []
+        if len(postpath) != 1 or not postpath[0]:
+            raise HttpError(http.NOT_FOUND, "no serial in the path")
+        raw = postpath[0].decode("utf-8", "replace")
+        serial: str = self.api.provisioner.identity(raw, self.arg(request, b"uuid"))
+        return serial
+
     @staticmethod
     def arg(request: Request, name: bytes) -> str | None:
         """The first query argument *name* as text, or ``None``."""
@@ -362,11 +371,8 @@ class FirstStageScriptResource(_Base):
         """mayu's first contact (era B)."""
 
         def handle() -> bytes | int:
-            if len(request.postpath or []) != 1 or not (request.postpath or [b""])[0]:
-                raise HttpError(http.NOT_FOUND, "no serial in the path")
-            raw = (request.postpath or [b""])[0].decode("utf-8", "replace")
             prov = self.api.provisioner
-            serial = prov.identity(raw, self.arg(request, b"uuid"))
+            serial = self.path_serial(request)
 
             def work() -> str:
                 versioned, _created = prov.first_contact(serial)
@@ -521,11 +527,8 @@ class ScriptResource(_Base):
         """Enrol if new, go ``installing``, answer the rendered script."""
 
         def handle() -> bytes | int:
-            if len(request.postpath or []) != 1 or not (request.postpath or [b""])[0]:
-                raise HttpError(http.NOT_FOUND, "no serial in the path")
-            raw = (request.postpath or [b""])[0].decode("utf-8", "replace")
             prov = self.api.provisioner
-            serial = prov.identity(raw, self.arg(request, b"uuid"))
+            serial = self.path_serial(request)
 
             def work() -> tuple[str, str]:
                 versioned, _ = prov.first_contact(serial)

@@ -71,6 +71,16 @@ class ErrorCode(IntEnum):
 Options: TypeAlias = tuple[tuple[str, str], ...]
 
 
+def first_option(options: Options, name: str) -> str | None:
+    """The first value of option *name* in *options* (names are stored lower-cased;
+    RFC 2347 makes them case-insensitive), or ``None``."""
+    wanted = name.lower()
+    for key, value in options:
+        if key == wanted:
+            return value
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
     """RRQ (RFC 1350 §5): *filename*, *mode* (lower-cased) and RFC 2347 *options*."""
@@ -81,11 +91,7 @@ class ReadRequest:
 
     def option(self, name: str) -> str | None:
         """The first value of option *name* (case-insensitive), or ``None``."""
-        wanted = name.lower()
-        for key, value in self.options:
-            if key == wanted:
-                return value
-        return None
+        return first_option(self.options, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +104,7 @@ class WriteRequest:
 
     def option(self, name: str) -> str | None:
         """The first value of option *name* (case-insensitive), or ``None``."""
-        wanted = name.lower()
-        for key, value in self.options:
-            if key == wanted:
-                return value
-        return None
+        return first_option(self.options, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,4 +308,5 @@ __all__ = [
     "data_header",
     "decode_tftp",
     "encode_tftp",
+    "first_option",
 ]
