@@ -33,6 +33,9 @@ TMPFS = Path("/dev/shm")
 
 #: The name every pxestack row carries; ratios are always pxestack / peer.
 PXESTACK = "pxestack"
+#: The reference peer that shows the least work a pure-Python server can do per datagram
+#: (``benchmarks/floor_*.py``): measured beside the others, never a target's peer.
+PYTHON_FLOOR = "python-floor"
 
 
 def netlab() -> ModuleType:

@@ -19,6 +19,12 @@ Method (docs/benchmarks.md, after /work/shared/reference/baselines.md section 1)
   incomplete and the goodput is at least 95 % of the target.  DORA mode completes full
   exchanges; DO mode (``-i``) stops at the OFFER, which is what a proxyDHCP answers.
 * Each repetition starts a fresh server with an empty lease database.
+* ``python-floor`` (benchmarks/floor_dhcp.py) is a reference, not a peer: a measuring stick
+  that does the least possible Python work per packet (blocking ``recvfrom``, a few slices
+  into a prebuilt reply, one dict lookup, ``sendto``; no RFC 2131 rules, no lease database,
+  single thread).  It runs after the real servers under the same method, and no target
+  compares against it; its rate is the ceiling pure Python reaches on this machine, so a
+  peer the floor cannot match is out of reach for pxestack too.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -234,12 +241,13 @@ class KeaServer(DhcpServer):
             "KEA_PIDFILE_DIR": str(workdir),
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         }
-        return lab.server.popen(
+        process: subprocess.Popen[Any] = lab.server.popen(
             [self.executable, "-c", str(path)],
             env=env,
             stdout=(workdir / "stdout.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
+        return process
 
 
 class DnsmasqDhcpServer(DhcpServer):
@@ -273,9 +281,10 @@ class DnsmasqDhcpServer(DhcpServer):
             "--user=root",
             "--log-facility=-",
         ]
-        return lab.server.popen(
+        process: subprocess.Popen[Any] = lab.server.popen(
             argv, stdout=(workdir / "stdout.log").open("wb"), stderr=subprocess.STDOUT
         )
+        return process
 
 
 class PxestackDhcpServer(DhcpServer):
@@ -316,11 +325,41 @@ class PxestackDhcpServer(DhcpServer):
         )
         path = workdir / "pxestack.yaml"
         path.write_text(config)
-        return lab.server.popen(
+        process: subprocess.Popen[Any] = lab.server.popen(
             netlab().pxestack_argv("serve", "--config", str(path)),
             stdout=(workdir / "stdout.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
+        return process
+
+
+#: The measuring-stick server of :class:`FloorDhcpServer`.
+FLOOR_SCRIPT = Path(__file__).resolve().with_name("floor_dhcp.py")
+
+
+class FloorDhcpServer(DhcpServer):
+    """``python-floor``: benchmarks/floor_dhcp.py, the least Python work per packet.
+
+    A reference for what pure Python can reach here, not a DHCP server and not a target peer.
+    """
+
+    name = "python-floor"
+
+    def unavailable(self, peers: Peers) -> str | None:
+        """Needs only this interpreter and the script next to this module."""
+        return None if FLOOR_SCRIPT.is_file() else f"{FLOOR_SCRIPT} is missing"
+
+    def start(self, lab: Any, workdir: Path) -> subprocess.Popen[Any]:
+        """Run the script with this interpreter; it answers perfdhcp's relay (the client)."""
+        argv = [
+            sys.executable, str(FLOOR_SCRIPT), lab.server.ip, POOL_START, POOL_END,
+            lab.client.ip, "--netmask", POOL_MASK, "--lease-time", str(LEASE_SECONDS),
+            "--interface", lab.server.ifname,
+        ]  # fmt: skip
+        process: subprocess.Popen[Any] = lab.server.popen(
+            argv, stdout=(workdir / "stdout.log").open("wb"), stderr=subprocess.STDOUT
+        )
+        return process
 
 
 def _install_client_rules(lab: Any) -> None:
@@ -483,8 +522,8 @@ def _one_repetition(
 
 
 def servers(peers: Peers) -> list[DhcpServer]:
-    """pxestack first, then the peers."""
-    return [PxestackDhcpServer(), KeaServer(peers), DnsmasqDhcpServer(peers)]
+    """pxestack first, then the peers, then the python-floor reference."""
+    return [PxestackDhcpServer(), KeaServer(peers), DnsmasqDhcpServer(peers), FloorDhcpServer()]
 
 
 def run_dhcp(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.common import PXESTACK, CaseResult, Results, Target, ratio
+from benchmarks.common import PXESTACK, PYTHON_FLOOR, CaseResult, Results, Target, ratio
 
 #: The issues' targets (issue 3 point 10, issue 4 point 7).  ``peer="fastest"`` means the
-#: best peer median of that case.
+#: best peer median of that case (the python-floor reference is never a target's peer).
 TARGETS = (
     Target("DHCP sustained DORA/s >= 1.5x Kea, zero NAKs", "dhcp", "dora_sustained", "kea", 1.5,
            extra="zero NAKs"),
@@ -31,7 +31,9 @@ def _peer_reference(results: Results, target: Target) -> tuple[str | None, float
         return target.peer, _median(results.find(target.area, target.case, target.peer))
     best: tuple[str | None, float | None] = (None, None)
     for record in results.cases:
-        if (record.area, record.case) != (target.area, target.case) or record.server == PXESTACK:
+        if (record.area, record.case) != (target.area, target.case) or record.server in (
+            PXESTACK, PYTHON_FLOOR
+        ):
             continue
         value = _median(record)
         if value is None:
@@ -123,14 +125,14 @@ def render_text(results: Results) -> str:
         if records[0].note:
             lines.append(f"  {records[0].note}")
         own = _median(results.find(area, case, PXESTACK))
-        lines.append(f"  {'server':<10} {'median (min-max)':<32} {'runs':>8}  pxestack/server")
+        lines.append(f"  {'server':<12} {'median (min-max)':<32} {'runs':>8}  pxestack/server")
         for record in records:
             summary = record.summary
             shown = summary.format() if summary else "-"
             runs = f"{len(record.values)}/{len(record.values) + record.failures}"
             rel = ratio(own, summary.median if summary else None)
             rel_text = "" if record.server == PXESTACK or rel is None else f"{rel:.2f}x"
-            lines.append(f"  {record.server:<10} {shown:<32} {runs:>8}  {rel_text}")
+            lines.append(f"  {record.server:<12} {shown:<32} {runs:>8}  {rel_text}")
     if results.skipped:
         lines.append("\nnot measured:")
         lines.extend(f"  {s['area']}/{s['server']}: {s['reason']}" for s in results.skipped)

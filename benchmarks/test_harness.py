@@ -6,14 +6,23 @@ collects ``tests/``).  No namespaces, no servers, no timing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.bootstorm import percentiles, profile_plan, verify
 from benchmarks.common import PXESTACK, Results, Summary
-from benchmarks.dhcp_bench import PerfdhcpRun, parse_perfdhcp, search_sustained
-from benchmarks.report import evaluate_targets, render_markdown_tables, render_text
+from benchmarks.dhcp_bench import PerfdhcpRun, parse_perfdhcp, search_sustained, servers
+from benchmarks.floor_dhcp import FloorResponder
+from benchmarks.peers import Peers
+from benchmarks.report import TARGETS, evaluate_targets, render_markdown_tables, render_text
+from pxestack.wire import constants as c
+from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
+from pxestack.wire.dhcp_options import DhcpOptions
 
 #: The tail of a real perfdhcp 2.2 report (Kea at 1000 DORA/s for 4 s in the lab).
 PERFDHCP_REPORT = """\
@@ -84,7 +93,7 @@ def test_a_step_fails_on_goodput_even_without_losses() -> None:
     assert not run.passes()  # 750/s is below 95 % of the target
 
 
-def _fake_step(capacity: int, tried: list[int]):
+def _fake_step(capacity: int, tried: list[int]) -> Callable[[int], PerfdhcpRun]:
     def step(rate: int) -> PerfdhcpRun:
         tried.append(rate)
         done = min(rate, capacity) * 4
@@ -126,9 +135,9 @@ def _results() -> Results:
     results = Results(meta={})
     for server, values in ((PXESTACK, [90, 100, 110]), ("tftpd-hpa", [80]), ("atftpd", [95])):
         results.case("tftp", "lockstep_1468", server, "MB/s").values.extend(values)
-    for server, values in ((PXESTACK, [3.0, 2.0, 4.0]), ("tftpd-hpa", [10.0, 11.0, 12.0])):
+    for server, seconds in ((PXESTACK, [3.0, 2.0, 4.0]), ("tftpd-hpa", [10.0, 11.0, 12.0])):
         results.case("tftp", "lossy_1pct", server, "s", higher_is_better=False).values.extend(
-            values
+            seconds
         )
     results.case("dhcp", "dora_sustained", PXESTACK, "DORA/s").values.extend([9000.0])
     results.case("dhcp", "dora_sustained", "kea", "DORA/s").values.extend([4000.0])
@@ -185,7 +194,7 @@ def test_percentiles_pick_ranked_values() -> None:
     assert percentiles([]) == {}
 
 
-def _storm(machines: int) -> tuple[dict, list[dict]]:
+def _storm(machines: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     plan = profile_plan(machines)
     profiles = [name for name, count in plan.items() for _ in range(count)]
     report = {
@@ -220,3 +229,82 @@ def test_verify_names_every_broken_invariant() -> None:
     assert "not installed" in problems
     assert "duplicate InternalAddr" in problems
     assert "profile counts" in problems
+
+
+FLOOR_SERVER = IPv4Address("198.18.0.1")
+FLOOR_RELAY = IPv4Address("198.18.0.2")
+
+
+def _floor() -> FloorResponder:
+    return FloorResponder(
+        FLOOR_SERVER, IPv4Address("198.19.0.1"), IPv4Address("198.19.0.2"), FLOOR_RELAY,
+        netmask=IPv4Address("255.254.0.0"), lease_seconds=600,
+    )  # fmt: skip
+
+
+def _request(kind: int, mac_last: int, *, first: dict[int, bytes] | None = None,
+             **fields: object) -> bytes:  # fmt: skip
+    """A relayed DHCP request encoded by pxestack's own codec (which writes option 53 first)."""
+    items = dict(first or {})
+    items[c.OPT_MESSAGE_TYPE] = bytes((kind,))
+    message = DhcpMessage(
+        op=c.BOOTREQUEST, xid=0x1000 + mac_last, chaddr=bytes((2, 0, 0, 0, 0, mac_last)),
+        hops=1, flags=0x8000, giaddr=FLOOR_RELAY, options=DhcpOptions(items),
+    ).replace(**fields)  # fmt: skip
+    return encode_dhcp(message)
+
+
+def _decoded(reply: bytearray | None) -> DhcpMessage:
+    assert reply is not None
+    return decode_dhcp(bytes(reply))
+
+
+def test_floor_offers_then_acks_the_same_address() -> None:
+    floor = _floor()
+    offer = _decoded(floor.answer(_request(c.DHCPDISCOVER, 7)))
+    assert (offer.op, offer.xid, offer.chaddr, offer.flags) == (
+        c.BOOTREPLY, 0x1007, bytes((2, 0, 0, 0, 0, 7)), 0x8000,
+    )  # fmt: skip
+    assert (offer.message_type, offer.yiaddr, offer.giaddr) == (
+        c.DHCPOFFER, IPv4Address("198.19.0.1"), FLOOR_RELAY,
+    )  # fmt: skip
+    assert offer.options.raw(c.OPT_SERVER_ID) == FLOOR_SERVER.packed
+    assert offer.options.raw(c.OPT_SUBNET_MASK) == IPv4Address("255.254.0.0").packed
+    assert offer.options.raw(c.OPT_LEASE_TIME) == (600).to_bytes(4, "big")
+    # A second client gets the next address; the first one's retransmission keeps its own.
+    second = _decoded(floor.answer(_request(c.DHCPDISCOVER, 8)))
+    assert second.yiaddr == IPv4Address("198.19.0.2")
+    assert _decoded(floor.answer(_request(c.DHCPDISCOVER, 7))).yiaddr == offer.yiaddr
+    ack = _decoded(floor.answer(_request(c.DHCPREQUEST, 7)))
+    assert (ack.message_type, ack.xid, ack.yiaddr) == (c.DHCPACK, 0x1007, offer.yiaddr)
+    # The pool wraps around when exhausted.
+    assert _decoded(floor.answer(_request(c.DHCPDISCOVER, 9))).yiaddr == offer.yiaddr
+
+
+def test_floor_acks_the_requested_address_and_scans_for_option_53() -> None:
+    requested = IPv4Address("198.19.7.7")
+    encoded = _request(c.DHCPREQUEST, 3, first={c.OPT_REQUESTED_IP: requested.packed})
+    # pxestack's encoder writes option 53 first: put a PAD and an option 60 before it.
+    datagram = encoded[:240] + b"\0" + bytes((60, 9)) + b"PXEClient" + encoded[240:]
+    ack = _decoded(_floor().answer(datagram))
+    assert (ack.message_type, ack.yiaddr) == (c.DHCPACK, requested)
+
+
+def test_floor_ignores_garbage_replies_and_foreign_relays() -> None:
+    floor = _floor()
+    discover = _request(c.DHCPDISCOVER, 1)
+    for datagram in (
+        b"", b"\x01" * 239, bytes(300), discover[:236] + b"\0\0\0\0" + discover[240:],
+        b"\x02" + discover[1:],  # a BOOTREPLY
+        _request(c.DHCPDISCOVER, 1, giaddr=IPv4Address("10.0.0.1")),
+        _request(8, 1),  # DHCPINFORM
+        _request(c.DHCPREQUEST, 99),  # unknown client, no option 50, no ciaddr
+    ):  # fmt: skip
+        assert floor.answer(datagram) is None
+    assert floor.addresses == {}
+
+
+def test_python_floor_runs_last_and_is_no_target_peer() -> None:
+    names = [server.name for server in servers(Peers(paths={}, versions={}))]
+    assert names[-1] == "python-floor"
+    assert all(target.peer != "python-floor" for target in TARGETS)

@@ -15,6 +15,10 @@ Method (docs/benchmarks.md, after /work/shared/reference/baselines.md section 2)
   unpinned (both vCPUs); aggregate MB/s = 32 x 4 MiB / wall time of the slowest.
 * ``lossy_1pct``: 1 MiB with 1 % random drop on each end's ingress (nftables; this kernel
   has no netem), ``atftp --tftp-timeout 1``; the time to finish (lower is better).
+* ``python-floor`` (``benchmarks/floor_tftp.py``) is a reference, not a TFTP server: the
+  least work a Python process can do per block (connected sockets, a blocking loop for a
+  lone transfer, no retransmission or checks).  It shows in the same run what any
+  pure-Python server can reach here; it sits out the lossy case, which it cannot finish.
 * Each (repetition, case) starts every server fresh, servers in turn, so machine-load drift
   spreads over all of them.
 """
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import PXESTACK, Results, log, netlab, scratch_dir
+from benchmarks.common import PXESTACK, PYTHON_FLOOR, Results, log, netlab, scratch_dir
 from benchmarks.peers import Peers
 
 MIB = 1024 * 1024
@@ -101,6 +105,10 @@ class TftpServer:
     def argv(self, lab: Any, root: Path, workdir: Path) -> list[str]:
         """The command line that serves *root* on ``lab.server.ip:69``."""
         raise NotImplementedError
+
+    def serves(self, case: TftpCase) -> bool:
+        """Whether this server takes part in *case* (every server does, but the floor)."""
+        return True
 
     def start(self, lab: Any, root: Path, workdir: Path, cpu: int | None) -> subprocess.Popen[Any]:
         """Start the server in ``lab.server`` (pinned to *cpu* if given)."""
@@ -213,9 +221,39 @@ class PxestackTftp(TftpServer):
         )  # fmt: skip
 
 
+class PythonFloorTftp(TftpServer):
+    """The python-floor reference (``benchmarks/floor_tftp.py``), one process per CPU
+    unpinned, one when pinned, like :class:`PxestackTftp`."""
+
+    name = PYTHON_FLOOR
+
+    def unavailable(self, peers: Peers) -> str | None:
+        """Needs only this interpreter."""
+        return None
+
+    def serves(self, case: TftpCase) -> bool:
+        """Not the lossy case: the floor never retransmits."""
+        return not case.loss_percent
+
+    #: Worker processes for the next start (see :meth:`PxestackTftp.start`).
+    workers = os.cpu_count() or 1
+
+    def start(self, lab: Any, root: Path, workdir: Path, cpu: int | None) -> subprocess.Popen[Any]:
+        """Start with one process per CPU, or one when pinned."""
+        self.workers = 1 if cpu is not None else (os.cpu_count() or 1)
+        return super().start(lab, root, workdir, cpu)
+
+    def argv(self, lab: Any, root: Path, workdir: Path) -> list[str]:
+        """``python floor_tftp.py --listen IP --root ROOT --workers N``."""
+        return [
+            sys.executable, str(Path(__file__).with_name("floor_tftp.py")),
+            "--listen", lab.server.ip, "--root", str(root), "--workers", str(self.workers),
+        ]  # fmt: skip
+
+
 def servers(peers: Peers) -> list[TftpServer]:
-    """pxestack first, then the peers."""
-    return [PxestackTftp(), TftpdHpa(peers), DnsmasqTftp(peers), Atftpd(peers)]
+    """pxestack first, then the peers, then the python-floor reference."""
+    return [PxestackTftp(), TftpdHpa(peers), DnsmasqTftp(peers), Atftpd(peers), PythonFloorTftp()]
 
 
 #: Runs inside the client namespace: starts N curl clients together, waits for all, prints
@@ -400,6 +438,8 @@ def run_tftp(
         for repetition in range(repeats):
             for case in selected:
                 for server in candidates:
+                    if not server.serves(case):
+                        continue
                     record = _run_case(lab, server, case, root, digests, sizes)
                     entry = results.case(
                         "tftp", case.name, server.name, case.unit,
