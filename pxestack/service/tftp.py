@@ -8,19 +8,50 @@ an embedder) passes its own :class:`~pxestack.tftp.source.FileSource` in
 
 from __future__ import annotations
 
+import resource
 import socket
 from typing import Any
 
 from twisted.application import service
+from twisted.logger import Logger
 
 from pxestack.config import Config
 from pxestack.config.tftp import TftpConfig
 from pxestack.errors import ApiMisuse
 from pxestack.service.ports import UdpPortService
 from pxestack.tftp.negotiate import NegotiationLimits
-from pxestack.tftp.protocol import TftpServer
+from pxestack.tftp.protocol import DESCRIPTORS_PER_CONNECTED_TRANSFER, TftpServer
 from pxestack.tftp.session import SessionSettings
 from pxestack.tftp.source import FileSource, FilesystemSource, UploadDirectory
+
+log = Logger()
+
+#: Descriptors kept aside for the listening sockets, logs, the other protocol servers in
+#: the same process and the directory walk of ``open_under_root``.
+DESCRIPTOR_RESERVE = 256
+
+
+def ensure_transfer_descriptors(max_transfers: int) -> bool:
+    """Raise the soft ``RLIMIT_NOFILE`` so *max_transfers* connected transfers fit.
+
+    A connected transfer holds :data:`~pxestack.tftp.protocol.DESCRIPTORS_PER_CONNECTED_TRANSFER`
+    descriptors (its socket, the foreign-TID sibling, the file); 512 transfers pass the
+    soft limit of 1024 that systemd and most shells start services with.  The soft limit
+    is raised toward the hard one (as ``ensure_descriptor_budget`` does for HTTP).
+    ``False`` when it cannot reach the need: the caller then serves from unconnected
+    sockets (one descriptor less per transfer).
+    """
+    needed = max_transfers * DESCRIPTORS_PER_CONNECTED_TRANSFER + DESCRIPTOR_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return True
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        return False
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 class TftpService(UdpPortService):
@@ -42,7 +73,13 @@ class TftpService(UdpPortService):
         self.setName("tftp")
 
     def privilegedStartService(self) -> None:
-        """Bind the port; with :attr:`reuse_port`, through an adopted SO_REUSEPORT socket."""
+        """Bind the port; with :attr:`reuse_port`, through an adopted SO_REUSEPORT socket.
+
+        Also raises the open-file limit for connected transfers while still privileged,
+        or turns them off (once, with a warning) when it cannot
+        (:func:`ensure_transfer_descriptors`).
+        """
+        self._budget_descriptors()
         if self.port is not None or not (self.reuse_port or self.adopt_fd is not None):
             super().privilegedStartService()
             return
@@ -60,6 +97,16 @@ class TftpService(UdpPortService):
         finally:
             sock.close()  # adoptDatagramPort dup()s the descriptor
         service.Service.privilegedStartService(self)
+
+    def _budget_descriptors(self) -> None:
+        """Make room for connected transfers, or fall back to unconnected sockets."""
+        server = self.server
+        if not server.connected or server.single_port:
+            return
+        if not ensure_transfer_descriptors(server.max_transfers):
+            server.connected = False
+            log.warn("open-file limit too low for {transfers} connected TFTP transfers; "
+                     "serving from unconnected sockets", transfers=server.max_transfers)
 
     def stopService(self) -> Any:
         """Cancel running transfers (clients get an ERROR), then close the port."""
@@ -119,4 +166,9 @@ def build_tftp_services(
     return [TftpService(server, tftp.listen, reactor=reactor)]
 
 
-__all__ = ["TftpService", "build_tftp_services", "session_settings"]
+__all__ = [
+    "TftpService",
+    "build_tftp_services",
+    "ensure_transfer_descriptors",
+    "session_settings",
+]

@@ -12,8 +12,15 @@ about 15 µs per round trip when client and server share a CPU):
 
 * a transfer socket is registered with the reactor as a plain ``IReadDescriptor``
   (:class:`_TransferPort`), not a ``DatagramProtocol`` port: its ``doRead`` drains the
-  socket with non-blocking ``recvfrom`` and answers each ACK with ``sendto`` at once,
-  skipping ``udp.Port.write``'s per-datagram address validation;
+  socket with non-blocking receives and answers each ACK at once, skipping
+  ``udp.Port.write``'s per-datagram address validation;
+* the transfer socket is connected (``connect()``) to the client
+  (:func:`open_connected_transfer_sockets`), so blocks go out with ``send`` and ACKs come
+  in with ``recv``: no address to parse or build per datagram, no route lookup per send.
+  Datagrams from other TIDs then reach an unconnected sibling socket on the same port
+  (``SO_REUSEPORT``: the kernel prefers the connected socket for the client's datagrams
+  and never picks it for anyone else's), which answers them with ERROR 5
+  (:class:`_ForeignTidPort`);
 * DATA datagrams are built in reused buffers by the session (no per-block allocation of
   the payload);
 * the retransmission timer is re-armed lazily: it is moved only when the session's deadline
@@ -103,6 +110,12 @@ INLINE_WAIT_MS = 1
 #: Longest a lone transfer keeps the reactor (seconds), so timers of other services in
 #: the same process (DHCP, HTTP) run late by no more than this.
 INLINE_BUDGET = 0.02
+#: Datagrams one ``doRead`` of a foreign-TID socket answers before returning: strangers
+#: get less of the reactor than the transfer's own client.
+MAX_FOREIGN_PER_READ = 64
+#: Descriptors a connected transfer holds: its socket, the foreign-TID sibling and the
+#: file it sends (an unconnected transfer holds one less).
+DESCRIPTORS_PER_CONNECTED_TRANSFER = 3
 
 
 class TransferSocket(Protocol):
@@ -124,22 +137,64 @@ class TransferSocket(Protocol):
         """Release the socket."""
 
 
+def _tune_transfer_socket(sock: socket.socket) -> None:
+    """The buffer and time-out every transfer socket gets before it is bound."""
+    # Windowed transfers at 64 KiB blocks burst more than the default buffer holds.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    # Bounds the blocking receive of a lone lock-step transfer (_TransferPort._lockstep);
+    # the socket is otherwise non-blocking, where this has no effect.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                    struct.pack("@ll", 0, INLINE_WAIT_MS * 1000))
+
+
 def open_transfer_socket(host: str) -> TransferSocket:
     """A non-blocking UDP socket on an ephemeral port of *host* (a new TID, RFC 1350 §4)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        # Windowed transfers at 64 KiB blocks burst more than the default buffer holds.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        # Bounds the blocking receive of a lone lock-step transfer (_TransferPort._lockstep);
-        # the socket is otherwise non-blocking, where this has no effect.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                        struct.pack("@ll", 0, INLINE_WAIT_MS * 1000))
+        _tune_transfer_socket(sock)
         sock.bind((host, 0))
         sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def open_connected_transfer_sockets(host: str,
+                                    client: Address) -> tuple[socket.socket, socket.socket]:
+    """A transfer socket connected to *client*, and its foreign-TID sibling.
+
+    Both are non-blocking, bound with ``SO_REUSEPORT`` to the same ephemeral port of
+    *host* (one TID).  Linux delivers the client's datagrams to the connected socket (an
+    exact four-tuple match scores higher) and everyone else's to the unconnected sibling
+    (``SO_REUSEPORT`` selection skips connected sockets), so RFC 1350 §4's ERROR 5 for a
+    foreign TID still works.  ``SO_REUSEPORT`` lets the kernel give two transfers of the
+    same user one port number; that is harmless, since each connected socket only sees
+    its own client and every sibling answers strangers alike.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sibling: socket.socket | None = None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        _tune_transfer_socket(sock)
+        sock.bind((host, 0))
+        sock.connect(client)
+        sock.setblocking(False)
+        # Whatever arrived between bind and connect came from a stranger: the client
+        # cannot know the port yet.  After connect only the client's datagrams arrive.
+        with contextlib.suppress(OSError):
+            for _ in range(MAX_FOREIGN_PER_READ):
+                sock.recv(1)
+        sibling = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sibling.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sibling.bind((host, sock.getsockname()[1]))
+        sibling.setblocking(False)
+    except BaseException:
+        sock.close()
+        if sibling is not None:
+            sibling.close()
+        raise
+    return sock, sibling
 
 
 Session = ReadSession | WriteSession
@@ -237,12 +292,22 @@ class _Transfer:
 
 @implementer(IReadDescriptor)
 class _TransferPort(_Transfer):
-    """A transfer on its own ephemeral socket, read by the reactor directly."""
+    """A transfer on its own ephemeral socket, read by the reactor directly.
+
+    With a *sibling* (see :func:`open_connected_transfer_sockets`), *sock* is connected to
+    the client: datagrams go out with ``send`` and come in with ``recv``, and the sibling
+    (:attr:`foreign`) answers other TIDs.
+    """
 
     def __init__(self, server: TftpServer, session: Session, client: Address,
-                 sock: TransferSocket) -> None:
-        super().__init__(server, session, client, sock.sendto)
+                 sock: TransferSocket, sibling: socket.socket | None = None) -> None:
+        #: *sock* is connected to the client: no addresses on the per-block path.
+        self.connected = sibling is not None
+        super().__init__(server, session, client,
+                         self._send_connected if self.connected else sock.sendto)
         self.sock = sock
+        #: The foreign-TID sibling of a connected socket, closed with the transfer.
+        self.foreign = _ForeignTidPort(self, sibling) if sibling is not None else None
         #: The session's lock-step fast path (``ReadSession.next_after_ack``), if any.
         self.fast: Callable[[bytes, float], Datagram | None] | None = getattr(
             session, "next_after_ack", None)
@@ -264,6 +329,10 @@ class _TransferPort(_Transfer):
             else min(session.blksize + 5, MAX_DATAGRAM)
         )
 
+    def _send_connected(self, datagram: Datagram, address: Address) -> int:
+        """``sendto``'s signature on the connected socket (*address* is the client's)."""
+        return self.sock.send(datagram)  # type: ignore[attr-defined, no-any-return]
+
     def send_all(self, datagrams: list[Datagram]) -> None:
         """Send *datagrams* in order; a run of equal-sized ones goes out in one call.
 
@@ -280,6 +349,7 @@ class _TransferPort(_Transfer):
             return
         sendmsg = self.sock.sendmsg  # type: ignore[attr-defined]
         client = self.client
+        connected = self.connected
         count = len(datagrams)
         start = 0
         while start < count:
@@ -294,9 +364,12 @@ class _TransferPort(_Transfer):
                 super().send_all(datagrams[start:end])
                 start = end
                 continue
+            segment = [(socket.SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))]
             try:
-                sendmsg(datagrams[start:end],
-                        [(socket.SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, client)
+                if connected:
+                    sendmsg(datagrams[start:end], segment)
+                else:
+                    sendmsg(datagrams[start:end], segment, 0, client)
             except OSError as exc:
                 if exc.errno in _GSO_UNSUPPORTED:
                     self.segmentation = False
@@ -329,6 +402,10 @@ class _TransferPort(_Transfer):
         sock = self.sock
         client = self.client
         session = self.session
+        connected = self.connected
+        # Connected: ``recv``/``send`` without addresses (a fake socket may lack them).
+        recv = sock.recv if connected else None  # type: ignore[attr-defined]
+        send_connected = sock.send if connected else None  # type: ignore[attr-defined]
         send = sock.sendto
         server = self.server
         seconds = server.reactor.seconds
@@ -345,23 +422,31 @@ class _TransferPort(_Transfer):
             if self.closed:
                 return
             try:
-                data, address = sock.recvfrom(self.receive_size)
+                if recv is not None:
+                    data = recv(self.receive_size)
+                else:
+                    data, address = sock.recvfrom(self.receive_size)
+                    if address != client:
+                        self.server._foreign_tid(data, address, send)
+                        continue
             except BlockingIOError:
                 break
             except OSError as exc:
+                # ECONNREFUSED: an ICMP port unreachable (reported on connected sockets);
+                # the session's retransmission and retry limit deal with a gone client.
                 if exc.errno in (errno.ECONNREFUSED, errno.EINTR):
                     continue
                 self.server.log.warn("transfer socket error: {error}", error=str(exc))
                 break
-            if address != client:
-                self.server._foreign_tid(data, address, send)
-                continue
             now = seconds()
             if fast is not None:
                 datagram = fast(data, now)
                 if datagram is not None:
                     try:
-                        send(datagram, client)
+                        if send_connected is not None:
+                            send_connected(datagram)
+                        else:
+                            send(datagram, client)
                     except OSError as exc:
                         self.server.log.debug("send to {client} failed: {error}",
                                               client=client, error=str(exc))
@@ -388,7 +473,10 @@ class _TransferPort(_Transfer):
             outbox = session.datagrams_to_send(now)
             if len(outbox) == 1:
                 try:
-                    send(outbox[0], client)
+                    if send_connected is not None:
+                        send_connected(outbox[0])
+                    else:
+                        send(outbox[0], client)
                 except OSError as exc:
                     self.server.log.debug("send to {client} failed: {error}",
                                           client=client, error=str(exc))
@@ -407,16 +495,19 @@ class _TransferPort(_Transfer):
         """Serve lock-step ACKs with blocking receives until *until*; returns the time.
 
         The tightest loop this adapter has, for a transfer running alone at windowsize 1:
-        one blocking ``recvfrom`` (bounded by ``SO_RCVTIMEO``, :data:`INLINE_WAIT_MS`) and
-        one ``sendto`` per block, no ``poll``.  Anything but the next in-order ACK from
-        the client (a foreign TID, an ERROR, a duplicate, the end of the read-ahead) ends
-        the loop after handing that datagram to the general path; so do a quiet
-        millisecond and *until*.  The listener is not watched meanwhile, so a new request
-        waits at most :data:`INLINE_BUDGET`.
+        one blocking receive (bounded by ``SO_RCVTIMEO``, :data:`INLINE_WAIT_MS`) and one
+        send per block (``recv``/``send`` when connected), no ``poll``.  Anything but the
+        next in-order ACK from the client (a foreign TID, an ERROR, a duplicate, the end
+        of the read-ahead) ends the loop after handing that datagram to the general path;
+        so do a quiet millisecond and *until*.  The listener is not watched meanwhile, so a
+        new request waits at most :data:`INLINE_BUDGET`.
         """
         sock = self.sock
         recvfrom = sock.recvfrom
         send = sock.sendto
+        connected = self.connected
+        recv = sock.recv if connected else None  # type: ignore[attr-defined]
+        send_connected = sock.send if connected else None  # type: ignore[attr-defined]
         client = self.client
         size = self.receive_size
         seconds: Callable[[], float] = self.server.reactor.seconds
@@ -425,7 +516,11 @@ class _TransferPort(_Transfer):
         try:
             while now < until:
                 try:
-                    data, address = recvfrom(size)
+                    if recv is not None:
+                        data = recv(size)
+                        address = client
+                    else:
+                        data, address = recvfrom(size)
                 except OSError:
                     return now  # time-out (EAGAIN) or an ICMP error: the reactor's turn
                 now = seconds()
@@ -435,7 +530,10 @@ class _TransferPort(_Transfer):
                     self._general(data, address, now)
                     return now
                 try:
-                    send(datagram, client)
+                    if send_connected is not None:
+                        send_connected(datagram)
+                    else:
+                        send(datagram, client)
                 except OSError as exc:
                     self.server.log.debug("send to {client} failed: {error}",
                                           client=client, error=str(exc))
@@ -468,7 +566,7 @@ class _TransferPort(_Transfer):
             self.close()
 
     def close(self) -> None:
-        """Unregister and close the socket, then report the outcome."""
+        """Unregister and close the socket (and the sibling), then report the outcome."""
         if self.closed:
             return
         multiplexer = self.server._multiplexer
@@ -476,7 +574,81 @@ class _TransferPort(_Transfer):
             multiplexer.remove(self)
         else:
             self.server.reactor.removeReader(self)
+        if self.foreign is not None:
+            self.foreign.close()
         super().close()
+        self.sock.close()
+
+
+@implementer(IReadDescriptor)
+class _ForeignTidPort:
+    """The unconnected sibling of a connected transfer socket: datagrams of other TIDs.
+
+    Bound to the transfer's port, it receives what the connected socket does not (RFC
+    1350 §4): each datagram gets ERROR 5 from the transfer's port through
+    :meth:`TftpServer._foreign_tid`; the transfer goes on.  Closed with the transfer.
+    """
+
+    def __init__(self, transfer: _TransferPort, sock: socket.socket) -> None:
+        self.transfer = transfer
+        self.sock = sock
+        #: Watched through the server's ``_TransferMultiplexer`` (else by the reactor).
+        self.multiplexed = False
+        #: The socket is closed (with the transfer, or after a reactor error).
+        self.closed = False
+
+    @property
+    def client(self) -> Address:
+        """The transfer's client (for log lines)."""
+        return self.transfer.client
+
+    def fileno(self) -> int:
+        """The sibling socket's descriptor (IReadDescriptor)."""
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        """Prefix for Twisted's own log lines."""
+        return "TftpForeignTid"
+
+    def doRead(self) -> None:
+        """Answer every waiting datagram (a bounded number) with ERROR 5."""
+        sock = self.sock
+        transfer = self.transfer
+        server = transfer.server
+        for _ in range(MAX_FOREIGN_PER_READ):
+            if self.closed:
+                return
+            try:
+                data, address = sock.recvfrom(READ_RECEIVE_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNREFUSED, errno.EINTR):
+                    continue
+                server.log.warn("foreign-TID socket error: {error}", error=str(exc))
+                return
+            if address == transfer.client:
+                # Not expected (the connected socket gets the client's datagrams), but
+                # should the kernel route one here, the transfer still gets it.
+                if not transfer.closed:
+                    transfer._general(data, address, server.reactor.seconds())
+                continue
+            server._foreign_tid(data, address, sock.sendto)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The reactor dropped the descriptor: stop answering strangers (the transfer goes on)."""
+        self.close()
+
+    def close(self) -> None:
+        """Unregister and close the socket (once)."""
+        if self.closed:
+            return
+        self.closed = True
+        multiplexer = self.transfer.server._multiplexer
+        if self.multiplexed and multiplexer is not None:
+            multiplexer.remove(self)
+        else:
+            self.transfer.server.reactor.removeReader(self)
         self.sock.close()
 
 
@@ -494,10 +666,10 @@ class _TransferMultiplexer:
     def __init__(self, server: TftpServer) -> None:
         self.server = server
         self.epoll = select.epoll()
-        self.ports: dict[int, _TransferPort] = {}
+        self.ports: dict[int, _TransferPort | _ForeignTidPort] = {}
         self.watched = False
 
-    def add(self, port: _TransferPort) -> None:
+    def add(self, port: _TransferPort | _ForeignTidPort) -> None:
         """Watch *port*'s socket; raises ``OSError``/``ValueError`` if it has no real fd."""
         descriptor = port.fileno()
         self.epoll.register(descriptor, select.EPOLLIN)
@@ -506,7 +678,7 @@ class _TransferMultiplexer:
             self.server.reactor.addReader(self)
             self.watched = True
 
-    def remove(self, port: _TransferPort) -> None:
+    def remove(self, port: _TransferPort | _ForeignTidPort) -> None:
         """Stop watching *port* (before its socket closes)."""
         descriptor = port.fileno()
         if self.ports.get(descriptor) is port:
@@ -591,6 +763,10 @@ class TftpServer:
         segmentation offload where the kernel allows (``_TransferPort.send_all``).
     :param multiplex: watch all transfer sockets through one epoll descriptor of the
         server's own (``_TransferMultiplexer``) rather than one reactor reader each.
+    :param connected: serve each transfer from a socket connected to its client, with a
+        sibling socket for foreign TIDs (:func:`open_connected_transfer_sockets`); only
+        with the default *socket_factory* and *multiplex*.  Falls back to an unconnected
+        socket per transfer when the pair cannot be opened (e.g. out of descriptors).
     """
 
     log = Logger()
@@ -611,6 +787,7 @@ class TftpServer:
         inline: bool = True,
         segmentation: bool = True,
         multiplex: bool = True,
+        connected: bool = True,
     ) -> None:
         self.source = source
         self.settings = settings or SessionSettings()
@@ -633,6 +810,10 @@ class TftpServer:
         #: Watch transfer sockets through one epoll (``_TransferMultiplexer``).
         self.multiplex = multiplex and hasattr(select, "epoll")
         self._multiplexer: _TransferMultiplexer | None = None
+        #: Connect transfer sockets to their clients (see :meth:`_open_transfer_sockets`).
+        self.connected = connected
+        #: A connected pair failed to open once already (log throttle).
+        self._connected_failed = False
         #: A request was dropped over a cap since the last transfer ended (log throttle).
         self._saturated = False
 
@@ -809,7 +990,7 @@ class TftpServer:
             transfer = _Transfer(self, session, addr, listener.send)
         else:
             try:
-                sock = self.socket_factory(self.transfer_host)
+                sock, sibling = self._open_transfer_sockets(addr)
             except OSError as exc:
                 self.log.error("cannot open a transfer socket: {error}", error=str(exc))
                 session.cancel(self.reactor.seconds(), "Server error")
@@ -817,7 +998,7 @@ class TftpServer:
                     listener.send(datagram, addr)
                 self.stats.refused += 1
                 return None
-            port = _TransferPort(self, session, addr, sock)
+            port = _TransferPort(self, session, addr, sock, sibling)
             self._watch(port)
             transfer = port
         self.transfers[addr] = transfer
@@ -825,19 +1006,46 @@ class TftpServer:
         self.stats.active += 1
         return transfer
 
+    def _open_transfer_sockets(
+        self, client: Address
+    ) -> tuple[TransferSocket, socket.socket | None]:
+        """A transfer socket for *client* and, when connected, its foreign-TID sibling.
+
+        Connected sockets need real sockets (the default *socket_factory*) and the
+        multiplexer (the reactor would take the connected socket's ICMP errors for a
+        lost connection).  If the pair cannot be opened (out of descriptors, say), the
+        transfer gets an unconnected socket as before; the first failure is logged.
+        """
+        if self.connected and self.multiplex and self.socket_factory is open_transfer_socket:
+            try:
+                return open_connected_transfer_sockets(self.transfer_host, client)
+            except OSError as exc:
+                log = self.log.debug if self._connected_failed else self.log.warn
+                self._connected_failed = True
+                log("cannot open connected transfer sockets ({error}); using an "
+                    "unconnected one", error=str(exc))
+        return self.socket_factory(self.transfer_host), None
+
     def _watch(self, port: _TransferPort) -> None:
-        """Have *port* read: through the multiplexer when possible, else the reactor."""
+        """Have *port* (and its foreign-TID sibling) read: by the multiplexer or reactor."""
+        foreign = port.foreign
         if self.multiplex:
             try:
                 if self._multiplexer is None:
                     self._multiplexer = _TransferMultiplexer(self)
                 self._multiplexer.add(port)
                 port.multiplexed = True
+                if foreign is not None:
+                    self._multiplexer.add(foreign)
+                    foreign.multiplexed = True
                 return
             except (OSError, ValueError):
                 # A socket without a real descriptor (tests' fakes): the reactor reads it.
                 self.multiplex = False
-        self.reactor.addReader(port)
+        if not port.multiplexed:
+            self.reactor.addReader(port)
+        if foreign is not None:
+            self.reactor.addReader(foreign)
 
     def _foreign_tid(self, data: bytes, address: Address,
                      send: Callable[[Datagram, Address], Any]) -> None:
@@ -897,9 +1105,11 @@ class TftpServer:
 
 
 __all__ = [
+    "DESCRIPTORS_PER_CONNECTED_TRANSFER",
     "MAX_DATAGRAM",
     "TftpListener",
     "TftpServer",
     "TransferSocket",
+    "open_connected_transfer_sockets",
     "open_transfer_socket",
 ]
