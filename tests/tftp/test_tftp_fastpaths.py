@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
+from tftp_loopback import LOOPBACK, WAIT, FdReactor, SocketTransport
 
 from pxestack.tftp.protocol import TftpServer, open_transfer_socket
 from pxestack.tftp.source import FilesystemSource
@@ -29,41 +29,6 @@ from pxestack.wire.tftp import (
     decode_tftp,
     encode_tftp,
 )
-
-LOOPBACK = "127.0.0.1"
-WAIT = 5.0
-
-
-class FdReactor(Clock):
-    """task.Clock plus the reader registry the adapter uses."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.readers: list[Any] = []
-
-    def addReader(self, reader: Any) -> None:
-        self.readers.append(reader)
-
-    def removeReader(self, reader: Any) -> None:
-        self.readers.remove(reader)
-
-
-class SocketTransport:
-    """The listener's transport over a real bound socket (so it has a descriptor)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((LOOPBACK, 0))
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def write(self, data: bytes, address: tuple[str, int]) -> None:
-        self.sock.sendto(data, address)
-
-    def getHost(self) -> Any:
-        host, port = self.sock.getsockname()
-        return type("Host", (), {"host": host, "port": port})()
 
 
 class CountingSocket(socket.socket):

@@ -1,0 +1,44 @@
+"""Loopback plumbing shared by the TFTP adapter tests that use real sockets."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.task import Clock
+
+LOOPBACK = "127.0.0.1"
+#: Seconds a test waits for a datagram before it fails.
+WAIT = 5.0
+
+
+class FdReactor(Clock):
+    """task.Clock plus the reader registry the adapter uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readers: list[Any] = []
+
+    def addReader(self, reader: Any) -> None:
+        self.readers.append(reader)
+
+    def removeReader(self, reader: Any) -> None:
+        self.readers.remove(reader)
+
+
+class SocketTransport:
+    """The listener's transport over a real bound socket (so it has a descriptor)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def write(self, data: bytes, address: tuple[str, int]) -> None:
+        self.sock.sendto(data, address)
+
+    def getHost(self) -> Any:
+        host, port = self.sock.getsockname()
+        return type("Host", (), {"host": host, "port": port})()
