@@ -71,6 +71,9 @@ DHCP_MESSAGE_TYPES: Mapping[int, str] = {
     12: "leaseunknown", 13: "leaseactive",
 }
 
+#: Bound of each memo of pre-bound label children (keys are caller values, D11).
+_LABEL_CHILD_MEMO_ENTRIES = 1024
+
 #: ``outcome`` label values of ``pxestack_dhcp_packets_total``.
 DHCP_OUTCOMES = ("offer", "ack", "nak", "ignored", "malformed", "error")
 
@@ -225,6 +228,11 @@ class Metrics:
         self.dhcp_lease_events = Counter(
             "pxestack_dhcp_lease_events", "Lease changes of the DHCP server, by kind",
             ["event"], registry=reg)
+        # Label children by the caller's raw values: ``labels()`` costs several µs per call
+        # and these two are counted for every DHCP packet.  Bounded (the label values
+        # themselves come from fixed sets whatever the key).
+        self._dhcp_packet_children: dict[tuple[int | None, str], Any] = {}
+        self._lease_event_children: dict[str, Any] = {}
         self.tftp_transfers = Counter(
             "pxestack_tftp_transfers", "Finished TFTP transfers, by outcome", ["outcome"],
             registry=reg)
@@ -271,12 +279,18 @@ class Metrics:
         "ack", "nak"), "ignored" (no reply), "malformed" (dropped undecoded; pass
         ``received_type=None``) or "error" (a bug in pxestack dropped it).
         """
-        if received_type is None:
-            type_name = "none"
-        else:
-            type_name = DHCP_MESSAGE_TYPES.get(received_type, "other")
-        label = outcome if outcome in DHCP_OUTCOMES else "other"
-        self.dhcp_packets.labels(type_name, label).inc(count)
+        key = (received_type, outcome)
+        child = self._dhcp_packet_children.get(key)
+        if child is None:
+            if received_type is None:
+                type_name = "none"
+            else:
+                type_name = DHCP_MESSAGE_TYPES.get(received_type, "other")
+            label = outcome if outcome in DHCP_OUTCOMES else "other"
+            child = self.dhcp_packets.labels(type_name, label)
+            if len(self._dhcp_packet_children) < _LABEL_CHILD_MEMO_ENTRIES:
+                self._dhcp_packet_children[key] = child
+        child.inc(count)
 
     def dhcp_replies(self, received_type: int | None, reply_types: Iterable[int | None]) -> None:
         """:meth:`dhcp_packet` for a handled datagram, with the outcome taken from the
@@ -295,7 +309,12 @@ class Metrics:
         phases, keyed by the client's MAC address.
         """
         kind = str(getattr(event, "kind", ""))
-        self.dhcp_lease_events.labels(kind if kind in LEASE_EVENTS else "other").inc()
+        child = self._lease_event_children.get(kind)
+        if child is None:
+            child = self.dhcp_lease_events.labels(kind if kind in LEASE_EVENTS else "other")
+            if len(self._lease_event_children) < _LABEL_CHILD_MEMO_ENTRIES:
+                self._lease_event_children[kind] = child
+        child.inc()
         mac = getattr(event, "mac", b"")
         if now is not None and kind in ("offered", "bound") and isinstance(mac, bytes) and mac:
             self.boot_event(mac_text(mac), f"dhcp_{kind}", now)

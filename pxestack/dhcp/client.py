@@ -215,10 +215,14 @@ class ClientInfo:
         if facts.errors_tail:
             errors = (*errors, *facts.errors_tail)
 
+        # message.mac and message.message_type, inlined (two property calls per packet).
+        chaddr = message.chaddr
+        raw_type = items.get(c.OPT_MESSAGE_TYPE)
         info: ClientInfo = _new_object(cls)
-        _set_mac(info, message.mac)
-        _set_chaddr(info, message.chaddr)
-        _set_message_type(info, message.message_type)
+        _set_mac(info, chaddr.hex(":"))
+        _set_chaddr(info, chaddr)
+        _set_message_type(info, raw_type[0] if raw_type is not None and len(raw_type) == 1
+                          else None)
         _set_arch(info, arch)
         _set_arch_code(info, facts.arch_code)
         _set_http_boot_arch(info, facts.http_boot_arch)

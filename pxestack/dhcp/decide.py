@@ -40,7 +40,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address
 from typing import Final
 
@@ -50,9 +50,9 @@ from pxestack.dhcp.policy import BootSpec
 from pxestack.errors import ApiMisuse, MalformedPacket
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage, max_message_size
-from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions
+from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions, ipv4_address
 
-_ZERO: Final = IPv4Address(0)
+_ZERO: Final = ipv4_address(0)  # the shared object the decoder uses too
 _BROADCAST: Final = IPv4Address("255.255.255.255")
 
 #: BOOTP ``file`` holds 128 octets including the terminating NUL (quirk 18: names longer
@@ -123,6 +123,11 @@ class BootKind(enum.Enum):
     HTTP_BOOT = "http-boot"
 
 
+#: The kinds of :class:`BootDecision` that carry boot information (a tuple: ``in`` tests
+#: identity first, where a set would hash the members in Python).
+_BOOTING_KINDS: Final = (BootKind.TFTP, BootKind.IPXE_SCRIPT, BootKind.HTTP_BOOT)
+
+
 @dataclass(frozen=True, slots=True)
 class BootDecision:
     """The boot part of a reply: ``siaddr``, ``file`` and options to merge into it."""
@@ -141,7 +146,7 @@ class BootDecision:
     @property
     def boots(self) -> bool:
         """Whether there is boot information to send."""
-        return self.kind in (BootKind.TFTP, BootKind.IPXE_SCRIPT, BootKind.HTTP_BOOT)
+        return self.kind in _BOOTING_KINDS
 
 
 def decide_boot(
@@ -220,7 +225,14 @@ def _http_boot(info: ClientInfo, defaults: BootDefaults) -> BootDecision:
     name = defaults.file_for(info.arch)
     if defaults.http_boot_base_url is None or name is None:
         return BootDecision(BootKind.NONE, f"no HTTP boot file for {info.arch.value}")
-    url = f"{defaults.http_boot_base_url.rstrip('/')}/{name}"
+    return _http_boot_decision(defaults.http_boot_base_url, name)
+
+
+@functools.lru_cache(maxsize=_DECISION_MEMO_SIZE)
+def _http_boot_decision(base_url: str, name: str) -> BootDecision:
+    """The UEFI HTTP Boot answer (memoised: decisions are immutable values, and the server
+    caches reply options by the identity of a decision's options)."""
+    url = f"{base_url.rstrip('/')}/{name}"
     raw = url.encode()
     return BootDecision(
         BootKind.HTTP_BOOT,
@@ -361,6 +373,29 @@ class Outgoing:
     interface: str | None = None
 
 
+# Outgoing is built for every reply; like DhcpMessage (pxestack.wire.dhcp) it is filled
+# through its slot descriptors rather than the frozen dataclass __init__ (the same value).
+_new_object = object.__new__
+_OUTGOING_FIELDS: Final = ("message", "destination", "max_size", "source_port", "interface")
+_set_message, _set_destination, _set_max_size, _set_source_port, _set_interface = (
+    Outgoing.__dict__[name].__set__ for name in _OUTGOING_FIELDS
+)
+if tuple(f.name for f in fields(Outgoing)) != _OUTGOING_FIELDS:  # a field was added
+    raise ImportError("update the setters above for Outgoing's fields")
+
+
+def new_outgoing(message: DhcpMessage, destination: Destination, max_size: int,
+                 source_port: int, interface: str | None) -> Outgoing:
+    """``Outgoing(...)`` with every field given positionally, without ``__init__``."""
+    outgoing: Outgoing = _new_object(Outgoing)
+    _set_message(outgoing, message)
+    _set_destination(outgoing, destination)
+    _set_max_size(outgoing, max_size)
+    _set_source_port(outgoing, source_port)
+    _set_interface(outgoing, interface)
+    return outgoing
+
+
 def reply_destination(request: DhcpMessage, reply_type: int, *,
                       yiaddr: IPv4Address = _ZERO) -> Destination:
     """RFC 2131 §4.1 (pixiecore's ``txType``, smee's ``replyDestination``):
@@ -373,11 +408,13 @@ def reply_destination(request: DhcpMessage, reply_type: int, *,
     * else unicast to yiaddr at chaddr (LINK_UNICAST; iPXE leaves the flag clear, quirk 12).
     """
     giaddr = request.giaddr
-    if giaddr != _ZERO:
+    # ``x is not _ZERO`` first: the decoder's unset addresses are that one object, and the
+    # identity test spares IPv4Address.__eq__, a Python-level call.
+    if giaddr is not _ZERO and giaddr != _ZERO:
         return _relay_destination(giaddr)
     if reply_type == c.DHCPNAK:
         return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
-    if request.ciaddr != _ZERO:
+    if request.ciaddr is not _ZERO and request.ciaddr != _ZERO:
         return Destination(DestinationKind.UNICAST, request.ciaddr, c.DHCP_CLIENT_PORT)
     if request.broadcast or yiaddr == _ZERO:
         return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
@@ -389,10 +426,15 @@ _RELAY_DESTINATIONS: dict[int, Destination] = {}
 
 
 def _relay_destination(giaddr: IPv4Address) -> Destination:
-    """The RELAY destination of *giaddr* (one shared value per relay; bounded memo)."""
-    key = int(giaddr)
+    """The RELAY destination of *giaddr* (one shared value per relay; bounded memo).
+
+    Keyed by ``id(giaddr)``: the decoder hands out one shared object per address, and
+    ``id`` is a C call where ``int()`` or hashing an ``IPv4Address`` runs Python code.  The
+    entry holds *giaddr* itself, so its ``id`` cannot be reused while the entry lives.
+    """
+    key = id(giaddr)
     destination = _RELAY_DESTINATIONS.get(key)
-    if destination is None:
+    if destination is None or destination.address is not giaddr:
         if len(_RELAY_DESTINATIONS) >= 1024:
             _RELAY_DESTINATIONS.clear()
         destination = Destination(DestinationKind.RELAY, giaddr, c.DHCP_SERVER_PORT)
@@ -433,6 +475,7 @@ __all__ = [
     "DestinationKind",
     "Outgoing",
     "decide_boot",
+    "new_outgoing",
     "reply_destination",
     "reply_size_limit",
     "size_limit",

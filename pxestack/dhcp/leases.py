@@ -434,9 +434,9 @@ class InMemoryLeaseStore:
                     state.recycled_set.add(address)
                 return
 
-    def _put(self, lease: Lease) -> None:
-        """Store *lease*, evicting whatever that address or that client held before."""
-        address = int(lease.address)
+    def _put(self, lease: Lease, address: int) -> None:
+        """Store *lease* (whose address is *address*, ``int(lease.address)``: the callers
+        have it already), evicting whatever that address or that client held before."""
         old_at_address = self._by_address.get(address)
         if old_at_address is not None:
             if old_at_address.state is LeaseState.OFFERED:
@@ -448,9 +448,10 @@ class InMemoryLeaseStore:
             ):
                 del self._by_client[previous_owner]
         old_of_client = self._by_client.get(lease.client)
-        if old_of_client is not None and int(old_of_client.address) != address:
+        # ``is not`` first: the same address object means the same address, no int() needed.
+        if old_of_client is not None and old_of_client.address is not lease.address:
             old_address = int(old_of_client.address)
-            if self._by_address.get(old_address) is old_of_client:
+            if old_address != address and self._by_address.get(old_address) is old_of_client:
                 if old_of_client.state is LeaseState.OFFERED:
                     self._offers -= 1
                 # A client holds one address per store: its old one becomes free.
@@ -545,7 +546,7 @@ class InMemoryLeaseStore:
             client_id,
             reservation.hostname if reservation is not None else None,
         )
-        self._put(lease)
+        self._put(lease, chosen)
         return lease
 
     def may_bind(
@@ -558,8 +559,12 @@ class InMemoryLeaseStore:
     ) -> bool:
         """Whether :meth:`bind` would grant *address* to this client now."""
         self.expire(now)
-        reservation = self.reservation_for(mac, client_id)
-        address_int = int(address)
+        return self._may_bind(client, self.reservation_for(mac, client_id), address,
+                              int(address), now)
+
+    def _may_bind(self, client: bytes, reservation: Reservation | None,
+                  address: IPv4Address, address_int: int, now: float) -> bool:
+        """:meth:`may_bind` once expiry is applied and the reservation looked up."""
         if reservation is not None and reservation.address == address:
             until = self._quarantine.get(address_int)
             if until is not None and until > now:
@@ -590,15 +595,18 @@ class InMemoryLeaseStore:
         (or, with group commit, held for the batch's commit) before the server sends its
         DHCPACK.
         """
-        if not self.may_bind(client, mac, client_id, address, now):
-            return None
+        # may_bind(), with the reservation and the integer address computed once.
+        self.expire(now)
         reservation = self.reservation_for(mac, client_id)
+        address_int = int(address)
+        if not self._may_bind(client, reservation, address, address_int, now):
+            return None
         if hostname is None and reservation is not None and reservation.address == address:
             hostname = reservation.hostname
         lease = _new_lease(
             address, client, mac, LeaseState.BOUND, now + lease_time, client_id, hostname
         )
-        self._put(lease)
+        self._put(lease, address_int)
         if self.listener is not None:
             self.listener.bound(lease)
         return lease
@@ -707,7 +715,7 @@ class InMemoryLeaseStore:
                     continue
             elif not self._in_ranges(state, address):
                 continue
-            self._put(lease)
+            self._put(lease, address)
             if lease.expires <= now:
                 self._free(lease, lease.expires)
             kept += 1

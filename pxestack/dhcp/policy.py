@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from ipaddress import IPv4Address
 from typing import Protocol, runtime_checkable
 
@@ -48,19 +48,37 @@ class Machine:
 
     @classmethod
     def from_client(cls, info: ClientInfo, *, interface: str | None = None) -> Machine:
-        """Build from a classified client."""
-        return cls(
-            mac=info.mac,
-            arch=info.arch,
-            firmware=info.firmware,
-            uuid=info.uuid,
-            client_id=info.client_id,
-            user_classes=info.user_classes,
-            vendor_class=info.vendor_class,
-            hostname=info.hostname,
-            interface=interface,
-            relay=info.giaddr,
-        )
+        """Build from a classified client.
+
+        Built for every packet, so filled through the slot descriptors rather than the
+        frozen dataclass ``__init__`` (the same value at about half the cost, as
+        ``ClientInfo``).
+        """
+        machine: Machine = _new_object(cls)
+        _set_mac(machine, info.mac)
+        _set_arch(machine, info.arch)
+        _set_firmware(machine, info.firmware)
+        _set_uuid(machine, info.uuid)
+        _set_client_id(machine, info.client_id)
+        _set_user_classes(machine, info.user_classes)
+        _set_vendor_class(machine, info.vendor_class)
+        _set_hostname(machine, info.hostname)
+        _set_interface(machine, interface)
+        _set_relay(machine, info.giaddr)
+        return machine
+
+
+_new_object = object.__new__
+_MACHINE_FIELDS = (
+    "mac", "arch", "firmware", "uuid", "client_id", "user_classes", "vendor_class",
+    "hostname", "interface", "relay",
+)
+(
+    _set_mac, _set_arch, _set_firmware, _set_uuid, _set_client_id, _set_user_classes,
+    _set_vendor_class, _set_hostname, _set_interface, _set_relay,
+) = (Machine.__dict__[name].__set__ for name in _MACHINE_FIELDS)
+if tuple(f.name for f in fields(Machine)) != _MACHINE_FIELDS:  # a field was added
+    raise ImportError("update the setters above for Machine's fields")
 
 
 @dataclass(frozen=True, slots=True)

@@ -361,7 +361,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
         #: Datagrams dropped as malformed / because of a bug (bounded counters, D11).
         self.malformed = 0
         self.bugs = 0
-        self._address_text: dict[int, str] = {}
+        self._address_text: dict[int, tuple[IPv4Address, str]] = {}
 
     @property
     def reactor(self) -> Any:
@@ -393,12 +393,18 @@ class DhcpDatagramProtocol(DatagramProtocol):
             journal.begin_batch()
         held: list[Outgoing] = []
         now = self.reactor.seconds()
+        handle_one = self._handle_one
+        send = self.send
         for datagram, addr in datagrams:
-            for reply in self._handle_one(datagram, addr, now):
-                if held or (journal is not None and journal.pending):
-                    held.append(reply)
-                else:
-                    self.send(reply)
+            replies = handle_one(datagram, addr, now)
+            if not replies:
+                continue
+            # Nothing between one datagram's replies changes ``pending``: test it once.
+            if held or (journal is not None and journal.pending):
+                held += replies
+            else:
+                for reply in replies:
+                    send(reply)
         if journal is not None:
             try:
                 journal.commit()
@@ -471,13 +477,18 @@ class DhcpDatagramProtocol(DatagramProtocol):
                           xid=reply.message.xid)
 
     def _text_address(self, address: IPv4Address) -> str:
-        """``str(address)``, memoised (relays and renewing clients repeat; bounded, D11)."""
-        key = int(address)  # an int hashes in C; an IPv4Address in Python
-        text = self._address_text.get(key)
-        if text is None:
-            if len(self._address_text) >= _ADDRESS_MEMO_ENTRIES:
-                self._address_text.clear()
-            text = self._address_text[key] = str(address)
+        """``str(address)``, memoised (relays and renewing clients repeat; bounded, D11).
+
+        Keyed by ``id(address)`` (a C call; ``int()`` and ``IPv4Address`` hashing run
+        Python code): the decoder shares one object per address.  The entry keeps the
+        object, so its ``id`` cannot be reused while the entry lives."""
+        entry = self._address_text.get(id(address))
+        if entry is not None and entry[0] is address:
+            return entry[1]
+        if len(self._address_text) >= _ADDRESS_MEMO_ENTRIES:
+            self._address_text.clear()
+        text = str(address)
+        self._address_text[id(address)] = (address, text)
         return text
 
 

@@ -44,9 +44,9 @@ from pxestack.dhcp.policy import BootPolicy, Machine
 from pxestack.errors import MalformedPacket
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage, build_reply
-from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions
+from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions, ipv4_address
 
-_ZERO: Final = IPv4Address(0)
+_ZERO: Final = ipv4_address(0)  # the shared object the decoder uses too
 _BROADCAST: Final = IPv4Address("255.255.255.255")
 _EFI_ARCHES: Final = frozenset(
     {Arch.EFI_IA32, Arch.EFI_X64, Arch.EFI_ARM32, Arch.EFI_ARM64, Arch.EFI_RISCV32,

@@ -61,11 +61,13 @@ from typing import ClassVar, Final
 from pxestack._types import Now
 from pxestack.dhcp.client import ClientInfo, Firmware
 from pxestack.dhcp.decide import (
+    BootDecision,
     BootDefaults,
     BootKind,
     ChainloadMemory,
     Outgoing,
     decide_boot,
+    new_outgoing,
     reply_destination,
     reply_size_limit,
     size_limit,
@@ -74,14 +76,18 @@ from pxestack.dhcp.leases import Lease, LeaseState, LeaseStore, Subnet, client_k
 from pxestack.dhcp.policy import BootPolicy, Machine
 from pxestack.errors import ApiMisuse
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp
-from pxestack.wire.dhcp_options import DhcpOptions, encode_domain_search
+from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp, pre_encoded_options
+from pxestack.wire.dhcp_options import DhcpOptions, encode_domain_search, ipv4_address
 
-_ZERO: Final = IPv4Address(0)
+_ZERO: Final = ipv4_address(0)  # the shared object the decoder uses too
 #: ``bytes((n,))`` for every octet value (option 53 values without building them).
 _ONE_OCTET: Final = tuple(bytes((n,)) for n in range(256))
 #: Bound of the address -> subnet memo.
 _SUBNET_MEMO_ENTRIES: Final = 4096
+#: Bound of the pre-encoded reply options cache (entries; cleared when full, D11).
+_REPLY_OPTIONS_CACHE_ENTRIES: Final = 1024
+#: Longest option 55 whose replies are cached (longer lists take the general path).
+_CACHED_REQUEST_LIST_OCTETS: Final = 64
 
 #: Counter names of :attr:`DhcpServerCore.counters` (a fixed set: bounded memory, D11).
 COUNTERS: Final = (
@@ -234,6 +240,8 @@ class DhcpServerCore:
             s.subnet.network: s for s in settings.subnets
         }
         self._boot_by_server: dict[int, BootDefaults] = {}
+        #: The last (server address object, defaults) of :meth:`_defaults_for`.
+        self._last_defaults: tuple[IPv4Address, BootDefaults] | None = None
         #: Encoded options of each configured subnet, by ``id()`` of its settings (hashing
         #: the settings or their IPv4Network costs more than encoding a few options).
         self._options_cache: dict[
@@ -241,12 +249,20 @@ class DhcpServerCore:
         ] = {id(s): (s, _encode_subnet_options(s)) for s in settings.subnets}
         self._subnet_memo: dict[int, SubnetSettings | None] = {}
         self._relays = frozenset(int(relay) for relay in settings.relays)
+        #: Pre-encoded reply options by (type, server id, lease time, id(subnet settings),
+        #: option 55, id(boot options)); see :meth:`_cached_reply_options`.
+        self._reply_options_cache: dict[
+            tuple[int, bytes, int | None, int, bytes | None, int],
+            tuple[SubnetSettings, DhcpOptions | None, DhcpOptions, int],
+        ] = {}
 
     # -- entry point -----------------------------------------------------------------
 
     def handle(self, message: DhcpMessage, interface: InterfaceInfo, now: Now) -> list[Outgoing]:
         """Process one decoded message that arrived on *interface* at *now*."""
-        message_type = message.message_type
+        items = message.options.items_view()  # read-only; ``items.get`` spares a call
+        raw_type = items.get(c.OPT_MESSAGE_TYPE)  # DhcpMessage.message_type, inlined
+        message_type = raw_type[0] if raw_type is not None and len(raw_type) == 1 else None
         if message.op != c.BOOTREQUEST or message_type is None or not message.chaddr:
             # BOOTP without option 53 is not served; an empty chaddr names nobody (D6).
             self.counters["ignored_message"] += 1
@@ -256,47 +272,46 @@ class DhcpServerCore:
             self.counters["ignored_message"] += 1
             return []
         giaddr = message.giaddr
-        if giaddr != _ZERO:
-            if int(giaddr) not in self._relays:
+        if giaddr is not _ZERO and giaddr != _ZERO:
+            relay = int(giaddr)
+            if relay not in self._relays:
                 self.counters["ignored_relay"] += 1
                 return []
-            anchor = giaddr
-        elif message.ciaddr != _ZERO and message_type in (
+            settings = self._settings_for(giaddr, relay)
+        elif message.ciaddr is not _ZERO and message.ciaddr != _ZERO and message_type in (
             c.DHCPREQUEST, c.DHCPINFORM, c.DHCPRELEASE
         ):
             # RFC 2131 §4.3.2 RENEWING: "the DHCP server will trust the value in 'ciaddr'".
-            anchor = message.ciaddr
+            settings = self._settings_for(message.ciaddr)
         else:
-            anchor = interface.address
-        settings = self._settings_for(anchor)
+            settings = self._settings_for(interface.address)
         if settings is None:
             self.counters["ignored_no_subnet"] += 1  # D12
             return []
-        options = message.options
-        raw_client_id = options.raw(c.OPT_CLIENT_ID)
         # D6: a zero-length client identifier is ignored; chaddr identifies the client.
-        client_id = raw_client_id or None
-        context = _Context(
-            message=message,
-            interface=interface,
-            now=now,
-            settings=settings,
-            server_id=interface.address,
-            client=client_key(
-                message.chaddr, client_id, match_client_id=self.settings.match_client_id
-            ),
-            client_id=client_id,
-            info=ClientInfo.from_message(message),
+        client_id = items.get(c.OPT_CLIENT_ID) or None
+        context = _Context(  # positional: the field order of _Context
+            message,
+            interface,
+            now,
+            settings,
+            interface.address,
+            client_key(message.chaddr, client_id, match_client_id=self.settings.match_client_id),
+            client_id,
+            ClientInfo.from_message(message),
         )
         return handler(self, context)
 
-    def _settings_for(self, address: IPv4Address) -> SubnetSettings | None:
-        """The subnet containing *address* (giaddr, ciaddr or the interface address).
+    def _settings_for(self, address: IPv4Address, key: int | None = None
+                      ) -> SubnetSettings | None:
+        """The subnet containing *address* (giaddr, ciaddr or the interface address);
+        *key* is ``int(address)`` when the caller has it.
 
         Memoised per address: the anchors are few (relays, interfaces) except ciaddr in
         renewals, and the memo is bounded (D11)."""
         memo = self._subnet_memo
-        key = int(address)  # an int hashes in C; an IPv4Address in Python
+        if key is None:
+            key = int(address)  # an int hashes in C; an IPv4Address in Python
         if key in memo:
             return memo[key]
         settings = next(
@@ -343,8 +358,10 @@ class DhcpServerCore:
                         ctx.interface.name, str(ctx.settings.subnet.network))
             return []
         self.counters["offers"] += 1
-        self._event("offered", lease, message.xid, message.chaddr, ctx.interface.name)
-        return _one(self._reply(ctx, c.DHCPOFFER, lease, boot))
+        if self.on_event is not None:  # the per-packet events: skip the call when unheard
+            self._event("offered", lease, message.xid, message.chaddr, ctx.interface.name)
+        reply = self._reply(ctx, c.DHCPOFFER, lease, boot)
+        return [] if reply is None else [reply]
 
     def _request(self, ctx: _Context) -> list[Outgoing]:
         message = ctx.message
@@ -358,7 +375,7 @@ class DhcpServerCore:
                 self._withdraw_offer(ctx)
                 self.counters["ignored_other_server"] += 1
                 return []
-            if requested is None or message.ciaddr != _ZERO:
+            if requested is None or (message.ciaddr is not _ZERO and message.ciaddr != _ZERO):
                 return self._nak(ctx, "SELECTING request without option 50")
             return self._grant(ctx, requested, known_required=False)
         if requested is not None and message.ciaddr == _ZERO:
@@ -379,7 +396,9 @@ class DhcpServerCore:
         """ACK *address* if the client may have it; NAK or stay silent otherwise."""
         message = ctx.message
         current = self.store.lookup(ctx.client, ctx.now)
-        known = current is not None and current.address == address
+        # ``is`` first: the offered and the requested address are usually the one shared
+        # object of the decoder's memo, and IPv4Address.__eq__ is a Python-level call.
+        known = current is not None and (current.address is address or current.address == address)
         if known_required and not known:
             if current is not None:
                 # We know this client under another address: its idea is wrong.
@@ -408,8 +427,10 @@ class DhcpServerCore:
         if lease is None:
             return self._nak(ctx, f"{address} is not available to this client")
         self.counters["acks"] += 1
-        self._event("bound", lease, message.xid, message.chaddr, ctx.interface.name)
-        return _one(self._reply(ctx, c.DHCPACK, lease, boot))
+        if self.on_event is not None:
+            self._event("bound", lease, message.xid, message.chaddr, ctx.interface.name)
+        reply = self._reply(ctx, c.DHCPACK, lease, boot)
+        return [] if reply is None else [reply]
 
     def _withdraw_offer(self, ctx: _Context) -> None:
         current = self.store.lookup(ctx.client, ctx.now)
@@ -464,7 +485,7 @@ class DhcpServerCore:
 
     # -- replies -----------------------------------------------------------------------
 
-    def _boot(self, ctx: _Context) -> _BootParts | _NoBoot | None:
+    def _boot(self, ctx: _Context) -> BootDecision | _NoBoot | None:
         """Boot options for a network-boot client; ``None`` = policy says ignore."""
         info = ctx.info
         if info.firmware is Firmware.OS:
@@ -482,15 +503,22 @@ class DhcpServerCore:
             self.chainloads.note(message.chaddr, message.xid, ctx.now)
         if not decision.boots:
             return _NO_BOOT
-        return _BootParts(decision.siaddr, decision.file, decision.options)
+        return decision
 
     def _defaults_for(self, server: IPv4Address) -> BootDefaults:
-        """The boot defaults with *server* as server address (cached per interface)."""
+        """The boot defaults with *server* as server address (cached per interface).
+
+        The last answer is kept by identity first: *server* is an interface's address, one
+        long-lived object, so most packets skip ``int()`` (a Python-level call)."""
+        last = self._last_defaults
+        if last is not None and last[0] is server:
+            return last[1]
         key = int(server)  # an int hashes in C; an IPv4Address in Python
         defaults = self._boot_by_server.get(key)
         if defaults is None:
             defaults = replace(self.boot, server_address=server)
             self._boot_by_server[key] = defaults
+        self._last_defaults = (server, defaults)
         return defaults
 
     def _reply(
@@ -498,65 +526,137 @@ class DhcpServerCore:
         ctx: _Context,
         reply_type: int,
         lease: Lease | None,
-        boot: _BootParts | _NoBoot,
+        boot: BootDecision | _NoBoot,
     ) -> Outgoing | None:
         message = ctx.message
         settings = ctx.settings
-        items: dict[int, bytes] = {
-            c.OPT_MESSAGE_TYPE: _ONE_OCTET[reply_type],
-            c.OPT_SERVER_ID: ctx.interface.packed_address,
-        }
+        request_items = message.options.items_view()
+        lease_time: int | None = None
         if lease is not None:
             lease_time = max(0, round(lease.expires - ctx.now)) if (
                 lease.state is LeaseState.BOUND
             ) else settings.lease_time
-            (items[c.OPT_LEASE_TIME], items[c.OPT_RENEWAL_TIME],
-             items[c.OPT_REBINDING_TIME]) = _lease_time_values(lease_time)
-        mask, optional = self._subnet_options(settings)
-        items[c.OPT_SUBNET_MASK] = mask
         # Option 55 as raw octets: ``code in wanted`` works on bytes, no set to build.
-        wanted = message.options.raw(c.OPT_PARAMETER_REQUEST_LIST)
+        wanted = request_items.get(c.OPT_PARAMETER_REQUEST_LIST)
+        host_name = None
         if lease is not None and lease.hostname and lease.hostname != ctx.info.hostname:
             # A reservation's host name (RFC 2132 §3.14), when the client did not send it.
-            optional = (*optional, (c.OPT_HOST_NAME, lease.hostname.encode()))
-        for code, value in optional:
-            if wanted is None or code in wanted:
-                items[code] = value
-        siaddr = _ZERO
-        file = b""
-        if isinstance(boot, _BootParts):
-            siaddr, file = boot.siaddr, boot.file
-            items.update(boot.options)
-        relay_info = message.options.raw(c.OPT_RELAY_AGENT_INFO)
-        if relay_info is not None and message.giaddr != _ZERO:
-            # RFC 3046 §2.2: echo the whole option, after every other option.
-            items.pop(c.OPT_RELAY_AGENT_INFO, None)
-            items[c.OPT_RELAY_AGENT_INFO] = relay_info
+            host_name = lease.hostname
+        relay_info = request_items.get(c.OPT_RELAY_AGENT_INFO)
+        giaddr = message.giaddr
+        if relay_info is not None and (giaddr is _ZERO or giaddr == _ZERO):
+            relay_info = None
+        decision = boot if isinstance(boot, BootDecision) else None
+        if host_name is None and relay_info is None and (
+            wanted is None or len(wanted) <= _CACHED_REQUEST_LIST_OCTETS
+        ):
+            # Every other input of the options is configuration: the set is encoded once.
+            reply_options, options_size = self._cached_reply_options(
+                reply_type, ctx.interface.packed_address, lease_time, settings, wanted,
+                decision,
+            )
+        else:
+            items = self._reply_items(
+                reply_type, ctx.interface.packed_address, lease_time, settings, wanted,
+                decision, host_name, relay_info,
+            )
+            reply_options = DhcpOptions._trusted(items)
+            options_size = _encoded_size(items)
         # Option 57 as the classification read it (a malformed one counts as absent there
         # too), so the options are not parsed again: reply_size_limit's rule.
         max_size = size_limit(ctx.info.max_message_size, ctx.interface.mtu)
         yiaddr = lease.address if lease is not None else _ZERO
         draft = build_reply(
             message,
-            DhcpOptions._trusted(items),
+            reply_options,
             yiaddr=yiaddr,
-            siaddr=siaddr,
+            siaddr=_ZERO if decision is None else decision.siaddr,
             # RFC 2131 Table 3: ciaddr is copied into ACKs to INFORM and renewals.
             ciaddr=message.ciaddr if reply_type == c.DHCPACK else _ZERO,
-            file=file,
+            file=b"" if decision is None else decision.file,
         )
-        reply = draft if _encoded_size(items) <= max_size - 241 else _fit(
+        reply = draft if options_size <= max_size - 241 else _fit(
             draft, max_size, None if wanted is None else frozenset(wanted)
         )
         if reply is None:
             self.counters["reply_too_large"] += 1
             return None
-        return Outgoing(
-            message=reply,
-            destination=reply_destination(message, reply_type, yiaddr=yiaddr),
-            max_size=max_size,
-            interface=ctx.interface.name,
+        return new_outgoing(
+            reply,
+            reply_destination(message, reply_type, yiaddr=yiaddr),
+            max_size,
+            c.DHCP_SERVER_PORT,
+            ctx.interface.name,
         )
+
+    def _reply_items(
+        self,
+        reply_type: int,
+        server_id: bytes,
+        lease_time: int | None,
+        settings: SubnetSettings,
+        wanted: bytes | None,
+        decision: BootDecision | None,
+        host_name: str | None = None,
+        relay_info: bytes | None = None,
+    ) -> dict[int, bytes]:
+        """The options of an OFFER or ACK, in wire order (53 first, 82 last).
+
+        *lease_time* None: no lease options (an ACK to INFORM).  *wanted*: the client's
+        option 55 (None: it sent none, so every configuration option goes out).
+        """
+        items: dict[int, bytes] = {
+            c.OPT_MESSAGE_TYPE: _ONE_OCTET[reply_type],
+            c.OPT_SERVER_ID: server_id,
+        }
+        if lease_time is not None:
+            (items[c.OPT_LEASE_TIME], items[c.OPT_RENEWAL_TIME],
+             items[c.OPT_REBINDING_TIME]) = _lease_time_values(lease_time)
+        mask, optional = self._subnet_options(settings)
+        items[c.OPT_SUBNET_MASK] = mask
+        if host_name is not None:
+            optional = (*optional, (c.OPT_HOST_NAME, host_name.encode()))
+        for code, value in optional:
+            if wanted is None or code in wanted:
+                items[code] = value
+        if decision is not None:
+            items.update(decision.options)
+        if relay_info is not None:
+            # RFC 3046 §2.2: echo the whole option, after every other option.
+            items.pop(c.OPT_RELAY_AGENT_INFO, None)
+            items[c.OPT_RELAY_AGENT_INFO] = relay_info
+        return items
+
+    def _cached_reply_options(
+        self,
+        reply_type: int,
+        server_id: bytes,
+        lease_time: int | None,
+        settings: SubnetSettings,
+        wanted: bytes | None,
+        decision: BootDecision | None,
+    ) -> tuple[DhcpOptions, int]:
+        """The reply options for inputs that are all configuration, with their encoded size.
+
+        Built by :meth:`_reply_items` and pre-encoded (:func:`pre_encoded_options`) once per
+        distinct key; the encoder then only writes the header.  Settings and boot options
+        are keyed by identity (they are long-lived, memoised values) and kept in the entry,
+        so an ``id`` cannot be reused while its entry lives.  Bounded (D11).
+        """
+        boot_options = None if decision is None else decision.options
+        key = (reply_type, server_id, lease_time, id(settings), wanted, id(boot_options))
+        cache = self._reply_options_cache
+        entry = cache.get(key)
+        if entry is not None and entry[0] is settings and entry[1] is boot_options:
+            return entry[2], entry[3]
+        items = self._reply_items(reply_type, server_id, lease_time, settings, wanted,
+                                  decision)
+        reply_options = pre_encoded_options(items)
+        size = _encoded_size(items)
+        if len(cache) >= _REPLY_OPTIONS_CACHE_ENTRIES:
+            cache.clear()
+        cache[key] = (settings, boot_options, reply_options, size)
+        return reply_options, size
 
     def _subnet_options(
         self, settings: SubnetSettings
@@ -601,13 +701,6 @@ class DhcpServerCore:
     ) -> None:
         if self.on_event is not None and kind in self.event_kinds:
             self.on_event(LeaseEvent(kind, lease, xid, mac, interface, detail))
-
-
-@dataclass(frozen=True, slots=True)
-class _BootParts:
-    siaddr: IPv4Address
-    file: bytes
-    options: DhcpOptions
 
 
 def _one(reply: Outgoing | None) -> list[Outgoing]:

@@ -32,7 +32,15 @@ from pxestack.wire.dhcp_options import DhcpOptions, ipv4_address, parse_option_a
 # sname(64), file(128), cookie(4)
 _HEADER: Final = struct.Struct("!BBBBIHHIIII16s64s128s4s")
 _HEADER_WITH_COOKIE_LENGTH: Final = _HEADER.size  # 240
-_ZERO: Final = IPv4Address(0)
+#: The decoder's view of the same header: sname and file are skipped (``192x``) and sliced
+#: only when they hold something, so most packets build two bytes objects fewer.
+_DECODE_HEADER: Final = struct.Struct("!BBBBIHHIIII16s192x4s")
+_SNAME_OFFSET: Final = 44
+_FILE_OFFSET: Final = _SNAME_OFFSET + c.SNAME_LENGTH  # 108
+if _DECODE_HEADER.size != _HEADER.size or _FILE_OFFSET + c.FILE_LENGTH != 236:
+    raise ImportError("the decoder's header layout disagrees with the encoder's")
+#: The unset address; one shared object (see ipv4_address), so the encoder can test identity.
+_ZERO: Final = ipv4_address(0)
 _OVERLOAD_CODE: Final = c.OPT_OVERLOAD
 
 
@@ -157,7 +165,7 @@ def decode_dhcp(data: bytes) -> DhcpMessage:
     if len(data) < _HEADER_WITH_COOKIE_LENGTH:
         raise Truncated(f"{len(data)} octets is shorter than a BOOTP header and cookie")
     (op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr_raw,
-     sname_raw, file_raw, cookie) = _HEADER.unpack_from(data)
+     cookie) = _DECODE_HEADER.unpack_from(data)
     if cookie != c.MAGIC_COOKIE:
         raise Invalid("no DHCP magic cookie (plain BOOTP is not served)")
     if op not in (c.BOOTREQUEST, c.BOOTREPLY):
@@ -166,11 +174,13 @@ def decode_dhcp(data: bytes) -> DhcpMessage:
         # ISC CVE-2010-2156 / CVE-2012-3571 class: never index past the 16-octet field.
         raise Invalid(f"hlen {hlen} exceeds the 16-octet chaddr field")
     items: dict[int, bytes] = {}
-    parse_option_area(data[_HEADER_WITH_COOKIE_LENGTH:], items, require_end=True)
-    overload_value = items.pop(_OVERLOAD_CODE, None)
+    parse_option_area(data, items, require_end=True, start=_HEADER_WITH_COOKIE_LENGTH)
+    # ``in`` first: option 52 is rare, and the test is cheaper than ``pop`` with a default.
+    overload_value = items.pop(_OVERLOAD_CODE) if _OVERLOAD_CODE in items else None
     # Nearly every client leaves sname and file empty: skip the search then.
-    sname = _c_string(sname_raw) if sname_raw[0] else b""
-    file = _c_string(file_raw) if file_raw[0] else b""
+    sname = _c_string(data[_SNAME_OFFSET:_FILE_OFFSET]) if data[_SNAME_OFFSET] else b""
+    file = (_c_string(data[_FILE_OFFSET:_FILE_OFFSET + c.FILE_LENGTH]) if data[_FILE_OFFSET]
+            else b"")
     if overload_value is not None:
         if len(overload_value) != 1 or overload_value[0] not in (1, 2, 3):
             raise Invalid(f"option 52 overload value {overload_value!r} is not 1, 2 or 3")
@@ -178,15 +188,16 @@ def decode_dhcp(data: bytes) -> DhcpMessage:
         # RFC 2132 §9.3 / RFC 3396 §5: file first, then sname; each parsed once, and an
         # option 52 found inside them is ignored rather than followed (bad-inputs D3).
         if overload & c.OVERLOAD_FILE:
-            parse_option_area(file_raw, items, require_end=False, where="file")
+            parse_option_area(data[_FILE_OFFSET:_FILE_OFFSET + c.FILE_LENGTH], items,
+                              require_end=False, where="file")
             items.pop(_OVERLOAD_CODE, None)
             file = b""
         if overload & c.OVERLOAD_SNAME:
-            parse_option_area(sname_raw, items, require_end=False, where="sname")
+            parse_option_area(data[_SNAME_OFFSET:_FILE_OFFSET], items, require_end=False,
+                              where="sname")
             items.pop(_OVERLOAD_CODE, None)
             sname = b""
-    message_type = items.get(c.OPT_MESSAGE_TYPE)
-    if message_type is not None and len(message_type) != 1:
+    if _MESSAGE_TYPE_CODE in items and len(items[_MESSAGE_TYPE_CODE]) != 1:
         raise Invalid("option 53 must be one octet")
     return _new_message(
         op,
@@ -208,6 +219,8 @@ def decode_dhcp(data: bytes) -> DhcpMessage:
 
 
 _MANAGED_CODES: Final = (c.OPT_PAD, c.OPT_END, c.OPT_OVERLOAD)
+#: Octets after the header and cookie of a packet of the 300-octet BOOTP minimum.
+_MIN_OPTIONS_TAIL: Final = c.BOOTP_MIN_LENGTH - _HEADER_WITH_COOKIE_LENGTH
 _MESSAGE_TYPE_CODE: Final = c.OPT_MESSAGE_TYPE
 
 
@@ -242,6 +255,47 @@ def _simple_area(items: Mapping[int, bytes]) -> bytearray | None:
         out.append(size)
         out += value
     return out
+
+
+class PreEncodedOptions(DhcpOptions):
+    """:class:`DhcpOptions` whose options area is encoded once, for values shared by many
+    replies (a server's cached option sets, see :func:`pre_encoded_options`).
+
+    It is an ordinary, immutable :class:`DhcpOptions` (equal to one with the same items);
+    :func:`encode_dhcp` only copies :attr:`tail` behind the header instead of writing the
+    area again, which gives the same octets (tested).
+    """
+
+    __slots__ = ("area_size", "tail")
+
+    #: Octets of the options area without END (what has to fit the reply's capacity).
+    area_size: int
+    #: The options area, END and the padding to the 300-octet BOOTP minimum.
+    tail: bytes
+
+
+def pre_encoded_options(items: Mapping[int, bytes]) -> DhcpOptions:
+    """``DhcpOptions(items)``, with its options area encoded once when it has the one-pass
+    form (every value fits one TLV): a :class:`PreEncodedOptions`.
+
+    Anything :func:`encode_dhcp` would refuse or has to split (PAD, END or option 52 as a
+    key, a value over 255 octets) stays a plain :class:`DhcpOptions` and takes the general
+    path, with the same errors.
+    """
+    options = DhcpOptions(items)
+    plain = options.items_view()
+    if any(code in plain for code in _MANAGED_CODES):
+        return options
+    area = _simple_area(plain)
+    if area is None:
+        return options
+    pre: PreEncodedOptions = PreEncodedOptions._trusted(dict(plain))  # type: ignore[assignment]
+    pre.area_size = len(area)
+    area.append(c.OPT_END)
+    if len(area) < _MIN_OPTIONS_TAIL:
+        area += bytes(_MIN_OPTIONS_TAIL - len(area))
+    pre.tail = bytes(area)
+    return pre
 
 
 def _option_chunks(options: Mapping[int, bytes]) -> list[bytes]:
@@ -347,18 +401,39 @@ def encode_dhcp(message: DhcpMessage, *, max_size: int = 548, allow_overload: bo
     chaddr = message.chaddr
     if len(chaddr) != message.hlen or message.hlen > c.CHADDR_LENGTH:
         raise ApiMisuse(f"chaddr has {len(chaddr)} octets, hlen says {message.hlen}")
-    if len(message.sname) > c.SNAME_LENGTH or len(message.file) > c.FILE_LENGTH:
-        raise ApiMisuse("sname is at most 64 and file at most 128 octets")
-    items = message.options.items_view()
-    _check_codes(items)
-    main_capacity = max_size - _HEADER_WITH_COOKIE_LENGTH - 1  # minus END
     sname_field = message.sname
     file_field = message.file
+    if len(sname_field) > c.SNAME_LENGTH or len(file_field) > c.FILE_LENGTH:
+        raise ApiMisuse("sname is at most 64 and file at most 128 octets")
+    options = message.options
+    main_capacity = max_size - _HEADER_WITH_COOKIE_LENGTH - 1  # minus END
+    if type(options) is PreEncodedOptions and options.area_size <= main_capacity:
+        # The server's cached option sets: the area, END and padding are already written.
+        return _pack_header(message, chaddr, sname_field, file_field) + options.tail
+    items = options.items_view()
+    _check_codes(items)
     main: bytes | bytearray | None = _simple_area(items)
     if main is None or len(main) > main_capacity:
         main, sname_field, file_field = _split_layout(
             message, items, max_size, main_capacity, allow_overload
         )
+    packet = _pack_header(message, chaddr, sname_field, file_field) + main + b"\xff"
+    if len(packet) < c.BOOTP_MIN_LENGTH:
+        packet += bytes(c.BOOTP_MIN_LENGTH - len(packet))
+    return packet
+
+
+def _pack_header(message: DhcpMessage, chaddr: bytes, sname_field: bytes,
+                 file_field: bytes) -> bytes:
+    """The fixed header and magic cookie of *message*; ApiMisuse if a field is out of range.
+
+    The unset address (``_ZERO``, what the decoder and the servers use) is written without
+    ``int()``, a Python-level call on ``IPv4Address``.
+    """
+    ciaddr = message.ciaddr
+    yiaddr = message.yiaddr
+    siaddr = message.siaddr
+    giaddr = message.giaddr
     try:
         header = _HEADER.pack(
             message.op,
@@ -368,10 +443,10 @@ def encode_dhcp(message: DhcpMessage, *, max_size: int = 548, allow_overload: bo
             message.xid,
             message.secs,
             message.flags,
-            int(message.ciaddr),
-            int(message.yiaddr),
-            int(message.siaddr),
-            int(message.giaddr),
+            0 if ciaddr is _ZERO else int(ciaddr),
+            0 if yiaddr is _ZERO else int(yiaddr),
+            0 if siaddr is _ZERO else int(siaddr),
+            0 if giaddr is _ZERO else int(giaddr),
             chaddr,
             sname_field,
             file_field,
@@ -379,10 +454,7 @@ def encode_dhcp(message: DhcpMessage, *, max_size: int = 548, allow_overload: bo
         )
     except struct.error as exc:
         raise ApiMisuse(f"header field out of range: {exc}") from exc
-    packet = header + main + b"\xff"
-    if len(packet) < c.BOOTP_MIN_LENGTH:
-        packet += bytes(c.BOOTP_MIN_LENGTH - len(packet))
-    return packet
+    return header
 
 
 def build_reply(
@@ -422,10 +494,12 @@ def build_reply(
 
 __all__ = [
     "DhcpMessage",
+    "PreEncodedOptions",
     "build_reply",
     "decode_dhcp",
     "encode_dhcp",
     "format_mac",
     "max_message_size",
     "parse_mac",
+    "pre_encoded_options",
 ]

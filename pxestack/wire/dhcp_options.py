@@ -249,22 +249,27 @@ def encode_option_value(code: int, value: OptionValue) -> bytes:
 
 
 def parse_option_area(data: bytes, into: dict[int, bytes], *, require_end: bool,
-                      where: str = "options") -> None:
+                      where: str = "options", start: int = 0) -> None:
     """Parse one option area (RFC 2132 §2) and append every value to ``into``.
+
+    The area is ``data[start:]`` (the decoder passes the whole packet and the offset
+    after the magic cookie rather than copying the area out first).
 
     Repeated codes are concatenated (RFC 3396 §5), also across calls, which is how the caller
     merges the options, ``file`` and ``sname`` areas in that order.  ``require_end`` makes a
     missing END option an error (the main area, bad-inputs D2); the fixed-size ``file`` and
     ``sname`` areas may simply end.
     """
-    index = 0
+    # Runs for every received packet: constants are literals (PAD 0, END 255) and the
+    # repeat test is ``in`` (an opcode) rather than ``dict.get`` (a method call).
+    index = start
     size = len(data)
     while index < size:
         code = data[index]
-        if code == c.OPT_PAD:
+        if code == 0:  # PAD
             index += 1
             continue
-        if code == c.OPT_END:
+        if code == 255:  # END
             return
         if index + 1 >= size:
             raise Truncated(f"{where}: option {code} has no length octet")
@@ -273,13 +278,13 @@ def parse_option_area(data: bytes, into: dict[int, bytes], *, require_end: bool,
         index = start + length
         if index > size:
             raise Truncated(f"{where}: option {code} announces {length} octets past the end")
-        value = data[start:index]
-        previous = into.get(code)
-        if previous is not None:
+        if code in into:
+            previous = into[code]
             if len(previous) + length > MAX_OPTION_LENGTH:
                 raise Invalid(f"option {code} concatenates to more than {MAX_OPTION_LENGTH} octets")
-            value = previous + value
-        into[code] = value
+            into[code] = previous + data[start:index]
+        else:
+            into[code] = data[start:index]
     if require_end:
         raise Truncated(f"{where}: no END option")
 
@@ -498,8 +503,11 @@ class DhcpOptions(Mapping[int, bytes]):
         value = self._items.get(code)
         if value is None:
             return None
-        _check_length(code, value, 4)
-        return ipv4_address(int.from_bytes(value, "big"))
+        if len(value) != 4:  # _check_length, inlined: options 50 and 54 of every REQUEST
+            _check_length(code, value, 4)
+        number = int.from_bytes(value, "big")
+        address = _ADDRESS_MEMO.get(number)  # ipv4_address's memo, looked up inline
+        return address if address is not None else ipv4_address(number)
 
     def ips(self, code: int) -> tuple[IPv4Address, ...] | None:
         """A non-empty list of IPv4 addresses (RFC 2132: length is a multiple of 4, >= 4)."""
