@@ -265,6 +265,8 @@ class Metrics:
             lambda phase, seconds: self.boot_phase_duration.labels(phase).observe(seconds))
         self._pull = _PullCollector()
         reg.register(self._pull)
+        #: (name prefix, ``per_asset`` reader) of every watched asset resource.
+        self._asset_sources: list[tuple[str, Callable[[], Mapping[str, Any]]]] = []
         if process_metrics:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
@@ -549,6 +551,48 @@ class Metrics:
 
         self._pull.sources.append(families)
 
+    def watch_assets(self, source: Callable[[], Mapping[str, Any]], *, prefix: str = "") -> None:
+        """Export per-asset counters read at scrape time (``AssetStats.per_asset``).
+
+        ``pxestack_http_asset_file_requests_total{asset}`` and
+        ``pxestack_http_asset_file_bytes_total{asset}``: one series per file that a request
+        resolved to, so the label set is bounded by the files under the served roots, never
+        by what clients ask for (``AssetStats`` keeps entries only for real files).  Several
+        asset resources (the site's assets, the provisioning images) share the two families;
+        *prefix* keeps their names apart (e.g. ``"images/"``).
+        """
+        self._asset_sources.append((prefix, source))
+        if len(self._asset_sources) == 1:
+            self._pull.sources.append(self._asset_families)
+
+    def _asset_families(self) -> Iterator[Metric]:
+        """The per-asset families over every watched asset resource."""
+        totals: dict[str, tuple[int, int]] = {}
+        for prefix, source in self._asset_sources:
+            for asset, counters in source().items():
+                requests, sent = totals.get(prefix + asset, (0, 0))
+                totals[prefix + asset] = (requests + counters.requests, sent + counters.bytes_sent)
+        requests_family = CounterMetricFamily(
+            "pxestack_http_asset_file_requests",
+            "GET/HEAD requests that resolved to this asset file", labels=["asset"])
+        bytes_family = CounterMetricFamily(
+            "pxestack_http_asset_file_bytes",
+            "Body bytes of this asset file handed to the kernel", labels=["asset"])
+        for asset, (requests, sent) in sorted(totals.items()):
+            requests_family.add_metric([asset], requests)
+            bytes_family.add_metric([asset], sent)
+        yield requests_family
+        yield bytes_family
+
+    def watch_asset_stats(self, stats: Any, *, prefix: str = "") -> None:
+        """Count an asset resource's transfers and per-file counters (an ``AssetStats``
+        that no site's :func:`instrument_site` covers, e.g. the provisioning images)."""
+        observers = getattr(stats, "observers", None)
+        if isinstance(observers, list):
+            observers.append(self.http_transfer)
+        if isinstance(getattr(stats, "per_asset", None), dict):
+            self.watch_assets(lambda: stats.per_asset, prefix=prefix)
+
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition body and its content type, negotiated from an ``Accept`` header."""
         encoder, content_type = choose_encoder(accept or "")
@@ -689,9 +733,7 @@ def instrument_site(site: Any, metrics: Metrics) -> None:
             log.failure("counting an HTTP request failed")
 
     site.log = log_and_count
-    observers = getattr(getattr(site, "stats", None), "observers", None)
-    if isinstance(observers, list):
-        observers.append(metrics.http_transfer)
+    metrics.watch_asset_stats(getattr(site, "stats", None))
 
 
 __all__ = [

@@ -22,7 +22,7 @@ from pxestack.config import load_config
 from pxestack.dhcp.leases import AddressRange, InMemoryLeaseStore, Subnet
 from pxestack.dhcp.server import LeaseEvent
 from pxestack.http.site import build_site
-from pxestack.http.stats import TransferRecord
+from pxestack.http.stats import AssetStats, TransferRecord
 from pxestack.metrics import (
     BOOT_PHASES,
     BootPhaseTracker,
@@ -256,6 +256,11 @@ def test_site_requests_are_counted_and_the_endpoint_parses(tmp_path):
     assert value(samples, "pxestack_http_response_bytes_total", endpoint="assets") == 5000
     assert value(samples, "pxestack_http_asset_bytes_total", method="sendfile") + value(
         samples, "pxestack_http_asset_bytes_total", method="copy") == 10000
+    # Per asset file (the two URLs name one file): a series per real file, none for /missing.
+    per_file = {labels: v for (name, labels), v in samples.items()
+                if name == "pxestack_http_asset_file_bytes_total"}
+    assert per_file == {(("asset", "ipxe.efi"),): 10000}
+    assert value(samples, "pxestack_http_asset_file_requests_total", asset="ipxe.efi") == 2
     assert any(name.startswith("process_") for name, _ in samples)
     assert om.headers.getRawHeaders("content-type")[0].startswith("application/openmetrics-text")
     assert om_body.rstrip().endswith(b"# EOF")
@@ -537,3 +542,25 @@ def test_attach_tftp_server_composes_with_its_callback(metrics, tmp_path):
     assert value(s, "pxestack_tftp_server_events_total", event="requests") == 1
     assert value(s, "pxestack_tftp_server_events_total", event="completed") == 1
     assert value(s, "pxestack_tftp_active_transfers") == 2
+
+
+def test_asset_files_of_several_resources_share_two_families(metrics):
+    """The site's assets and the provisioning images: one family each, names kept apart."""
+    site_stats, image_stats = AssetStats(), AssetStats()
+    site_stats.counters_for("ipxe.efi").requests = 3
+    site_stats.counters_for("ipxe.efi").bytes_sent = 3000
+    image_stats.counters_for("3975.2.0/vmlinuz").requests = 1
+    image_stats.counters_for("3975.2.0/vmlinuz").bytes_sent = 50_000_000
+    metrics.watch_asset_stats(site_stats)
+    metrics.watch_asset_stats(image_stats, prefix="images/")
+    s = scrape(metrics)
+    assert value(s, "pxestack_http_asset_file_requests_total", asset="ipxe.efi") == 3
+    assert value(s, "pxestack_http_asset_file_bytes_total", asset="ipxe.efi") == 3000
+    assert value(s, "pxestack_http_asset_file_bytes_total",
+                 asset="images/3975.2.0/vmlinuz") == 50_000_000
+    # A transfer of either resource reaches the by-method counters through its observers.
+    assert metrics.http_transfer in image_stats.observers
+    # Counters are read at scrape time: a later transfer shows in the next scrape.
+    image_stats.counters_for("3975.2.0/vmlinuz").bytes_sent += 1
+    assert value(scrape(metrics), "pxestack_http_asset_file_bytes_total",
+                 asset="images/3975.2.0/vmlinuz") == 50_000_001

@@ -73,7 +73,7 @@ from pxestack.dhcp.decide import (
     size_limit,
 )
 from pxestack.dhcp.leases import Lease, LeaseState, LeaseStore, Subnet, client_key
-from pxestack.dhcp.policy import BootPolicy, Machine
+from pxestack.dhcp.policy import BootPolicy, BootSpec, Machine
 from pxestack.errors import ApiMisuse
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp, pre_encoded_options
@@ -86,6 +86,10 @@ _ONE_OCTET: Final = tuple(bytes((n,)) for n in range(256))
 _SUBNET_MEMO_ENTRIES: Final = 4096
 #: Bound of the pre-encoded reply options cache (entries; cleared when full, D11).
 _REPLY_OPTIONS_CACHE_ENTRIES: Final = 1024
+#: Bound of the boot decision memo (entries; cleared when full, D11).
+_DECISION_MEMO_ENTRIES: Final = 1024
+#: Largest peer-supplied part of a decision memo key (user classes, iPXE version; octets).
+_DECISION_MEMO_KEY_OCTETS: Final = 512
 #: Longest option 55 whose replies are cached (longer lists take the general path).
 _CACHED_REQUEST_LIST_OCTETS: Final = 64
 
@@ -249,6 +253,9 @@ class DhcpServerCore:
         ] = {id(s): (s, _encode_subnet_options(s)) for s in settings.subnets}
         self._subnet_memo: dict[int, SubnetSettings | None] = {}
         self._relays = frozenset(int(relay) for relay in settings.relays)
+        #: Boot decisions by (server, model facts, policy answer, recently chainloaded);
+        #: see :meth:`_decide`.
+        self._decision_memo: dict[tuple[object, ...], tuple[IPv4Address, BootDecision]] = {}
         #: Pre-encoded reply options by (type, server id, lease time, id(subnet settings),
         #: option 55, id(boot options)); see :meth:`_cached_reply_options`.
         self._reply_options_cache: dict[
@@ -486,16 +493,23 @@ class DhcpServerCore:
     # -- replies -----------------------------------------------------------------------
 
     def _boot(self, ctx: _Context) -> BootDecision | _NoBoot | None:
-        """Boot options for a network-boot client; ``None`` = policy says ignore."""
+        """Boot options for a network-boot client; ``None`` = policy says ignore.
+
+        The policy is asked on every packet (a policy change acts on the next one); what
+        :func:`decide_boot` makes of its answer is memoised (:meth:`_decide`)."""
         info = ctx.info
-        if info.firmware is Firmware.OS:
+        firmware = info.firmware
+        if firmware is Firmware.OS:
             return _NO_BOOT
         message = ctx.message
         spec = self.policy.boot_spec(Machine.from_client(info, interface=ctx.interface.name))
-        recently = info.is_ipxe and self.chainloads.recent(message.chaddr, message.xid, ctx.now)
-        decision = decide_boot(
-            info, spec, self._defaults_for(ctx.server_id), recently_chainloaded=recently
+        recently = firmware is Firmware.IPXE and self.chainloads.recent(
+            message.chaddr, message.xid, ctx.now
         )
+        if spec is None:  # decide_boot's first rule: the policy ignores this machine
+            self.counters["ignored_by_policy"] += 1
+            return None
+        decision = self._decide(info, spec, ctx.server_id, recently)
         if decision.kind is BootKind.IGNORE:
             self.counters["ignored_by_policy"] += 1
             return None
@@ -503,6 +517,49 @@ class DhcpServerCore:
             self.chainloads.note(message.chaddr, message.xid, ctx.now)
         if not decision.boots:
             return _NO_BOOT
+        return decision
+
+    def _decide(self, info: ClientInfo, spec: BootSpec, server: IPv4Address,
+                recently: bool) -> BootDecision:
+        """``decide_boot(info, spec, self._defaults_for(server), recently_chainloaded=...)``,
+        memoised by everything it reads.
+
+        :func:`decide_boot` is a pure function of the client's firmware, architecture, user
+        classes and iPXE features/version (the same for every machine of a model), the
+        policy's answer, the boot defaults of *server* and *recently*.  The answer is keyed
+        by the policy answer's *value* (a policy may build a new spec per packet), the
+        client's model facts and the identity of *server* (an interface's address, one
+        long-lived object, kept in the entry so its ``id`` is not reused while the entry
+        lives).  Bounded in entries (cleared when full) and in the peer-supplied size of a
+        key (D11).
+        """
+        next_server = spec.next_server
+        key = (
+            id(server),
+            id(info.firmware),  # enum members live forever; their hash runs Python code
+            id(info.arch),
+            info.user_classes,
+            info.ipxe_features,
+            info.ipxe_version,
+            spec.ipxe_script_url,
+            spec.boot_file,
+            None if next_server is None else next_server.packed,
+            spec.local_boot,
+            recently,
+        )
+        memo = self._decision_memo
+        entry = memo.get(key)
+        if entry is not None and entry[0] is server:
+            return entry[1]
+        decision = decide_boot(info, spec, self._defaults_for(server),
+                               recently_chainloaded=recently)
+        version = info.ipxe_version
+        if sum(map(len, info.user_classes)) + (0 if version is None else len(version)) <= (
+            _DECISION_MEMO_KEY_OCTETS
+        ):  # peer-sized parts of the key: a flood of large distinct ones is not kept (D11)
+            if len(memo) >= _DECISION_MEMO_ENTRIES:
+                memo.clear()
+            memo[key] = (server, decision)
         return decision
 
     def _defaults_for(self, server: IPv4Address) -> BootDefaults:

@@ -174,6 +174,8 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         from pxestack.http.assets import AssetResource
 
         images = AssetResource(Path(prov.images_dir), reactor=reactor)
+        # The images have their own AssetStats (the site's cover only the asset root).
+        metrics.watch_asset_stats(images.stats, prefix="images/")
     api = ProvisioningApi(
         provisioner,
         admin_token=admin_token,
