@@ -22,12 +22,17 @@ class Options(usage.Options):
     ]
 
     config_value: Config | None = None
+    service_value: Any = None
 
     def postOptions(self) -> None:
-        """Load and validate the configuration; report every problem as a usage error."""
+        """Load and validate the configuration and build the service tree (no port is
+        opened yet); report every problem as a usage error."""
+        from pxestack.app import build_root_service
+
         try:
             path = self["config"]
             self.config_value = load_config_file(path) if path else load_quickstart()
+            self.service_value = build_root_service(self.config_value)
         except ConfigError as exc:
             raise usage.UsageError(
                 "configuration problems:\n" + "\n".join(f"  {p}" for p in exc.problems)
@@ -35,7 +40,10 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:
-    """Build the same service tree as ``pxestack serve``."""
+    """Build the same service tree as ``pxestack serve`` (built while the options were
+    checked, so that problems found while building are reported as usage errors)."""
+    if options.service_value is not None:
+        return options.service_value
     from pxestack.app import build_root_service
 
     assert options.config_value is not None

@@ -53,4 +53,10 @@ def serve(args: argparse.Namespace) -> int:
     from pxestack.app import build_root_service
     from pxestack.cli._run import run_service
 
-    return run_service(build_root_service(config), config)
+    try:
+        root = build_root_service(config)
+    except ConfigError as exc:
+        # Problems found while building (a token file that cannot be read, ...).
+        print_problems(args.config or "<embedded quickstart>", exc.problems)
+        return EXIT_USAGE
+    return run_service(root, config)

@@ -28,6 +28,10 @@ class HttpConfig:
     cache_max_age: int = 0
     #: Use ``os.sendfile`` for asset bodies where possible (false forces plain reads).
     sendfile: bool = True
+    #: Bearer token that ``GET /metrics`` requires (empty: the page is open).
+    metrics_token: str = ""
+    #: A file holding that token (read at start-up; the alternative to ``metrics_token``).
+    metrics_token_file: Path | None = None
 
 
 def read_http(section: Section) -> HttpConfig:
@@ -35,6 +39,11 @@ def read_http(section: Section) -> HttpConfig:
     public_url = section.str("public_url", None)
     if public_url is not None and not public_url.startswith(("http://", "https://")):
         section.problem("public_url", f"{public_url!r} is not an http:// or https:// URL")
+    metrics_token = section.str("metrics_token", "")
+    metrics_token_file = section.path("metrics_token_file", None)
+    if metrics_token and metrics_token_file is not None:
+        section.problem("metrics_token_file", "give either metrics_token or metrics_token_file, "
+                        "not both")
     config = HttpConfig(
         enabled=section.bool("enabled", True),
         listen=section.listen("listen", ("0.0.0.0", 8080)),
@@ -47,6 +56,8 @@ def read_http(section: Section) -> HttpConfig:
         max_header_bytes=section.int("max_header_bytes", 16384, minimum=1024, maximum=1048576),
         cache_max_age=section.int("cache_max_age", 0, minimum=0),
         sendfile=section.bool("sendfile", True),
+        metrics_token=metrics_token,
+        metrics_token_file=metrics_token_file,
     )
     section.finish()
     return config

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application import service
 
 from pxestack.config import Config
+from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.metrics import Metrics, MetricsResource
 
 
@@ -47,6 +48,22 @@ class PxeStackService(service.MultiService):
         self.setName("pxestack")
 
 
+def metrics_token(config: Config) -> str | None:
+    """The bearer token ``/metrics`` requires (``http.metrics_token[_file]``), or None."""
+    http = config.http
+    if http is None:
+        return None
+    token = http.metrics_token
+    if http.metrics_token_file is not None:
+        try:
+            token = http.metrics_token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([ConfigProblem("http.metrics_token_file", str(exc))]) from None
+        if not token:
+            raise ConfigError([ConfigProblem("http.metrics_token_file", "the file is empty")])
+    return token or None
+
+
 def build_service(
     config: Config,
     extensions: Extensions | None = None,
@@ -57,7 +74,9 @@ def build_service(
     ext = extensions or Extensions()
     if ext.metrics is None:
         ext.metrics = Metrics()
-    ext.http_children.setdefault(b"metrics", MetricsResource(ext.metrics))
+    ext.http_children.setdefault(
+        b"metrics", MetricsResource(ext.metrics, token=metrics_token(config))
+    )
     root = PxeStackService(config)
     root.metrics = ext.metrics
     for extra in ext.services:
