@@ -11,13 +11,12 @@ import errno
 import os
 import random
 import resource
-import select
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tftp_loopback import LOOPBACK, WAIT, FdReactor, SocketTransport
+from tftp_loopback import LOOPBACK, WAIT, FdReactor, SocketTransport, pump
 
 from pxestack.service import tftp as tftp_service_module
 from pxestack.service.tftp import TftpService
@@ -80,10 +79,7 @@ class Lab:
 
     def pump(self) -> None:
         """Wait (bounded) until the multiplexer is readable, then let it run."""
-        [reader] = self.reactor.readers
-        readable, _, _ = select.select([reader.fileno()], [], [], WAIT)
-        assert readable, "no datagram arrived"
-        reader.doRead()
+        pump(self.reactor)
 
     def port(self) -> _TransferPort:
         [transfer] = self.server.transfers.values()

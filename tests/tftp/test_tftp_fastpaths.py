@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tftp_loopback import LOOPBACK, WAIT, FdReactor, SocketTransport
+from tftp_loopback import LOOPBACK, WAIT, FdReactor, SocketTransport, pump
 
 from pxestack.tftp.protocol import TftpServer, open_transfer_socket
 from pxestack.tftp.source import FilesystemSource
@@ -91,10 +91,7 @@ class Lab:
 
     def pump(self) -> None:
         """Wait (bounded) until a watched socket is readable, then let the reader run."""
-        [reader] = self.reactor.readers
-        readable, _, _ = select.select([reader.fileno()], [], [], WAIT)
-        assert readable, "no datagram arrived"
-        reader.doRead()
+        pump(self.reactor)
 
     def close(self) -> None:
         for sock in self.clients:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
+from tftp_loopback import FdReactor as FakeReactor
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -38,20 +38,6 @@ from pxestack.wire.tftp import (
 
 CLIENT = ("198.18.0.2", 40000)
 OTHER = ("198.18.0.3", 40001)
-
-
-class FakeReactor(Clock):
-    """task.Clock plus the IReactorFDSet calls the transfer ports use."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.readers: list[Any] = []
-
-    def addReader(self, reader: Any) -> None:
-        self.readers.append(reader)
-
-    def removeReader(self, reader: Any) -> None:
-        self.readers.remove(reader)
 
 
 class FakeSocket:

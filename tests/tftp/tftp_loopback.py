@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import Any
 
@@ -42,3 +43,11 @@ class SocketTransport:
     def getHost(self) -> Any:
         host, port = self.sock.getsockname()
         return type("Host", (), {"host": host, "port": port})()
+
+
+def pump(reactor: FdReactor) -> None:
+    """Wait (bounded by :data:`WAIT`) until the one watched reader is readable, then run it."""
+    [reader] = reactor.readers
+    readable, _, _ = select.select([reader.fileno()], [], [], WAIT)
+    assert readable, "no datagram arrived"
+    reader.doRead()
