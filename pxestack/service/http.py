@@ -19,6 +19,7 @@ from pxestack.config.http import HttpConfig
 from pxestack.errors import ApiMisuse
 from pxestack.http.site import AssetSite, SiteLimits, build_site
 from pxestack.http.stats import AssetStats
+from pxestack.service.limits import DESCRIPTOR_RESERVE, raise_open_file_limit
 
 log = Logger()
 
@@ -28,37 +29,24 @@ LISTEN_BACKLOG = 511
 
 #: Descriptors each open connection may hold while it sends a file: the socket and the file.
 DESCRIPTORS_PER_CONNECTION = 2
-#: Descriptors kept aside for listening sockets, logs, the other protocol servers and the
-#: directory walk of ``open_under_root``.
-DESCRIPTOR_RESERVE = 256
-
-
 def ensure_descriptor_budget(max_connections: int) -> int:
     """Raise the soft ``RLIMIT_NOFILE`` so *max_connections* transfers fit; returns the limit.
 
-    systemd and most shells start services with a soft limit of 1024, which a boot storm
-    with the default ``max_connections`` (1024, each holding a socket and a file) would hit:
-    the kernel would then refuse ``accept`` and ``open`` with EMFILE.  Like nginx's
-    ``worker_rlimit_nofile``, the soft limit is raised toward the hard limit; if even that
-    is too low, a warning names the problem and the service runs with what it has.
+    A boot storm with the default ``max_connections`` (1024, each holding a socket and a
+    file) would pass the usual soft limit of 1024, and the kernel would then refuse
+    ``accept`` and ``open`` with EMFILE (:func:`~pxestack.service.limits.raise_open_file_limit`).
+    If even the hard limit is too low, a warning names the problem and the service runs
+    with what it has.
     """
     needed = max_connections * DESCRIPTORS_PER_CONNECTION + DESCRIPTOR_RESERVE
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warn("cannot raise the open-file limit to {target}: {error}",
-                     target=target, error=str(exc))
+    soft = raise_open_file_limit(needed)
     if soft != resource.RLIM_INFINITY and soft < needed:
         log.warn(
             "open-file limit {limit} is below the {needed} that http.max_connections "
             "{connections} needs; expect refused connections under load",
             limit=soft, needed=needed, connections=max_connections,
         )
-    return int(soft)
+    return soft
 
 
 def _default_reactor() -> Any:

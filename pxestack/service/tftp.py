@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from pxestack.config import Config
 from pxestack.config.tftp import TftpConfig
 from pxestack.errors import ApiMisuse
+from pxestack.service.limits import DESCRIPTOR_RESERVE, raise_open_file_limit
 from pxestack.service.ports import UdpPortService
 from pxestack.tftp.negotiate import NegotiationLimits
 from pxestack.tftp.protocol import DESCRIPTORS_PER_CONNECTED_TRANSFER, TftpServer
@@ -26,32 +27,18 @@ from pxestack.tftp.source import FileSource, FilesystemSource, UploadDirectory
 
 log = Logger()
 
-#: Descriptors kept aside for the listening sockets, logs, the other protocol servers in
-#: the same process and the directory walk of ``open_under_root``.
-DESCRIPTOR_RESERVE = 256
-
-
 def ensure_transfer_descriptors(max_transfers: int) -> bool:
     """Raise the soft ``RLIMIT_NOFILE`` so *max_transfers* connected transfers fit.
 
     A connected transfer holds :data:`~pxestack.tftp.protocol.DESCRIPTORS_PER_CONNECTED_TRANSFER`
     descriptors (its socket, the foreign-TID sibling, the file); 512 transfers pass the
-    soft limit of 1024 that systemd and most shells start services with.  The soft limit
-    is raised toward the hard one (as ``ensure_descriptor_budget`` does for HTTP).
-    ``False`` when it cannot reach the need: the caller then serves from unconnected
-    sockets (one descriptor less per transfer).
+    usual soft limit of 1024 (:func:`~pxestack.service.limits.raise_open_file_limit`).
+    ``False`` when the hard limit cannot hold them: the caller then serves from
+    unconnected sockets (one descriptor less per transfer).
     """
     needed = max_transfers * DESCRIPTORS_PER_CONNECTED_TRANSFER + DESCRIPTOR_RESERVE
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return True
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        return False
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    except (ValueError, OSError):
-        return False
-    return True
+    soft = raise_open_file_limit(needed, partial=False)
+    return soft == resource.RLIM_INFINITY or soft >= needed
 
 
 class TftpService(UdpPortService):
