@@ -585,8 +585,9 @@ class Metrics:
         yield bytes_family
 
     def watch_asset_stats(self, stats: Any, *, prefix: str = "") -> None:
-        """Count an asset resource's transfers and per-file counters (an ``AssetStats``
-        that no site's :func:`instrument_site` covers, e.g. the provisioning images)."""
+        """Count an asset resource's transfers and per-file counters (its ``AssetStats``):
+        :func:`instrument_site` does it for a site's stats, the provisioning layer for the
+        images resource, which keeps stats of its own."""
         observers = getattr(stats, "observers", None)
         if isinstance(observers, list):
             observers.append(self.http_transfer)

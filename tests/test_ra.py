@@ -9,7 +9,7 @@ from ipaddress import IPv6Address
 from typing import Any
 
 import pytest
-from twisted.internet.task import Clock
+from fake_reactor import FdReactor
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -73,25 +73,11 @@ class FakeSocket:
         self.closed = True
 
 
-class FakeReactor(Clock):
-    """task.Clock plus the reader registry of IReactorFDSet."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.readers: list[Any] = []
-
-    def addReader(self, reader: Any) -> None:
-        self.readers.append(reader)
-
-    def removeReader(self, reader: Any) -> None:
-        self.readers.remove(reader)
-
-
 class ResponderTests(SynchronousTestCase):
     """What the service sends, when, and what it refuses."""
 
-    def make(self, **kwargs: Any) -> tuple[RouterAdvertisementService, FakeReactor]:
-        self.reactor = FakeReactor()
+    def make(self, **kwargs: Any) -> tuple[RouterAdvertisementService, FdReactor]:
+        self.reactor = FdReactor()
         self.sockets: dict[str, FakeSocket] = {}
 
         def factory(interface: str) -> FakeSocket:

@@ -6,25 +6,11 @@ import select
 import socket
 from typing import Any
 
-from twisted.internet.task import Clock
+from fake_reactor import FdReactor
 
 LOOPBACK = "127.0.0.1"
 #: Seconds a test waits for a datagram before it fails.
 WAIT = 5.0
-
-
-class FdReactor(Clock):
-    """task.Clock plus the reader registry the adapter uses."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.readers: list[Any] = []
-
-    def addReader(self, reader: Any) -> None:
-        self.readers.append(reader)
-
-    def removeReader(self, reader: Any) -> None:
-        self.readers.remove(reader)
 
 
 class SocketTransport:
