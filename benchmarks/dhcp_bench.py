@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,14 @@ NAT_TABLE = "pxb_dhcp_nat"
 EXIT_WAIT_US = 300_000
 
 
+#: perfdhcp ``-g`` modes.  In "multi" (perfdhcp's default with 2+ CPUs, the method of
+#: baselines.md) a separate receiver thread spins: measured at 117 % CPU on this 2-vCPU VM,
+#: it leaves the server under test about 0.8 of a CPU, which caps the servers that need
+#: more than that.  "single" keeps perfdhcp on one CPU (about 98 %) and leaves the other to
+#: the server; it is offered as a cross-check of the server's own capacity.
+PERFDHCP_THREAD_MODES = ("multi", "single")
+
+
 @dataclass(frozen=True)
 class SearchPlan:
     """How a sustained rate is searched: the steps, the period and the bisections."""
@@ -65,6 +73,9 @@ class SearchPlan:
     period: int
     bisections: int
     unthrottled: bool
+    #: perfdhcp's ``-g`` thread mode: "multi" (its default on 2+ CPUs, the method of
+    #: baselines.md) or "single" (see :data:`PERFDHCP_THREAD_MODES`).
+    perfdhcp_threads: str = "multi"
 
     @classmethod
     def full(cls) -> SearchPlan:
@@ -406,11 +417,15 @@ def _reply_counters(lab: Any) -> dict[str, int]:
     return counts
 
 
-def run_perfdhcp(lab: Any, rate: int | None, period: int, *, full_exchange: bool) -> PerfdhcpRun:
-    """One perfdhcp run at *rate* (None = unthrottled) for *period* seconds."""
+def run_perfdhcp(lab: Any, rate: int | None, period: int, *, full_exchange: bool,
+                 threads: str = "multi") -> PerfdhcpRun:
+    """One perfdhcp run at *rate* (None = unthrottled) for *period* seconds, in the ``-g``
+    thread mode *threads* (:data:`PERFDHCP_THREAD_MODES`)."""
+    if threads not in PERFDHCP_THREAD_MODES:
+        raise ValueError(f"perfdhcp thread mode {threads!r} is not one of {PERFDHCP_THREAD_MODES}")
     argv = [
         "perfdhcp", "-4", "-l", lab.client.ifname, "-B", "-o", VENDOR_CLASS_OPTION,
-        "-R", str(CLIENTS), "-p", str(period), "-W", str(EXIT_WAIT_US),
+        "-R", str(CLIENTS), "-p", str(period), "-W", str(EXIT_WAIT_US), "-g", threads,
     ]  # fmt: skip
     if rate is not None:
         argv += ["-r", str(rate)]
@@ -498,7 +513,8 @@ def _one_repetition(
             time.sleep(0.5)
 
             def step(rate: int) -> PerfdhcpRun:
-                run = run_perfdhcp(lab, rate, plan.period, full_exchange=full_exchange)
+                run = run_perfdhcp(lab, rate, plan.period, full_exchange=full_exchange,
+                                   threads=plan.perfdhcp_threads)
                 log(f"  {server.name} {mode} {_describe(run)}")
                 if process.poll() is not None:
                     raise RuntimeError(f"{server.name} exited with {process.returncode}")
@@ -509,7 +525,8 @@ def _one_repetition(
             outcome = search_sustained(step, rates, plan.bisections)
             if plan.unthrottled:
                 outcome.unthrottled = run_perfdhcp(
-                    lab, None, plan.period, full_exchange=full_exchange
+                    lab, None, plan.period, full_exchange=full_exchange,
+                    threads=plan.perfdhcp_threads,
                 )
                 log(f"  {server.name} {mode} {_describe(outcome.unthrottled)}")
             return outcome
@@ -527,15 +544,18 @@ def servers(peers: Peers) -> list[DhcpServer]:
 
 
 def run_dhcp(
-    results: Results, peers: Peers, *, repeats: int, quick: bool, only: tuple[str, ...] = ()
+    results: Results, peers: Peers, *, repeats: int, quick: bool, only: tuple[str, ...] = (),
+    perfdhcp_threads: str = "multi",
 ) -> None:
     """Run the DORA and DO searches for every available server (or those named in *only*),
-    *repeats* times each."""
+    *repeats* times each, with perfdhcp in the ``-g`` mode *perfdhcp_threads*."""
     reason = peers.require("perfdhcp", "nft", "ip")
     if reason:
         results.skip("dhcp", "all", reason)
         return
-    plan = SearchPlan.quick() if quick else SearchPlan.full()
+    plan = replace(SearchPlan.quick() if quick else SearchPlan.full(),
+                   perfdhcp_threads=perfdhcp_threads)
+    results.meta["perfdhcp_threads"] = perfdhcp_threads
     lab_module = netlab()
     candidates = []
     for server in servers(peers):

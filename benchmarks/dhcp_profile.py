@@ -7,7 +7,8 @@ The DHCP performance owner's own measuring script (the full comparative suite is
     No sockets.  10 000 perfdhcp-like clients (relayed, option 60 ``PXEClient``) go through
     the real adapter (:class:`~pxestack.dhcp.protocol.DhcpServerProtocol`: decode, core,
     encode) with a lease journal on ``/dev/shm`` and a transport that only keeps the
-    payloads.  Prints CPU µs (``time.process_time``, so other load on the machine matters
+    payloads (``--metrics`` wires the Prometheus metrics as ``pxestack serve`` does).
+    Prints CPU µs (``time.process_time``, so other load on the machine matters
     less) per DISCOVER->OFFER and per REQUEST->ACK; ``--cprofile FILE`` writes a cProfile
     stats file of the same run.
 
@@ -76,8 +77,10 @@ class _DiscardTransport:
         self.last = data
 
 
-def _micro_server(journal_dir: Path) -> tuple[Any, _DiscardTransport, Any]:
-    """A DhcpServerProtocol configured like the benchmark's pxestack server."""
+def _micro_server(journal_dir: Path, *, metrics: bool = False
+                  ) -> tuple[Any, _DiscardTransport, Any]:
+    """A DhcpServerProtocol configured like the benchmark's pxestack server; *metrics*
+    wires a :class:`~pxestack.metrics.Metrics` to it as ``pxestack serve`` does."""
     from twisted.internet.task import Clock
 
     from pxestack.config import load_config
@@ -120,6 +123,12 @@ def _micro_server(journal_dir: Path) -> tuple[Any, _DiscardTransport, Any]:
     interface = InterfaceInfo("pxs0", SERVER, settings.subnets[0].subnet.network)
     protocol = DhcpServerProtocol(core, interface, timer=DeadlineTimer(core, clock),
                                   reactor=clock)
+    if metrics:
+        from pxestack.metrics import Metrics
+
+        recorder = Metrics()
+        recorder.attach_dhcp_server(core, store, clock.seconds)
+        recorder.attach_dhcp_protocol(protocol)
     transport = _DiscardTransport()
     protocol.makeConnection(transport)  # type: ignore[arg-type]
     return protocol, transport, journal
@@ -153,7 +162,7 @@ def run_micro(args: argparse.Namespace) -> None:
     results: dict[str, list[float]] = {"discover": [], "request": []}
     for repetition in range(args.reps):
         with scratch_dir(f"dhcpprof-micro-{repetition}") as workdir:
-            protocol, transport, journal = _micro_server(workdir)
+            protocol, transport, journal = _micro_server(workdir, metrics=args.metrics)
             source = (str(RELAY), 67)
             offered: list[bytes] = []
             if profiler:
@@ -241,7 +250,8 @@ def _one_net_run(server: Any, lab: Any, rate: int, args: argparse.Namespace,
                 rates = step_rates.dora_rates if full else step_rates.do_rates
 
                 def step(target: int) -> bench.PerfdhcpRun:
-                    one = bench.run_perfdhcp(lab, target, args.period, full_exchange=full)
+                    one = bench.run_perfdhcp(lab, target, args.period, full_exchange=full,
+                                             threads=args.perfdhcp_threads)
                     log(f"    {server.name} step {target}: goodput {one.goodput:.0f} "
                         f"incomplete {one.incomplete_fraction * 100:.2f} % "
                         f"{'pass' if one.passes() else 'fail'}")
@@ -252,7 +262,8 @@ def _one_net_run(server: Any, lab: Any, rate: int, args: argparse.Namespace,
                 run = outcome.best or outcome.steps[0]
             else:
                 user, system = _cpu_seconds(process.pid)
-                run = bench.run_perfdhcp(lab, rate, args.period, full_exchange=full)
+                run = bench.run_perfdhcp(lab, rate, args.period, full_exchange=full,
+                                         threads=args.perfdhcp_threads)
                 user_after, system_after = _cpu_seconds(process.pid)
                 # Server CPU per completed exchange: robust against other load on the box.
                 done = max(run.completed, 1)
@@ -342,12 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     micro.add_argument("--batch", type=int, default=64,
                        help="REQUESTs per group-commit batch (1: one at a time)")
     micro.add_argument("--cprofile", help="write cProfile stats of the timed parts here")
+    micro.add_argument("--metrics", action="store_true",
+                       help="wire the Prometheus metrics as pxestack serve does")
     net = sub.add_parser("net", help="perfdhcp in the veth lab")
     net.add_argument("--mode", choices=("dora", "do"), default="dora")
     net.add_argument("--rates", default="2000,4000,6000")
     net.add_argument("--period", type=int, default=4)
     net.add_argument("--reps", type=int, default=3)
     net.add_argument("--servers", default="pxestack,kea")
+    net.add_argument("--perfdhcp-threads", choices=bench.PERFDHCP_THREAD_MODES, default="multi",
+                     help="perfdhcp's -g mode (see benchmarks/dhcp_bench.py)")
     net.add_argument("--search", action="store_true",
                      help="sustained-rate search (benchmarks.dhcp_bench, quick plan)")
     net.add_argument("--py-spy", help="py-spy output for pxestack ({n} = rate-repetition)")

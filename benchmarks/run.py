@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated servers to measure, e.g. pxestack,kea (default: all available)",
     )
     parser.add_argument(
+        "--perfdhcp-threads",
+        choices=("multi", "single"),
+        default="multi",
+        help="perfdhcp's -g thread mode (default multi, the method of baselines.md; single "
+        "leaves a whole CPU to the server under test, see docs/benchmarks.md)",
+    )
+    parser.add_argument(
         "--storm-machines",
         type=int,
         default=0,
@@ -235,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "dhcp" in areas:
                 from benchmarks.dhcp_bench import run_dhcp
 
-                run_dhcp(results, peers, repeats=args.repeats, quick=args.quick, only=only_servers)
+                run_dhcp(results, peers, repeats=args.repeats, quick=args.quick, only=only_servers,
+                         perfdhcp_threads=args.perfdhcp_threads)
                 results.write(path)
             if "tftp" in areas:
                 from benchmarks.tftp_bench import run_tftp

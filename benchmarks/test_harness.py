@@ -308,3 +308,37 @@ def test_python_floor_runs_last_and_is_no_target_peer() -> None:
     names = [server.name for server in servers(Peers(paths={}, versions={}))]
     assert names[-1] == "python-floor"
     assert all(target.peer != "python-floor" for target in TARGETS)
+
+
+def test_perfdhcp_runs_in_the_chosen_thread_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The -g mode reaches perfdhcp's command line; an unknown mode is refused up front."""
+    import contextlib
+
+    from benchmarks import dhcp_bench
+
+    class _Result:
+        returncode = 0
+        stdout = ""
+        stderr = ""
+
+    class _Host:
+        ifname = "pxc0"
+        argv: list[str] = []
+
+        def run(self, argv: list[str], **_kwargs: object) -> _Result:
+            self.argv = argv
+            return _Result()
+
+    class _Lab:
+        client = _Host()
+
+    lab = _Lab()
+    monkeypatch.setattr(dhcp_bench, "_reply_counters",
+                        lambda _lab: {"offer": 0, "ack": 0, "nak": 0})
+    with contextlib.suppress(RuntimeError):  # an empty report; only the argv matters here
+        dhcp_bench.run_perfdhcp(lab, 1000, 1, full_exchange=False, threads="single")
+    argv = lab.client.argv
+    assert argv[argv.index("-g") + 1] == "single"
+    with pytest.raises(ValueError, match="thread mode"):
+        dhcp_bench.run_perfdhcp(lab, 1000, 1, full_exchange=False, threads="many")
+    assert dhcp_bench.SearchPlan.full().perfdhcp_threads == "multi"

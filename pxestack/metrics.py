@@ -9,8 +9,9 @@ already has, so wiring is one line per adapter:
 ===============================  ================================================  =========
 hook                             called by                                         shape
 ===============================  ================================================  =========
-:meth:`Metrics.dhcp_packet`      ``DhcpDatagramProtocol.datagramReceived``         per packet
+:meth:`Metrics.dhcp_packet`      adapters without counters of their own            per packet
 :meth:`Metrics.dhcp_lease_event` ``DhcpServerCore(on_event=...)``                  LeaseEvent
+:meth:`Metrics.dhcp_progress`    ``DhcpServerCore.on_progress``                    per offer/ack
 :meth:`Metrics.watch_leases`     service wiring, once per lease store              pull
 :meth:`Metrics.tftp_transfer`    ``TftpServer(on_stats=...)``                      SessionStats
 :meth:`Metrics.watch_counters`   service wiring (``ServerStats.snapshot``,         pull
@@ -222,17 +223,21 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.http_endpoints = frozenset(http_endpoints)
         reg = self.registry
-        self.dhcp_packets = Counter(
-            "pxestack_dhcp_packets", "DHCP datagrams received, by message type and outcome",
-            ["type", "outcome"], registry=reg)
-        self.dhcp_lease_events = Counter(
-            "pxestack_dhcp_lease_events", "Lease changes of the DHCP server, by kind",
-            ["event"], registry=reg)
-        # Label children by the caller's raw values: ``labels()`` costs several µs per call
-        # and these two are counted for every DHCP packet.  Bounded (the label values
-        # themselves come from fixed sets whatever the key).
-        self._dhcp_packet_children: dict[tuple[int | None, str], Any] = {}
-        self._lease_event_children: dict[str, Any] = {}
+        # DHCP counters are plain dicts and the attached adapters' own counters, summed into
+        # families at scrape time (_dhcp_families): the per-packet cost is one dict update
+        # in the adapter, with no label lookup and no lock.  Keys come from fixed sets.
+        self._dhcp_packet_counts: dict[tuple[str, str], int] = {}
+        self._lease_event_counts: dict[str, int] = {}
+        self._dhcp_protocols: list[Any] = []
+        self._dhcp_cores: list[Any] = []
+        #: When each MAC was last offered an address and last bound one: the starts of the
+        #: ``dhcp`` and ``firmware`` boot phases, oldest first, bounded like
+        #: :class:`BootPhaseTracker`.  Keyed by the octets, so the per-packet path builds
+        #: no text (see :meth:`dhcp_progress`).
+        self._offered_at: OrderedDict[bytes, float] = OrderedDict()
+        self._bound_at: OrderedDict[bytes, float] = OrderedDict()
+        #: Histogram children of the MAC-keyed phases (their names are fixed).
+        self._phase_children: dict[str, Any] = {}
         self.tftp_transfers = Counter(
             "pxestack_tftp_transfers", "Finished TFTP transfers, by outcome", ["outcome"],
             registry=reg)
@@ -265,6 +270,7 @@ class Metrics:
             lambda phase, seconds: self.boot_phase_duration.labels(phase).observe(seconds))
         self._pull = _PullCollector()
         reg.register(self._pull)
+        self._pull.sources.append(self._dhcp_families)
         #: (name prefix, ``per_asset`` reader) of every watched asset resource.
         self._asset_sources: list[tuple[str, Callable[[], Mapping[str, Any]]]] = []
         if process_metrics:
@@ -279,20 +285,12 @@ class Metrics:
 
         *outcome* is one of :data:`DHCP_OUTCOMES`: the type of the reply sent ("offer",
         "ack", "nak"), "ignored" (no reply), "malformed" (dropped undecoded; pass
-        ``received_type=None``) or "error" (a bug in pxestack dropped it).
+        ``received_type=None``) or "error" (a bug in pxestack dropped it).  For adapters
+        that keep no counts of their own; a ``DhcpDatagramProtocol`` is read at scrape
+        time instead (:meth:`attach_dhcp_protocol`).
         """
-        key = (received_type, outcome)
-        child = self._dhcp_packet_children.get(key)
-        if child is None:
-            if received_type is None:
-                type_name = "none"
-            else:
-                type_name = DHCP_MESSAGE_TYPES.get(received_type, "other")
-            label = outcome if outcome in DHCP_OUTCOMES else "other"
-            child = self.dhcp_packets.labels(type_name, label)
-            if len(self._dhcp_packet_children) < _LABEL_CHILD_MEMO_ENTRIES:
-                self._dhcp_packet_children[key] = child
-        child.inc(count)
+        key = (_type_label(received_type), outcome if outcome in DHCP_OUTCOMES else "other")
+        self._dhcp_packet_counts[key] = self._dhcp_packet_counts.get(key, 0) + count
 
     def dhcp_replies(self, received_type: int | None, reply_types: Iterable[int | None]) -> None:
         """:meth:`dhcp_packet` for a handled datagram, with the outcome taken from the
@@ -308,18 +306,77 @@ class Metrics:
         """A ``DhcpServerCore`` lease event (``on_event`` callback; duck-typed LeaseEvent).
 
         With *now*, ``offered`` and ``bound`` also feed the ``dhcp`` and ``firmware`` boot
-        phases, keyed by the client's MAC address.
+        phases, keyed by the client's MAC address.  A core wired with
+        :meth:`attach_dhcp_server` is counted from its own counters instead.
         """
         kind = str(getattr(event, "kind", ""))
-        child = self._lease_event_children.get(kind)
-        if child is None:
-            child = self.dhcp_lease_events.labels(kind if kind in LEASE_EVENTS else "other")
-            if len(self._lease_event_children) < _LABEL_CHILD_MEMO_ENTRIES:
-                self._lease_event_children[kind] = child
-        child.inc()
+        label = kind if kind in LEASE_EVENTS else "other"
+        self._lease_event_counts[label] = self._lease_event_counts.get(label, 0) + 1
         mac = getattr(event, "mac", b"")
         if now is not None and kind in ("offered", "bound") and isinstance(mac, bytes) and mac:
-            self.boot_event(mac_text(mac), f"dhcp_{kind}", now)
+            self.dhcp_progress(kind == "bound", mac, now)
+
+    def dhcp_progress(self, bound: bool, mac: bytes, now: float) -> None:
+        """An OFFER (*bound* False) or a lease-granting ACK (True) to *mac* at *now*: the
+        ``dhcp`` boot phase runs from the last OFFER to the next ACK, and an ACK starts the
+        ``firmware`` phase.  The shape of ``DhcpServerCore.on_progress``, called for every
+        OFFER, so an OFFER is one ordered-dict update (no text key, no lock)."""
+        if not bound:
+            self._start_mac_phase(self._offered_at, mac, now)
+            return
+        self._end_mac_phase(self._offered_at, mac, "dhcp", now)
+        self._start_mac_phase(self._bound_at, mac, now)
+
+    def _start_mac_phase(self, starts: OrderedDict[bytes, float], mac: bytes,
+                         now: float) -> None:
+        """Note *now* as the start of a MAC-keyed phase; the oldest entries go first when
+        more than ``boot_phases.max_machines`` are kept (bounded memory, D11)."""
+        if mac in starts:
+            starts.move_to_end(mac)
+        starts[mac] = now
+        if len(starts) > self.boot_phases.max_machines:
+            starts.popitem(last=False)
+
+    def _end_mac_phase(self, starts: OrderedDict[bytes, float], mac: bytes, phase: str,
+                       now: float) -> None:
+        """End *phase* for *mac* if it started, at most ``boot_phases.max_age`` ago."""
+        started = starts.pop(mac, None)
+        if started is not None and 0 <= now - started <= self.boot_phases.max_age:
+            child = self._phase_children.get(phase)
+            if child is None:
+                child = self._phase_children[phase] = self.boot_phase_duration.labels(phase)
+            child.observe(now - started)
+
+    def _dhcp_families(self) -> Iterator[Metric]:
+        """``pxestack_dhcp_packets_total`` and ``pxestack_dhcp_lease_events_total``: the
+        counts reported through the hooks plus those of every attached adapter."""
+        packets = dict(self._dhcp_packet_counts)
+        for protocol in self._dhcp_protocols:
+            for (received, reply), count in list(protocol.outcomes.items()):
+                key = (_type_label(None if received is None else received[0]),
+                       _reply_outcome(reply))
+                packets[key] = packets.get(key, 0) + count
+            key = ("none", "malformed")
+            packets[key] = packets.get(key, 0) + protocol.malformed
+        events = dict(self._lease_event_counts)
+        for core in self._dhcp_cores:
+            counters = core.counters
+            for kind, counter in _LEASE_EVENT_COUNTERS.items():
+                events[kind] = events.get(kind, 0) + counters.get(counter, 0)
+        packet_family = CounterMetricFamily(
+            "pxestack_dhcp_packets", "DHCP datagrams received, by message type and outcome",
+            labels=["type", "outcome"])
+        for (type_name, outcome), count in sorted(packets.items()):
+            if count:
+                packet_family.add_metric([type_name, outcome], count)
+        event_family = CounterMetricFamily(
+            "pxestack_dhcp_lease_events", "Lease changes of the DHCP server, by kind",
+            labels=["event"])
+        for kind, count in sorted(events.items()):
+            if count:
+                event_family.add_metric([kind], count)
+        yield packet_family
+        yield event_family
 
     def watch_leases(self, source: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
         """Export ``pxestack_dhcp_leases_in_use`` and ``pxestack_dhcp_pool_addresses``.
@@ -430,6 +487,14 @@ class Metrics:
         key = machine.strip().lower()
         if _HYPHEN_MAC.fullmatch(key):
             key = key.replace("-", ":")
+        if event in _MAC_PHASE_EVENTS and _COLON_MAC.fullmatch(key):
+            # The two MAC-keyed phases live in dicts keyed by the octets (dhcp_progress).
+            mac = bytes.fromhex(key.replace(":", ""))
+            if event == "boot_script":
+                self._end_mac_phase(self._bound_at, mac, "firmware", now)
+            else:
+                self.dhcp_progress(event == "dhcp_bound", mac, now)
+            return
         self.boot_phases.event(key, event, now)
 
     def host_transition(self, serial: str, state: str, now: float, *,
@@ -447,56 +512,35 @@ class Metrics:
     # -- one-call wiring for the adapters ----------------------------------------------------
 
     def attach_dhcp_server(self, core: Any, store: Any, clock: Callable[[], float]) -> None:
-        """Wire a ``DhcpServerCore`` and its ``InMemoryLeaseStore``: lease events (composed
-        with the core's existing ``on_event``), leases in use per pool, the core's counters.
+        """Wire a ``DhcpServerCore`` and its ``InMemoryLeaseStore``: lease events (read from
+        the core's counters at scrape time, whatever its ``event_kinds``), the ``dhcp`` and
+        ``firmware`` boot phases (its ``on_progress``, composed with any already set), leases
+        in use per pool, the core's counters.
 
         *clock* is the reactor's ``seconds`` (the same clock the core is driven with).
         """
-        previous = core.on_event
+        previous = core.on_progress
+        if previous is None:
+            core.on_progress = self.dhcp_progress  # the core's now is *clock*'s time
+        else:
 
-        def on_event(event: Any) -> None:
-            if previous is not None:
-                previous(event)
-            self.dhcp_lease_event(event, clock())
+            def on_progress(bound: bool, mac: bytes, now: float) -> None:
+                previous(bound, mac, now)
+                self.dhcp_progress(bound, mac, now)
 
-        core.on_event = on_event
+            core.on_progress = on_progress
+        self._dhcp_cores.append(core)
         self.watch_leases(lambda: leases_by_pool(store, clock()))
         self.watch_counters("pxestack_dhcp_server_events", "DHCP server core counters",
                             lambda: core.counters)
 
     def attach_dhcp_protocol(self, protocol: Any) -> None:
-        """Count every datagram a ``DhcpDatagramProtocol`` receives by type and outcome.
+        """Count every datagram a ``DhcpDatagramProtocol`` receives, by type and outcome.
 
-        Wraps the instance's ``dispatch`` (decoded messages and their replies) and its
-        entry point, ``receive_batch`` (what a batching UDP port calls, and what
-        ``datagramReceived`` delegates to) or else ``datagramReceived``, to count datagrams
-        dropped as malformed before dispatch from the protocol's own ``malformed`` counter.
-        Nothing else about the protocol changes.
+        Reads the protocol's own counters (``outcomes`` and ``malformed``) at scrape time;
+        nothing about the protocol or its per-packet path changes.
         """
-        dispatch = protocol.dispatch
-        entry = "receive_batch" if hasattr(protocol, "receive_batch") else "datagramReceived"
-        receive = getattr(protocol, entry)
-
-        def counted_dispatch(message: Any, source: Any, now: float) -> Any:
-            received = getattr(message, "message_type", None)
-            try:
-                replies = dispatch(message, source, now)
-            except Exception:
-                self.dhcp_packet(received, "error")
-                raise
-            self.dhcp_replies(received, [getattr(r.message, "message_type", None)
-                                         for r in replies])
-            return replies
-
-        def counted_receive(*args: Any) -> None:
-            malformed = protocol.malformed
-            receive(*args)
-            dropped = protocol.malformed - malformed
-            if dropped > 0:
-                self.dhcp_packet(None, "malformed", dropped)
-
-        protocol.dispatch = counted_dispatch
-        setattr(protocol, entry, counted_receive)
+        self._dhcp_protocols.append(protocol)
 
     def attach_tftp_server(self, server: Any) -> None:
         """Wire a ``TftpServer``: per-transfer stats (composed with its ``on_stats``), its
@@ -601,6 +645,10 @@ class Metrics:
 
 
 _HYPHEN_MAC = re.compile(r"[0-9a-f]{2}(-[0-9a-f]{2}){5}")
+#: A hardware address as :func:`mac_text` writes it (1 to 16 octets, chaddr's size).
+_COLON_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){0,15}")
+#: The boot events of the two MAC-keyed phases (``dhcp``, ``firmware``).
+_MAC_PHASE_EVENTS = frozenset({"dhcp_offered", "dhcp_bound", "boot_script"})
 
 
 def _check_name(name: str) -> None:
@@ -610,7 +658,32 @@ def _check_name(name: str) -> None:
 
 def mac_text(mac: bytes) -> str:
     """A hardware address as lower-case ``aa:bb:..`` (the key boot events use)."""
-    return ":".join(f"{b:02x}" for b in mac)
+    return mac.hex(":")
+
+
+#: ``pxestack_dhcp_lease_events_total`` kinds by the ``DhcpServerCore.counters`` key that
+#: counts the same thing (one counter per event the core emits).
+_LEASE_EVENT_COUNTERS: Mapping[str, str] = {
+    "offered": "offers", "bound": "acks", "released": "releases", "declined": "declines",
+    "expired": "expired", "nak": "naks", "pool-exhausted": "pool_exhausted",
+}
+
+
+def _type_label(received_type: int | None) -> str:
+    """The ``type`` label of a received option 53 value (``none``, a name or ``other``)."""
+    if received_type is None:
+        return "none"
+    return DHCP_MESSAGE_TYPES.get(received_type, "other")
+
+
+def _reply_outcome(reply: bytes | None) -> str:
+    """The ``outcome`` label of a ``DhcpDatagramProtocol.outcomes`` reply key."""
+    if reply is None:
+        return "ignored"
+    if len(reply) != 1:
+        return "error"  # pxestack.dhcp.protocol.BUG (this layer does not import adapters)
+    name = DHCP_MESSAGE_TYPES.get(reply[0], "")
+    return name if name in DHCP_OUTCOMES else "other"
 
 
 def leases_by_pool(store: Any, now: float) -> dict[str, tuple[int, int]]:

@@ -426,7 +426,7 @@ def test_hosts_per_state_and_profile_move_as_a_machine_provisions(tmp_path):
 # -- one-call wiring against the real adapters ---------------------------------------------
 
 
-def _dhcp_server(clock):
+def _dhcp_server(clock, event_kinds=None):
     from pxestack.dhcp.decide import BootDefaults
     from pxestack.dhcp.policy import StaticBootPolicy
     from pxestack.dhcp.protocol import DeadlineTimer, DhcpServerProtocol
@@ -441,7 +441,7 @@ def _dhcp_server(clock):
         ServerSettings((subnet,), offer_hold=30.0), store, StaticBootPolicy(),
         BootDefaults(server_address=IPv4Address(0),
                      ipxe_script_url="http://198.18.0.1:8080/boot.ipxe"),
-        on_event=seen.append)
+        on_event=seen.append, event_kinds=event_kinds)
     protocol = DhcpServerProtocol(core, InterfaceInfo("veth0", IPv4Address("198.18.0.1"), net),
                                   timer=DeadlineTimer(core, clock), reactor=clock)
 
@@ -497,6 +497,61 @@ def test_attach_dhcp_counts_real_packets_leases_and_the_dora_time(metrics):
     assert value(s, "pxestack_dhcp_pool_addresses", pool="198.18.0.0/24") == 10
     assert value(s, "pxestack_dhcp_server_events_total", event="acks") == core.counters["acks"] == 1
     assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="dhcp") == 1.5
+
+
+def test_attach_dhcp_counts_lease_events_and_phases_whatever_the_log_level(metrics):
+    """At log level warn the core builds no "offered"/"bound" events (event_kinds): the
+    metrics still count them (from the core's counters) and time the DHCP phase."""
+    from twisted.internet.task import Clock
+
+    from pxestack.wire import constants as c
+    from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
+    from pxestack.wire.dhcp_options import DhcpOptions
+
+    clock = Clock()
+    clock.advance(1_000_000)
+    core, _store, protocol, transport, seen = _dhcp_server(
+        clock, event_kinds=frozenset({"nak", "pool-exhausted"}))
+    metrics.attach_dhcp_server(core, _store, clock.seconds)
+    metrics.attach_dhcp_protocol(protocol)
+
+    def message(kind, options=()):
+        opts = {c.OPT_MESSAGE_TYPE: bytes((kind,)), **dict(options)}
+        return encode_dhcp(DhcpMessage(op=c.BOOTREQUEST, xid=9, chaddr=MAC,
+                                       flags=c.FLAG_BROADCAST, options=DhcpOptions(opts)))
+
+    protocol.datagramReceived(message(c.DHCPDISCOVER), ("0.0.0.0", 68))
+    offer = decode_dhcp(transport.written[-1])
+    clock.advance(0.75)
+    protocol.datagramReceived(message(c.DHCPREQUEST, [
+        (c.OPT_REQUESTED_IP, offer.yiaddr.packed),
+        (c.OPT_SERVER_ID, IPv4Address("198.18.0.1").packed)]), ("0.0.0.0", 68))
+    protocol.datagramReceived(message(c.DHCPREQUEST, [
+        (c.OPT_REQUESTED_IP, IPv4Address("198.18.0.200").packed),
+        (c.OPT_SERVER_ID, IPv4Address("198.18.0.1").packed)]), ("0.0.0.0", 68))  # NAK
+    assert [e.kind for e in seen] == ["nak"]
+    s = scrape(metrics)
+    assert value(s, "pxestack_dhcp_lease_events_total", event="offered") == 1
+    assert value(s, "pxestack_dhcp_lease_events_total", event="bound") == 1
+    assert value(s, "pxestack_dhcp_lease_events_total", event="nak") == 1
+    assert value(s, "pxestack_dhcp_packets_total", type="request", outcome="nak") == 1
+    assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="dhcp") == 0.75
+    # The offer hold and the lease run out: expiry is counted too.
+    clock.advance(10 * 86400)
+    assert value(scrape(metrics), "pxestack_dhcp_lease_events_total", event="expired") == 1
+
+
+def test_dhcp_phase_memory_is_bounded(metrics):
+    """A flood of DISCOVERs from distinct MACs keeps at most max_machines offer times."""
+    limit = metrics.boot_phases.max_machines
+    for n in range(limit + 50):
+        metrics.dhcp_progress(False, n.to_bytes(6, "big"), float(n))
+    assert len(metrics._offered_at) == limit
+    metrics.dhcp_progress(True, (0).to_bytes(6, "big"), 1e5)  # its start was dropped
+    metrics.dhcp_progress(True, (limit + 49).to_bytes(6, "big"), limit + 52.0)
+    s = scrape(metrics)
+    assert value(s, "pxestack_boot_phase_duration_seconds_count", phase="dhcp") == 1
+    assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="dhcp") == 3.0
 
 
 def test_attach_dhcp_protocol_counts_a_bug_and_still_never_raises(metrics):
@@ -564,3 +619,15 @@ def test_asset_files_of_several_resources_share_two_families(metrics):
     image_stats.counters_for("3975.2.0/vmlinuz").bytes_sent += 1
     assert value(scrape(metrics), "pxestack_http_asset_file_bytes_total",
                  asset="images/3975.2.0/vmlinuz") == 50_000_001
+
+
+def test_mac_keyed_phases_by_text_or_octets_are_one_record(metrics):
+    """boot_event with a MAC in text and the core's octets hook feed the same phases."""
+    metrics.boot_event("02:00:00:00:00:0A", "dhcp_offered", 1.0)
+    metrics.dhcp_progress(True, bytes.fromhex("02000000000a"), 2.5)
+    metrics.boot_event("02-00-00-00-00-0a", "boot_script", 4.0)
+    metrics.boot_event("not-a-mac", "boot_script", 5.0)  # nothing started: nothing ends
+    s = scrape(metrics)
+    assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="dhcp") == 1.5
+    assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="firmware") == 1.5
+    assert value(s, "pxestack_boot_phase_duration_seconds_count", phase="firmware") == 1

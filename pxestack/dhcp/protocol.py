@@ -29,10 +29,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-import struct
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from twisted.internet import error, udp
 from twisted.internet.protocol import DatagramProtocol
@@ -44,6 +43,7 @@ from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo
 from pxestack.errors import ApiMisuse, MalformedPacket
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
+from pxestack.wire.ipv4 import ipv4_udp_packet
 
 _BROADCAST = "255.255.255.255"
 _ETH_P_IP = 0x0800
@@ -60,47 +60,15 @@ _READ_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
 DEFAULT_RECEIVE_BUFFER = 1 << 20
 #: Bound of the address -> text memo of each protocol.
 _ADDRESS_MEMO_ENTRIES = 4096
+#: The reply key of :attr:`DhcpDatagramProtocol.outcomes` for a datagram a bug dropped
+#: (never a valid option 53 value: those are one octet).
+BUG: Final = b"bug"
 
 
 def _default_reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
-
-
-def _ones_complement_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def ipv4_udp_packet(
-    source: IPv4Address, destination: IPv4Address, source_port: int, destination_port: int,
-    payload: bytes, *, ttl: int = 64,
-) -> bytes:
-    """An IPv4 header (RFC 791) and UDP header (RFC 768, with checksum) around *payload*.
-
-    The kernel adds the Ethernet header when the packet goes out on an ``AF_PACKET``
-    ``SOCK_DGRAM`` socket with the client's MAC as link-layer destination.
-    """
-    udp_length = 8 + len(payload)
-    pseudo = source.packed + destination.packed + struct.pack("!BBH", 0, 17, udp_length)
-    udp_header = struct.pack("!HHHH", source_port, destination_port, udp_length, 0)
-    checksum = 0xFFFF - _ones_complement_sum(pseudo + udp_header + payload)
-    udp_header = struct.pack(
-        "!HHHH", source_port, destination_port, udp_length, checksum or 0xFFFF
-    )
-    total_length = 20 + udp_length
-    header = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, total_length, 0, 0x4000, ttl, 17, 0,
-        source.packed, destination.packed,
-    )
-    header_checksum = 0xFFFF - _ones_complement_sum(header)
-    header = header[:10] + struct.pack("!H", header_checksum) + header[12:]
-    return header + udp_header + payload
 
 
 class FrameSender(Protocol):
@@ -361,6 +329,12 @@ class DhcpDatagramProtocol(DatagramProtocol):
         #: Datagrams dropped as malformed / because of a bug (bounded counters, D11).
         self.malformed = 0
         self.bugs = 0
+        #: Handled datagrams by (received option 53 value, first reply's option 53 value),
+        #: both raw octets (None: absent; no reply); :data:`BUG` as the second for a
+        #: datagram a bug dropped.  Malformed ones are :attr:`malformed`.  Read at scrape
+        #: time by :meth:`pxestack.metrics.Metrics.attach_dhcp_protocol`; bounded, because
+        #: only a single-octet option 53 is used as a key (anything else counts as None).
+        self.outcomes: dict[tuple[bytes | None, bytes | None], int] = {}
         self._address_text: dict[int, tuple[IPv4Address, str]] = {}
 
     @property
@@ -422,9 +396,21 @@ class DhcpDatagramProtocol(DatagramProtocol):
         """Called after every batch, before held replies go out (subclasses: timers)."""
 
     def _handle_one(self, datagram: bytes, addr: tuple[str, int], now: float) -> list[Outgoing]:
-        """Decode and dispatch one datagram; hostile input and bugs are logged, not raised."""
+        """Decode and dispatch one datagram; hostile input and bugs are logged, not raised.
+
+        Counts the outcome in :attr:`outcomes` (or :attr:`malformed`, :attr:`bugs`)."""
+        received: bytes | None = None
         try:
-            return self.dispatch(decode_dhcp(datagram), addr, now)
+            message = decode_dhcp(datagram)
+            received = message.options.items_view().get(c.OPT_MESSAGE_TYPE)
+            if received is not None and len(received) != 1:
+                received = None  # the key stays one of 257 values (D11)
+            replies = self.dispatch(message, addr, now)
+            key = (received, replies[0].message.options.items_view().get(
+                c.OPT_MESSAGE_TYPE) if replies else None)
+            outcomes = self.outcomes
+            outcomes[key] = outcomes.get(key, 0) + 1
+            return replies
         except MalformedPacket as exc:
             self.malformed += 1
             self.log.debug(
@@ -434,6 +420,8 @@ class DhcpDatagramProtocol(DatagramProtocol):
             )
         except Exception:
             self.bugs += 1
+            bug_key = (received, BUG)
+            self.outcomes[bug_key] = self.outcomes.get(bug_key, 0) + 1
             self.log.failure(
                 "DHCP datagram from {peer} on {iface} hit a bug in pxestack; dropped",
                 peer=addr[0], iface=self.interface.name, size=len(datagram),
@@ -546,6 +534,7 @@ class ProxyDhcpProtocol(DhcpDatagramProtocol):
 FrameSenderFactory = Callable[[str], FrameSender | None]
 
 __all__ = [
+    "BUG",
     "DEFAULT_MAX_BATCH",
     "BatchingUdpPort",
     "DeadlineTimer",

@@ -101,6 +101,7 @@ COUNTERS: Final = (
     "informs",
     "releases",
     "declines",
+    "expired",
     "ignored_message",
     "ignored_relay",
     "ignored_no_subnet",
@@ -240,6 +241,10 @@ class DhcpServerCore:
         self.on_event = on_event
         self.event_kinds = EVENT_KINDS if event_kinds is None else event_kinds
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        #: Called with ``(bound, chaddr, now)`` for every OFFER (``bound`` False) and every
+        #: ACK that grants a lease (True), whatever *event_kinds* holds: the cheap hook the
+        #: metrics' per-machine DHCP phase uses (no :class:`LeaseEvent` is built for it).
+        self.on_progress: Callable[[bool, bytes, Now], None] | None = None
         self._by_network: dict[IPv4Network, SubnetSettings] = {
             s.subnet.network: s for s in settings.subnets
         }
@@ -338,6 +343,7 @@ class DhcpServerCore:
     def on_deadline(self, now: Now) -> list[Lease]:
         """Expire what is due; returns the leases and offers that ended."""
         ended = self.store.expire(now)
+        self.counters["expired"] += len(ended)
         for lease in ended:
             self._event("expired", lease, 0, lease.mac, "")
         return ended
@@ -365,6 +371,8 @@ class DhcpServerCore:
                         ctx.interface.name, str(ctx.settings.subnet.network))
             return []
         self.counters["offers"] += 1
+        if self.on_progress is not None:
+            self.on_progress(False, message.chaddr, ctx.now)
         if self.on_event is not None:  # the per-packet events: skip the call when unheard
             self._event("offered", lease, message.xid, message.chaddr, ctx.interface.name)
         reply = self._reply(ctx, c.DHCPOFFER, lease, boot)
@@ -434,6 +442,8 @@ class DhcpServerCore:
         if lease is None:
             return self._nak(ctx, f"{address} is not available to this client")
         self.counters["acks"] += 1
+        if self.on_progress is not None:
+            self.on_progress(True, message.chaddr, ctx.now)
         if self.on_event is not None:
             self._event("bound", lease, message.xid, message.chaddr, ctx.interface.name)
         reply = self._reply(ctx, c.DHCPACK, lease, boot)

@@ -1,11 +1,12 @@
 """The DHCP/BOOTP message: a frozen value, a strict decoder and an encoder.
 
 Layout: RFC 2131 §2 Figure 1 (fixed 236-octet BOOTP header), magic cookie (RFC 2131 §3),
-then the options area.  The fixed header is read with one :mod:`struct` call rather than
-through ``dpkt.dhcp``: dpkt accepts packets this module must refuse (bad lengths, missing
-END, hlen > 16) and its option handling has no RFC 3396 or option 52 support, so wrapping it
-would mean re-checking every field anyway; a single ``struct`` unpack is also the fastest
-path for the server's hot loop.
+then the options area.  The header layout is dpkt's (``dpkt.dhcp.DHCP.__hdr__``, checked
+against the RFC at import), read and written with one precompiled :mod:`struct` call rather
+than through ``dpkt.dhcp.DHCP`` objects: dpkt accepts packets this module must refuse (bad
+lengths, missing END, hlen > 16) and its option handling has no RFC 3396 or option 52
+support, so wrapping it would mean re-checking every field anyway; a single ``struct``
+unpack is also the fastest path for the server's hot loop.
 
 Decoding (:func:`decode_dhcp`) raises only :class:`~pxestack.errors.MalformedPacket`
 subclasses.  Option 52 overload (RFC 2132 §9.3) is resolved while decoding: options found in
@@ -24,17 +25,37 @@ from dataclasses import dataclass, field, fields, replace
 from ipaddress import IPv4Address
 from typing import Final
 
+import dpkt.dhcp
+
 from pxestack.errors import ApiMisuse, Invalid, Truncated
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp_options import DhcpOptions, ipv4_address, parse_option_area
 
+
+def _bootp_layout() -> str:
+    """dpkt's BOOTP/DHCP header as a :mod:`struct` format, the cookie read as 4 octets.
+
+    Checked against RFC 2131 §2 Figure 1 and §3, so a dpkt that changed its definition
+    stops the import instead of garbling packets."""
+    fields_and_formats = [(name, fmt) for name, fmt, _default in dpkt.dhcp.DHCP.__hdr__]
+    expected = [("op", "B"), ("hrd", "B"), ("hln", "B"), ("hops", "B"), ("xid", "I"),
+                ("secs", "H"), ("flags", "H"), ("ciaddr", "I"), ("yiaddr", "I"),
+                ("siaddr", "I"), ("giaddr", "I"), ("chaddr", "16s"), ("sname", "64s"),
+                ("file", "128s"), ("magic", "I")]
+    if fields_and_formats != expected or dpkt.dhcp.DHCP_MAGIC.to_bytes(4, "big") != (
+        c.MAGIC_COOKIE
+    ):
+        raise ImportError("dpkt's DHCP header is not the RFC 2131 layout")
+    return "!" + "".join(fmt for _name, fmt in fields_and_formats[:-1]) + "4s"
+
+
 # op, htype, hlen, hops, xid, secs, flags, ciaddr, yiaddr, siaddr, giaddr, chaddr(16),
 # sname(64), file(128), cookie(4)
-_HEADER: Final = struct.Struct("!BBBBIHHIIII16s64s128s4s")
+_HEADER: Final = struct.Struct(_bootp_layout())
 _HEADER_WITH_COOKIE_LENGTH: Final = _HEADER.size  # 240
 #: The decoder's view of the same header: sname and file are skipped (``192x``) and sliced
 #: only when they hold something, so most packets build two bytes objects fewer.
-_DECODE_HEADER: Final = struct.Struct("!BBBBIHHIIII16s192x4s")
+_DECODE_HEADER: Final = struct.Struct(_HEADER.format.replace("64s128s", "192x"))
 _SNAME_OFFSET: Final = 44
 _FILE_OFFSET: Final = _SNAME_OFFSET + c.SNAME_LENGTH  # 108
 if _DECODE_HEADER.size != _HEADER.size or _FILE_OFFSET + c.FILE_LENGTH != 236:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address
 from typing import Final
 
+import dpkt
+
 from pxestack.errors import ApiMisuse, Invalid, Truncated
 
 #: RFC 4861 §4.1 / §4.2: ICMPv6 types.
@@ -49,6 +51,8 @@ _HEADER = struct.Struct("!BBH")  # type, code, checksum
 _RS_BODY = struct.Struct("!I")  # reserved
 _RA_BODY = struct.Struct("!BBHII")  # cur hop limit, flags, router lifetime, reachable, retrans
 ICMPV6_NEXT_HEADER: Final = 58
+#: Bytes of the message summed before the running checksum is folded (even, see below).
+_CHECKSUM_CHUNK: Final = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,20 +135,23 @@ def icmpv6_checksum(source: IPv6Address, destination: IPv6Address, message: byte
     """The ICMPv6 checksum of *message* (RFC 4443 §2.3) with the RFC 8200 §8.1 pseudo-header.
 
     *message* must hold zero in its checksum field when computing; verifying a received
-    message by summing it with its checksum in place yields 0.
+    message by summing it with its checksum in place yields 0.  The RFC 1071 sum is dpkt's
+    (``dpkt.in_cksum_add`` / ``dpkt.in_cksum_done``).
     """
     pseudo = (
         source.packed
         + destination.packed
         + struct.pack("!IxxxB", len(message), ICMPV6_NEXT_HEADER)
     )
-    data = pseudo + message
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total > 0xFFFF:
+    total: int = dpkt.in_cksum_add(0, pseudo)
+    # in_cksum_done folds the carries twice, which is exact while the sum stays below 2**32;
+    # folding after every 64 KiB keeps it there for any message length (RFC 2675 jumbograms
+    # included).  The chunks are even-sized, so the odd final byte is padded only at the end.
+    for start in range(0, len(message), _CHECKSUM_CHUNK):
+        total = dpkt.in_cksum_add(total, message[start : start + _CHECKSUM_CHUNK])
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    checksum: int = dpkt.in_cksum_done(total)
+    return checksum
 
 
 def _decode_options(data: bytes) -> tuple[NdpOption, ...]:
