@@ -72,9 +72,6 @@ DHCP_MESSAGE_TYPES: Mapping[int, str] = {
     12: "leaseunknown", 13: "leaseactive",
 }
 
-#: Bound of each memo of pre-bound label children (keys are caller values, D11).
-_LABEL_CHILD_MEMO_ENTRIES = 1024
-
 #: ``outcome`` label values of ``pxestack_dhcp_packets_total``.
 DHCP_OUTCOMES = ("offer", "ack", "nak", "ignored", "malformed", "error")
 
