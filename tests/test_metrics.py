@@ -457,34 +457,45 @@ def _dhcp_server(clock, event_kinds=None):
     return core, store, protocol, transport, seen
 
 
+def _request_datagram(kind, options=()):
+    """A broadcast DHCP request of option 53 *kind* from MAC, with *options* added."""
+    from pxestack.wire import constants as c
+    from pxestack.wire.dhcp import DhcpMessage, encode_dhcp
+    from pxestack.wire.dhcp_options import DhcpOptions
+
+    opts = {c.OPT_MESSAGE_TYPE: bytes((kind,)), **dict(options)}
+    return encode_dhcp(DhcpMessage(op=c.BOOTREQUEST, xid=9, chaddr=MAC,
+                                   flags=c.FLAG_BROADCAST, options=DhcpOptions(opts)))
+
+
+def _dora(protocol, transport, clock, seconds):
+    """DISCOVER, wait *seconds*, then REQUEST the offered address (SELECTING)."""
+    from pxestack.wire import constants as c
+    from pxestack.wire.dhcp import decode_dhcp
+
+    protocol.datagramReceived(_request_datagram(c.DHCPDISCOVER), ("0.0.0.0", 68))
+    offer = decode_dhcp(transport.written[-1])
+    clock.advance(seconds)
+    protocol.datagramReceived(_request_datagram(c.DHCPREQUEST, [
+        (c.OPT_REQUESTED_IP, offer.yiaddr.packed),
+        (c.OPT_SERVER_ID, IPv4Address("198.18.0.1").packed)]), ("0.0.0.0", 68))
+
+
 def test_attach_dhcp_counts_real_packets_leases_and_the_dora_time(metrics):
     from twisted.internet.task import Clock
 
     from pxestack.wire import constants as c
-    from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
-    from pxestack.wire.dhcp_options import DhcpOptions
 
     clock = Clock()
     clock.advance(1_000_000)
     core, store, protocol, transport, seen = _dhcp_server(clock)
     metrics.attach_dhcp_server(core, store, clock.seconds)
     metrics.attach_dhcp_protocol(protocol)
-
-    def message(kind, options=()):
-        opts = {c.OPT_MESSAGE_TYPE: bytes((kind,)), **dict(options)}
-        return encode_dhcp(DhcpMessage(op=c.BOOTREQUEST, xid=9, chaddr=MAC,
-                                       flags=c.FLAG_BROADCAST, options=DhcpOptions(opts)))
-
-    protocol.datagramReceived(message(c.DHCPDISCOVER), ("0.0.0.0", 68))
-    offer = decode_dhcp(transport.written[-1])
-    clock.advance(1.5)
-    protocol.datagramReceived(message(c.DHCPREQUEST, [
-        (c.OPT_REQUESTED_IP, offer.yiaddr.packed),
-        (c.OPT_SERVER_ID, IPv4Address("198.18.0.1").packed)]), ("0.0.0.0", 68))
+    _dora(protocol, transport, clock, 1.5)
     protocol.datagramReceived(b"\x01" * 100, ("198.18.0.9", 68))  # malformed
     # What a batching UDP port hands over: two more malformed datagrams in one batch.
     protocol.receive_batch([(b"", ("198.18.0.9", 68)), (b"\x02" * 50, ("198.18.0.9", 68))])
-    protocol.datagramReceived(message(c.DHCPINFORM), ("198.18.0.9", 68))
+    protocol.datagramReceived(_request_datagram(c.DHCPINFORM), ("198.18.0.9", 68))
     assert [e.kind for e in seen][:2] == ["offered", "bound"]  # the core's own callback kept
     s = scrape(metrics)
     assert value(s, "pxestack_dhcp_packets_total", type="discover", outcome="offer") == 1
@@ -505,28 +516,15 @@ def test_attach_dhcp_counts_lease_events_and_phases_whatever_the_log_level(metri
     from twisted.internet.task import Clock
 
     from pxestack.wire import constants as c
-    from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
-    from pxestack.wire.dhcp_options import DhcpOptions
 
     clock = Clock()
     clock.advance(1_000_000)
-    core, _store, protocol, transport, seen = _dhcp_server(
+    core, store, protocol, transport, seen = _dhcp_server(
         clock, event_kinds=frozenset({"nak", "pool-exhausted"}))
-    metrics.attach_dhcp_server(core, _store, clock.seconds)
+    metrics.attach_dhcp_server(core, store, clock.seconds)
     metrics.attach_dhcp_protocol(protocol)
-
-    def message(kind, options=()):
-        opts = {c.OPT_MESSAGE_TYPE: bytes((kind,)), **dict(options)}
-        return encode_dhcp(DhcpMessage(op=c.BOOTREQUEST, xid=9, chaddr=MAC,
-                                       flags=c.FLAG_BROADCAST, options=DhcpOptions(opts)))
-
-    protocol.datagramReceived(message(c.DHCPDISCOVER), ("0.0.0.0", 68))
-    offer = decode_dhcp(transport.written[-1])
-    clock.advance(0.75)
-    protocol.datagramReceived(message(c.DHCPREQUEST, [
-        (c.OPT_REQUESTED_IP, offer.yiaddr.packed),
-        (c.OPT_SERVER_ID, IPv4Address("198.18.0.1").packed)]), ("0.0.0.0", 68))
-    protocol.datagramReceived(message(c.DHCPREQUEST, [
+    _dora(protocol, transport, clock, 0.75)
+    protocol.datagramReceived(_request_datagram(c.DHCPREQUEST, [
         (c.OPT_REQUESTED_IP, IPv4Address("198.18.0.200").packed),
         (c.OPT_SERVER_ID, IPv4Address("198.18.0.1").packed)]), ("0.0.0.0", 68))  # NAK
     assert [e.kind for e in seen] == ["nak"]
