@@ -54,7 +54,7 @@ from typing import Any
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import dhcp_bench as bench
-from benchmarks.common import log, netlab, scratch_dir
+from benchmarks.common import PXESTACK, log, netlab, scratch_dir
 from benchmarks.peers import find_peers
 
 CLIENTS = bench.CLIENTS
@@ -319,7 +319,7 @@ def run_net(args: argparse.Namespace) -> None:
             for rate in rates:
                 for server in candidates:
                     spy = None
-                    if args.py_spy and server.name == bench.PXESTACK:
+                    if args.py_spy and server.name == PXESTACK:
                         spy = args.py_spy.replace("{n}", f"{rate}-{repetition}")
                     run = _one_net_run(server, lab, rate, args, spy)
                     table.setdefault((server.name, rate), []).append(run)
