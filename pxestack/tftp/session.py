@@ -131,7 +131,37 @@ def error_datagram(code: int, message: str) -> bytes:
 UNKNOWN_TID_DATAGRAM = error_datagram(ErrorCode.UNKNOWN_TID, "Unknown transfer ID")
 
 
-class ReadSession:
+class _Session:
+    """What a read and a write session share: the request, the client, when it started,
+    and how it ended."""
+
+    def __init__(
+        self, request: ReadRequest | WriteRequest, now: Now,
+        settings: SessionSettings | None, client: Address,
+    ) -> None:
+        self.settings = settings or SessionSettings()
+        self.request = request
+        self.client = client
+        self.started = now
+        self.state = SessionState.SENDING
+        self.outcome: Outcome | None = None
+        self.error_message = ""
+        self.finished_at: Now | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the transfer has ended (any outcome)."""
+        return self.state is SessionState.FINISHED
+
+    def _mark_finished(self, outcome: Outcome, now: Now, message: str) -> None:
+        """Record the end: no more datagrams are taken after this."""
+        self.state = SessionState.FINISHED
+        self.outcome = outcome
+        self.error_message = message
+        self.finished_at = now
+
+
+class ReadSession(_Session):
     """One RRQ being served: negotiation done at construction, then DATA until the end.
 
     *reader* is owned by the session from here on and closed when it finishes.
@@ -146,10 +176,8 @@ class ReadSession:
         settings: SessionSettings | None = None,
         client: Address = ("0.0.0.0", 0),
     ) -> None:
-        self.settings = settings or SessionSettings()
-        self.request = request
-        self.client = client
-        self.started = now
+        super().__init__(request, now, settings, client)
+        self.request: ReadRequest = request
         self._reader: Reader | None = reader
         size = reader.size()
         self.negotiated: Negotiated = negotiate(
@@ -157,10 +185,6 @@ class ReadSession:
         )
         self.blksize = self.negotiated.blksize
         self.windowsize = self.negotiated.windowsize
-        self.state = SessionState.SENDING
-        self.outcome: Outcome | None = None
-        self.error_message = ""
-        self.finished_at: Now | None = None
 
         # RTO state (RFC 6298).  A client's negotiated timeout caps it (RFC 2349 §3).
         ceiling = self.settings.max_rto
@@ -213,11 +237,6 @@ class ReadSession:
         self._retransmit_at = now + self._rto
 
     # ----------------------------------------------------------------- public API
-
-    @property
-    def finished(self) -> bool:
-        """Whether the transfer has ended (any outcome)."""
-        return self.state is SessionState.FINISHED
 
     @property
     def bytes_acked(self) -> int:
@@ -537,17 +556,14 @@ class ReadSession:
         self._finish(outcome, now, detail or message)
 
     def _finish(self, outcome: Outcome, now: Now, message: str = "") -> None:
-        self.state = SessionState.FINISHED
-        self.outcome = outcome
-        self.error_message = message
-        self.finished_at = now
+        self._mark_finished(outcome, now, message)
         self._retransmit_at = None
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
 
 
-class WriteSession:
+class WriteSession(_Session):
     """One WRQ being received into an :class:`~pxestack.tftp.source.Upload` (RFC 1350).
 
     Lock-step only (windowsize is not offered for uploads).  The server is the receiver
@@ -566,10 +582,8 @@ class WriteSession:
         settings: SessionSettings | None = None,
         client: Address = ("0.0.0.0", 0),
     ) -> None:
-        self.settings = settings or SessionSettings()
-        self.request = request
-        self.client = client
-        self.started = now
+        super().__init__(request, now, settings, client)
+        self.request: WriteRequest = request
         self._upload: Upload | None = upload
         limits = self.settings.limits
         self.negotiated = negotiate(
@@ -582,10 +596,6 @@ class WriteSession:
         )
         self.blksize = self.negotiated.blksize
         self.windowsize = 1
-        self.state = SessionState.SENDING
-        self.outcome: Outcome | None = None
-        self.error_message = ""
-        self.finished_at: Now | None = None
         self.bytes_acked = 0
         self.datagrams_sent = 1
         self.retransmits = 0
@@ -603,11 +613,6 @@ class WriteSession:
         )
         self._outbox: list[Datagram] = [self._last]
         self._retransmit_at: float | None = now + self._rto
-
-    @property
-    def finished(self) -> bool:
-        """Whether the transfer has ended (any outcome)."""
-        return self.state is SessionState.FINISHED
 
     def receive(self, datagram: bytes, now: Now) -> None:
         """Handle a datagram from the client's TID (MalformedPacket for garbage)."""
@@ -734,10 +739,7 @@ class WriteSession:
         self._end(outcome, now, detail or message)
 
     def _end(self, outcome: Outcome, now: Now, message: str = "") -> None:
-        self.state = SessionState.FINISHED
-        self.outcome = outcome
-        self.error_message = message
-        self.finished_at = now
+        self._mark_finished(outcome, now, message)
         upload, self._upload = self._upload, None
         if upload is not None:
             upload.abort()
