@@ -134,6 +134,10 @@ def _micro_server(journal_dir: Path, *, metrics: bool = False
     return protocol, transport, journal
 
 
+#: Offset of the BOOTP ``file`` field (RFC 2131 §2, Figure 1).
+_FILE_OFFSET = 108
+
+
 def _perfdhcp_like(kind: int, mac: bytes, xid: int, extra: dict[int, bytes]) -> bytes:
     """A relayed request shaped like perfdhcp's (giaddr, hops 1, options 53, 55, 60, 61)."""
     from pxestack.wire import constants as c
@@ -157,7 +161,11 @@ def run_micro(args: argparse.Namespace) -> None:
     from pxestack.wire import constants as c
 
     macs = [bytes((2, 0)) + n.to_bytes(4, "big") for n in range(args.clients)]
-    discovers = [_perfdhcp_like(c.DHCPDISCOVER, mac, n, {}) for n, mac in enumerate(macs)]
+    # With --arch the clients are PXE ROMs (option 60 PXEClient and option 93), so every
+    # reply carries a boot file: the boot decision's TFTP answer is on the timed path.
+    firmware = {} if args.arch is None else {c.OPT_CLIENT_ARCH: args.arch.to_bytes(2, "big")}
+    discovers = [_perfdhcp_like(c.DHCPDISCOVER, mac, n, firmware)
+                 for n, mac in enumerate(macs)]
     profiler = cProfile.Profile() if args.cprofile else None
     results: dict[str, list[float]] = {"discover": [], "request": []}
     for repetition in range(args.reps):
@@ -177,7 +185,8 @@ def run_micro(args: argparse.Namespace) -> None:
             requests = [
                 _perfdhcp_like(
                     c.DHCPREQUEST, mac, n,
-                    {c.OPT_REQUESTED_IP: offer[16:20], c.OPT_SERVER_ID: SERVER.packed},
+                    {c.OPT_REQUESTED_IP: offer[16:20], c.OPT_SERVER_ID: SERVER.packed,
+                     **firmware},
                 )
                 for n, (mac, offer) in enumerate(zip(macs, offered, strict=True))
             ]
@@ -191,6 +200,8 @@ def run_micro(args: argparse.Namespace) -> None:
             acks = transport.count - len(discovers)
             if acks != len(requests):
                 raise SystemExit(f"only {acks} ACKs for {len(requests)} REQUESTs")
+            if args.arch is not None and not all(offer[_FILE_OFFSET] for offer in offered):
+                raise SystemExit(f"an OFFER to arch {args.arch} has no boot file")
             journal.close()
         results["discover"].append((middle - started) / len(discovers) * 1e6)
         results["request"].append((ended - begin) / len(requests) * 1e6)
@@ -355,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     micro.add_argument("--cprofile", help="write cProfile stats of the timed parts here")
     micro.add_argument("--metrics", action="store_true",
                        help="wire the Prometheus metrics as pxestack serve does")
+    micro.add_argument("--arch", type=int, default=None,
+                       help="option 93 the clients send (0: x86 BIOS PXE, 7: EFI x64), so "
+                            "every reply carries a boot file (default: none, no boot file)")
     net = sub.add_parser("net", help="perfdhcp in the veth lab")
     net.add_argument("--mode", choices=("dora", "do"), default="dora")
     net.add_argument("--rates", default="2000,4000,6000")
