@@ -246,9 +246,9 @@ def test_perfdhcp_short_run_has_no_drops(tmp_path: Path) -> None:
             run = lab.client.run(
                 # -d 5: an answer counts as dropped after 5 s, not perfdhcp's default 1 s.
                 # 50/s is far below what the server sustains, so a lost exchange here is a
-                # bug; a reply that took over a second is the host starving both
-                # processes (it happened twice in 23 runs on a loaded 2-vCPU machine).
-                # -W: wait as long after the last request for the answers in flight.
+                # bug, while a reply later than 1 s is the host starving both processes
+                # (the likely cause of 2 failures in 23 runs on a loaded 2-vCPU machine;
+                # never reproduced on a quiet one).  -W: as long for the answers in flight.
                 ["perfdhcp", "-4", "-l", "pxc0", "-r", "50", "-n", "200", "-R", "200",
                  "-o", "60,505845436c69656e74", "-d", "5", "-W", "5000000", "198.18.0.1"],
                 timeout=45, check=False,
