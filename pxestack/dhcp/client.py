@@ -168,50 +168,33 @@ class ClientInfo:
         """Classify the sender of ``message``; never raises on what the peer sent.
 
         The options that describe the firmware (60, 77, 93, 175, 57) are read once per
-        distinct set of values and memoised (:func:`_model_facts`): in a boot storm every
+        distinct set of values and memoised (:func:`model_facts`): in a boot storm every
         machine of one model sends the same ones.  The per-machine options (97 UUID, 61
         client identifier, 12 host name) and the header fields are read for every message.
         """
         options = message.options
         items = options.items_view()
-        facts = _model_facts(items)
-        arch = facts.arch
+        facts = model_facts(items)
         firmware = facts.firmware
-        raspberry_pi = message.hlen == 6 and message.chaddr[:3] in RASPBERRY_PI_OUIS
-        if raspberry_pi and arch in (Arch.X86_BIOS, Arch.UNKNOWN) and firmware is Firmware.PXE:
-            # Quirk 4: the Pi 4/5 EEPROM bootloader claims arch 0; its MAC OUI tells the truth.
-            arch = Arch.RPI
+        arch, raspberry_pi = effective_arch(facts, message)
 
         errors = facts.errors_head
         client_uuid = None
-        raw_uuid = items.get(c.OPT_CLIENT_UUID)
-        if raw_uuid == b"":
-            # Quirk 3: some Intel PXE ROMs send option 97 with no GUID at all (pixiecore#21).
-            errors = (*errors, "option 97: empty, no client UUID")
-        elif raw_uuid is not None:
-            try:
-                client_uuid = options.client_uuid()
-            except MalformedPacket as exc:
-                errors = (*errors, f"option 97: {exc}")
+        if c.OPT_CLIENT_UUID in items:
+            client_uuid, problem = read_client_uuid(options)
+            if problem is not None:
+                errors = (*errors, problem)
 
         client_id = items.get(c.OPT_CLIENT_ID)
         if client_id is not None and not 2 <= len(client_id) <= 255:
-            # RFC 2132 §9.14: at least 2 octets; bad-inputs D6: fall back to chaddr.
-            errors = (
-                *errors, f"option 61: {len(client_id)} octets is not a valid client identifier"
-            )
+            errors = (*errors, invalid_client_id_problem(client_id))
             client_id = None
 
         hostname = None
         if c.OPT_HOST_NAME in items:
-            try:
-                hostname = options.text(c.OPT_HOST_NAME)
-            except MalformedPacket as exc:
-                errors = (*errors, f"option 12: {exc}")
-            if hostname is not None and not _valid_hostname(hostname):
-                # bad-inputs D7: never let a NUL, "/", ".." or spaces through as a host name.
-                errors = (*errors, "option 12: not an RFC 1123 host name, ignored")
-                hostname = None
+            hostname, problem = read_hostname(options)
+            if problem is not None:
+                errors = (*errors, problem)
         if facts.errors_tail:
             errors = (*errors, *facts.errors_tail)
 
@@ -246,6 +229,61 @@ class ClientInfo:
         return info
 
 
+def effective_arch(facts: ModelFacts, message: DhcpMessage) -> tuple[Arch, bool]:
+    """The client's architecture and whether its MAC is a Raspberry Pi's (by OUI).
+
+    Quirk 4: the Pi 4/5 EEPROM bootloader is a PXE client claiming arch 0 (x86 BIOS); its
+    MAC OUI tells the truth, so such a client is :attr:`Arch.RPI`.
+    """
+    arch = facts.arch
+    raspberry_pi = message.hlen == 6 and message.chaddr[:3] in RASPBERRY_PI_OUIS
+    if raspberry_pi and arch in (Arch.X86_BIOS, Arch.UNKNOWN) and (
+        facts.firmware is Firmware.PXE
+    ):
+        arch = Arch.RPI
+    return arch, raspberry_pi
+
+
+def read_client_uuid(options: DhcpOptions) -> tuple[uuid.UUID | None, str | None]:
+    """Option 97 as :attr:`ClientInfo.uuid` has it, and the problem found, if any.
+
+    ``(None, None)`` when the option is absent; never raises.
+    """
+    raw_uuid = options.items_view().get(c.OPT_CLIENT_UUID)
+    if raw_uuid == b"":
+        # Quirk 3: some Intel PXE ROMs send option 97 with no GUID at all (pixiecore#21).
+        return None, "option 97: empty, no client UUID"
+    try:
+        return options.client_uuid(), None
+    except MalformedPacket as exc:
+        return None, f"option 97: {exc}"
+
+
+def invalid_client_id_problem(client_id: bytes) -> str:
+    """The problem line for an option 61 that is not 2-255 octets long.
+
+    RFC 2132 §9.14: a client identifier has at least 2 octets; bad-inputs D6: such a value
+    is ignored and chaddr identifies the client.
+    """
+    return f"option 61: {len(client_id)} octets is not a valid client identifier"
+
+
+def read_hostname(options: DhcpOptions) -> tuple[str | None, str | None]:
+    """Option 12 as :attr:`ClientInfo.hostname` has it, and the problem found, if any.
+
+    ``(None, None)`` when the option is absent.  A name that is not valid UTF-8 or not an
+    RFC 1123 host name is dropped with a problem line; never raises.
+    """
+    try:
+        hostname = options.text(c.OPT_HOST_NAME)
+    except MalformedPacket as exc:
+        return None, f"option 12: {exc}"
+    if hostname is not None and not _valid_hostname(hostname):
+        # bad-inputs D7: never let a NUL, "/", ".." or spaces through as a host name.
+        return None, "option 12: not an RFC 1123 host name, ignored"
+    return hostname, None
+
+
 # ClientInfo is built for every packet.  A frozen dataclass __init__ sets each of its 20
 # fields through ``object.__setattr__``; calling the slot descriptors directly costs about
 # half as much on CPython 3.11 and yields the same frozen value (see from_message).
@@ -266,7 +304,7 @@ if tuple(f.name for f in fields(ClientInfo)) != _CLIENTINFO_FIELDS:  # a field w
 
 
 @dataclass(frozen=True, slots=True)
-class _ModelFacts:
+class ModelFacts:
     """What the firmware-describing options say (the same for every machine of a model)."""
 
     vendor_class: str | None
@@ -286,13 +324,20 @@ class _ModelFacts:
 
 #: Memo of :func:`_read_model_facts`, bounded in entries and in key size (bad-inputs D11: a
 #: flood of distinct, large option sets must not grow memory).
-_MODEL_MEMO: dict[tuple[bytes | None, ...], _ModelFacts] = {}
+_MODEL_MEMO: dict[tuple[bytes | None, ...], ModelFacts] = {}
 _MODEL_MEMO_ENTRIES: Final = 1024
 _MODEL_MEMO_KEY_OCTETS: Final = 512
 
 
-def _model_facts(items: Mapping[int, bytes]) -> _ModelFacts:
-    """:func:`_read_model_facts`, memoised by the raw values of the options it reads."""
+def model_facts(items: Mapping[int, bytes]) -> ModelFacts:
+    """What options 60, 77, 93, 175 and 57 of one message say (the facts of the firmware
+    model, the same for every machine of a model); never raises.
+
+    :func:`_read_model_facts`, memoised by the raw values of the options it reads.  Cheaper
+    than :meth:`ClientInfo.from_message` when only the firmware kind or option 57 is
+    needed: the DHCP server reads these first and builds the whole :class:`ClientInfo` only
+    for network-boot firmware (a plain OS client gets no boot decision).
+    """
     get = items.get
     key = (
         get(c.OPT_VENDOR_CLASS_ID),
@@ -312,7 +357,7 @@ def _model_facts(items: Mapping[int, bytes]) -> _ModelFacts:
     return facts
 
 
-def _read_model_facts(options: DhcpOptions) -> _ModelFacts:
+def _read_model_facts(options: DhcpOptions) -> ModelFacts:
     """Read options 60, 77, 175, 93 and 57; malformed ones become errors, never raise."""
     errors: list[str] = []
 
@@ -357,7 +402,7 @@ def _read_model_facts(options: DhcpOptions) -> _ModelFacts:
     head = tuple(errors)
     errors.clear()
     max_size = read(lambda: options.u16(c.OPT_MAX_MESSAGE_SIZE), "option 57")
-    return _ModelFacts(
+    return ModelFacts(
         vendor_class=vendor_class,
         user_classes=user_classes,
         ipxe_features=frozenset(features),
@@ -394,4 +439,8 @@ def _valid_hostname(name: str) -> bool:
     return all(_HOST_LABEL.match(label) for label in name.rstrip(".").split("."))
 
 
-__all__ = ["ARCH_TYPES", "RASPBERRY_PI_OUIS", "Arch", "ClientInfo", "Firmware", "IpxeDebugSecs"]
+__all__ = [
+    "ARCH_TYPES", "RASPBERRY_PI_OUIS", "Arch", "ClientInfo", "Firmware", "IpxeDebugSecs",
+    "ModelFacts", "effective_arch", "invalid_client_id_problem", "model_facts",
+    "read_client_uuid", "read_hostname",
+]

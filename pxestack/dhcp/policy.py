@@ -18,7 +18,16 @@ from dataclasses import dataclass, fields
 from ipaddress import IPv4Address
 from typing import Protocol, runtime_checkable
 
-from pxestack.dhcp.client import Arch, ClientInfo, Firmware
+from pxestack.dhcp.client import (
+    Arch,
+    ClientInfo,
+    Firmware,
+    ModelFacts,
+    effective_arch,
+    read_client_uuid,
+)
+from pxestack.wire import constants as c
+from pxestack.wire.dhcp import DhcpMessage
 
 _ZERO = IPv4Address(0)
 
@@ -65,6 +74,45 @@ class Machine:
         _set_hostname(machine, info.hostname)
         _set_interface(machine, interface)
         _set_relay(machine, info.giaddr)
+        return machine
+
+    @classmethod
+    def from_message(
+        cls,
+        message: DhcpMessage,
+        facts: ModelFacts,
+        *,
+        hostname: str | None,
+        interface: str | None = None,
+    ) -> Machine:
+        """``Machine.from_client(ClientInfo.from_message(message), interface=interface)``
+        without building the :class:`ClientInfo` (the DHCP server asks the policy for every
+        packet of a network-boot client; the whole classification is needed only when the
+        boot decision is not memoised).
+
+        *facts* is :func:`~pxestack.dhcp.client.model_facts` of the message's options and
+        *hostname* its option 12 as :func:`~pxestack.dhcp.client.read_hostname` reads it.
+        Never raises on what the peer sent (the same rules as ``ClientInfo``, shared).
+        """
+        options = message.options
+        items = options.items_view()
+        client_uuid = None
+        if c.OPT_CLIENT_UUID in items:
+            client_uuid = read_client_uuid(options)[0]
+        client_id = items.get(c.OPT_CLIENT_ID)
+        if client_id is not None and not 2 <= len(client_id) <= 255:
+            client_id = None  # RFC 2132 §9.14, bad-inputs D6 (as ClientInfo.client_id)
+        machine: Machine = _new_object(cls)
+        _set_mac(machine, message.chaddr.hex(":"))  # DhcpMessage.mac, inlined
+        _set_arch(machine, effective_arch(facts, message)[0])
+        _set_firmware(machine, facts.firmware)
+        _set_uuid(machine, client_uuid)
+        _set_client_id(machine, client_id)
+        _set_user_classes(machine, facts.user_classes)
+        _set_vendor_class(machine, facts.vendor_class)
+        _set_hostname(machine, hostname)
+        _set_interface(machine, interface)
+        _set_relay(machine, message.giaddr)
         return machine
 
 

@@ -59,7 +59,14 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import ClassVar, Final
 
 from pxestack._types import Now
-from pxestack.dhcp.client import ClientInfo, Firmware
+from pxestack.dhcp.client import (
+    Arch,
+    ClientInfo,
+    Firmware,
+    ModelFacts,
+    model_facts,
+    read_hostname,
+)
 from pxestack.dhcp.decide import (
     BootDecision,
     BootDefaults,
@@ -194,9 +201,21 @@ class LeaseEvent:
     detail: str = ""
 
 
+#: "Not read yet" for the lazily read values of a :class:`_Context`.
+_UNREAD: Final = object()
+
+
 @dataclass(slots=True)
 class _Context:
-    """What the handlers of one message share."""
+    """What the handlers of one message share.
+
+    The full classification (:meth:`classify`) and the host name are read on first use: a
+    plain OS client gets no boot decision, so its messages only need the firmware kind and
+    option 57 (:attr:`facts`, memoised per firmware model), and a network-boot client needs
+    the whole :class:`ClientInfo` only when the boot decision is not memoised.  Both are
+    pure functions of :attr:`message` that never raise, so reading them later gives the
+    same values.
+    """
 
     message: DhcpMessage
     interface: InterfaceInfo
@@ -205,7 +224,30 @@ class _Context:
     server_id: IPv4Address
     client: bytes
     client_id: bytes | None
-    info: ClientInfo
+    facts: ModelFacts
+    _info: ClientInfo | None = None
+    _hostname: object = _UNREAD
+
+    def classify(self) -> ClientInfo:
+        """:meth:`ClientInfo.from_message` of the message, built once, on first use."""
+        info = self._info
+        if info is None:
+            info = self._info = ClientInfo.from_message(self.message)
+        return info
+
+    @property
+    def hostname(self) -> str | None:
+        """The client's option 12 as :attr:`ClientInfo.hostname` has it (read once)."""
+        hostname = self._hostname
+        if hostname is _UNREAD:
+            if self._info is not None:
+                hostname = self._info.hostname
+            elif c.OPT_HOST_NAME in self.message.options.items_view():
+                hostname = read_hostname(self.message.options)[0]
+            else:
+                hostname = None
+            self._hostname = hostname
+        return hostname  # type: ignore[return-value]
 
 
 class DhcpServerCore:
@@ -310,7 +352,7 @@ class DhcpServerCore:
             interface.address,
             client_key(message.chaddr, client_id, match_client_id=self.settings.match_client_id),
             client_id,
-            ClientInfo.from_message(message),
+            model_facts(items),
         )
         return handler(self, context)
 
@@ -437,7 +479,7 @@ class DhcpServerCore:
             address,
             ctx.now,
             lease_time,
-            ctx.info.hostname,
+            ctx.hostname,
         )
         if lease is None:
             return self._nak(ctx, f"{address} is not available to this client")
@@ -507,19 +549,23 @@ class DhcpServerCore:
 
         The policy is asked on every packet (a policy change acts on the next one); what
         :func:`decide_boot` makes of its answer is memoised (:meth:`_decide`)."""
-        info = ctx.info
-        firmware = info.firmware
+        facts = ctx.facts
+        firmware = facts.firmware  # ClientInfo.firmware, without building ClientInfo
         if firmware is Firmware.OS:
             return _NO_BOOT
         message = ctx.message
-        spec = self.policy.boot_spec(Machine.from_client(info, interface=ctx.interface.name))
+        # The same Machine as Machine.from_client(ctx.classify(), ...), without ClientInfo.
+        machine = Machine.from_message(message, facts, hostname=ctx.hostname,
+                                       interface=ctx.interface.name)
+        spec = self.policy.boot_spec(machine)
         recently = firmware is Firmware.IPXE and self.chainloads.recent(
             message.chaddr, message.xid, ctx.now
         )
         if spec is None:  # decide_boot's first rule: the policy ignores this machine
             self.counters["ignored_by_policy"] += 1
             return None
-        decision = self._decide(info, spec, ctx.server_id, recently)
+        decision = self._decide(facts, machine.arch, spec, ctx.server_id, recently,
+                                ctx.classify)
         if decision.kind is BootKind.IGNORE:
             self.counters["ignored_by_policy"] += 1
             return None
@@ -529,10 +575,15 @@ class DhcpServerCore:
             return _NO_BOOT
         return decision
 
-    def _decide(self, info: ClientInfo, spec: BootSpec, server: IPv4Address,
-                recently: bool) -> BootDecision:
+    def _decide(self, facts: ModelFacts | ClientInfo, arch: Arch, spec: BootSpec,
+                server: IPv4Address, recently: bool,
+                classify: Callable[[], ClientInfo]) -> BootDecision:
         """``decide_boot(info, spec, self._defaults_for(server), recently_chainloaded=...)``,
         memoised by everything it reads.
+
+        *info* is ``classify()``, called only when the memo has no answer; *facts* (its
+        model facts, or the ClientInfo itself) and *arch* (``info.arch``) are what the key
+        reads.
 
         :func:`decide_boot` is a pure function of the client's firmware, architecture, user
         classes and iPXE features/version (the same for every machine of a model), the
@@ -546,11 +597,11 @@ class DhcpServerCore:
         next_server = spec.next_server
         key = (
             id(server),
-            id(info.firmware),  # enum members live forever; their hash runs Python code
-            id(info.arch),
-            info.user_classes,
-            info.ipxe_features,
-            info.ipxe_version,
+            id(facts.firmware),  # enum members live forever; their hash runs Python code
+            id(arch),
+            facts.user_classes,
+            facts.ipxe_features,
+            facts.ipxe_version,
             spec.ipxe_script_url,
             spec.boot_file,
             None if next_server is None else next_server.packed,
@@ -561,10 +612,10 @@ class DhcpServerCore:
         entry = memo.get(key)
         if entry is not None and entry[0] is server:
             return entry[1]
-        decision = decide_boot(info, spec, self._defaults_for(server),
+        decision = decide_boot(classify(), spec, self._defaults_for(server),
                                recently_chainloaded=recently)
-        version = info.ipxe_version
-        if sum(map(len, info.user_classes)) + (0 if version is None else len(version)) <= (
+        version = facts.ipxe_version
+        if sum(map(len, facts.user_classes)) + (0 if version is None else len(version)) <= (
             _DECISION_MEMO_KEY_OCTETS
         ):  # peer-sized parts of the key: a flood of large distinct ones is not kept (D11)
             if len(memo) >= _DECISION_MEMO_ENTRIES:
@@ -606,7 +657,7 @@ class DhcpServerCore:
         # Option 55 as raw octets: ``code in wanted`` works on bytes, no set to build.
         wanted = request_items.get(c.OPT_PARAMETER_REQUEST_LIST)
         host_name = None
-        if lease is not None and lease.hostname and lease.hostname != ctx.info.hostname:
+        if lease is not None and lease.hostname and lease.hostname != ctx.hostname:
             # A reservation's host name (RFC 2132 §3.14), when the client did not send it.
             host_name = lease.hostname
         relay_info = request_items.get(c.OPT_RELAY_AGENT_INFO)
@@ -631,7 +682,7 @@ class DhcpServerCore:
             options_size = _encoded_size(items)
         # Option 57 as the classification read it (a malformed one counts as absent there
         # too), so the options are not parsed again: reply_size_limit's rule.
-        max_size = size_limit(ctx.info.max_message_size, ctx.interface.mtu)
+        max_size = size_limit(ctx.facts.max_message_size, ctx.interface.mtu)
         yiaddr = lease.address if lease is not None else _ZERO
         draft = build_reply(
             message,

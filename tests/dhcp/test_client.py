@@ -10,7 +10,16 @@ from dhcp_samples import SAMPLES, VM_MAC
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pxestack.dhcp.client import ARCH_TYPES, Arch, ClientInfo, Firmware, IpxeDebugSecs
+from pxestack.dhcp.client import (
+    ARCH_TYPES,
+    Arch,
+    ClientInfo,
+    Firmware,
+    IpxeDebugSecs,
+    model_facts,
+    read_hostname,
+)
+from pxestack.dhcp.policy import Machine
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions
@@ -199,3 +208,51 @@ def test_classification_never_raises(options: dict[int, bytes], chaddr: bytes,
     info = client(options, chaddr=chaddr, secs=secs)
     assert isinstance(info.firmware, Firmware) and isinstance(info.arch, Arch)
     assert all(isinstance(error, str) for error in info.errors)
+
+
+# --- the server's lighter reads (docs/dhcp.md §11, round 6) ----------------------------------
+
+#: Option values that reach every branch of the shared rules: Raspberry Pi OUIs with arch 0,
+#: empty and short UUIDs, 1-octet client identifiers, host names good and bad.
+_SPECIAL_VALUES = {
+    c.OPT_VENDOR_CLASS_ID: [b"PXEClient", b"PXEClient:Arch:00000:UNDI:002001",
+                            b"HTTPClient:Arch:00016", b"\xff\xfe"],
+    c.OPT_CLIENT_ARCH: [b"\x00\x00", b"\x00\x07", b"\x00\x0b", b"\x00\x10", b"\x00"],
+    c.OPT_CLIENT_UUID: [b"", b"\x00" + SMBIOS_UUID.bytes_le, b"\x01" + bytes(16), b"\x00"],
+    c.OPT_CLIENT_ID: [b"", b"\x01", b"\x01\x02\x03", b"\x00" * 7],
+    c.OPT_HOST_NAME: [b"node-1", b"bad name", b"\xff", b"a/../b", b""],
+    c.OPT_USER_CLASS: [b"iPXE", b"\x04iPXE\x08pxestack", b"\x05"],
+    c.OPT_IPXE_ENCAP: [b"\x13\x01\x01", b"\xeb\x03\x01\x02\x03", b"\x13"],
+}
+_RPI_MAC = bytes.fromhex("dca632000001")
+
+
+@st.composite
+def _client_messages(draw: st.DrawFn) -> DhcpMessage:
+    codes = draw(st.sets(st.sampled_from(sorted(_SPECIAL_VALUES)), max_size=7))
+    items = {code: draw(st.sampled_from(_SPECIAL_VALUES[code]) | st.binary(max_size=20))
+             for code in sorted(codes)}
+    chaddr = draw(st.sampled_from([VM_MAC, _RPI_MAC, b"", b"\x01\x02"]) | st.binary(max_size=16))
+    giaddr = draw(st.sampled_from([IPv4Address(0), IPv4Address("198.18.7.1")]))
+    return DhcpMessage(op=c.BOOTREQUEST, xid=1, chaddr=chaddr, giaddr=giaddr,
+                       options=DhcpOptions({c.OPT_MESSAGE_TYPE: b"\x01", **items}))
+
+
+@settings(max_examples=300)
+@given(_client_messages(), st.sampled_from([None, "pxs0"]))
+def test_machine_from_message_is_machine_from_client(message: DhcpMessage,
+                                                     interface: str | None) -> None:
+    """The server asks its policy with ``Machine.from_message`` (no ClientInfo built): the
+    same value as ``Machine.from_client`` of the full classification, for every branch of
+    the shared rules (Pi OUI, option 97, 61 and 12 problems)."""
+    info = ClientInfo.from_message(message)
+    facts = model_facts(message.options.items_view())
+    hostname = (read_hostname(message.options)[0]
+                if c.OPT_HOST_NAME in message.options.items_view() else None)
+    assert hostname == info.hostname
+    assert facts.firmware is info.firmware
+    assert facts.max_message_size == info.max_message_size
+    assert (facts.user_classes, facts.ipxe_features, facts.ipxe_version) == (
+        info.user_classes, info.ipxe_features, info.ipxe_version)
+    assert Machine.from_message(message, facts, hostname=hostname, interface=interface) == (
+        Machine.from_client(info, interface=interface))

@@ -10,6 +10,7 @@ answers change between packets: the policy is still asked on every packet.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from dhcp_samples import SAMPLES
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_server import IFACE, RELAY, make_core, message
 
-from pxestack.dhcp.client import ClientInfo
+from pxestack.dhcp.client import ClientInfo, model_facts
 from pxestack.dhcp.decide import BootDecision, Outgoing, decide_boot, size_limit
 from pxestack.dhcp.policy import BootSpec, Machine
 from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo
@@ -58,6 +59,16 @@ def _requests() -> list[DhcpMessage]:
 
 
 REQUESTS = _requests()
+
+
+def _memoised(core: DhcpServerCore, request: DhcpMessage, spec: BootSpec,
+              server: IPv4Address, recently: bool) -> BootDecision:
+    """``core._decide`` for *request*, keyed by its model facts as ``_boot`` keys it; the
+    ClientInfo is built only when the memo has no answer."""
+    facts = model_facts(request.options.items_view())
+    arch = Machine.from_message(request, facts, hostname=None).arch
+    return core._decide(facts, arch, spec, server, recently,
+                        lambda: ClientInfo.from_message(request))
 SPECS = [
     None,
     BootSpec(),
@@ -99,7 +110,7 @@ def test_memoised_decision_equals_decide_boot(
         server = servers[server_index] if server_index < 2 else IPv4Address(str(servers[0]))
         expected = decide_boot(info, spec, core._defaults_for(server),
                                recently_chainloaded=recently)
-        assert core._decide(info, spec, server, recently) == expected
+        assert _memoised(core, REQUESTS[request_index], spec, server, recently) == expected
         del server
         gc.collect()  # a later object may get a dead one's id: the memo must not answer
 
@@ -116,8 +127,8 @@ def test_every_model_spec_and_flag_in_one_memo() -> None:
                     for server in servers:
                         expected = decide_boot(info, spec, core._defaults_for(server),
                                                recently_chainloaded=recently)
-                        assert core._decide(info, _fresh_spec(spec),  # type: ignore[arg-type]
-                                            server, recently) == expected
+                        assert _memoised(core, request, _fresh_spec(spec),  # type: ignore[arg-type]
+                                         server, recently) == expected
 
 
 class _ChangingPolicy:
@@ -136,9 +147,9 @@ class _ChangingPolicy:
 class _UnmemoisedCore(DhcpServerCore):
     """The core with every boot decision made by ``decide_boot`` itself."""
 
-    def _decide(self, info: ClientInfo, spec: BootSpec, server: IPv4Address,
-                recently: bool) -> BootDecision:
-        return decide_boot(info, spec, self._defaults_for(server),
+    def _decide(self, facts: object, arch: object, spec: BootSpec, server: IPv4Address,
+                recently: bool, classify: Callable[[], ClientInfo]) -> BootDecision:
+        return decide_boot(classify(), spec, self._defaults_for(server),
                            recently_chainloaded=recently)
 
 
@@ -195,10 +206,11 @@ def test_large_peer_supplied_keys_are_not_kept() -> None:
         user_class = bytes((250,)) + bytes([n]) * 250  # RFC 3004 form, 250 octets each
         items = {**dict(base.options), c.OPT_USER_CLASS: user_class * 3,
                  c.OPT_VENDOR_CLASS_ID: b"PXEClient"}
-        info = ClientInfo.from_message(base.replace(options=DhcpOptions(items)))
+        request = base.replace(options=DhcpOptions(items))
+        info = ClientInfo.from_message(request)
         assert sum(map(len, info.user_classes)) > 512
         spec = BootSpec()
-        assert core._decide(info, spec, IFACE.address, False) == decide_boot(
+        assert _memoised(core, request, spec, IFACE.address, False) == decide_boot(
             info, spec, core._defaults_for(IFACE.address))
     assert core._decision_memo == {}
 
