@@ -409,9 +409,14 @@ def reply_destination(request: DhcpMessage, reply_type: int, *,
     """
     giaddr = request.giaddr
     # ``x is not _ZERO`` first: the decoder's unset addresses are that one object, and the
-    # identity test spares IPv4Address.__eq__, a Python-level call.
-    if giaddr is not _ZERO and giaddr != _ZERO:
-        return _relay_destination(giaddr)
+    # identity test spares IPv4Address.__eq__, a Python-level call; so does finding a
+    # relay's shared destination (by the id of the decoder's shared object) before it.
+    if giaddr is not _ZERO:
+        known = _RELAY_DESTINATIONS.get(id(giaddr))
+        if known is not None and known.address is giaddr:
+            return known
+        if giaddr != _ZERO:
+            return _relay_destination(giaddr)
     if reply_type == c.DHCPNAK:
         return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
     if request.ciaddr is not _ZERO and request.ciaddr != _ZERO:

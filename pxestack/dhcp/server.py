@@ -300,6 +300,8 @@ class DhcpServerCore:
         ] = {id(s): (s, _encode_subnet_options(s)) for s in settings.subnets}
         self._subnet_memo: dict[int, SubnetSettings | None] = {}
         self._relays = frozenset(int(relay) for relay in settings.relays)
+        #: See :meth:`_relay_entry`; bounded (D11).
+        self._relay_memo: dict[int, tuple[IPv4Address, SubnetSettings | None, bool]] = {}
         #: Boot decisions by (server, model facts, policy answer, recently chainloaded);
         #: see :meth:`_decide`.
         self._decision_memo: dict[tuple[object, ...], tuple[IPv4Address, BootDecision]] = {}
@@ -326,12 +328,16 @@ class DhcpServerCore:
             self.counters["ignored_message"] += 1
             return []
         giaddr = message.giaddr
-        if giaddr is not _ZERO and giaddr != _ZERO:
-            relay = int(giaddr)
-            if relay not in self._relays:
+        relayed = None
+        if giaddr is not _ZERO:
+            relayed = self._relay_memo.get(id(giaddr))
+            if relayed is None or relayed[0] is not giaddr:
+                relayed = self._relay_entry(giaddr)
+        if relayed is not None:
+            if not relayed[2]:
                 self.counters["ignored_relay"] += 1
                 return []
-            settings = self._settings_for(giaddr, relay)
+            settings = relayed[1]
         elif message.ciaddr is not _ZERO and message.ciaddr != _ZERO and message_type in (
             c.DHCPREQUEST, c.DHCPINFORM, c.DHCPRELEASE
         ):
@@ -355,6 +361,24 @@ class DhcpServerCore:
             model_facts(items),
         )
         return handler(self, context)
+
+    def _relay_entry(
+        self, giaddr: IPv4Address
+    ) -> tuple[IPv4Address, SubnetSettings | None, bool] | None:
+        """``(giaddr, its subnet settings, whether it is a configured relay)``, or None for
+        an unset giaddr; remembered by ``id`` of the decoder's shared address object, so a
+        relay seen before costs no IPv4Address comparison or ``int()`` (Python-level calls).
+        The entry holds *giaddr*, so its ``id`` is not reused while the entry lives."""
+        if giaddr is _ZERO or giaddr == _ZERO:
+            return None
+        relay = int(giaddr)
+        known = relay in self._relays
+        entry = (giaddr, self._settings_for(giaddr, relay) if known else None, known)
+        memo = self._relay_memo
+        if len(memo) >= _SUBNET_MEMO_ENTRIES:
+            memo.clear()
+        memo[id(giaddr)] = entry
+        return entry
 
     def _settings_for(self, address: IPv4Address, key: int | None = None
                       ) -> SubnetSettings | None:

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_server import IFACE, make_core
+from test_server import IFACE, NET, RELAY, REMOTE, make_core, message
 
 from pxestack.dhcp.decide import Destination, DestinationKind, _relay_destination
 from pxestack.dhcp.leases import (
@@ -46,6 +46,31 @@ def test_relay_destination_matches_a_fresh_destination_for_every_object() -> Non
             assert destination == Destination(DestinationKind.RELAY, giaddr, c.DHCP_SERVER_PORT)
             assert destination.address == IPv4Address(text)
             del giaddr, destination
+            if round_:
+                gc.collect()  # let ids be reused by the next object
+
+
+def test_relay_memo_answers_for_every_giaddr_object() -> None:
+    """Round 6: the core finds a relay's subnet by ``id`` of the giaddr object; equal but
+    distinct objects, objects whose id is reused, unknown relays and an unset giaddr built
+    as a new object get the answers of the straightforward lookup."""
+    core, _, _ = make_core()
+    cases = [(RELAY, "offer"), (IPv4Address("198.19.7.9"), "ignored_relay"),
+             (IPv4Address(0), "offer")]
+    for round_ in range(3):
+        for n, (address, expected) in enumerate(cases * 2):
+            giaddr = _fresh(str(address))
+            before = dict(core.counters)
+            replies = core.handle(message(c.DHCPDISCOVER, 100 + n, giaddr=giaddr), IFACE,
+                                  1000.0 + round_)
+            if expected == "offer":
+                assert len(replies) == 1
+                subnet = REMOTE if giaddr == RELAY else NET
+                assert replies[0].message.yiaddr in subnet
+            else:
+                assert replies == []
+                assert core.counters["ignored_relay"] == before["ignored_relay"] + 1
+            del giaddr, replies
             if round_:
                 gc.collect()  # let ids be reused by the next object
 
