@@ -40,7 +40,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections import OrderedDict
-from dataclasses import dataclass, field, fields
+from dataclasses import FrozenInstanceError, dataclass, field
 from ipaddress import IPv4Address
 from typing import Final
 
@@ -49,7 +49,7 @@ from pxestack.dhcp.client import Arch, ClientInfo, Firmware
 from pxestack.dhcp.policy import BootSpec
 from pxestack.errors import ApiMisuse, MalformedPacket
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp import DhcpMessage, max_message_size
+from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp, max_message_size
 from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions, ipv4_address
 
 _ZERO: Final = ipv4_address(0)  # the shared object the decoder uses too
@@ -358,41 +358,138 @@ class Destination:
     chaddr: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
 class Outgoing:
     """One reply a sans-IO core asks its adapter to send.
 
-    The adapter encodes ``message`` with ``encode_dhcp(message, max_size=max_size)`` and sends
-    it from ``source_port`` (67, or 4011 for proxy ACKs) on ``interface`` to ``destination``.
+    The adapter sends :meth:`encoded` (``encode_dhcp(message, max_size=max_size)``) from
+    ``source_port`` (67, or 4011 for proxy ACKs) on ``interface`` to ``destination``.
+
+    A core may hand a reply over already encoded (:func:`encoded_outgoing`: the server's
+    cached option sets, with the header packed straight from the request, see
+    :func:`~pxestack.wire.dhcp.encode_reply`); its ``message`` is then built on first use
+    from the same inputs, so both forms read the same.  Immutable and compared by value,
+    like the frozen dataclass it replaced.
     """
 
-    message: DhcpMessage
+    __slots__ = ("_message", "_payload", "_recipe", "destination", "interface", "max_size",
+                 "source_port")
+
+    _message: DhcpMessage | None
+    _recipe: tuple[DhcpMessage, DhcpOptions, IPv4Address, IPv4Address, IPv4Address, bytes]
+    _payload: bytes | None
     destination: Destination
     max_size: int
-    source_port: int = c.DHCP_SERVER_PORT
-    interface: str | None = None
+    source_port: int
+    interface: str | None
+
+    def __init__(self, message: DhcpMessage, destination: Destination, max_size: int,
+                 source_port: int = c.DHCP_SERVER_PORT, interface: str | None = None) -> None:
+        """A reply for the adapter to encode."""
+        _fill(self, message, None, None, destination, max_size, source_port, interface)
+
+    @property
+    def message(self) -> DhcpMessage:
+        """The reply (built from the encoder's inputs on first use, for an encoded one)."""
+        message = self._message
+        if message is None:
+            request, options, yiaddr, siaddr, ciaddr, file = self._recipe
+            message = build_reply(request, options, yiaddr=yiaddr, siaddr=siaddr,
+                                  ciaddr=ciaddr, file=file)
+            _set_message(self, message)
+        return message
+
+    @property
+    def reply_type(self) -> bytes | None:
+        """The reply's option 53 as raw octets (None when absent), without building it."""
+        message = self._message
+        options = message.options if message is not None else self._recipe[1]
+        octets: bytes | None = options.items_view().get(c.OPT_MESSAGE_TYPE)
+        return octets
+
+    def encoded(self) -> bytes:
+        """The UDP payload: ``encode_dhcp(message, max_size=max_size)``.
+
+        Raises :class:`~pxestack.errors.ApiMisuse` if the reply cannot be encoded."""
+        payload = self._payload
+        if payload is None:
+            payload = encode_dhcp(self.message, max_size=self.max_size)
+        return payload
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.message, self.destination, self.max_size, self.source_port,
+                self.interface)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Outgoing:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"Outgoing(message={self.message!r}, destination={self.destination!r}, "
+                f"max_size={self.max_size!r}, source_port={self.source_port!r}, "
+                f"interface={self.interface!r})")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
-# Outgoing is built for every reply; like DhcpMessage (pxestack.wire.dhcp) it is filled
-# through its slot descriptors rather than the frozen dataclass __init__ (the same value).
+# Outgoing is built for every reply: filled through its slot descriptors (its own
+# __setattr__ refuses, as a frozen dataclass's does).
 _new_object = object.__new__
-_OUTGOING_FIELDS: Final = ("message", "destination", "max_size", "source_port", "interface")
-_set_message, _set_destination, _set_max_size, _set_source_port, _set_interface = (
-    Outgoing.__dict__[name].__set__ for name in _OUTGOING_FIELDS
+(_set_message, _set_recipe, _set_payload, _set_destination, _set_max_size,
+ _set_source_port, _set_interface) = (
+    Outgoing.__dict__[name].__set__ for name in (
+        "_message", "_recipe", "_payload", "destination", "max_size", "source_port", "interface"
+    )
 )
-if tuple(f.name for f in fields(Outgoing)) != _OUTGOING_FIELDS:  # a field was added
-    raise ImportError("update the setters above for Outgoing's fields")
+
+
+def _fill(outgoing: Outgoing, message: DhcpMessage | None, recipe: object,
+          payload: bytes | None, destination: Destination, max_size: int,
+          source_port: int, interface: str | None) -> None:
+    _set_message(outgoing, message)
+    _set_recipe(outgoing, recipe)
+    _set_payload(outgoing, payload)
+    _set_destination(outgoing, destination)
+    _set_max_size(outgoing, max_size)
+    _set_source_port(outgoing, source_port)
+    _set_interface(outgoing, interface)
 
 
 def new_outgoing(message: DhcpMessage, destination: Destination, max_size: int,
                  source_port: int, interface: str | None) -> Outgoing:
     """``Outgoing(...)`` with every field given positionally, without ``__init__``."""
     outgoing: Outgoing = _new_object(Outgoing)
-    _set_message(outgoing, message)
-    _set_destination(outgoing, destination)
-    _set_max_size(outgoing, max_size)
-    _set_source_port(outgoing, source_port)
-    _set_interface(outgoing, interface)
+    _fill(outgoing, message, None, None, destination, max_size, source_port, interface)
+    return outgoing
+
+
+def encoded_outgoing(
+    payload: bytes,
+    request: DhcpMessage,
+    options: DhcpOptions,
+    yiaddr: IPv4Address,
+    siaddr: IPv4Address,
+    ciaddr: IPv4Address,
+    file: bytes,
+    destination: Destination,
+    max_size: int,
+    source_port: int,
+    interface: str | None,
+) -> Outgoing:
+    """An :class:`Outgoing` whose *payload* is ``encode_dhcp(build_reply(request, options,
+    yiaddr=..., siaddr=..., ciaddr=..., file=...), max_size=max_size)``, already encoded
+    (see :func:`~pxestack.wire.dhcp.encode_reply`); its ``message`` is that
+    ``build_reply(...)``, built only if someone reads it."""
+    outgoing: Outgoing = _new_object(Outgoing)
+    _fill(outgoing, None, (request, options, yiaddr, siaddr, ciaddr, file), payload,
+          destination, max_size, source_port, interface)
     return outgoing
 
 
@@ -480,6 +577,7 @@ __all__ = [
     "DestinationKind",
     "Outgoing",
     "decide_boot",
+    "encoded_outgoing",
     "new_outgoing",
     "reply_destination",
     "reply_size_limit",

@@ -42,7 +42,7 @@ from pxestack.dhcp.proxy import ProxyDhcpCore
 from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo
 from pxestack.errors import ApiMisuse, MalformedPacket
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
+from pxestack.wire.dhcp import DhcpMessage, decode_dhcp
 from pxestack.wire.ipv4 import ipv4_udp_packet
 
 _BROADCAST = "255.255.255.255"
@@ -406,8 +406,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
             if received is not None and len(received) != 1:
                 received = None  # the key stays one of 257 values (D11)
             replies = self.dispatch(message, addr, now)
-            key = (received, replies[0].message.options.items_view().get(
-                c.OPT_MESSAGE_TYPE) if replies else None)
+            key = (received, replies[0].reply_type if replies else None)
             outcomes = self.outcomes
             outcomes[key] = outcomes.get(key, 0) + 1
             return replies
@@ -431,7 +430,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
     def send(self, reply: Outgoing) -> None:
         """Encode *reply* and carry out its destination (RFC 2131 §4.1, decided by the core)."""
         try:
-            payload = encode_dhcp(reply.message, max_size=reply.max_size)
+            payload = reply.encoded()
         except ApiMisuse:
             self.bugs += 1
             self.log.failure("could not encode a DHCP reply (a bug in pxestack)",

@@ -74,6 +74,7 @@ from pxestack.dhcp.decide import (
     ChainloadMemory,
     Outgoing,
     decide_boot,
+    encoded_outgoing,
     new_outgoing,
     reply_destination,
     reply_size_limit,
@@ -83,7 +84,14 @@ from pxestack.dhcp.leases import Lease, LeaseState, LeaseStore, Subnet, client_k
 from pxestack.dhcp.policy import BootPolicy, BootSpec, Machine
 from pxestack.errors import ApiMisuse
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp, pre_encoded_options
+from pxestack.wire.dhcp import (
+    DhcpMessage,
+    PreEncodedOptions,
+    build_reply,
+    encode_dhcp,
+    encode_reply,
+    pre_encoded_options,
+)
 from pxestack.wire.dhcp_options import DhcpOptions, encode_domain_search, ipv4_address
 
 _ZERO: Final = ipv4_address(0)  # the shared object the decoder uses too
@@ -708,6 +716,23 @@ class DhcpServerCore:
         # too), so the options are not parsed again: reply_size_limit's rule.
         max_size = size_limit(ctx.facts.max_message_size, ctx.interface.mtu)
         yiaddr = lease.address if lease is not None else _ZERO
+        if type(reply_options) is PreEncodedOptions and (
+            reply_options.area_size <= max_size - 241
+        ):
+            # The cached options fit: pack the header straight from the request (the same
+            # octets as encode_dhcp(build_reply(...)); no reply DhcpMessage is built).
+            siaddr = _ZERO if decision is None else decision.siaddr
+            ciaddr = message.ciaddr if reply_type == c.DHCPACK else _ZERO
+            file = b"" if decision is None else decision.file
+            return encoded_outgoing(
+                encode_reply(message, reply_options, yiaddr=yiaddr, siaddr=siaddr,
+                             ciaddr=ciaddr, file=file),
+                message, reply_options, yiaddr, siaddr, ciaddr, file,
+                reply_destination(message, reply_type, yiaddr=yiaddr),
+                max_size,
+                c.DHCP_SERVER_PORT,
+                ctx.interface.name,
+            )
         draft = build_reply(
             message,
             reply_options,

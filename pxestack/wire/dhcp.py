@@ -478,6 +478,53 @@ def _pack_header(message: DhcpMessage, chaddr: bytes, sname_field: bytes,
     return header
 
 
+def encode_reply(
+    request: DhcpMessage,
+    options: PreEncodedOptions,
+    *,
+    yiaddr: IPv4Address = _ZERO,
+    siaddr: IPv4Address = _ZERO,
+    ciaddr: IPv4Address = _ZERO,
+    file: bytes = b"",
+) -> bytes:
+    """``encode_dhcp(build_reply(request, options, yiaddr=..., siaddr=..., ciaddr=...,
+    file=...), max_size=...)`` for pre-encoded *options* whose area fits the size limit
+    (the caller checks ``options.area_size`` against it): the same octets, with the header
+    packed straight from the request's fields and no reply :class:`DhcpMessage` built.
+
+    Raises :class:`~pxestack.errors.ApiMisuse` where :func:`encode_dhcp` would (chaddr
+    and hlen disagree, *file* over 128 octets, a field out of range).
+    """
+    chaddr = request.chaddr
+    hlen = request.hlen
+    if len(chaddr) != hlen or hlen > c.CHADDR_LENGTH:
+        raise ApiMisuse(f"chaddr has {len(chaddr)} octets, hlen says {hlen}")
+    if len(file) > c.FILE_LENGTH:
+        raise ApiMisuse("sname is at most 64 and file at most 128 octets")
+    giaddr = request.giaddr
+    try:
+        header = _HEADER.pack(
+            c.BOOTREPLY,
+            request.htype,
+            hlen,
+            0,  # hops (RFC 2131 Table 3)
+            request.xid,
+            0,  # secs
+            request.flags,
+            0 if ciaddr is _ZERO else int(ciaddr),
+            0 if yiaddr is _ZERO else int(yiaddr),
+            0 if siaddr is _ZERO else int(siaddr),
+            0 if giaddr is _ZERO else int(giaddr),
+            chaddr,
+            b"",  # sname
+            file,
+            c.MAGIC_COOKIE,
+        )
+    except struct.error as exc:
+        raise ApiMisuse(f"header field out of range: {exc}") from exc
+    return header + options.tail
+
+
 def build_reply(
     request: DhcpMessage,
     options: DhcpOptions,
@@ -519,6 +566,7 @@ __all__ = [
     "build_reply",
     "decode_dhcp",
     "encode_dhcp",
+    "encode_reply",
     "format_mac",
     "max_message_size",
     "parse_mac",

@@ -8,6 +8,7 @@ the header.  These tests hold the cached path to the general one, byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 from ipaddress import IPv4Address
 
 import pytest
@@ -16,7 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_server import IFACE, RELAY, make_core, message
 
-from pxestack.dhcp.decide import Outgoing
+from pxestack.dhcp.decide import (
+    Destination,
+    DestinationKind,
+    Outgoing,
+    encoded_outgoing,
+    new_outgoing,
+)
+from pxestack.dhcp.protocol import DhcpServerProtocol
 from pxestack.dhcp.server import DhcpServerCore
 from pxestack.errors import ApiMisuse
 from pxestack.wire import constants as c
@@ -25,6 +33,7 @@ from pxestack.wire.dhcp import (
     PreEncodedOptions,
     build_reply,
     encode_dhcp,
+    encode_reply,
     pre_encoded_options,
 )
 from pxestack.wire.dhcp_options import DhcpOptions
@@ -154,3 +163,92 @@ def test_cache_keys_keep_replies_apart() -> None:
     again = _exchange(core, message(c.DHCPDISCOVER, 4, prl=bytes((1, 3))))[0].message
     assert again.options is first.options  # a cache hit: the same immutable value
     assert isinstance(first.options, PreEncodedOptions)
+
+
+# --- replies encoded by the core (docs/dhcp.md §11, round 6) -------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    items=option_items,
+    max_size=st.sampled_from([300, 548, 576, 1472]),
+    xid=st.integers(0, 2**32 - 1),
+    chaddr=st.binary(min_size=0, max_size=16),
+    hlen_matches=st.booleans(),
+    htype=st.integers(0, 255),
+    flags=st.integers(0, 0xFFFF),
+    yiaddr=addresses,
+    siaddr=addresses,
+    ciaddr=addresses,
+    giaddr=addresses,
+    file=st.binary(max_size=130).filter(lambda raw: b"\x00" not in raw),
+)
+def test_encode_reply_gives_the_octets_of_build_reply_and_encode_dhcp(
+    items: dict[int, bytes], max_size: int, xid: int, chaddr: bytes, hlen_matches: bool,
+    htype: int, flags: int, yiaddr: IPv4Address, siaddr: IPv4Address, ciaddr: IPv4Address,
+    giaddr: IPv4Address, file: bytes,
+) -> None:
+    """``encode_reply`` packs the header from the request: the same octets (or the same
+    error) as building the reply and encoding it, whenever the pre-encoded area fits."""
+    items.pop(c.OPT_MESSAGE_TYPE, None)
+    options = pre_encoded_options({c.OPT_MESSAGE_TYPE: b"\x02", **items})
+    if not isinstance(options, PreEncodedOptions) or options.area_size > max_size - 241:
+        return  # the server takes the general path for these
+    request = DhcpMessage(op=c.BOOTREQUEST, xid=xid, chaddr=chaddr, htype=htype,
+                          hlen=len(chaddr), giaddr=giaddr, flags=flags, hops=3, secs=9)
+    if not hlen_matches:
+        object.__setattr__(request, "hlen", len(chaddr) + 1)  # a bug's message: refused
+    reply = build_reply(request, options, yiaddr=yiaddr, siaddr=siaddr, ciaddr=ciaddr,
+                        file=file)
+    expected = _encode_or_error(reply, max_size)
+    try:
+        direct: bytes | type[Exception] = encode_reply(
+            request, options, yiaddr=yiaddr, siaddr=siaddr, ciaddr=ciaddr, file=file)
+    except ApiMisuse as exc:
+        direct = type(exc)
+    assert direct == expected
+    if isinstance(direct, bytes):
+        outgoing = encoded_outgoing(direct, request, options, yiaddr, siaddr, ciaddr, file,
+                                    _DESTINATION, max_size, 67, "veth0")
+        assert outgoing.encoded() is direct
+        assert outgoing.reply_type == b"\x02"
+        assert outgoing.message == reply  # built on first use, from the same inputs
+        assert outgoing == new_outgoing(reply, _DESTINATION, max_size, 67, "veth0")
+        assert hash(outgoing) == hash(Outgoing(reply, _DESTINATION, max_size, 67, "veth0"))
+
+
+_DESTINATION = Destination(DestinationKind.RELAY, IPv4Address("198.18.0.2"), 67)
+
+
+def test_outgoing_is_immutable_and_encodes_its_message() -> None:
+    core, _, _ = make_core()
+    offer = core.handle(message(c.DHCPDISCOVER, 1), IFACE, NOW)[0]
+    assert offer.encoded() == encode_dhcp(offer.message, max_size=offer.max_size)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        offer.max_size = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del offer.destination
+    general = Outgoing(offer.message, offer.destination, offer.max_size, interface="veth0")
+    assert general == offer and general.reply_type == offer.reply_type == b"\x02"
+    assert general.encoded() == offer.encoded()
+    assert "Outgoing(message=DhcpMessage(" in repr(offer)
+
+
+def test_adapter_sends_the_core_encoded_octets() -> None:
+    """The adapter sends what the core encoded, for a cached OFFER and ACK alike."""
+    core, _, _ = make_core()
+    protocol = DhcpServerProtocol(core, IFACE)
+    sent: list[bytes] = []
+
+    class _Transport:
+        def write(self, data: bytes, addr: tuple[str, int]) -> None:
+            sent.append(data)
+
+    protocol.makeConnection(_Transport())  # type: ignore[arg-type]
+    discover = message(c.DHCPDISCOVER, 7, giaddr=RELAY)
+    expected = core.handle(discover, IFACE, NOW)[0]
+    core2, _, _ = make_core()
+    protocol.core = core2
+    protocol.datagramReceived(encode_dhcp(discover), (str(RELAY), 67))
+    assert sent == [encode_dhcp(expected.message, max_size=expected.max_size)]
+    assert protocol.outcomes == {(b"\x01", b"\x02"): 1}
