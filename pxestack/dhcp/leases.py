@@ -320,6 +320,11 @@ class InMemoryLeaseStore:
         self._quarantine: dict[int, float] = {}
         #: (deadline, address) pairs; stale pairs are skipped when popped.
         self._deadlines: list[tuple[float, int]] = []
+        #: The earliest lease deadline pending in the heap, by address.  A record whose
+        #: expiry moves later (every retransmitted DISCOVER refreshes its offer hold, every
+        #: renewal its binding) keeps that entry instead of pushing another: when the entry
+        #: comes due, :meth:`expire` schedules the record's new expiry.
+        self._scheduled: dict[int, float] = {}
         self._offers = 0
         self.max_offers = max_offers
         self.listener = listener
@@ -462,20 +467,27 @@ class InMemoryLeaseStore:
         if lease.state is LeaseState.OFFERED:
             self._offers += 1
         if lease.state is not LeaseState.FREE:
-            heapq.heappush(self._deadlines, (lease.expires, address))
-            if len(self._deadlines) > 2 * len(self._by_address) + 1024:
-                self._compact_deadlines()
+            expires = lease.expires
+            scheduled = self._scheduled.get(address)
+            if scheduled is None or expires < scheduled:
+                heapq.heappush(self._deadlines, (expires, address))
+                self._scheduled[address] = expires
+                if len(self._deadlines) > 2 * len(self._by_address) + 1024:
+                    self._compact_deadlines()
 
     def _compact_deadlines(self) -> None:
         """Drop stale heap entries when they outnumber live ones (bounded memory, D11)."""
         if len(self._deadlines) > 2 * len(self._by_address) + 1024:
-            live = [
-                (lease.expires, int(lease.address))
+            scheduled = {
+                int(lease.address): lease.expires
                 for lease in self._by_address.values()
                 if lease.state is not LeaseState.FREE
-            ]
+            }
+            live = [(expires, address) for address, expires in scheduled.items()]
+            live += [(until, address) for address, until in self._quarantine.items()]
             heapq.heapify(live)
             self._deadlines = live
+            self._scheduled = scheduled
 
     def offer(
         self,
@@ -508,10 +520,8 @@ class InMemoryLeaseStore:
         else:
             current = self._by_client.get(client)
             # Containment by integer mask: ``address in IPv4Network`` runs Python code.
-            if current is not None and (
-                int(current.address) & state.netmask == state.network_int
-            ):
-                address = int(current.address)
+            address = 0 if current is None else int(current.address)
+            if current is not None and address & state.netmask == state.network_int:
                 if current.state is LeaseState.BOUND and current.active(now):
                     return current
                 if self._usable_by(address, client, now) and self._in_ranges(state, address):
@@ -672,16 +682,26 @@ class InMemoryLeaseStore:
         """End every offer hold, binding and quarantine due at or before *now*."""
         deadlines = self._deadlines
         ended: list[Lease] = []
+        scheduled = self._scheduled
         while deadlines and deadlines[0][0] <= now:
-            _, address = heapq.heappop(deadlines)
+            when, address = heapq.heappop(deadlines)
+            if scheduled.get(address) == when:
+                del scheduled[address]  # the address's earliest pending entry is this one
             until = self._quarantine.get(address)
             if until is not None and until <= now:
                 del self._quarantine[address]
                 if address not in self._by_address:
                     self._recycle(address)  # the quarantine is over: usable again
             lease = self._by_address.get(address)
-            if lease is not None and lease.state is not LeaseState.FREE and lease.expires <= now:
+            if lease is None or lease.state is LeaseState.FREE:
+                continue
+            if lease.expires <= now:
                 ended.append(self._free(lease, lease.expires))
+            elif address not in scheduled:
+                # The record's expiry moved later since this entry was pushed (_put keeps
+                # the earlier entry): schedule the new one.
+                heapq.heappush(deadlines, (lease.expires, address))
+                scheduled[address] = lease.expires
         return ended
 
     def next_deadline(self) -> float | None:

@@ -209,6 +209,12 @@ def test_heap_stays_bounded_under_many_renewals() -> None:
     for n in range(5000):
         s.bind(key(1), mac(1), None, offer.address, float(n), LEASE)
     assert len(s._deadlines) <= 2 * len(s) + 1025
+    # The renewed binding still ends on time: its first deadline reschedules the last one.
+    assert s.expire(4999.0 + LEASE - 1) == []
+    ended = s.expire(4999.0 + LEASE)
+    assert [lease.address for lease in ended] == [offer.address]
+    found = s.lookup(key(1), 4999.0 + LEASE)
+    assert found is not None and found.state is LeaseState.FREE
 
 
 class LeaseStoreMachine(RuleBasedStateMachine):
@@ -251,6 +257,9 @@ class LeaseStoreMachine(RuleBasedStateMachine):
     def advance(self, seconds: float) -> None:
         self.now += seconds
         self.store.expire(self.now)
+        overdue = [lease for lease in self.store.leases()
+                   if lease.state is not LeaseState.FREE and lease.expires <= self.now]
+        assert overdue == []  # every hold and binding that is due has ended
 
     @invariant()
     def no_address_is_shared(self) -> None:
@@ -275,6 +284,20 @@ class LeaseStoreMachine(RuleBasedStateMachine):
     def offer_count_is_exact_and_capped(self) -> None:
         offered = sum(1 for lease in self.store.leases() if lease.state is LeaseState.OFFERED)
         assert offered == self.store.outstanding_offers <= self.store.max_offers
+
+
+    @invariant()
+    def every_record_has_a_deadline_no_later_than_its_expiry(self) -> None:
+        """A refreshed hold or renewal keeps its earlier heap entry (docs/dhcp.md §11,
+        round 6); that entry must exist, so no expiry is missed."""
+        pending = set(self.store._deadlines)
+        for lease in self.store.leases():
+            if lease.state is LeaseState.FREE:
+                continue
+            address = int(lease.address)
+            scheduled = self.store._scheduled[address]
+            assert scheduled <= lease.expires
+            assert (scheduled, address) in pending
 
 
 TestLeaseStoreMachine = LeaseStoreMachine.TestCase
