@@ -172,6 +172,24 @@ def test_decline_quarantines_the_address() -> None:
     assert s.offer(key(3), mac(3), None, subnet, None, 102.0, HOLD) is not None
 
 
+def test_a_quarantine_survives_compaction_of_the_deadlines() -> None:
+    """The one-address pool comes back after its quarantine even when the deadline heap was
+    rebuilt in between (the rebuild used to keep lease deadlines only)."""
+    s = InMemoryLeaseStore([Subnet(NET, (AddressRange(RANGE.start, RANGE.start),))])
+    subnet = s.subnets[0]
+    offer = s.offer(key(1), mac(1), None, subnet, None, 0.0, HOLD)
+    assert offer is not None
+    s.bind(key(1), mac(1), None, offer.address, 0.0, LEASE)
+    assert s.decline(key(1), offer.address, 1.0, 100.0) is not None
+    s._deadlines.extend((0.5, 0) for _ in range(2000))  # stale entries force a rebuild
+    s._compact_deadlines()
+    assert len(s._deadlines) < 10
+    s.expire(102.0)
+    assert not s.quarantined(offer.address, 102.0)
+    again = s.offer(key(3), mac(3), None, subnet, None, 102.0, HOLD)
+    assert again is not None and again.address == offer.address
+
+
 def test_outstanding_offers_are_capped() -> None:
     """bad-inputs.md D10: a DISCOVER flood cannot hold the whole pool."""
     s = store(max_offers=3)
