@@ -80,7 +80,7 @@ def main() -> None:
         for out in replies:
             reply = out.message
             boot = reply.options.text(c.OPT_BOOTFILE_NAME)
-            wire = encode_dhcp(reply, max_size=out.max_size)
+            wire = out.encoded()  # encode_dhcp(reply, max_size=out.max_size)
             print(
                 f"    -> {c.MESSAGE_TYPE_NAMES[reply.message_type or 0]} to "
                 f"{out.destination.address}:{out.destination.port} "
