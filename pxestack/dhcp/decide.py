@@ -453,6 +453,7 @@ _new_object = object.__new__
 def _fill(outgoing: Outgoing, message: DhcpMessage | None, recipe: object,
           payload: bytes | None, destination: Destination, max_size: int,
           source_port: int, interface: str | None) -> None:
+    """Set every slot of a new :class:`Outgoing` (its ``__setattr__`` refuses)."""
     _set_message(outgoing, message)
     _set_recipe(outgoing, recipe)
     _set_payload(outgoing, payload)

@@ -607,15 +607,14 @@ class DhcpServerCore:
             return _NO_BOOT
         return decision
 
-    def _decide(self, facts: ModelFacts | ClientInfo, arch: Arch, spec: BootSpec,
+    def _decide(self, facts: ModelFacts, arch: Arch, spec: BootSpec,
                 server: IPv4Address, recently: bool,
                 classify: Callable[[], ClientInfo]) -> BootDecision:
         """``decide_boot(info, spec, self._defaults_for(server), recently_chainloaded=...)``,
         memoised by everything it reads.
 
-        *info* is ``classify()``, called only when the memo has no answer; *facts* (its
-        model facts, or the ClientInfo itself) and *arch* (``info.arch``) are what the key
-        reads.
+        *info* is ``classify()``, called only when the memo has no answer; the key reads
+        *facts* (its :func:`~pxestack.dhcp.client.model_facts`) and *arch* (``info.arch``).
 
         :func:`decide_boot` is a pure function of the client's firmware, architecture, user
         classes and iPXE features/version (the same for every machine of a model), the
