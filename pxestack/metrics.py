@@ -45,21 +45,30 @@ types below it but never :mod:`pxestack.provision`; the provisioning layer calls
 from __future__ import annotations
 
 import hmac
+import math
 import re
 import threading
 import time
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 
@@ -124,6 +133,53 @@ BOOT_PHASES: tuple[BootPhase, ...] = (
               "first contact to the first boot_complete: the whole provisioning"),
 )
 BOOT_EVENTS = frozenset(e for p in BOOT_PHASES for e in (p.start, p.end)) | {"configured"}
+
+
+class PhaseHistogram(Collector):
+    """``pxestack_boot_phase_duration_seconds``: one histogram per ``phase`` label, updated
+    under one lock per observation.
+
+    prometheus_client's ``Histogram`` takes a lock for its sum and another for the bucket
+    on every ``observe``; the DHCP server times every lease-granting ACK into this family
+    (the ``dhcp`` phase), so that cost is on its hot path (docs/dhcp.md §11, round 6).  The
+    provisioning thread pool observes too, hence the one lock.  Exposed as the same family
+    (buckets, ``_count``, ``_sum``), without the ``_created`` samples.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
+        """*buckets*: the upper bounds (``le``); +Inf is added when missing."""
+        bounds = sorted(float(bound) for bound in buckets)
+        if not bounds or bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(bounds)
+        self._labels = tuple(floatToGoString(bound) for bound in self.bounds)
+        self._lock = threading.Lock()
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+
+    def observe(self, phase: str, seconds: float) -> None:
+        """Count one duration of *phase* (its bucket: the first bound >= *seconds*)."""
+        index = bisect_left(self.bounds, seconds)
+        with self._lock:
+            counts = self._counts.get(phase)
+            if counts is None:
+                counts = self._counts[phase] = [0] * len(self.bounds)
+                self._sums[phase] = 0.0
+            counts[index] += 1
+            self._sums[phase] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        """The family as a scrape shows it: cumulative buckets, count and sum per phase."""
+        with self._lock:
+            snapshot = [(phase, list(counts), self._sums[phase])
+                        for phase, counts in self._counts.items()]
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["phase"])
+        for phase, counts, total in snapshot:
+            cumulative = list(zip(self._labels, accumulate(counts), strict=True))
+            family.add_metric([phase], cumulative, total)
+        yield family
 
 
 class _PullCollector(Collector):
@@ -233,8 +289,6 @@ class Metrics:
         #: no text (see :meth:`dhcp_progress`).
         self._offered_at: OrderedDict[bytes, float] = OrderedDict()
         self._bound_at: OrderedDict[bytes, float] = OrderedDict()
-        #: Histogram children of the MAC-keyed phases (their names are fixed).
-        self._phase_children: dict[str, Any] = {}
         self.tftp_transfers = Counter(
             "pxestack_tftp_transfers", "Finished TFTP transfers, by outcome", ["outcome"],
             registry=reg)
@@ -260,11 +314,11 @@ class Metrics:
         self.http_transfer_bytes = Counter(
             "pxestack_http_asset_bytes", "Asset body bytes handed to the kernel, by method",
             ["method"], registry=reg)
-        self.boot_phase_duration = Histogram(
+        self.boot_phase_duration = PhaseHistogram(
             "pxestack_boot_phase_duration_seconds", "Duration of each phase of a machine's "
-            "boot and provisioning", ["phase"], buckets=DURATION_BUCKETS, registry=reg)
-        self.boot_phases = BootPhaseTracker(
-            lambda phase, seconds: self.boot_phase_duration.labels(phase).observe(seconds))
+            "boot and provisioning", DURATION_BUCKETS)
+        reg.register(self.boot_phase_duration)
+        self.boot_phases = BootPhaseTracker(self.boot_phase_duration.observe)
         self._pull = _PullCollector()
         reg.register(self._pull)
         self._pull.sources.append(self._dhcp_families)
@@ -339,10 +393,7 @@ class Metrics:
         """End *phase* for *mac* if it started, at most ``boot_phases.max_age`` ago."""
         started = starts.pop(mac, None)
         if started is not None and 0 <= now - started <= self.boot_phases.max_age:
-            child = self._phase_children.get(phase)
-            if child is None:
-                child = self._phase_children[phase] = self.boot_phase_duration.labels(phase)
-            child.observe(now - started)
+            self.boot_phase_duration.observe(phase, now - started)
 
     def _dhcp_families(self) -> Iterator[Metric]:
         """``pxestack_dhcp_packets_total`` and ``pxestack_dhcp_lease_events_total``: the

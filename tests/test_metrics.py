@@ -14,6 +14,7 @@ import pytest_twisted
 import treq
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.web.server import Site
@@ -25,10 +26,12 @@ from pxestack.http.site import build_site
 from pxestack.http.stats import AssetStats, TransferRecord
 from pxestack.metrics import (
     BOOT_PHASES,
+    DURATION_BUCKETS,
     BootPhaseTracker,
     MeteredHostStore,
     Metrics,
     MetricsResource,
+    PhaseHistogram,
     instrument_site,
     leases_by_pool,
 )
@@ -629,3 +632,37 @@ def test_mac_keyed_phases_by_text_or_octets_are_one_record(metrics):
     assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="dhcp") == 1.5
     assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="firmware") == 1.5
     assert value(s, "pxestack_boot_phase_duration_seconds_count", phase="firmware") == 1
+
+
+# -- the boot-phase histogram (docs/dhcp.md §11, round 6) -----------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(
+    st.tuples(st.sampled_from(["dhcp", "firmware", "install"]),
+              st.sampled_from(DURATION_BUCKETS[:-1]) | st.floats(0, 5000, allow_nan=False)),
+    max_size=40,
+))
+def test_phase_histogram_exposes_what_a_prometheus_histogram_does(
+    observations: list[tuple[str, float]],
+) -> None:
+    """The lighter histogram gives the samples of prometheus_client's ``Histogram`` fed the
+    same durations (values on a bound included), apart from ``_created``."""
+    name = "pxestack_boot_phase_duration_seconds"
+    reference_registry = CollectorRegistry()
+    reference = Histogram(name, "doc", ["phase"], buckets=DURATION_BUCKETS,
+                          registry=reference_registry)
+    lighter_registry = CollectorRegistry()
+    lighter = PhaseHistogram(name, "doc", DURATION_BUCKETS)
+    lighter_registry.register(lighter)
+    for phase, seconds in observations:
+        reference.labels(phase).observe(seconds)
+        lighter.observe(phase, seconds)
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, tuple[tuple[str, str], ...],
+                                                         float]]:
+        return sorted((sample.name, tuple(sorted(sample.labels.items())), sample.value)
+                      for family in registry.collect() for sample in family.samples
+                      if not sample.name.endswith("_created"))
+
+    assert samples(lighter_registry) == samples(reference_registry)
