@@ -186,7 +186,7 @@ class ClientInfo:
                 errors = (*errors, problem)
 
         client_id = items.get(c.OPT_CLIENT_ID)
-        if client_id is not None and not 2 <= len(client_id) <= 255:
+        if client_id is not None and len(client_id) not in CLIENT_ID_LENGTHS:
             errors = (*errors, invalid_client_id_problem(client_id))
             client_id = None
 
@@ -257,6 +257,11 @@ def read_client_uuid(options: DhcpOptions) -> tuple[uuid.UUID | None, str | None
         return options.client_uuid(), None
     except MalformedPacket as exc:
         return None, f"option 97: {exc}"
+
+
+#: Lengths of a valid option 61 (RFC 2132 §9.14: at least 2 octets); another is ignored
+#: and chaddr identifies the client (bad-inputs D6).
+CLIENT_ID_LENGTHS: Final = range(2, 256)
 
 
 def invalid_client_id_problem(client_id: bytes) -> str:
@@ -440,7 +445,17 @@ def _valid_hostname(name: str) -> bool:
 
 
 __all__ = [
-    "ARCH_TYPES", "RASPBERRY_PI_OUIS", "Arch", "ClientInfo", "Firmware", "IpxeDebugSecs",
-    "ModelFacts", "effective_arch", "invalid_client_id_problem", "model_facts",
-    "read_client_uuid", "read_hostname",
+    "ARCH_TYPES",
+    "CLIENT_ID_LENGTHS",
+    "RASPBERRY_PI_OUIS",
+    "Arch",
+    "ClientInfo",
+    "Firmware",
+    "IpxeDebugSecs",
+    "ModelFacts",
+    "effective_arch",
+    "invalid_client_id_problem",
+    "model_facts",
+    "read_client_uuid",
+    "read_hostname",
 ]

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 from typing import Protocol, runtime_checkable
 
 from pxestack.dhcp.client import (
+    CLIENT_ID_LENGTHS,
     Arch,
     ClientInfo,
     Firmware,
@@ -100,8 +101,8 @@ class Machine:
         if c.OPT_CLIENT_UUID in items:
             client_uuid = read_client_uuid(options)[0]
         client_id = items.get(c.OPT_CLIENT_ID)
-        if client_id is not None and not 2 <= len(client_id) <= 255:
-            client_id = None  # RFC 2132 §9.14, bad-inputs D6 (as ClientInfo.client_id)
+        if client_id is not None and len(client_id) not in CLIENT_ID_LENGTHS:
+            client_id = None  # as ClientInfo.client_id
         machine: Machine = _new_object(cls)
         _set_mac(machine, message.chaddr.hex(":"))  # DhcpMessage.mac, inlined
         _set_arch(machine, effective_arch(facts, message)[0])

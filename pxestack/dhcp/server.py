@@ -715,14 +715,15 @@ class DhcpServerCore:
         # too), so the options are not parsed again: reply_size_limit's rule.
         max_size = size_limit(ctx.facts.max_message_size, ctx.interface.mtu)
         yiaddr = lease.address if lease is not None else _ZERO
+        siaddr = _ZERO if decision is None else decision.siaddr
+        # RFC 2131 Table 3: ciaddr is copied into ACKs to INFORM and renewals.
+        ciaddr = message.ciaddr if reply_type == c.DHCPACK else _ZERO
+        file = b"" if decision is None else decision.file
         if type(reply_options) is PreEncodedOptions and (
             reply_options.area_size <= max_size - 241
         ):
             # The cached options fit: pack the header straight from the request (the same
             # octets as encode_dhcp(build_reply(...)); no reply DhcpMessage is built).
-            siaddr = _ZERO if decision is None else decision.siaddr
-            ciaddr = message.ciaddr if reply_type == c.DHCPACK else _ZERO
-            file = b"" if decision is None else decision.file
             return encoded_outgoing(
                 encode_reply(message, reply_options, yiaddr=yiaddr, siaddr=siaddr,
                              ciaddr=ciaddr, file=file),
@@ -732,15 +733,8 @@ class DhcpServerCore:
                 c.DHCP_SERVER_PORT,
                 ctx.interface.name,
             )
-        draft = build_reply(
-            message,
-            reply_options,
-            yiaddr=yiaddr,
-            siaddr=_ZERO if decision is None else decision.siaddr,
-            # RFC 2131 Table 3: ciaddr is copied into ACKs to INFORM and renewals.
-            ciaddr=message.ciaddr if reply_type == c.DHCPACK else _ZERO,
-            file=b"" if decision is None else decision.file,
-        )
+        draft = build_reply(message, reply_options, yiaddr=yiaddr, siaddr=siaddr,
+                            ciaddr=ciaddr, file=file)
         reply = draft if options_size <= max_size - 241 else _fit(
             draft, max_size, None if wanted is None else frozenset(wanted)
         )
