@@ -22,6 +22,12 @@ The DHCP performance owner's own measuring script (the full comparative suite is
     ``--search`` runs the suite's sustained-rate search instead of fixed rates;
     ``--py-spy FILE`` records a py-spy profile (``--format raw`` collapsed stacks, or an
     SVG flame graph when FILE ends in .svg) of the pxestack server during each run.
+    ``--perf FILE`` records each server with ``perf record -g`` during each run and prints
+    where its CPU time went (:func:`perf_time_split`): user space (for pxestack, Python and
+    the C library), the UDP ``sendto``/``sendmsg`` of the replies (split into the send
+    itself and the peer's receive processing, which the kernel runs as a softirq in the
+    sender's context on a veth pair), ``recvfrom``, ``epoll`` and the rest of the kernel
+    (Kea's raw-socket sends and dnsmasq's netlink and ioctl calls land there).
     ``--baseline-tree DIR`` adds the pxestack code found in DIR as a fourth server, for
     before/after comparisons in one run.  Besides perfdhcp's figures the table shows the
     server's CPU time (user and system, from ``/proc``) per completed exchange, which
@@ -34,6 +40,8 @@ Run as root::
     .venv/bin/python benchmarks/dhcp_profile.py net --mode do --search --servers pxestack,dnsmasq
     .venv/bin/python benchmarks/dhcp_profile.py net --rates 6000 --servers pxestack \\
         --py-spy /tmp/dhcp.txt
+    .venv/bin/python benchmarks/dhcp_profile.py net --mode do --rates 24000 --reps 1 \\
+        --servers pxestack --perf /tmp/dhcp.perf
     git archive <commit> pxestack | tar -x -C /tmp/base   # the code before a change
     .venv/bin/python benchmarks/dhcp_profile.py net --rates 3000 --baseline-tree /tmp/base
 """
@@ -43,6 +51,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -240,6 +249,79 @@ def _py_spy(pid: int, output: str, seconds: int) -> subprocess.Popen[Any]:
     )
 
 
+def _perf_record(pid: int, output: str, seconds: int) -> subprocess.Popen[Any]:
+    """``perf record -g`` of process *pid* for *seconds* into *output*."""
+    return subprocess.Popen(
+        ["perf", "record", "-g", "--quiet", "-p", str(pid), "-o", output, "--",
+         "sleep", str(seconds)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+#: The categories of :func:`perf_time_split`, in the order they are tested and printed.
+PERF_CATEGORIES = (
+    "sendto: peer's receive (softirq)",
+    "sendto: send path",
+    "recvfrom",
+    "epoll_wait",
+    "other kernel",
+    "user space",
+)
+
+
+def _perf_category(frames: list[str], in_kernel: bool) -> str:
+    """The category of one sample: *frames* are its symbol names, innermost first;
+    *in_kernel* says whether the innermost frame is a kernel one."""
+    names = set(frames)
+    if "udp_sendmsg" in names:
+        if names & {"net_rx_action", "handle_softirqs", "__do_softirq"}:
+            return PERF_CATEGORIES[0]
+        return PERF_CATEGORIES[1]
+    if names & {"udp_recvmsg", "__sys_recvfrom"}:
+        return PERF_CATEGORIES[2]
+    if names & {"do_epoll_wait", "ep_poll"}:
+        return PERF_CATEGORIES[3]
+    return PERF_CATEGORIES[4] if in_kernel else PERF_CATEGORIES[5]
+
+
+def perf_time_split(script_output: str) -> dict[str, float]:
+    """Share (0..1) of the samples in each of :data:`PERF_CATEGORIES`.
+
+    *script_output* is ``perf script -F ip,sym,dso``: one block of frame lines
+    (``ADDRESS SYMBOL (DSO)``, innermost first) per sample, blocks separated by blank lines.
+    A frame whose DSO is ``[kernel.kallsyms]`` is a kernel frame.
+    """
+    counts = dict.fromkeys(PERF_CATEGORIES, 0)
+    frames: list[str] = []
+    in_kernel = False
+    for line in [*script_output.splitlines(), ""]:
+        parts = line.split(None, 1)
+        if not parts:  # the blank line that ends a sample
+            if frames:
+                counts[_perf_category(frames, in_kernel)] += 1
+            frames, in_kernel = [], False
+            continue
+        if len(parts) < 2:
+            continue
+        symbol, _, dso = parts[1].rpartition(" (")
+        if not frames:
+            in_kernel = dso.startswith("[kernel")
+        frames.append(symbol.split("+", 1)[0])
+    total = sum(counts.values())
+    return {name: (count / total if total else 0.0) for name, count in counts.items()}
+
+
+def _print_perf_split(output: str) -> None:
+    """Print :func:`perf_time_split` of the ``perf record`` file *output*."""
+    script = subprocess.run(
+        ["perf", "script", "-i", output, "-F", "ip,sym,dso"],
+        capture_output=True, text=True, check=False,
+    )
+    split = perf_time_split(script.stdout)
+    log(f"    perf {Path(output).name}: " + ", ".join(
+        f"{name} {share * 100:.1f} %" for name, share in split.items()))
+
+
 def _cpu_seconds(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds used so far by process *pid* (``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -248,7 +330,7 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 def _one_net_run(server: Any, lab: Any, rate: int, args: argparse.Namespace,
-                 spy_output: str | None) -> bench.PerfdhcpRun:
+                 spy_output: str | None, perf_output: str | None = None) -> bench.PerfdhcpRun:
     full = args.mode == "dora"
     with scratch_dir(f"dhcpprof-{server.name}") as workdir:
         process = server.start(lab, workdir)
@@ -256,6 +338,7 @@ def _one_net_run(server: Any, lab: Any, rate: int, args: argparse.Namespace,
             lab.server.wait_udp_port(67, timeout=30, process=process)
             time.sleep(0.5)
             spy = _py_spy(process.pid, spy_output, args.period + 1) if spy_output else None
+            perf = _perf_record(process.pid, perf_output, args.period) if perf_output else None
             if args.search:
                 step_rates = bench.SearchPlan.quick()
                 rates = step_rates.dora_rates if full else step_rates.do_rates
@@ -282,6 +365,9 @@ def _one_net_run(server: Any, lab: Any, rate: int, args: argparse.Namespace,
                 run.cpu_sys_us = (system_after - system) / done * 1e6  # type: ignore[attr-defined]
             if spy is not None:
                 spy.wait(timeout=60)
+            if perf is not None and perf_output is not None:
+                perf.wait(timeout=60)
+                _print_perf_split(perf_output)
             if process.poll() is not None:
                 raise RuntimeError(f"{server.name} exited with {process.returncode}")
             return run
@@ -314,6 +400,8 @@ class BaselinePxestack(bench.PxestackDhcpServer):
 
 def run_net(args: argparse.Namespace) -> None:
     """Fixed-rate (or searched) perfdhcp runs, servers interleaved per repetition."""
+    if args.perf and shutil.which("perf") is None:
+        raise SystemExit("--perf needs the perf tool (Debian package linux-perf)")
     peers = find_peers(install=False)
     wanted = [name for name in args.servers.split(",") if name]
     available: list[Any] = list(bench.servers(peers))
@@ -329,10 +417,12 @@ def run_net(args: argparse.Namespace) -> None:
         for repetition in range(args.reps):
             for rate in rates:
                 for server in candidates:
-                    spy = None
+                    spy = perf = None
                     if args.py_spy and server.name == PXESTACK:
                         spy = args.py_spy.replace("{n}", f"{rate}-{repetition}")
-                    run = _one_net_run(server, lab, rate, args, spy)
+                    if args.perf:
+                        perf = args.perf.replace("{n}", f"{server.name}-{rate}-{repetition}")
+                    run = _one_net_run(server, lab, rate, args, spy, perf)
                     table.setdefault((server.name, rate), []).append(run)
                     label = rate or "search"
                     log(f"  rep {repetition + 1} {server.name} {args.mode} rate {label}: "
@@ -380,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     net.add_argument("--search", action="store_true",
                      help="sustained-rate search (benchmarks.dhcp_bench, quick plan)")
     net.add_argument("--py-spy", help="py-spy output for pxestack ({n} = rate-repetition)")
+    net.add_argument("--perf", help="perf record -g output for each server ({n} = "
+                     "server-rate-repetition); prints where the server's time went")
     net.add_argument("--baseline-tree",
                      help="also run pxestack from this source tree as 'pxestack-base'")
     args = parser.parse_args(argv)

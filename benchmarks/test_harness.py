@@ -342,3 +342,42 @@ def test_perfdhcp_runs_in_the_chosen_thread_mode(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ValueError, match="thread mode"):
         dhcp_bench.run_perfdhcp(lab, 1000, 1, full_exchange=False, threads="many")
     assert dhcp_bench.SearchPlan.full().perfdhcp_threads == "multi"
+
+
+#: ``perf script -F ip,sym,dso`` of five samples, shaped like those of the veth lab.
+PERF_SCRIPT = """\
+
+\t           ff2ce _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)
+\t    7fd858fc1d40 [unknown] ([unknown])
+
+\tffffffff814317d2 ktime_get_mono_fast_ns ([kernel.kallsyms])
+\tffffffff820994d5 udp_send_skb ([kernel.kallsyms])
+\tffffffff8209e140 udp_sendmsg ([kernel.kallsyms])
+\t          10acb3 __libc_sendto (/usr/lib/x86_64-linux-gnu/libc.so.6)
+
+\tffffffff82048e55 ip_route_input_slow ([kernel.kallsyms])
+\tffffffff81eb1bfe net_rx_action ([kernel.kallsyms])
+\tffffffff81369c4d handle_softirqs ([kernel.kallsyms])
+\tffffffff8209e140 udp_sendmsg ([kernel.kallsyms])
+
+\tffffffff81e00000 __sys_recvfrom ([kernel.kallsyms])
+
+\tffffffff81e00100 __schedule+0x1f ([kernel.kallsyms])
+\t          10acb3 __libc_write (/usr/lib/x86_64-linux-gnu/libc.so.6)
+"""
+
+
+def test_perf_split_sorts_samples_by_where_the_time_went() -> None:
+    from benchmarks.dhcp_profile import PERF_CATEGORIES, perf_time_split
+
+    split = perf_time_split(PERF_SCRIPT)
+    assert list(split) == list(PERF_CATEGORIES)
+    assert split == {
+        "sendto: peer's receive (softirq)": 0.2,
+        "sendto: send path": 0.2,
+        "recvfrom": 0.2,
+        "epoll_wait": 0.0,
+        "other kernel": 0.2,
+        "user space": 0.2,
+    }
+    assert perf_time_split("") == dict.fromkeys(PERF_CATEGORIES, 0.0)
