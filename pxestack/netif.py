@@ -36,6 +36,29 @@ class NetInterface:
     mac: bytes
     #: The kernel's interface index (for ``AF_PACKET`` sockets).
     index: int
+    #: Every IPv4 address of the interface with its prefix, in the kernel's order (the
+    #: first is ``address``); empty when unknown.
+    addresses: tuple[IPv4Interface, ...] = ()
+
+    def choose(self, preferred: IPv4Address | None) -> tuple[IPv4Address, IPv4Network]:
+        """The address this server names itself by on this interface, and its network.
+
+        *preferred* (``dhcp.server_address``) wins when the interface carries it; otherwise
+        the interface's first IPv4 address, which the kernel lists first (the primary
+        address, ``ip -4 addr show`` order).  Returns *preferred* with the first address's
+        network when the interface does not carry it: the operator named an address on
+        purpose (a service address routed to this host); the caller warns.
+        """
+        if preferred is None or preferred == self.address:
+            return self.address, self.network
+        for entry in self.addresses:
+            if entry.ip == preferred:
+                return preferred, entry.network
+        return preferred, self.network
+
+    def carries(self, address: IPv4Address) -> bool:
+        """Whether *address* is one of this interface's IPv4 addresses."""
+        return address == self.address or any(e.ip == address for e in self.addresses)
 
 
 def interface_names() -> list[str]:
@@ -57,12 +80,17 @@ def lookup_interface(name: str) -> NetInterface:
     return _describe(name, ipv4[0], addresses)
 
 
+def _ipv4_interface(entry: dict[str, str]) -> IPv4Interface:
+    """One ``netifaces`` AF_INET entry as an address with its prefix."""
+    netmask = entry.get("netmask") or "255.255.255.255"
+    return IPv4Interface(f"{entry['addr']}/{netmask}")
+
+
 def _describe(
     name: str, entry: dict[str, str], addresses: dict[int, list[dict[str, str]]]
 ) -> NetInterface:
     """A :class:`NetInterface` for one AF_INET *entry* of interface *name*."""
-    netmask = entry.get("netmask") or "255.255.255.255"
-    iface = IPv4Interface(f"{entry['addr']}/{netmask}")
+    iface = _ipv4_interface(entry)
     broadcast_text = entry.get("broadcast")
     broadcast = (
         IPv4Address(broadcast_text) if broadcast_text else iface.network.broadcast_address
@@ -84,6 +112,7 @@ def _describe(
         broadcast=broadcast,
         mac=mac,
         index=index,
+        addresses=tuple(_ipv4_interface(e) for e in addresses.get(netifaces.AF_INET) or []),
     )
 
 

@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
                         help="next-server for PXE firmware (default: this server)")
     parser.add_argument("--proxy", action="store_true",
                         help="proxyDHCP: boot information only, no addresses")
+    parser.add_argument("--server-address", metavar="IP",
+                        help="the address replies name as this server (option 54, "
+                        "next-server); default: the interface's first address")
     parser.add_argument("--listen", metavar="ADDR:PORT",
                         help="listen address when no --interface is given (e.g. "
                         "127.0.0.1:6767); the port also applies to interfaces")
@@ -121,6 +124,8 @@ def mapping_from_args(args: argparse.Namespace) -> dict[str, object]:
                 pool["domain"] = args.domain
         dhcp["pools"] = pools
         dhcp["proxy_port"] = 0
+    if args.server_address:
+        dhcp["server_address"] = args.server_address
     if args.lease_time is not None:
         dhcp["lease_time"] = args.lease_time
     if args.relay:

@@ -6,9 +6,13 @@ every phone on the LAN is none of our business.
 
 * Port 67 (snooping the broadcast DISCOVER): a proxy **OFFER** with option 60
   ``PXEClient``, option 54 (our address), siaddr and the boot file from
-  :func:`~pxestack.dhcp.decide.decide_boot`.  A DHCPREQUEST on port 67 gets a proxy
-  **ACK** too when ``answer_requests`` is set (quirk 10: some Intel ROMs need it; dnsmasq
-  does the same).
+  :func:`~pxestack.dhcp.decide.decide_boot`.  Nothing else on port 67 is ours: a
+  DHCPREQUEST there selects the *site* server's address offer (a proxy never offers an
+  address), so answering it would put a second ACK, with yiaddr 0.0.0.0, beside the site's.
+  EDK2's PXE client (OVMF and most UEFI servers) may take that ACK, sends DHCPDECLINE and
+  gives up with PXE-E07.  The PXE specification has the proxy answer REQUESTs only on
+  port 4011, and no firmware we know needs an answer on 67 (pixiecore and dnsmasq answer
+  only the DISCOVER there too).
 * Port 4011: a DHCPREQUEST (or INFORM) from a PXE client that already has its address gets
   a proxy **ACK** sent back to where it came from (quirk 9; PXE-E55 otherwise), with
   option 43.71 (boot item) echoed.
@@ -68,7 +72,6 @@ class ProxyDhcpCore:
         defaults: BootDefaults,
         policy: BootPolicy,
         *,
-        answer_requests: bool = True,
         efi_via_4011: bool = False,
         relays: Iterable[IPv4Address] = (),
         proxy_port: int = c.PXE_PROXY_PORT,
@@ -80,7 +83,6 @@ class ProxyDhcpCore:
         are answered (bad-inputs D9: never a reflector for unknown relays)."""
         self.defaults = defaults
         self.policy = policy
-        self.answer_requests = answer_requests
         self.efi_via_4011 = efi_via_4011
         self.relays = frozenset(relays)
         self.proxy_port = proxy_port
@@ -176,13 +178,14 @@ class ProxyDhcpCore:
             )
         ]
 
-    def _wanted(self, message_type: int | None, on_proxy_port: bool) -> bool:
-        """DISCOVER (and REQUEST when ``answer_requests``) on 67; REQUEST/INFORM on 4011."""
+    @staticmethod
+    def _wanted(message_type: int | None, on_proxy_port: bool) -> bool:
+        """DISCOVER on 67 (PXE 2.1 §2.2.4: the proxy OFFER); REQUEST/INFORM on 4011.
+
+        A REQUEST on 67 belongs to the site's DHCP server (see the module docstring)."""
         if on_proxy_port:
             return message_type in (c.DHCPREQUEST, c.DHCPINFORM)
-        if message_type == c.DHCPDISCOVER:
-            return True
-        return self.answer_requests and message_type == c.DHCPREQUEST
+        return message_type == c.DHCPDISCOVER
 
     @staticmethod
     def _destination(message: DhcpMessage, on_proxy_port: bool,

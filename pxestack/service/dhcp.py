@@ -233,9 +233,19 @@ class DhcpService(service.MultiService):
         """(interface, device to bind) for every socket to open."""
         if self.dhcp.interfaces:
             found: list[tuple[InterfaceInfo, str | None]] = []
+            wanted = self.dhcp.server_address
             for name in self.dhcp.interfaces:
                 nic = self._lookup(name)
-                found.append((InterfaceInfo(nic.name, nic.address, nic.network), name))
+                address, network = nic.choose(wanted)
+                if wanted is not None and not nic.carries(wanted):
+                    log.warn(
+                        "dhcp.server_address {address} is not an address of interface "
+                        "{iface}: replies there still name it as server identifier and "
+                        "next-server", address=str(wanted), iface=name,
+                    )
+                log.info("dhcp on {iface}: server identifier {address}", iface=name,
+                         address=str(address))
+                found.append((InterfaceInfo(nic.name, address, network), name))
             return found
         host, _ = self.dhcp.listen
         address = self.dhcp.server_address or IPv4Address(host)

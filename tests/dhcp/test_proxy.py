@@ -163,14 +163,72 @@ def test_port_4011_ignores_discover() -> None:
     assert proxy.handle(discover, "eth1", 0.0, port=4011) == []
 
 
-@pytest.mark.parametrize(("answer", "count"), [(True, 1), (False, 0)])
-def test_request_on_port_67(answer: bool, count: int) -> None:
-    """Quirk 10: some Intel ROMs need a proxy answer to their REQUEST on port 67."""
-    proxy, _ = core(answer_requests=answer)
-    replies = proxy.handle(SAMPLES["ovmf_native_pxe_request"](), "eth1", 0.0)
-    assert len(replies) == count
-    if replies:
-        assert only(replies).message.message_type == c.DHCPACK
+@pytest.mark.parametrize("sample", ["ovmf_native_pxe_request", "seabios_ipxe_rom_request"])
+def test_request_on_port_67_is_never_answered(sample: str) -> None:
+    """A REQUEST on port 67 selects the site server's address offer: never ACK it, whatever
+    server identifier it names (ours, the site's, or none)."""
+    proxy, _ = core()
+    request = SAMPLES[sample]()
+    variants = [
+        request,
+        request.replace(options=request.options.with_option(c.OPT_SERVER_ID, SERVER.packed)),
+        request.replace(options=request.options.without(c.OPT_SERVER_ID)),
+    ]
+    for message in variants:
+        assert proxy.handle(message, "eth1", 0.0) == []
+    assert proxy.counters["acks"] == 0
+    assert proxy.counters["ignored_message"] == len(variants)
+
+
+GOLDEN_EXCHANGES = Path(__file__).resolve().parents[1] / "golden" / "proxy_exchange"
+
+
+def captured_exchange(name: str) -> list[tuple[int, int, DhcpMessage]]:
+    """(source port, destination port, message) of one captured exchange, in wire order."""
+    seen = []
+    for line in (GOLDEN_EXCHANGES / f"{name}.txt").read_text().splitlines():
+        source, destination, payload = line.split()
+        seen.append((int(source.rsplit(":", 1)[1]), int(destination.rsplit(":", 1)[1]),
+                     decode_dhcp(bytes.fromhex(payload))))
+    return seen
+
+
+@pytest.mark.parametrize(("name", "ours"), [
+    ("ovmf_pxe_own_address", IPv4Address("198.18.0.2")),
+    ("ovmf_pxe_shared_address", IPv4Address("198.18.0.1")),
+])
+def test_captured_uefi_exchange_beside_a_site_server(name: str, ours: IPv4Address) -> None:
+    """OVMF's PXE client beside a site DHCP server, as captured on the wire: the proxy's
+    only answer to the whole exchange is its OFFER (naming its own address); the REQUEST
+    that selects the site's address offer, on port 67, gets nothing from the proxy."""
+    exchange = captured_exchange(name)
+    kinds = [(m.op, m.message_type) for _, _, m in exchange]
+    assert kinds == [
+        (c.BOOTREQUEST, c.DHCPDISCOVER), (c.BOOTREPLY, c.DHCPOFFER),
+        (c.BOOTREPLY, c.DHCPOFFER), (c.BOOTREQUEST, c.DHCPREQUEST),
+        (c.BOOTREPLY, c.DHCPACK),
+    ]
+    site_offer = exchange[1][2]
+    request = exchange[3][2]
+    assert request.options.ip(c.OPT_SERVER_ID) == site_offer.options.ip(c.OPT_SERVER_ID)
+    assert request.options.ip(c.OPT_REQUESTED_IP) == site_offer.yiaddr
+
+    proxy = ProxyDhcpCore(BootDefaults(server_address=ours, ipxe_script_url=SCRIPT),
+                          StaticBootPolicy())
+    replies = [
+        out
+        for i, (_, dport, message) in enumerate(exchange) if dport == c.DHCP_SERVER_PORT
+        for out in proxy.handle(message, "br0", float(i), port=dport)
+    ]
+    offer = only(replies).message
+    assert offer.message_type == c.DHCPOFFER and offer.yiaddr == IPv4Address(0)
+    assert offer.options.ip(c.OPT_SERVER_ID) == ours and offer.siaddr == ours
+    assert offer.file == b"ipxe.efi"
+    # The offer pxestack sent in the capture carries the same boot facts.
+    captured = exchange[2][2]
+    assert (captured.siaddr, captured.file) == (offer.siaddr, offer.file)
+    assert captured.options.ip(c.OPT_SERVER_ID) == ours
+    assert proxy.counters["acks"] == 0
 
 
 def test_efi_via_4011_variant() -> None:

@@ -42,6 +42,16 @@ def test_proxy_flags() -> None:
     dhcp = mapping["dhcp"]
     assert isinstance(dhcp, dict)
     assert dhcp["mode"] == "proxy" and dhcp["proxy_port"] == 4011 and "pools" not in dhcp
+    assert "server_address" not in dhcp
+
+
+def test_server_address_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """Beside a site server on the same interface the proxy must name its own address."""
+    mapping = mapping_from_args(parse("--interface", "eth1", "--proxy",  # type: ignore[arg-type]
+                                      "--server-address", "198.18.0.2"))
+    assert mapping["dhcp"]["server_address"] == "198.18.0.2"  # type: ignore[index]
+    assert main(["dhcp", "--proxy", "--server-address", "198.18.0.300", "--check"]) == 2
+    assert "dhcp.server_address: '198.18.0.300' is not an IPv4 address" in capsys.readouterr().err
 
 
 def test_range_without_netmask_and_unknown_interface_defaults_to_a_slash_24() -> None:

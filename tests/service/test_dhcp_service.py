@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,70 @@ def test_proxy_mode_answers_only_pxe_clients_with_the_policy_from_extensions(
     assert reply.options.text(c.OPT_BOOTFILE_NAME) == "http://example.test/x.ipxe"
     assert reply.yiaddr == IPv4Address(0)
     svc.stopService()
+
+
+#: An interface carrying two addresses: the site DHCP server's first, pxestack's second.
+TWO_ADDRESSES = NetInterface(
+    "pxt0", IPv4Address("198.18.0.1"), IPv4Network("198.18.0.0/15"),
+    IPv4Address("198.19.255.255"), b"\x02" * 6, 7,
+    addresses=(IPv4Interface("198.18.0.1/15"), IPv4Interface("198.18.0.2/15")),
+)
+PXE_ROM = {"o60": b"PXEClient:Arch:00007:UNDI:003016", "o93": b"\x00\x07",
+           "o94": b"\x01\x03\x10"}
+
+
+def proxy_on(tmp_path: Path, nic: NetInterface, **dhcp: object) -> ProxyDhcpProtocol:
+    """A proxy service on the fake interface *nic*; returns its port-67 protocol."""
+    cfg = config(tmp_path, mode="proxy", listen="0.0.0.0:67", interfaces=[nic.name],
+                 pools=None, **dhcp)
+    svc = DhcpService(cfg, StaticBootPolicy(), reactor=FakeUdpReactor(),
+                      lookup={nic.name: nic}.__getitem__)
+    svc._prepare()
+    [protocol] = svc.protocols
+    assert isinstance(protocol, ProxyDhcpProtocol)
+    protocol.makeConnection(Transport())  # type: ignore[arg-type]
+    return protocol
+
+
+@pytest.mark.parametrize(("server_address", "expected"), [
+    (None, "198.18.0.1"),  # the interface's first (primary) address
+    ("198.18.0.2", "198.18.0.2"),  # the configured one, though it is listed second
+])
+def test_proxy_names_the_configured_server_address(
+    tmp_path: Path, server_address: str | None, expected: str
+) -> None:
+    extra = {"server_address": server_address} if server_address else {}
+    protocol = proxy_on(tmp_path, TWO_ADDRESSES, **extra)
+    protocol.datagramReceived(packet(c.DHCPDISCOVER, **PXE_ROM), ("0.0.0.0", 68))
+    [(data, _)] = protocol.transport.written  # type: ignore[union-attr]
+    offer = decode_dhcp(data)
+    assert offer.message_type == c.DHCPOFFER and offer.yiaddr == IPv4Address(0)
+    assert offer.options.ip(c.OPT_SERVER_ID) == IPv4Address(expected)
+    assert offer.siaddr == IPv4Address(expected)
+    assert protocol.interface.network == IPv4Network("198.18.0.0/15")  # type: ignore[attr-defined]
+    # The firmware's REQUEST for the site server's address offer is not ours to answer,
+    # whichever server identifier it names.
+    for server_id in ("198.18.0.1", "198.18.0.2"):
+        protocol.datagramReceived(
+            packet(c.DHCPREQUEST, o50=IPv4Address("198.18.0.141").packed,
+                   o54=IPv4Address(server_id).packed, **PXE_ROM),
+            ("0.0.0.0", 68),
+        )
+    assert len(protocol.transport.written) == 1  # type: ignore[union-attr]
+
+
+def test_server_address_not_on_the_interface_is_used_with_a_warning(tmp_path: Path) -> None:
+    from twisted.logger import globalLogPublisher
+
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        protocol = proxy_on(tmp_path, TWO_ADDRESSES, server_address="198.18.7.7")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert protocol.interface.address == IPv4Address("198.18.7.7")  # type: ignore[attr-defined]
+    warnings = [e for e in seen if "is not an address of interface" in e.get("log_format", "")]
+    assert warnings and warnings[0]["address"] == "198.18.7.7"
 
 
 def test_build_service_includes_dhcp(tmp_path: Path) -> None:

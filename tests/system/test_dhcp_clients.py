@@ -222,9 +222,10 @@ def test_proxy_beside_dnsmasq_gives_the_boot_file(tmp_path: Path) -> None:
         # The PXE ROM is not iPXE: it is sent our iPXE binary by TFTP.
         assert proxy_offer["vendor"] == "PXEClient"
         assert proxy_offer["file"] == "undionly.kpxe" and proxy_offer["siaddr"] == SERVER_IP
-        # The site server ACKs the address; the proxy ACKs the REQUEST on port 67 too
-        # (firmware.md quirk 10), with no address and the boot file.
-        assert sorted(a["yiaddr"] for a in seen["acks"]) == ["0.0.0.0", site_offer["yiaddr"]]
+        # Only the site server ACKs the REQUEST on port 67: it selected the site's offer, and
+        # a second ACK with yiaddr 0.0.0.0 makes EDK2's PXE client decline and give up.
+        assert [a["yiaddr"] for a in seen["acks"]] == [site_offer["yiaddr"]]
+        assert seen["acks"][0]["server_id"] == site_offer["server_id"]
         [boot_ack] = seen["boot_acks"]
         assert boot_ack["type"] == 5 and boot_ack["file"] == "undionly.kpxe"
 

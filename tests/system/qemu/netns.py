@@ -64,6 +64,10 @@ class Segment:
             raise
         return segment
 
+    def add_address(self, address: str) -> None:
+        """Give the bridge a further address (listed after :data:`SERVER_ADDRESS`)."""
+        run("ip", "-n", self.name, "addr", "add", f"{address}/{PREFIX_LENGTH}", "dev", BRIDGE)
+
     def sysctl(self, key: str, value: str) -> None:
         """Set a sysctl inside the namespace."""
         run("ip", "netns", "exec", self.name, "sysctl", "-q", "-w", f"{key}={value}")

@@ -6,7 +6,9 @@
   (:mod:`pxestack.ra`, through :mod:`ra_runner`) answers router solicitations beside it.
   This is the baseline the pxestack timings are compared with.
 * :class:`PxestackServer`: ``pxestack serve --config <generated>``, everything from one
-  process.
+  process; as the full DHCP server or, beside a :class:`SiteDhcpServer`, as proxyDHCP.
+* :class:`SiteDhcpServer`: dnsmasq handing out addresses only (no boot options), the
+  "site DHCP server" that a proxyDHCP runs beside.
 
 Every process is started by PID and stopped by that PID only.
 """
@@ -215,9 +217,12 @@ class PxestackServer:
 
     def __init__(self, segment: Segment, workdir: Path, artifacts: Artifacts,
                  profiles: list[dict[str, object]] | None = None,
-                 installed_boot: str = "local-boot") -> None:
+                 installed_boot: str = "local-boot", *, mode: str = "server",
+                 address: str = SERVER_ADDRESS) -> None:
         self.segment = segment
         self.workdir = workdir
+        self.mode = mode
+        self.base_url = f"http://{address}:{HTTP_PORT}"
         self.processes: list[Process] = []
         self.state = workdir / "pxestack-state"
         self.cluster_dir = self.state / "cluster"
@@ -230,7 +235,8 @@ class PxestackServer:
         shutil.copyfile(artifacts.initrd, images / "flatcar_production_pxe_image.cpio.gz")
         shutil.copyfile(IPXE_EFI, tftp / "ipxe.efi")
         shutil.copyfile(UNDIONLY, tftp / "undionly.kpxe")
-        config = pxestack_config(self.state, profiles, installed_boot)
+        config = pxestack_config(self.state, profiles, installed_boot, mode=mode,
+                                 address=address)
         dhcp = config["dhcp"]
         assert isinstance(dhcp, dict)
         # pxestack's own RA responder ends iPXE's IPv6 wait (firmware.md).
@@ -248,7 +254,8 @@ class PxestackServer:
                 self.workdir / "pxestack.log",
             ))
             wait_for_port(self.segment, HTTP_PORT)
-            wait_for_udp(self.segment, 67)
+            # In proxy mode the site server already holds port 67: wait for 4011 instead.
+            wait_for_udp(self.segment, 67 if self.mode == "server" else 4011)
             for process in self.processes:
                 process.check_alive()
         except BaseException:
@@ -259,7 +266,7 @@ class PxestackServer:
         """``GET /admin/hosts`` from inside the namespace (mayu's host records)."""
         out = subprocess.run(
             self.segment.command(["curl", "-sf", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
-                                  f"{BASE_URL}/admin/hosts"]),
+                                  f"{self.base_url}/admin/hosts"]),
             capture_output=True, text=True, timeout=15,
         )
         if out.returncode != 0:
@@ -286,30 +293,40 @@ def pxestack_config(
     state: Path,
     profiles: list[dict[str, object]] | None,
     installed_boot: str = "local-boot",
+    *,
+    mode: str = "server",
+    address: str = SERVER_ADDRESS,
 ) -> dict[str, object]:
     """The configuration the harness runs ``pxestack serve`` with.
 
     The first stage reads ``mayu=`` (rendered by pxestack's install script) and needs the
     serial console and the name of pxestack's host-data endpoint on the kernel line.
+    ``mode="proxy"`` runs proxyDHCP (port 67 beside the site server, and 4011) with
+    ``address`` as ``dhcp.server_address`` and in every URL.
     """
+    base_url = f"http://{address}:{HTTP_PORT}"
+    dhcp: dict[str, object] = {
+        "mode": mode,
+        "interfaces": [BRIDGE],
+        "listen": "0.0.0.0:67",
+        "server_address": address,
+        "boot": {"ipxe_script_url": f"{base_url}/boot.ipxe"},
+    }
+    if mode == "server":
+        dhcp.update({
+            "proxy_port": 0,
+            "lease_time": 3600,
+            "pools": [{"subnet": "198.18.0.0/15", "start": POOL[0], "end": POOL[1]}],
+        })
     return {
         "state_dir": str(state),
         "log_format": "text",
         "log_level": "debug",
-        "dhcp": {
-            "mode": "server",
-            "interfaces": [BRIDGE],
-            "listen": "0.0.0.0:67",
-            "proxy_port": 0,
-            "server_address": SERVER_ADDRESS,
-            "lease_time": 3600,
-            "pools": [{"subnet": "198.18.0.0/15", "start": POOL[0], "end": POOL[1]}],
-            "boot": {"ipxe_script_url": f"{BASE_URL}/boot.ipxe"},
-        },
-        "tftp": {"listen": f"{SERVER_ADDRESS}:69", "root": str(state / "tftproot")},
+        "dhcp": dhcp,
+        "tftp": {"listen": f"{address}:69", "root": str(state / "tftproot")},
         "http": {
             "listen": f"0.0.0.0:{HTTP_PORT}",
-            "public_url": BASE_URL,
+            "public_url": base_url,
             "assets_root": str(state / "assets"),
         },
         "provision": {
@@ -326,4 +343,53 @@ def pxestack_config(
     }
 
 
-__all__ = ["BASE_URL", "PxestackServer", "ReferenceServer", "dnsmasq_config", "pxestack_config"]
+class SiteDhcpServer:
+    """dnsmasq as the site's DHCP server: addresses from :data:`POOL`, no boot options.
+
+    It answers from the bridge's first address (198.18.0.1) and, with ``bind-interfaces``,
+    opens port 67 with ``SO_REUSEADDR``, so a proxyDHCP on the same host can share the port.
+    """
+
+    name = "site-dnsmasq"
+
+    def __init__(self, segment: Segment, workdir: Path) -> None:
+        self.segment = segment
+        self.workdir = workdir
+        self.process: Process | None = None
+        self.conf = workdir / "site-dnsmasq.conf"
+        self.conf.write_text("\n".join([
+            "port=0",
+            f"interface={BRIDGE}",
+            "bind-interfaces",
+            "user=root",
+            f"dhcp-range={POOL[0]},{POOL[1]},255.254.0.0,1h",
+            "no-ping",
+            "dhcp-authoritative",
+            f"dhcp-leasefile={workdir / 'site-dnsmasq.leases'}",
+            "log-dhcp",
+            "",
+        ]))
+
+    def start(self) -> None:
+        """Start dnsmasq and wait for port 67."""
+        self.process = Process(
+            "site-dnsmasq",
+            self.segment.command(["dnsmasq", "--keep-in-foreground", f"--conf-file={self.conf}"]),
+            self.workdir / "site-dnsmasq.log",
+        )
+        try:
+            wait_for_udp(self.segment, 67)
+            self.process.check_alive()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop dnsmasq."""
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+
+__all__ = ["BASE_URL", "PxestackServer", "ReferenceServer", "SiteDhcpServer", "dnsmasq_config",
+           "pxestack_config"]

@@ -189,3 +189,33 @@ def test_qemu_command_per_firmware(firmware: str, romfile: str | None, pflash: b
     assert f"serial={machine.serial}" in argv[argv.index("-smbios") + 1]
     with pytest.raises(ValueError):
         qemu_command(machine, "coreboot", "tap1", Path("/tmp/s.log"), None)
+
+
+# -- the DHCP capture reader ---------------------------------------------------------------
+
+
+def test_read_dhcp_pcap_returns_ports_and_messages(tmp_path: Path) -> None:
+    import dpkt
+
+    from pxestack.wire import constants as c
+    from pxestack.wire.dhcp import DhcpMessage, encode_dhcp
+    from pxestack.wire.dhcp_options import DhcpOptions
+    from qemu.capture import describe, read_dhcp_pcap
+
+    message = DhcpMessage(op=c.BOOTREQUEST, xid=7, chaddr=bytes.fromhex("525400e2e001"),
+                          options=DhcpOptions({c.OPT_MESSAGE_TYPE: bytes((c.DHCPDISCOVER,))}))
+    udp = dpkt.udp.UDP(sport=68, dport=67, data=encode_dhcp(message))
+    udp.ulen = len(udp)
+    ip = dpkt.ip.IP(src=bytes(4), dst=b"\xff" * 4, p=dpkt.ip.IP_PROTO_UDP, data=udp)
+    arp = dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=bytes(6),
+                                 type=dpkt.ethernet.ETH_TYPE_ARP, data=dpkt.arp.ARP())
+    frame = dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=bytes.fromhex("525400e2e001"),
+                                   type=dpkt.ethernet.ETH_TYPE_IP, data=ip)
+    path = tmp_path / "one.pcap"
+    with path.open("wb") as handle:
+        writer = dpkt.pcap.Writer(handle)
+        writer.writepkt(bytes(arp), ts=0.0)  # not UDP: skipped
+        writer.writepkt(bytes(frame), ts=1.0)
+    [(sport, dport, decoded)] = read_dhcp_pcap(path)
+    assert (sport, dport, decoded) == (68, 67, message)
+    assert "68->67 DISCOVER xid=00000007" in describe([(sport, dport, decoded)])
