@@ -36,10 +36,10 @@ about 15 µs per round trip when client and server share a CPU):
 Optional single-port mode (for firewalls and NAT that only pass port 69): every transfer
 shares the listener's socket and datagrams are routed by the client's address.
 
-Caps (bad-inputs.md T7): a total number of transfers and a number per client IP; requests
-beyond them are counted (``stats.over_limit``), logged and dropped without an answer, so
-the client's own RRQ retransmission gets it served once a slot frees (an ERROR would end
-a PXE boot).  Hostile or garbled datagrams are logged and
+Caps: a total number of transfers and a number per client IP.  Which request gets a slot,
+and which running transfer gives its slot up when the server is full, is decided by the
+sans-IO :class:`~pxestack.tftp.admission.Admission`; this module only applies the
+decision (see that module for the rule).  Hostile or garbled datagrams are logged and
 dropped; nothing a peer sends is raised into the reactor.
 """
 
@@ -61,7 +61,9 @@ from zope.interface import implementer
 
 from pxestack._types import Address
 from pxestack.errors import MalformedPacket
+from pxestack.tftp.admission import Admission, Decision
 from pxestack.tftp.session import (
+    NO_ANSWER,
     SUPPORTED_MODES,
     UNKNOWN_TID_DATAGRAM,
     Datagram,
@@ -113,6 +115,9 @@ INLINE_BUDGET = 0.02
 #: Datagrams one ``doRead`` of a foreign-TID socket answers before returning: strangers
 #: get less of the reactor than the transfer's own client.
 MAX_FOREIGN_PER_READ = 64
+#: The ERROR message of a request refused because its source holds too many transfers:
+#: shorter than the shortest request, so the answer never amplifies.
+BUSY_MESSAGE = "Busy"
 #: Descriptors a connected transfer holds: its socket, the foreign-TID sibling and the
 #: file it sends (an unconnected transfer holds one less).
 DESCRIPTORS_PER_CONNECTED_TRANSFER = 3
@@ -278,6 +283,12 @@ class _Transfer:
         if not self.closed:
             self.session.cancel(now)
             self.flush(now)
+
+    def evict(self, now: float, reason: str) -> None:
+        """End the transfer without an answer, to give its slot to another request."""
+        if not self.closed:
+            self.session.evict(now, reason)
+            self.close()
 
     def close(self) -> None:
         """Release everything and report the outcome to the server (once)."""
@@ -801,7 +812,8 @@ class TftpServer:
         self.socket_factory = socket_factory
         self.stats = ServerStats()
         self.transfers: dict[Address, _Transfer] = {}
-        self._per_host: dict[str, int] = {}
+        #: Slots per source address and the admission rule (sans-IO).
+        self.admission = Admission(max_transfers, per_client_limit)
         self._listeners: list[TftpListener] = []
         #: Answer a lone transfer's datagrams from a ``poll`` loop (see ``inline_poller``).
         self.inline = inline
@@ -814,8 +826,6 @@ class TftpServer:
         self.connected = connected
         #: A connected pair failed to open once already (log throttle).
         self._connected_failed = False
-        #: A request was dropped over a cap since the last transfer ended (log throttle).
-        self._saturated = False
 
     @property
     def reactor(self) -> Any:
@@ -892,9 +902,13 @@ class TftpServer:
             # every block (the request-level Sorcerer's Apprentice).
             self.log.debug("duplicate request from {client} ignored", client=addr)
             return
-        refusal = self._admission(request, addr)
-        if refusal is None and self._over_cap(request, addr):
-            return
+        refusal = self._validate(request, addr)
+        decision: Decision | None = None
+        if refusal is None:
+            decision = self.admission.decide(addr, self.reactor.seconds())
+            if not decision.admit:
+                self._over_cap(request, addr, decision, listener)
+                return
         if refusal is not None:
             code, message, reason = refusal
             self.stats.refused += 1
@@ -932,6 +946,8 @@ class TftpServer:
                 reason=getattr(exc, "reason", None) or repr(exc))
             listener.send(error_datagram(code, message), addr)
             return
+        if decision is not None and decision.evict is not None:
+            self._evict(decision.evict, now, decision.reason, addr)
         transfer = self._start_transfer(session, addr, listener)
         if transfer is None:
             return
@@ -944,37 +960,48 @@ class TftpServer:
         )
         transfer.flush(now)
 
-    def _admission(self, request: ReadRequest | WriteRequest,
+    def _validate(self, request: ReadRequest | WriteRequest,
                    addr: Address) -> tuple[int, str, str] | None:
         if request.mode not in SUPPORTED_MODES:
             return ErrorCode.ILLEGAL_OPERATION, "Unsupported mode", f"mode {request.mode!r}"
         if isinstance(request, WriteRequest) and self.upload is None:
             return ErrorCode.ACCESS_VIOLATION, "Access violation", "uploads are disabled"
+        if request.filename.endswith(("/", "\\")):
+            # "undionly.kpxe/" names a directory, not the file "undionly.kpxe"; path
+            # normalization would drop the slash and serve the file under a second name.
+            return ErrorCode.FILE_NOT_FOUND, "File not found", "name ends with a separator"
         return None
 
-    def _over_cap(self, request: ReadRequest | WriteRequest, addr: Address) -> bool:
-        """Whether a cap is reached; if so the request is counted, logged and dropped.
+    def _over_cap(self, request: ReadRequest | WriteRequest, addr: Address,
+                  decision: Decision, listener: TftpListener) -> None:
+        """Apply a refusing :class:`~pxestack.tftp.admission.Decision`.
 
-        No ERROR is sent: PXE firmware (iPXE, OVMF, Intel/Broadcom option ROMs) gives up
-        the boot on any ERROR answering its RRQ, while it resends an unanswered RRQ after
-        its own time-out.  Staying silent turns overload into a short delay: the resent
-        request is served once a transfer slot is free.  The first drop of a saturated
-        period is logged as a warning, the rest at debug level, so a flood cannot flood
-        the log (bad-inputs.md T7).
+        A source at the hard per-client limit gets ERROR 0 "Busy" (shorter than any
+        request, so no amplification).  Every other refusal stays silent: PXE firmware
+        (iPXE, OVMF, Intel/Broadcom option ROMs) gives up the boot on any ERROR answering
+        its RRQ, while it resends an unanswered RRQ after its own time-out, which is
+        served once a slot frees.  The refusal is logged at info level with the peer,
+        once per source address per ``REFUSAL_LOG_INTERVAL`` (the rest at debug), so a
+        flood cannot flood the log.
         """
-        if len(self.transfers) >= self.max_transfers:
-            reason = "server transfer limit"
-        elif self._per_host.get(addr[0], 0) >= self.per_client_limit:
-            reason = "per-client transfer limit"
-        else:
-            return False
         self.stats.over_limit += 1
-        log = self.log.debug if self._saturated else self.log.warn
-        self._saturated = True
-        log("dropped {op} {path!r} from {client} ({reason}); the client will retry",
+        log = self.log.info if decision.log else self.log.debug
+        log("refused {op} {path!r} from {client} ({reason}){answer}",
             op="WRQ" if isinstance(request, WriteRequest) else "RRQ",
-            path=request.filename, client=addr, reason=reason)
-        return True
+            path=request.filename, client=addr, reason=decision.reason,
+            answer=" with ERROR" if decision.answer else "; the client will retry")
+        if decision.answer:
+            listener.send(error_datagram(ErrorCode.NOT_DEFINED, BUSY_MESSAGE), addr)
+
+    def _evict(self, victim: Address, now: float, reason: str, newcomer: Address) -> None:
+        """End *victim*'s transfer silently so *newcomer*'s request takes its slot."""
+        transfer = self.transfers.get(victim)
+        if transfer is None:  # pragma: no cover - admission only names running transfers
+            self.admission.remove(victim)
+            return
+        self.log.debug("evicted the transfer to {client} for {newcomer}: {reason}",
+                       client=victim, newcomer=newcomer, reason=reason)
+        transfer.evict(now, reason)
 
     def _listener_address(self, listener: TftpListener) -> Address | None:
         transport = listener.transport
@@ -1002,7 +1029,7 @@ class TftpServer:
             self._watch(port)
             transfer = port
         self.transfers[addr] = transfer
-        self._per_host[addr[0]] = self._per_host.get(addr[0], 0) + 1
+        self.admission.add(addr, session)
         self.stats.active += 1
         return transfer
 
@@ -1060,14 +1087,8 @@ class TftpServer:
     def _transfer_finished(self, transfer: _Transfer) -> None:
         if self.transfers.get(transfer.client) is transfer:
             del self.transfers[transfer.client]
-        host = transfer.client[0]
-        remaining = self._per_host.get(host, 1) - 1
-        if remaining > 0:
-            self._per_host[host] = remaining
-        else:
-            self._per_host.pop(host, None)
+            self.admission.remove(transfer.client)
         self.stats.active -= 1
-        self._saturated = False
         stats = transfer.session.stats()
         self.stats.record(stats)
         self._log_finished(stats)
@@ -1090,6 +1111,10 @@ class TftpServer:
         elif stats.outcome is Outcome.ABORTED:
             # PXE ROMs and OVMF abort after reading tsize: normal, keep it quiet.
             self.log.debug("{path!r} to {client} aborted by the client: {error}", **fields)
+        elif stats.outcome is Outcome.EVICTED or stats.error == NO_ANSWER:
+            # Never acknowledged (a spoofed or flooding source) or evicted for another
+            # request: one line each would let a flood flood the log.
+            self.log.debug("{path!r} to {client} {outcome}: {error}", **fields)
         else:
             self.log.warn("{path!r} to {client} {outcome}: {error}", **fields)
 

@@ -80,6 +80,9 @@ _DATA_HEADER = struct.Struct("!HH")
 #: What :meth:`ReadSession.datagrams_to_send` hands out (reused buffers, see module doc).
 Datagram: TypeAlias = bytes | bytearray | memoryview
 
+#: Why a transfer whose client never answered its first window ended (no ERROR is sent).
+NO_ANSWER = "no answer to the first window"
+
 #: OVMF's abort message after its tsize probe (firmware.md).
 OVMF_ABORT_MESSAGE = "User aborted the transfer"
 
@@ -91,10 +94,15 @@ class SessionSettings:
     limits: NegotiationLimits = field(default_factory=NegotiationLimits)
     #: Consecutive time-outs before giving up (RFC 1350 leaves the count to the server).
     max_retries: int = 8
-    #: Time-outs allowed before the client answered anything at all.  A spoofed request
-    #: never gets an answer, and every resend to it is traffic reflected at the victim
-    #: (bad-inputs.md T7), so an unconfirmed transfer gives up sooner.
-    unconfirmed_retries: int = 3
+    #: Resends allowed before the client answered anything at all.  A spoofed request
+    #: never gets an answer, and every resend to it is traffic reflected at the address
+    #: it names, so an unconfirmed transfer gives up after two resends, silently: what
+    #: such an address receives is bounded by three copies of the first window (an OACK,
+    #: or DATA 1 when no option was granted).
+    unconfirmed_retries: int = 2
+    #: Consecutive time-outs after which a transfer counts as stalled: it may then be
+    #: ended to admit another request when the server is full (``tftp.admission``).
+    stall_retries: int = 2
     #: Overall seconds a transfer may take, from the request (bad-inputs.md T7).
     deadline: float = 300.0
     #: RTO before any round trip was measured (RFC 6298 §2.1 says 1 s).
@@ -357,8 +365,12 @@ class ReadSession(_Session):
             else min(self.settings.max_retries, self.settings.unconfirmed_retries)
         )
         if self._retries > limit:
-            self._fail(ErrorCode.NOT_DEFINED, "Timed out waiting for ACK",
-                       Outcome.TIMED_OUT, now)
+            if confirmed:
+                self._fail(ErrorCode.NOT_DEFINED, "Timed out waiting for ACK",
+                           Outcome.TIMED_OUT, now)
+            else:
+                # No ERROR to an address that never answered (see unconfirmed_retries).
+                self._finish(Outcome.TIMED_OUT, now, NO_ANSWER)
             return
         # RFC 6298 §5.5: back off.
         self._rto = min(self._rto * 2.0, self._max_rto)
@@ -375,6 +387,23 @@ class ReadSession(_Session):
         """Stop the transfer (shutdown); the client gets an ERROR."""
         if self.state is SessionState.SENDING:
             self._fail(ErrorCode.NOT_DEFINED, message, Outcome.CANCELLED, now)
+
+    @property
+    def acknowledged(self) -> bool:
+        """Whether the client acknowledged anything yet (the OACK or a block)."""
+        return self._acked > 0 or (bool(self.negotiated.oack) and self._oack is None)
+
+    @property
+    def evictable(self) -> bool:
+        """Never acknowledged, or stalled: admission may end it for another request."""
+        return (self.state is SessionState.SENDING
+                and (not self.acknowledged or self._retries >= self.settings.stall_retries))
+
+    def evict(self, now: Now, reason: str) -> None:
+        """End the transfer without an answer, to free its slot (``tftp.admission``)."""
+        if self.state is SessionState.SENDING:
+            self._outbox = []
+            self._finish(Outcome.EVICTED, now, reason)
 
     def stats(self) -> SessionStats:
         """A :class:`~pxestack.tftp.stats.SessionStats` of the transfer so far."""
@@ -708,6 +737,19 @@ class WriteSession(_Session):
         self.retransmits += 1
         self._retransmit_at = now + self._rto
 
+    @property
+    def evictable(self) -> bool:
+        """No DATA received yet, or stalled: admission may end it for another request."""
+        return (self.state is SessionState.SENDING and self._dally_until is None
+                and (self._received == 0
+                     or self._retries >= self.settings.stall_retries))
+
+    def evict(self, now: Now, reason: str) -> None:
+        """End the upload without an answer, to free its slot (partial data discarded)."""
+        if self.state is SessionState.SENDING:
+            self._outbox = []
+            self._end(Outcome.EVICTED, now, reason)
+
     def cancel(self, now: Now, message: str = "Server shutting down") -> None:
         """Stop the transfer; a partial upload is discarded."""
         if self.state is SessionState.SENDING:
@@ -776,6 +818,7 @@ def refusal_for(exc: BaseException) -> tuple[ErrorCode, str]:
 
 
 __all__ = [
+    "NO_ANSWER",
     "OVMF_ABORT_MESSAGE",
     "SUPPORTED_MODES",
     "UNKNOWN_TID_DATAGRAM",

@@ -29,6 +29,9 @@ class Outcome(Enum):
     FAILED = "failed"
     #: The server stopped the transfer (shutdown).
     CANCELLED = "cancelled"
+    #: The server was full and ended this transfer, never acknowledged or stalled, to
+    #: admit another (``pxestack.tftp.admission``); the client got no ERROR.
+    EVICTED = "evicted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class ServerStats:
     foreign_tid: int = 0
     malformed: int = 0
     over_limit: int = 0
+    #: Transfers ended to admit another (never acknowledged or stalled).
+    evicted: int = 0
 
     def record(self, stats: SessionStats) -> None:
         """Fold one finished transfer into the counters."""
@@ -89,6 +94,8 @@ class ServerStats:
             self.completed += 1
         elif stats.outcome is Outcome.ABORTED:
             self.aborted += 1
+        elif stats.outcome is Outcome.EVICTED:
+            self.evicted += 1
         else:
             self.failed += 1
 
