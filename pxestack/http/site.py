@@ -177,7 +177,9 @@ class BoundedRequest(Request):
                 channel.refuse(http.REQUEST_ENTITY_TOO_LARGE, "request body too large",
                                why="chunked body over the limit")
             return
-        self.content.write(data)
+        content = self.content
+        if content is not None:
+            content.write(data)
 
 
 class GatedChannel(http.HTTPChannel):
@@ -326,8 +328,9 @@ class GatedChannel(http.HTTPChannel):
             release()
         log.info("evicting {client}: its request head was the oldest one pending",
                  client=self._peer_host())
-        if self.transport is not None:
-            self.transport.write(_REFUSAL)
+        transport = self.transport
+        if transport is not None:
+            transport.write(_REFUSAL)
             self._close_now()
 
     def _discard(self, data: bytes) -> None:
