@@ -40,6 +40,8 @@ def register(subparsers: Any) -> None:
                         help="open connections per client IP (default 16)")
     parser.add_argument("--stall-timeout", type=float, metavar="SECONDS",
                         help="drop a client that reads nothing for this long (default 30)")
+    parser.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                        help="seconds a client has to send a whole request head (default 10)")
     parser.add_argument("--no-sendfile", action="store_true",
                         help="read and write bodies instead of using sendfile")
     add_logging_arguments(parser)
@@ -57,6 +59,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "max_connections": args.max_connections,
         "max_connections_per_client": args.max_connections_per_client,
         "stall_timeout": args.stall_timeout,
+        "header_timeout": args.header_timeout,
     }
     http.update({key: value for key, value in optional.items() if value is not None})
     return load_config(

@@ -24,6 +24,12 @@ class HttpConfig:
     stall_timeout: float = 30.0
     #: Bytes of request line plus headers accepted per request.
     max_header_bytes: int = 16384
+    #: Seconds a client has to send one whole request head (then 408 and a close).
+    header_timeout: float = 10.0
+    #: Fraction of ``max_connections`` that connections still sending a head may hold.
+    pending_head_share: float = 0.5
+    #: Connections beyond ``max_connections`` kept for ``/admin``, ``/metrics``, ``/healthz``.
+    reserved_connections: int = 16
     #: ``Cache-Control`` of assets: 0 = ``no-cache`` (revalidate by ETag), N = ``max-age=N``.
     cache_max_age: int = 0
     #: Use ``os.sendfile`` for asset bodies where possible (false forces plain reads).
@@ -44,6 +50,10 @@ def read_http(section: Section) -> HttpConfig:
     if metrics_token and metrics_token_file is not None:
         section.problem("metrics_token_file", "give either metrics_token or metrics_token_file, "
                         "not both")
+    pending_head_share = section.float("pending_head_share", 0.5, minimum=0.01)
+    if isinstance(pending_head_share, float) and pending_head_share > 1.0:
+        section.problem("pending_head_share",
+                        f"{pending_head_share} is a fraction of max_connections: at most 1")
     config = HttpConfig(
         enabled=section.bool("enabled", True),
         listen=section.listen("listen", ("0.0.0.0", 8080)),
@@ -54,6 +64,9 @@ def read_http(section: Section) -> HttpConfig:
         idle_timeout=section.float("idle_timeout", 60.0, minimum=1.0),
         stall_timeout=section.float("stall_timeout", 30.0, minimum=1.0),
         max_header_bytes=section.int("max_header_bytes", 16384, minimum=1024, maximum=1048576),
+        header_timeout=section.float("header_timeout", 10.0, minimum=1.0),
+        pending_head_share=pending_head_share,
+        reserved_connections=section.int("reserved_connections", 16, minimum=0),
         cache_max_age=section.int("cache_max_age", 0, minimum=0),
         sendfile=section.bool("sendfile", True),
         metrics_token=metrics_token,

@@ -76,6 +76,12 @@ class ConnectionCounters:
     open: int = 0
     #: Transfers aborted by the slow-client watchdog.
     stalled: int = 0
+    #: Connections answered 408 because their request head did not arrive in time.
+    head_timeouts: int = 0
+    #: Head-pending connections closed to make room for a newer connection.
+    evicted: int = 0
+    #: Requests answered 413 because their body was over the resource's limit.
+    bodies_refused: int = 0
 
 
 @dataclass

@@ -37,6 +37,11 @@ Authentication (mayu had none):
   Bearer`` or ``?token=``), or the admin token.  ``provision.api.accept_unauthenticated_callbacks``
   accepts mayu's unauthenticated callbacks during a migration (off by default).
 * Bodies are capped (``max_body_bytes`` -> 413) and JSON nesting is capped (``max_json_depth``).
+  Each resource declares its limit through ``request_body_limit(method)``; pxestack's HTTP
+  site reads it as soon as a request head is parsed, so a body over it (or any body to a
+  method the resource does not take one with) is refused before it is read, and accepted
+  bodies stay in memory.  :meth:`_Base.body` applies the same limit again for sites that
+  do not.
 
 Store work (file writes, fsync, git commits) runs through *run*, by default a dedicated
 thread pool, so the reactor keeps answering DHCP/TFTP while a commit is fsynced; the
@@ -142,6 +147,13 @@ class _Base(Resource):
         return result
 
     # -- input -----------------------------------------------------------------------------
+
+    def request_body_limit(self, method: bytes) -> int:
+        """The largest body this resource takes with *method*: ``max_body_bytes`` for the
+        methods it renders (POST, PUT), 0 for every other one."""
+        if method in (b"POST", b"PUT") and hasattr(self, "render_" + method.decode("ascii")):
+            return int(self.api.max_body_bytes)
+        return 0
 
     def body(self, request: Request) -> bytes:
         """The request body, at most ``max_body_bytes`` (else 413)."""

@@ -94,7 +94,8 @@ class HttpService(service.Service):
         Also raises the open-file limit while still privileged (see
         :func:`ensure_descriptor_budget`).
         """
-        ensure_descriptor_budget(self.site.limits.max_connections)
+        limits = self.site.limits
+        ensure_descriptor_budget(limits.max_connections + limits.reserved_connections)
         host, port = self.listen
         self.port = self.reactor.listenTCP(
             port, self.site, backlog=self.backlog, interface=host
@@ -138,6 +139,9 @@ def limits_from(config: HttpConfig) -> SiteLimits:
         idle_timeout=config.idle_timeout,
         stall_timeout=config.stall_timeout,
         max_header_bytes=config.max_header_bytes,
+        header_timeout=config.header_timeout,
+        pending_head_share=config.pending_head_share,
+        reserved_connections=config.reserved_connections,
     )
 
 

@@ -178,3 +178,32 @@ def test_arbitrary_yaml_values_raise_only_config_error(data: object) -> None:
         )
     except ConfigError as exc:
         assert exc.problems
+
+
+def test_http_slow_client_keys() -> None:
+    config = load_config(
+        {"http": {"header_timeout": 4, "pending_head_share": 0.25, "reserved_connections": 2}},
+        base_dir=Path("/"),
+    )
+    assert config.http is not None
+    assert (config.http.header_timeout, config.http.pending_head_share,
+            config.http.reserved_connections) == (4.0, 0.25, 2)
+    defaults = load_config({"http": {}}, base_dir=Path("/")).http
+    assert defaults is not None
+    assert (defaults.header_timeout, defaults.pending_head_share,
+            defaults.reserved_connections) == (10.0, 0.5, 16)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("header_timeout", 0.5, "http.header_timeout: 0.5 is below the minimum 1.0"),
+        ("pending_head_share", 1.5, "http.pending_head_share: 1.5 is a fraction of "
+                                    "max_connections: at most 1"),
+        ("pending_head_share", 0, "http.pending_head_share: 0 is below the minimum 0.01"),
+        ("reserved_connections", -1, "http.reserved_connections:"),
+    ],
+)
+def test_http_slow_client_keys_are_validated(key: str, value: object, message: str) -> None:
+    found = problems_of({"http": {key: value}})
+    assert any(problem.startswith(message) for problem in found), found

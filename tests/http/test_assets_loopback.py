@@ -310,3 +310,65 @@ def test_keep_alive_after_sendfile_and_http_10(
     assert server.status()["connections"]["accepted"] - before == 2  # curl's + this status
     old = curl("--http1.0", "--fail", "-o", "-", server.url("/small.txt"))
     assert old.returncode == 0 and old.stdout == (assets / "small.txt").read_bytes()
+
+
+def read_answer(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """What the server sent until it closed (or *timeout*), without failing on a reset."""
+    sock.settimeout(timeout)
+    received = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return received
+
+
+def test_a_real_client_gets_its_file_during_a_slow_head_flood(
+    start_server: Callable[..., Server], record_property: Callable[[str, object], None],
+) -> None:
+    """300 half-sent heads against 128 slots: a new client is served at once, and the
+    flood is answered 503 (evicted) or 408 (head deadline) within seconds."""
+    server = start_server("--max-connections", "128", "--max-connections-per-client", "1000",
+                          "--header-timeout", "2")
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /small.txt HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            flood.append(sock)
+        started = time.monotonic()
+        with urllib.request.urlopen(server.url("/small.txt"), timeout=5) as reply:
+            assert reply.status == 200
+            assert reply.read() == b"0123456789" * 100
+        elapsed = time.monotonic() - started
+        record_property("real_client_seconds_during_flood", round(elapsed, 3))
+        assert elapsed < 2.0, f"the real client waited {elapsed:.2f} s"
+        answers = [read_answer(sock, timeout=6.0)[:12] for sock in flood[-40:]]
+        assert all(answer in (b"HTTP/1.1 408", b"HTTP/1.1 503") for answer in answers), answers
+        assert b"HTTP/1.1 408" in answers
+    finally:
+        for sock in flood:
+            sock.close()
+    counters = server.status()["connections"]
+    assert counters["evicted"] > 0 and counters["head_timeouts"] > 0
+
+
+def test_a_huge_declared_body_is_refused_before_it_is_sent(server: Server) -> None:
+    for path in (b"/healthz", b"/small.txt"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            started = time.monotonic()
+            sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: t\r\n"
+                         b"Content-Length: 300000000\r\n\r\n")
+            answer = read_answer(sock, timeout=3.0)
+            assert answer.startswith(b"HTTP/1.1 413 "), answer
+            assert time.monotonic() - started < 2.0
+
+
+def test_a_request_line_over_the_header_cap_gets_400(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /" + b"a" * 20000)
+        assert read_answer(sock, timeout=3.0).startswith(b"HTTP/1.1 400 ")
