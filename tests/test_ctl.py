@@ -39,7 +39,7 @@ from pxestack.provision.model import HostState
 from pxestack.provision.provisioner import Provisioner, callback_key
 from pxestack.provision.store import FileHostStore
 
-ADMIN_TOKEN = "ctl-test-admin-token"
+ADMIN_TOKEN = "ctl-test-admin-token-0123456789abcdef"
 
 
 # -- pure helpers --------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from pxestack.config import ConfigError, load_config
 from pxestack.metrics import MetricsResource
 from pxestack.service import build_service, metrics_token
 
+TOKEN = "metrics-s3cret-0123456789abcdefghij"
+
 
 class FakeRequest:
     """Just what MetricsResource.render_GET reads and writes."""
@@ -53,27 +55,28 @@ def test_open_by_default(tmp_path: Path) -> None:
 
 
 def test_inline_token_is_required(tmp_path: Path) -> None:
-    config = load_config({"http": {"listen": "127.0.0.1:18080", "metrics_token": "s3cret"}},
+    config = load_config({"http": {"listen": "127.0.0.1:18080", "metrics_token": TOKEN}},
                          base_dir=tmp_path)
     resource = metrics_resource(config)
-    for header in (None, b"Bearer wrong", b"s3cret"):
+    for header in (None, b"Bearer wrong", TOKEN.encode()):
         request = FakeRequest(header)
         assert resource.render_GET(request) == b"metrics token required\n"
         assert request.code == 401
-    request = FakeRequest(b"Bearer s3cret")
+    request = FakeRequest(b"Bearer " + TOKEN.encode())
     assert b"# TYPE" in resource.render_GET(request)
     assert request.code == 200
 
 
 def test_token_file_is_read_and_stripped(tmp_path: Path) -> None:
-    (tmp_path / "metrics.token").write_text("from-a-file\n")
+    (tmp_path / "metrics.token").write_text("from-a-file-0123456789abcdefghijk\n")
+    (tmp_path / "metrics.token").chmod(0o600)
     config = load_config({"http": {"metrics_token_file": "metrics.token"}}, base_dir=tmp_path)
-    assert metrics_token(config) == "from-a-file"
+    assert metrics_token(config) == "from-a-file-0123456789abcdefghijk"
 
 
 def test_token_and_token_file_together_are_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config({"http": {"metrics_token": "a", "metrics_token_file": "b"}},
+        load_config({"http": {"metrics_token": "m" * 32, "metrics_token_file": "b"}},
                     base_dir=tmp_path)
     assert [str(problem.path) for problem in caught.value.problems] == [
         "http.metrics_token_file"

@@ -47,7 +47,7 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 SPEC_FILE = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
-ADMIN_TOKEN = "openapi-test-admin-token"
+ADMIN_TOKEN = "openapi-test-admin-token-0123456789ab"
 OS_VERSION = "3975.2.0"
 SERIAL = "sn-openapi"
 #: Methods a probe tries on every documented path.

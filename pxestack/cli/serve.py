@@ -48,6 +48,14 @@ def serve(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     if args.check:
+        # The same host checks serve applies before it builds anything (token files,
+        # directory modes, run_as), so --check passes only what serve accepts.
+        from pxestack.config.checks import serving_problems
+
+        problems = serving_problems(config)
+        if problems:
+            print_problems(args.config or "<embedded quickstart>", problems)
+            return EXIT_USAGE
         print(f"{config.source}: configuration is valid")
         return 0
     from pxestack.app import build_root_service

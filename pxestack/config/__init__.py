@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from pxestack.config._reader import Section
+from pxestack.config.checks import RunAs, read_run_as
 from pxestack.config.dhcp import DhcpConfig, read_dhcp
 from pxestack.config.http import HttpConfig, read_http
 from pxestack.config.provision import ProvisionConfig, read_provision
@@ -42,6 +43,8 @@ class Config:
     http: HttpConfig | None = None
     provision: ProvisionConfig | None = None
     source: str = "<mapping>"
+    #: The user (and group) ``pxestack serve`` switches to once its ports are open.
+    run_as: RunAs | None = None
 
 
 def load_config(
@@ -61,6 +64,7 @@ def load_config(
     state_dir = root.path("state_dir", "pxestack-state")
     log_format = root.str("log_format", "text", choices=LOG_FORMATS)
     log_level = root.str("log_level", "info", choices=LOG_LEVELS)
+    run_as = read_run_as(root.mapping("run_as")) if root.has("run_as") else None
     dhcp = read_dhcp(root.mapping("dhcp")) if root.has("dhcp") else None
     tftp = read_tftp(root.mapping("tftp")) if root.has("tftp") else None
     http = read_http(root.mapping("http")) if root.has("http") else None
@@ -81,6 +85,7 @@ def load_config(
         http=http if http is not None and http.enabled else None,
         provision=provision if provision is not None and provision.enabled else None,
         source=source,
+        run_as=run_as,
     )
 
 
@@ -140,6 +145,7 @@ __all__ = [
     "DhcpConfig",
     "HttpConfig",
     "ProvisionConfig",
+    "RunAs",
     "TftpConfig",
     "load_config",
     "load_config_file",

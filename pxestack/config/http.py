@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pxestack.config._reader import Section
+from pxestack.config.checks import check_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ def read_http(section: Section) -> HttpConfig:
     if public_url is not None and not public_url.startswith(("http://", "https://")):
         section.problem("public_url", f"{public_url!r} is not an http:// or https:// URL")
     metrics_token = section.str("metrics_token", "")
+    check_token(section, "metrics_token", metrics_token)
     metrics_token_file = section.path("metrics_token_file", None)
     if metrics_token and metrics_token_file is not None:
         section.problem("metrics_token_file", "give either metrics_token or metrics_token_file, "

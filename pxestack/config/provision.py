@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pxestack.config._reader import Section
+from pxestack.config.checks import check_token
 from pxestack.http.ipxe import is_safe_word
 
 #: The two boot flows a profile can use: mayu era B (install to disk) or era C (RAM boot).
@@ -368,6 +369,7 @@ def _read_profile(section: Section) -> ProfileConfig:
 
 def _read_api(section: Section) -> ApiConfig:
     token = section.str("token", "")
+    check_token(section, "token", token)
     token_file = section.path("token_file", None)
     if token and token_file is not None:
         section.problem("token_file", "give either token or token_file, not both")

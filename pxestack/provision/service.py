@@ -11,7 +11,6 @@ returns them as :class:`pxestack.service.Extensions`, together with a
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from pxestack.config import Config
-from pxestack.config.provision import ProvisionConfig
+from pxestack.config.checks import admin_token, provision_base_url
 from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.metrics import MeteredHostStore, Metrics
 from pxestack.provision.api import ProvisioningApi
@@ -96,46 +95,20 @@ class ProvisioningService(service.MultiService):
         return d
 
 
-def _admin_token(config: Config, prov: ProvisionConfig) -> str | None:
-    token = prov.api.token
-    if prov.api.token_file is not None:
-        try:
-            token = prov.api.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError([ConfigProblem("provision.api.token_file", str(exc))]) from None
-    if token:
-        return str(token)
-    host = config.http.listen[0] if config.http is not None else "127.0.0.1"
-    if not IPv4Address(host).is_loopback:
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    "provision.api.token",
-                    f"is required because http.listen ({host}) is not loopback-only: "
-                    "the admin API must not be open to the network",
-                )
-            ]
-        )
-    return None
+def _admin_token(config: Config) -> str | None:
+    problems: list[ConfigProblem] = []
+    token = admin_token(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return token
 
 
-def _base_url(config: Config, prov: ProvisionConfig) -> str:
-    if prov.public_url:
-        return prov.public_url
-    if config.http is not None and config.http.public_url:
-        return config.http.public_url
-    if config.http is not None:
-        host, port = config.http.listen
-        if host != "0.0.0.0":
-            return f"http://{host}:{port}"
-    raise ConfigError(
-        [
-            ConfigProblem(
-                "provision.public_url",
-                "is required (or http.public_url): machines need a URL to reach",
-            )
-        ]
-    )
+def _base_url(config: Config) -> str:
+    problems: list[ConfigProblem] = []
+    url = provision_base_url(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return url
 
 
 def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extensions:
@@ -143,8 +116,8 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
     prov = config.provision
     if prov is None:
         raise ValueError("provisioning_extensions needs a provision: section")
-    base_url = _base_url(config, prov)
-    admin_token = _admin_token(config, prov)
+    base_url = _base_url(config)
+    admin_token = _admin_token(config)
     store = FileHostStore(
         prov.cluster_dir, git=prov.git, git_name=prov.git_name, git_email=prov.git_email
     )

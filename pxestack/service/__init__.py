@@ -14,6 +14,7 @@ from typing import Any
 from twisted.application import service
 
 from pxestack.config import Config
+from pxestack.config.checks import metrics_token as read_metrics_token
 from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.metrics import Metrics, MetricsResource
 
@@ -50,18 +51,11 @@ class PxeStackService(service.MultiService):
 
 def metrics_token(config: Config) -> str | None:
     """The bearer token ``/metrics`` requires (``http.metrics_token[_file]``), or None."""
-    http = config.http
-    if http is None:
-        return None
-    token = http.metrics_token
-    if http.metrics_token_file is not None:
-        try:
-            token = http.metrics_token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError([ConfigProblem("http.metrics_token_file", str(exc))]) from None
-        if not token:
-            raise ConfigError([ConfigProblem("http.metrics_token_file", "the file is empty")])
-    return token or None
+    problems: list[ConfigProblem] = []
+    token = read_metrics_token(config, problems)
+    if problems:
+        raise ConfigError(problems)
+    return token
 
 
 def build_service(

@@ -19,7 +19,7 @@ from pxestack.provision.provisioner import Provisioner, callback_key
 from pxestack.provision.store import FileHostStore
 
 BASE_URL = "http://198.18.0.1:8080"
-ADMIN_TOKEN = "admin-secret-token"
+ADMIN_TOKEN = "admin-secret-token-0123456789abcdef"
 
 
 def provision_config(cluster_dir: Path, **overrides: Any) -> ProvisionConfig:

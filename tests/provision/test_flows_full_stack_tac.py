@@ -25,7 +25,9 @@ def tac_config(tmp_path, monkeypatch):
     config = tmp_path / "full_stack.yaml"
     shutil.copy(EXAMPLES / "full_stack.yaml", config)
     (tmp_path / "pxestack-state").mkdir()
-    (tmp_path / "pxestack-state" / "admin-token").write_text("example-admin-token\n")
+    token = tmp_path / "pxestack-state" / "admin-token"
+    token.write_text("example-admin-token-0123456789abcdef\n")
+    token.chmod(0o600)
     monkeypatch.setenv("PXESTACK_CONFIG", str(config))
     return config
 

@@ -100,7 +100,7 @@ def test_admin_token_required_off_loopback(tmp_path):
     with pytest.raises(ConfigError) as caught:
         provisioning_extensions(_config(tmp_path, listen="0.0.0.0:18080"))
     assert caught.value.problems[0].path == "provision.api.token"
-    provisioning_extensions(_config(tmp_path, listen="0.0.0.0:18080", api={"token": "t"}))
+    provisioning_extensions(_config(tmp_path, listen="0.0.0.0:18080", api={"token": ADMIN_TOKEN}))
 
 
 def test_mayu_config_get_and_put_persist(tmp_path):

@@ -36,7 +36,7 @@ UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")
 POOL = ("198.18.0.100", "198.18.0.200")
 #: The image "version" directory the harness's kernel and initramfs are filed under.
 OS_VERSION = "e2e"
-ADMIN_TOKEN = "e2e-admin-token"
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdefghij"
 
 
 class Process:

@@ -1,0 +1,262 @@
+"""Rules that look at the host, not only at the YAML: token files, directories, ``run_as``.
+
+:func:`serving_problems` is the one validation that ``pxestack serve``, ``pxestack serve
+--check``, ``twistd pxestack`` and ``.tac`` files apply before building anything, so a
+configuration that ``--check`` passes is one that ``serve`` accepts.  It reads token files
+and looks at directory modes and owners; it creates and changes nothing.
+
+The rules exist because the provisioning network is not trusted: a token short enough to
+guess, a token file other local users can read, or a state directory anybody can write
+into (a planted git hook, a replaced host record) hands the machines' installs to whoever
+gets there first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pxestack.config._reader import Section
+from pxestack.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from pxestack.config import Config
+
+#: Bearer tokens shorter than this are refused (``openssl rand -hex 16`` gives 32).
+MIN_TOKEN_LENGTH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The unprivileged identity ``pxestack serve`` switches to once its ports are open."""
+
+    user: str
+    group: str
+    uid: int
+    gid: int
+    home: str
+
+
+def read_run_as(section: Section) -> RunAs | None:
+    """Validate ``run_as: {user, group}``; unknown names are problems at their key."""
+    user = section.str("user")
+    group = section.str("group", None)
+    section.finish()
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        section.problem("user", f"{user!r} is not a user on this host")
+        return None
+    gid = entry.pw_gid
+    group_name = group
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            section.problem("group", f"{group!r} is not a group on this host")
+            return None
+    else:
+        try:
+            group_name = grp.getgrgid(gid).gr_name
+        except KeyError:
+            group_name = str(gid)
+    return RunAs(user=user, group=group_name or str(gid), uid=entry.pw_uid, gid=gid,
+                 home=entry.pw_dir)
+
+
+def check_token(section: Section, key: str, token: str) -> None:
+    """Record a problem when an inline *token* is set but too short to resist guessing."""
+    if token and len(token) < MIN_TOKEN_LENGTH:
+        section.problem(key, f"is {len(token)} characters long; a token needs at least "
+                        f"{MIN_TOKEN_LENGTH} (for example: openssl rand -hex 16)")
+
+
+def read_token(
+    key: str, inline: str, file: Path | None, problems: list[ConfigProblem]
+) -> str:
+    """The token given inline or in *file* (stripped); problems are recorded at *key*.
+
+    *key* names the inline key (``provision.api.token``); a file's problems are named
+    ``<key>_file``.  A file must not be readable by group or others, must not be empty and
+    must hold at least :data:`MIN_TOKEN_LENGTH` characters.
+    """
+    if file is None:
+        return inline
+    file_key = f"{key}_file"
+    try:
+        mode = file.stat().st_mode
+        token = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(ConfigProblem(file_key, str(exc)))
+        return ""
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        problems.append(ConfigProblem(
+            file_key, f"{file} is readable by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 it"))
+    if not token:
+        problems.append(ConfigProblem(file_key, "the file is empty"))
+    elif len(token) < MIN_TOKEN_LENGTH:
+        problems.append(ConfigProblem(
+            file_key, f"holds a {len(token)}-character token; a token needs at least "
+            f"{MIN_TOKEN_LENGTH} (for example: openssl rand -hex 16)"))
+    return token
+
+
+def _existing(path: Path) -> Path:
+    """*path* or its nearest existing ancestor (where a missing directory would be made)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _allows(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
+    """Whether the owner/group/other class that *uid* falls in has every one of *bits*
+    (given as the owner's ``rwx`` bits, 0o7 scale)."""
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        return (st.st_mode >> 6) & bits == bits
+    if st.st_gid in gids:
+        return (st.st_mode >> 3) & bits == bits
+    return st.st_mode & bits == bits
+
+
+def writable_by(path: Path, uid: int, gids: set[int]) -> bool:
+    """Whether *uid* (with groups *gids*) can create files in directory *path* (or create
+    *path* itself when it does not exist yet)."""
+    target = _existing(path.absolute())
+    try:
+        if not _allows(target.stat(), uid, gids, 0o3):
+            return False
+        return all(_allows(parent.stat(), uid, gids, 0o1) for parent in target.parents)
+    except OSError:
+        return False
+
+
+def user_groups(run_as: RunAs) -> set[int]:
+    """The primary and supplementary group ids *run_as* will have."""
+    gids = {run_as.gid}
+    with contextlib.suppress(OSError):
+        gids.update(os.getgrouplist(run_as.user, run_as.gid))
+    return gids
+
+
+def _world_writable(path: Path) -> bool:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    # A sticky world-writable directory such as /tmp is no better: a stranger can still
+    # create the files pxestack has not created yet.
+    return bool(mode & stat.S_IWOTH)
+
+
+def admin_token(config: Config, problems: list[ConfigProblem]) -> str | None:
+    """The ``/admin`` bearer token, or None when HTTP listens on loopback only."""
+    prov = config.provision
+    if prov is None:
+        return None
+    token = read_token("provision.api.token", prov.api.token, prov.api.token_file, problems)
+    if token:
+        return token
+    host = config.http.listen[0] if config.http is not None else "127.0.0.1"
+    if not IPv4Address(host).is_loopback and prov.api.token_file is None:
+        problems.append(ConfigProblem(
+            "provision.api.token",
+            f"is required because http.listen ({host}) is not loopback-only: "
+            "the admin API must not be open to the network",
+        ))
+    return None
+
+
+def metrics_token(config: Config, problems: list[ConfigProblem]) -> str | None:
+    """The bearer token ``/metrics`` requires (``http.metrics_token[_file]``), or None."""
+    http = config.http
+    if http is None:
+        return None
+    token = read_token("http.metrics_token", http.metrics_token, http.metrics_token_file,
+                       problems)
+    return token or None
+
+
+def provision_base_url(config: Config, problems: list[ConfigProblem]) -> str:
+    """The base URL machines reach provisioning at (``provision.public_url``, else
+    ``http.public_url``, else ``http.listen`` unless it is 0.0.0.0)."""
+    prov = config.provision
+    if prov is not None and prov.public_url:
+        return prov.public_url
+    if config.http is not None and config.http.public_url:
+        return config.http.public_url
+    if config.http is not None:
+        host, port = config.http.listen
+        if host != "0.0.0.0":
+            return f"http://{host}:{port}"
+    problems.append(ConfigProblem(
+        "provision.public_url", "is required (or http.public_url): machines need a URL to reach"))
+    return ""
+
+
+def serving_problems(config: Config, *, euid: int | None = None) -> list[ConfigProblem]:
+    """Every problem that stops *config* from being served on this host (empty: none).
+
+    *euid* is the identity the check assumes the server starts as (default: this
+    process's), which decides whether ``run_as`` can be honoured.
+    """
+    problems: list[ConfigProblem] = []
+    if config.provision is not None:
+        provision_base_url(config, problems)
+    admin_token(config, problems)
+    metrics_token(config, problems)
+    dirs = [("state_dir", config.state_dir)]
+    if config.provision is not None:
+        dirs.append(("provision.cluster_dir", config.provision.cluster_dir))
+    for key, path in dirs:
+        if _world_writable(path):
+            problems.append(ConfigProblem(
+                key, f"{path} is writable by every user; chmod o-w it (and check who "
+                "wrote what is in it)"))
+    run_as = config.run_as
+    if run_as is not None:
+        me = os.geteuid() if euid is None else euid
+        if me not in (0, run_as.uid):
+            problems.append(ConfigProblem(
+                "run_as.user", f"switching to {run_as.user!r} needs root; this process "
+                f"runs as uid {me}"))
+        gids = user_groups(run_as)
+        for key, path in dirs:
+            if not writable_by(path, run_as.uid, gids):
+                problems.append(ConfigProblem(
+                    key, f"{path} is not writable by run_as user {run_as.user!r} "
+                    f"(uid {run_as.uid}, gid {run_as.gid}); chown it to that user"))
+    return problems
+
+
+def validate_for_serving(config: Config) -> None:
+    """Raise :class:`ConfigError` listing :func:`serving_problems`, if there are any."""
+    problems = serving_problems(config)
+    if problems:
+        raise ConfigError(problems)
+
+
+__all__ = [
+    "MIN_TOKEN_LENGTH",
+    "RunAs",
+    "admin_token",
+    "check_token",
+    "metrics_token",
+    "provision_base_url",
+    "read_run_as",
+    "read_token",
+    "serving_problems",
+    "validate_for_serving",
+    "writable_by",
+]
