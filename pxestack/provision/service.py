@@ -29,7 +29,7 @@ from pxestack.provision.api import ProvisioningApi
 from pxestack.provision.mayu_import import apply_mayu_text, export_mayu
 from pxestack.provision.policy import ProvisioningPolicy
 from pxestack.provision.provisioner import Provisioner, callback_key
-from pxestack.provision.store import FileHostStore
+from pxestack.provision.store import FileHostStore, isolate_git_config
 from pxestack.service import Extensions
 
 #: Where ``PUT /admin/mayu_config`` keeps the accepted text (inside the audited cluster dir).
@@ -68,7 +68,12 @@ class ProvisioningService(service.MultiService):
         return self._reactor if self._reactor is not None else _default_reactor()
 
     def startService(self) -> None:
-        """Start the pool before the timer's first tick needs it."""
+        """Start the pool before the timer's first tick needs it.
+
+        The git configuration is isolated again here because this runs after ``twistd
+        --uid`` (or ``run_as``) dropped root: see :func:`isolate_git_config`.
+        """
+        isolate_git_config()
         self.pool.start()
         super().startService()
 

@@ -54,6 +54,30 @@ PRIVATE_DIR = ".pxestack"
 _GITIGNORE = "# written by pxestack\n*.tmp\n.pxestack/\n"
 
 
+def isolate_git_config() -> None:
+    """Make libgit2 read no global, XDG or system git configuration.
+
+    The audit repository must behave the same whoever runs pxestack: after a switch from
+    root to an unprivileged user ``$HOME`` may still name root's home, and libgit2 then
+    fails every operation on the unreadable ``~/.gitconfig``.  The committer identity is
+    passed explicitly (``provision.git_name``/``git_email``), so nothing is lost.  The
+    setting is process-wide; calling it again is harmless.
+    """
+    levels = (
+        pygit2.enums.ConfigLevel.GLOBAL,
+        pygit2.enums.ConfigLevel.XDG,
+        pygit2.enums.ConfigLevel.SYSTEM,
+    )
+    for level in levels:
+        with contextlib.suppress(AttributeError, ValueError, pygit2.GitError):
+            pygit2.settings.search_path[level] = ""
+    # Started as root with run_as, the repository belongs to the unprivileged user; libgit2's
+    # owner check (git's safe.directory) would refuse it.  The cluster directory is the one
+    # the configuration names, and a world-writable one is refused at start.
+    with contextlib.suppress(AttributeError, ValueError, pygit2.GitError):
+        pygit2.option(pygit2.enums.Option.SET_OWNER_VALIDATION, 0)
+
+
 class StoreError(Exception):
     """The store cannot carry out a request (the API answers 500 or 503)."""
 
@@ -225,6 +249,7 @@ class GitAudit:
         self._pending_paths: set[str] = set()
         #: A queued change did not say what it touched: the next commit scans the work tree.
         self._scan_needed = False
+        isolate_git_config()
         with contextlib.suppress(AttributeError, ValueError):
             # Loose objects and refs are fsynced, so a commit survives power loss.
             pygit2.option(pygit2.enums.Option.ENABLE_FSYNC_GITDIR, True)
@@ -804,4 +829,5 @@ __all__ = [
     "atomic_write",
     "etag_of",
     "fsync_dir",
+    "isolate_git_config",
 ]
