@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from twisted.application import service
@@ -19,7 +23,8 @@ from twisted.logger import (
 )
 
 from pxestack.cli import EXIT_FAILURE, EXIT_OK
-from pxestack.config import Config
+from pxestack.config import Config, RunAs
+from pxestack.config.checks import user_groups
 
 log = Logger()
 
@@ -51,6 +56,55 @@ def start_logging(log_format: str, level: str, stream: TextIO | None = None) -> 
     )
 
 
+#: Codecs the templates and protocol code use lazily (jinja2 decodes string literals with
+#: unicode-escape, URLs may need idna).
+_LAZY_CODECS = ("unicode_escape", "raw_unicode_escape", "idna", "ascii", "latin-1", "utf-8")
+
+
+def _handed_over(config: Config) -> Iterator[Path]:
+    """What pxestack may have created as root before the switch: the state directory and
+    its files, the DHCP lease journal, and the whole cluster directory."""
+    yield config.state_dir
+    if config.state_dir.is_dir():
+        for child in config.state_dir.iterdir():
+            if child.is_file() and not child.is_symlink():
+                yield child
+    if config.dhcp is not None and config.dhcp.lease_file is not None:
+        yield config.dhcp.lease_file
+    if config.provision is not None:
+        cluster = config.provision.cluster_dir
+        yield cluster
+        for top, dirs, files in os.walk(cluster):
+            for name in (*dirs, *files):
+                yield Path(top, name)
+
+
+def drop_privileges(config: Config, run_as: RunAs) -> None:
+    """Give root-made state to *run_as*, then switch groups, gid and uid for good.
+
+    Files that starting as root created (the git objects of a new cluster repository, the
+    lease journal) are handed over, so the server can still write them and a later start
+    as either identity finds them usable.  ``HOME`` follows the user.
+    """
+    for path in _handed_over(config):
+        try:
+            if path.lstat().st_uid == 0:
+                os.chown(path, run_as.uid, run_as.gid, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+    # Codecs are imported on first use; after the switch the interpreter's own library may
+    # be unreadable (a Python installed under root's home), so load them while we can.
+    for codec in _LAZY_CODECS:
+        codecs.lookup(codec)
+    os.setgroups(sorted(user_groups(run_as)))
+    os.setgid(run_as.gid)
+    os.setuid(run_as.uid)
+    os.environ["HOME"] = run_as.home
+    os.environ["USER"] = os.environ["LOGNAME"] = run_as.user
+    log.info("switched to user {user} (uid {uid}) and group {group} (gid {gid})",
+             user=run_as.user, uid=run_as.uid, group=run_as.group, gid=run_as.gid)
+
+
 def run_service(root: service.IService, config: Config, reactor: Any = None) -> int:
     """Start *root*, run the reactor until SIGINT/SIGTERM, then stop every service.
 
@@ -65,7 +119,10 @@ def run_service(root: service.IService, config: Config, reactor: Any = None) -> 
     start_logging(config.log_format, config.log_level)
     log.info("pxestack starting from {source}", source=config.source)
     try:
+        # Every privileged port (and DHCP's raw sockets) is opened here, as root.
         root.privilegedStartService()
+        if config.run_as is not None and os.geteuid() == 0 and config.run_as.uid != 0:
+            drop_privileges(config, config.run_as)
         root.startService()
     except (CannotListenError, OSError) as exc:
         log.critical("cannot start: {error}", error=str(exc))
@@ -80,4 +137,4 @@ def run_service(root: service.IService, config: Config, reactor: Any = None) -> 
     return EXIT_OK
 
 
-__all__ = ["make_observer", "run_service", "start_logging"]
+__all__ = ["drop_privileges", "make_observer", "run_service", "start_logging"]
