@@ -367,6 +367,28 @@ class GatedChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
+#: Query parameters whose values never reach a log line (machine callbacks may carry
+#: their per-host token as ``?token=``; a log reader must not be able to replay it).
+SENSITIVE_PARAMETERS = frozenset({b"token", b"access_token", b"password", b"secret", b"key"})
+
+
+def redact_uri(uri: bytes) -> str:
+    """*uri* for a log line, with the value of every sensitive query parameter (any name
+    in :data:`SENSITIVE_PARAMETERS` or ending in ``token``) replaced by ``REDACTED``."""
+    path, sep, query = uri.partition(b"?")
+    if not sep:
+        return uri.decode("latin-1")
+    parts = []
+    for item in query.split(b"&"):
+        name, eq, _value = item.partition(b"=")
+        # Matched as Twisted decodes it, so %74oken= is a token too.
+        lowered = unquote_to_bytes(name.replace(b"+", b" ")).lower()
+        if eq and (lowered in SENSITIVE_PARAMETERS or lowered.endswith(b"token")):
+            item = name + b"=REDACTED"
+        parts.append(item)
+    return (path + b"?" + b"&".join(parts)).decode("latin-1")
+
+
 def first_segment(uri: bytes) -> bytes:
     """The first path segment of a request target, percent-decoded as twisted.web does."""
     path = uri.split(b"?", 1)[0]
@@ -570,7 +592,7 @@ class AssetSite(Site):
             "{client} {method} {uri} {code} {length}",
             client=str(getattr(request.getClientAddress(), "host", "-")),
             method=request.method.decode("latin-1"),
-            uri=request.uri.decode("latin-1"),
+            uri=redact_uri(request.uri),
             code=request.code,
             length=request.sentLength,
         )
@@ -666,5 +688,6 @@ __all__ = [
     "build_site",
     "early_answer",
     "first_segment",
+    "redact_uri",
     "request_body_limit",
 ]
