@@ -441,7 +441,7 @@ class ReadSession(_Session):
             self._retransmit_at = now + self._rto
             return
         acked = self._acked
-        # Match the 16-bit number against the blocks in flight (rollover to 0, T8).
+        # Match the 16-bit number against the blocks in flight (rollover to 0).
         advance = (block - acked) & 0xFFFF
         if advance == 0 or advance > self._sent - acked:
             # Duplicate (Sorcerer's Apprentice, RFC 1123 §4.2.3.1), stale or future ACK:
