@@ -13,7 +13,7 @@ per-phase latency percentiles, the server's peak memory (VmHWM), the git commits
 Checked: every machine finished every phase; DHCP addresses and provisioned InternalAddr
 are unique; every host record is ``installed``; the profile counts are exactly the
 configured quantities (the first ``quantity`` machines get each profile, the rest get
-``default``).  Target (issue 8): 1000 machines in under 60 s on the 2-vCPU machine, git on.
+``default``).  Target: 1000 machines in under 60 s on the 2-vCPU machine, git on.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def run_once(machines: int, rate: float, *, git: bool = True) -> dict[str, Any]:
                 "ifname": lab.client.ifname,
                 "prefix": lab.client.prefix,
                 "base_url": f"http://{lab.server.ip}:{HTTP_PORT}",
-                "tftp_blksize": 1432,  # what iPXE asks (firmware.md)
+                "tftp_blksize": 1432,  # what iPXE asks (docs/reference/firmware.md)
                 "boot_file_size": (tftproot / "undionly.kpxe").stat().st_size,
                 "machine_deadline": 240.0,
                 "storm_deadline": machines / rate + 240.0,

@@ -28,7 +28,7 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 PLOTS_DIR = ROOT / "docs" / "benchmarks"
 CACHE_DIR = ROOT / "benchmarks" / ".cache"
 #: Scratch files (lease databases, TFTP roots, logs) live on tmpfs: a disk-backed lease file
-#: made Kea and dnsmasq I/O-bound on this machine (baselines.md, section 1).
+#: made Kea and dnsmasq I/O-bound on this machine (docs/reference/benchmark-method.md).
 TMPFS = Path("/dev/shm")
 
 #: The name every pxestack row carries; ratios are always pxestack / peer.

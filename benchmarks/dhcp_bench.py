@@ -1,6 +1,6 @@
 """DHCP cases: perfdhcp from the client namespace against pxestack, Kea and dnsmasq.
 
-Method (docs/benchmarks.md, after /work/shared/reference/baselines.md section 1):
+Method (docs/benchmarks.md, after docs/reference/benchmark-method.md):
 
 * perfdhcp runs in the client namespace with 198.18.0.2/15 on ``pxc0``: it refuses to run
   without an address and always behaves like a relay agent (``giaddr=198.18.0.2``, from
@@ -57,10 +57,10 @@ EXIT_WAIT_US = 300_000
 
 
 #: perfdhcp ``-g`` modes.  In "multi" (perfdhcp's default with 2+ CPUs, the method of
-#: baselines.md) a separate receiver thread spins: measured at 117 % CPU on this 2-vCPU VM,
-#: it leaves the server under test about 0.8 of a CPU, which caps the servers that need
-#: more than that.  "single" keeps perfdhcp on one CPU (about 98 %) and leaves the other to
-#: the server; it is offered as a cross-check of the server's own capacity.
+#: docs/reference/benchmark-method.md) a separate receiver thread spins: measured at 117 % CPU on
+#: this 2-vCPU VM, it leaves the server under test about 0.8 of a CPU, which caps the servers that
+#: need more than that.  "single" keeps perfdhcp on one CPU (about 98 %) and leaves the other to the
+#: server; it is offered as a cross-check of the server's own capacity.
 PERFDHCP_THREAD_MODES = ("multi", "single")
 
 
@@ -74,12 +74,12 @@ class SearchPlan:
     bisections: int
     unthrottled: bool
     #: perfdhcp's ``-g`` thread mode: "multi" (its default on 2+ CPUs, the method of
-    #: baselines.md) or "single" (see :data:`PERFDHCP_THREAD_MODES`).
+    #: docs/reference/benchmark-method.md) or "single" (see :data:`PERFDHCP_THREAD_MODES`).
     perfdhcp_threads: str = "multi"
 
     @classmethod
     def full(cls) -> SearchPlan:
-        """The method of baselines.md: 4 s steps, two bisections, an unthrottled run."""
+        """The reference method: 4 s steps, two bisections, an unthrottled run."""
         return cls(
             dora_rates=(250, 500, 1000, 2000, 4000, 8000, 16000),
             do_rates=(1000, 2000, 4000, 8000, 16000, 32000),
@@ -154,7 +154,7 @@ class PerfdhcpRun:
         return max(found) if found else None
 
     def passes(self) -> bool:
-        """≤ 1 % incomplete and goodput ≥ 95 % of the target (baselines.md section 1)."""
+        """≤ 1 % incomplete and goodput ≥ 95 % of the target (the reference method)."""
         if self.target_rate is None:
             return False
         return self.incomplete_fraction <= 0.01 and self.goodput >= 0.95 * self.target_rate
@@ -326,7 +326,7 @@ class PxestackDhcpServer(DhcpServer):
             f"  relays: [{lab.client.ip}]\n"
             # perfdhcp -i (DO mode) never REQUESTs, so every OFFER stays outstanding for
             # offer_hold seconds; the default cap of 4096 outstanding offers (the defence
-            # against DISCOVER floods, bad-inputs.md D10) would then limit DO mode to
+            # against DISCOVER floods) would then limit DO mode to
             # 4096 per test period.  10 000 simulated clients hold at most 10 000 offers.
             f"  max_offers: {CLIENTS + 1024}\n"
             "  pools:\n"

@@ -14,7 +14,7 @@ The DHCP performance owner's own measuring script (the full comparative suite is
 
 ``net``
     The veth lab of ``tests/netlab.py`` (namespaces ``pxt-dhcpprof-<pid>-s/-c``),
-    perfdhcp in the client namespace exactly as in baselines.md §1 (``-4 -l pxc0 -B -o
+    perfdhcp in the client namespace exactly as in the reference method (``-4 -l pxc0 -B -o
     60,PXEClient -R 10000 -r RATE -p PERIOD``), the nftables DNAT rule for broadcast replies
     and the reply counters of ``benchmarks/dhcp_bench.py``.  Each server (pxestack, kea,
     dnsmasq) is started fresh with an empty lease database on tmpfs for every rate and

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.http_assets [--runs 3] [--clients 1,16] [--size-mib 32]
 
-Method (issue 9):
+Method:
 
 * one random file of ``--size-mib`` MiB on tmpfs (``/dev/shm``), served by three servers on
   their own loopback ports, started by this script and stopped at the end:
@@ -362,12 +362,12 @@ def ratio(numerator: Summary | None, denominator: Summary | None) -> float | Non
     return round(statistics.median(numerator.rates) / statistics.median(denominator.rates), 2)
 
 
-#: Issue 9's targets, on the 16-client medians: (ratio name, minimum).
+#: The HTTP targets, on the 16-client medians: (ratio name, minimum).
 TARGETS = (("pxestack/nginx", 0.8), ("pxestack/static.File", 4.0))
 
 
 def targets(ratios: dict[str, dict[str, float | None]]) -> dict[str, object]:
-    """Whether each target of issue 9 holds in this run (None if not measured)."""
+    """Whether each HTTP target holds in this run (None if not measured)."""
     at16 = ratios.get("16", {})
     out: dict[str, object] = {}
     for name, minimum in TARGETS:

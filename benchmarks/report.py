@@ -6,8 +6,8 @@ from typing import Any
 
 from benchmarks.common import PXESTACK, PYTHON_FLOOR, CaseResult, Results, Target, ratio
 
-#: The issues' targets (issue 3 point 10, issue 4 point 7).  ``peer="fastest"`` means the
-#: best peer median of that case (the python-floor reference is never a target's peer).
+#: The DHCP and TFTP performance targets (docs/benchmarks.md, "Targets").  ``peer="fastest"`` means
+#: the best peer median of that case (the python-floor reference is never a target's peer).
 TARGETS = (
     Target("DHCP sustained DORA/s >= 1.5x Kea, zero NAKs", "dhcp", "dora_sustained", "kea", 1.5,
            extra="zero NAKs"),
@@ -46,7 +46,7 @@ def _peer_reference(results: Results, target: Target) -> tuple[str | None, float
     return best
 
 
-#: Issue 8's absolute boot-storm target: this many machines provisioned within this many s.
+#: The absolute boot-storm target: this many machines provisioned within this many s.
 STORM_TARGET = (1000, 60.0)
 
 

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--perfdhcp-threads",
         choices=("multi", "single"),
         default="multi",
-        help="perfdhcp's -g thread mode (default multi, the method of baselines.md; single "
+        help="perfdhcp's -g thread mode (default multi, the reference method; single "
         "leaves a whole CPU to the server under test, see docs/benchmarks.md)",
     )
     parser.add_argument(

@@ -2,7 +2,7 @@
 
 Started by :mod:`benchmarks.bootstorm` as ``python benchmarks/storm_client.py SPEC.json``;
 prints one JSON report on stdout.  Each simulated machine walks the whole network-boot and
-install flow a real one does (mayu.md §6.1), one asyncio task per machine, started at the
+install flow a real one does (docs/reference/mayu.md), one asyncio task per machine, started at the
 configured arrival rate:
 
 1. ``dhcp_pxe``: DHCP DISCOVER/OFFER/REQUEST/ACK as a PXE ROM (option 60 ``PXEClient``,
@@ -45,7 +45,7 @@ from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions
 
 PHASES = ("dhcp_pxe", "tftp", "dhcp_ipxe", "script", "enrol", "hostdata", "installed")
-#: iPXE's own option 175 contents as captured (firmware.md §1), abbreviated: bus id, version.
+#: iPXE's own option 175 contents as captured from real firmware, abbreviated: bus id, version.
 IPXE_ENCAP = bytes.fromhex("b105018086100eeb030100001701011501011301011101")
 
 

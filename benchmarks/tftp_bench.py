@@ -1,6 +1,6 @@
 """TFTP cases: pxestack beside tftpd-hpa, dnsmasq and atftpd, real clients in the client namespace.
 
-Method (docs/benchmarks.md, after /work/shared/reference/baselines.md section 2):
+Method (docs/benchmarks.md, after docs/reference/benchmark-method.md):
 
 * Files of random bytes on tmpfs; every transfer's sha256 is checked, and a transfer with
   the wrong bytes counts as a failure, not as a time.
@@ -85,7 +85,7 @@ CASES = (
 
 
 def file_sizes(quick: bool) -> dict[str, int]:
-    """Sizes of the generated files (baselines.md).
+    """Sizes of the generated files (docs/reference/benchmark-method.md).
 
     ``--quick`` shrinks only the lossy-case file to 256 KiB: its time is dominated by 1 s
     retransmit timeouts (about 10 s per MiB), the other cases take well under a second.

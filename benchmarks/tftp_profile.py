@@ -2,7 +2,8 @@
 
 The TFTP author's own measuring script (the full comparative suite lives elsewhere in
 ``benchmarks/``).  It builds the two-namespace veth lab of ``tests/netlab.py`` and runs the
-cases of baselines.md §2 against each server in turn, checking every file's sha256:
+TFTP cases of docs/reference/benchmark-method.md against each server in turn, checking
+every file's sha256:
 
 ==========  ====================================================================  ========
 case        client (in the client namespace)                                        pinned
@@ -228,7 +229,7 @@ def main() -> None:
             for _ in range(args.reps):
                 for kind in servers:
                     for case in args.cases:
-                        # baselines.md: single transfers with server and client on CPU 0;
+                        # The reference method: single transfers with server and client on CPU 0;
                         # the concurrent and lossy cases unpinned (both CPUs).
                         cpu = 0 if case in PINNED else None
                         argv = server_argv(kind, root, lab.server.ip, args.profile,

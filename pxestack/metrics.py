@@ -36,7 +36,7 @@ skipped: a broken source never breaks the scrape or the server.
 
 Every label value is taken from a fixed set or from the operator's configuration (pool
 networks, profile names), never verbatim from a client: a hostile client must not be able
-to create unbounded time series (bad-inputs.md, bounded memory).
+to create unbounded time series (bounded memory; see docs/reference/hostile-inputs.md).
 
 This module is in layer 4 (beside :mod:`pxestack.service`): it may use the sans-IO value
 types below it but never :mod:`pxestack.provision`; the provisioning layer calls in.
@@ -141,7 +141,7 @@ class PhaseHistogram(Collector):
 
     prometheus_client's ``Histogram`` takes a lock for its sum and another for the bucket
     on every ``observe``; the DHCP server times every lease-granting ACK into this family
-    (the ``dhcp`` phase), so that cost is on its hot path (docs/dhcp.md §11, round 6).  The
+    (the ``dhcp`` phase), so that cost is on its hot path (docs/dhcp.md §11).  The
     provisioning thread pool observes too, hence the one lock.  Exposed as the same family
     (buckets, ``_count``, ``_sum``), without the ``_created`` samples.
     """
@@ -381,7 +381,7 @@ class Metrics:
     def _start_mac_phase(self, starts: OrderedDict[bytes, float], mac: bytes,
                          now: float) -> None:
         """Note *now* as the start of a MAC-keyed phase; the oldest entries go first when
-        more than ``boot_phases.max_machines`` are kept (bounded memory, D11)."""
+        more than ``boot_phases.max_machines`` are kept (bounded memory)."""
         if mac in starts:
             starts.move_to_end(mac)
         starts[mac] = now

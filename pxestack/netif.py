@@ -4,7 +4,7 @@ The DHCP service opens one socket per configured interface and hands the core th
 interface's name, IPv4 address and network with every packet (pixiecore's ``dhcp4.Conn``
 does the same with IP_PKTINFO; Twisted's ``listenUDP`` exposes no IP_PKTINFO, hence one
 socket per interface).  Everything here is looked up once, at start-up; keeping every
-``netifaces`` call in this module keeps the dependency replaceable (ARCHITECTURE.md §3).
+``netifaces`` call in this module keeps the dependency replaceable.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Safe lookup of a client-requested file name beneath a served root directory.
 
 One resolver for every protocol that serves files (the TFTP root and the HTTP asset
-directory), so a path rule fixed once is fixed everywhere (bad-inputs.md rows T1, T2, W1).
+directory), so a path rule fixed once is fixed everywhere (traversal and symlink escapes; see
+docs/reference/hostile-inputs.md).
 
 Two steps:
 
@@ -38,7 +39,7 @@ from pathlib import Path
 from pxestack.errors import PxeStackError
 
 #: Longest request accepted, in characters.  RFC 1350 sets no limit; 1024 is far above any
-#: real boot file name and keeps hostile requests (bad-inputs.md T1 "very long") cheap.
+#: real boot file name and keeps very long hostile requests cheap.
 MAX_REQUEST_LENGTH = 1024
 
 #: Longest single component, in characters (NAME_MAX on Linux file systems).
@@ -80,7 +81,7 @@ class PathNotFound(PathRefused):
 def normalize_request_path(requested: str) -> tuple[str, ...]:
     """Turn a client's requested file name into a tuple of safe path components.
 
-    Rules (bad-inputs.md T1):
+    Rules (hostile names are expected; see docs/reference/hostile-inputs.md):
 
     * backslashes become ``/``; PXE clients built for Windows servers send
       ``boot\\pxelinux.0``;

@@ -634,7 +634,7 @@ def test_mac_keyed_phases_by_text_or_octets_are_one_record(metrics):
     assert value(s, "pxestack_boot_phase_duration_seconds_count", phase="firmware") == 1
 
 
-# -- the boot-phase histogram (docs/dhcp.md §11, round 6) -----------------------------------
+# -- the boot-phase histogram (docs/dhcp.md §11) --------------------------------------------
 
 
 @settings(max_examples=150, deadline=None)

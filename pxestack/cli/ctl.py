@@ -1,7 +1,7 @@
 """``pxestack ctl``: the operator's client for the admin API, with mayuctl's commands.
 
 Every mayuctl task has a ``pxestack ctl`` command (docs/cli.md has the mapping table), and
-the requests are the ones mayuctl sends (mayu.md §9, §14): the same paths, methods and
+the requests are the ones mayuctl sends (docs/reference/mayu.md): the same paths, methods and
 PascalCase JSON bodies, so ``pxestack ctl`` also drives a real mayu server, and mayuctl
 drives pxestack.  What is new: a bearer token (mayu had no authentication), ``--output
 json|yaml`` for scripts, ``history`` (the git audit trail) and ``health``.
@@ -50,18 +50,18 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 SERVER_ENV = "PXESTACK_SERVER"
 TOKEN_ENV = "PXESTACK_TOKEN"  # noqa: S105 - the variable name, not a secret
 
-#: mayu's five host states (mayu.md §4); ``set SERIAL state X`` checks X client-side, as
+#: mayu's five host states (docs/reference/mayu.md); ``set SERIAL state X`` checks X client-side, as
 #: mayuctl does, so a typo never reaches the server.
 STATES = ("unknown", "configured", "installing", "installed", "running")
 
-#: mayu's answer for an unknown serial on the admin routes (mayu.md §5: 400 + this text).
+#: mayu's answer for an unknown serial on the admin routes (400 + this text).
 HOST_MISSING_TEXT = "host doesn't exist"
 
 #: The largest answer read from the server (a list of many thousand hosts fits easily).
 MAX_RESPONSE_BYTES = 256 << 20
 
 #: mayu's boot_complete version fields and the env-file keys mayuctl reads them from
-#: (mayu.md §9, ``--update-versions``).
+#: (``--update-versions``).
 VERSION_ENV_KEYS = (
     ("MayuVersion", "MAYU_VERSION"),
     ("DockerVersion", "DOCKER_VERSION"),
@@ -215,7 +215,7 @@ class AdminClient:
     ) -> Reply:
         """:meth:`request`, turning error statuses into :class:`CtlError`.
 
-        mayuctl treats any status up to 399 as success (mayu.md §14).  mayu's 400 ``host
+        mayuctl treats any status up to 399 as success.  mayu's 400 ``host
         doesn't exist`` becomes :class:`HostNotFoundError` when *serial* names a host.
         """
         reply = self.request(method, path, body, content_type=content_type, headers=headers)
@@ -334,7 +334,7 @@ LIST_FIELDS: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
 }
 DEFAULT_LIST_FIELDS = ("serial", "address", "profile", "state", "lastboot", "tags")
 
-#: ``status`` lines, in mayuctl's order (mayu.md §9): label -> value.
+#: ``status`` lines, in mayuctl's order: label -> value.
 STATUS_LINES: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("Serial", lambda h: text_of(field_of(h, "Serial"))),
     ("IP", lambda h: text_of(field_of(h, "InternalAddr"))),
@@ -430,7 +430,7 @@ def make_client(args: argparse.Namespace, *, fallback_server: str | None = None,
 
 
 def fetch_hosts(client: AdminClient) -> list[dict[str, Any]]:
-    """``GET /admin/hosts``: the records, which must be a JSON array (mayu.md §14)."""
+    """``GET /admin/hosts``: the records, which must be a JSON array (mayuctl requires it)."""
     value = client.call("GET", "/admin/hosts").json()
     if value is None:  # Go encodes an empty slice as null
         return []
@@ -512,7 +512,7 @@ def _mutation(args: argparse.Namespace, serial: str, action: str, body: Mapping[
 
 
 def set_request(key: str, value: str) -> tuple[str, dict[str, Any]]:
-    """mayuctl's ``set`` keys -> (action, JSON body) (mayu.md §14); validated client-side.
+    """mayuctl's ``set`` keys -> (action, JSON body); validated client-side.
 
     Raises :class:`CtlUsageError` for an unknown key or a value the server would refuse.
     """
@@ -617,11 +617,11 @@ def _read_env(path: str, *, required: bool) -> dict[str, str]:
 
 def boot_complete_body(serial: str, os_release: Mapping[str, str], env: Mapping[str, str],
                        update_versions: bool) -> dict[str, Any]:
-    """The ``boot_complete`` body mayuctl sends (mayu.md §9, §14).
+    """The ``boot_complete`` body mayuctl sends (docs/reference/mayu.md).
 
     Without ``--update-versions`` only the serial; with it the OS version goes into
     ``CoreOSVersion`` (mayu) and, on Flatcar, ``FlatcarVersion`` too (mayu era C reads only
-    that one; the published mayuctl never sent it: mayu.md §5.2 bug), plus the component
+    that one; the published mayuctl never sent it, so the version was blanked), plus the component
     versions from the env files.
     """
     body: dict[str, Any] = {"Serial": serial}

@@ -5,7 +5,7 @@ registry), firmware kind (PXE ROM, iPXE with its option-175 feature flags, UEFI 
 a plain OS client), UUID (option 97), client identifier (option 61), MAC, user class
 (option 77, both forms) and vendor class (option 60).  It never raises on peer data: every
 malformed option becomes a line in :attr:`ClientInfo.errors` and the field falls back to
-"unknown", so the boot decision can still send a default (bad-inputs D6-D8).
+"unknown", so the boot decision can still send a default to a broken or hostile client.
 
 The shape follows smee's ``Info``: classification is separate from the decision in
 :mod:`pxestack.dhcp.decide`.
@@ -61,7 +61,7 @@ class Firmware(enum.Enum):
 ARCH_TYPES: Final[dict[int, tuple[Arch, bool]]] = {
     c.ARCH_X86_BIOS: (Arch.X86_BIOS, False),
     c.ARCH_EFI_IA32: (Arch.EFI_IA32, False),
-    # RFC 4578 errata 4624: 7 is x64 in practice (OVMF sends 7, firmware.md §2-3), and 9
+    # RFC 4578 errata 4624: 7 is x64 in practice (OVMF sends 7, docs/reference/firmware.md), and 9
     # ("EFI BC") is also sent by x86-64 firmware; matching only one of them made xcat loop.
     c.ARCH_EFI_X64: (Arch.EFI_X64, False),
     c.ARCH_EFI_BC: (Arch.EFI_X64, False),
@@ -81,7 +81,7 @@ ARCH_TYPES: Final[dict[int, tuple[Arch, bool]]] = {
 }
 
 #: Raspberry Pi Ltd / Foundation OUIs.  The Pi 4/5 EEPROM bootloader reports arch 0 in
-#: option 93 (firmware.md quirk 4; smee overrides the arch by OUI for the same reason).
+#: option 93, so the OUI tells the truth (smee overrides the arch by OUI for the same reason).
 RASPBERRY_PI_OUIS: Final = frozenset(
     bytes.fromhex(oui) for oui in ("b827eb", "dca632", "e45f01", "28cdc1", "d83add", "2ccf67")
 )
@@ -94,8 +94,8 @@ _IPXE_USER_CLASS: Final = b"iPXE"
 @dataclass(frozen=True, slots=True)
 class IpxeDebugSecs:
     """iPXE's ``dhcp_tx()`` (iPXE @ 36a4c85) misuses BOOTP ``secs`` as a debug field:
-    ``(count << 2) | (have offer ? 2 : 0) | (have proxy offer ? 1 : 0)`` (firmware.md,
-    "What ends iPXE's two idle waits").  So 4, 8/10 and 14-18 are state, not seconds."""
+    ``(count << 2) | (have offer ? 2 : 0) | (have proxy offer ? 1 : 0)`` (read from
+    iPXE's source, see docs/reference/firmware.md).  So 4, 8/10 and 14-18 are state, not seconds."""
 
     transmissions: int
     has_offer: bool
@@ -139,7 +139,7 @@ class ClientInfo:
 
     @property
     def is_pxe(self) -> bool:
-        """Option 60 starts with ``PXEClient`` (quirk 1: a prefix, not an equality)."""
+        """Option 60 starts with ``PXEClient`` (a prefix: clients append their arch and UNDI)."""
         return self.vendor_class is not None and self.vendor_class.startswith("PXEClient")
 
     @property
@@ -151,7 +151,7 @@ class ClientInfo:
     def ipxe_supports_http(self) -> bool:
         """Whether this iPXE can fetch an HTTP script.
 
-        Stripped iPXE builds send user class ``iPXE`` without HTTP (quirk 1; warewulf3#104,
+        Stripped iPXE builds send user class ``iPXE`` without HTTP (warewulf3#104,
         netboot#55), so with option 175 present its ``http`` flag decides.  An iPXE that sends
         no option 175 at all is assumed to be a full build.
         """
@@ -232,7 +232,7 @@ class ClientInfo:
 def effective_arch(facts: ModelFacts, message: DhcpMessage) -> tuple[Arch, bool]:
     """The client's architecture and whether its MAC is a Raspberry Pi's (by OUI).
 
-    Quirk 4: the Pi 4/5 EEPROM bootloader is a PXE client claiming arch 0 (x86 BIOS); its
+    The Pi 4/5 EEPROM bootloader is a PXE client claiming arch 0 (x86 BIOS); its
     MAC OUI tells the truth, so such a client is :attr:`Arch.RPI`.
     """
     arch = facts.arch
@@ -251,7 +251,7 @@ def read_client_uuid(options: DhcpOptions) -> tuple[uuid.UUID | None, str | None
     """
     raw_uuid = options.items_view().get(c.OPT_CLIENT_UUID)
     if raw_uuid == b"":
-        # Quirk 3: some Intel PXE ROMs send option 97 with no GUID at all (pixiecore#21).
+        # Some Intel PXE ROMs send option 97 with no GUID at all (pixiecore#21).
         return None, "option 97: empty, no client UUID"
     try:
         return options.client_uuid(), None
@@ -260,14 +260,14 @@ def read_client_uuid(options: DhcpOptions) -> tuple[uuid.UUID | None, str | None
 
 
 #: Lengths of a valid option 61 (RFC 2132 §9.14: at least 2 octets); another is ignored
-#: and chaddr identifies the client (bad-inputs D6).
+#: and chaddr identifies the client, so a hostile identifier cannot split or merge clients.
 CLIENT_ID_LENGTHS: Final = range(2, 256)
 
 
 def invalid_client_id_problem(client_id: bytes) -> str:
     """The problem line for an option 61 that is not 2-255 octets long.
 
-    RFC 2132 §9.14: a client identifier has at least 2 octets; bad-inputs D6: such a value
+    RFC 2132 §9.14: a client identifier has at least 2 octets; a shorter or garbage value
     is ignored and chaddr identifies the client.
     """
     return f"option 61: {len(client_id)} octets is not a valid client identifier"
@@ -284,7 +284,7 @@ def read_hostname(options: DhcpOptions) -> tuple[str | None, str | None]:
     except MalformedPacket as exc:
         return None, f"option 12: {exc}"
     if hostname is not None and not _valid_hostname(hostname):
-        # bad-inputs D7: never let a NUL, "/", ".." or spaces through as a host name.
+        # The name may end up in paths and scripts: never let a NUL, "/", ".." or spaces through.
         return None, "option 12: not an RFC 1123 host name, ignored"
     return hostname, None
 
@@ -327,7 +327,7 @@ class ModelFacts:
     errors_tail: tuple[str, ...]
 
 
-#: Memo of :func:`_read_model_facts`, bounded in entries and in key size (bad-inputs D11: a
+#: Memo of :func:`_read_model_facts`, bounded in entries and in key size (a
 #: flood of distinct, large option sets must not grow memory).
 _MODEL_MEMO: dict[tuple[bytes | None, ...], ModelFacts] = {}
 _MODEL_MEMO_ENTRIES: Final = 1024
@@ -402,7 +402,7 @@ def _read_model_facts(options: DhcpOptions) -> ModelFacts:
         else ARCH_TYPES.get(arch_code, (Arch.UNKNOWN, False))
     )
     if arch_code is not None and arch is Arch.UNKNOWN:
-        # bad-inputs D8 / quirk 4: unknown arch means "default", never a crash.
+        # Option 93 may be missing or wrong: unknown arch means "default", never a crash.
         errors.append(f"option 93: unknown architecture type {arch_code}")
     head = tuple(errors)
     errors.clear()

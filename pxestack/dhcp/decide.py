@@ -9,26 +9,29 @@ Decision order of :func:`decide_boot` (smee's ``Bootfile`` order, with pxestack'
 
    a. **Chainload-loop breaker**: it carries our own user class (default ``pxestack``, set
       by our iPXE script/build), or the caller says we chainloaded this MAC moments ago
-      (``recently_chainloaded``; see :class:`ChainloadMemory`).  firmware.md shows why the
+      (``recently_chainloaded``; see :class:`ChainloadMemory`).  Captures show why the
       user class alone is not enough: Debian's ``undionly.kpxe`` comes from the same iPXE
       snapshot as QEMU's ROM and sends identical options 77/175, only the broadcast flag
-      differs.  Either way it gets the **HTTP script URL**, never another binary.
+      differs (docs/reference/firmware.md, "Boot paths").  Either way it gets the **HTTP
+      script URL**, never another binary.
    b. An iPXE with HTTP support gets the **HTTP script URL** (option 67).
-   c. A stripped iPXE without HTTP (quirk 1) is **chainloaded** to our full iPXE binary by
-      TFTP, like plain PXE.
+   c. A stripped iPXE without HTTP (its option 175 lacks the HTTP feature) is
+      **chainloaded** to our full iPXE binary by TFTP, like plain PXE.
 
    Every iPXE reply also carries option 175 with sub-option 176 (no-pxedhcp) = 1, which
-   ends iPXE's 2-3 s ProxyDHCP wait (firmware.md "What ends iPXE's two idle waits").
+   ends iPXE's 2-3 s ProxyDHCP wait (docs/reference/firmware.md, "iPXE's two idle waits").
 3. UEFI HTTP Boot (option 60 ``HTTPClient``): an **HTTP URL** of the iPXE binary for its
-   architecture, with option 60 ``HTTPClient`` echoed (UEFI 2.5 §24.7; firmware quirk 6).
+   architecture, with option 60 ``HTTPClient`` echoed (UEFI 2.5 §24.7: HTTP boot clients
+   ignore replies without it).
 4. Plain PXE firmware (option 60 ``PXEClient``): **TFTP** of the iPXE binary for its
    architecture (``undionly.kpxe`` for BIOS, ``ipxe.efi``/``snponly.efi`` for x64, ...), in
    the BOOTP ``file`` field and option 67, with siaddr and option 66 naming the TFTP server
-   (quirk 17: some clients read only options).  In the full server **no option 60
-   PXEClient** goes to such firmware: without option 43 discovery control 8 (or a port 4011
-   answer) OVMF's EDK2 client treats it as a BINL offer and fails (firmware.md §2
-   experiments).  In proxy mode option 60 is required, so option 43 with 43.6 = 8 is
-   always sent with it, and the proxy also answers on port 4011.
+   (some clients, the Raspberry Pi 4 among them, read only options).  In the full server
+   **no option 60 PXEClient** goes to such firmware: without option 43 discovery control 8
+   (or a port 4011 answer) OVMF's EDK2 client treats it as a BINL offer and fails
+   (verified with OVMF; see docs/reference/firmware.md).  In proxy mode option 60 is
+   required, so option 43 with 43.6 = 8 is always sent with it, and the proxy also answers
+   on port 4011.
 
 :func:`reply_destination` implements RFC 2131 §4.1's destination rules and
 :func:`reply_size_limit` the client's option 57 (RFC 2132 §9.10).  :class:`Outgoing` is the
@@ -55,7 +58,7 @@ from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions, ipv4_addr
 _ZERO: Final = ipv4_address(0)  # the shared object the decoder uses too
 _BROADCAST: Final = IPv4Address("255.255.255.255")
 
-#: BOOTP ``file`` holds 128 octets including the terminating NUL (quirk 18: names longer
+#: BOOTP ``file`` holds 128 octets including the terminating NUL (names longer
 #: than 127 octets go only in option 67).
 MAX_FILE_FIELD: Final = 127
 
@@ -179,7 +182,7 @@ def decide_boot(
                 else "iPXE with HTTP"
             )
             return _ipxe_script(spec, defaults, next_server, reason, proxy=proxy)
-        # Quirk 1: a stripped iPXE without HTTP is chainloaded to our full build.
+        # A stripped iPXE without HTTP is chainloaded to our full build.
         return _tftp(info, spec, defaults, next_server, proxy=proxy, ipxe=True)
 
     if firmware is Firmware.HTTP_CLIENT:
@@ -215,7 +218,7 @@ def _ipxe_script_decision(url: str, next_server: IPv4Address, reason: str, proxy
         BootKind.IPXE_SCRIPT,
         reason + (" (local boot)" if local_boot else ""),
         siaddr=next_server,
-        # dnsmasq leaves ``file`` empty for iPXE and iPXE reads option 67 (firmware.md).
+        # dnsmasq leaves ``file`` empty for iPXE and iPXE reads option 67.
         file=b"",
         options=DhcpOptions(items),
     )
@@ -240,7 +243,7 @@ def _http_boot_decision(base_url: str, name: str) -> BootDecision:
         file=raw if len(raw) <= MAX_FILE_FIELD else b"",
         options=DhcpOptions(
             {
-                # UEFI 2.5 §24.7.2: the reply must carry option 60 "HTTPClient" (quirk 6).
+                # UEFI 2.5 §24.7.2: the reply must carry option 60 "HTTPClient".
                 c.OPT_VENDOR_CLASS_ID: b"HTTPClient",
                 c.OPT_BOOTFILE_NAME: raw,
             }
@@ -252,7 +255,7 @@ def _tftp(info: ClientInfo, spec: BootSpec, defaults: BootDefaults, next_server:
           *, proxy: bool, ipxe: bool) -> BootDecision:
     name = spec.boot_file or defaults.file_for(info.arch)
     if name is None:
-        # bad-inputs D8 / quirk 4: unknown arch gets no boot answer, never a crash.
+        # Option 93 may be missing or wrong: unknown arch gets no boot answer, never a crash.
         return _no_boot_file(info.arch)
     return _tftp_decision(name, next_server, proxy, ipxe)
 
@@ -270,7 +273,7 @@ def _tftp_decision(name: str, next_server: IPv4Address, proxy: bool, ipxe: bool
     raw = name.encode()
     items: dict[int, bytes] = {}
     if proxy:
-        # Quirk 6/7/8 and firmware.md: proxy offers need option 60 "PXEClient"; with 43.6 = 8
+        # Proxy offers need option 60 "PXEClient" (PXE clients skip them otherwise); with 43.6 = 8
         # EDK2 boots the file in this packet instead of asking port 4011, and BIOS PXE ROMs
         # need option 43 in proxy offers at all.
         items[c.OPT_VENDOR_CLASS_ID] = b"PXEClient"
@@ -296,7 +299,8 @@ class ChainloadMemory:
     The transaction id matters: the firmware that was told to chainload still finishes its
     own exchange (a retransmitted DISCOVER, then REQUEST, same xid) and must get the same
     answer; only a *new* transaction from that MAC is the chainloaded iPXE.  Bounded by
-    ``capacity`` (oldest evicted first, bad-inputs D11) and by ``window`` seconds.
+    ``capacity`` (oldest evicted first, so a flood of MACs cannot grow memory) and by
+    ``window`` seconds.
     """
 
     def __init__(self, *, window: float = 300.0, capacity: int = 4096) -> None:
@@ -498,12 +502,11 @@ def reply_destination(request: DhcpMessage, reply_type: int, *,
                       yiaddr: IPv4Address = _ZERO) -> Destination:
     """RFC 2131 §4.1 (pixiecore's ``txType``, smee's ``replyDestination``):
 
-    * giaddr set: to the relay, port 67 (the relay keeps the client's broadcast bit,
-      quirk 11);
+    * giaddr set: to the relay, port 67 (the relay keeps the client's broadcast bit);
     * else a DHCPNAK: broadcast ("when giaddr is zero the server broadcasts any DHCPNAK");
     * else ciaddr set: unicast to ciaddr, port 68 (RENEWING client, INFORM);
     * else broadcast flag set, or no yiaddr to send to: broadcast;
-    * else unicast to yiaddr at chaddr (LINK_UNICAST; iPXE leaves the flag clear, quirk 12).
+    * else unicast to yiaddr at chaddr (LINK_UNICAST; iPXE leaves the flag clear).
     """
     giaddr = request.giaddr
     # ``x is not _ZERO`` first: the decoder's unset addresses are that one object, and the
@@ -547,8 +550,8 @@ def _relay_destination(giaddr: IPv4Address) -> Destination:
 
 def reply_size_limit(request: DhcpMessage, *, mtu: int | None = None) -> int:
     """Max DHCP payload for a reply: the client's option 57, at least 576 (RFC 2132 §9.10),
-    and no more than the interface MTU allows (bad-inputs D5).  A malformed option 57
-    counts as absent."""
+    and no more than the interface MTU allows, whatever the client asks for in option 55.
+    A malformed option 57 counts as absent."""
     try:
         client_max = request.options.u16(c.OPT_MAX_MESSAGE_SIZE)
     except MalformedPacket:

@@ -1,7 +1,7 @@
 """The lease journal: bindings survive ``kill -9`` and power loss.
 
-Format (bad-inputs.md S1).  The file starts with :data:`FILE_MAGIC`; then come records,
-each written with a single ``write()``::
+Format (built to survive power loss in the middle of a record).  The file starts with
+:data:`FILE_MAGIC`; then come records, each written with a single ``write()``::
 
     RECORD_MAGIC (2 bytes) | payload length (u32, big-endian) | CRC-32 of payload (u32) | payload
 

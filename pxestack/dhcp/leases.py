@@ -11,11 +11,11 @@ Vocabulary, after RFC 2131:
 * a **client key** identifies a client.  RFC 2131 §4.2 says the client identifier
   (option 61) if present, else ``chaddr``.  pxestack keys on ``chaddr`` by default, because
   the client identifier changes across PXE boot stages (PXE ROM, iPXE, the installed OS;
-  firmware.md item 13) and a machine would otherwise get a second address per stage.
+  see docs/reference/firmware.md) and a machine would otherwise get a second address per stage.
   :func:`client_key` builds the key either way.
 * an **offer** holds an address for ``offer_hold`` seconds, so two clients that DISCOVER in
   the same burst are never offered the same address (dnsmasq does not reserve on OFFER and
-  NAKs the second REQUEST above ~190 new clients/s; baselines.md §1a).
+  NAKs the second REQUEST above ~190 new clients/s; docs/reference/benchmark-method.md).
 * a **binding** (state ``BOUND``) is what a DHCPACK grants.  When it expires or is released
   the record is *remembered* (state ``FREE``) so that the same client gets the same address
   again (RFC 2131 §4.3.1 prefers the client's previous address); the address is free for
@@ -23,9 +23,9 @@ Vocabulary, after RFC 2131:
 * a **declined** address (DHCPDECLINE, RFC 2131 §4.3.3) is quarantined and offered to nobody
   until the quarantine ends.
 
-Memory is bounded (bad-inputs.md D10/D11): at most one record per address in the
-configured ranges and reservations, at most ``max_offers`` unanswered offers at once, and
-the deadline heap is compacted when stale entries pile up.
+Memory is bounded, so neither a DISCOVER flood nor a long uptime can grow it: at most one
+record per address in the configured ranges and reservations, at most ``max_offers``
+unanswered offers at once, and the deadline heap is compacted when stale entries pile up.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from typing import Final, Protocol
 from pxestack.errors import ApiMisuse
 from pxestack.wire.dhcp_options import ipv4_address
 
-#: Default cap on outstanding (unanswered) offers; bad-inputs.md D10 (DISCOVER floods).
+#: Default cap on outstanding (unanswered) offers, so a DISCOVER flood from random MACs
+#: cannot starve the pool or grow memory.
 DEFAULT_MAX_OFFERS = 4096
 
 
@@ -51,7 +52,7 @@ def client_key(mac: bytes, client_id: bytes | None, *, match_client_id: bool) ->
     RFC 2131 §4.2: a client is identified by its client identifier (option 61) when it sends
     one, else by ``chaddr``.  With ``match_client_id=False`` (pxestack's default, like Kea's
     ``match-client-id: false``) ``chaddr`` is always used: PXE ROMs, iPXE and the installed
-    OS send different client identifiers from the same NIC (firmware.md item 13).
+    OS send different client identifiers from the same NIC.
     A one-byte prefix keeps the two kinds of key from ever colliding.
     """
     if match_client_id and client_id:
@@ -167,7 +168,7 @@ class LeaseListener(Protocol):
     """Told about every change that must survive a restart (a journal implements this).
 
     The binding must be durable before the server sends the DHCPACK (leases survive
-    ``kill -9``, issue 3 point 5): either :meth:`bound` makes it durable before returning, or
+    ``kill -9``): either :meth:`bound` makes it durable before returning, or
     the listener batches records (group commit, :class:`~pxestack.dhcp.journal.LeaseJournal`)
     and the adapter holds the ACKs until the batch is committed.
     """
@@ -278,7 +279,7 @@ class InMemoryLeaseStore:
     :param subnets: the subnets and their dynamic ranges.
     :param reservations: static assignments; a reserved address is never given to anyone else,
         even when it lies inside a dynamic range.
-    :param max_offers: cap on unanswered offers at once (bad-inputs.md D10).
+    :param max_offers: cap on unanswered offers at once (bounds a DISCOVER flood).
     :param listener: told about bindings, releases and declines (the lease journal).
     """
 
@@ -476,7 +477,7 @@ class InMemoryLeaseStore:
                     self._compact_deadlines()
 
     def _compact_deadlines(self) -> None:
-        """Drop stale heap entries when they outnumber live ones (bounded memory, D11)."""
+        """Drop stale heap entries when they outnumber live ones (bounded memory)."""
         if len(self._deadlines) > 2 * len(self._by_address) + 1024:
             scheduled = {
                 int(lease.address): lease.expires

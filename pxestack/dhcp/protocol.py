@@ -13,7 +13,7 @@ RFC 2131 §4.1); this module only carries them out:
   yiaddr.  Like ISC dhcpd and dnsmasq, the reply is written as a raw Ethernet/IPv4/UDP
   frame to ``chaddr`` through an ``AF_PACKET`` socket (:class:`RawUnicastSender`, needs
   CAP_NET_RAW).  Without one the reply is broadcast instead: iPXE, the client that leaves
-  the broadcast flag clear, accepts broadcast replies (firmware.md §1).
+  the broadcast flag clear, accepts broadcast replies (docs/reference/firmware.md).
 
 Hostile input never reaches the reactor: :class:`~pxestack.errors.MalformedPacket` (from the
 decoder or from a typed option getter in the core) is logged with structured fields and
@@ -326,7 +326,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
         self.frames = frames
         #: Group commit of the lease journal around each batch (the full server only).
         self.journal: GroupCommit | None = None
-        #: Datagrams dropped as malformed / because of a bug (bounded counters, D11).
+        #: Datagrams dropped as malformed / because of a bug (bounded counters).
         self.malformed = 0
         self.bugs = 0
         #: Handled datagrams by (received option 53 value, first reply's option 53 value),
@@ -358,7 +358,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
 
         A reply is sent as soon as it is ready unless a binding made in this batch is not
         durable yet (:attr:`GroupCommit.pending`); from then on replies wait, in order, for
-        the one ``commit()`` at the end of the batch (issue 3 point 5: an ACK only after its
+        the one ``commit()`` at the end of the batch (an ACK only after its
         lease record is durable).  If the commit fails, the waiting replies are dropped.
         Never raises into the reactor.
         """
@@ -404,7 +404,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
             message = decode_dhcp(datagram)
             received = message.options.items_view().get(c.OPT_MESSAGE_TYPE)
             if received is not None and len(received) != 1:
-                received = None  # the key stays one of 257 values (D11)
+                received = None  # the key stays one of 257 values (bounded memory)
             replies = self.dispatch(message, addr, now)
             key = (received, replies[0].reply_type if replies else None)
             outcomes = self.outcomes
@@ -446,7 +446,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
                 payload, self.interface.address, destination.address, destination.chaddr, port
             ):
                 return
-            # No raw socket: broadcast, which iPXE and every OS client accept (firmware.md).
+            # No raw socket: broadcast, which iPXE and every OS client accept.
             target = (self.broadcast_address, port)
         elif kind is DestinationKind.BROADCAST:
             target = (self.broadcast_address, port)
@@ -464,7 +464,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
                           xid=reply.message.xid)
 
     def _text_address(self, address: IPv4Address) -> str:
-        """``str(address)``, memoised (relays and renewing clients repeat; bounded, D11).
+        """``str(address)``, memoised (relays and renewing clients repeat; bounded in size).
 
         Keyed by ``id(address)`` (a C call; ``int()`` and ``IPv4Address`` hashing run
         Python code): the decoder shares one object per address.  The entry keeps the

@@ -1,8 +1,8 @@
 """proxyDHCP (PXE 2.1 §2.2.4): boot information beside a site DHCP server (sans-IO).
 
 :class:`ProxyDhcpCore` never hands out an address (yiaddr stays 0.0.0.0).  It answers only
-network-boot clients (option 60 ``PXEClient``/``HTTPClient`` prefix, or iPXE), quirk 19:
-every phone on the LAN is none of our business.
+network-boot clients (option 60 ``PXEClient``/``HTTPClient`` prefix, or iPXE), so a proxy
+never fights the site's DHCP server: every phone on the LAN is none of our business.
 
 * Port 67 (snooping the broadcast DISCOVER): a proxy **OFFER** with option 60
   ``PXEClient``, option 54 (our address), siaddr and the boot file from
@@ -14,13 +14,14 @@ every phone on the LAN is none of our business.
   port 4011, and no firmware we know needs an answer on 67 (pixiecore and dnsmasq answer
   only the DISCOVER there too).
 * Port 4011: a DHCPREQUEST (or INFORM) from a PXE client that already has its address gets
-  a proxy **ACK** sent back to where it came from (quirk 9; PXE-E55 otherwise), with
+  a proxy **ACK** sent back to where it came from (BIOS ROMs stop with PXE-E55 otherwise), with
   option 43.71 (boot item) echoed.
-* Option 97 (client UUID) is echoed when the client sent it (quirk 3).
+* Option 97 (client UUID) is echoed when the client sent it (EDK2 and some Intel ROMs
+  drop offers without it).
 * ``efi_via_4011`` selects pixiecore's EFI variant: UEFI PXE clients get an OFFER without
   option 43 and without a boot file, so EDK2 asks port 4011 and gets the file there (some
   UEFI firmware ignores 43.6 = 8 offers, netboot#43).  The default sends 43.6 = 8 plus the
-  file straight away, which firmware.md verified with OVMF.
+  file straight away, which was verified with OVMF (docs/reference/firmware.md).
 
 The core holds only a bounded :class:`~pxestack.dhcp.decide.ChainloadMemory`; ``now`` comes
 from the caller.
@@ -57,7 +58,7 @@ _EFI_ARCHES: Final = frozenset(
      Arch.EFI_RISCV64}
 )
 
-#: Counter names of :attr:`ProxyDhcpCore.counters` (a fixed set: bounded, D11).
+#: Counter names of :attr:`ProxyDhcpCore.counters` (a fixed set: bounded memory).
 COUNTERS: Final = (
     "offers", "acks", "ignored_not_pxe", "ignored_by_policy", "ignored_no_boot",
     "ignored_message", "ignored_relay",
@@ -80,7 +81,7 @@ class ProxyDhcpCore:
     ) -> None:
         """``defaults`` carries the server address, URLs and boot file names (the caller
         maps them from ``config.dhcp``); ``relays`` are the giaddrs whose relayed requests
-        are answered (bad-inputs D9: never a reflector for unknown relays)."""
+        are answered (never a reflector for unknown or spoofed relays)."""
         self.defaults = defaults
         self.policy = policy
         self.efi_via_4011 = efi_via_4011
@@ -149,14 +150,15 @@ class ProxyDhcpCore:
         if on_proxy_port:
             boot_item = _boot_item(info, message)
             if boot_item is not None and c.OPT_VENDOR_SPECIFIC in items:
-                # Quirk 9: echo 43.71 (boot item type and layer) in the port 4011 ACK.
+                # PXE 2.1: echo 43.71 (boot item type and layer) in the port 4011 ACK.
                 items[c.OPT_VENDOR_SPECIFIC] = encode_suboptions(
                     {c.PXE_DISCOVERY_CONTROL: bytes((c.PXE_DISCOVERY_USE_BOOTFILE,)),
                      c.PXE_BOOT_ITEM: boot_item}
                 )
         if info.uuid is not None:
-            # Quirk 3: echo option 97 only when present, and only a well-formed one (a
-            # hostile 1 KiB "UUID" must not inflate our reply past the client's size).
+            # Echo option 97 (EDK2 and some Intel ROMs want it) only when present, and only a
+            # well-formed one (a hostile 1 KiB "UUID" must not inflate our reply past the
+            # client's size).
             items[c.OPT_CLIENT_UUID] = b"\x00" + info.uuid.bytes_le
         reply = build_reply(
             message,
@@ -164,7 +166,7 @@ class ProxyDhcpCore:
             siaddr=siaddr,
             file=file,
             ciaddr=message.ciaddr if on_proxy_port else _ZERO,
-            # Quirk 11: proxy replies carry the broadcast bit (relays keep the client's).
+            # Proxy replies carry the broadcast bit (relays keep the client's).
             flags=message.flags if message.giaddr != _ZERO else message.flags | c.FLAG_BROADCAST,
         )
         self.counters["offers" if reply_type == c.DHCPOFFER else "acks"] += 1

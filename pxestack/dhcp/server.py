@@ -9,7 +9,7 @@ Per message type:
 * **DHCPDISCOVER** (§4.3.1): choose an address from the :class:`~pxestack.dhcp.leases.LeaseStore`
   (reservation, the client's current or previous address, option 50, then a fresh one), hold
   it for ``offer_hold`` seconds and answer DHCPOFFER.  A retransmitted DISCOVER (iPXE sends
-  two per boot, firmware.md) finds the held offer and gets the same answer.
+  two per boot with the same xid) finds the held offer and gets the same answer.
 * **DHCPREQUEST** (§4.3.2), told apart by the fields the client fills in (§4.3.2's list):
 
   - *SELECTING*: option 54 present.  Another server's id means the client chose that
@@ -30,9 +30,9 @@ Per message type:
 * **DHCPINFORM** (§4.3.5): DHCPACK with configuration options only: no yiaddr, no lease time.
 
 Relays (RFC 2131 §4.1, RFC 3046): a message with ``giaddr`` set is answered only if giaddr
-is a configured relay (bad-inputs D9: never a reflector), the subnet is the one containing
+is a configured relay (never a reflector for spoofed giaddrs), the subnet is the one containing
 giaddr, the reply goes to giaddr:67 and option 82 is echoed as the last option (RFC 3046
-§2.2).  A message for which no configured subnet matches is dropped (D12).
+§2.2).  A message for which no configured subnet matches is dropped, without an assertion.
 
 Boot information: network-boot clients (PXE, iPXE, UEFI HTTP) get a
 :class:`~pxestack.dhcp.policy.BootSpec` from the :class:`~pxestack.dhcp.policy.BootPolicy`
@@ -99,16 +99,16 @@ _ZERO: Final = ipv4_address(0)  # the shared object the decoder uses too
 _ONE_OCTET: Final = tuple(bytes((n,)) for n in range(256))
 #: Bound of the address -> subnet memo.
 _SUBNET_MEMO_ENTRIES: Final = 4096
-#: Bound of the pre-encoded reply options cache (entries; cleared when full, D11).
+#: Bound of the pre-encoded reply options cache (entries; cleared when full: bounded memory).
 _REPLY_OPTIONS_CACHE_ENTRIES: Final = 1024
-#: Bound of the boot decision memo (entries; cleared when full, D11).
+#: Bound of the boot decision memo (entries; cleared when full, so memory stays bounded).
 _DECISION_MEMO_ENTRIES: Final = 1024
 #: Largest peer-supplied part of a decision memo key (user classes, iPXE version; octets).
 _DECISION_MEMO_KEY_OCTETS: Final = 512
 #: Longest option 55 whose replies are cached (longer lists take the general path).
 _CACHED_REQUEST_LIST_OCTETS: Final = 64
 
-#: Counter names of :attr:`DhcpServerCore.counters` (a fixed set: bounded memory, D11).
+#: Counter names of :attr:`DhcpServerCore.counters` (a fixed set: bounded memory).
 COUNTERS: Final = (
     "offers",
     "acks",
@@ -185,7 +185,7 @@ class ServerSettings:
     """Behaviour switches of :class:`DhcpServerCore` (the caller maps them from config)."""
 
     subnets: tuple[SubnetSettings, ...]
-    #: giaddr values whose relayed messages are answered (D9).
+    #: giaddr values whose relayed messages are answered (no others: never a reflector).
     relays: frozenset[IPv4Address] = frozenset()
     #: Seconds an offered address is held for its client.
     offer_hold: float = 30.0
@@ -308,7 +308,7 @@ class DhcpServerCore:
         ] = {id(s): (s, _encode_subnet_options(s)) for s in settings.subnets}
         self._subnet_memo: dict[int, SubnetSettings | None] = {}
         self._relays = frozenset(int(relay) for relay in settings.relays)
-        #: See :meth:`_relay_entry`; bounded (D11).
+        #: See :meth:`_relay_entry`; bounded in size.
         self._relay_memo: dict[int, tuple[IPv4Address, SubnetSettings | None, bool]] = {}
         #: Boot decisions by (server, model facts, policy answer, recently chainloaded);
         #: see :meth:`_decide`.
@@ -328,7 +328,7 @@ class DhcpServerCore:
         raw_type = items.get(c.OPT_MESSAGE_TYPE)  # DhcpMessage.message_type, inlined
         message_type = raw_type[0] if raw_type is not None and len(raw_type) == 1 else None
         if message.op != c.BOOTREQUEST or message_type is None or not message.chaddr:
-            # BOOTP without option 53 is not served; an empty chaddr names nobody (D6).
+            # BOOTP without option 53 is not served; an empty chaddr names nobody.
             self.counters["ignored_message"] += 1
             return []
         handler = self._handlers.get(message_type)
@@ -354,9 +354,9 @@ class DhcpServerCore:
         else:
             settings = self._settings_for(interface.address)
         if settings is None:
-            self.counters["ignored_no_subnet"] += 1  # D12
+            self.counters["ignored_no_subnet"] += 1  # no subnet: ignored, not an error
             return []
-        # D6: a zero-length client identifier is ignored; chaddr identifies the client.
+        # A zero-length client identifier is ignored; chaddr identifies the client.
         client_id = items.get(c.OPT_CLIENT_ID) or None
         context = _Context(  # positional: the field order of _Context
             message,
@@ -394,7 +394,7 @@ class DhcpServerCore:
         *key* is ``int(address)`` when the caller has it.
 
         Memoised per address: the anchors are few (relays, interfaces) except ciaddr in
-        renewals, and the memo is bounded (D11)."""
+        renewals, and the memo is bounded in size."""
         memo = self._subnet_memo
         if key is None:
             key = int(address)  # an int hashes in C; an IPv4Address in Python
@@ -623,7 +623,7 @@ class DhcpServerCore:
         client's model facts and the identity of *server* (an interface's address, one
         long-lived object, kept in the entry so its ``id`` is not reused while the entry
         lives).  Bounded in entries (cleared when full) and in the peer-supplied size of a
-        key (D11).
+        key, so a flood of distinct large keys cannot grow memory.
         """
         next_server = spec.next_server
         key = (
@@ -648,7 +648,7 @@ class DhcpServerCore:
         version = facts.ipxe_version
         if sum(map(len, facts.user_classes)) + (0 if version is None else len(version)) <= (
             _DECISION_MEMO_KEY_OCTETS
-        ):  # peer-sized parts of the key: a flood of large distinct ones is not kept (D11)
+        ):  # peer-sized parts of the key: a flood of large distinct ones is not kept
             if len(memo) >= _DECISION_MEMO_ENTRIES:
                 memo.clear()
             memo[key] = (server, decision)
@@ -801,7 +801,7 @@ class DhcpServerCore:
         Built by :meth:`_reply_items` and pre-encoded (:func:`pre_encoded_options`) once per
         distinct key; the encoder then only writes the header.  Settings and boot options
         are keyed by identity (they are long-lived, memoised values) and kept in the entry,
-        so an ``id`` cannot be reused while its entry lives.  Bounded (D11).
+        so an ``id`` cannot be reused while its entry lives.  Bounded in entries.
         """
         boot_options = None if decision is None else decision.options
         key = (reply_type, server_id, lease_time, id(settings), wanted, id(boot_options))
@@ -943,10 +943,11 @@ def _sacrifice_order(items: dict[int, bytes], wanted: frozenset[int] | None) -> 
 def _fit(reply: DhcpMessage, max_size: int, wanted: frozenset[int] | None) -> DhcpMessage | None:
     """*reply*, with options left out until it encodes within *max_size*; None if it can't.
 
-    RFC 2132 §9.10 and bad-inputs D5.  The common case (everything fits the options area)
-    costs one sum; only an oversized reply is trial-encoded (the encoder may still overload
-    an empty ``file``/``sname``).  Order of sacrifice: configuration options the client did
-    not ask for, then those it asked for, then boot options; the essential ones never.
+    RFC 2132 §9.10; a long option 55 list cannot make it larger.  The common case
+    (everything fits the options area) costs one sum; only an oversized reply is
+    trial-encoded (the encoder may still overload an empty ``file``/``sname``).  Order of
+    sacrifice: configuration options the client did not ask for, then those it asked for,
+    then boot options; the essential ones never.
     """
     items = dict(reply.options)
     if _encoded_size(items) <= max_size - 241:

@@ -9,7 +9,8 @@ command runs.  A value that reaches a script unchecked can therefore
 * read or inject settings (``${...}``; e.g. leak ``${password}`` into a URL), or
 * turn the rest of a line into a comment or an operator (``#``, ``||``, ``&&``).
 
-(bad-inputs W2: "values from DHCP or API inserted into iPXE scripts/kernel cmdline".)
+(Values from DHCP or the API end up in iPXE scripts and kernel command lines; see
+docs/reference/hostile-inputs.md.)
 iPXE has no quoting that survives every version, so this module does not try to quote: a
 value either passes a conservative allow-list and is used verbatim, or it is
 percent-encoded (URL components), or it is refused with :class:`UnsafeIpxeValue`.
@@ -45,7 +46,8 @@ def is_safe_word(value: str) -> bool:
 def ipxe_word(value: object, what: str = "value") -> str:
     """*value* as text for an iPXE word; raise :class:`UnsafeIpxeValue` when it is unsafe.
 
-    Used for kernel arguments and whole URLs built by pxestack itself (bad-inputs W2).
+    Used for kernel arguments and whole URLs built by pxestack itself, whose parts may come
+    from clients.
     """
     text = str(value)
     if not is_safe_word(text):

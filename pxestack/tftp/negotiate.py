@@ -3,8 +3,7 @@
 :func:`negotiate` takes the options a client put in its request, what the server allows, and
 the file's size if known, and returns the values the transfer will use plus the OACK to send.
 It never raises on client input: RFC 2347 §2 lets a server ignore any option it does not
-accept, so garbage, out-of-range and unknown options are simply left out of the OACK
-(bad-inputs.md T4).
+accept, so garbage, out-of-range and unknown options are simply left out of the OACK.
 
 Rules, with the client behaviour each one serves:
 
@@ -13,16 +12,16 @@ Rules, with the client behaviour each one serves:
   acceptable option gets no OACK at all, and the transfer starts with DATA 1 (RFC 2347 §3).
 * A repeated option is read once (its first occurrence); later copies are ignored.
 * ``blksize`` (RFC 2348 §2): 8..65464.  Larger requests are clamped to 65464, then to the
-  configured maximum.  iPXE asks for 1432 and OVMF for 1468 (firmware.md); many boot ROMs
-  cannot reassemble IP fragments, so the default maximum (1468) keeps one block in one
-  Ethernet frame.  Below 8 the option is ignored.  An OACK for blksize is sent even when no
-  tsize was asked (tftpy PR#63: U-Boot needs it).
+  configured maximum.  iPXE asks for 1432 and OVMF for 1468 (docs/reference/firmware.md);
+  many boot ROMs cannot reassemble IP fragments, so the default maximum (1468) keeps one
+  block in one Ethernet frame.  Below 8 the option is ignored.  An OACK for blksize is sent
+  even when no tsize was asked (tftpy PR#63: U-Boot needs it).
 * ``tsize`` (RFC 2349 §4): on a read, answered with the real size only when it is known
   (dynamic content may not know it); on a write, the client's announced size is echoed.
 * ``timeout`` (RFC 2349 §3): 1..255 seconds, echoed; other values are ignored.  tftp-hpa's
   ``utimeout`` extension is not supported and therefore ignored.
-* ``windowsize`` (RFC 7440 §2): 1..65535, clamped to the configured maximum.  OVMF asks for 4
-  (firmware.md), atftp for whatever its user sets.
+* ``windowsize`` (RFC 7440 §2): 1..65535, clamped to the configured maximum.  OVMF asks for 4,
+  atftp for whatever its user sets.
 * The encoded OACK always fits in 512 octets, the smallest buffer RFC 1350 lets a client
   have; options that would not fit are dropped from the end.
 """

@@ -7,8 +7,8 @@ gets a fresh UDP socket on an ephemeral port, its transfer ID (RFC 1350 §4), dr
 :class:`~pxestack.tftp.session.WriteSession`.  The sessions decide everything; this module
 only moves datagrams and keeps one timer per transfer.
 
-The per-block path is kept short because lock-step TFTP is round-trip bound (baselines.md:
-about 15 µs per round trip when client and server share a CPU):
+The per-block path is kept short because lock-step TFTP is round-trip bound (about 15 µs
+per round trip when client and server share a CPU; docs/reference/benchmark-method.md):
 
 * a transfer socket is registered with the reactor as a plain ``IReadDescriptor``
   (:class:`_TransferPort`), not a ``DatagramProtocol`` port: its ``doRead`` drains the
@@ -761,7 +761,7 @@ class TftpServer:
     :param source: where read requests are served from.
     :param settings: session tunables (limits, retries, RTO, deadline).
     :param upload: where write requests go; ``None`` refuses every WRQ with ERROR 2
-        (bad-inputs.md T3, like tftp-hpa without ``-c`` and dnsmasq).
+        (like tftp-hpa without ``-c`` and dnsmasq).
     :param single_port: serve every transfer from the listener's socket.
     :param per_client_limit: concurrent transfers per client IP.
     :param max_transfers: concurrent transfers in total.
@@ -888,7 +888,7 @@ class TftpServer:
             self._request(packet, addr, listener)
         else:
             # ACK/DATA/ERROR/OACK to port 69 belong to no transfer.  Answering would make
-            # the server a reflector (bad-inputs.md T7), so they are dropped.
+            # the server a reflector for spoofed requests, so they are dropped.
             self.log.debug("ignored {kind} on the request port from {client}",
                            kind=type(packet).__name__, client=addr)
 

@@ -14,13 +14,13 @@ Protocol rules implemented:
   of the last one sent means the client lost what followed (RFC 7440 §4), so the next
   window starts right after it.
 * Sorcerer's Apprentice (RFC 1123 §4.2.3.1): a duplicate ACK never triggers a resend; only a
-  time-out does.  ACKs for blocks not in flight (stale or future) are ignored
-  (bad-inputs.md T5, T6).
-* Block numbers roll over past 65535 to **0** (bad-inputs.md T8: what tftp-hpa, curl and
+  time-out does.  ACKs for blocks not in flight (stale or future) are ignored.
+* Block numbers roll over past 65535 to **0** (what tftp-hpa, curl and
   atftp expect).  ACKs are matched modulo 65536 against the blocks in flight.
 * An ERROR from the client ends the transfer without an answer (RFC 1350 §7: errors are
   not acknowledged).  OVMF's size probe is exactly this: RRQ with tsize, OACK, then ERROR 0
-  "User aborted the transfer." before a second RRQ (firmware.md), logged as ``aborted``.
+  "User aborted the transfer." before a second RRQ (docs/reference/firmware.md), logged as
+  ``aborted``.
 * Retransmission time-out (RFC 6298 applied to TFTP): the first RTO is conservative
   (:attr:`SessionSettings.initial_rto`); every ACK of a block sent only once gives a
   round-trip sample (Karn's rule: none from retransmitted blocks) for SRTT/RTTVAR
@@ -28,7 +28,8 @@ Protocol rules implemented:
   doubles it (§5.5).  One lost block therefore costs a few round trips, not seconds.
   A client-negotiated ``timeout`` (RFC 2349 §3) caps the RTO: we never wait longer than the
   client agreed to.
-* Bounded work (bad-inputs.md T7): at most :attr:`SessionSettings.max_retries`
+* Bounded work, so a requester that never acknowledges cannot make the server an
+  amplifier: at most :attr:`SessionSettings.max_retries`
   consecutive time-outs, and an overall :attr:`SessionSettings.deadline` per transfer.
 
 Buffers: a ring of reused ``bytearray`` slots (the window plus a read-ahead batch), each
@@ -83,7 +84,7 @@ Datagram: TypeAlias = bytes | bytearray | memoryview
 #: Why a transfer whose client never answered its first window ended (no ERROR is sent).
 NO_ANSWER = "no answer to the first window"
 
-#: OVMF's abort message after its tsize probe (firmware.md).
+#: OVMF's abort message after its tsize probe (docs/reference/firmware.md).
 OVMF_ABORT_MESSAGE = "User aborted the transfer"
 
 
@@ -103,7 +104,7 @@ class SessionSettings:
     #: Consecutive time-outs after which a transfer counts as stalled: it may then be
     #: ended to admit another request when the server is full (``tftp.admission``).
     stall_retries: int = 2
-    #: Overall seconds a transfer may take, from the request (bad-inputs.md T7).
+    #: Overall seconds a transfer may take, from the request (bounds a requester that trickles).
     deadline: float = 300.0
     #: RTO before any round trip was measured (RFC 6298 §2.1 says 1 s).
     initial_rto: float = 1.0
@@ -277,7 +278,7 @@ class ReadSession(_Session):
             return
         if isinstance(packet, Error):
             # RFC 1350 §7: an ERROR ends the transfer and is never answered.  OVMF's
-            # "User aborted the transfer." after its tsize probe lands here (firmware.md).
+            # "User aborted the transfer." after its tsize probe lands here.
             self._finish(Outcome.ABORTED, now, f"client error {packet.code}: {packet.message}")
             return
         if isinstance(packet, Ack):  # pragma: no cover - caught by the hot path above
@@ -440,7 +441,7 @@ class ReadSession(_Session):
             self._retransmit_at = now + self._rto
             return
         acked = self._acked
-        # Match the 16-bit number against the blocks in flight (rollover to 0, T8).
+        # Match the 16-bit number against the blocks in flight (rollover to 0).
         advance = (block - acked) & 0xFFFF
         if advance == 0 or advance > self._sent - acked:
             # Duplicate (Sorcerer's Apprentice, RFC 1123 §4.2.3.1), stale or future ACK:

@@ -173,7 +173,7 @@ class NetasciiReader:
 
 
 class FilesystemSource:
-    """Serves regular files beneath *root* (bad-inputs.md T1, T2).
+    """Serves regular files beneath *root*, refusing traversal and symlink escapes.
 
     Lookups go through :func:`pxestack.paths.open_under_root`, so the rules are the ones
     the HTTP asset server uses.  *lowercase* folds requests to lower case first, for

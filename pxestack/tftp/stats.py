@@ -19,11 +19,11 @@ class Outcome(Enum):
 
     #: Every block was acknowledged.
     COMPLETE = "complete"
-    #: The client sent an ERROR.  Normal for OVMF's and PXELINUX's size probe (firmware.md).
+    #: The client sent an ERROR.  Normal for OVMF's and PXELINUX's size probe.
     ABORTED = "aborted"
     #: The client stopped answering: retransmissions ran out (RFC 1350 §2 time-out).
     TIMED_OUT = "timed-out"
-    #: The overall transfer deadline passed (bad-inputs.md T7: a requester that trickles).
+    #: The overall transfer deadline passed (a requester that trickles).
     DEADLINE = "deadline"
     #: The request was refused or the file could not be read; an ERROR went to the client.
     FAILED = "failed"

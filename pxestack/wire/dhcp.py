@@ -179,7 +179,7 @@ def _new_message(
 def decode_dhcp(data: bytes) -> DhcpMessage:
     """Decode one DHCP message; raise only :class:`~pxestack.errors.MalformedPacket`.
 
-    Refused (bad-inputs D1-D3, D6): shorter than 240 octets, wrong magic cookie, op not 1/2,
+    Refused (hostile or broken packets): shorter than 240 octets, wrong magic cookie, op not 1/2,
     hlen > 16, an option running past its area, no END in the options area, option 52 or 53
     of the wrong length or value, option values beyond the RFC 3396 size cap.
     """
@@ -207,7 +207,7 @@ def decode_dhcp(data: bytes) -> DhcpMessage:
             raise Invalid(f"option 52 overload value {overload_value!r} is not 1, 2 or 3")
         overload = overload_value[0]
         # RFC 2132 §9.3 / RFC 3396 §5: file first, then sname; each parsed once, and an
-        # option 52 found inside them is ignored rather than followed (bad-inputs D3).
+        # option 52 found inside them is ignored rather than followed, so there is no loop.
         if overload & c.OVERLOAD_FILE:
             parse_option_area(data[_FILE_OFFSET:_FILE_OFFSET + c.FILE_LENGTH], items,
                               require_end=False, where="file")

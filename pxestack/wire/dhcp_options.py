@@ -7,7 +7,7 @@ Decoding rules implemented here (strict where dpkt is lenient):
   area with no END, raises :class:`~pxestack.errors.Truncated`.
 * RFC 3396 §5: several instances of one option code are concatenated, in the order options
   area, ``file``, ``sname``.  A concatenated value longer than :data:`MAX_OPTION_LENGTH`
-  raises :class:`~pxestack.errors.Invalid` (bounded work on hostile packets, bad-inputs D4).
+  raises :class:`~pxestack.errors.Invalid` (bounded work on hostile packets).
 * RFC 2132 §9.3 (option 52 overload) is applied by :func:`pxestack.wire.dhcp.decode_dhcp`,
   which feeds the ``file`` and ``sname`` fields through :func:`parse_option_area` once.
 
@@ -88,7 +88,7 @@ OPTION_FORMATS: Final[dict[int, str]] = {
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
-#: Memo of :func:`ipv4_address`; bounded (cleared when full, bad-inputs D11).
+#: Memo of :func:`ipv4_address`; bounded (cleared when full, so memory cannot grow).
 _ADDRESS_MEMO: dict[int, IPv4Address] = {}
 _ADDRESS_MEMO_ENTRIES: Final = 16384
 
@@ -146,7 +146,7 @@ def encode_client_uuid(value: uuid.UUID) -> bytes:
     """Option 97 (RFC 4578 §2.3): type 0 then the 16 UUID octets in SMBIOS byte order.
 
     SMBIOS stores the first three UUID fields little-endian, and PXE firmware copies those
-    bytes verbatim (captured from SeaBIOS + iPXE and from OVMF, firmware.md §1 and §3).
+    bytes verbatim (captured from SeaBIOS + iPXE and from OVMF; docs/reference/firmware.md).
     """
     return b"\x00" + value.bytes_le
 
@@ -257,8 +257,8 @@ def parse_option_area(data: bytes, into: dict[int, bytes], *, require_end: bool,
 
     Repeated codes are concatenated (RFC 3396 §5), also across calls, which is how the caller
     merges the options, ``file`` and ``sname`` areas in that order.  ``require_end`` makes a
-    missing END option an error (the main area, bad-inputs D2); the fixed-size ``file`` and
-    ``sname`` areas may simply end.
+    missing END option an error (the main area, where a missing END means a truncated
+    packet); the fixed-size ``file`` and ``sname`` areas may simply end.
     """
     # Runs for every received packet: constants are literals (PAD 0, END 255) and the
     # repeat test is ``in`` (an opcode) rather than ``dict.get`` (a method call).
@@ -523,7 +523,7 @@ class DhcpOptions(Mapping[int, bytes]):
 
         Trailing NULs are dropped: RFC 2132 §2 says options are not NUL-terminated, but some
         clients (Windows' option 12, several PXE ROMs' option 60) send one anyway.  Invalid
-        UTF-8 raises :class:`~pxestack.errors.Invalid` (bad-inputs D7).
+        UTF-8 raises :class:`~pxestack.errors.Invalid` (peer text is never trusted).
         """
         value = self._items.get(code)
         if value is None:
@@ -550,7 +550,7 @@ class DhcpOptions(Mapping[int, bytes]):
     # Option-specific views
 
     def parameter_request_list(self) -> tuple[int, ...]:
-        """Option 55 codes, first occurrence order, duplicates removed (bad-inputs D5)."""
+        """Option 55 codes, first occurrence order, duplicates removed (bounded work)."""
         value = self._items.get(c.OPT_PARAMETER_REQUEST_LIST, b"")
         return tuple(dict.fromkeys(value))
 

@@ -210,7 +210,7 @@ def test_classification_never_raises(options: dict[int, bytes], chaddr: bytes,
     assert all(isinstance(error, str) for error in info.errors)
 
 
-# --- the server's lighter reads (docs/dhcp.md §11, round 6) ----------------------------------
+# --- the server's lighter reads (docs/dhcp.md §11) -------------------------------------------
 
 #: Option values that reach every branch of the shared rules: Raspberry Pi OUIs with arch 0,
 #: empty and short UUIDs, 1-octet client identifiers, host names good and bad.

@@ -1,4 +1,4 @@
-"""The boot decision memo (docs/dhcp.md §11, round 4) gives the answers of ``decide_boot``.
+"""The boot decision memo (docs/dhcp.md §11) gives the answers of ``decide_boot``.
 
 ``DhcpServerCore._decide`` keeps what :func:`~pxestack.dhcp.decide.decide_boot` makes of
 the policy's answer, keyed by the client's model facts, the answer's value, the server

@@ -1,5 +1,5 @@
-"""The identity-keyed memos and the lease store's shared bookkeeping (docs/dhcp.md §11,
-round 3) give the answers of the straightforward code.
+"""The identity-keyed memos and the lease store's shared bookkeeping (docs/dhcp.md §11)
+give the answers of the straightforward code.
 
 * ``_relay_destination`` and the adapter's ``_text_address`` key their memos by ``id()`` of
   the address object and check that the entry holds that very object, so equal but

@@ -306,8 +306,8 @@ class LeaseStoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def every_record_has_a_deadline_no_later_than_its_expiry(self) -> None:
-        """A refreshed hold or renewal keeps its earlier heap entry (docs/dhcp.md §11,
-        round 6); that entry must exist, so no expiry is missed."""
+        """A refreshed hold or renewal keeps its earlier heap entry (docs/dhcp.md §11):
+        that entry must exist, so no expiry is missed."""
         pending = set(self.store._deadlines)
         for lease in self.store.leases():
             if lease.state is LeaseState.FREE:

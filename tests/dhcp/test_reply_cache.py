@@ -165,7 +165,7 @@ def test_cache_keys_keep_replies_apart() -> None:
     assert isinstance(first.options, PreEncodedOptions)
 
 
-# --- replies encoded by the core (docs/dhcp.md §11, round 6) -------------------------------
+# --- replies encoded by the core (docs/dhcp.md §11) ----------------------------------------
 
 
 @settings(max_examples=300, deadline=None)

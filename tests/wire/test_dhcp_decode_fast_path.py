@@ -1,4 +1,4 @@
-"""decode_dhcp's fast path (docs/dhcp.md §11, round 3) against a straightforward decoder.
+"""decode_dhcp's fast path (docs/dhcp.md §11) against a straightforward decoder.
 
 The decoder skips ``sname``/``file`` in its header unpack and parses the options area in
 place (``parse_option_area(..., start=240)``) instead of copying it out first.  The
