@@ -113,14 +113,16 @@ class DhcpConfig:
     offer_hold: int = 30
     pools: tuple[PoolConfig, ...] = ()
     reservations: tuple[ReservationConfig, ...] = ()
-    #: Relay agents (giaddr) whose requests are answered; others are dropped (D9).
+    #: Relay agents (giaddr) whose requests are answered; others are dropped, so a forged
+    #: giaddr cannot make pxestack send replies to an address of the sender's choosing.
     relays: tuple[IPv4Address, ...] = ()
     boot: BootConfig = field(default_factory=BootConfig)
     #: Key leases on the client identifier (RFC 2131 §4.2) instead of chaddr.
     match_client_id: bool = False
     #: NAK requests for addresses this server does not know in its own subnets.
     authoritative: bool = False
-    #: Cap on offers held at once (bad-inputs.md D10).
+    #: Cap on offers held at once, so a DISCOVER flood from made-up MACs cannot hold the
+    #: whole pool or grow memory without bound.
     max_offers: int = 4096
     #: How long a DECLINEd address is quarantined, in seconds (RFC 2131 §4.3.3).
     decline_quarantine: int = 600
@@ -131,8 +133,8 @@ class DhcpConfig:
     #: Unicast replies to address-less clients as raw frames (AF_PACKET, needs root).
     raw_replies: bool = True
     #: Answer IPv6 router solicitations on ``interfaces`` with an RA (M=0, O=0, lifetime 0)
-    #: so that iPXE stops waiting for IPv6 autoconfiguration (firmware.md).  Only for a
-    #: dedicated provisioning segment.
+    #: so that iPXE stops waiting for IPv6 autoconfiguration (docs/reference/firmware.md).
+    #: Only for a dedicated provisioning segment.
     router_advertisements: RouterAdvertisementConfig = field(
         default_factory=lambda: RouterAdvertisementConfig()
     )

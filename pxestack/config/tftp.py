@@ -19,7 +19,8 @@ class TftpConfig:
     enabled: bool = True
     listen: tuple[str, int] = ("0.0.0.0", 69)
     root: Path = Path("tftproot")
-    #: Largest blksize granted (1468 keeps a block in one Ethernet frame; firmware.md).
+    #: Largest blksize granted (1468 keeps a block in one Ethernet frame; see
+    #: docs/reference/firmware.md).
     max_blksize: int = 1468
     #: Largest RFC 7440 windowsize granted.
     max_windowsize: int = 16
