@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+import yaml
 from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.internet import defer
@@ -69,7 +70,17 @@ class ProvisioningService(service.MultiService):
         return self._reactor if self._reactor is not None else _default_reactor()
 
     def startService(self) -> None:
-        """Start the pool before the timer's first tick needs it."""
+        """Start the pool before the timer's first tick needs it.
+
+        A damaged store is reported again here: the store found the damage while the
+        service tree was built, before ``pxestack serve`` or twistd started logging.
+        """
+        damaged = getattr(self.store, "damaged", None)
+        if damaged is not None:
+            log.error(
+                "the cluster directory is damaged and host records are read-only: {reason}",
+                reason=damaged,
+            )
         self.pool.start()
         super().startService()
 
@@ -145,14 +156,25 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         raise ValueError("provisioning_extensions needs a provision: section")
     base_url = _base_url(config, prov)
     admin_token = _admin_token(config, prov)
+    # The store checks the cluster directory first, in a child process with a time limit:
+    # damage makes it read-only with the reason in /admin/health, never a hang or a crash.
     store = FileHostStore(
         prov.cluster_dir, git=prov.git, git_name=prov.git_name, git_email=prov.git_email
     )
     saved = prov.cluster_dir / MAYU_CONFIG_FILE
     if saved.exists():
         # A config set through PUT /admin/mayu_config outlives restarts (mayu rewrote its file).
-        prov = apply_mayu_text(saved.read_text(encoding="utf-8"), prov)
-        log.info("using the mayu settings saved in {path}", path=str(saved))
+        try:
+            prov = apply_mayu_text(saved.read_text(encoding="utf-8"), prov)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, ConfigError) as exc:
+            store.mark_damaged(
+                f"{saved} cannot be used ({type(exc).__name__}: {exc}); the configuration "
+                "file's provision section is used instead. pxestack does not repair it: "
+                f"restore it from the audit (`git -C {prov.cluster_dir} show "
+                f"HEAD:{MAYU_CONFIG_FILE}`) or a backup, then restart pxestack"
+            )
+        else:
+            log.info("using the mayu settings saved in {path}", path=str(saved))
     metrics = Metrics()
     provisioner = Provisioner(
         prov, MeteredHostStore(store, metrics), base_url=base_url,
