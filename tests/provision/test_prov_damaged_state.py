@@ -176,6 +176,10 @@ def test_damaged_cluster_starts_read_only_and_says_why(
             assert refusal["read_only"] is True
             assert expected in refusal["reason"]
 
+        # A boot path answers (a script, or 503 when the boot needs a write), never 500.
+        code, body, _ = _call(base, "GET", "/ipxebootscript?serial=sn-1")
+        assert code in (200, 503), body
+
         # The records are files beside the repository: still served.
         code, body, _ = _call(base, "GET", "/admin/host/sn-1")
         assert code == 200, body
