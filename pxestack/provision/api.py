@@ -323,7 +323,7 @@ class _Base(Resource):
             return _error_body(request, exc, message)
 
 
-def _error_body(request: Request, exc: BaseException, message: str) -> bytes:
+def _error_body(request: Request, exc: BaseException | None, message: str) -> bytes:
     """The body of an error answer: text, or JSON with the reason for a read-only store.
 
     mayu's clients read errors as text; a refusal because the cluster directory is damaged

@@ -221,6 +221,7 @@ def check_repository(root: Path, timeout: float = CHECK_TIMEOUT) -> str | None:
         [package_parent, *filter(None, [env.get("PYTHONPATH")])]
     )
     command = [sys.executable, "-m", "pxestack.provision.repocheck", str(root)]
+    problem: str | None
     try:
         result = subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
             command,
