@@ -285,8 +285,7 @@ class _Base(Resource):
     def _fail(self, request: Request, failure: Failure) -> None:
         code, message = self.error_of(failure)
         request.setResponseCode(code)
-        request.setHeader(b"Content-Type", _TEXT)
-        request.write(message.encode() + b"\n")
+        request.write(_error_body(request, failure.value, message))
         request.finish()
 
     @staticmethod
@@ -321,8 +320,21 @@ class _Base(Resource):
         except Exception as exc:
             code, message = self.error_of(Failure(exc))
             request.setResponseCode(code)
-            request.setHeader(b"Content-Type", _TEXT)
-            return message.encode() + b"\n"
+            return _error_body(request, exc, message)
+
+
+def _error_body(request: Request, exc: BaseException | None, message: str) -> bytes:
+    """The body of an error answer: text, or JSON with the reason for a read-only store.
+
+    mayu's clients read errors as text; a refusal because the cluster directory is damaged
+    is pxestack's own and says why in JSON, like ``/admin/health``.
+    """
+    if isinstance(exc, StoreReadOnly):
+        request.setHeader(b"Content-Type", _JSON)
+        body = {"error": "the host store is read-only", "read_only": True, "reason": message}
+        return json.dumps(body, indent=2).encode() + b"\n"
+    request.setHeader(b"Content-Type", _TEXT)
+    return message.encode() + b"\n"
 
 
 def _text(content_type: bytes) -> Callable[[Request, Any], bytes]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.internet import defer
@@ -71,9 +72,17 @@ class ProvisioningService(service.MultiService):
         """Start the pool before the timer's first tick needs it.
 
         The git configuration is isolated again here because this runs after ``twistd
-        --uid`` (or ``run_as``) dropped root: see :func:`isolate_git_config`.
+        --uid`` (or ``run_as``) dropped root: see :func:`isolate_git_config`.  A damaged
+        store is reported again here: the store found the damage while the service tree was
+        built, before ``pxestack serve`` or twistd started logging.
         """
         isolate_git_config()
+        damaged = getattr(self.store, "damaged", None)
+        if damaged is not None:
+            log.error(
+                "the cluster directory is damaged and host records are read-only: {reason}",
+                reason=damaged,
+            )
         self.pool.start()
         super().startService()
 
@@ -123,14 +132,25 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         raise ValueError("provisioning_extensions needs a provision: section")
     base_url = _base_url(config)
     admin_token = _admin_token(config)
+    # The store checks the cluster directory first, in a child process with a time limit:
+    # damage makes it read-only with the reason in /admin/health, never a hang or a crash.
     store = FileHostStore(
         prov.cluster_dir, git=prov.git, git_name=prov.git_name, git_email=prov.git_email
     )
     saved = prov.cluster_dir / MAYU_CONFIG_FILE
     if saved.exists():
         # A config set through PUT /admin/mayu_config outlives restarts (mayu rewrote its file).
-        prov = apply_mayu_text(saved.read_text(encoding="utf-8"), prov)
-        log.info("using the mayu settings saved in {path}", path=str(saved))
+        try:
+            prov = apply_mayu_text(saved.read_text(encoding="utf-8"), prov)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, ConfigError) as exc:
+            store.mark_damaged(
+                f"{saved} cannot be used ({type(exc).__name__}: {exc}); the configuration "
+                "file's provision section is used instead. pxestack does not repair it: "
+                f"restore it from the audit (`git -C {prov.cluster_dir} show "
+                f"HEAD:{MAYU_CONFIG_FILE}`) or a backup, then restart pxestack"
+            )
+        else:
+            log.info("using the mayu settings saved in {path}", path=str(saved))
     metrics = Metrics()
     provisioner = Provisioner(
         prov, MeteredHostStore(store, metrics), base_url=base_url,

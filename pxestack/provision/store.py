@@ -43,6 +43,7 @@ import pygit2
 from twisted.logger import Logger
 
 from pxestack.provision.model import Host, InvalidHostRecord, normalize_mac
+from pxestack.provision.repocheck import CHECK_TIMEOUT, OPERATOR_HINT, check_repository
 
 #: A change function: old record -> (new record, first message line, detail lines).
 Change = Callable[[Host], tuple[Host, str, Sequence[str]]]
@@ -95,7 +96,10 @@ class PreconditionFailed(StoreError):  # noqa: N818
 
 
 class StoreReadOnly(StoreError):  # noqa: N818
-    """The cluster repository is damaged; the store refuses writes until an operator acts."""
+    """The cluster directory is damaged; the store refuses writes until an operator acts.
+
+    The message is the reason (what is damaged and what the operator should do).
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +240,7 @@ class GitAudit:
         name: str,
         email: str,
         clock: Callable[[], float] = time.time,
+        check_timeout: float = CHECK_TIMEOUT,
     ) -> None:
         self.root = root
         self.name = name
@@ -253,11 +258,22 @@ class GitAudit:
         with contextlib.suppress(AttributeError, ValueError):
             # Loose objects and refs are fsynced, so a commit survives power loss.
             pygit2.option(pygit2.enums.Option.ENABLE_FSYNC_GITDIR, True)
-        self.repo = self._open_or_init()
+        self._repo = self._open_or_init(check_timeout)
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        """The repository; :class:`StoreReadOnly` when it is damaged and was never opened.
+
+        A damaged repository is not opened in this process at all: libgit2 can loop for
+        ever on a damaged object, and a hung thread would hold the store lock.
+        """
+        if self._repo is None:
+            raise StoreReadOnly(self.broken or f"cluster repository {self.root} is not open")
+        return self._repo
 
     # -- start-up --------------------------------------------------------------------------
 
-    def _open_or_init(self) -> pygit2.Repository:
+    def _open_or_init(self, check_timeout: float) -> pygit2.Repository | None:
         git_dir = self.root / ".git"
         if not git_dir.exists():
             repo = pygit2.init_repository(str(self.root), bare=False)
@@ -265,16 +281,23 @@ class GitAudit:
             repo.config["user.email"] = self.email
             repo.config["push.default"] = "matching"
             return repo
+        # Checked in a child process with a time limit before anything here touches it.
+        self.broken = check_repository(self.root, check_timeout)
+        if self.broken is not None:
+            # Start read-only with a clear error instead of hanging or a crash loop; the
+            # repository is left exactly as found (not even stale locks are removed).
+            self.log.error("{problem}; host records are read-only", problem=self.broken)
+            return None
         self._remove_stale_locks(git_dir)
-        repo = pygit2.Repository(str(self.root))
         try:
+            repo = pygit2.Repository(str(self.root))
             if not repo.head_is_unborn:
                 commit = repo.head.peel(pygit2.Commit)
                 list(commit.tree)
         except (pygit2.GitError, KeyError, ValueError) as exc:
-            # bad-inputs S3: start read-only with a clear error instead of a crash loop.
-            self.broken = f"cluster repository {self.root} is damaged: {exc}"
-            self.log.critical("{problem}; host records are read-only", problem=self.broken)
+            self.broken = f"cluster repository {self.root} is damaged: {exc}; {OPERATOR_HINT}"
+            self.log.error("{problem}; host records are read-only", problem=self.broken)
+            return None
         return repo
 
     def _remove_stale_locks(self, git_dir: Path) -> None:
@@ -319,7 +342,10 @@ class GitAudit:
 
         With nothing queued it checks the work tree (a full ``git status``) so that hand
         edits and changes written just before an unclean stop are committed too (S5).
+        A damaged repository is never written to: it stays as the operator will find it.
         """
+        if self.broken is not None:
+            return False
         if not self.pending:
             if not self._dirty():
                 return True
@@ -505,6 +531,7 @@ class FileHostStore:
         git_email: str = "support+noise@giantswarm.io",
         clock: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        check_timeout: float = CHECK_TIMEOUT,
     ) -> None:
         self.root = Path(root)
         # Plain strings for the per-lookup stat: pathlib costs more than the stat itself
@@ -516,32 +543,57 @@ class FileHostStore:
         self._cache: dict[str, _Cached] = {}
         self._mac_index: dict[str, str] = {}
         self.problems: dict[str, str] = {}
+        #: Why the cluster directory cannot be trusted (the store is read-only), or None.
+        self.damaged: str | None = None
         created = not (self.root / CLUSTER_FILE).exists()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_torn_temp_files()
         self.audit = (
-            GitAudit(self.root, name=git_name, email=git_email, clock=clock) if git else None
+            GitAudit(
+                self.root, name=git_name, email=git_email, clock=clock,
+                check_timeout=check_timeout,
+            )
+            if git
+            else None
         )
-        if not (self.root / ".gitignore").exists():
-            atomic_write(self.root / ".gitignore", _GITIGNORE.encode())
-        self._cluster = self._load_or_create_cluster(created)
-        if self.audit is not None and self.audit.broken is None:
-            # Changes written before an unclean stop but not yet committed (S5).
-            self.audit.retry()
+        if self.audit is not None and self.audit.broken is not None:
+            self.damaged = self.audit.broken
+        self._cluster: dict[str, Any] = {}
+        if not created:
+            self._cluster = self._load_cluster()
+        if self.damaged is None:
+            # Only a sound directory is tidied; a damaged one stays as the operator finds it.
+            self._remove_torn_temp_files()
+            if not (self.root / ".gitignore").exists():
+                atomic_write(self.root / ".gitignore", _GITIGNORE.encode())
+            if created:
+                self._cluster = self._create_cluster()
+            if self.audit is not None:
+                # Changes written before an unclean stop but not yet committed (S5).
+                self.audit.retry()
         self._scan()
 
     # -- cluster.json ----------------------------------------------------------------------
 
-    def _load_or_create_cluster(self, created: bool) -> dict[str, Any]:
+    def _load_cluster(self) -> dict[str, Any]:
+        """cluster.json; a torn or invalid file marks the store damaged (never raises)."""
         path = self.root / CLUSTER_FILE
-        if not created:
-            try:
-                data = json.loads(path.read_bytes())
-                if isinstance(data, dict):
-                    return data
-            except (OSError, ValueError) as exc:
-                raise StoreError(f"{path} cannot be read: {exc}") from exc
-            raise StoreError(f"{path} is not a JSON object")
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            problem = f"{path} cannot be read: {exc}"
+        else:
+            if isinstance(data, dict) and isinstance(data.get("Config", {}), dict):
+                return data
+            problem = f"{path} is not a JSON object with a Config object"
+        reason = (
+            f"{problem}; pxestack does not repair it: restore it from the audit "
+            f"(`git -C {self.root} show HEAD:{CLUSTER_FILE}`) or from a backup"
+        )
+        self.mark_damaged(reason)
+        return {}
+
+    def _create_cluster(self) -> dict[str, Any]:
+        path = self.root / CLUSTER_FILE
         data = {
             "GitStore": True,
             "Config": {"DefaultEtcdClusterToken": self.random_bytes(16).hex()},
@@ -642,9 +694,15 @@ class FileHostStore:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def mark_damaged(self, reason: str) -> None:
+        """Make the store read-only because of *reason* (logged at error level once)."""
+        self.log.error("{problem}; host records are read-only", problem=reason)
+        if self.damaged is None:
+            self.damaged = reason
+
     def _writable(self) -> None:
-        if self.audit is not None and self.audit.broken is not None:
-            raise StoreReadOnly(self.audit.broken)
+        if self.damaged is not None:
+            raise StoreReadOnly(self.damaged)
 
     def _write(self, host: Host, message: str, details: Sequence[str]) -> Versioned:
         directory = self.root / host.serial
@@ -719,9 +777,13 @@ class FileHostStore:
             return self.audit.history(f"{serial}/{HOST_FILE}", limit)
 
     def retry_audit(self) -> bool:
-        """Commit anything whose commit failed before; ``True`` when the audit is up to date."""
-        if self.audit is None or self.audit.broken is not None:
-            return self.audit is None
+        """Commit anything whose commit failed before; ``True`` when the audit is up to date.
+
+        A damaged store has nothing to retry (its damage was logged at start and stays in
+        :meth:`health`), so this is ``True`` there too and the timer does not repeat it.
+        """
+        if self.audit is None or self.damaged is not None:
+            return True
         with self._lock:
             return self.audit.retry()
 
@@ -729,7 +791,9 @@ class FileHostStore:
         """See :meth:`HostStore.health`."""
         out: dict[str, Any] = {"hosts": len(self._cache), "unreadable_records": dict(self.problems)}
         out.update(self.audit.health() if self.audit else {"git": False, "git_ok": True})
-        out["ok"] = bool(out["git_ok"]) and not self.problems
+        out["read_only"] = self.damaged is not None
+        out["damaged"] = self.damaged
+        out["ok"] = bool(out["git_ok"]) and not self.problems and self.damaged is None
         return out
 
 

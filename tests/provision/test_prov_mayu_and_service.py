@@ -131,3 +131,18 @@ def test_mayu_config_get_and_put_persist(tmp_path):
     # Kept across a restart.
     ext2 = provisioning_extensions(_config(tmp_path, api={"token": ADMIN_TOKEN}))
     assert ext2.boot_policy.provisioner.config.profiles[0].name == "big"
+
+
+def test_a_torn_saved_mayu_config_makes_the_store_read_only_instead_of_failing(tmp_path):
+    config = _config(tmp_path)
+    assert config.provision is not None
+    provisioning_extensions(config)
+    saved = config.provision.cluster_dir / "mayu-config.yaml"
+    saved.write_text("profiles:\n  - name: core\n    quantity: [")
+    ext = provisioning_extensions(config)
+    service = ext.services[0]
+    assert isinstance(service, ProvisioningService)
+    health = service.store.health()
+    assert health["ok"] is False and health["read_only"] is True
+    assert "mayu-config.yaml" in health["damaged"]
+    assert saved.read_text() == "profiles:\n  - name: core\n    quantity: ["

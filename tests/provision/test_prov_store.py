@@ -219,3 +219,43 @@ def test_hundred_concurrent_first_contacts_never_overfill(tmp_path):
     addresses = [h.internal_addr for h in hosts]
     assert len(set(addresses)) == 100
     assert len(_messages(tmp_path / "c")) == 101
+
+
+def test_torn_cluster_json_makes_the_store_read_only_without_raising(tmp_path):
+    store = FileHostStore(tmp_path / "c")
+    store.enrol("sn", _make("sn"), ["host created"])
+    path = tmp_path / "c" / "cluster.json"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    store = FileHostStore(tmp_path / "c")
+    health = store.health()
+    assert health["ok"] is False and health["read_only"] is True
+    assert "cluster.json" in health["damaged"] and "git -C" in health["damaged"]
+    assert store.read("sn") is not None
+    with pytest.raises(StoreReadOnly, match=r"cluster\.json"):
+        store.enrol("other", _make("other"), ["host created"])
+    assert path.read_bytes() == data[: len(data) // 2]
+
+
+def test_a_repository_check_that_does_not_finish_marks_the_store_damaged(tmp_path):
+    FileHostStore(tmp_path / "c").enrol("sn", _make("sn"), ["host created"])
+    store = FileHostStore(tmp_path / "c", check_timeout=0.001)
+    assert "took longer than" in store.health()["damaged"]
+    assert store.retry_audit() is True  # nothing retried, nothing written
+    with pytest.raises(StoreReadOnly):
+        store.history("sn")  # the damaged repository is never opened in this process
+
+
+def test_repository_check_names_the_damaged_object_and_never_writes(tmp_path):
+    from pxestack.provision.repocheck import check_repository
+
+    store = FileHostStore(tmp_path / "c")
+    store.enrol("sn", _make("sn"), ["host created"])
+    assert check_repository(tmp_path / "c") is None
+    repo = pygit2.Repository(str(tmp_path / "c"))
+    blob = str(repo.head.peel(pygit2.Commit).tree["sn"]["conf.json"].id)
+    obj = tmp_path / "c" / ".git" / "objects" / blob[:2] / blob[2:]
+    os.chmod(obj, 0o644)
+    obj.write_bytes(obj.read_bytes()[:-4])
+    reason = check_repository(tmp_path / "c")
+    assert reason is not None and blob in reason and "git fsck" in reason
