@@ -224,6 +224,10 @@ def final_table(report: dict[str, Any], spec: StormSpec) -> str:
         lines += [f"  {m['serial']} ({m['mac']}): {m['error']}" for m in failed[:10]]
         if len(failed) > 10:
             lines.append(f"  ... and {len(failed) - 10} more")
+    if failed and not any("dhcp_pxe" in m["phases"] for m in machines):
+        host, port = spec.dhcp_server
+        lines.append(f"no machine got a DHCP answer from {host}:{port}: is pxestack serve "
+                     "running there (--dhcp-server)?")
     if report["stray_dhcp_replies"]:
         lines.append(f"{report['stray_dhcp_replies']} DHCP replies matched no machine "
                      "(another client on the same port?)")
