@@ -6,7 +6,8 @@ A full pxestack (DHCP server, TFTP, HTTP, provisioning with the git audit on) ru
 server namespace of a :func:`netlab.two_hosts` lab; :mod:`benchmarks.storm_client` runs in
 the client namespace and walks every machine through DHCP (PXE ROM), TFTP of the iPXE
 binary, DHCP again (iPXE), the boot scripts, first-stage enrolment, the host-data POST and
-set_installed, starting machines at ``--rate`` per second.
+set_installed, starting machines at ``--rate`` per second.  The machines are those of
+:mod:`pxestack.simulate`, the library behind ``pxestack simulate``.
 
 Reported: the time from the first machine's arrival to the last machine's set_installed,
 per-phase latency percentiles, the server's peak memory (VmHWM), the git commits made.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, Results, log, netlab, scratch_dir
+from pxestack.simulate import PHASES, percentiles
 
 IPXE_BINARY = Path("/usr/lib/ipxe/undionly.kpxe")
 HTTP_PORT = 8080
@@ -125,18 +127,6 @@ class MemorySampler:
         self._stop.set()
         self._thread.join(timeout=2)
         return max(self.peak_rss_kib, self._status().get("VmHWM", 0))
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    """p50/p90/p99/max of *values* (empty dict when there are none)."""
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def pick(q: float) -> float:
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
 
 
 def _admin_hosts(lab: Any, token: str) -> list[dict[str, Any]]:
@@ -242,7 +232,7 @@ def run_once(machines: int, rate: float, *, git: bool = True) -> dict[str, Any]:
             log_tail = (workdir / "server.log").read_text(errors="replace")[-2000:]
     phases = {
         phase: percentiles([m["phases"][phase] for m in report["machines"] if phase in m["phases"]])
-        for phase in ("dhcp_pxe", "tftp", "dhcp_ipxe", "script", "enrol", "hostdata", "installed")
+        for phase in PHASES
     }
     totals = [m["total_s"] for m in report["machines"] if m["total_s"] is not None]
     return {

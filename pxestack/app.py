@@ -8,17 +8,39 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
+
 from pxestack.config import Config
-from pxestack.config.checks import validate_for_serving
+from pxestack.config.checks import create_token_file, validate_for_serving
 from pxestack.service import Extensions, PxeStackService, build_service
+
+log = Logger()
+
+
+def prepare_admin_token(config: Config) -> str | None:
+    """Create ``provision.api.token_file`` when ``generate_token`` asks and it is missing.
+
+    Returns the new token (for the caller to show once), or None when nothing was made.
+    The token itself is never logged: only where it is kept.
+    """
+    prov = config.provision
+    if prov is None or not prov.api.generate_token or prov.api.token_file is None:
+        return None
+    token = create_token_file(prov.api.token_file)
+    if token is not None:
+        log.info("generated the admin token in {path} (mode 0600)",
+                 path=str(prov.api.token_file))
+    return token
 
 
 def build_root_service(config: Config, *, reactor: Any = None) -> PxeStackService:
     """Build every service *config* enables, with the provisioning layer plugged in.
 
-    The host checks of :func:`~pxestack.config.checks.validate_for_serving` (token files,
-    directory modes, ``run_as``) come first, exactly as ``pxestack serve --check`` runs them.
+    A generated admin token is made first (:func:`prepare_admin_token`); the host checks of
+    :func:`~pxestack.config.checks.validate_for_serving` (token files, directory modes,
+    ``run_as``) come next, exactly as ``pxestack serve --check`` runs them.
     """
+    prepare_admin_token(config)
     validate_for_serving(config)
     extensions = Extensions()
     if config.provision is not None:
@@ -28,4 +50,4 @@ def build_root_service(config: Config, *, reactor: Any = None) -> PxeStackServic
     return build_service(config, extensions, reactor=reactor)
 
 
-__all__ = ["build_root_service"]
+__all__ = ["build_root_service", "prepare_admin_token"]

@@ -7,7 +7,8 @@ Layers, bottom to top:
 2. sans-IO cores: ``pxestack.dhcp.*`` and ``pxestack.tftp.*`` except ``protocol``, plus
    ``pxestack.http.ipxe``
 3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol``, the rest of
-   ``pxestack.http``, ``pxestack.netif``, ``pxestack.ra``
+   ``pxestack.http``, ``pxestack.netif``, ``pxestack.ra``; ``pxestack.simulate`` (the
+   simulated machines: an asyncio client that speaks only the wire)
 4. composition: ``pxestack.config``, ``pxestack.service``
 5. ``pxestack.provision``
 6. ``pxestack.app``, ``pxestack.tap``, ``pxestack.cli``, the twistd dropin
@@ -42,6 +43,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.netif", 3),
         ("pxestack.ra", 3),
         ("pxestack.testing", 3),
+        ("pxestack.simulate", 3),
         ("pxestack.config", 4),
         ("pxestack.service", 4),
         ("pxestack.metrics", 4),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -48,11 +48,16 @@ def make_observer(log_format: str, level: str, stream: TextIO) -> ILogObserver:
 
 
 def start_logging(log_format: str, level: str, stream: TextIO | None = None) -> None:
-    """Send twisted.logger events to *stream* (default stderr) as text or JSON lines."""
+    """Send twisted.logger events to *stream* (default stderr) as text or JSON lines.
+
+    Events logged before this call (the warnings of building the services, which happens
+    before the log format is known) are buffered by twisted.logger and written now, so no
+    start-up warning is lost.
+    """
     globalLogBeginner.beginLoggingTo(
         [make_observer(log_format, level, stream or sys.stderr)],
         redirectStandardIO=False,
-        discardBuffer=True,
+        discardBuffer=False,
     )
 
 
@@ -105,7 +110,13 @@ def drop_privileges(config: Config, run_as: RunAs) -> None:
              user=run_as.user, uid=run_as.uid, group=run_as.group, gid=run_as.gid)
 
 
-def run_service(root: service.IService, config: Config, reactor: Any = None) -> int:
+def run_service(
+    root: service.IService,
+    config: Config,
+    reactor: Any = None,
+    *,
+    on_running: Callable[[], None] | None = None,
+) -> int:
     """Start *root*, run the reactor until SIGINT/SIGTERM, then stop every service.
 
     The reactor's own signal handlers turn SIGINT and SIGTERM into ``reactor.stop()``; the
@@ -132,6 +143,8 @@ def run_service(root: service.IService, config: Config, reactor: Any = None) -> 
     # Logged once the reactor runs, i.e. after it installed its SIGINT/SIGTERM handlers:
     # from this line on a signal means a clean shutdown.
     reactor.callWhenRunning(log.info, "pxestack running")
+    if on_running is not None:
+        reactor.callWhenRunning(on_running)
     reactor.run()
     log.info("pxestack stopped")
     return EXIT_OK

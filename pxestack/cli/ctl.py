@@ -49,6 +49,10 @@ EXIT_NOT_FOUND = 3
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 SERVER_ENV = "PXESTACK_SERVER"
 TOKEN_ENV = "PXESTACK_TOKEN"  # noqa: S105 - the variable name, not a secret
+#: The quickstart's generated admin token, relative to the working directory: read when
+#: neither ``--token-file`` nor ``$PXESTACK_TOKEN`` gives a token and the server is on
+#: loopback (a local token is never sent to another host).
+DEFAULT_TOKEN_FILE = Path("pxestack-state") / "admin-token"
 
 #: mayu's five host states (docs/reference/mayu.md); ``set SERIAL state X`` checks X client-side, as
 #: mayuctl does, so a typo never reaches the server.
@@ -405,27 +409,54 @@ def emit(args: argparse.Namespace, data: Any, table: Callable[[], str]) -> None:
 # -- the commands --------------------------------------------------------------------------
 
 
-def read_token(args: argparse.Namespace) -> str | None:
-    """The admin token: ``--token-file`` > ``$PXESTACK_TOKEN`` > none.
+def _read_token_file(path: Path, name: str) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CtlUsageError(f"{name} {path}: {exc}") from None
+    if not token:
+        raise CtlUsageError(f"{name} {path} is empty")
+    return token
+
+
+def is_loopback_url(server: str) -> bool:
+    """Whether *server*'s host is a loopback address or ``localhost``."""
+    host = urllib.parse.urlsplit(server).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(args: argparse.Namespace, server: str | None = None) -> str | None:
+    """The admin token: ``--token-file`` > ``$PXESTACK_TOKEN`` > the quickstart's
+    :data:`DEFAULT_TOKEN_FILE` when it exists and *server* is on loopback > none.
 
     A token file that cannot be read is a usage error (exit 2), never silently ignored.
     """
     if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CtlUsageError(f"--token-file {args.token_file}: {exc}") from None
-        if not token:
-            raise CtlUsageError(f"--token-file {args.token_file} is empty")
+        return _read_token_file(Path(args.token_file), "--token-file")
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
         return token
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+    if server is not None and is_loopback_url(server) and DEFAULT_TOKEN_FILE.exists():
+        return _read_token_file(DEFAULT_TOKEN_FILE, "token file")
+    return None
+
+
+def server_url(args: argparse.Namespace, fallback_server: str | None = None) -> str:
+    """``--server`` > ``$PXESTACK_SERVER`` > *fallback_server* > :data:`DEFAULT_SERVER`."""
+    server: str = args.server or os.environ.get(SERVER_ENV) or fallback_server or DEFAULT_SERVER
+    return server
 
 
 def make_client(args: argparse.Namespace, *, fallback_server: str | None = None,
                 fallback_token: str | None = None) -> AdminClient:
     """The client for ``--server`` > ``$PXESTACK_SERVER`` > *fallback_server* > default."""
-    server = args.server or os.environ.get(SERVER_ENV) or fallback_server or DEFAULT_SERVER
-    token = read_token(args) or fallback_token
+    server = server_url(args, fallback_server)
+    token = read_token(args, None if fallback_token else server) or fallback_token
     return AdminClient(server, token=token, timeout=args.timeout, cafile=args.cacert)
 
 
@@ -739,7 +770,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help=f"admin API base URL (default ${SERVER_ENV} or {DEFAULT_SERVER})")
     parser.add_argument(
         "--token-file", default=argparse.SUPPRESS, metavar="FILE",
-        help=f"file holding the admin bearer token (default: ${TOKEN_ENV})")
+        help=f"file holding the admin bearer token (default: ${TOKEN_ENV}, else "
+        f"./{DEFAULT_TOKEN_FILE} for a loopback server)")
     parser.add_argument(
         "--output", "-o", choices=("table", "json", "yaml"), default=argparse.SUPPRESS,
         help="output format (default table)")
@@ -838,6 +870,7 @@ def register(subparsers: Any) -> None:
 
 __all__ = [
     "DEFAULT_SERVER",
+    "DEFAULT_TOKEN_FILE",
     "EXIT_NOT_FOUND",
     "LIST_FIELDS",
     "STATES",

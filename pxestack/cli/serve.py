@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 from pxestack.cli import EXIT_USAGE, print_problems
 from pxestack.config import Config, ConfigError, load_config_file, load_quickstart
@@ -58,13 +59,55 @@ def serve(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         print(f"{config.source}: configuration is valid")
         return 0
-    from pxestack.app import build_root_service
+    from pxestack.app import build_root_service, prepare_admin_token
     from pxestack.cli._run import run_service
 
     try:
+        new_token = prepare_admin_token(config)
         root = build_root_service(config)
     except ConfigError as exc:
         # Problems found while building (a token file that cannot be read, ...).
         print_problems(args.config or "<embedded quickstart>", exc.problems)
         return EXIT_USAGE
-    return run_service(root, config)
+    except OSError as exc:
+        key = "provision.api.token_file"
+        print(f"pxestack: {key}: cannot create it: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return run_service(root, config, on_running=lambda: print_banner(config, new_token))
+
+
+def dashboard_url(config: Config) -> str | None:
+    """The URL of the web dashboard (``/`` of the HTTP service), or None without HTTP."""
+    http = config.http
+    if http is None:
+        return None
+    if http.public_url:
+        return http.public_url.rstrip("/") + "/"
+    host, port = http.listen
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/"
+
+
+def print_banner(config: Config, new_token: str | None, stream: TextIO | None = None) -> None:
+    """Where to look once the server runs: the dashboard and the admin token.
+
+    A token generated at this start is printed here, once; later starts name its file.
+    """
+    out = stream or sys.stdout
+    url = dashboard_url(config)
+    lines = ["", "pxestack is running."]
+    if url is not None:
+        lines.append(f"  dashboard:    {url}")
+    prov = config.provision
+    if prov is not None:
+        token_file = prov.api.token_file
+        if new_token is not None:
+            lines.append(f"  admin token:  {new_token}")
+            lines.append(f"                (shown only now; kept in {token_file}, mode 0600)")
+        elif token_file is not None:
+            lines.append(f"  admin token:  in {token_file}")
+        elif prov.api.token:
+            lines.append("  admin token:  provision.api.token in the configuration")
+        if config.dhcp is not None and config.source == "<embedded quickstart>":
+            lines.append("  next:         pxestack simulate --machines 5, then pxestack ctl list")
+    out.write("\n".join(lines) + "\n\n")
+    out.flush()

@@ -17,6 +17,7 @@ import contextlib
 import grp
 import os
 import pwd
+import secrets
 import stat
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -81,17 +82,21 @@ def check_token(section: Section, key: str, token: str) -> None:
 
 
 def read_token(
-    key: str, inline: str, file: Path | None, problems: list[ConfigProblem]
+    key: str, inline: str, file: Path | None, problems: list[ConfigProblem],
+    *, generated: bool = False,
 ) -> str:
     """The token given inline or in *file* (stripped); problems are recorded at *key*.
 
     *key* names the inline key (``provision.api.token``); a file's problems are named
     ``<key>_file``.  A file must not be readable by group or others, must not be empty and
-    must hold at least :data:`MIN_TOKEN_LENGTH` characters.
+    must hold at least :data:`MIN_TOKEN_LENGTH` characters.  With *generated*, a missing
+    file is no problem (the first start creates it: :func:`create_token_file`).
     """
     if file is None:
         return inline
     file_key = f"{key}_file"
+    if generated and not file.exists():
+        return ""
     try:
         mode = file.stat().st_mode
         token = file.read_text(encoding="utf-8").strip()
@@ -108,6 +113,26 @@ def read_token(
         problems.append(ConfigProblem(
             file_key, f"holds a {len(token)}-character token; a token needs at least "
             f"{MIN_TOKEN_LENGTH} (for example: openssl rand -hex 16)"))
+    return token
+
+
+def create_token_file(path: Path) -> str | None:
+    """Create *path* holding a new random token, readable by its owner only.
+
+    Returns the token, or None when *path* already exists (it is never overwritten).  The
+    directory is made (mode 0700) when missing; the file is created with ``O_EXCL`` and
+    mode 0600, so no other user ever sees it readable.
+    """
+    if path.exists():
+        return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)  # 43 characters
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
     return token
 
 
@@ -165,11 +190,13 @@ def admin_token(config: Config, problems: list[ConfigProblem]) -> str | None:
     prov = config.provision
     if prov is None:
         return None
-    token = read_token("provision.api.token", prov.api.token, prov.api.token_file, problems)
+    token = read_token("provision.api.token", prov.api.token, prov.api.token_file, problems,
+                       generated=prov.api.generate_token)
     if token:
         return token
     host = config.http.listen[0] if config.http is not None else "127.0.0.1"
     if not IPv4Address(host).is_loopback and prov.api.token_file is None:
+        # (A generated token_file that does not exist yet is created before serving.)
         problems.append(ConfigProblem(
             "provision.api.token",
             f"is required because http.listen ({host}) is not loopback-only: "
@@ -252,6 +279,7 @@ __all__ = [
     "RunAs",
     "admin_token",
     "check_token",
+    "create_token_file",
     "metrics_token",
     "provision_base_url",
     "read_run_as",

@@ -161,6 +161,9 @@ class ApiConfig:
     #: Bearer token for ``/admin``; may stay empty only while HTTP listens on loopback.
     token: str = ""
     token_file: Path | None = None
+    #: Create ``token_file`` with a random token (mode 0600) at the first start when it does
+    #: not exist yet; the token is printed once, at that start.
+    generate_token: bool = False
     #: mayu compatibility: accept set_installed / boot_complete without a per-host token.
     accept_unauthenticated_callbacks: bool = False
     max_body_bytes: int = 1 << 20
@@ -373,9 +376,13 @@ def _read_api(section: Section) -> ApiConfig:
     token_file = section.path("token_file", None)
     if token and token_file is not None:
         section.problem("token_file", "give either token or token_file, not both")
+    generate = section.bool("generate_token", False)
+    if generate and token_file is None:
+        section.problem("generate_token", "needs token_file: the file the token is kept in")
     api = ApiConfig(
         token=token,
         token_file=token_file,
+        generate_token=bool(generate),
         accept_unauthenticated_callbacks=section.bool("accept_unauthenticated_callbacks", False),
         max_body_bytes=section.int("max_body_bytes", 1 << 20, minimum=1024, maximum=64 << 20),
         max_json_depth=section.int("max_json_depth", 32, minimum=2, maximum=512),

@@ -29,6 +29,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
 from pxestack.config import Config
+from pxestack.config.checks import provision_base_url
 from pxestack.config.dhcp import BootConfig, DhcpConfig, client_id_bytes, mac_bytes
 from pxestack.dhcp.decide import BootDefaults
 from pxestack.dhcp.journal import LeaseJournal
@@ -67,12 +68,33 @@ MAINTENANCE_INTERVAL = 60.0
 COMPACT_AFTER = 10_000
 
 
+#: The iPXE script served by the provisioning layer, under its base URL.
+PROVISION_SCRIPT_PATH = "/ipxebootscript"
+#: The iPXE script handed out without provisioning: a file in ``http.assets_root``.
+ASSET_SCRIPT_PATH = "/boot.ipxe"
+
+
+def default_script_url(config: Config) -> str | None:
+    """The iPXE script URL when ``dhcp.boot.ipxe_script_url`` is not set.
+
+    With provisioning on: ``<provision base URL>/ipxebootscript`` (the URL its boot policy
+    hands out, so every answer names a URL that exists).  Without: ``<http.public_url>
+    /boot.ipxe``, a script the operator puts in the asset root.
+    """
+    public_url = config.http.public_url if config.http is not None else None
+    if config.provision is not None:
+        base = provision_base_url(config, [])
+        if base:
+            return base.rstrip("/") + PROVISION_SCRIPT_PATH
+    return f"{public_url.rstrip('/')}{ASSET_SCRIPT_PATH}" if public_url else None
+
+
 def boot_defaults(config: Config, server_address: IPv4Address) -> BootDefaults:
     """The boot decision's defaults from ``dhcp.boot`` and ``http.public_url``."""
     dhcp = config.dhcp
     boot = dhcp.boot if dhcp is not None else BootConfig()
     public_url = config.http.public_url if config.http is not None else None
-    script = boot.ipxe_script_url or (f"{public_url}/boot.ipxe" if public_url else None)
+    script = boot.ipxe_script_url or default_script_url(config)
     return BootDefaults(
         server_address=server_address,
         ipxe_script_url=script,
@@ -439,6 +461,7 @@ __all__ = [
     "DhcpService",
     "boot_defaults",
     "build_dhcp_services",
+    "default_script_url",
     "reservations",
     "server_settings",
 ]

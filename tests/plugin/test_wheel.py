@@ -6,6 +6,7 @@ builds the wheel, checks its contents and installs it into a new venv.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import venv
@@ -73,14 +74,17 @@ def test_fresh_venv_lists_pxestack_in_twistd(wheel: Path, tmp_path: Path) -> Non
     assert "'pxestack'" in found
 
 
-def test_dropin_is_found_in_the_development_tree() -> None:
+def test_dropin_is_found_in_the_development_tree(tmp_path: Path) -> None:
     from twisted.application.service import IServiceMaker
     from twisted.plugin import getPlugins
 
     makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
     assert "pxestack" in makers
     options = makers["pxestack"].options()
-    options.parseOptions(["--config", str(ROOT / "examples" / "quickstart.yaml")])
+    # A copy: building the services makes the state (token, cluster) beside the file.
+    config = tmp_path / "quickstart.yaml"
+    shutil.copy(ROOT / "examples" / "quickstart.yaml", config)
+    options.parseOptions(["--config", str(config)])
     assert options.config_value is not None
     assert options.config_value.tftp is not None
 
