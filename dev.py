@@ -136,7 +136,7 @@ def main(argv: list[str]) -> int:
         status = run([str(BIN / "ruff"), "check", "pxestack", "tests", "benchmarks", "dev.py"])
         strict_targets = [
             "pxestack/wire", "pxestack/dhcp", "pxestack/tftp", "pxestack/http/ipxe.py",
-            "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py",
+            "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py", "pxestack/explain.py",
         ]
         return status or run([str(BIN / "mypy"), *strict_targets, *rest])
     if command == "bench":
