@@ -32,7 +32,13 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from pxestack.dhcp.client import ClientInfo, Firmware
-from pxestack.dhcp.decide import BootDecision, BootDefaults, ChainloadMemory, decide_boot
+from pxestack.dhcp.decide import (
+    BootDecision,
+    BootDefaults,
+    BootKind,
+    ChainloadMemory,
+    decide_boot,
+)
 from pxestack.dhcp.policy import BootPolicy, Machine, normalize_mac
 from pxestack.dhcp.proxy import ProxyDhcpCore
 from pxestack.errors import ApiMisuse, MalformedPacket
@@ -316,7 +322,7 @@ class _Oracle:
             self.chainloads.note(message.chaddr, message.xid, segment.time)
         reply = {c.DHCPDISCOVER: "OFFER", c.DHCPREQUEST: "ACK"}.get(
             message.message_type or 0, "ACK")
-        if decision.kind.value == "ignore":
+        if decision.kind is BootKind.IGNORE:
             return Would(segment.frame, asked, "nothing", decision.reason)
         boot = decision.options.items_view()
         name = _text(boot.get(c.OPT_BOOTFILE_NAME)) or (decision.file.decode("latin-1") or None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import dpkt
@@ -16,7 +17,7 @@ from pxestack import explain as ex
 from pxestack.cli import main
 from pxestack.dhcp.policy import StaticBootPolicy
 from pxestack.errors import MalformedPacket
-from pxestack.wire.capture import read_capture
+from pxestack.wire.capture import Capture, Segment, read_capture
 
 SETTINGS = ex.ExplainSettings(mode="proxy", defaults_for=lambda _address: DEFAULTS,
                               policy=StaticBootPolicy(), server_address=PROXY,
@@ -189,3 +190,50 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("dhcp:\n  mode: sideways\n")
     assert main(["explain", str(GOLDEN / "healthy.pcap"), "--config", str(bad)]) == 2
+
+
+def test_server_mode_runs_the_full_servers_boot_decision() -> None:
+    """In server mode PXE firmware gets the file without option 60 (what the full server
+    sends), where the other server sent option 60 without 43."""
+    settings = ex.ExplainSettings(mode="server", defaults_for=lambda _address: DEFAULTS,
+                                  policy=StaticBootPolicy(), server_address=PROXY)
+    explanation = run("option_60_without_43", settings)
+    would = explanation.machines[0].transactions[0].would[0]
+    assert (would.answer, would.boot_file, would.vendor_class) == ("OFFER", "ipxe.efi", None)
+    assert would.reason == "PXE firmware: ipxe.efi"
+    ignoring = ex.ExplainSettings(
+        mode="server", defaults_for=lambda _address: DEFAULTS, server_address=PROXY,
+        policy=StaticBootPolicy(ignored_macs=[explanation.machines[0].mac]))
+    would = run("option_60_without_43", ignoring).machines[0].transactions[0].would[0]
+    assert (would.answer, would.reason) == ("nothing", "policy ignores this machine")
+
+
+def tftp_segments(*packets: tuple[bool, bytes]) -> Capture:
+    """A capture of one TFTP exchange: (from the client?, payload) in order."""
+    client, server = IPv4Address("198.18.0.138"), IPv4Address("198.18.0.2")
+    segments = []
+    for i, (from_client, payload) in enumerate(packets, 1):
+        if payload.startswith(b"\x00\x01"):  # a read request goes to port 69
+            segments.append(Segment(i, float(i), "udp", client, 1700, server, 69, payload))
+        elif from_client:
+            segments.append(Segment(i, float(i), "udp", client, 1700, server, 50000, payload))
+        else:
+            segments.append(Segment(i, float(i), "udp", server, 50000, client, 1700, payload))
+    return Capture("pcap", len(segments), tuple(segments), ())
+
+
+RRQ = b"\x00\x01ipxe.efi\x00octet\x00tsize\x000\x00"
+OACK = b"\x00\x06tsize\x00100\x00"
+
+
+def test_tftp_size_probe_error_and_silence() -> None:
+    probe = ex.explain(tftp_segments((True, RRQ), (False, OACK),
+                                     (True, b"\x00\x05\x00\x08abort\x00")))
+    assert kinds(probe) == []
+    assert probe.machines[0].tftp[0].status == "size probe"
+    refused = ex.explain(tftp_segments((True, RRQ), (False, b"\x00\x05\x00\x01no such file\x00")))
+    assert kinds(refused) == [ex.TFTP_ERROR]
+    assert "server error 1: no such file" in refused.findings[0].message
+    silent = ex.explain(tftp_segments((True, RRQ), (True, RRQ)))
+    assert kinds(silent) == [ex.TFTP_UNANSWERED]
+    assert "1 retransmissions" in silent.findings[0].message
