@@ -6,6 +6,8 @@
     python3 dev.py quick        the fast unit tests only, for iteration
     python3 dev.py lint         ruff and mypy --strict on the codec and sans-IO layers
     python3 dev.py bench [...]  the benchmark suite (root; see docs/benchmarks.md)
+    python3 dev.py fuzz [--seconds N] [--target dhcp|tftp|icmpv6|all]
+                                coverage-guided fuzzing of the codecs (docs/testing.md)
     python3 dev.py demo         boot four QEMU machines against pxestack (root; issue 7)
 
 Every command first makes ``.venv`` and installs the project into it (editable, with its
@@ -16,8 +18,10 @@ and one of them is missing.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,6 +117,95 @@ def pytest(args: list[str]) -> int:
     return status
 
 
+FUZZ_TARGETS = ("dhcp", "tftp", "icmpv6")
+FUZZ_CACHE = ROOT / ".cache" / "fuzz"
+#: Per-target input size limit: a DHCP datagram up to a jumbo-free MTU with room for RFC 3396
+#: concatenation, a TFTP request (DATA payloads add nothing past the header), one RS/RA.
+FUZZ_MAX_LEN = {"dhcp": 2048, "tftp": 1024, "icmpv6": 1500}
+
+
+def ensure_atheris() -> None:
+    """Install the ``fuzz`` extra (atheris) into .venv when it is missing."""
+    if run([str(BIN / "python"), "-c", "import atheris"], stderr=subprocess.DEVNULL) == 0:
+        return
+    say("installing pxestack[dev,fuzz] (atheris) into .venv")
+    pip = [str(BIN / "python"), "-m", "pip", "--disable-pip-version-check", "-q"]
+    if run([*pip, "install", "-e", ".[dev,fuzz]"]) != 0:
+        sys.exit("dev.py: installing atheris failed")
+
+
+def fuzz_one(target: str, seconds: int) -> dict[str, str]:
+    """Fuzz *target* for *seconds* in its own process; return the figures libFuzzer printed."""
+    directory = FUZZ_CACHE / target
+    corpus = directory / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    log = directory / "fuzz.log"
+    argv = [
+        str(BIN / "python"), "-m", "fuzz.run", target,
+        "--seeds", str(directory / "seeds"),
+        f"-max_total_time={seconds}",
+        "-rss_limit_mb=2048",
+        "-timeout=10",
+        f"-max_len={FUZZ_MAX_LEN[target]}",
+        f"-artifact_prefix={directory}/",
+        "-print_final_stats=1",
+        str(corpus),
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"))
+    say(f"fuzzing {target} for {seconds} s (log: {log.relative_to(ROOT)})")
+    with log.open("w") as output:
+        status = run(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
+    text = log.read_text(errors="replace")
+    figures = {"status": str(status), "artifacts": " ".join(
+        re.findall(r"Test unit written to (\S+)", text))}
+    for name, pattern in (
+        ("executions", r"stat::number_of_executed_units:\s*(\d+)"),
+        ("exec_per_sec", r"stat::average_exec_per_sec:\s*(\d+)"),
+        ("new_units", r"stat::new_units_added:\s*(\d+)"),
+        ("peak_rss_mb", r"stat::peak_rss_mb:\s*(\d+)"),
+    ):
+        match = re.search(pattern, text)
+        figures[name] = match.group(1) if match else "?"
+    progress = re.findall(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)", text, re.M)
+    if progress:
+        last = progress[-1]
+        if figures["executions"] == "?":
+            figures["executions"] = last[0]
+        figures.update(cov=last[1], ft=last[2], corpus=last[3])
+    return figures
+
+
+def fuzz(argv: list[str]) -> int:
+    """``dev.py fuzz``: each target in turn; non-zero if any of them found a crash."""
+    parser = argparse.ArgumentParser(prog="dev.py fuzz")
+    parser.add_argument("--seconds", type=int, default=60, help="per target (default 60)")
+    parser.add_argument("--target", choices=[*FUZZ_TARGETS, "all"], default="all")
+    options = parser.parse_args(argv)
+    if options.seconds < 1:
+        parser.error("--seconds must be at least 1")
+    ensure_venv()
+    ensure_atheris()
+    targets = FUZZ_TARGETS if options.target == "all" else (options.target,)
+    failed = False
+    summaries = []
+    for target in targets:
+        figures = fuzz_one(target, options.seconds)
+        crashes = len(figures["artifacts"].split())
+        if figures["status"] != "0" and crashes == 0:
+            crashes = 1  # libFuzzer stopped on a finding without writing an artifact
+        failed = failed or crashes > 0
+        summaries.append(
+            f"fuzz {target}: {options.seconds} s, {figures['executions']} executions, "
+            f"{figures['exec_per_sec']} exec/s, cov {figures.get('cov', '?')}, "
+            f"features {figures.get('ft', '?')}, corpus {figures.get('corpus', '?')}, "
+            f"crashes {crashes}" + (f" ({figures['artifacts']})" if figures["artifacts"] else "")
+        )
+        print(summaries[-1], flush=True)
+    if failed:
+        say(f"crash inputs and logs are in {FUZZ_CACHE.relative_to(ROOT)}/<target>/")
+    return 1 if failed else 0
+
+
 def main(argv: list[str]) -> int:
     """Dispatch one command."""
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -144,6 +237,8 @@ def main(argv: list[str]) -> int:
         ensure_debian_packages()
         ensure_venv("dev,bench")
         return run([str(BIN / "python"), "-m", "benchmarks", *rest])
+    if command == "fuzz":
+        return fuzz(rest)
     if command == "demo":
         ensure_debian_packages()
         ensure_venv()
