@@ -1,12 +1,17 @@
 """A request flood against a real ``pxestack tftp`` on loopback: a real client still boots.
 
 The flood sends about 2000 RRQs, each from a new source port, within a few seconds, and
-never acknowledges anything (what a spoofing or broken machine on the segment does).
-Every source is 127.0.0.1, the hardest case for admission: the real client shares its
-address with the flood, so only "a source at its limit replaces its own oldest
-never-acknowledged transfer" can let it in.  The real client is tftp-hpa's ``tftp`` when
-installed, else a minimal lock-step client written here; its time is recorded
-(``record_property``) and asserted loosely.
+never acknowledges anything (what a spoofing or broken machine on the segment does).  It
+comes from eight source addresses (127.0.0.2 to 127.0.0.9): eight addresses times the
+default 64 transfers per client fill the server's 512 slots, which is what starved real
+machines before the admission rule.  The real client, on 127.0.0.1, must still get a slot
+(from the address holding the most) and finish.  It is tftp-hpa's ``tftp`` when installed,
+else a minimal lock-step client written here; its time is recorded (``record_property``)
+and asserted loosely.
+
+A flood from the real client's own address is the spoofing case: TFTP cannot tell the two
+apart, and admission only lets the source replace its own oldest never-acknowledged
+transfer (tests/tftp/test_tftp_admission.py covers that rule without sockets).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ pytestmark = pytest.mark.slow
 
 #: RRQs the flood sends, each from its own source port, and over how many seconds.
 FLOOD_REQUESTS = 2000
+#: The flood's source addresses (the real client uses 127.0.0.1).
+FLOOD_SOURCES = tuple(f"127.0.0.{n}" for n in range(2, 10))
 FLOOD_SECONDS = 3.0
 #: The real client must be done within this (loose: a shared, loaded 2-CPU machine).
 CLIENT_LIMIT = 10.0
@@ -89,7 +96,7 @@ def _flood(port: int, sockets: list[socket.socket], stop: threading.Event) -> No
         if stop.is_set():
             return
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((FLOOD_SOURCES[index % len(FLOOD_SOURCES)], 0))
         sock.setblocking(False)
         sockets.append(sock)  # kept open: no ICMP error ends the server's transfer
         with contextlib.suppress(OSError):
@@ -156,7 +163,7 @@ def test_real_client_completes_during_a_request_flood(
     target = tmp_path / "out.bin"
     try:
         flood.start()
-        # Let the flood fill the source's slots first (64 per client by default).
+        # Let the flood fill the server's slots first (8 sources x 64 per client).
         while len(sockets) < FLOOD_REQUESTS // 4 and flood.is_alive():
             time.sleep(0.01)
         begin = time.monotonic()
