@@ -372,3 +372,29 @@ def test_the_dhcp_service_and_the_api_share_the_sightings(tmp_path: Path) -> Non
     front.source = str(offer.yiaddr)
     assert client.request("GET", "/first-stage-script/leased-1").code == 200
     dhcp.stopService()
+
+
+def test_a_pending_host_counts_as_enrolled_when_it_is_approved(tmp_path: Path) -> None:
+    from pxestack.metrics import MeteredHostStore
+    from pxestack.provision.provisioner import Provisioner, callback_key
+    from pxestack.provision.store import InMemoryHostStore
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str, bool]] = []
+
+        def host_transition(self, serial: str, state: str, now: float, *,
+                            enrolled: bool = False) -> None:
+            self.calls.append((serial, state, enrolled))
+
+    recorder = Recorder()
+    rig = make_rig(tmp_path / "cluster")
+    store = MeteredHostStore(InMemoryHostStore(), recorder, clock=lambda: 0.0)  # type: ignore[arg-type]
+    provisioner = Provisioner(rig.config, store, base_url="http://x",
+                              key=callback_key(tmp_path / "cluster"))
+    provisioner.first_contact("p1", pending=True)
+    assert recorder.calls == []
+    provisioner.approve("p1")
+    assert recorder.calls == [("p1", "unknown", True)]
+    provisioner.remove("p1")
+    assert provisioner.get("p1") is None
