@@ -485,13 +485,21 @@ class HostDataResource(_Base):
             if not isinstance(raw, str) or not raw.strip():
                 raise BadRequest("no serial ? :/")
             serial = prov.identity(raw, payload.get("UUID") or self.arg(request, b"uuid"))
+            pending = False
             if prov.get(serial) is not None:
                 self.require_machine(request, serial)
-            elif not self.api.accept_unauthenticated_callbacks and not self.is_admin(request):
+            elif self.is_admin(request):
+                pass
+            elif not self.api.accept_unauthenticated_callbacks:
                 # A token exists only once the machine is enrolled (first-stage script).
                 raise HttpError(http.UNAUTHORIZED, "host callback token required")
+            else:
+                # mayu compatibility enrols here: the enrolment policy applies as well.
+                pending = self.admit(request, serial)
 
             def work() -> str:
+                versioned, _ = prov.first_contact(serial, pending=pending)
+                _refuse_pending(versioned.host)
                 _host, config = prov.host_data(payload, serial_hint=serial)
                 return config
 

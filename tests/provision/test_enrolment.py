@@ -398,3 +398,17 @@ def test_a_pending_host_counts_as_enrolled_when_it_is_approved(tmp_path: Path) -
     assert recorder.calls == [("p1", "unknown", True)]
     provisioner.remove("p1")
     assert provisioner.get("p1") is None
+
+
+def test_mayus_unauthenticated_host_data_is_subject_to_the_policy_too(tmp_path: Path) -> None:
+    rig = gated(tmp_path, "approve", compat=True)
+    body = host_data("legacy-1", ["52:54:00:00:00:09"])
+    assert rig.request("POST", "/final-ignition-config.json", body=body).code == 403
+    pending = rig.rig.provisioner.get("legacy-1")
+    assert pending is not None and pending.host.state.value == "pending"
+    assert rig.request("POST", "/final-ignition-config.json", body=body).code == 403
+    assert rig.request("PUT", "/admin/host/legacy-1/approve", token=ADMIN_TOKEN).code == 202
+    assert rig.request("POST", "/final-ignition-config.json", body=body).code == 200
+    seen = gated(tmp_path / "other", "dhcp-seen", compat=True, sightings=DhcpSightings())
+    assert seen.request("POST", "/final-ignition-config.json", body=body).code == 403
+    assert seen.rig.provisioner.get("legacy-1") is None
