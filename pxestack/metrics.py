@@ -784,6 +784,11 @@ class MetricsResource(Resource):
         return body
 
 
+def _state_name(host: Any) -> str:
+    """A host record's state as text (``""`` when it has none)."""
+    return str(getattr(getattr(host, "state", None), "value", ""))
+
+
 class MeteredHostStore:
     """A host store that reports every stored state change to :meth:`Metrics.host_transition`.
 
@@ -809,7 +814,8 @@ class MeteredHostStore:
     def enrol(self, serial: str, make: Callable[..., Any], message: Any) -> Any:
         """The store's ``enrol``; a created record is the start of its provisioning."""
         versioned, created = self._store.enrol(serial, make, message)
-        if created:
+        if created and _state_name(versioned.host) != "pending":
+            # A pending host (enrolment: approve) is enrolled when it is approved.
             self._report(versioned, enrolled=True)
         return versioned, created
 
@@ -825,7 +831,8 @@ class MeteredHostStore:
         versioned = self._store.update(serial, observed, if_match=if_match)
         after = getattr(versioned.host, "state", None)
         if before and before[-1] != after:
-            self._report(versioned, enrolled=False)
+            approved = getattr(before[-1], "value", None) == "pending"
+            self._report(versioned, enrolled=approved)
         return versioned
 
     def _report(self, versioned: Any, *, enrolled: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
 
 import netifaces
 
@@ -126,10 +127,46 @@ def interface_for_address(address: IPv4Address) -> NetInterface | None:
     return None
 
 
+#: The kernel's IPv4 neighbour (ARP) table.
+ARP_TABLE = Path("/proc/net/arp")
+#: ``/proc/net/arp`` flag of a complete entry (ATF_COM).
+_ATF_COM = 0x2
+
+
+def neighbour_mac(address: IPv4Address, table: Path = ARP_TABLE) -> bytes | None:
+    """The hardware address the kernel resolved for *address*, or ``None``.
+
+    Reads the ARP table (``/proc/net/arp``); incomplete entries, malformed lines and a
+    missing or unreadable table give ``None``.  Used by proxyDHCP's ``dhcp-seen``
+    enrolment (:class:`pxestack.dhcp.seen.ProxySightings`): a machine's HTTP connection
+    makes the kernel resolve its address, so the entry is fresh when the request arrives.
+    """
+    wanted = str(address)
+    try:
+        with table.open(encoding="ascii", errors="replace") as lines:
+            next(lines, None)  # the header
+            for line in lines:
+                fields = line.split()
+                if len(fields) < 4 or fields[0] != wanted:
+                    continue
+                try:
+                    flags = int(fields[2], 16)
+                    mac = bytes.fromhex(fields[3].replace(":", ""))
+                except ValueError:
+                    continue
+                if flags & _ATF_COM and len(mac) == 6 and any(mac):
+                    return mac
+    except OSError:
+        return None
+    return None
+
+
 __all__ = [
+    "ARP_TABLE",
     "InterfaceError",
     "NetInterface",
     "interface_for_address",
     "interface_names",
     "lookup_interface",
+    "neighbour_mac",
 ]

@@ -577,3 +577,21 @@ def test_https_server_is_verified_against_cacert(tmp_path, capsys, monkeypatch):
         assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
     finally:
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_approve_and_remove(rig, capsys):
+    rig.provisioner.first_contact("new-1", pending=True)
+    assert rig.host("new-1").state is HostState.PENDING
+    assert (yield ctl(rig, "list", "--state", "pending", "--fields", "serial")) == 0
+    assert "new-1" in capsys.readouterr().out
+    assert (yield ctl(rig, "approve", "new-1")) == 0
+    host = rig.host("new-1")
+    assert host.state is HostState.UNKNOWN and host.internal_addr is not None
+    assert (yield ctl(rig, "approve", "new-1")) == 1  # no longer pending: 409
+    assert (yield ctl(rig, "remove", "new-1", "-o", "json")) == 0
+    out = capsys.readouterr().out
+    assert '"action": "remove"' in out and '"status": 202' in out
+    assert rig.provisioner.get("new-1") is None
+    assert rig.store.history("new-1")[0].message.startswith("new-1: host removed")
+    assert (yield ctl(rig, "remove", "new-1")) == EXIT_NOT_FOUND

@@ -152,6 +152,9 @@ class Stack:
                     },
                     "profiles": [{"name": "core", "quantity": 5, "tags": ["role=core"]}],
                     "api": {"token": ADMIN_TOKEN, "max_body_bytes": 4096},
+                    # The probe enrols from loopback without DHCP: every first contact enrols.
+                    "enrolment": "open",
+                    "first_contact_rate": 0,
                 },
             }
         )
@@ -294,7 +297,7 @@ def literals_compared_in(function: Any, names: set[str]) -> set[str]:
 
 def test_documented_admin_routes_are_the_admin_resources_dispatch_table(spec, stack):
     admin = type(stack.root.children[b"admin"])
-    for method in ("GET", "PUT"):
+    for method in ("GET", "PUT", "DELETE"):
         routed = literals_compared_in(getattr(admin, f"render_{method}"), {"path", "action"})
         documented = {
             segment
@@ -331,7 +334,7 @@ def test_every_documented_operation_is_routed_and_nothing_else_is(spec, stack):
 def test_the_probe_recognises_an_unknown_action_and_an_unknown_admin_path(stack):
     assert is_unrouted(stack.request("PUT", f"/admin/host/{SERIAL}/no_such_action", b"{}"))
     assert is_unrouted(stack.request("GET", "/admin/no-such-thing"))
-    assert is_unrouted(stack.request("DELETE", f"/admin/host/{SERIAL}"))
+    assert is_unrouted(stack.request("DELETE", f"/admin/host/{SERIAL}/history"))
 
 
 # -- answers against the documented codes and schemas ----------------------------------------

@@ -83,7 +83,8 @@ def test_serve_binds_as_root_then_serves_and_commits_as_run_as(base: Path) -> No
         "  server_address: 127.0.0.1\n"
         "  pools: [{subnet: 127.0.0.0/8, start: 127.0.10.10, end: 127.0.10.20}]\n"
         f"http: {{listen: '127.0.0.1:{http_port}', metrics_token_file: metrics.token}}\n"
-        "provision: {}\n"
+        # The enrolment below comes from loopback, not from an address DHCP leased.
+        "provision: {enrolment: open}\n"
     )
     proc = subprocess.Popen(
         [*PXESTACK, "serve", "--config", str(config)], cwd=base,

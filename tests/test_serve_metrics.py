@@ -84,6 +84,8 @@ def test_metrics_move_when_a_machine_boots(tmp_path: Path) -> None:
         "  default_os_version: 3975.2.0\n"
         "  network: {ip_range: {start: 198.18.10.10, end: 198.18.10.50}, subnet_size: 24}\n"
         "  profiles: [{name: core, quantity: 1}]\n"
+        # The machine's HTTP requests come from loopback, not from an address DHCP leased.
+        "  enrolment: open\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "pxestack", "serve", "--config", str(config)], cwd=tmp_path,

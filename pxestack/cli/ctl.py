@@ -599,6 +599,23 @@ def cmd_mark_fresh(args: argparse.Namespace) -> int:
                      "marked fresh: will reinstall from scratch on its next boot")
 
 
+def cmd_approve(args: argparse.Namespace) -> int:
+    """``approve SERIAL``: a ``pending`` host gets its profile and address."""
+    return _mutation(args, args.serial, "approve", None,
+                     "approved: profile and address assigned")
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """``remove SERIAL``: delete the host record; its address and profile slot are free."""
+    client = make_client(args)
+    headers = {"If-Match": args.if_match} if getattr(args, "if_match", None) else None
+    serial = args.serial.lower()
+    reply = client.call("DELETE", host_path(serial), b"", serial=args.serial, headers=headers)
+    result = {"serial": serial, "action": "remove", "status": reply.status}
+    emit(args, result, lambda: f"{serial}: removed (address and profile slot freed)\n")
+    return EXIT_OK
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     """``history SERIAL``: the host's audit trail (git commits), newest first."""
     client = make_client(args)
@@ -807,7 +824,8 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--fields", metavar="A,B,...",
                          help=f"columns to show; any of {', '.join(LIST_FIELDS)}")
     listing.add_argument("--no-legend", action="store_true", help="omit the header line")
-    listing.add_argument("--state", choices=STATES, help="only hosts in this state")
+    listing.add_argument("--state", choices=(*STATES, "pending"),
+                         help="only hosts in this state")
     listing.add_argument("--profile", metavar="NAME", help="only hosts with this profile")
 
     status = command("status", cmd_status, "show every field of one host")
@@ -834,7 +852,14 @@ def register(subparsers: Any) -> None:
     fresh = command("mark-fresh", cmd_mark_fresh,
                     "reinstall from scratch on the next boot (state configured, disk wiped)")
     fresh.add_argument("serial")
-    for sub in (setter, override, reinstall, fresh):
+    approve = command("approve", cmd_approve,
+                      "let a pending host enrol: assign its profile and address "
+                      "(provision.enrolment: approve)")
+    approve.add_argument("serial")
+    remove = command("remove", cmd_remove,
+                     "delete a host record; its address and profile slot are free again")
+    remove.add_argument("serial")
+    for sub in (setter, override, reinstall, fresh, approve, remove):
         sub.add_argument("--if-match", metavar="ETAG",
                          help="only change the host if its record still has this ETag "
                          "(from 'status'); HTTP 412 otherwise")

@@ -69,7 +69,10 @@ def load_config(
     tftp = read_tftp(root.mapping("tftp")) if root.has("tftp") else None
     http = read_http(root.mapping("http")) if root.has("http") else None
     provision = (
-        read_provision(root.mapping("provision"), state_dir)
+        read_provision(
+            root.mapping("provision"), state_dir,
+            own_dhcp=dhcp is not None and dhcp.enabled,
+        )
         if root.has("provision")
         else None
     )

@@ -197,6 +197,16 @@ class ProvisionConfig:
     #: Extra kernel arguments for every machine (mayu era C's console/autologin flags).
     kernel_args: tuple[str, ...] = ()
     api: ApiConfig = ApiConfig()
+    #: Who may enrol a new serial: ``dhcp-seen``, ``approve`` or ``open`` (see
+    #: :data:`ENROLMENT_CHOICES`); the reader resolves the default from the ``dhcp:`` section.
+    enrolment: str = "approve"
+    #: ``dhcp-seen``: how long (seconds) after a DHCP lease, offer or PXE answer the
+    #: address may enrol a new serial.
+    enrolment_window: float = 1800.0
+    #: First contacts (unknown serials) allowed per minute from one source address; 0 = no limit.
+    first_contact_rate: float = 10.0
+    #: ``approve``: the largest number of hosts waiting for approval.
+    max_pending: int = 100
 
     def profile(self, name: str) -> ProfileConfig | None:
         """The profile called *name*, or ``None`` (e.g. the implicit ``default``)."""
@@ -391,8 +401,31 @@ def _read_api(section: Section) -> ApiConfig:
     return api
 
 
-def read_provision(section: Section, state_dir: Path) -> ProvisionConfig:
-    """Validate the ``provision:`` mapping; paths default to places under *state_dir*."""
+#: ``provision.enrolment`` values.
+ENROLMENT_CHOICES = ("dhcp-seen", "approve", "open")
+
+
+def _read_enrolment(section: Section, own_dhcp: bool) -> str:
+    """``enrolment``: ``dhcp-seen`` by default with pxestack's own DHCP, else ``approve``."""
+    mode: str = section.str(
+        "enrolment", "dhcp-seen" if own_dhcp else "approve", choices=ENROLMENT_CHOICES
+    )
+    if mode == "dhcp-seen" and not own_dhcp:
+        section.problem(
+            "enrolment",
+            "dhcp-seen needs pxestack's own DHCP (a dhcp: section, server or proxy); "
+            "use approve or open",
+        )
+    return mode
+
+
+def read_provision(
+    section: Section, state_dir: Path, *, own_dhcp: bool = False
+) -> ProvisionConfig:
+    """Validate the ``provision:`` mapping; paths default to places under *state_dir*.
+
+    *own_dhcp* says whether pxestack runs its own DHCP (it picks the ``enrolment`` default).
+    """
     public_url = section.str("public_url", None)
     if public_url is not None and not public_url.startswith(("http://", "https://")):
         section.problem("public_url", f"{public_url!r} is not an http:// or https:// URL")
@@ -423,12 +456,17 @@ def read_provision(section: Section, state_dir: Path) -> ProvisionConfig:
         installed_boot=section.str("installed_boot", "local-boot", choices=INSTALLED_BOOT_CHOICES),
         kernel_args=section.str_list("kernel_args"),
         api=_read_api(section.mapping("api")),
+        enrolment=_read_enrolment(section, own_dhcp),
+        enrolment_window=section.float("enrolment_window", 1800.0, minimum=1.0),
+        first_contact_rate=section.float("first_contact_rate", 10.0, minimum=0.0),
+        max_pending=section.int("max_pending", 100, minimum=1, maximum=100_000),
     )
     section.finish()
     return config
 
 
 __all__ = [
+    "ENROLMENT_CHOICES",
     "FLATCAR_IMAGE_SOURCES",
     "GENERIC_PLACEHOLDERS",
     "INSTALLED_BOOT_CHOICES",

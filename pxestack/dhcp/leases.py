@@ -354,6 +354,15 @@ class InMemoryLeaseStore:
         self.expire(now)
         return self._by_address.get(int(address))
 
+    def held_since(self, address: IPv4Address, since: float) -> bool:
+        """Whether *address* is offered or bound, or was until at least *since*.
+
+        Read-only (no expiry is applied, nothing is journalled), so layers above may ask
+        from outside a packet batch (:class:`pxestack.dhcp.seen.LeaseSightings`).
+        """
+        lease = self._by_address.get(int(address))
+        return lease is not None and lease.expires >= since
+
     def reservation_for(self, mac: bytes, client_id: bytes | None) -> Reservation | None:
         """The reservation matching the client identifier, else the hardware address."""
         if client_id:

@@ -29,6 +29,7 @@ from the caller.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 from typing import Final
@@ -46,6 +47,7 @@ from pxestack.dhcp.decide import (
     reply_size_limit,
 )
 from pxestack.dhcp.policy import BootPolicy, Machine
+from pxestack.dhcp.seen import ProxySightings
 from pxestack.errors import MalformedPacket
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage, build_reply
@@ -78,10 +80,12 @@ class ProxyDhcpCore:
         proxy_port: int = c.PXE_PROXY_PORT,
         mtu: int | None = None,
         chainloads: ChainloadMemory | None = None,
+        sightings: ProxySightings | None = None,
     ) -> None:
         """``defaults`` carries the server address, URLs and boot file names (the caller
         maps them from ``config.dhcp``); ``relays`` are the giaddrs whose relayed requests
-        are answered (never a reflector for unknown or spoofed relays)."""
+        are answered (never a reflector for unknown or spoofed relays); ``sightings``
+        notes every client answered (``provision.enrolment: dhcp-seen``)."""
         self.defaults = defaults
         self.policy = policy
         self.efi_via_4011 = efi_via_4011
@@ -90,6 +94,7 @@ class ProxyDhcpCore:
         self.mtu = mtu
         self.chainloads = chainloads if chainloads is not None else ChainloadMemory()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.sightings = sightings
 
     def handle(
         self,
@@ -127,6 +132,11 @@ class ProxyDhcpCore:
             return []
         if decision.chainload:
             self.chainloads.note(message.chaddr, message.xid, now)
+        if self.sightings is not None:
+            self.sightings.note_mac(message.chaddr, now)
+            if on_proxy_port and source is not None and source[0] not in ("0.0.0.0", ""):
+                with contextlib.suppress(ValueError):
+                    self.sightings.note_address(IPv4Address(source[0]), now)
 
         reply_type = c.DHCPOFFER if message_type == c.DHCPDISCOVER else c.DHCPACK
         boot_options = decision.options

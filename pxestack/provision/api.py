@@ -19,7 +19,9 @@ installers, scripts and ``mayuctl`` keep working:
 ``GET /admin/host/<serial>/history``        the host's audit trail (git commits)
 ``PUT /admin/host/<serial>/<action>``       set_installed, boot_complete, set_state, mark_fresh,
                                             set_metadata, set_provider_id, set_ipmi_addr,
-                                            set_cabinet, set_etcd_cluster_token, override
+                                            set_cabinet, set_etcd_cluster_token, override,
+                                            approve
+``DELETE /admin/host/<serial>``             remove the host (address and profile slot freed)
 ``GET|PUT /admin/mayu_config``              the provisioning settings in mayu's YAML schema
 ``GET /admin/health``                       store and git-audit health (503 when degraded)
 ==========================================  ====================================================
@@ -27,6 +29,11 @@ installers, scripts and ``mayuctl`` keep working:
 Mutations answer 202 with an empty body (mayu) plus the record's new ``ETag``; an unknown
 serial is 400 ``host doesn't exist`` (mayu); an illegal transition is 409; a stale
 ``If-Match`` is 412.
+
+Enrolment: a request that would create a record (a first contact) passes the
+:class:`~pxestack.provision.enrolment.EnrolmentGate` first (``provision.enrolment``,
+per-source rate), in the reactor thread and before any store work: 403 or 429 create
+nothing.  A ``pending`` host gets a wait-and-retry iPXE script and 403 elsewhere.
 
 Authentication (mayu had none):
 
@@ -52,6 +59,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,10 +72,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
 from pxestack.errors import ConfigError
+from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
 from pxestack.provision.machine import Event, IllegalTransition
 from pxestack.provision.model import HostState
-from pxestack.provision.provisioner import BadRequest, Provisioner
+from pxestack.provision.provisioner import BadRequest, PendingLimitReached, Provisioner
 from pxestack.provision.store import HostNotFound, PreconditionFailed, StoreError, StoreReadOnly
 from pxestack.provision.templates import TemplateRenderError
 
@@ -245,12 +254,47 @@ class _Base(Resource):
         if self.api.accept_unauthenticated_callbacks or self.is_admin(request):
             return
         found = self.api.provisioner.get(serial)
-        if found is None:
-            raise HostNotFound(serial)
         presented = self.bearer(request) or self.arg(request, b"token")
-        if not self.api.provisioner.token_matches(found.host, presented):
+        # An unknown serial answers exactly like a wrong token, so serials cannot be probed.
+        if found is None or not self.api.provisioner.token_matches(found.host, presented):
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="pxestack-machine"')
             raise HttpError(http.UNAUTHORIZED, "host callback token required")
+
+    # -- enrolment -------------------------------------------------------------------------
+
+    def admit(self, request: Request, serial: str) -> bool:
+        """Apply ``provision.enrolment`` to a request that may enrol *serial*.
+
+        Returns whether a new record must be ``pending``; raises 403/429 when the first
+        contact is refused.  A known serial is not a first contact and always passes.
+        """
+        gate = self.api.enrolment
+        if gate is None or self.api.provisioner.get(serial) is not None:
+            return False
+        client = request.getClientAddress()
+        source = str(getattr(client, "host", "") or "")
+        try:
+            admission = gate.admit(source, serial, self.api.clock())
+        except EnrolmentRefused as refused:
+            if refused.retry_after is not None:
+                request.setHeader(b"Retry-After", str(refused.retry_after).encode())
+            raise HttpError(refused.code, refused.message) from None
+        return admission is Admission.PENDING
+
+    def admit_boot(
+        self, request: Request, serial: str | None, uuid: str | None, mac: str | None
+    ) -> bool:
+        """:meth:`admit` for ``/ipxebootscript``, which enrols only a new, nameable machine."""
+        if self.api.enrolment is None or not (serial or uuid):
+            return False
+        prov = self.api.provisioner
+        if prov.host_for_boot(serial or None, uuid or None, mac or None) is not None:
+            return False
+        try:
+            identity = prov.identity(serial or "", uuid or None)
+        except BadRequest:
+            return False  # not enrolled anyway (Provisioner.boot_host)
+        return self.admit(request, identity)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -303,6 +347,9 @@ class _Base(Resource):
         if isinstance(exc, PreconditionFailed):
             return http.PRECONDITION_FAILED, f"{exc} (current ETag {exc.current_etag})"
         if isinstance(exc, StoreReadOnly):
+            return http.SERVICE_UNAVAILABLE, str(exc)
+        if isinstance(exc, PendingLimitReached):
+            log.info("enrolment refused: {error}", error=str(exc))
             return http.SERVICE_UNAVAILABLE, str(exc)
         if isinstance(exc, TemplateRenderError):
             log.error("rendering failed: {error}", error=str(exc))
@@ -376,9 +423,10 @@ class BootScriptResource(_Base):
             mac = self.arg(request, b"mac")
             identified = any(v is not None for v in (serial, uuid, mac))
             prov = self.api.provisioner
+            pending = self.admit_boot(request, serial, uuid, mac)
 
             def work() -> str:
-                host = prov.boot_host(serial or None, uuid or None, mac or None)
+                host = prov.boot_host(serial or None, uuid or None, mac or None, pending=pending)
                 return prov.boot_script(host, identified)
 
             return self.respond(request, work, _text(_TEXT))
@@ -397,10 +445,12 @@ class FirstStageScriptResource(_Base):
         def handle() -> bytes | int:
             prov = self.api.provisioner
             serial = self.path_serial(request)
+            pending = self.admit(request, serial)
 
             def work() -> str:
-                versioned, _created = prov.first_contact(serial)
+                versioned, _created = prov.first_contact(serial, pending=pending)
                 host = versioned.host
+                _refuse_pending(host)
                 flow = prov.flow_of(host)
                 if not flow.uses_first_stage:
                     raise HttpError(
@@ -447,19 +497,35 @@ class HostDataResource(_Base):
             if not isinstance(raw, str) or not raw.strip():
                 raise BadRequest("no serial ? :/")
             serial = prov.identity(raw, payload.get("UUID") or self.arg(request, b"uuid"))
+            pending = False
             if prov.get(serial) is not None:
                 self.require_machine(request, serial)
-            elif not self.api.accept_unauthenticated_callbacks and not self.is_admin(request):
+            elif self.is_admin(request):
+                pass
+            elif not self.api.accept_unauthenticated_callbacks:
                 # A token exists only once the machine is enrolled (first-stage script).
                 raise HttpError(http.UNAUTHORIZED, "host callback token required")
+            else:
+                # mayu compatibility enrols here: the enrolment policy applies as well.
+                pending = self.admit(request, serial)
 
             def work() -> str:
+                versioned, _ = prov.first_contact(serial, pending=pending)
+                _refuse_pending(versioned.host)
                 _host, config = prov.host_data(payload, serial_hint=serial)
                 return config
 
             return self.respond(request, work, _text(_JSON))
 
         return self.guarded(request, handle)
+
+
+def _refuse_pending(host: Any) -> None:
+    """403 for a host that waits for approval: it gets no installer, config or token."""
+    if host.state is HostState.PENDING:
+        raise HttpError(
+            http.FORBIDDEN, "host is waiting for approval (pxestack ctl approve SERIAL)"
+        )
 
 
 def _refuse_installed(host: Any, flow: Any) -> None:
@@ -486,9 +552,11 @@ class PxeIgnitionResource(_Base):
         def handle() -> bytes | int:
             prov = self.api.provisioner
             serial = prov.identity(self.arg(request, b"serial") or "", self.arg(request, b"uuid"))
+            pending = self.admit(request, serial)
 
             def work() -> str:
-                versioned, _ = prov.first_contact(serial)
+                versioned, _ = prov.first_contact(serial, pending=pending)
+                _refuse_pending(versioned.host)
                 flow = prov.flow_of(versioned.host)
                 if not flow.serves_config:
                     raise HttpError(
@@ -518,9 +586,11 @@ class InstallerIgnitionResource(_Base):
         def handle() -> bytes | int:
             prov = self.api.provisioner
             serial = prov.identity(self.arg(request, b"serial") or "", self.arg(request, b"uuid"))
+            pending = self.admit(request, serial)
 
             def work() -> str:
-                versioned, _ = prov.first_contact(serial)
+                versioned, _ = prov.first_contact(serial, pending=pending)
+                _refuse_pending(versioned.host)
                 flow = prov.flow_of(versioned.host)
                 if flow.installer_template is None:
                     raise HttpError(
@@ -553,9 +623,11 @@ class ScriptResource(_Base):
         def handle() -> bytes | int:
             prov = self.api.provisioner
             serial = self.path_serial(request)
+            pending = self.admit(request, serial)
 
             def work() -> tuple[str, str]:
-                versioned, _ = prov.first_contact(serial)
+                versioned, _ = prov.first_contact(serial, pending=pending)
+                _refuse_pending(versioned.host)
                 flow = prov.flow_of(versioned.host)
                 if flow.script_template is None:
                     raise HttpError(http.NOT_FOUND, f"flow {flow.name} of this host has no script")
@@ -715,6 +787,10 @@ class AdminResource(_Base):
                 return self.respond(
                     request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), _accepted
                 )
+            if action == "approve":
+                return self.respond(
+                    request, lambda: _etagged(prov, prov.approve(serial, if_match)), _accepted
+                )
             payload = self.json_body(request)
             if action == "set_state":
                 state = payload.get("State")
@@ -741,6 +817,25 @@ class AdminResource(_Base):
                     _accepted,
                 )
             raise HttpError(http.NOT_FOUND, f"unknown action {action!r}")
+
+        return self.guarded(request, handle)
+
+    def render_DELETE(self, request: Request) -> bytes | int:
+        """``DELETE /admin/host/<serial>``: remove the record (address and slot freed); 202."""
+
+        def handle() -> bytes | int:
+            self.require_admin(request)
+            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
+            if len(path) != 2 or path[0] != "host":
+                raise HttpError(http.NOT_FOUND, "not found")
+            serial, if_match = path[1].lower(), _if_match(request)
+            prov = self.api.provisioner
+
+            def work() -> None:
+                removed = prov.remove(serial, if_match)
+                log.info("host {serial} removed by the admin API", serial=removed.serial)
+
+            return self.respond(request, work, _accepted)
 
         return self.guarded(request, handle)
 
@@ -786,8 +881,14 @@ class ProvisioningApi:
         max_json_depth: int = 32,
         config_exporter: Callable[[], str] | None = None,
         config_importer: Callable[[str], None] | None = None,
+        enrolment: EnrolmentGate | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.provisioner = provisioner
+        #: ``provision.enrolment`` (None: every first contact enrols, as mayu).
+        self.enrolment = enrolment
+        #: ``now`` for the enrolment gate (the reactor's ``seconds``).
+        self.clock = clock
         self.admin_token = admin_token or None
         self.run = run
         self.images = images

@@ -43,6 +43,7 @@ class Event(enum.Enum):
     BOOT_COMPLETE = "boot_complete"  # the installed OS booted
     MARK_FRESH = "mark_fresh"  # admin: reinstall from scratch
     SET_STATE = "set_state"  # admin: put the host in an explicit state
+    APPROVE = "approve"  # admin: a pending host may enrol (profile and address)
 
 
 class IllegalTransition(Exception):  # noqa: N818
@@ -54,7 +55,9 @@ class IllegalTransition(Exception):  # noqa: N818
         super().__init__(f"{event.value} is not allowed while the host is {state.value}")
 
 
-_ALL = tuple(HostState)
+#: Every state an enrolled host can be in; a ``pending`` host waits for an operator and
+#: only ``approve`` (or removal) moves it.
+_ALL = tuple(s for s in HostState if s is not S.PENDING)
 
 #: state -> event -> new state.  SET_STATE is handled by :func:`apply` (its target is data).
 TRANSITIONS: Mapping[Event, Mapping[HostState, HostState]] = MappingProxyType(
@@ -78,6 +81,7 @@ TRANSITIONS: Mapping[Event, Mapping[HostState, HostState]] = MappingProxyType(
             }
         ),
         Event.MARK_FRESH: MappingProxyType({s: S.CONFIGURED for s in _ALL}),
+        Event.APPROVE: MappingProxyType({S.PENDING: S.UNKNOWN}),
     }
 )
 
@@ -90,6 +94,7 @@ MESSAGES: Mapping[Event, str] = MappingProxyType(
         Event.BOOT_COMPLETE: "updated state to running",
         Event.MARK_FRESH: "host flagged as fresh",
         Event.SET_STATE: "updated host state",
+        Event.APPROVE: "host approved",
     }
 )
 
@@ -108,6 +113,9 @@ def next_state(state: HostState, event: Event, target: HostState | None = None) 
     if event is Event.SET_STATE:
         if target is None:
             raise ValueError("SET_STATE needs a target state")
+        if S.PENDING in (state, target):
+            # Only approve (which assigns profile and address) leaves pending.
+            raise IllegalTransition(state, event)
         return target
     new = TRANSITIONS[event].get(state)
     if new is None:

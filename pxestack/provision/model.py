@@ -33,10 +33,13 @@ class HostState(enum.Enum):
     INSTALLING = "installing"
     INSTALLED = "installed"
     RUNNING = "running"
+    #: Enrolment policy ``approve``: seen once, waiting for an operator; holds no address
+    #: and no profile slot (pxestack's addition; mayu had no such state).
+    PENDING = "pending"
 
     @classmethod
     def parse(cls, text: object) -> HostState:
-        """Strictly parse a state string: anything but the five names is an error.
+        """Strictly parse a state string: anything but the state names is an error.
 
         mayu's ``HostState`` unmarshaller refuses unknown strings instead of defaulting;
         a typo in a hand-edited conf.json must not silently mean "unknown".

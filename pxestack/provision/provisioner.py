@@ -33,7 +33,7 @@ from pxestack import __version__
 from pxestack.config.provision import ProfileConfig, ProvisionConfig, thaw
 from pxestack.provision import assign
 from pxestack.provision.flows import Flow, flow_for
-from pxestack.provision.machine import Event, apply
+from pxestack.provision.machine import MESSAGES, Event, apply, next_state
 from pxestack.provision.model import (
     VERSION_FIELDS,
     BadIdentity,
@@ -67,6 +67,18 @@ OS_NAMES = {
 
 class BadRequest(ValueError):  # noqa: N818 - the HTTP status it maps to
     """The request's content is not acceptable (HTTP 400)."""
+
+
+class PendingLimitReached(Exception):  # noqa: N818 - the HTTP status it maps to
+    """``provision.max_pending`` hosts already wait for approval (HTTP 503)."""
+
+
+#: The commit of a first contact under ``provision.enrolment: approve``.
+PENDING_MESSAGES = ("host created", "waiting for approval (no address, no profile)")
+#: The commit of ``approve``: what an enrolment assigns (mayu's texts).
+APPROVE_DETAILS = ENROL_MESSAGES[1:]
+#: The commit of ``remove`` (mayu's wording: ``<serial>: host removed``).
+REMOVE_MESSAGE = "host removed"
 
 
 def callback_key(
@@ -161,8 +173,24 @@ class Provisioner:
 
     # -- enrolment -------------------------------------------------------------------------
 
-    def first_contact(self, serial: str) -> tuple[Versioned, bool]:
-        """The record of *serial*, enrolling the machine when it is new (mayu.md §2)."""
+    def first_contact(self, serial: str, *, pending: bool = False) -> tuple[Versioned, bool]:
+        """The record of *serial*, enrolling the machine when it is new (mayu.md §2).
+
+        With *pending* a new machine is recorded as ``pending`` instead: no address, no
+        profile, no machine ID, until :meth:`approve`; at most ``max_pending`` such records
+        exist (:class:`PendingLimitReached`).
+        """
+
+        def make_pending(existing: Sequence[Host]) -> Host:
+            waiting = sum(1 for host in existing if host.state is HostState.PENDING)
+            if waiting >= self.config.max_pending:
+                raise PendingLimitReached(
+                    f"{waiting} hosts already wait for approval (provision.max_pending)"
+                )
+            return Host(serial=serial, state=HostState.PENDING)
+
+        if pending:
+            return self.store.enrol(serial, make_pending, PENDING_MESSAGES)
 
         def make(existing: Sequence[Host]) -> Host:
             try:
@@ -177,6 +205,32 @@ class Provisioner:
                 raise BadRequest(str(exc)) from None
 
         return self.store.enrol(serial, make, ENROL_MESSAGES)
+
+    def approve(self, serial: str, if_match: str | None = None) -> Host:
+        """Enrol a ``pending`` host: profile, address and machine ID, one commit (409 else)."""
+
+        def change(host: Host) -> tuple[Host, str, Sequence[str]]:
+            next_state(host.state, Event.APPROVE)
+            # update() holds the store lock, so the claim sees every other host exactly.
+            others = [h for h in self.store.hosts() if h.serial != serial]
+            try:
+                made = assign.new_host(
+                    serial,
+                    others,
+                    self.config,
+                    random_bytes=self.random_bytes,
+                    default_token=self.store.default_etcd_token,
+                )
+            except assign.AddressPoolExhausted as exc:
+                raise BadRequest(str(exc)) from None
+            approved = made.evolve(extra=host.extra, mac_addresses=host.mac_addresses)
+            return approved, MESSAGES[Event.APPROVE], APPROVE_DETAILS
+
+        return self.store.update(serial, change, if_match=if_match).host
+
+    def remove(self, serial: str, if_match: str | None = None) -> Host:
+        """Delete *serial*'s record: its address and profile slot are free again; one commit."""
+        return self.store.remove(serial.lower(), REMOVE_MESSAGE, if_match=if_match).host
 
     # -- machine callbacks -----------------------------------------------------------------
 
@@ -517,6 +571,9 @@ class Provisioner:
         context = self.context(host)
         if not identified:
             return self.templates.render("ipxe/chain.ipxe.j2", context)
+        if host is not None and host.state is HostState.PENDING:
+            # Waiting for an operator: sleep, then ask again (the machine keeps retrying).
+            return self.templates.render("ipxe/pending.ipxe.j2", self.context(None))
         flow = self.flow_of(host)
         if (
             host is not None
@@ -526,7 +583,9 @@ class Provisioner:
             return self.templates.render("ipxe/localboot.ipxe.j2", context)
         return self.templates.render(flow.boot_template, context)
 
-    def boot_host(self, serial: str | None, uuid: str | None, mac: str | None) -> Host | None:
+    def boot_host(
+        self, serial: str | None, uuid: str | None, mac: str | None, *, pending: bool = False
+    ) -> Host | None:
         """The host behind an iPXE request, enrolling it when its serial/UUID is new.
 
         The profile, and with it the OS flow, is chosen at enrolment, so a machine that
@@ -542,7 +601,7 @@ class Provisioner:
             identity = machine_identity(serial or "", uuid)
         except BadIdentity:
             return None
-        versioned, _created = self.first_contact(identity)
+        versioned, _created = self.first_contact(identity, pending=pending)
         return versioned.host
 
     def host_for_boot(self, serial: str | None, uuid: str | None, mac: str | None) -> Host | None:
@@ -602,10 +661,14 @@ def _short_str(value: object, name: str) -> str:
 
 
 __all__ = [
+    "APPROVE_DETAILS",
     "DEFAULT_INSTALL_DISK",
     "ENROL_MESSAGES",
     "OS_NAMES",
+    "PENDING_MESSAGES",
+    "REMOVE_MESSAGE",
     "BadRequest",
+    "PendingLimitReached",
     "Provisioner",
     "callback_key",
 ]

@@ -24,9 +24,12 @@ from twisted.python.threadpool import ThreadPool
 
 from pxestack.config import Config
 from pxestack.config.checks import admin_token, provision_base_url
+from pxestack.config.provision import ProvisionConfig
+from pxestack.dhcp.seen import DhcpSightings
 from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.metrics import MeteredHostStore, Metrics
 from pxestack.provision.api import ProvisioningApi
+from pxestack.provision.enrolment import EnrolmentGate, FirstContactLimiter
 from pxestack.provision.mayu_import import apply_mayu_text, export_mayu
 from pxestack.provision.policy import ProvisioningPolicy
 from pxestack.provision.provisioner import Provisioner, callback_key
@@ -125,6 +128,26 @@ def _base_url(config: Config) -> str:
     return url
 
 
+def enrolment_gate(prov: ProvisionConfig) -> tuple[DhcpSightings, EnrolmentGate]:
+    """The enrolment gate of ``provision.enrolment`` and the sightings it reads.
+
+    The :class:`DhcpSightings` goes to the DHCP service through
+    :attr:`Extensions.dhcp_sightings`; the DHCP service attaches its lease store (server) or
+    the PXE clients it answered (proxy) when it starts.
+    """
+    sightings = DhcpSightings()
+    gate = EnrolmentGate(
+        prov.enrolment,
+        sightings=sightings,
+        window=prov.enrolment_window,
+        limiter=FirstContactLimiter(prov.first_contact_rate),
+    )
+    log.info(
+        "enrolment of new machines: {mode} (provision.enrolment)", mode=prov.enrolment
+    )
+    return sightings, gate
+
+
 def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extensions:
     """Build the provisioning layer for *config* (``config.provision`` must be set)."""
     prov = config.provision
@@ -174,6 +197,8 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         images = AssetResource(Path(prov.images_dir), reactor=reactor)
         # The images have their own AssetStats (the site's cover only the asset root).
         metrics.watch_asset_stats(images.stats, prefix="images/")
+    clock = (reactor if reactor is not None else _default_reactor()).seconds
+    sightings, gate = enrolment_gate(prov)
     api = ProvisioningApi(
         provisioner,
         admin_token=admin_token,
@@ -184,6 +209,8 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         max_json_depth=prov.api.max_json_depth,
         config_exporter=lambda: export_mayu(provisioner.config),
         config_importer=import_config,
+        enrolment=gate,
+        clock=clock,
     )
     return Extensions(
         boot_policy=ProvisioningPolicy(provisioner, installed_boot=prov.installed_boot),
@@ -191,7 +218,8 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         http_children=api.children(),
         services=[ProvisioningService(store, pool, prov.git_retry_interval, reactor)],
         metrics=metrics,
+        dhcp_sightings=sightings,
     )
 
 
-__all__ = ["MAYU_CONFIG_FILE", "ProvisioningService", "provisioning_extensions"]
+__all__ = ["MAYU_CONFIG_FILE", "ProvisioningService", "enrolment_gate", "provisioning_extensions"]

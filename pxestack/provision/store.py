@@ -152,6 +152,11 @@ class HostStore(Protocol):
     def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
         """Apply *change* atomically; raise :class:`HostNotFound` / :class:`PreconditionFailed`."""
 
+    def remove(
+        self, serial: str, message: str, *, if_match: str | None = None
+    ) -> Versioned:
+        """Delete *serial*'s record (one commit, *message*); returns the record removed."""
+
     def history(self, serial: str, limit: int = 100) -> list[HistoryEntry]:
         """The audit entries of *serial*, newest first."""
 
@@ -759,6 +764,30 @@ class FileHostStore:
                 return current
             return self._write(host, message, details)
 
+    def remove(
+        self, serial: str, message: str, *, if_match: str | None = None
+    ) -> Versioned:
+        """See :meth:`HostStore.remove`: the record file goes, then its empty directory."""
+        with self._lock:
+            current = self._load(serial)
+            if current is None:
+                raise HostNotFound(serial)
+            if if_match is not None and if_match.strip() not in ("*", current.etag):
+                raise PreconditionFailed(current.etag)
+            self._writable()
+            directory = self.root / serial
+            (directory / HOST_FILE).unlink()
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # files an operator put beside conf.json stay
+            fsync_dir(self.root)
+            self._cache.pop(serial, None)
+            self.problems.pop(serial, None)
+            for mac in [m for m, s in self._mac_index.items() if s == serial]:
+                del self._mac_index[mac]
+            if self.audit is not None:
+                self.audit.commit(f"{serial}: {message}", [f"{serial}/{HOST_FILE}"])
+            return current
+
     def write_cluster_file(self, name: str, data: bytes, message: str) -> None:
         """Write a cluster-level file (e.g. ``mayu-config.yaml``) atomically and commit it."""
         if "/" in name or name.startswith(".") or name == CLUSTER_FILE:
@@ -861,6 +890,28 @@ class InMemoryHostStore:
                 raise PreconditionFailed(current.etag)
             host, message, details = change(current.host)
             return self._put(host, "\n\n".join([message, *details]))
+
+    def remove(
+        self, serial: str, message: str, *, if_match: str | None = None
+    ) -> Versioned:
+        """See :meth:`HostStore.remove`."""
+        with self._lock:
+            current = self._hosts.get(serial)
+            if current is None:
+                raise HostNotFound(serial)
+            if if_match is not None and if_match.strip() not in ("*", current.etag):
+                raise PreconditionFailed(current.etag)
+            del self._hosts[serial]
+            self._history.setdefault(serial, []).insert(
+                0,
+                HistoryEntry(
+                    commit=f"{len(self._history.get(serial, [])):040x}",
+                    time=datetime.fromtimestamp(self.clock(), UTC),
+                    author="pxestack",
+                    message=f"{serial}: {message}",
+                ),
+            )
+            return current
 
     def history(self, serial: str, limit: int = 100) -> list[HistoryEntry]:
         """See :meth:`HostStore.history`."""

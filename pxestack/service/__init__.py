@@ -37,6 +37,10 @@ class Extensions:
     #: The :class:`pxestack.metrics.Metrics` every server reports to (made when None);
     #: served at ``/metrics`` by the HTTP service.
     metrics: Any = None
+    #: A :class:`pxestack.dhcp.seen.DhcpSightings` the DHCP service attaches its lease
+    #: store (server) or the clients it answered (proxy) to, so that a higher layer can
+    #: ask what pxestack's DHCP saw recently (``provision.enrolment: dhcp-seen``).
+    dhcp_sightings: Any = None
 
 
 class PxeStackService(service.MultiService):

@@ -44,6 +44,7 @@ from pxestack.dhcp.protocol import (
     RawUnicastSender,
 )
 from pxestack.dhcp.proxy import ProxyDhcpCore
+from pxestack.dhcp.seen import DhcpSightings, LeaseSightings, NeighbourLookup, ProxySightings
 from pxestack.dhcp.server import (
     EVENT_KINDS,
     DhcpServerCore,
@@ -53,7 +54,12 @@ from pxestack.dhcp.server import (
     SubnetSettings,
 )
 from pxestack.errors import ApiMisuse
-from pxestack.netif import InterfaceError, interface_for_address, lookup_interface
+from pxestack.netif import (
+    InterfaceError,
+    interface_for_address,
+    lookup_interface,
+    neighbour_mac,
+)
 from pxestack.service.ports import UdpPortService
 from pxestack.wire import constants as c
 
@@ -213,6 +219,8 @@ class DhcpService(service.MultiService):
         frame_senders: FrameSenderFactory | None = None,
         lookup: Any = None,
         metrics: Any = None,
+        sightings: DhcpSightings | None = None,
+        neighbour: NeighbourLookup | None = None,
     ) -> None:
         super().__init__()
         if config.dhcp is None:
@@ -232,6 +240,10 @@ class DhcpService(service.MultiService):
         self.protocols: list[DhcpServerProtocol | ProxyDhcpProtocol] = []
         #: A :class:`pxestack.metrics.Metrics` to report packets and leases to, or None.
         self.metrics = metrics
+        #: Where the lease store (server) or the clients answered (proxy) are published
+        #: for the layers above, or None.
+        self.sightings = sightings
+        self._neighbour = neighbour or neighbour_mac
         self._senders: list[Any] = []
         self._prepared = False
 
@@ -342,6 +354,8 @@ class DhcpService(service.MultiService):
         )
         timer = DeadlineTimer(core, self.reactor)
         self.core, self.store, self.journal, self.timer = core, store, journal, timer
+        if self.sightings is not None:
+            self.sightings.attach(LeaseSightings(store))
         for info, device in interfaces:
             frames = None
             if device is not None and self.dhcp.raw_replies:
@@ -362,12 +376,18 @@ class DhcpService(service.MultiService):
     def _prepare_proxy(
         self, interfaces: list[tuple[InterfaceInfo, str | None]], host: str, port: int
     ) -> None:
+        # A proxy hands out no address: it notes the MACs it answered, and the layers above
+        # map a request's source address to a MAC through the kernel's neighbour table.
+        seen = ProxySightings(self._neighbour) if self.sightings is not None else None
+        if seen is not None and self.sightings is not None:
+            self.sightings.attach(seen)
         for info, device in interfaces:
             core = ProxyDhcpCore(
                 boot_defaults(self.config, info.address),
                 self.policy,
                 relays=self.dhcp.relays,
                 proxy_port=self.dhcp.proxy_port or c.PXE_PROXY_PORT,
+                sightings=seen,
             )
             self.proxy_cores.append(core)
             ports = [port]
@@ -441,7 +461,10 @@ def build_dhcp_services(
         raise ApiMisuse("build_dhcp_services called without a dhcp: section")
     policy = getattr(ext, "boot_policy", None) or StaticBootPolicy()
     services: list[service.IService] = [
-        DhcpService(config, policy, reactor=reactor, metrics=getattr(ext, "metrics", None))
+        DhcpService(
+            config, policy, reactor=reactor, metrics=getattr(ext, "metrics", None),
+            sightings=getattr(ext, "dhcp_sightings", None),
+        )
     ]
     advertisements = config.dhcp.router_advertisements
     if advertisements.enabled:

@@ -185,7 +185,8 @@ class Lifecycle(RuleBasedStateMachine):
             assert allowed
             assert self.host.state is TRANSITIONS[event][before]
 
-    @rule(state=st.sampled_from(list(HostState)))
+    # pending is left only through approve (it assigns an address): not a set_state target.
+    @rule(state=st.sampled_from([s for s in HostState if s is not HostState.PENDING]))
     def set_state(self, state):
         self.host = apply(self.host, Event.SET_STATE, now=NOW, target=state).host
         assert self.host.state is state

@@ -338,6 +338,10 @@ def pxestack_config(
             "kernel_args": ["console=ttyS0", "quiet", "panic=5",
                             "pxestack.final=final-ignition-config.json"],
             "api": {"token": ADMIN_TOKEN},
+            # provision.enrolment stays at its default, dhcp-seen: in server mode the
+            # machines' addresses are pxestack's leases; in proxy mode the proxy answered
+            # their MACs and the kernel's ARP table on the shared bridge maps the address
+            # the site's dnsmasq gave them back to that MAC.
             **({"profiles": profiles} if profiles else {}),
         },
     }
