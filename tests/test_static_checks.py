@@ -68,23 +68,6 @@ CITATION_EXEMPT_DIRS = ("docs/history",)
 TEXT_SUFFIXES = {".py", ".md", ".j2", ".yaml", ".yml", ".sh", ".tac", ".txt", ".toml", ".cfg",
                  ".ini", ".json", ".ipxe"}
 
-#: Files still carrying old citations because they were being changed elsewhere at the time
-#: this check was added.  Remove each entry once its citations are replaced; the list is
-#: meant to become empty.
-PENDING = {
-    "pxestack/provision/api.py",
-    "pxestack/provision/assign.py",
-    "pxestack/provision/flows.py",
-    "pxestack/provision/ignition.py",
-    "pxestack/provision/images.py",
-    "pxestack/provision/machine.py",
-    "pxestack/provision/model.py",
-    "pxestack/provision/provisioner.py",
-    "pxestack/provision/store.py",
-    "pxestack/provision/templates.py",
-}
-
-
 def _citation_scope_files() -> list[Path]:
     files: list[Path] = []
     for entry in CITATION_SCOPE:
@@ -103,8 +86,6 @@ def test_no_citations_of_files_outside_the_repository() -> None:
     hits = []
     for path in _citation_scope_files():
         relative = path.relative_to(ROOT).as_posix()
-        if relative in PENDING:
-            continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             for pattern in FORBIDDEN_CITATIONS:
                 match = pattern.search(line)
@@ -112,11 +93,6 @@ def test_no_citations_of_files_outside_the_repository() -> None:
                     hits.append(f"{relative}:{number}: {match.group(0)!r} in {line.strip()!r}")
     assert not hits, "state the reason in place or point into docs/reference/:\n" + "\n".join(
         hits)
-
-
-def test_pending_citation_allow_list_names_existing_files() -> None:
-    missing = sorted(p for p in PENDING if not (ROOT / p).is_file())
-    assert not missing, missing
 
 
 _MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -1,6 +1,6 @@
 """twisted.web resources: mayu's machine-facing endpoints and admin API over a Provisioner.
 
-Paths, methods, bodies and status codes are mayu's (mayu.md §5, §14) so that existing
+Paths, methods, bodies and status codes are mayu's (reference/mayu.md) so that existing
 installers, scripts and ``mayuctl`` keep working:
 
 ==========================================  ====================================================
@@ -106,7 +106,8 @@ class HttpError(Exception):
 def json_too_deep(text: str, limit: int) -> bool:
     """Whether *text* nests arrays/objects deeper than *limit* (checked before parsing).
 
-    bad-inputs S8: a deeply nested body must not reach the recursive parser.
+    A deeply nested body must not reach the recursive parser, which recurses once per
+    level: a few kilobytes of brackets would exhaust its stack.
     """
     depth = 0
     in_string = False
@@ -645,7 +646,7 @@ class ScriptResource(_Base):
 
 
 #: ``/images/.../<name>`` -> file names in ``<images_dir>/<version>/`` for Flatcar, newest
-#: naming first (Flatcar's, then CoreOS's as mayu's caches have them; mayu.md §5.3).  The
+#: naming first (Flatcar's, then CoreOS's as mayu's caches have them; reference/mayu.md).  The
 #: other flows' names are in :mod:`pxestack.provision.flows`.
 IMAGE_FILES = FLATCAR_IMAGE_FILES
 
@@ -700,7 +701,7 @@ class ImagesResource(_Base):
 
 # -- admin -----------------------------------------------------------------------------------
 
-#: ``PUT /admin/host/<serial>/<action>`` setters: action -> JSON field (mayu.md §5.2, §14).
+#: ``PUT /admin/host/<serial>/<action>`` setters: action -> JSON field (reference/mayu.md).
 FIELD_SETTERS = {
     "set_metadata": "FleetMetadata",
     "set_provider_id": "ProviderId",

@@ -1,4 +1,4 @@
-"""Pure enrolment decisions: which profile, which address, which machine ID (mayu.md §2, §3.2).
+"""Pure enrolment decisions: which profile, which address, which machine ID (mayu's rules).
 
 Nothing here touches the disk or a lock; the store calls these functions while it holds the
 enrolment lock, with the complete list of existing hosts, so the results are exact under
@@ -15,7 +15,7 @@ from types import MappingProxyType
 from pxestack.config.provision import IPRange, ProfileConfig, ProvisionConfig
 from pxestack.provision.model import Host, HostState
 
-#: The profile a machine gets when every configured profile is full (mayu.md §2).
+#: The profile a machine gets when every configured profile is full (reference/mayu.md).
 DEFAULT_PROFILE = "default"
 
 

@@ -1,7 +1,7 @@
 """A structural validator for Ignition configs of spec 3.0.0 to 3.5.0.
 
 mayu decoded its rendered Ignition into typed Go structs and silently dropped every key that
-did not match (mayu.md §8.3: ``command: start`` in a unit, ``wipeFileSystem`` for
+did not match (in mayu's templates: ``command: start`` in a unit, ``wipeFileSystem`` for
 ``wipeFilesystem``), so a typo produced a machine without the unit.  pxestack checks every
 config it renders against the spec of the version the config declares, and refuses it with
 the JSON path of the first problem:

@@ -1,6 +1,6 @@
 """The OS image cache: kernels, initrds and install images per OS and version, with checksums.
 
-Layout (compatible with mayu's images cache, mayu.md §5.3, so the ``/images/`` endpoint and
+Layout (compatible with mayu's images cache, so the ``/images/`` endpoint and
 mayu's fetch scripts keep working)::
 
     <dir>/<version>/flatcar_production_pxe.vmlinuz          Flatcar and CoreOS Container

@@ -1,6 +1,6 @@
 """The host lifecycle as a transition table (h11 style: everything that changes state is here).
 
-States are mayu's (mayu.md §4)::
+States are mayu's (reference/mayu.md)::
 
     (first contact) -> unknown --host data--> installing --set_installed--> installed
                                                    \\                          |
@@ -85,7 +85,7 @@ TRANSITIONS: Mapping[Event, Mapping[HostState, HostState]] = MappingProxyType(
     }
 )
 
-#: mayu's commit message texts (mayu.md §7), after the ``<serial>: `` prefix.
+#: mayu's commit message texts (reference/mayu.md), after the ``<serial>: `` prefix.
 MESSAGES: Mapping[Event, str] = MappingProxyType(
     {
         Event.HOST_DATA: "updated host state to installing",
@@ -131,7 +131,7 @@ def apply(
     target: HostState | None = None,
     versions: Mapping[str, str] | None = None,
 ) -> Outcome:
-    """Apply *event* to *host* with its side effects (mayu.md §4's table).
+    """Apply *event* to *host* with its side effects (mayu's transition table).
 
     * ``set_state configured`` means "reinstall, keep disk data" (``KeepDiskData`` true);
       ``mark_fresh`` means "reinstall from scratch" (``KeepDiskData`` false).

@@ -1,7 +1,7 @@
 """The host record, its state and machine identity, in mayu's on-disk format.
 
 A :class:`Host` is one ``<cluster-dir>/<serial>/conf.json``.  Field names on disk are mayu's
-(Go style, capitalised; mayu.md §3.2) so that existing cluster directories, scripts that
+(Go style, capitalised) so that existing cluster directories, scripts that
 read them and ``mayuctl`` keep working.  Keys pxestack does not know are kept verbatim in
 :attr:`Host.extra` and written back, so a newer or older writer's fields survive.
 
@@ -80,7 +80,7 @@ def normalize_mac(value: object) -> str:
 
 _SERIAL_CHARS = re.compile(r"[a-z0-9][a-z0-9._:+-]{0,127}")
 #: Serials that firmware reports when the vendor never set one, so they are not unique
-#: (mayu.md §13.5, mayu PR #122).  Compared after lower-casing and trimming.
+#: (mayu refused the same list).  Compared after lower-casing and trimming.
 KNOWN_BAD_SERIALS = frozenset(
     {
         "",
@@ -117,7 +117,7 @@ def sanitize_serial(raw: object) -> str:
     """The directory name for a serial: lower-cased, spaces as ``-`` (as mayu's collector).
 
     The result is used as a path component, a git path and in scripts, so it must match
-    ``[a-z0-9][a-z0-9._:+-]*`` and be at most 128 characters (bad-inputs D7: no NUL, ``/``,
+    ``[a-z0-9][a-z0-9._:+-]*`` and be at most 128 characters (no NUL, ``/``,
     ``..``, non-ASCII, leading dot).  Anything else raises :class:`BadIdentity`.
     """
     if not isinstance(raw, str):
@@ -175,7 +175,7 @@ VERSION_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class Host:
-    """One machine's record (mayu.md §3.2 field by field; JSON names in the comments)."""
+    """One machine's record (reference/mayu.md; JSON names in the comments)."""
 
     serial: str  # Serial (lower-cased; also the directory name)
     machine_id: str = ""  # MachineID: 32 lower-case hex digits
@@ -255,7 +255,7 @@ class Host:
         """Parse a conf.json object; :class:`InvalidHostRecord` names the bad field.
 
         *directory* (the record's directory name) wins over a missing or differently cased
-        ``Serial``: the directory is the key (mayu.md §3.1).
+        ``Serial``: the directory is the key, as in mayu.
         """
         if not isinstance(data, Mapping):
             raise InvalidHostRecord("(record)", "is not a JSON object")

@@ -46,7 +46,7 @@ from pxestack.provision.model import (
 from pxestack.provision.store import PRIVATE_DIR, HostStore, Versioned, atomic_write
 from pxestack.provision.templates import Templates
 
-#: mayu's commit messages for an enrolment (mayu.md §7), recorded as one commit.
+#: mayu's commit messages for an enrolment (reference/mayu.md), recorded as one commit.
 ENROL_MESSAGES = (
     "host created",
     "updated host InternalAddr",
@@ -174,7 +174,7 @@ class Provisioner:
     # -- enrolment -------------------------------------------------------------------------
 
     def first_contact(self, serial: str, *, pending: bool = False) -> tuple[Versioned, bool]:
-        """The record of *serial*, enrolling the machine when it is new (mayu.md §2).
+        """The record of *serial*, enrolling the machine when it is new.
 
         With *pending* a new machine is recorded as ``pending`` instead: no address, no
         profile, no machine ID, until :meth:`approve`; at most ``max_pending`` such records
@@ -395,7 +395,7 @@ class Provisioner:
         return f"{self.base_url}/images/{quote(host.serial, safe='')}"
 
     def context(self, host: Host | None) -> dict[str, Any]:
-        """The template context (mayu's names; mayu.md §8.2-8.3), built fresh per render.
+        """The template context (mayu's names), built fresh per render.
 
         ``TemplatesEnv`` = ``templates_env`` < profile ``templates_env`` < host ``Overrides``
         merged into a new dict every time (mayu merged into the global map, so one host's
@@ -511,7 +511,7 @@ class Provisioner:
         }
 
     def os_version(self, host: Host | None) -> str:
-        """Override > host > profile > ``default_os_version`` (mayu.md §5.1 images)."""
+        """Override > host > profile > ``default_os_version``, as in mayu."""
         if host is not None and host.os_version:
             return host.os_version
         return self.config.default_os_version

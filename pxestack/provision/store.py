@@ -1,17 +1,17 @@
 """Host storage: one ``conf.json`` per machine, written atomically, audited in git.
 
-:class:`HostStore` is the seam (ARCHITECTURE.md "Storage behind one interface").  Two
+:class:`HostStore` is the seam: the provisioning code sees only that interface.  Two
 implementations:
 
-* :class:`FileHostStore` keeps mayu's layout (mayu.md §3.1): ``<cluster-dir>/cluster.json``
+* :class:`FileHostStore` keeps mayu's layout: ``<cluster-dir>/cluster.json``
   and ``<cluster-dir>/<serial>/conf.json``; with a :class:`GitAudit` the cluster directory is
   a git repository and every change is one commit named ``<serial>: <what changed>``.
 * :class:`InMemoryHostStore` for tests and benchmarks.
 
 Rules the file store keeps:
 
-* **Atomic writes** (bad-inputs S2): temp file in the same directory, ``fsync``,
-  ``os.replace``, ``fsync`` of the directory.  A reader never sees a torn conf.json, even
+* **Atomic writes**: temp file in the same directory, ``fsync``, ``os.replace``, ``fsync``
+  of the directory.  A reader never sees a torn conf.json, even
   after ``kill -9`` or power loss.  mayu truncated and rewrote in place.
 * **Hand edits are picked up**: every lookup compares the file's (mtime, size, inode) with
   the cached copy and re-reads it when they differ (mayu re-scanned on every lookup too).
@@ -176,7 +176,7 @@ def etag_of(data: bytes) -> str:
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> os.stat_result:
     """Write *data* to *path* so that readers see the old or the new bytes, never a mix.
 
-    temp file + fsync + os.replace + fsync(dir) (bad-inputs S2).  Returns the new file's stat.
+    temp file + fsync + os.replace + fsync(dir).  Returns the new file's stat.
     """
     directory = path.parent
     tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -228,7 +228,7 @@ def _lock_holders(path: Path) -> list[int]:
 
 
 class GitAudit:
-    """The cluster directory as a git repository; one commit per change (mayu.md §7).
+    """The cluster directory as a git repository; one commit per change (reference/mayu.md).
 
     Failures never stop auditing silently (mayu issue #53, "cluster git repo silently stopped
     being updated"): a failed commit is logged at error level with the reason, :meth:`health`
@@ -346,7 +346,7 @@ class GitAudit:
         """Commit pending changes; ``True`` when nothing is left pending.
 
         With nothing queued it checks the work tree (a full ``git status``) so that hand
-        edits and changes written just before an unclean stop are committed too (S5).
+        edits and changes written just before an unclean stop are committed too.
         A damaged repository is never written to: it stays as the operator will find it.
         """
         if self.broken is not None:
@@ -573,7 +573,7 @@ class FileHostStore:
             if created:
                 self._cluster = self._create_cluster()
             if self.audit is not None:
-                # Changes written before an unclean stop but not yet committed (S5).
+                # Commit what an unclean stop left written but not yet committed.
                 self.audit.retry()
         self._scan()
 

@@ -16,9 +16,9 @@ chosen by the template's file name:
   must parse as YAML; a document starting with ``#cloud-config`` must be a mapping.
 
 So a template that forgets to escape fails loudly on hostile data instead of injecting it
-(bad-inputs W2).  Templates are looked up in ``provision.templates_dir`` first, then in the
-shipped ``pxestack/provision/templates``; ``snippets/<name>`` resolves in
-``provision.snippets_dir`` first, then in the shipped snippets (mayu's snippets directory).
+(a host record holds whatever a machine sent).  Templates are looked up in
+``provision.templates_dir`` first, then in the shipped ``pxestack/provision/templates``;
+``snippets/<name>`` resolves in ``provision.snippets_dir`` first, then in the shipped snippets (mayu's snippets directory).
 """
 
 from __future__ import annotations
