@@ -18,7 +18,8 @@ chosen by the template's file name:
 So a template that forgets to escape fails loudly on hostile data instead of injecting it
 (a host record holds whatever a machine sent).  Templates are looked up in
 ``provision.templates_dir`` first, then in the shipped ``pxestack/provision/templates``;
-``snippets/<name>`` resolves in ``provision.snippets_dir`` first, then in the shipped snippets (mayu's snippets directory).
+``snippets/<name>`` resolves in ``provision.snippets_dir`` first, then in the shipped
+snippets (mayu's snippets directory).
 """
 
 from __future__ import annotations
