@@ -358,7 +358,15 @@ class GatedChannel(http.HTTPChannel):
         return str(getattr(peer, "host", peer))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Release this connection's slot in the gate, then let twisted.web clean up."""
+        """Release this connection's slot in the gate, then let twisted.web clean up.
+
+        A TLS failure (a client certificate that does not verify, a client that does not
+        trust the server, a client speaking plain HTTP to the TLS port) is logged.
+        """
+        error = getattr(reason, "value", None)
+        if error is not None and type(error).__module__.startswith("OpenSSL"):
+            log.info("TLS with {client} failed, connection closed: {error}",
+                     client=self._peer_host(), error=str(error)[:300])
         self._end_head()
         if self._linger_timer is not None and self._linger_timer.active():
             self._linger_timer.cancel()

@@ -238,8 +238,10 @@ def test_a_client_certificate_authenticates_as_its_subject(server: Server) -> No
     assert [host["Serial"] for host in json.loads(body)] == [SERIAL]
     # A certificate from another CA fails the handshake.
     stranger = TestCa(server.ca.directory / "other").client("mallory")
+    mark = len(server.log_text())
     with pytest.raises((ssl.SSLError, ConnectionError)):
         python_request(server, "GET", "/admin/hosts", client=stranger)
+    server.wait_for_log("TLS with 127.0.0.1 failed", start=mark)
 
 
 def test_a_trusted_network_needs_no_token_and_is_logged(server: Server) -> None:
