@@ -145,7 +145,9 @@ class AdminClient:
     """Talks to the admin API at *server* (``http://host:port``, or ``https://``).
 
     *token*, when given, is sent as ``Authorization: Bearer`` (RFC 6750 §2.1) with every
-    request.  *cafile* names extra CA certificates for ``https`` servers.
+    request.  *cafile* names the CA certificates to trust for ``https`` servers (default:
+    the system's); *certfile* and *keyfile* are a client certificate to present (the key
+    may be in *certfile*), which the server maps to the actor ``cert:<subject>``.
     """
 
     def __init__(
@@ -155,16 +157,28 @@ class AdminClient:
         token: str | None = None,
         timeout: float = 30.0,
         cafile: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(server)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise CtlUsageError(f"--server {server!r} is not an http:// or https:// URL")
+        if (certfile or keyfile) and parsed.scheme != "https":
+            raise CtlUsageError("--cert-file/--key-file need an https:// server")
+        if keyfile and not certfile:
+            raise CtlUsageError("--key-file needs --cert-file")
         self.server = server.rstrip("/")
         self.token = token
         self.timeout = timeout
         handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
         if parsed.scheme == "https":
-            context = ssl.create_default_context(cafile=cafile)
+            try:
+                context = ssl.create_default_context(cafile=cafile)
+                if certfile:
+                    context.load_cert_chain(certfile, keyfile)
+            except (OSError, ssl.SSLError) as exc:
+                raise CtlUsageError(f"cannot use --ca-file/--cert-file/--key-file: {exc}") \
+                    from None
             handlers.append(urllib.request.HTTPSHandler(context=context))
         # ProxyHandler({}) ignores http_proxy: the admin API is on the local network.
         handlers.append(urllib.request.ProxyHandler({}))
@@ -457,7 +471,8 @@ def make_client(args: argparse.Namespace, *, fallback_server: str | None = None,
     """The client for ``--server`` > ``$PXESTACK_SERVER`` > *fallback_server* > default."""
     server = server_url(args, fallback_server)
     token = read_token(args, None if fallback_token else server) or fallback_token
-    return AdminClient(server, token=token, timeout=args.timeout, cafile=args.cacert)
+    return AdminClient(server, token=token, timeout=args.timeout, cafile=args.cacert,
+                       certfile=args.cert_file, keyfile=args.key_file)
 
 
 def fetch_hosts(client: AdminClient) -> list[dict[str, Any]]:
@@ -794,8 +809,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="output format (default table)")
     parser.add_argument("--timeout", type=float, default=argparse.SUPPRESS, metavar="SECONDS",
                         help="per-request timeout (default 30)")
-    parser.add_argument("--cacert", default=argparse.SUPPRESS, metavar="FILE",
-                        help="CA certificates to trust for an https:// server")
+    parser.add_argument("--ca-file", "--cacert", dest="cacert", default=argparse.SUPPRESS,
+                        metavar="FILE",
+                        help="CA certificates to trust for an https:// server (default: "
+                        "the system's)")
+    parser.add_argument("--cert-file", default=argparse.SUPPRESS, metavar="FILE",
+                        help="client certificate (PEM) to present to an https:// server")
+    parser.add_argument("--key-file", default=argparse.SUPPRESS, metavar="FILE",
+                        help="the client certificate's key (default: in --cert-file)")
 
 
 def register(subparsers: Any) -> None:
@@ -808,7 +829,8 @@ def register(subparsers: Any) -> None:
         "error, 2 usage error, 3 the host does not exist.",
     )
     _add_common(parser)
-    parser.set_defaults(server=None, token_file=None, output="table", timeout=30.0, cacert=None)
+    parser.set_defaults(server=None, token_file=None, output="table", timeout=30.0, cacert=None,
+                        cert_file=None, key_file=None)
     commands = parser.add_subparsers(dest="ctl_command", metavar="COMMAND", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str,

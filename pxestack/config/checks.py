@@ -20,9 +20,13 @@ import pwd
 import secrets
 import stat
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from pxestack.config._reader import Section
 from pxestack.errors import ConfigError, ConfigProblem
@@ -185,8 +189,28 @@ def _world_writable(path: Path) -> bool:
     return bool(mode & stat.S_IWOTH)
 
 
+def admin_listen_address(config: Config) -> str:
+    """The address the admin API is reachable at: ``http.admin_listen`` when it is set
+    (``/admin`` is refused on ``http.listen`` then), else ``http.listen``."""
+    http = config.http
+    if http is None:
+        return "127.0.0.1"
+    return (http.admin_listen or http.listen)[0]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def admin_token(config: Config, problems: list[ConfigProblem]) -> str | None:
-    """The ``/admin`` bearer token, or None when HTTP listens on loopback only."""
+    """The single ``/admin`` bearer token (named ``admin``), or None.
+
+    Without any way to authenticate (no token, no named ``tokens``, no ``client_ca_file``,
+    no ``trusted_networks``) the admin API must listen on loopback only.
+    """
     prov = config.provision
     if prov is None:
         return None
@@ -194,15 +218,115 @@ def admin_token(config: Config, problems: list[ConfigProblem]) -> str | None:
                        generated=prov.api.generate_token)
     if token:
         return token
-    host = config.http.listen[0] if config.http is not None else "127.0.0.1"
-    if not IPv4Address(host).is_loopback and prov.api.token_file is None:
+    api = prov.api
+    other_means = api.tokens or api.client_ca_file is not None or api.trusted_networks
+    host = admin_listen_address(config)
+    if not _is_loopback(host) and api.token_file is None and not other_means:
         # (A generated token_file that does not exist yet is created before serving.)
+        key = "http.admin_listen" if config.http is not None and config.http.admin_listen \
+            else "http.listen"
         problems.append(ConfigProblem(
             "provision.api.token",
-            f"is required because http.listen ({host}) is not loopback-only: "
-            "the admin API must not be open to the network",
+            f"is required because {key} ({host}) is not loopback-only: "
+            "the admin API must not be open to the network (or give provision.api.tokens, "
+            "client_ca_file or trusted_networks)",
         ))
     return None
+
+
+def admin_tokens(config: Config, problems: list[ConfigProblem]) -> dict[str, str]:
+    """Every admin bearer token by name: ``provision.api.token`` as ``admin`` plus the
+    named ``provision.api.tokens`` (each file checked like every token file)."""
+    found: dict[str, str] = {}
+    single = admin_token(config, problems)
+    if single:
+        found["admin"] = single
+    prov = config.provision
+    if prov is None:
+        return found
+    for index, entry in enumerate(prov.api.tokens):
+        token = read_token(f"provision.api.tokens[{index}].token", "", entry.token_file,
+                           problems)
+        if token:
+            if token in found.values():
+                problems.append(ConfigProblem(
+                    f"provision.api.tokens[{index}].token_file",
+                    "holds a token that another admin token already has: each name needs "
+                    "its own token, or the audit cannot tell who acted"))
+            else:
+                found[entry.name] = token
+    return found
+
+
+def _pem_problem(key: str, path: Path, what: str) -> ConfigProblem | None:
+    """A problem when *path* cannot be read (or is no PEM file at all)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return ConfigProblem(key, f"{path}: {exc.strerror or exc}")
+    if b"-----BEGIN" not in data:
+        return ConfigProblem(key, f"{path} holds no PEM {what}")
+    return None
+
+
+def tls_problems(config: Config, problems: list[ConfigProblem]) -> None:
+    """Check ``http.tls`` and ``provision.api.client_ca_file`` against the files.
+
+    The certificate and key must be readable PEM files, the key must belong to the
+    certificate and must not be readable by group or others; a client CA must parse.
+    """
+    http = config.http
+    tls = http.tls if http is not None else None
+    client_ca = config.provision.api.client_ca_file if config.provision is not None else None
+    if client_ca is not None:
+        if tls is None:
+            problems.append(ConfigProblem(
+                "provision.api.client_ca_file",
+                "client certificates need TLS: set http.tls (cert_file, key_file)"))
+        problem = _pem_problem("provision.api.client_ca_file", client_ca, "CA certificates")
+        if problem is None:
+            try:
+                x509.load_pem_x509_certificates(client_ca.read_bytes())
+            except (ValueError, OSError) as exc:
+                problem = ConfigProblem("provision.api.client_ca_file",
+                                        f"{client_ca} is not a PEM certificate list: {exc}")
+        if problem is not None:
+            problems.append(problem)
+    if tls is None:
+        return
+    cert_problem = _pem_problem("http.tls.cert_file", tls.cert_file, "certificate")
+    key_problem = _pem_problem("http.tls.key_file", tls.key_file, "private key")
+    for problem in (cert_problem, key_problem):
+        if problem is not None:
+            problems.append(problem)
+    with contextlib.suppress(OSError):
+        mode = tls.key_file.stat().st_mode
+        if mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
+            problems.append(ConfigProblem(
+                "http.tls.key_file", f"{tls.key_file} is readable or writable by group or "
+                f"others (mode {stat.S_IMODE(mode):04o}); chmod 600 it"))
+    if cert_problem is not None or key_problem is not None:
+        return
+    try:
+        certificate = x509.load_pem_x509_certificates(tls.cert_file.read_bytes())[0]
+    except (ValueError, OSError) as exc:
+        problems.append(ConfigProblem("http.tls.cert_file",
+                                      f"{tls.cert_file} is not a PEM certificate: {exc}"))
+        return
+    try:
+        key = serialization.load_pem_private_key(tls.key_file.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError, UnsupportedAlgorithm) as exc:
+        problems.append(ConfigProblem(
+            "http.tls.key_file", f"{tls.key_file} is not an unencrypted PEM private key: "
+            f"{exc}"))
+        return
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != certificate.public_key().public_bytes(
+            der, spki):
+        problems.append(ConfigProblem(
+            "http.tls.key_file", f"{tls.key_file} is not the key of the certificate in "
+            f"{tls.cert_file}"))
 
 
 def metrics_token(config: Config, problems: list[ConfigProblem]) -> str | None:
@@ -241,8 +365,9 @@ def serving_problems(config: Config, *, euid: int | None = None) -> list[ConfigP
     problems: list[ConfigProblem] = []
     if config.provision is not None:
         provision_base_url(config, problems)
-    admin_token(config, problems)
+    admin_tokens(config, problems)
     metrics_token(config, problems)
+    tls_problems(config, problems)
     dirs = [("state_dir", config.state_dir)]
     if config.provision is not None:
         dirs.append(("provision.cluster_dir", config.provision.cluster_dir))
@@ -277,7 +402,9 @@ def validate_for_serving(config: Config) -> None:
 __all__ = [
     "MIN_TOKEN_LENGTH",
     "RunAs",
+    "admin_listen_address",
     "admin_token",
+    "admin_tokens",
     "check_token",
     "create_token_file",
     "metrics_token",
@@ -285,6 +412,7 @@ __all__ = [
     "read_run_as",
     "read_token",
     "serving_problems",
+    "tls_problems",
     "validate_for_serving",
     "writable_by",
 ]

@@ -10,6 +10,16 @@ from pxestack.config.checks import check_token
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``http.tls``: the server certificate and key (PEM files, re-read on SIGHUP)."""
+
+    #: The certificate, optionally followed by its intermediate CA certificates.
+    cert_file: Path
+    #: The private key; not readable by group or others.
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConfig:
     """Settings of the HTTP service (boot scripts, assets, API)."""
 
@@ -39,6 +49,20 @@ class HttpConfig:
     metrics_token: str = ""
     #: A file holding that token (read at start-up; the alternative to ``metrics_token``).
     metrics_token_file: Path | None = None
+    #: Serve HTTPS with this certificate (on ``admin_listen`` when it is set, else on ``listen``).
+    tls: TlsConfig | None = None
+    #: A second listener for the admin API; ``/admin`` is then refused on ``listen``.
+    admin_listen: tuple[str, int] | None = None
+
+
+def read_tls(section: Section) -> TlsConfig | None:
+    """Validate ``http.tls: {cert_file, key_file}`` (absent: no TLS)."""
+    cert_file = section.path("cert_file")
+    key_file = section.path("key_file")
+    section.finish()
+    if cert_file is None or key_file is None:
+        return None
+    return TlsConfig(cert_file=cert_file, key_file=key_file)
 
 
 def read_http(section: Section) -> HttpConfig:
@@ -56,9 +80,14 @@ def read_http(section: Section) -> HttpConfig:
     if isinstance(pending_head_share, float) and pending_head_share > 1.0:
         section.problem("pending_head_share",
                         f"{pending_head_share} is a fraction of max_connections: at most 1")
+    tls = read_tls(section.mapping("tls")) if section.raw("tls") is not None else None
+    listen = section.listen("listen", ("0.0.0.0", 8080))
+    admin_listen = section.listen("admin_listen", None)
+    if admin_listen is not None and admin_listen == listen:
+        section.problem("admin_listen", "must differ from http.listen")
     config = HttpConfig(
         enabled=section.bool("enabled", True),
-        listen=section.listen("listen", ("0.0.0.0", 8080)),
+        listen=listen,
         public_url=public_url.rstrip("/") if public_url else None,
         assets_root=section.path("assets_root", None),
         max_connections=section.int("max_connections", 1024, minimum=1),
@@ -73,6 +102,8 @@ def read_http(section: Section) -> HttpConfig:
         sendfile=section.bool("sendfile", True),
         metrics_token=metrics_token,
         metrics_token_file=metrics_token_file,
+        tls=tls,
+        admin_listen=admin_listen,
     )
     section.finish()
     return config

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -155,6 +155,20 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedToken:
+    """One entry of ``provision.api.tokens``: an admin bearer token with a name for the audit."""
+
+    #: Who uses the token; the author of the audit commits made with it.
+    name: str
+    #: The file holding the token (at least 32 characters, mode 600).
+    token_file: Path
+
+
+#: Names of admin tokens: a word that is safe in a log line and in a git author.
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
 class ApiConfig:
     """Authentication and limits of the admin API and machine callbacks."""
 
@@ -168,6 +182,12 @@ class ApiConfig:
     accept_unauthenticated_callbacks: bool = False
     max_body_bytes: int = 1 << 20
     max_json_depth: int = 32
+    #: More admin tokens, each with its own name (the single ``token`` is named ``admin``).
+    tokens: tuple[NamedToken, ...] = ()
+    #: Source networks whose admin requests need no token (mayu's trust by placement).
+    trusted_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    #: CA certificates that client certificates on the TLS listener are verified against.
+    client_ca_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +409,33 @@ def _read_api(section: Section) -> ApiConfig:
     generate = section.bool("generate_token", False)
     if generate and token_file is None:
         section.problem("generate_token", "needs token_file: the file the token is kept in")
+    tokens: list[NamedToken] = []
+    for entry in section.sections("tokens"):
+        name = entry.str("name")
+        entry_file = entry.path("token_file")
+        entry.finish()
+        if name is None or entry_file is None:
+            continue
+        if not TOKEN_NAME.fullmatch(name):
+            entry.problem("name", f"{name!r} is not a name of letters, digits, '.', '_', '-' "
+                          "(at most 64 characters)")
+        elif name in [t.name for t in tokens] or (name == "admin" and (token or token_file)):
+            entry.problem("name", f"the token name {name!r} is used twice (the single "
+                          "provision.api.token is named 'admin')")
+        else:
+            tokens.append(NamedToken(name=name, token_file=entry_file))
+    networks: list[IPv4Network | IPv6Network] = []
+    for index, text in enumerate(section.str_list("trusted_networks")):
+        try:
+            networks.append(ip_network(text.strip()))
+        except ValueError:
+            section.problem(f"trusted_networks[{index}]",
+                            f"{text!r} is not a network in CIDR form with its host bits zero "
+                            "(for example 10.0.0.0/24 or 127.0.0.1/32)")
     api = ApiConfig(
+        tokens=tuple(tokens),
+        trusted_networks=tuple(networks),
+        client_ca_file=section.path("client_ca_file", None),
         token=token,
         token_file=token_file,
         generate_token=bool(generate),

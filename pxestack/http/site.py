@@ -51,7 +51,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -190,6 +190,8 @@ class GatedChannel(http.HTTPChannel):
     """
 
     on_close: Callable[[], None] | None = None
+    #: The listener that accepted the connection (:data:`MAIN_LISTENER`, :data:`ADMIN_LISTENER`).
+    listener = "main"
     #: The site whose gate admitted this channel (None for a channel built by hand).
     gate: AssetSite | None = None
     #: Admitted on a reserved slot: only :data:`RESERVED_SEGMENTS` may be asked for.
@@ -356,7 +358,15 @@ class GatedChannel(http.HTTPChannel):
         return str(getattr(peer, "host", peer))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        """Release this connection's slot in the gate, then let twisted.web clean up."""
+        """Release this connection's slot in the gate, then let twisted.web clean up.
+
+        A TLS failure (a client certificate that does not verify, a client that does not
+        trust the server, a client speaking plain HTTP to the TLS port) is logged.
+        """
+        error = getattr(reason, "value", None)
+        if error is not None and type(error).__module__.startswith("OpenSSL"):
+            log.info("TLS with {client} failed, connection closed: {error}",
+                     client=self._peer_host(), error=str(error)[:300])
         self._end_head()
         if self._linger_timer is not None and self._linger_timer.active():
             self._linger_timer.cancel()
@@ -598,6 +608,57 @@ class AssetSite(Site):
         )
 
 
+#: The role of ``http.listen``: every path.
+MAIN_LISTENER = "main"
+#: The role of ``http.admin_listen``: the listener the admin API is confined to.
+ADMIN_LISTENER = "admin"
+
+
+class _Closer(Protocol):
+    """Closes a connection at once (what a flooded gate answers under a TLS wrapper)."""
+
+    def connectionMade(self) -> None:
+        """Close without a word."""
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+
+class ListenerFactory(Factory):
+    """One listening port of an :class:`AssetSite`: its channels know which port took them.
+
+    Several ports share one site (one gate, one set of counters); the provisioning API
+    reads :func:`listener_of` to confine ``/admin`` to ``http.admin_listen``.
+    """
+
+    noisy = False
+
+    def __init__(self, site: AssetSite, role: str) -> None:
+        self.site = site
+        self.role = role
+
+    def doStart(self) -> None:
+        """Start the shared site (counted: it starts once for all its ports)."""
+        self.site.doStart()
+
+    def doStop(self) -> None:
+        """Stop the shared site once its last port stops."""
+        self.site.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+        """The site's channel, marked with this listener's role."""
+        built = self.site.buildProtocol(addr)
+        if built is None:
+            return _Closer()  # a wrapping (TLS) factory cannot take None
+        if isinstance(built, GatedChannel):
+            built.listener = self.role
+        return built
+
+
+def listener_of(request: http.Request) -> str:
+    """The role of the listener *request* arrived on (:data:`MAIN_LISTENER` by default)."""
+    return str(getattr(getattr(request, "channel", None), "listener", MAIN_LISTENER))
+
+
 class SiteRoot(Resource):
     """The root resource: mounted children first, then ``/assets/``, then bare asset paths."""
 
@@ -675,19 +736,23 @@ def build_site(
 
 
 __all__ = [
+    "ADMIN_LISTENER",
     "ASSETS_SEGMENT",
     "BODY_METHODS",
+    "MAIN_LISTENER",
     "RESERVED_SEGMENTS",
     "STATUS_SEGMENT",
     "AssetSite",
     "BoundedRequest",
     "GatedChannel",
+    "ListenerFactory",
     "RefusingProtocol",
     "SiteLimits",
     "SiteRoot",
     "build_site",
     "early_answer",
     "first_segment",
+    "listener_of",
     "redact_uri",
     "request_body_limit",
 ]

@@ -35,10 +35,19 @@ Enrolment: a request that would create a record (a first contact) passes the
 per-source rate), in the reactor thread and before any store work: 403 or 429 create
 nothing.  A ``pending`` host gets a wait-and-retry iPXE script and 403 elsewhere.
 
-Authentication (mayu had none):
+Authentication (mayu had none; it relied on where its API port listened, and TLS):
 
-* ``/admin`` needs ``Authorization: Bearer <provision.api.token>``; when no token is
-  configured the service refuses to start unless HTTP listens on loopback only.
+* ``/admin`` needs one of: ``Authorization: Bearer`` with an admin token (the single
+  ``provision.api.token``, named ``admin``, or one of the named ``provision.api.tokens``);
+  a client certificate verified against ``provision.api.client_ca_file`` on the TLS
+  listener (``cert:<subject>``); a source address in ``provision.api.trusted_networks``
+  (``trusted:<address>``, logged at info level).  A bearer token that matches no admin
+  token is refused, whatever the source address.  With none of these configured the
+  service refuses to start unless the admin API listens on loopback only, and then
+  ``/admin`` is open (``local:<address>``).  With ``http.admin_listen`` set, admin
+  requests on any other listener get 403 (machine callbacks are not admin requests).
+* The actor found is the author of every audit commit the request makes
+  (:func:`pxestack.provision.store.acting_as`) and is named in the request's log line.
 * Machine callbacks (host data, set_installed, boot_complete) need the per-host token that
   was rendered into that host's installer script and final config (``Authorization:
   Bearer`` or ``?token=``), or the admin token.  ``provision.api.accept_unauthenticated_callbacks``
@@ -60,7 +69,8 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import Any
 
 import yaml
@@ -72,12 +82,20 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
 from pxestack.errors import ConfigError
+from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
+from pxestack.http.tls import peer_subject
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
 from pxestack.provision.machine import Event, IllegalTransition
 from pxestack.provision.model import HostState
 from pxestack.provision.provisioner import BadRequest, PendingLimitReached, Provisioner
-from pxestack.provision.store import HostNotFound, PreconditionFailed, StoreError, StoreReadOnly
+from pxestack.provision.store import (
+    HostNotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreReadOnly,
+    acting_as,
+)
 from pxestack.provision.templates import TemplateRenderError
 
 log = Logger()
@@ -87,6 +105,27 @@ Runner = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
 
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
+#: The request attribute that carries the authenticated actor to :meth:`_Base.respond`.
+_ACTOR = "pxestack_actor"
+#: The name of the single ``provision.api.token`` in the audit.
+SINGLE_TOKEN_NAME = "admin"  # noqa: S105 - a name, not a secret
+
+
+def _loggable(request: Request) -> str:
+    """``METHOD /path`` for a log line: tokens redacted, control characters escaped, short."""
+    text = f"{request.method.decode('latin-1')} {redact_uri(request.uri)}"
+    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _client_host(request: Request) -> str:
+    return str(getattr(request.getClientAddress(), "host", "-"))
+
+
+def request_actor(request: Request) -> str | None:
+    """The actor :meth:`_Base.require_admin` or :meth:`_Base.require_machine` found."""
+    actor = getattr(request, _ACTOR, None)
+    return actor if isinstance(actor, str) else None
 
 
 def synchronous_runner(work: Callable[[], Any]) -> defer.Deferred[Any]:
@@ -235,24 +274,85 @@ class _Base(Resource):
         except UnicodeDecodeError:
             return None
 
-    def is_admin(self, request: Request) -> bool:
-        """Whether the request carries the admin token (or none is needed: loopback only)."""
-        if self.api.admin_token is None:
-            return True
-        presented = self.bearer(request)
-        return presented is not None and hmac.compare_digest(
-            presented.encode(), self.api.admin_token.encode()
-        )
+    def authenticate(self, request: Request) -> tuple[str, str | None] | None:
+        """Who sends *request* as an admin: ``(actor, trusted network or None)``, or None.
 
-    def require_admin(self, request: Request) -> None:
-        """401 unless :meth:`is_admin`."""
-        if not self.is_admin(request):
+        A bearer token is checked first (and, when it matches no admin token, nothing else
+        is), then the verified client certificate, then the source address.
+        """
+        api = self.api
+        host = _client_host(request)
+        if api.open_admin:
+            return f"local:{host}", None
+        presented = self.bearer(request)
+        if presented is not None:
+            matched = None
+            for name, token in api.admin_tokens.items():
+                if hmac.compare_digest(presented.encode(), token.encode()):
+                    matched = name
+            return (matched, None) if matched is not None else None
+        if api.client_certificates:
+            subject = peer_subject(getattr(request.channel, "transport", None))
+            if subject:
+                return f"cert:{subject}", None
+        network = api.trusted_network_of(host)
+        if network is not None:
+            return f"trusted:{host}", network
+        return None
+
+    def on_admin_listener(self, request: Request) -> bool:
+        """Whether *request* may reach the admin API on the listener it arrived on."""
+        return not self.api.admin_listener_only or listener_of(request) == ADMIN_LISTENER
+
+    def is_admin(self, request: Request) -> bool:
+        """Whether the request authenticates as an admin (see :meth:`authenticate`); its
+        actor is recorded for the audit."""
+        if not self.on_admin_listener(request):
+            return False
+        found = self.authenticate(request)
+        if found is None:
+            return False
+        setattr(request, _ACTOR, found[0])
+        return True
+
+    def require_admin(self, request: Request) -> str:
+        """The admin actor of *request*; 403 on the wrong listener, 401 without credentials.
+
+        The action is logged with its actor: at info level for changes and for every
+        request from a trusted network, at debug level for other reads.
+        """
+        if not self.on_admin_listener(request):
+            log.info("refusing admin request from {client} on the machine listener "
+                     "(the admin API is on http.admin_listen): {request}",
+                     client=_client_host(request), request=_loggable(request))
+            raise HttpError(http.FORBIDDEN,
+                            "the admin API is served on the admin listener (http.admin_listen)")
+        found = self.authenticate(request)
+        if found is None:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="pxestack"')
             raise HttpError(http.UNAUTHORIZED, "admin token required")
+        actor, network = found
+        setattr(request, _ACTOR, actor)
+        if network is not None:
+            log.info("admin request from trusted network {network}: {request} (as {actor})",
+                     network=network, request=_loggable(request), actor=actor)
+        elif request.method in (b"GET", b"HEAD"):
+            log.debug("admin request by {actor}: {request}", actor=actor,
+                      request=_loggable(request))
+        else:
+            log.info("admin request by {actor}: {request}", actor=actor,
+                     request=_loggable(request))
+        return actor
 
     def require_machine(self, request: Request, serial: str) -> None:
-        """401 unless the request carries *serial*'s callback token (or admin, or compat)."""
-        if self.api.accept_unauthenticated_callbacks or self.is_admin(request):
+        """401 unless the request carries *serial*'s callback token (or admin, or compat).
+
+        The actor is ``machine:<serial>`` unless admin credentials were used.
+        """
+        if not self.api.open_admin and self.is_admin(request):
+            return
+        setattr(request, _ACTOR, f"machine:{serial}")
+        if self.api.accept_unauthenticated_callbacks or self.api.open_admin:
             return
         found = self.api.provisioner.get(serial)
         presented = self.bearer(request) or self.arg(request, b"token")
@@ -308,6 +408,11 @@ class _Base(Resource):
         """Run *work* via the runner; *write* turns its result into the body."""
         finished = []
         request.notifyFinish().addBoth(lambda _: finished.append(True))
+        actor = request_actor(request)
+
+        def attributed() -> Any:
+            with acting_as(actor):
+                return work()
 
         def ok(result: Any) -> None:
             if finished:
@@ -324,7 +429,7 @@ class _Base(Resource):
             if not finished:
                 self._fail(request, failure)
 
-        self.api.run(work).addCallbacks(ok, failed)
+        self.api.run(attributed).addCallbacks(ok, failed)
         return NOT_DONE_YET
 
     def _fail(self, request: Request, failure: Failure) -> None:
@@ -509,6 +614,8 @@ class HostDataResource(_Base):
             else:
                 # mayu compatibility enrols here: the enrolment policy applies as well.
                 pending = self.admit(request, serial)
+            if self.api.open_admin or request_actor(request) is None:
+                setattr(request, _ACTOR, f"machine:{serial}")
 
             def work() -> str:
                 versioned, _ = prov.first_contact(serial, pending=pending)
@@ -876,6 +983,10 @@ class ProvisioningApi:
         *,
         admin_token: str | None,
         run: Runner = synchronous_runner,
+        admin_tokens: Mapping[str, str] | None = None,
+        trusted_networks: Iterable[IPv4Network | IPv6Network] = (),
+        client_certificates: bool = False,
+        admin_listener_only: bool = False,
         images: Resource | None = None,
         accept_unauthenticated_callbacks: bool = False,
         max_body_bytes: int = 1 << 20,
@@ -891,6 +1002,18 @@ class ProvisioningApi:
         #: ``now`` for the enrolment gate (the reactor's ``seconds``).
         self.clock = clock
         self.admin_token = admin_token or None
+        #: Admin bearer tokens by name (the actor of what is done with them).
+        self.admin_tokens: dict[str, str] = dict(admin_tokens or {})
+        if self.admin_token is not None:
+            self.admin_tokens.setdefault(SINGLE_TOKEN_NAME, self.admin_token)
+        self.trusted_networks = tuple(trusted_networks)
+        #: Clients on the TLS listener are asked for certificates (verified by the site).
+        self.client_certificates = client_certificates
+        #: ``http.admin_listen`` is set: admin requests are refused on other listeners.
+        self.admin_listener_only = admin_listener_only
+        #: No way to authenticate is configured: the admin API listens on loopback only.
+        self.open_admin = not (self.admin_tokens or self.trusted_networks
+                               or client_certificates)
         self.run = run
         self.images = images
         self.accept_unauthenticated_callbacks = accept_unauthenticated_callbacks
@@ -898,6 +1021,20 @@ class ProvisioningApi:
         self.max_json_depth = max_json_depth
         self._export = config_exporter
         self._import = config_importer
+
+    def trusted_network_of(self, host: str) -> str | None:
+        """The trusted network (as configured) *host* is in, or None."""
+        if not self.trusted_networks:
+            return None
+        try:
+            address = ip_address(host)
+        except ValueError:
+            return None
+        mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:10.0.0.1 is 10.0.0.1
+        for network in self.trusted_networks:
+            if address in network or (mapped is not None and mapped in network):
+                return str(network)
+        return None
 
     def export_config(self) -> str:
         """``GET /admin/mayu_config``: the settings in mayu's YAML schema."""
@@ -952,5 +1089,6 @@ __all__ = [
     "PxeIgnitionResource",
     "ScriptResource",
     "json_too_deep",
+    "request_actor",
     "synchronous_runner",
 ]

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from pxestack.config import Config
-from pxestack.config.checks import admin_token, provision_base_url
+from pxestack.config.checks import admin_tokens, provision_base_url
 from pxestack.config.provision import ProvisionConfig
 from pxestack.dhcp.seen import DhcpSightings
 from pxestack.errors import ConfigError, ConfigProblem
@@ -112,12 +112,12 @@ class ProvisioningService(service.MultiService):
         return d
 
 
-def _admin_token(config: Config) -> str | None:
+def _admin_tokens(config: Config) -> dict[str, str]:
     problems: list[ConfigProblem] = []
-    token = admin_token(config, problems)
+    tokens = admin_tokens(config, problems)
     if problems:
         raise ConfigError(problems)
-    return token
+    return tokens
 
 
 def _base_url(config: Config) -> str:
@@ -154,7 +154,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
     if prov is None:
         raise ValueError("provisioning_extensions needs a provision: section")
     base_url = _base_url(config)
-    admin_token = _admin_token(config)
+    tokens = _admin_tokens(config)
     # The store checks the cluster directory first, in a child process with a time limit:
     # damage makes it read-only with the reason in /admin/health, never a hang or a crash.
     store = FileHostStore(
@@ -201,7 +201,12 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
     sightings, gate = enrolment_gate(prov)
     api = ProvisioningApi(
         provisioner,
-        admin_token=admin_token,
+        admin_token=None,
+        admin_tokens=tokens,
+        trusted_networks=prov.api.trusted_networks,
+        client_certificates=(prov.api.client_ca_file is not None and config.http is not None
+                             and config.http.tls is not None),
+        admin_listener_only=config.http is not None and config.http.admin_listen is not None,
         run=run,
         images=images,
         accept_unauthenticated_callbacks=prov.api.accept_unauthenticated_callbacks,

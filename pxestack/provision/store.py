@@ -27,9 +27,11 @@ Rules the file store keeps:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -53,6 +55,33 @@ HOST_FILE = "conf.json"
 #: Private per-installation data (the callback key); never committed (see .gitignore).
 PRIVATE_DIR = ".pxestack"
 _GITIGNORE = "# written by pxestack\n*.tmp\n.pxestack/\n"
+
+
+#: Who is making the changes of the current piece of store work: ``admin``, a named token,
+#: ``cert:<subject>``, ``trusted:<address>``, ``machine:<serial>`` (None: not known).  The
+#: API sets it around the work it runs (:func:`acting_as`); audit commits name it as author.
+CURRENT_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "pxestack_actor", default=None)
+#: Characters kept in an actor's git author name; others become ``_``.
+_UNSAFE_AUTHOR = re.compile(r"[^A-Za-z0-9 .,:=@/_+-]")
+
+
+@contextlib.contextmanager
+def acting_as(actor: str | None) -> Iterator[None]:
+    """Attribute the store changes made inside the block to *actor*."""
+    reset = CURRENT_ACTOR.set(actor)
+    try:
+        yield
+    finally:
+        CURRENT_ACTOR.reset(reset)
+
+
+def author_identity(actor: str) -> tuple[str, str]:
+    """The git author (name, e-mail) of *actor*: the name stripped of characters git or a
+    log reader could trip on, the e-mail a safe word at ``pxestack.invalid``."""
+    name = _UNSAFE_AUTHOR.sub("_", actor)[:200].strip() or "unknown"
+    local = re.sub(r"[^a-z0-9.-]+", "-", actor.lower()).strip("-.")[:64] or "unknown"
+    return name, f"{local}@pxestack.invalid"
 
 
 def isolate_git_config() -> None:
@@ -252,6 +281,8 @@ class GitAudit:
         self.email = email
         self.clock = clock
         self.pending: list[str] = []
+        #: The actor of each pending message (None: the committer itself).
+        self._pending_actors: list[str | None] = []
         self.last_error: str | None = None
         self.broken: str | None = None
         self.commits = 0
@@ -325,7 +356,8 @@ class GitAudit:
 
     # -- committing ------------------------------------------------------------------------
 
-    def commit(self, message: str, paths: Sequence[str] | None = None) -> bool:
+    def commit(self, message: str, paths: Sequence[str] | None = None,
+               *, actor: str | None = None) -> bool:
         """Record one change as one commit with *message* (plus any queued ones).
 
         *paths* (relative to the cluster directory) are the files the change wrote or
@@ -334,8 +366,13 @@ class GitAudit:
         boot storm of 1000 machines spent most of its time re-scanning the cluster).
         ``None`` stages the whole work tree (a scan; for callers that cannot say what they
         touched).
+
+        The commit's author is *actor* (default: :data:`CURRENT_ACTOR`); its committer is
+        the configured identity.  Queued changes of different actors are committed together
+        with the configured identity as author.
         """
         self.pending.append(message)
+        self._pending_actors.append(actor if actor is not None else CURRENT_ACTOR.get())
         if paths is None:
             self._scan_needed = True
         else:
@@ -355,6 +392,7 @@ class GitAudit:
             if not self._dirty():
                 return True
             self.pending.append("pxestack: recorded changes found uncommitted in the work tree")
+            self._pending_actors.append(None)
             self._scan_needed = True
         try:
             self._remove_stale_locks(self.root / ".git")
@@ -375,6 +413,7 @@ class GitAudit:
             )
             return False
         self.pending.clear()
+        self._pending_actors.clear()
         self._pending_paths.clear()
         self._scan_needed = False
         self.last_error = None
@@ -433,7 +472,12 @@ class GitAudit:
             parents = [head.id]
         when = int(self.clock())
         signature = pygit2.Signature(self.name, self.email, when, 0)
-        self.repo.create_commit("HEAD", signature, signature, message, tree, parents)
+        author = signature
+        actors = set(self._pending_actors)
+        if len(actors) == 1 and None not in actors:
+            name, email = author_identity(str(actors.pop()))
+            author = pygit2.Signature(name, email, when, 0)
+        self.repo.create_commit("HEAD", author, signature, message, tree, parents)
         self.commits += 1
 
     def _head_tree(self) -> pygit2.Tree | None:
@@ -725,7 +769,9 @@ class FileHostStore:
             text = f"{host.serial}: {message}"
             if details:
                 text += "\n\n" + "\n".join(details)
-            self.audit.commit(text, [f"{host.serial}/{HOST_FILE}"])
+            # A change nobody authenticated for is the machine's own (first contact, boot).
+            actor = CURRENT_ACTOR.get() or f"machine:{host.serial}"
+            self.audit.commit(text, [f"{host.serial}/{HOST_FILE}"], actor=actor)
         return versioned
 
     def enrol(
@@ -865,7 +911,7 @@ class InMemoryHostStore:
             HistoryEntry(
                 commit=f"{len(self._history.get(host.serial, [])):040x}",
                 time=datetime.fromtimestamp(self.clock(), UTC),
-                author="pxestack",
+                author=CURRENT_ACTOR.get() or "pxestack",
                 message=f"{host.serial}: {message}",
             ),
         )
@@ -930,6 +976,7 @@ class InMemoryHostStore:
 
 
 __all__ = [
+    "CURRENT_ACTOR",
     "Change",
     "FileHostStore",
     "GitAudit",
@@ -941,7 +988,9 @@ __all__ = [
     "StoreError",
     "StoreReadOnly",
     "Versioned",
+    "acting_as",
     "atomic_write",
+    "author_identity",
     "etag_of",
     "fsync_dir",
     "isolate_git_config",

@@ -1,13 +1,20 @@
-"""The HTTP service: the asset site plus higher layers' resources, on one TCP port.
+"""The HTTP service: the asset site plus higher layers' resources, on one or two TCP ports.
 
 :func:`build_http_services` turns the ``http:`` section into one :class:`HttpService`.
-The port is bound in ``privilegedStartService`` (as ``twisted.application.internet``'s
+The ports are bound in ``privilegedStartService`` (as ``twisted.application.internet``'s
 servers do), so ``twistd`` can open port 80 before it drops root.
+
+With ``http.tls`` the service speaks HTTPS: on ``http.admin_listen`` when that is set (the
+machines keep plain HTTP on ``http.listen``), else on ``http.listen``.  SIGHUP reloads the
+certificate (:meth:`HttpService.reload_tls`).
 """
 
 from __future__ import annotations
 
 import resource
+import signal
+import threading
+from types import FrameType
 from typing import Any
 
 from twisted.application import service
@@ -16,9 +23,17 @@ from twisted.logger import Logger
 
 from pxestack.config import Config
 from pxestack.config.http import HttpConfig
-from pxestack.errors import ApiMisuse
-from pxestack.http.site import AssetSite, SiteLimits, build_site
+from pxestack.errors import ApiMisuse, ConfigError, ConfigProblem
+from pxestack.http.site import (
+    ADMIN_LISTENER,
+    MAIN_LISTENER,
+    AssetSite,
+    ListenerFactory,
+    SiteLimits,
+    build_site,
+)
 from pxestack.http.stats import AssetStats
+from pxestack.http.tls import ServerTls, TlsLoadError
 from pxestack.service.limits import DESCRIPTOR_RESERVE, raise_open_file_limit
 
 log = Logger()
@@ -56,11 +71,15 @@ def _default_reactor() -> Any:
 
 
 class HttpService(service.Service):
-    """Listen on one TCP address with an :class:`~pxestack.http.site.AssetSite`.
+    """Listen on one TCP address (two with *admin_listen*) with an
+    :class:`~pxestack.http.site.AssetSite`.
 
     :ivar site: the site (its ``stats`` hold the asset and connection counters).
     :ivar port: the listening port once started (``port.getHost().port`` is the real port
         number when 0 was configured), else None.
+    :ivar admin_port: the port of *admin_listen* once started, else None.
+    :ivar tls: the server certificate, when the service speaks TLS: on *admin_listen* when
+        it is given, else on *listen*.
     """
 
     def __init__(
@@ -70,12 +89,19 @@ class HttpService(service.Service):
         *,
         backlog: int = LISTEN_BACKLOG,
         reactor: Any = None,
+        admin_listen: tuple[str, int] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.site = site
         self.listen = listen
+        self.admin_listen = admin_listen
+        self.tls = tls
         self.backlog = backlog
         self._reactor = reactor
         self.port: IListeningPort | None = None
+        self.admin_port: IListeningPort | None = None
+        self._previous_sighup: Any = None
+        self._sighup_installed = False
         self.setName("http")
 
     @property
@@ -88,18 +114,37 @@ class HttpService(service.Service):
         """The site's counters (for the metrics layer)."""
         return self.site.stats
 
+    def _listen(self, address: tuple[str, int], role: str, secure: bool) -> IListeningPort:
+        tls = self.tls if secure else None
+        # A plain main port takes the site itself (its channels are "main" by default).
+        factory: Any = ListenerFactory(self.site, role) \
+            if tls is not None or role != MAIN_LISTENER else self.site
+        if tls is not None:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            factory = TLSMemoryBIOFactory(tls, False, factory)
+            factory.noisy = False
+        host, port = address
+        listening: IListeningPort = self.reactor.listenTCP(
+            port, factory, backlog=self.backlog, interface=host)
+        return listening
+
     def privilegedStartService(self) -> None:
-        """Bind the port (possibly privileged) before twistd drops root.
+        """Bind the port(s) (possibly privileged) before twistd drops root.
 
         Also raises the open-file limit while still privileged (see
         :func:`ensure_descriptor_budget`).
         """
         limits = self.site.limits
         ensure_descriptor_budget(limits.max_connections + limits.reserved_connections)
-        host, port = self.listen
-        self.port = self.reactor.listenTCP(
-            port, self.site, backlog=self.backlog, interface=host
-        )
+        self.port = self._listen(self.listen, MAIN_LISTENER, secure=self.admin_listen is None)
+        if self.admin_listen is not None:
+            try:
+                self.admin_port = self._listen(self.admin_listen, ADMIN_LISTENER, secure=True)
+            except Exception:
+                port, self.port = self.port, None
+                port.stopListening()
+                raise
         service.Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -107,28 +152,79 @@ class HttpService(service.Service):
         if self.port is None:
             self.privilegedStartService()
         service.Service.startService(self)
+        self._install_sighup()
         # Announce the port once the reactor runs: only then are connections accepted (and
         # SIGTERM handled), so scripts that wait for this line can rely on it.
         self.reactor.callWhenRunning(self._announce)
 
+    def _install_sighup(self) -> None:
+        """SIGHUP reloads the certificate (only the main thread may set signal handlers)."""
+        if self.tls is None or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        self._sighup_installed = True
+
+    def _on_sighup(self, signum: int, frame: FrameType | None) -> None:
+        self.reactor.callFromThread(self.reload_tls)
+
+    def reload_tls(self) -> bool:
+        """Read the certificate and key again; new connections use them (see
+        :meth:`pxestack.http.tls.ServerTls.reload`).  False when there is no TLS or the
+        new files are unusable (the old certificate stays)."""
+        if self.tls is None:
+            return False
+        log.info("SIGHUP: reloading the TLS certificate")
+        return self.tls.reload()
+
     def _announce(self) -> None:
         """Log the real listening address (the port number may have been 0)."""
-        if self.port is None:
-            return
-        address = self.port.getHost()
-        log.info(
-            "http listening on http://{host}:{port}/",
-            host=getattr(address, "host", self.listen[0]),
-            port=getattr(address, "port", self.listen[1]),
-        )
+        for port, role, configured in ((self.port, MAIN_LISTENER, self.listen),
+                                       (self.admin_port, ADMIN_LISTENER, self.admin_listen)):
+            if port is None or configured is None:
+                continue
+            secure = self.tls is not None and (role == ADMIN_LISTENER or self.admin_listen is None)
+            address = port.getHost()
+            log.info(
+                "http listening on {scheme}://{host}:{port}/{what}",
+                scheme="https" if secure else "http",
+                host=getattr(address, "host", configured[0]),
+                port=getattr(address, "port", configured[1]),
+                what=" (admin API)" if role == ADMIN_LISTENER else "",
+            )
 
     def stopService(self) -> Any:
         """Stop accepting connections; returns the Deferred of ``stopListening``."""
         service.Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
+        if self._sighup_installed:
+            self._sighup_installed = False
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGHUP, self._previous_sighup or signal.SIG_DFL)
+        ports = [port for port in (self.admin_port, self.port) if port is not None]
+        self.admin_port = self.port = None
+        if not ports:
+            return None
+        if len(ports) == 1:
+            return ports[0].stopListening()
+        from twisted.internet import defer
+
+        return defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports])
+
+
+def server_tls(config: Config) -> ServerTls | None:
+    """The server certificate of ``http.tls`` (with ``provision.api.client_ca_file``), or
+    None; files that cannot be used are a :class:`ConfigError` naming the key."""
+    http_config = config.http
+    if http_config is None or http_config.tls is None:
         return None
+    prov = config.provision
+    client_ca = prov.api.client_ca_file if prov is not None else None
+    tls = http_config.tls
+    try:
+        return ServerTls(tls.cert_file, tls.key_file, client_ca)
+    except TlsLoadError as exc:
+        key = ("provision.api.client_ca_file" if exc.key == "client_ca_file"
+               else f"http.tls.{exc.key}")
+        raise ConfigError([ConfigProblem(key, exc.message)]) from None
 
 
 def limits_from(config: HttpConfig) -> SiteLimits:
@@ -172,7 +268,8 @@ def build_http_services(
     metrics = getattr(ext, "metrics", None)
     if metrics is not None:
         metrics.attach_site(site)
-    return [HttpService(site, http_config.listen, reactor=reactor)]
+    return [HttpService(site, http_config.listen, reactor=reactor,
+                        admin_listen=http_config.admin_listen, tls=server_tls(config))]
 
 
 __all__ = [
@@ -181,4 +278,5 @@ __all__ = [
     "build_http_services",
     "ensure_descriptor_budget",
     "limits_from",
+    "server_tls",
 ]

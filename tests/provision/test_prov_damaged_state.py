@@ -61,8 +61,27 @@ def _truncate_head_commit(cluster: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _needed_by_head(cluster: Path) -> set[str]:
+    """Ids of the objects start-up reads: HEAD's commit, its trees and their blobs (older
+    commits are history, with authors of every length, and are not read at start-up)."""
+    repo = pygit2.Repository(str(cluster))
+    head = repo.head.peel(pygit2.Commit)
+    needed = {str(head.id)}
+    trees = [head.tree]
+    while trees:
+        tree = trees.pop()
+        needed.add(str(tree.id))
+        for entry in tree:
+            needed.add(str(entry.id))
+            if entry.type_str == "tree":
+                trees.append(repo[entry.id])
+    return needed
+
+
 def _truncate_largest_loose_object(cluster: Path) -> None:
-    objects = [p for p in (cluster / ".git" / "objects").glob("??/*") if p.is_file()]
+    needed = _needed_by_head(cluster)
+    objects = [p for p in (cluster / ".git" / "objects").glob("??/*")
+               if p.is_file() and p.parent.name + p.name in needed]
     path = max(objects, key=lambda p: p.stat().st_size)
     os.chmod(path, 0o644)
     data = path.read_bytes()
