@@ -5,7 +5,8 @@ Layers, bottom to top:
 0. ``pxestack`` (the version only), ``pxestack._types``, ``pxestack.errors``, ``pxestack.paths``
 1. ``pxestack.wire`` (bytes <-> values; the only place dpkt may be imported)
 2. sans-IO cores: ``pxestack.dhcp.*`` and ``pxestack.tftp.*`` except ``protocol``, plus
-   ``pxestack.http.ipxe``
+   ``pxestack.http.ipxe`` and ``pxestack.bootevents`` (the boot-step recorder the servers
+   feed)
 3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol``, the rest of
    ``pxestack.http``, ``pxestack.netif``, ``pxestack.ra``; ``pxestack.simulate`` (the
    simulated machines: an asyncio client that speaks only the wire)
@@ -39,6 +40,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.dhcp", 2),
         ("pxestack.tftp", 2),
         ("pxestack.http.ipxe", 2),
+        ("pxestack.bootevents", 2),
         ("pxestack.http", 3),
         ("pxestack.netif", 3),
         ("pxestack.ra", 3),

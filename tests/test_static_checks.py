@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 STRICT_TARGETS = [
     "pxestack/wire", "pxestack/dhcp", "pxestack/tftp", "pxestack/http/ipxe.py",
-    "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py",
+    "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py", "pxestack/bootevents.py",
 ]
 
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -377,8 +378,13 @@ class BootScriptResource(_Base):
             identified = any(v is not None for v in (serial, uuid, mac))
             prov = self.api.provisioner
 
+            client = _client_host(request)
+
             def work() -> str:
                 host = prov.boot_host(serial or None, uuid or None, mac or None)
+                if identified and (host is not None or mac):
+                    self.api.step("script", serial=host.serial if host is not None else None,
+                                  mac=mac or None, ip=client)
                 return prov.boot_script(host, identified)
 
             return self.respond(request, work, _text(_TEXT))
@@ -612,6 +618,9 @@ class ImagesResource(_Base):
             candidates = prov.flow_of(host).image_candidates(version, parts[-1])
             if not candidates:
                 raise HttpError(http.NOT_FOUND, "not found")
+            if host is not None and request.method == b"GET":
+                self.api.step("kernel", serial=host.serial, ip=_client_host(request),
+                              detail=parts[-1])
             root = getattr(self.assets, "root", None)
             chosen = candidates[0]
             if root is not None:
@@ -659,6 +668,11 @@ class AdminResource(_Base):
                 return self.respond(request, prov.store.health, _health_writer)
             if path == ["mayu_config"]:
                 return self.respond(request, self.api.export_config, _text(b"text/yaml"))
+            if path == ["events"]:
+                if self.api.event_feed is None:
+                    raise HttpError(http.NOT_FOUND, "boot steps are not recorded here")
+                result: bytes | int = self.api.event_feed.render(request)
+                return result
             if len(path) == 2 and path[0] == "host":
                 serial = path[1].lower()
 
@@ -745,6 +759,12 @@ class AdminResource(_Base):
         return self.guarded(request, handle)
 
 
+def _client_host(request: Request) -> str | None:
+    """The client's IP address, for a boot step."""
+    host = getattr(request.getClientAddress(), "host", None)
+    return str(host) if host is not None else None
+
+
 def _if_match(request: Request) -> str | None:
     value = request.getHeader(b"if-match")
     return value.decode("latin-1") if value is not None else None
@@ -786,8 +806,16 @@ class ProvisioningApi:
         max_json_depth: int = 32,
         config_exporter: Callable[[], str] | None = None,
         config_importer: Callable[[str], None] | None = None,
+        events: Any = None,
+        event_feed: Any = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.provisioner = provisioner
+        #: The :class:`pxestack.bootevents.BootEventRecorder` boot steps go to, or None.
+        self.events = events
+        #: The :class:`pxestack.http.events.EventFeed` of ``/admin/events``, or None.
+        self.event_feed = event_feed
+        self.clock = clock
         self.admin_token = admin_token or None
         self.run = run
         self.images = images
@@ -796,6 +824,22 @@ class ProvisioningApi:
         self.max_json_depth = max_json_depth
         self._export = config_exporter
         self._import = config_importer
+
+    def step(self, phase: str, *, serial: str | None = None, mac: str | None = None,
+             ip: str | None = None, detail: str = "") -> None:
+        """Report a boot step seen by the HTTP endpoints (from any thread); values the
+        recorder refuses (a malformed MAC from a query) are logged and dropped."""
+        if self.events is None:
+            return
+        try:
+            recorded = self.events.record(phase, self.clock(), serial=serial, mac=mac, ip=ip,
+                                          detail=detail)
+        except Exception:
+            log.failure("recording a boot step failed")
+            return
+        if recorded is None:
+            log.debug("boot step {phase} dropped: serial {serial!r} or MAC {mac!r} not valid",
+                      phase=phase, serial=(serial or "")[:40], mac=(mac or "")[:40])
 
     def export_config(self) -> str:
         """``GET /admin/mayu_config``: the settings in mayu's YAML schema."""

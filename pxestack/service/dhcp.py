@@ -213,6 +213,7 @@ class DhcpService(service.MultiService):
         frame_senders: FrameSenderFactory | None = None,
         lookup: Any = None,
         metrics: Any = None,
+        events: Any = None,
     ) -> None:
         super().__init__()
         if config.dhcp is None:
@@ -232,6 +233,8 @@ class DhcpService(service.MultiService):
         self.protocols: list[DhcpServerProtocol | ProxyDhcpProtocol] = []
         #: A :class:`pxestack.metrics.Metrics` to report packets and leases to, or None.
         self.metrics = metrics
+        #: A :class:`pxestack.bootevents.BootEventRecorder` for the machines' DHCP steps.
+        self.events = events
         self._senders: list[Any] = []
         self._prepared = False
 
@@ -317,6 +320,19 @@ class DhcpService(service.MultiService):
                 self.metrics.attach_dhcp_server(self.core, self.store, self.reactor.seconds)
             for protocol in self.protocols:
                 self.metrics.attach_dhcp_protocol(protocol)
+        if self.events is not None and self.core is not None:
+            record_dhcp_steps(self.core, self.events)
+
+    def mac_of(self, address: str) -> bytes | None:
+        """The MAC address holding the lease of *address* now (None when none does)."""
+        store = self.store
+        if store is None:
+            return None
+        try:
+            lease = store.lease_at(IPv4Address(address), self.reactor.seconds())
+        except ValueError:
+            return None
+        return None if lease is None else lease.mac
 
     def _prepare_server(
         self, interfaces: list[tuple[InterfaceInfo, str | None]], host: str, port: int
@@ -429,6 +445,22 @@ class DhcpService(service.MultiService):
         return stopped
 
 
+def record_dhcp_steps(core: DhcpServerCore, events: Any) -> None:
+    """Report every OFFER and lease-granting ACK of *core* to *events* (a
+    :class:`~pxestack.bootevents.BootEventRecorder`), composed with any ``on_progress``."""
+    previous = core.on_progress
+
+    def on_progress(bound: bool, mac: bytes, now: float) -> None:
+        if previous is not None:
+            previous(bound, mac, now)
+        try:
+            events.dhcp(mac, bound, now)
+        except Exception:
+            log.failure("recording a DHCP boot step failed")
+
+    core.on_progress = on_progress
+
+
 def build_dhcp_services(
     config: Config, ext: Any, *, reactor: Any = None
 ) -> list[service.IService]:
@@ -441,7 +473,8 @@ def build_dhcp_services(
         raise ApiMisuse("build_dhcp_services called without a dhcp: section")
     policy = getattr(ext, "boot_policy", None) or StaticBootPolicy()
     services: list[service.IService] = [
-        DhcpService(config, policy, reactor=reactor, metrics=getattr(ext, "metrics", None))
+        DhcpService(config, policy, reactor=reactor, metrics=getattr(ext, "metrics", None),
+                    events=getattr(ext, "events", None))
     ]
     advertisements = config.dhcp.router_advertisements
     if advertisements.enabled:
@@ -462,6 +495,7 @@ __all__ = [
     "boot_defaults",
     "build_dhcp_services",
     "default_script_url",
+    "record_dhcp_steps",
     "reservations",
     "server_settings",
 ]
