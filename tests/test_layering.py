@@ -12,7 +12,8 @@ Layers, bottom to top:
    simulated machines: an asyncio client that speaks only the wire)
 4. composition: ``pxestack.config``, ``pxestack.service``
 5. ``pxestack.provision``
-6. ``pxestack.app``, ``pxestack.tap``, ``pxestack.cli``, the twistd dropin
+6. ``pxestack.app``, ``pxestack.tap``, ``pxestack.cli``, ``pxestack.dashboard``, the twistd
+   dropin
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.__main__", 6),
         ("pxestack.tap", 6),
         ("pxestack.cli", 6),
+        ("pxestack.dashboard", 6),
     ]
     for prefix, layer in prefixes:
         if module == prefix or module.startswith(prefix + "."):
