@@ -21,10 +21,11 @@ phase           reported when                                   keyed by
 ==============  ==============================================  ==========================
 
 The two DHCP phases are told apart by what the machine did before, not by the request's
-options: a DHCP exchange that follows a TFTP transfer of the same machine is iPXE's own,
-every other one is the firmware's.  A ``script`` step names both the serial and the MAC (iPXE
-fills in ``${serial}`` and ``${mac}``) and links them, so the MAC-keyed steps before it become
-part of the serial's timeline.
+options: the DHCP exchange that follows the firmware's (after its ACK or after the TFTP
+transfer of the same machine) is iPXE's own, every other one is the firmware's.  A
+``script`` step names both the serial and the MAC (iPXE fills in ``${serial}`` and
+``${mac}``) and links them, so the MAC-keyed steps before it become part of the serial's
+timeline.
 
 Memory is bounded: at most ``max_machines`` machines (least recently seen dropped first),
 ``per_machine`` steps each, and a backlog of ``backlog`` steps for ``since`` catch-up and the
@@ -216,12 +217,19 @@ class BootEventRecorder:
         return event
 
     def _dhcp_phase(self, key: str, detail: str) -> str:
-        """``dhcp_ipxe`` after a TFTP transfer (or within iPXE's exchange), else ``dhcp_pxe``."""
+        """``dhcp_ipxe`` for the exchange that follows the firmware's: after a TFTP transfer,
+        after the firmware's ACK (the TFTP step is recorded when the transfer ends, which
+        may be just after iPXE's DISCOVER on a busy server), or within iPXE's exchange;
+        every other exchange is the firmware's, ``dhcp_pxe``."""
         steps = self._machines.get(key)
-        last = steps[-1].phase if steps else None
-        if last == "tftp":
+        last = steps[-1] if steps else None
+        if last is None:
+            return "dhcp_pxe"
+        if last.phase == "tftp":
             return "dhcp_ipxe"
-        if last == "dhcp_ipxe" and detail == "ack":
+        if last.phase == "dhcp_pxe" and last.detail == "ack" and detail == "offer":
+            return "dhcp_ipxe"
+        if last.phase == "dhcp_ipxe" and detail == "ack":
             return "dhcp_ipxe"
         return "dhcp_pxe"
 

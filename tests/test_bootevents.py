@@ -48,6 +48,19 @@ def test_a_boot_is_told_apart_into_phases_and_joins_the_serial() -> None:
     assert recorder.steps("vm-1")[-1].serial == "vm-1"
 
 
+def test_ipxe_dhcp_is_told_apart_when_the_tftp_step_comes_late() -> None:
+    recorder = BootEventRecorder()
+    recorder.dhcp(OCTETS, False, 1.0)
+    recorder.dhcp(OCTETS, True, 1.1)
+    recorder.dhcp(OCTETS, False, 2.0)  # iPXE's DISCOVER, handled before the last TFTP ACK
+    recorder.record("tftp", 2.0, mac=OCTETS, duration=0.8)
+    recorder.dhcp(OCTETS, True, 2.1)
+    recorder.record("installed", 9.0, mac=OCTETS)
+    recorder.dhcp(OCTETS, False, 20.0)  # the next boot starts with the firmware again
+    assert [s.phase for s in recorder.steps(MAC)] == [
+        "dhcp_pxe", "dhcp_pxe", "dhcp_ipxe", "tftp", "dhcp_ipxe", "installed", "dhcp_pxe"]
+
+
 def test_hostile_or_broken_values_are_dropped_and_counted() -> None:
     recorder = BootEventRecorder()
     assert recorder.record("dhcp_pxe", 1.0, mac=b"\x00" * 16) is None
