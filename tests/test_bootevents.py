@@ -270,3 +270,14 @@ def test_the_tftp_service_reports_transfers_by_the_lease_of_the_address() -> Non
             tsize=None, started=1.0, finished=1.5))
     [step] = recorder.since(0)
     assert (step.phase, step.mac, step.ip, step.duration) == ("tftp", MAC, "10.0.0.5", 0.5)
+
+
+def test_a_kernel_download_is_a_step_of_the_host(tmp_path: Path) -> None:
+    from tests.test_openapi import SERIAL, Stack
+
+    stack = Stack(tmp_path)
+    assert stack.request("GET", f"/first-stage-script/{SERIAL}", token=None).code == 200
+    assert stack.request("GET", f"/images/{SERIAL}/vmlinuz", token=None).code == 200
+    assert stack.request("HEAD", f"/images/{SERIAL}/vmlinuz", token=None).code == 200
+    steps = stack.service.events.steps(SERIAL)
+    assert [(s.phase, s.detail) for s in steps] == [("enrolled", ""), ("kernel", "vmlinuz")]
