@@ -47,7 +47,21 @@ def build_root_service(config: Config, *, reactor: Any = None) -> PxeStackServic
         from pxestack.provision.service import provisioning_extensions
 
         extensions = provisioning_extensions(config, reactor=reactor)
+        add_dashboard(extensions, reactor=reactor)
     return build_service(config, extensions, reactor=reactor)
 
 
-__all__ = ["build_root_service", "prepare_admin_token"]
+def add_dashboard(extensions: Extensions, *, reactor: Any = None) -> None:
+    """Mount the dashboard (``/`` and ``/dashboard/``) beside the provisioning API."""
+    from pxestack.dashboard import dashboard_children
+    from pxestack.provision.api import AdminResource
+
+    admin = extensions.http_children.get(b"admin")
+    if not isinstance(admin, AdminResource) or extensions.events is None:
+        return
+    for name, resource in dashboard_children(admin.api, extensions.events,
+                                             reactor=reactor).items():
+        extensions.http_children.setdefault(name, resource)
+
+
+__all__ = ["add_dashboard", "build_root_service", "prepare_admin_token"]

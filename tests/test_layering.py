@@ -5,13 +5,15 @@ Layers, bottom to top:
 0. ``pxestack`` (the version only), ``pxestack._types``, ``pxestack.errors``, ``pxestack.paths``
 1. ``pxestack.wire`` (bytes <-> values; the only place dpkt may be imported)
 2. sans-IO cores: ``pxestack.dhcp.*`` and ``pxestack.tftp.*`` except ``protocol``, plus
-   ``pxestack.http.ipxe``, ``pxestack.explain`` (capture analysis)
+   ``pxestack.http.ipxe``, ``pxestack.explain`` (capture analysis) and ``pxestack.bootevents``
+   (the boot-step recorder the servers feed)
 3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol``, the rest of
    ``pxestack.http``, ``pxestack.netif``, ``pxestack.ra``; ``pxestack.simulate`` (the
    simulated machines: an asyncio client that speaks only the wire)
 4. composition: ``pxestack.config``, ``pxestack.service``
 5. ``pxestack.provision``
-6. ``pxestack.app``, ``pxestack.tap``, ``pxestack.cli``, the twistd dropin
+6. ``pxestack.app``, ``pxestack.tap``, ``pxestack.cli``, ``pxestack.dashboard``, the twistd
+   dropin
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.tftp", 2),
         ("pxestack.http.ipxe", 2),
         ("pxestack.explain", 2),
+        ("pxestack.bootevents", 2),
         ("pxestack.http", 3),
         ("pxestack.netif", 3),
         ("pxestack.ra", 3),
@@ -53,6 +56,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.__main__", 6),
         ("pxestack.tap", 6),
         ("pxestack.cli", 6),
+        ("pxestack.dashboard", 6),
     ]
     for prefix, layer in prefixes:
         if module == prefix or module.startswith(prefix + "."):

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STRICT_TARGETS = [
     "pxestack/wire", "pxestack/dhcp", "pxestack/tftp", "pxestack/http/ipxe.py",
     "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py", "pxestack/explain.py",
+    "pxestack/bootevents.py",
 ]
 
 

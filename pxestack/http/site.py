@@ -70,7 +70,7 @@ ASSETS_SEGMENT = b"assets"
 #: The first path segment of the built-in status resource.
 STATUS_SEGMENT = b"healthz"
 #: First path segments that may use the reserved connections: operator requests.
-RESERVED_SEGMENTS: tuple[bytes, ...] = (b"admin", b"metrics", STATUS_SEGMENT)
+RESERVED_SEGMENTS: tuple[bytes, ...] = (b"admin", b"metrics", STATUS_SEGMENT, b"dashboard")
 #: Methods whose requests may carry a body at all (when the resource takes one).
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 

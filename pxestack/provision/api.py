@@ -531,8 +531,13 @@ class BootScriptResource(_Base):
             prov = self.api.provisioner
             pending = self.admit_boot(request, serial, uuid, mac)
 
+            client = _client_host(request)
+
             def work() -> str:
                 host = prov.boot_host(serial or None, uuid or None, mac or None, pending=pending)
+                if identified and (host is not None or mac):
+                    self.api.step("script", serial=host.serial if host is not None else None,
+                                  mac=mac or None, ip=client)
                 return prov.boot_script(host, identified)
 
             return self.respond(request, work, _text(_TEXT))
@@ -792,6 +797,9 @@ class ImagesResource(_Base):
             candidates = prov.flow_of(host).image_candidates(version, parts[-1])
             if not candidates:
                 raise HttpError(http.NOT_FOUND, "not found")
+            if host is not None and request.method == b"GET":
+                self.api.step("kernel", serial=host.serial, ip=_client_host(request),
+                              detail=parts[-1])
             root = getattr(self.assets, "root", None)
             chosen = candidates[0]
             if root is not None:
@@ -839,6 +847,11 @@ class AdminResource(_Base):
                 return self.respond(request, prov.store.health, _health_writer)
             if path == ["mayu_config"]:
                 return self.respond(request, self.api.export_config, _text(b"text/yaml"))
+            if path == ["events"]:
+                if self.api.event_feed is None:
+                    raise HttpError(http.NOT_FOUND, "boot steps are not recorded here")
+                result: bytes | int = self.api.event_feed.render(request)
+                return result
             if len(path) == 2 and path[0] == "host":
                 serial = path[1].lower()
 
@@ -948,6 +961,12 @@ class AdminResource(_Base):
         return self.guarded(request, handle)
 
 
+def _client_host(request: Request) -> str | None:
+    """The client's IP address, for a boot step."""
+    host = getattr(request.getClientAddress(), "host", None)
+    return str(host) if host is not None else None
+
+
 def _if_match(request: Request) -> str | None:
     value = request.getHeader(b"if-match")
     return value.decode("latin-1") if value is not None else None
@@ -994,12 +1013,18 @@ class ProvisioningApi:
         config_exporter: Callable[[], str] | None = None,
         config_importer: Callable[[str], None] | None = None,
         enrolment: EnrolmentGate | None = None,
+        events: Any = None,
+        event_feed: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.provisioner = provisioner
         #: ``provision.enrolment`` (None: every first contact enrols, as mayu).
         self.enrolment = enrolment
-        #: ``now`` for the enrolment gate (the reactor's ``seconds``).
+        #: The :class:`pxestack.bootevents.BootEventRecorder` boot steps go to, or None.
+        self.events = events
+        #: The :class:`pxestack.http.events.EventFeed` of ``/admin/events``, or None.
+        self.event_feed = event_feed
+        #: ``now`` for the enrolment gate and boot steps (the reactor's ``seconds``).
         self.clock = clock
         self.admin_token = admin_token or None
         #: Admin bearer tokens by name (the actor of what is done with them).
@@ -1035,6 +1060,22 @@ class ProvisioningApi:
             if address in network or (mapped is not None and mapped in network):
                 return str(network)
         return None
+
+    def step(self, phase: str, *, serial: str | None = None, mac: str | None = None,
+             ip: str | None = None, detail: str = "") -> None:
+        """Report a boot step seen by the HTTP endpoints (from any thread); values the
+        recorder refuses (a malformed MAC from a query) are logged and dropped."""
+        if self.events is None:
+            return
+        try:
+            recorded = self.events.record(phase, self.clock(), serial=serial, mac=mac, ip=ip,
+                                          detail=detail)
+        except Exception:
+            log.failure("recording a boot step failed")
+            return
+        if recorded is None:
+            log.debug("boot step {phase} dropped: serial {serial!r} or MAC {mac!r} not valid",
+                      phase=phase, serial=(serial or "")[:40], mac=(mac or "")[:40])
 
     def export_config(self) -> str:
         """``GET /admin/mayu_config``: the settings in mayu's YAML schema."""

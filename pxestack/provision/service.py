@@ -11,6 +11,8 @@ returns them as :class:`pxestack.service.Extensions`, together with a
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from pxestack.bootevents import STATE_PHASES, BootEventRecorder
 from pxestack.config import Config
 from pxestack.config.checks import admin_tokens, provision_base_url
 from pxestack.config.provision import ProvisionConfig
 from pxestack.dhcp.seen import DhcpSightings
 from pxestack.errors import ConfigError, ConfigProblem
+from pxestack.http.events import EventFeed
 from pxestack.metrics import MeteredHostStore, Metrics
 from pxestack.provision.api import ProvisioningApi
 from pxestack.provision.enrolment import EnrolmentGate, FirstContactLimiter
@@ -112,6 +116,58 @@ class ProvisioningService(service.MultiService):
         return d
 
 
+class RecordedHostStore:
+    """A host store that reports enrolment and every change of ``State`` as a boot step.
+
+    It wraps a host store by delegation, like :class:`~pxestack.metrics.MeteredHostStore`:
+    enrolment is the ``enrolled`` step; a new state among
+    :data:`~pxestack.bootevents.STATE_PHASES` is the step of that name; the record's MAC
+    addresses (known once the installer posted its host data) are linked to the serial, so
+    the machine's DHCP and TFTP steps join its timeline.
+    """
+
+    def __init__(self, store: Any, events: BootEventRecorder,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._events = events
+        self._clock = clock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def enrol(self, serial: str, make: Callable[..., Any], message: Any) -> Any:
+        """The store's ``enrol``; a created record is the ``enrolled`` step."""
+        versioned, created = self._store.enrol(serial, make, message)
+        if created:
+            self._report(versioned.host, "enrolled")
+        return versioned, created
+
+    def update(self, serial: str, change: Callable[[Any], Any], *,
+               if_match: str | None = None) -> Any:
+        """The store's ``update``; a change of ``State`` is reported after it is stored."""
+        before: list[Any] = []
+
+        def observed(host: Any) -> Any:
+            before.append(getattr(host, "state", None))
+            return change(host)
+
+        versioned = self._store.update(serial, observed, if_match=if_match)
+        after = getattr(versioned.host, "state", None)
+        if before and before[-1] != after:
+            state = str(getattr(after, "value", ""))
+            if state in STATE_PHASES:
+                self._report(versioned.host, state)
+        return versioned
+
+    def _report(self, host: Any, phase: str) -> None:
+        try:
+            for mac in getattr(host, "mac_addresses", ()):
+                self._events.link(mac, host.serial)
+            self._events.record(phase, self._clock(), serial=host.serial)
+        except Exception:
+            log.failure("recording a boot step failed", serial=host.serial)
+
+
 def _admin_tokens(config: Config) -> dict[str, str]:
     problems: list[ConfigProblem] = []
     tokens = admin_tokens(config, problems)
@@ -175,8 +231,9 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         else:
             log.info("using the mayu settings saved in {path}", path=str(saved))
     metrics = Metrics()
+    events = BootEventRecorder()
     provisioner = Provisioner(
-        prov, MeteredHostStore(store, metrics), base_url=base_url,
+        prov, RecordedHostStore(MeteredHostStore(store, metrics), events), base_url=base_url,
         key=callback_key(prov.cluster_dir),
     )
     metrics.watch_hosts(lambda: [(host.state.value, host.profile) for host in provisioner.hosts()])
@@ -216,6 +273,8 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         config_importer=import_config,
         enrolment=gate,
         clock=clock,
+        events=events,
+        event_feed=EventFeed(events, reactor=reactor),
     )
     return Extensions(
         boot_policy=ProvisioningPolicy(provisioner, installed_boot=prov.installed_boot),
@@ -224,7 +283,9 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         services=[ProvisioningService(store, pool, prov.git_retry_interval, reactor)],
         metrics=metrics,
         dhcp_sightings=sightings,
+        events=events,
     )
 
 
-__all__ = ["MAYU_CONFIG_FILE", "ProvisioningService", "enrolment_gate", "provisioning_extensions"]
+__all__ = ["MAYU_CONFIG_FILE", "ProvisioningService", "RecordedHostStore", "enrolment_gate",
+           "provisioning_extensions"]

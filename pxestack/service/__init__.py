@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.application import service
 
+from pxestack.bootevents import BootEventRecorder
 from pxestack.config import Config
 from pxestack.config.checks import metrics_token as read_metrics_token
 from pxestack.errors import ConfigError, ConfigProblem
@@ -41,6 +42,10 @@ class Extensions:
     #: store (server) or the clients it answered (proxy) to, so that a higher layer can
     #: ask what pxestack's DHCP saw recently (``provision.enrolment: dhcp-seen``).
     dhcp_sightings: Any = None
+    #: The :class:`pxestack.bootevents.BootEventRecorder` the DHCP and TFTP servers report
+    #: each machine's boot steps to (made when None); the provisioning layer reports the
+    #: later steps to the same one, the dashboard and ``/admin/events`` read it.
+    events: Any = None
 
 
 class PxeStackService(service.MultiService):
@@ -50,6 +55,7 @@ class PxeStackService(service.MultiService):
         super().__init__()
         self.config = config
         self.metrics: Any = None
+        self.events: Any = None
         self.setName("pxestack")
 
 
@@ -75,19 +81,33 @@ def build_service(
     ext.http_children.setdefault(
         b"metrics", MetricsResource(ext.metrics, token=metrics_token(config))
     )
+    if ext.events is None:
+        ext.events = BootEventRecorder()
     root = PxeStackService(config)
     root.metrics = ext.metrics
+    root.events = ext.events
     for extra in ext.services:
         extra.setServiceParent(root)
+    lease_lookups: list[Any] = []
     if config.dhcp is not None:
         from pxestack.service.dhcp import build_dhcp_services
 
         for child in build_dhcp_services(config, ext, reactor=reactor):
             child.setServiceParent(root)
+            if hasattr(child, "mac_of"):
+                lease_lookups.append(child.mac_of)
     if config.tftp is not None:
         from pxestack.service.tftp import build_tftp_services
 
-        for child in build_tftp_services(config, ext, reactor=reactor):
+        def mac_of(address: str) -> bytes | None:
+            for lookup in lease_lookups:
+                mac: bytes | None = lookup(address)
+                if mac is not None:
+                    return mac
+            return None
+
+        for child in build_tftp_services(config, ext, reactor=reactor,
+                                         mac_of=mac_of if lease_lookups else None):
             child.setServiceParent(root)
     if config.http is not None:
         from pxestack.service.http import build_http_services

@@ -221,6 +221,7 @@ class DhcpService(service.MultiService):
         metrics: Any = None,
         sightings: DhcpSightings | None = None,
         neighbour: NeighbourLookup | None = None,
+        events: Any = None,
     ) -> None:
         super().__init__()
         if config.dhcp is None:
@@ -244,6 +245,8 @@ class DhcpService(service.MultiService):
         #: for the layers above, or None.
         self.sightings = sightings
         self._neighbour = neighbour or neighbour_mac
+        #: A :class:`pxestack.bootevents.BootEventRecorder` for the machines' DHCP steps.
+        self.events = events
         self._senders: list[Any] = []
         self._prepared = False
 
@@ -329,6 +332,19 @@ class DhcpService(service.MultiService):
                 self.metrics.attach_dhcp_server(self.core, self.store, self.reactor.seconds)
             for protocol in self.protocols:
                 self.metrics.attach_dhcp_protocol(protocol)
+        if self.events is not None and self.core is not None:
+            record_dhcp_steps(self.core, self.events)
+
+    def mac_of(self, address: str) -> bytes | None:
+        """The MAC address holding the lease of *address* now (None when none does)."""
+        store = self.store
+        if store is None:
+            return None
+        try:
+            lease = store.lease_at(IPv4Address(address), self.reactor.seconds())
+        except ValueError:
+            return None
+        return None if lease is None else lease.mac
 
     def _prepare_server(
         self, interfaces: list[tuple[InterfaceInfo, str | None]], host: str, port: int
@@ -449,6 +465,22 @@ class DhcpService(service.MultiService):
         return stopped
 
 
+def record_dhcp_steps(core: DhcpServerCore, events: Any) -> None:
+    """Report every OFFER and lease-granting ACK of *core* to *events* (a
+    :class:`~pxestack.bootevents.BootEventRecorder`), composed with any ``on_progress``."""
+    previous = core.on_progress
+
+    def on_progress(bound: bool, mac: bytes, now: float) -> None:
+        if previous is not None:
+            previous(bound, mac, now)
+        try:
+            events.dhcp(mac, bound, now)
+        except Exception:
+            log.failure("recording a DHCP boot step failed")
+
+    core.on_progress = on_progress
+
+
 def build_dhcp_services(
     config: Config, ext: Any, *, reactor: Any = None
 ) -> list[service.IService]:
@@ -463,7 +495,7 @@ def build_dhcp_services(
     services: list[service.IService] = [
         DhcpService(
             config, policy, reactor=reactor, metrics=getattr(ext, "metrics", None),
-            sightings=getattr(ext, "dhcp_sightings", None),
+            sightings=getattr(ext, "dhcp_sightings", None), events=getattr(ext, "events", None),
         )
     ]
     advertisements = config.dhcp.router_advertisements
@@ -485,6 +517,7 @@ __all__ = [
     "boot_defaults",
     "build_dhcp_services",
     "default_script_url",
+    "record_dhcp_steps",
     "reservations",
     "server_settings",
 ]

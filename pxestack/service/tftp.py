@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -24,6 +25,7 @@ from pxestack.tftp.negotiate import NegotiationLimits
 from pxestack.tftp.protocol import DESCRIPTORS_PER_CONNECTED_TRANSFER, TftpServer
 from pxestack.tftp.session import SessionSettings
 from pxestack.tftp.source import FileSource, FilesystemSource, UploadDirectory
+from pxestack.tftp.stats import SessionStats
 
 log = Logger()
 
@@ -118,10 +120,43 @@ def session_settings(tftp: TftpConfig) -> SessionSettings:
     )
 
 
+def record_tftp_steps(server: TftpServer, events: Any,
+                      mac_of: Callable[[str], bytes | None] | None) -> None:
+    """Report every finished transfer of *server* to *events* (a
+    :class:`~pxestack.bootevents.BootEventRecorder`), composed with its ``on_stats``.
+
+    A transfer is a step of the machine whose DHCP lease holds the client's address
+    (*mac_of*, the DHCP service's lease lookup); without one it is not recorded.
+    """
+    previous = server.on_stats
+
+    def on_stats(stats: SessionStats) -> None:
+        if previous is not None:
+            previous(stats)
+        if mac_of is None:
+            return
+        try:
+            host = str(stats.client[0])
+            mac = mac_of(host)
+            if mac is not None:
+                outcome = getattr(stats.outcome, "value", stats.outcome)
+                events.record("tftp", stats.finished, mac=mac, ip=host,
+                              duration=max(0.0, stats.finished - stats.started),
+                              detail=f"{stats.path} {outcome}")
+        except Exception:
+            log.failure("recording a TFTP boot step failed")
+
+    server.on_stats = on_stats
+
+
 def build_tftp_services(
-    config: Config, ext: Any, *, reactor: Any = None
+    config: Config, ext: Any, *, reactor: Any = None,
+    mac_of: Callable[[str], bytes | None] | None = None,
 ) -> list[service.IService]:
     """The TFTP service for *config*; *ext* is a :class:`pxestack.service.Extensions`.
+
+    *mac_of* finds the machine behind a client address (the DHCP service's leases) for
+    the boot steps reported to ``ext.events``.
 
     ``ext.tftp_source`` replaces the filesystem root when set.  The root (and the upload
     directory, when configured) is created if missing.
@@ -150,6 +185,9 @@ def build_tftp_services(
     metrics = getattr(ext, "metrics", None)
     if metrics is not None:
         metrics.attach_tftp_server(server)
+    events = getattr(ext, "events", None)
+    if events is not None:
+        record_tftp_steps(server, events, mac_of)
     return [TftpService(server, tftp.listen, reactor=reactor)]
 
 
@@ -157,5 +195,6 @@ __all__ = [
     "TftpService",
     "build_tftp_services",
     "ensure_transfer_descriptors",
+    "record_tftp_steps",
     "session_settings",
 ]

@@ -38,6 +38,9 @@ def test_wheel_contains_the_dropin_and_no_twisted_init(wheel: Path) -> None:
     assert not any(name.endswith("dropin.cache") for name in names)
     assert "pxestack/config/quickstart.yaml" in names
     assert "pxestack/py.typed" in names
+    for data in ("templates/base.html.j2", "templates/machine_live.html.j2",
+                 "static/dashboard.css", "static/dashboard.js"):
+        assert f"pxestack/dashboard/{data}" in names
 
 
 @pytest.mark.slow

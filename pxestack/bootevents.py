@@ -1,0 +1,360 @@
+"""A bounded, in-memory record of what each machine did during its boot.
+
+The servers report the steps they see; the dashboard, ``/admin/events`` and the tests read
+them back.  Every step has a *phase* (:data:`PHASES`, in boot order):
+
+==============  ==============================================  ==========================
+phase           reported when                                   keyed by
+==============  ==============================================  ==========================
+``dhcp_pxe``    the DHCP server offers / acknowledges a lease   MAC
+``tftp``        a TFTP transfer ends (the client's address is   MAC (looked up from the
+                looked up in the DHCP leases)                   lease of the address)
+``dhcp_ipxe``   DHCP again, after the machine fetched its        MAC
+                network boot program over TFTP
+``script``      iPXE asks for its script naming itself          serial and MAC
+``kernel``      a kernel, initrd or image file of the host      serial
+``enrolled``    first contact: the host record is created       serial
+``installing``  the installer posted its host data              serial
+``installed``   ``set_installed``                               serial
+``running``     ``boot_complete``                               serial
+``configured``  an operator asked for a reinstall               serial
+==============  ==============================================  ==========================
+
+The two DHCP phases are told apart by what the machine did before, not by the request's
+options: the DHCP exchange that follows the firmware's (after its ACK or after the TFTP
+transfer of the same machine) is iPXE's own, every other one is the firmware's.  A
+``script`` step names both the serial and the MAC (iPXE fills in ``${serial}`` and
+``${mac}``) and links them, so the MAC-keyed steps before it become part of the serial's
+timeline.
+
+Memory is bounded: at most ``max_machines`` machines (least recently seen dropped first),
+``per_machine`` steps each, and a backlog of ``backlog`` steps for ``since`` catch-up and the
+boot-storm view.  Values from the network are checked before they are kept: a MAC that is
+not six octets, a serial that is not a short printable word, or an unknown phase make
+:meth:`BootEventRecorder.record` return ``None`` and count in ``dropped``; the caller logs.
+
+This module is a sans-IO core (no clock, no sockets, no Twisted): times are passed in, and
+subscribers are plain callables called in the reporting thread (the provisioning layer
+reports from its thread pool), outside the recorder's lock.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: The phases of a boot, in order (see the module documentation).
+PHASES: tuple[str, ...] = (
+    "dhcp_pxe", "tftp", "dhcp_ipxe", "script", "kernel", "enrolled", "installing",
+    "installed", "running", "configured",
+)
+#: How the dashboard names each phase.
+PHASE_LABELS: Mapping[str, str] = {
+    "dhcp_pxe": "DHCP (PXE)",
+    "tftp": "TFTP",
+    "dhcp_ipxe": "DHCP (iPXE)",
+    "script": "iPXE script",
+    "kernel": "kernel / initrd",
+    "enrolled": "enrolment",
+    "installing": "host data",
+    "installed": "installed",
+    "running": "boot complete",
+    "configured": "reinstall requested",
+}
+#: Host states that are also phases (the provisioning layer reports them by state).
+STATE_PHASES = frozenset({"installing", "installed", "running", "configured"})
+
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+_SERIAL = re.compile(r"[0-9a-z][0-9a-z._:-]{0,127}")
+_DETAIL_MAX = 120
+
+
+def normal_mac(value: bytes | str | None) -> str | None:
+    """*value* as ``aa:bb:cc:dd:ee:ff``, or None when it is not a six-octet MAC address.
+
+    Takes the octets (a DHCP ``chaddr``) or text with colons or hyphens (iPXE's
+    ``${mac:hexhyp}``).
+    """
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        if len(value) != 6:
+            return None
+        return ":".join(f"{b:02x}" for b in value)
+    text = value.strip().lower().replace("-", ":")
+    return text if _MAC.fullmatch(text) else None
+
+
+def normal_serial(value: str | None) -> str | None:
+    """*value* lower-cased, or None unless it is a short printable identifier."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    return text if _SERIAL.fullmatch(text) else None
+
+
+def _clean_detail(value: str) -> str:
+    text = "".join(ch if ch.isprintable() else "?" for ch in value)
+    return text[:_DETAIL_MAX]
+
+
+@dataclass(frozen=True, slots=True)
+class BootEvent:
+    """One step of one machine's boot."""
+
+    #: Position in the recorder's stream (1, 2, ...): ``since`` and SSE ids use it.
+    seq: int
+    #: When the step ended (seconds since the epoch).
+    time: float
+    phase: str
+    #: The machine's key when the step was recorded: its serial when known, else its MAC.
+    machine: str
+    serial: str | None = None
+    mac: str | None = None
+    ip: str | None = None
+    #: How long the step took, when it is a span (a DHCP exchange, a TFTP transfer).
+    duration: float | None = None
+    #: A short word: ``offer``/``ack``, the file name, the TFTP outcome, ...
+    detail: str = ""
+
+    @property
+    def started(self) -> float:
+        """When the step began."""
+        return self.time - (self.duration or 0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        """The step as ``/admin/events`` sends it."""
+        return {
+            "seq": self.seq,
+            "time": round(self.time, 3),
+            "phase": self.phase,
+            "machine": self.machine,
+            "serial": self.serial,
+            "mac": self.mac,
+            "ip": self.ip,
+            "duration": None if self.duration is None else round(self.duration, 3),
+            "detail": self.detail,
+        }
+
+
+Subscriber = Callable[[BootEvent], None]
+
+
+class BootEventRecorder:
+    """Keeps the recent boot steps of every machine (see the module documentation)."""
+
+    def __init__(self, *, max_machines: int = 10000, per_machine: int = 128,
+                 backlog: int = 20000, max_subscribers: int = 64) -> None:
+        self.max_machines = max_machines
+        self.per_machine = per_machine
+        self.max_subscribers = max_subscribers
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._backlog: deque[BootEvent] = deque(maxlen=backlog)
+        self._machines: OrderedDict[str, deque[BootEvent]] = OrderedDict()
+        self._serial_of_mac: OrderedDict[str, str] = OrderedDict()
+        self._subscribers: list[Subscriber] = []
+        #: Reports refused because a value was not acceptable (hostile or broken input).
+        self.dropped = 0
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def record(
+        self,
+        phase: str,
+        now: float,
+        *,
+        mac: bytes | str | None = None,
+        serial: str | None = None,
+        ip: str | None = None,
+        duration: float | None = None,
+        detail: str = "",
+    ) -> BootEvent | None:
+        """Keep one step; None (and ``dropped`` counts it) when a value is not acceptable."""
+        mac_text = normal_mac(mac)
+        serial_text = normal_serial(serial)
+        bad = (
+            phase not in PHASES
+            or (mac is not None and mac_text is None)
+            or (serial is not None and serial_text is None)
+            or (mac_text is None and serial_text is None)
+            or (duration is not None and not 0 <= duration < 86400)
+        )
+        if bad:
+            with self._lock:
+                self.dropped += 1
+            return None
+        with self._lock:
+            if mac_text is not None and serial_text is not None:
+                self._link(mac_text, serial_text)
+            elif mac_text is not None:
+                serial_text = self._serial_of_mac.get(mac_text)
+            key = serial_text or mac_text or ""
+            if phase in ("dhcp_pxe", "dhcp_ipxe"):
+                phase = self._dhcp_phase(key, detail)
+            self._seq += 1
+            event = BootEvent(self._seq, now, phase, key, serial_text, mac_text, ip,
+                              duration, _clean_detail(detail))
+            self._backlog.append(event)
+            steps = self._machines.get(key)
+            if steps is None:
+                steps = self._machines[key] = deque(maxlen=self.per_machine)
+            else:
+                self._machines.move_to_end(key)
+            steps.append(event)
+            while len(self._machines) > self.max_machines:
+                self._machines.popitem(last=False)
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            try:
+                subscriber(event)
+            except Exception:  # a broken reader must not break the server reporting
+                self._unsubscribe(subscriber)
+        return event
+
+    def _dhcp_phase(self, key: str, detail: str) -> str:
+        """``dhcp_ipxe`` for the exchange that follows the firmware's: after a TFTP transfer,
+        after the firmware's ACK (the TFTP step is recorded when the transfer ends, which
+        may be just after iPXE's DISCOVER on a busy server), or within iPXE's exchange;
+        every other exchange is the firmware's, ``dhcp_pxe``."""
+        steps = self._machines.get(key)
+        last = steps[-1] if steps else None
+        if last is None:
+            return "dhcp_pxe"
+        if last.phase == "tftp":
+            return "dhcp_ipxe"
+        if last.phase == "dhcp_pxe" and last.detail == "ack" and detail == "offer":
+            return "dhcp_ipxe"
+        if last.phase == "dhcp_ipxe" and detail == "ack":
+            return "dhcp_ipxe"
+        return "dhcp_pxe"
+
+    def _link(self, mac: str, serial: str) -> None:
+        """From now on *mac* is *serial*: its MAC-keyed steps join the serial's timeline."""
+        if self._serial_of_mac.get(mac) == serial:
+            self._serial_of_mac.move_to_end(mac)
+            return
+        self._serial_of_mac[mac] = serial
+        while len(self._serial_of_mac) > self.max_machines:
+            self._serial_of_mac.popitem(last=False)
+        early = self._machines.pop(mac, None)
+        if not early:
+            return
+        steps = self._machines.get(serial)
+        merged = sorted([*early, *(steps or ())], key=lambda e: e.seq)
+        self._machines[serial] = deque(merged, maxlen=self.per_machine)
+
+    def dhcp(self, mac: bytes, bound: bool, now: float, *, ip: str | None = None) -> None:
+        """An OFFER (*bound* False) or a lease-granting ACK to *mac* (``on_progress``'s shape)."""
+        self.record("dhcp_pxe", now, mac=mac, ip=ip, detail="ack" if bound else "offer")
+
+    def link(self, mac: str, serial: str) -> bool:
+        """Note that *mac* belongs to *serial* (host data); False when either is not valid."""
+        mac_text, serial_text = normal_mac(mac), normal_serial(serial)
+        if mac_text is None or serial_text is None:
+            with self._lock:
+                self.dropped += 1
+            return False
+        with self._lock:
+            self._link(mac_text, serial_text)
+        return True
+
+    # -- subscribers ---------------------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None] | None:
+        """Call *subscriber* with every new step; returns the way to stop, or None when
+        ``max_subscribers`` are already listening."""
+        with self._lock:
+            if len(self._subscribers) >= self.max_subscribers:
+                return None
+            self._subscribers.append(subscriber)
+        return lambda: self._unsubscribe(subscriber)
+
+    def _unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers are listening."""
+        return len(self._subscribers)
+
+    # -- reading -------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the newest step (0 before the first)."""
+        return self._seq
+
+    def since(self, seq: int = 0, limit: int | None = None) -> list[BootEvent]:
+        """Steps after *seq* still in the backlog, oldest first (the newest *limit*)."""
+        with self._lock:
+            found = [e for e in self._backlog if e.seq > seq]
+        return found[-limit:] if limit is not None and limit >= 0 else found
+
+    def serial_of(self, mac: str) -> str | None:
+        """The serial *mac* was linked to, if any."""
+        key = normal_mac(mac)
+        return None if key is None else self._serial_of_mac.get(key)
+
+    def steps(self, machine: str, macs: Iterable[str] = ()) -> list[BootEvent]:
+        """Every kept step of *machine* (a serial or a MAC), with those of *macs* not yet
+        linked to it, oldest first."""
+        keys = {machine.lower()} | {m for m in (normal_mac(x) for x in macs) if m}
+        with self._lock:
+            found = [e for key in keys for e in self._machines.get(key, ())]
+        return sorted(found, key=lambda e: e.seq)
+
+    def current(self) -> dict[str, BootEvent]:
+        """The newest step of every machine kept, by machine key."""
+        with self._lock:
+            return {key: steps[-1] for key, steps in self._machines.items() if steps}
+
+    def storm(self, *, buckets: int = 60, now: float | None = None) -> dict[str, Any]:
+        """Machines per phase over time, from the backlog (the boot-storm view).
+
+        The backlog's span (to *now*) is cut into *buckets* equal slices; each slice counts
+        the machines whose newest step at its end was in each phase.  A step naming both a
+        serial and a MAC moves the MAC's machine to the serial (one machine, not two).
+        """
+        with self._lock:
+            events = list(self._backlog)
+        if not events:
+            return {"phases": list(PHASES), "times": [], "counts": {p: [] for p in PHASES}}
+        start = events[0].started
+        end = max(now if now is not None else events[-1].time, events[-1].time)
+        step = max((end - start) / max(1, buckets), 1e-3)
+        edges = [start + step * (i + 1) for i in range(max(1, buckets))]
+        counts: dict[str, list[int]] = {p: [] for p in PHASES}
+        where: dict[str, str] = {}
+        index = 0
+        for edge in edges:
+            while index < len(events) and events[index].time <= edge:
+                event = events[index]
+                if event.serial and event.mac:
+                    where.pop(event.mac, None)
+                where[event.machine] = event.phase
+                index += 1
+            tally = dict.fromkeys(PHASES, 0)
+            for phase in where.values():
+                tally[phase] += 1
+            for phase in PHASES:
+                counts[phase].append(tally[phase])
+        return {"phases": list(PHASES), "times": [round(t, 3) for t in edges],
+                "counts": counts}
+
+
+__all__ = [
+    "PHASES",
+    "PHASE_LABELS",
+    "STATE_PHASES",
+    "BootEvent",
+    "BootEventRecorder",
+    "normal_mac",
+    "normal_serial",
+]
