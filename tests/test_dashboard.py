@@ -318,3 +318,28 @@ def test_with_an_admin_listener_the_dashboard_is_only_there() -> None:
     assert dashboard.on_admin_listener(admin)
     dashboard.api.admin_listener_only = False
     assert dashboard.on_admin_listener(plain)
+
+
+def test_a_trusted_network_logs_in_without_a_token() -> None:
+    """The admin API's other credentials (trusted networks, client certificates) count for
+    the dashboard's login too; an empty token from anywhere else does not."""
+    from ipaddress import ip_network
+    from types import SimpleNamespace
+
+    from pxestack.dashboard.web import DashboardResource
+
+    api = SimpleNamespace(open_admin=False, admin_tokens={"ops": "o" * 40},
+                          trusted_networks=(ip_network("198.18.7.0/24"),),
+                          client_certificates=False, admin_listener_only=False)
+    api.trusted_network_of = lambda host: (
+        "198.18.7.0/24" if host.startswith("198.18.7.") else None)
+    resource = DashboardResource.__new__(DashboardResource)
+    resource.dashboard = SimpleNamespace(api=api)  # type: ignore[assignment]
+
+    def request_from(host: str) -> Request:
+        request = Request(DummyChannel())
+        request.client = type("Peer", (), {"host": host, "port": 4000})()  # type: ignore[assignment]
+        return request
+
+    assert resource.recognised(request_from("198.18.7.9")) == "trusted:198.18.7.9"
+    assert resource.recognised(request_from("198.18.9.9")) is None

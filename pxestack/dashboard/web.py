@@ -412,7 +412,16 @@ class DashboardResource(Resource):
             request, "login.html.j2", error=error, session=None, view="login",
             next=_safe_next(_arg(request, b"next")),
             token_needed=not self.dashboard.api.open_admin,
+            recognised=self.recognised(request),
         )
+
+    def recognised(self, request: Request) -> str | None:
+        """The actor a request authenticates as without a token: a verified client
+        certificate (``api.client_ca_file``) or a source in ``api.trusted_networks``."""
+        if self.dashboard.api.open_admin:
+            return None
+        found = AdminResource(self.dashboard.api).authenticate(request)
+        return found[0] if found is not None else None
 
     def actor_of(self, presented: str, client: str) -> str | None:
         """The name of the admin token *presented* (every token is compared, in constant
@@ -436,6 +445,8 @@ class DashboardResource(Resource):
             return self.login_form(request, "This login came from another site.")
         presented = _arg(request, b"token") or ""
         actor = self.actor_of(presented, client)
+        if actor is None and not presented:
+            actor = self.recognised(request)
         if actor is None:
             log.warn("dashboard: wrong admin token from {client}", client=client)
             request.setResponseCode(http.UNAUTHORIZED)
