@@ -20,7 +20,8 @@ installers, scripts and ``mayuctl`` keep working:
 ``PUT /admin/host/<serial>/<action>``       set_installed, boot_complete, set_state, mark_fresh,
                                             set_metadata, set_provider_id, set_ipmi_addr,
                                             set_cabinet, set_etcd_cluster_token, override,
-                                            approve
+                                            approve, move
+``POST /admin/hosts``                       pre-register a machine (201)
 ``DELETE /admin/host/<serial>``             remove the host (address and profile slot freed)
 ``GET|PUT /admin/mayu_config``              the provisioning settings in mayu's YAML schema
 ``GET /admin/health``                       store and git-audit health (503 when degraded)
@@ -76,7 +77,12 @@ from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefu
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
 from pxestack.provision.machine import Event, IllegalTransition
 from pxestack.provision.model import HostState
-from pxestack.provision.provisioner import BadRequest, PendingLimitReached, Provisioner
+from pxestack.provision.provisioner import (
+    BadRequest,
+    Conflict,
+    PendingLimitReached,
+    Provisioner,
+)
 from pxestack.provision.store import HostNotFound, PreconditionFailed, StoreError, StoreReadOnly
 from pxestack.provision.templates import TemplateRenderError
 
@@ -342,8 +348,12 @@ class _Base(Resource):
         if isinstance(exc, HostNotFound):
             return http.BAD_REQUEST, "host doesn't exist"
         if isinstance(exc, BadRequest):
+            log.info("request refused (400): {error}", error=str(exc))
             return http.BAD_REQUEST, str(exc)
         if isinstance(exc, IllegalTransition):
+            return http.CONFLICT, str(exc)
+        if isinstance(exc, Conflict):
+            log.info("request refused (409): {error}", error=str(exc))
             return http.CONFLICT, str(exc)
         if isinstance(exc, PreconditionFailed):
             return http.PRECONDITION_FAILED, f"{exc} (current ETag {exc.current_etag})"
@@ -709,6 +719,14 @@ FIELD_SETTERS = {
     "set_cabinet": "Cabinet",
     "set_etcd_cluster_token": "EtcdClusterToken",
 }
+#: The value a setter stores when its key is missing from the body (Go's zero values).
+FIELD_ZERO_VALUES: dict[str, Any] = {
+    "FleetMetadata": [],
+    "ProviderId": "",
+    "IPMIAddr": "",
+    "Cabinet": 0,
+    "EtcdClusterToken": "",
+}
 MACHINE_ACTIONS = ("set_installed", "boot_complete")
 
 
@@ -807,17 +825,47 @@ class AdminResource(_Base):
                     lambda: _etagged(prov, prov.override(serial, overrides, if_match)),
                     _accepted,
                 )
+            if action == "move":
+                profile, force = payload.get("Profile"), payload.get("Force", False)
+                return self.respond(
+                    request,
+                    lambda: _etagged(prov, prov.move(serial, profile, force, if_match)),
+                    _accepted,
+                )
             if action in FIELD_SETTERS:
                 name = FIELD_SETTERS[action]
-                if name not in payload:
-                    raise BadRequest(f"{name} missing from the body")
-                value = payload[name]
+                # mayuctl leaves out a key whose value is zero or empty (``set S cabinet
+                # 0``): a missing key (or JSON null) is the zero value, as in mayu, so an
+                # operator can clear a field.
+                value = payload.get(name)
+                if value is None:
+                    value = FIELD_ZERO_VALUES[name]
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.set_field(serial, name, value, if_match)),
                     _accepted,
                 )
             raise HttpError(http.NOT_FOUND, f"unknown action {action!r}")
+
+        return self.guarded(request, handle)
+
+    def render_POST(self, request: Request) -> bytes | int:
+        """``POST /admin/hosts``: pre-register a machine (serial, MACs, profile, address); 201."""
+
+        def handle() -> bytes | int:
+            self.require_admin(request)
+            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
+            if path != ["hosts"]:
+                raise HttpError(http.NOT_FOUND, "not found")
+            payload = self.json_body(request)
+            prov = self.api.provisioner
+
+            def work() -> Any:
+                added = prov.add(payload)
+                log.info("host {serial} added by the admin API", serial=added.serial)
+                return prov.get(added.serial)
+
+            return self.respond(request, work, _created_writer)
 
         return self.guarded(request, handle)
 
@@ -859,6 +907,13 @@ def _json_writer(request: Request, value: Any) -> bytes:
 def _versioned_writer(request: Request, versioned: Any) -> bytes:
     request.setHeader(b"ETag", versioned.etag.encode())
     return _json_writer(request, versioned.host.to_json())
+
+
+def _created_writer(request: Request, versioned: Any) -> bytes:
+    """201 with the new record, its ETag and its ``Location``."""
+    request.setResponseCode(http.CREATED)
+    request.setHeader(b"Location", f"/admin/host/{versioned.host.serial}".encode())
+    return _versioned_writer(request, versioned)
 
 
 def _health_writer(request: Request, health: Any) -> bytes:
