@@ -93,7 +93,8 @@ LEASE_EVENTS = ("offered", "bound", "released", "declined", "expired", "nak",
 DEFAULT_HTTP_ENDPOINTS = frozenset({
     "ipxebootscript", "first-stage-script", "first-stage-ignition.json",
     "final-ignition-config.json", "ignition", "images", "admin", "assets", "healthz",
-    "metrics", "installer-ignition", "script", "boot.ipxe",
+    "metrics", "installer-ignition", "script", "boot.ipxe", "first-stage-cloudconfig.yaml",
+    "final-cloud-config.yaml",
 })
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 

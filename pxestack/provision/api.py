@@ -8,6 +8,10 @@ installers, scripts and ``mayuctl`` keep working:
 ``GET /first-stage-script/<serial>``        enrol + installer script (``?uuid=`` fallback)
 ``GET /first-stage-ignition.json``          Ignition config of the live installer system
 ``POST /final-ignition-config.json``        host data -> ``installing`` -> final Ignition config
+``GET /first-stage-cloudconfig.yaml``       cloud-config of the live installer (cloud-config
+                                            profiles)
+``POST /final-cloud-config.yaml``           host data -> ``installing`` -> last-stage
+                                            cloud-config (cloud-config profiles)
 ``GET /ignition?serial&uuid``               the machine's Ignition config (flows flatcar-pxe,
                                             fcos-disk, fcos-pxe; mayu era C)
 ``GET /installer-ignition?serial&uuid``     the fcos-disk live installer's Ignition config
@@ -93,6 +97,7 @@ Runner = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
 
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
+_YAML = b"text/yaml; charset=utf-8"
 
 
 def synchronous_runner(work: Callable[[], Any]) -> defer.Deferred[Any]:
@@ -493,10 +498,34 @@ class FirstStageIgnitionResource(_Base):
         )
 
 
-class HostDataResource(_Base):
-    """``POST /final-ignition-config.json``: the installer's host data; returns the config."""
+class FirstStageCloudConfigResource(_Base):
+    """``GET /first-stage-cloudconfig.yaml``: the live installer's cloud-config (profiles
+    with ``config_format: cloud-config``; mayu baked it into its initrd)."""
 
     isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """The same document for every machine."""
+        return self.guarded(
+            request,
+            lambda: self.respond(
+                request, self.api.provisioner.render_first_stage_cloudconfig, _text(_YAML)
+            ),
+        )
+
+
+class HostDataResource(_Base):
+    """``POST /final-ignition-config.json`` or ``POST /final-cloud-config.yaml`` (mayu's two
+    paths): the installer's host data; returns the final config of the host's flow.
+
+    A host whose profile uses the other format gets 409 naming the right path.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: ProvisioningApi, config_format: str = "ignition") -> None:
+        super().__init__(api)
+        self.config_format = config_format
 
     def render_POST(self, request: Request) -> bytes | int:
         """Record MACs/NIC/IPMI, go ``installing``, answer the final Ignition config."""
@@ -523,10 +552,17 @@ class HostDataResource(_Base):
             def work() -> str:
                 versioned, _ = prov.first_contact(serial, pending=pending)
                 _refuse_pending(versioned.host)
+                flow = prov.flow_of(versioned.host)
+                if flow.config_format != self.config_format:
+                    raise HttpError(
+                        http.CONFLICT,
+                        f"this host's profile uses flow {flow.name}: POST /{flow.host_data_path}",
+                    )
                 _host, config = prov.host_data(payload, serial_hint=serial)
                 return config
 
-            return self.respond(request, work, _text(_JSON))
+            content = _YAML if self.config_format == "cloud-config" else _JSON
+            return self.respond(request, work, _text(content))
 
         return self.guarded(request, handle)
 
@@ -978,6 +1014,8 @@ class ProvisioningApi:
             b"first-stage-script": FirstStageScriptResource(self),
             b"first-stage-ignition.json": FirstStageIgnitionResource(self),
             b"final-ignition-config.json": HostDataResource(self),
+            b"first-stage-cloudconfig.yaml": FirstStageCloudConfigResource(self),
+            b"final-cloud-config.yaml": HostDataResource(self, "cloud-config"),
             b"ignition": PxeIgnitionResource(self),
             b"installer-ignition": InstallerIgnitionResource(self),
             b"script": ScriptResource(self),
@@ -998,6 +1036,7 @@ __all__ = [
     "IMAGE_FILES",
     "AdminResource",
     "BootScriptResource",
+    "FirstStageCloudConfigResource",
     "FirstStageScriptResource",
     "HostDataResource",
     "HttpError",

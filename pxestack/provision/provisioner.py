@@ -27,7 +27,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pxestack import __version__
 from pxestack.config.provision import ProfileConfig, ProvisionConfig, thaw
@@ -557,7 +557,15 @@ class Provisioner:
         images_url = self.images_url(host)
         script_url = f"{self.base_url}/script/{quoted}"
         flatcar = profile.flatcar if profile is not None else None
+        parsed_base = urlsplit(self.base_url)
         return {
+            # mayu's names for the last-stage config (cloud-config era)
+            "MayuHost": parsed_base.hostname or "",
+            "MayuPort": parsed_base.port or (443 if parsed_base.scheme == "https" else 80),
+            "NoTLS": parsed_base.scheme != "https",
+            "EtcdDiscoveryUrl": self.etcd_discovery_url(host, env),
+            "ConfigFormat": flow.config_format,
+            "FinalConfigURL": f"{self.base_url}/{flow.host_data_path}",
             "Host": host_json,
             "Profile": host.profile if host is not None else "",
             "InstallFlow": self.install_flow(host) if host is not None else "disk",
@@ -599,6 +607,18 @@ class Provisioner:
             },
             "Generic": self._generic_context(profile, serial, images_url, script_url),
         }
+
+    def etcd_discovery_url(self, host: Host | None, env: Mapping[str, Any]) -> str:
+        """mayu's ``EtcdDiscoveryUrl``: ``templates_env.etcd_discovery_base_url`` + ``/`` +
+        the host's etcd token (or the cluster's default); ``""`` without that base URL
+        (pxestack runs no etcd discovery service of its own)."""
+        base = env.get("etcd_discovery_base_url")
+        if not isinstance(base, str) or not base:
+            return ""
+        token = (host.etcd_cluster_token if host is not None else "") or (
+            self.store.default_etcd_token
+        )
+        return f"{base.rstrip('/')}/{token}"
 
     def install_disk(self, host: Host | None, env: Mapping[str, Any]) -> str:
         """The disk to install to: host override > profile ``install_disk`` > templates_env."""
@@ -651,7 +671,8 @@ class Provisioner:
         return self.config.default_os_version
 
     def render_final(self, host: Host) -> str:
-        """The final Ignition config of *host* (the template of its OS flow)."""
+        """The final config of *host* (the template of its OS flow: Ignition, or the
+        last-stage cloud-config)."""
         flow = self.flow_of(host)
         if flow.config_template is None:
             raise BadRequest(f"profile {host.profile!r} (flow {flow.name}) has no Ignition config")
@@ -688,6 +709,11 @@ class Provisioner:
     def render_first_stage_script(self, host: Host) -> str:
         """The installer script of *host* (mayu's first_stage_script)."""
         return self.templates.render("first_stage_script.sh.j2", self.context(host))
+
+    def render_first_stage_cloudconfig(self) -> str:
+        """The (host-independent) cloud-config of the live installer system (cloud-config
+        profiles: mayu's first_stage_cloudconfig.yaml)."""
+        return self.templates.render("first_stage_cloudconfig.yaml.j2", self.context(None))
 
     def render_first_stage_ignition(self) -> str:
         """The (host-independent) Ignition config of the live installer system."""
