@@ -243,3 +243,17 @@ def test_move_of_a_pending_host_is_refused(tmp_path: Path):
     assert answer.code == 409 and b"approve" in answer.body
     found = rig.provisioner.get("sn-p")
     assert found is not None and found.host.state is HostState.PENDING
+
+
+def test_refused_input_is_logged_with_the_field(rig):
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        body = with_field(b'"Overrides":{"FlatcarVersion":"../../../../etc"}')
+        assert put(rig, "sn-1", "override", body).code == 400
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    refusals = [e for e in events if "request refused (400)" in str(e.get("log_format", ""))]
+    assert refusals and "Overrides.FlatcarVersion" in refusals[0]["error"]
