@@ -94,6 +94,7 @@ DEFAULT_HTTP_ENDPOINTS = frozenset({
     "ipxebootscript", "first-stage-script", "first-stage-ignition.json",
     "final-ignition-config.json", "ignition", "images", "admin", "assets", "healthz",
     "metrics", "installer-ignition", "script", "boot.ipxe", "dashboard",
+    "first-stage-cloudconfig.yaml", "final-cloud-config.yaml",
 })
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 

@@ -181,25 +181,54 @@ def ctl(rig_or_base: Rig | str, *argv: str):
     return threads.deferToThread(main, ["ctl", "--server", base, *argv])
 
 
+#: ``mayuctl list``'s header (mayu.md §9): the upper-cased default field names.
+MAYUCTL_HEADER = ["IP", "SERIAL", "PROFILE", "IPMIADDR", "PROVIDERID", "ETCDTOKEN", "METADATA",
+                  "COREOS", "STATE", "LASTBOOT"]
+
+
 @pytest_twisted.inlineCallbacks
-def test_list_shows_every_host_sorted_with_the_default_columns(rig, capsys):
+def test_list_defaults_to_mayuctls_columns_quoting_and_times(rig, capsys):
     for serial in ("sn-b", "sn-a", "sn-c"):
         rig.enrol(serial)
     rig.install("sn-b", "52:54:00:00:00:0b")
+    rig.provisioner.boot_complete("sn-b", {"CoreOSVersion": "3975.2.0"})
+    rig.provisioner.set_field("sn-a", "IPMIAddr", "198.18.20.7")
     assert (yield ctl(rig, "list")) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["SERIAL", "ADDRESS", "PROFILE", "STATE", "LAST", "BOOT", "TAGS"]
-    rows = [line.split() for line in lines[1:]]
-    assert [r[0] for r in rows] == ["sn-a", "sn-b", "sn-c"]
-    by_serial = {r[0]: r for r in rows}
+    assert lines[0].split() == MAYUCTL_HEADER
+    starts = [lines[0].index(name) for name in MAYUCTL_HEADER]
+    rows = [[line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+            for line in lines[1:]]
+    # mayuctl sorts its rows as strings: the address comes first
+    assert [r[0] for r in rows] == sorted(str(rig.host(s).internal_addr)
+                                          for s in ("sn-a", "sn-b", "sn-c"))
+    by_serial = {r[1]: r for r in rows}
     for serial, row in by_serial.items():
         host = rig.host(serial)
-        assert row[1] == str(host.internal_addr)
         assert row[2] == host.profile
-        assert row[3] == host.state.value
-        assert row[4] == "-"  # never booted
-        assert row[5] == ",".join(host.fleet_metadata)
-    assert by_serial["sn-b"][3] == "installed"
+        assert row[5] == host.etcd_cluster_token
+        assert row[6] == ",".join(host.fleet_metadata)
+        assert row[8] == f'"{host.state.value}"'  # with its JSON quotes
+    assert by_serial["sn-a"][3] == "198.18.20.7" and by_serial["sn-c"][3] == "-"
+    assert by_serial["sn-a"][4] == "-"  # no provider id
+    assert by_serial["sn-b"][8] == '"running"' and by_serial["sn-b"][7] == "3975.2.0"
+    assert by_serial["sn-a"][9] == "0001-01-01 00:00:00"  # Go's zero time: never booted
+    assert len(by_serial["sn-b"][9]) == 19 and by_serial["sn-b"][9] != "0001-01-01 00:00:00"
+
+
+@pytest_twisted.inlineCallbacks
+def test_list_wide_shows_pxestacks_columns_sorted_by_serial(rig, capsys):
+    for serial in ("sn-b", "sn-a"):
+        rig.enrol(serial)
+    rig.install("sn-b", "52:54:00:00:00:0b")
+    assert (yield ctl(rig, "list", "--wide")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["SERIAL", "ADDRESS", "PROFILE", "STATE", "LASTBOOT", "TAGS",
+                                "HOSTNAME", "MACS", "OSVERSION"]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[0] for r in rows] == ["sn-a", "sn-b"]
+    assert rows[1][3] == "installed" and rows[1][4] == "-"
+    assert rows[1][7] == "52:54:00:00:00:0b"
 
 
 @pytest_twisted.inlineCallbacks
@@ -209,8 +238,11 @@ def test_list_fields_filters_and_machine_readable_output(rig, capsys):
     rig.install("sn-2", "52:54:00:00:00:02")
     assert (yield ctl(rig, "list", "--fields", "serial,state,ip", "--no-legend",
                       "--state", "installed")) == 0
-    assert capsys.readouterr().out.split() == ["sn-2", "installed",
+    assert capsys.readouterr().out.split() == ["sn-2", '"installed"',
                                                str(rig.host("sn-2").internal_addr)]
+    assert (yield ctl(rig, "list", "--wide", "--fields", "serial,state", "--no-legend",
+                      "--state", "installed")) == 0
+    assert capsys.readouterr().out.split() == ["sn-2", "installed"]
     assert (yield ctl(rig, "-o", "json", "list")) == 0
     records = json.loads(capsys.readouterr().out)
     assert [r["Serial"] for r in records] == ["sn-1", "sn-2"]
@@ -572,7 +604,7 @@ def test_https_server_is_verified_against_cacert(tmp_path, capsys, monkeypatch):
     try:
         assert (yield ctl(base, "list", "--cacert", str(cert_path), "--no-legend",
                           "--fields", "serial,state")) == 0
-        assert capsys.readouterr().out.split() == ["abc", "running"]
+        assert capsys.readouterr().out.split() == ["abc", '"running"']  # mayuctl's quoting
         assert (yield ctl(base, "list")) == 1  # not in the system trust store
         assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
     finally:
@@ -595,3 +627,27 @@ def test_approve_and_remove(rig, capsys):
     assert rig.provisioner.get("new-1") is None
     assert rig.store.history("new-1")[0].message.startswith("new-1: host removed")
     assert (yield ctl(rig, "remove", "new-1")) == EXIT_NOT_FOUND
+
+
+@pytest_twisted.inlineCallbacks
+def test_add_and_move(rig, capsys):
+    assert (yield ctl(rig, "add", "SN-NEW", "--mac", "52:54:00:aa:00:01", "--mac",
+                      "52-54-00-aa-00-02", "--profile", "worker", "--address",
+                      "198.18.10.150")) == 0
+    assert "sn-new: added (profile worker, address 198.18.10.150)" in capsys.readouterr().out
+    host = rig.host("sn-new")
+    assert host.mac_addresses == ("52:54:00:aa:00:01", "52:54:00:aa:00:02")
+    assert host.extra["ProfilePinned"] is True
+    assert rig.store.history("sn-new")[0].message.startswith("sn-new: host added")
+    assert (yield ctl(rig, "add", "sn-new")) == 1  # exists: 409
+    assert "exists" in capsys.readouterr().err
+    assert (yield ctl(rig, "add", "sn-x", "--address", "nope")) == 2
+    rig.enrol("sn-core")  # core's quantity is 1: full now
+    assert (yield ctl(rig, "move", "sn-new", "core")) == 1
+    assert "Force" in capsys.readouterr().err
+    assert rig.host("sn-new").profile == "worker"
+    assert (yield ctl(rig, "move", "sn-new", "core", "--force", "-o", "json")) == 0
+    assert '"action": "move"' in capsys.readouterr().out
+    assert rig.host("sn-new").profile == "core"
+    assert rig.host("sn-new").fleet_metadata == ("role=core",)
+    assert (yield ctl(rig, "move", "nope", "core")) == EXIT_NOT_FOUND

@@ -163,6 +163,14 @@ def test_an_action_is_confirmed_then_stored_in_the_history_and_logged(
     assert bad.code == 400
     fresh = browser.post(action, {"action": "mark_fresh", "csrf": csrf, "confirm": "yes"})
     assert fresh.code == 303
+    nowhere = browser.post(action, {"action": "move", "profile": "no-such-profile",
+                                    "csrf": csrf, "confirm": "yes"})
+    assert nowhere.code == 400
+    moved = browser.post(action, {"action": "move", "profile": "default", "csrf": csrf,
+                                  "confirm": "yes"})
+    assert moved.code == 303
+    record = json.loads(stack.request("GET", f"/admin/host/{SERIAL}").body)
+    assert record["Profile"] == "default" and record.get("ProfilePinned") is True
     removed = browser.post(action, {"action": "remove", "csrf": csrf, "confirm": "yes"})
     assert removed.code == 303 and removed.header("location") == "/"
     assert stack.request("GET", f"/admin/host/{SERIAL}").code in (400, 404)

@@ -330,14 +330,14 @@ LIST_FIELDS: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
     "ip": ("IP", lambda h: text_of(field_of(h, "InternalAddr"))),
     "profile": ("PROFILE", lambda h: text_of(field_of(h, "Profile"))),
     "state": ("STATE", lambda h: text_of(field_of(h, "State") or "unknown")),
-    "lastboot": ("LAST BOOT", lambda h: last_boot_text(field_of(h, "LastBoot"))),
+    "lastboot": ("LASTBOOT", lambda h: last_boot_text(field_of(h, "LastBoot"))),
     "tags": ("TAGS", lambda h: text_of(field_of(h, "FleetMetadata"))),
     "metadata": ("METADATA", lambda h: text_of(field_of(h, "FleetMetadata"))),
     "ipmiaddr": ("IPMIADDR", lambda h: text_of(field_of(h, "IPMIAddr"))),
     "providerid": ("PROVIDERID", lambda h: text_of(field_of(h, "ProviderId"))),
     "etcdtoken": ("ETCDTOKEN", lambda h: text_of(field_of(h, "EtcdClusterToken"))),
     "coreos": ("COREOS", lambda h: text_of(os_version_of(h))),
-    "os": ("OS VERSION", lambda h: text_of(os_version_of(h))),
+    "os": ("OSVERSION", lambda h: text_of(os_version_of(h))),
     "machineid": ("MACHINEID", lambda h: text_of(field_of(h, "MachineID"))),
     "hostname": ("HOSTNAME", lambda h: text_of(field_of(h, "Hostname"))),
     "macs": ("MACS", lambda h: text_of(field_of(h, "MacAddresses"))),
@@ -350,7 +350,59 @@ LIST_FIELDS: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
     "rkt": ("RKT", lambda h: text_of(field_of(h, "RktVersion"))),
     "k8s": ("K8S", lambda h: text_of(field_of(h, "K8sVersion"))),
 }
-DEFAULT_LIST_FIELDS = ("serial", "address", "profile", "state", "lastboot", "tags")
+#: ``list --wide``: pxestack's columns.
+WIDE_LIST_FIELDS = ("serial", "address", "profile", "state", "lastboot", "tags", "hostname",
+                    "macs", "os")
+
+
+def _dash(value: Any) -> str:
+    """mayuctl's rendering of IP, profile, IPMI and provider ID: ``-`` when missing."""
+    text = "" if value is None else str(value)
+    return text or "-"
+
+
+def _plain(value: Any) -> str:
+    """mayuctl's rendering of the other fields: the value, empty when missing."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def mayu_time_text(value: Any) -> str:
+    """``LastBoot`` as mayuctl prints it: ``YYYY-MM-DD HH:MM:SS`` UTC, Go's zero time
+    (``0001-01-01 00:00:00``) for a host that never booted."""
+    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
+        return "0001-01-01 00:00:00"
+    text = last_boot_text(value)
+    return "0001-01-01 00:00:00" if text == "-" else text
+
+
+#: ``list`` without ``--wide``: mayuctl's fields and their rendering, so a script written
+#: for ``mayuctl list`` parses the output unchanged (docs/cli.md).
+MAYU_LIST_FIELDS: dict[str, tuple[str, Callable[[Mapping[str, Any]], str]]] = {
+    "ip": ("IP", lambda h: _dash(field_of(h, "InternalAddr"))),
+    "serial": ("SERIAL", lambda h: _plain(field_of(h, "Serial"))),
+    "profile": ("PROFILE", lambda h: _dash(field_of(h, "Profile"))),
+    "ipmiaddr": ("IPMIADDR", lambda h: _dash(field_of(h, "IPMIAddr"))),
+    "providerid": ("PROVIDERID", lambda h: _dash(field_of(h, "ProviderId"))),
+    "etcdtoken": ("ETCDTOKEN", lambda h: _plain(field_of(h, "EtcdClusterToken"))),
+    "metadata": ("METADATA", lambda h: _plain(field_of(h, "FleetMetadata"))),
+    "coreos": ("COREOS", lambda h: _plain(
+        field_of(h, "CoreOSVersion") or field_of(h, "FlatcarVersion"))),
+    # the state with its JSON quotes, as mayuctl prints it
+    "state": ("STATE", lambda h: json.dumps(str(field_of(h, "State") or "unknown"))),
+    "lastboot": ("LASTBOOT", lambda h: mayu_time_text(field_of(h, "LastBoot"))),
+    "yochu": ("YOCHU", lambda h: _plain(field_of(h, "YochuVersion"))),
+    "fleet": ("FLEET", lambda h: _plain(field_of(h, "FleetVersion"))),
+    "etcd": ("ETCD", lambda h: _plain(field_of(h, "EtcdVersion"))),
+    "docker": ("DOCKER", lambda h: _plain(field_of(h, "DockerVersion"))),
+    "machineid": ("MACHINEID", lambda h: _plain(field_of(h, "MachineID"))),
+}
+#: mayuctl's default ``list`` columns.
+DEFAULT_LIST_FIELDS = ("ip", "serial", "profile", "ipmiaddr", "providerid", "etcdtoken",
+                       "metadata", "coreos", "state", "lastboot")
 
 #: ``status`` lines, in mayuctl's order: label -> value.
 STATUS_LINES: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
@@ -505,14 +557,28 @@ def fetch_host(client: AdminClient, serial: str) -> tuple[dict[str, Any], str | 
     raise HostNotFoundError(serial)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    """``list``: one row per host, sorted by serial."""
-    names = [n.strip().lower() for n in args.fields.split(",")] if args.fields else list(
-        DEFAULT_LIST_FIELDS)
-    unknown = [n for n in names if n not in LIST_FIELDS]
+def list_columns(fields: str | None, wide: bool
+                 ) -> list[tuple[str, Callable[[Mapping[str, Any]], str]]]:
+    """The ``list`` columns: mayuctl's by default, pxestack's with *wide*.
+
+    Without *wide* a mayuctl field name renders as mayuctl does (``-`` for a missing IP,
+    quoted state, Go's zero time); pxestack's own names (``address``, ``tags`` ...) render
+    as in ``--wide``.
+    """
+    default = WIDE_LIST_FIELDS if wide else DEFAULT_LIST_FIELDS
+    names = [n.strip().lower() for n in fields.split(",")] if fields else list(default)
+    valid = {**LIST_FIELDS, **MAYU_LIST_FIELDS}
+    unknown = [n for n in names if n not in valid]
     if unknown or not names:
         raise CtlUsageError(
-            f"unknown field(s) {', '.join(unknown) or '(none)'}; valid: {', '.join(LIST_FIELDS)}")
+            f"unknown field(s) {', '.join(unknown) or '(none)'}; valid: {', '.join(valid)}")
+    table = LIST_FIELDS if wide else {**LIST_FIELDS, **MAYU_LIST_FIELDS}
+    return [table.get(n) or valid[n] for n in names]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """``list``: one row per host; mayuctl's columns and order unless ``--wide``."""
+    columns = list_columns(args.fields, args.wide)
     hosts = fetch_hosts(make_client(args))
     if args.state:
         hosts = [h for h in hosts if (field_of(h, "State") or "unknown") == args.state]
@@ -521,8 +587,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     hosts.sort(key=lambda h: str(field_of(h, "Serial") or ""))
 
     def table() -> str:
-        headers = None if args.no_legend else [LIST_FIELDS[n][0] for n in names]
-        rows = [[LIST_FIELDS[n][1](h) for n in names] for h in hosts]
+        headers = None if args.no_legend else [header for header, _ in columns]
+        rows = [[value(h) for _, value in columns] for h in hosts]
+        if not args.wide:
+            rows.sort(key="|".join)  # mayuctl sorts its rows as strings
         return format_table(headers, rows)
 
     emit(args, hosts, table)
@@ -618,6 +686,48 @@ def cmd_approve(args: argparse.Namespace) -> int:
     """``approve SERIAL``: a ``pending`` host gets its profile and address."""
     return _mutation(args, args.serial, "approve", None,
                      "approved: profile and address assigned")
+
+
+def add_body(serial: str, macs: Sequence[str], profile: str | None, address: str | None,
+             force: bool) -> dict[str, Any]:
+    """The ``POST /admin/hosts`` body of ``add`` (checked client-side)."""
+    body: dict[str, Any] = {"Serial": serial.lower(), "MacAddresses": list(macs)}
+    if profile:
+        body["Profile"] = profile
+    if address:
+        try:
+            body["InternalAddr"] = str(ipaddress.IPv4Address(address))
+        except ValueError:
+            raise CtlUsageError(f"--address {address!r} is not an IPv4 address") from None
+    if force:
+        body["Force"] = True
+    return body
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    """``add SERIAL [--mac M]... [--profile P] [--address IP]``: pre-register a machine."""
+    client = make_client(args)
+    body = add_body(args.serial, args.mac or [], args.profile, args.address, args.force)
+    reply = client.call("POST", "/admin/hosts", json.dumps(body).encode())
+    record = reply.json() if reply.body else body
+    if not isinstance(record, dict):
+        raise CtlError("POST /admin/hosts did not answer a JSON object")
+
+    def summary() -> str:
+        return (f"{body['Serial']}: added (profile {text_of(field_of(record, 'Profile'))}, "
+                f"address {text_of(field_of(record, 'InternalAddr'))})\n")
+
+    emit(args, record, summary)
+    return EXIT_OK
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    """``move SERIAL PROFILE [--force]``: another profile, within its quantity unless forced."""
+    body: dict[str, Any] = {"Profile": args.profile}
+    if args.force:
+        body["Force"] = True
+    return _mutation(args, args.serial, "move", body,
+                     f"moved to profile {args.profile} (pinned)")
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -841,10 +951,14 @@ def register(subparsers: Any) -> None:
         sub.set_defaults(func=_run(handler))
         return sub
 
-    listing = command("list", cmd_list, "list every host (serial, address, profile, state, "
-                      "last boot, tags)")
+    listing = command("list", cmd_list, "list every host (mayuctl's columns; --wide for "
+                      "pxestack's)")
     listing.add_argument("--fields", metavar="A,B,...",
-                         help=f"columns to show; any of {', '.join(LIST_FIELDS)}")
+                         help="columns to show; any of "
+                         f"{', '.join({**MAYU_LIST_FIELDS, **LIST_FIELDS})}")
+    listing.add_argument("--wide", action="store_true",
+                         help="pxestack's columns (serial, address, profile, state, last boot, "
+                         "tags, hostname, MACs, OS version), sorted by serial")
     listing.add_argument("--no-legend", action="store_true", help="omit the header line")
     listing.add_argument("--state", choices=(*STATES, "pending"),
                          help="only hosts in this state")
@@ -881,7 +995,26 @@ def register(subparsers: Any) -> None:
     remove = command("remove", cmd_remove,
                      "delete a host record; its address and profile slot are free again")
     remove.add_argument("serial")
-    for sub in (setter, override, reinstall, fresh, approve, remove):
+    adder = command("add", cmd_add,
+                    "pre-register a machine: its serial, MACs, profile and address (any "
+                    "not given are chosen as at its first contact)")
+    adder.add_argument("serial")
+    adder.add_argument("--mac", action="append", metavar="MAC",
+                       help="a MAC address of the machine (repeat for each NIC)")
+    adder.add_argument("--profile", metavar="NAME",
+                       help="the profile, pinned (default: the first with a free slot)")
+    adder.add_argument("--address", metavar="IP",
+                       help="InternalAddr, inside network.ip_range (default: the lowest free)")
+    adder.add_argument("--force", action="store_true",
+                       help="take the profile even if it holds its quantity already")
+    mover = command("move", cmd_move,
+                    "give a host another profile (pinned; refused when the profile is full "
+                    "unless --force)")
+    mover.add_argument("serial")
+    mover.add_argument("profile", metavar="PROFILE")
+    mover.add_argument("--force", action="store_true",
+                       help="move even if the profile holds its quantity already")
+    for sub in (setter, override, reinstall, fresh, approve, remove, mover):
         sub.add_argument("--if-match", metavar="ETAG",
                          help="only change the host if its record still has this ETag "
                          "(from 'status'); HTTP 412 otherwise")
@@ -916,19 +1049,25 @@ def register(subparsers: Any) -> None:
 
 
 __all__ = [
+    "DEFAULT_LIST_FIELDS",
     "DEFAULT_SERVER",
     "DEFAULT_TOKEN_FILE",
     "EXIT_NOT_FOUND",
     "LIST_FIELDS",
+    "MAYU_LIST_FIELDS",
     "STATES",
+    "WIDE_LIST_FIELDS",
     "AdminClient",
     "CtlError",
     "CtlUsageError",
     "HostNotFoundError",
     "Reply",
+    "add_body",
     "boot_complete_body",
     "format_table",
     "last_boot_text",
+    "list_columns",
+    "mayu_time_text",
     "parse_env_file",
     "register",
     "set_request",

@@ -33,6 +33,9 @@ from pxestack.http.ipxe import is_safe_word
 INSTALL_FLOWS = ("disk", "pxe")
 #: The operating systems a profile can boot (``docs/provisioning.md``, "OS flows").
 OS_CHOICES = ("flatcar", "fcos", "generic")
+#: The final configuration of a ``flatcar``/``disk`` profile: an Ignition config, or mayu's
+#: older cloud-config (first-stage and last-stage cloud-config, run by coreos-cloudinit).
+CONFIG_FORMATS = ("ignition", "cloud-config")
 #: Where ``flatcar-install`` gets the disk image: pxestack's image cache (checked against
 #: its recorded SHA-256, then ``flatcar-install -f``) or a Flatcar release server / mirror
 #: (``flatcar-install -C CHANNEL -V VERSION [-b BASEURL]``, verified by its GPG signature).
@@ -152,6 +155,9 @@ class ProfileConfig:
     flatcar: FlatcarSettings = FlatcarSettings()
     #: Set exactly when ``os`` is ``generic``.
     generic: GenericSettings | None = None
+    #: ``ignition`` (the default) or ``cloud-config`` (mayu's cloud-config era; only with
+    #: ``os: flatcar`` and ``install: disk``).
+    config_format: str = "ignition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +387,13 @@ def _read_profile(section: Section) -> ProfileConfig:
             section.problem("generic", f"is only used with os: generic (not {os_name})")
     elif os_name == "generic":
         section.problem("generic", "is required for os: generic (at least generic.kernel)")
+    install = section.str("install", "disk", choices=INSTALL_FLOWS) or "disk"
+    config_format = section.str("config_format", "ignition", choices=CONFIG_FORMATS) or "ignition"
+    if config_format == "cloud-config" and (os_name, install) != ("flatcar", "disk"):
+        section.problem(
+            "config_format",
+            f"cloud-config needs os: flatcar and install: disk (not {os_name}/{install})",
+        )
     profile = ProfileConfig(
         name=name or "",
         quantity=section.int("quantity", 0, minimum=0),
@@ -388,13 +401,14 @@ def _read_profile(section: Section) -> ProfileConfig:
         disable_engine=section.bool("disable_engine", False),
         os_version=os_version or "",
         etcd_cluster_token=section.str("etcd_cluster_token", ""),
-        install=section.str("install", "disk", choices=INSTALL_FLOWS),
+        install=install,
         kernel_args=section.str_list("kernel_args"),
         templates_env=_read_env(section, "templates_env"),
         os=os_name,
         install_disk=install_disk or "",
         flatcar=flatcar,
         generic=generic if os_name == "generic" else None,
+        config_format=config_format,
     )
     section.finish()
     return profile

@@ -68,6 +68,7 @@ ACTIONS = {
     "set_state": "Set state",
     "approve": "Approve (enrol the waiting machine: profile and address)",
     "remove": "Remove (frees its address and profile slot)",
+    "move": "Move to another profile (pinned; the profile's quantity is respected)",
 }
 #: Largest form body the dashboard reads.
 MAX_FORM_BYTES = 8192
@@ -488,15 +489,23 @@ class DashboardResource(Resource):
             request, lambda: self.dashboard.machine(serial),
             lambda context: self.dashboard.page(
                 request, template, session=session, since=since, view="machine",
-                flash=flash, actions=ACTIONS, states=[s.value for s in HostState], **context),
+                flash=flash, actions=ACTIONS, states=[s.value for s in HostState],
+                profiles=self.profile_names(), **context),
         )
+
+    def profile_names(self) -> list[str]:
+        """The profiles a machine can be moved to: the configured ones and ``default``."""
+        names = [p.name for p in self.dashboard.api.provisioner.config.profiles]
+        return [*names, "default"] if "default" not in names else names
 
     def action(self, request: Request, session: Session, serial: str) -> bytes | int:
         """Confirm an action, then run it and go back to the machine's page."""
         action = _arg(request, b"action") or ""
         state = _arg(request, b"state") or ""
-        if action not in ACTIONS or (action == "set_state" and state not in
-                                     {s.value for s in HostState}):
+        profile = _arg(request, b"profile") or ""
+        if (action not in ACTIONS
+                or (action == "set_state" and state not in {s.value for s in HostState})
+                or (action == "move" and profile not in self.profile_names())):
             log.warn("dashboard: session {label} from {client} sent an unknown action "
                      "{action!r} for {serial!r}", label=session.label, client=_client(request),
                      action=action[:40], serial=serial[:80])
@@ -506,10 +515,10 @@ class DashboardResource(Resource):
         if _arg(request, b"confirm") != "yes":
             return self.dashboard.page(
                 request, "confirm.html.j2", session=session, serial=serial, action=action,
-                state=state, description=ACTIONS[action], view="machine")
+                state=state, profile=profile, description=ACTIONS[action], view="machine")
         prov = self.dashboard.api.provisioner
         who = f"{session.actor} (dashboard session {session.label} from {_client(request)})"
-        detail = f"{action} {state}".strip()
+        detail = f"{action} {profile if action == 'move' else state}".strip()
         log.info("{who}: {action} for host {serial}", who=who, action=detail, serial=serial)
 
         def work() -> Any:
@@ -523,6 +532,8 @@ class DashboardResource(Resource):
                     return prov.approve(serial)
                 if action == "remove":
                     return prov.remove(serial)
+                if action == "move":
+                    return prov.move(serial, profile)
                 return prov.set_state(serial, state)
 
         finished: list[bool] = []

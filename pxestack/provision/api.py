@@ -8,6 +8,10 @@ installers, scripts and ``mayuctl`` keep working:
 ``GET /first-stage-script/<serial>``        enrol + installer script (``?uuid=`` fallback)
 ``GET /first-stage-ignition.json``          Ignition config of the live installer system
 ``POST /final-ignition-config.json``        host data -> ``installing`` -> final Ignition config
+``GET /first-stage-cloudconfig.yaml``       cloud-config of the live installer (cloud-config
+                                            profiles)
+``POST /final-cloud-config.yaml``           host data -> ``installing`` -> last-stage
+                                            cloud-config (cloud-config profiles)
 ``GET /ignition?serial&uuid``               the machine's Ignition config (flows flatcar-pxe,
                                             fcos-disk, fcos-pxe; mayu era C)
 ``GET /installer-ignition?serial&uuid``     the fcos-disk live installer's Ignition config
@@ -20,7 +24,8 @@ installers, scripts and ``mayuctl`` keep working:
 ``PUT /admin/host/<serial>/<action>``       set_installed, boot_complete, set_state, mark_fresh,
                                             set_metadata, set_provider_id, set_ipmi_addr,
                                             set_cabinet, set_etcd_cluster_token, override,
-                                            approve
+                                            approve, move
+``POST /admin/hosts``                       pre-register a machine (201)
 ``DELETE /admin/host/<serial>``             remove the host (address and profile slot freed)
 ``GET|PUT /admin/mayu_config``              the provisioning settings in mayu's YAML schema
 ``GET /admin/health``                       store and git-audit health (503 when degraded)
@@ -88,7 +93,12 @@ from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefu
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
 from pxestack.provision.machine import Event, IllegalTransition
 from pxestack.provision.model import HostState
-from pxestack.provision.provisioner import BadRequest, PendingLimitReached, Provisioner
+from pxestack.provision.provisioner import (
+    BadRequest,
+    Conflict,
+    PendingLimitReached,
+    Provisioner,
+)
 from pxestack.provision.store import (
     HostNotFound,
     PreconditionFailed,
@@ -105,6 +115,7 @@ Runner = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
 
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
+_YAML = b"text/yaml; charset=utf-8"
 #: The request attribute that carries the authenticated actor to :meth:`_Base.respond`.
 _ACTOR = "pxestack_actor"
 #: The name of the single ``provision.api.token`` in the audit.
@@ -447,8 +458,12 @@ class _Base(Resource):
         if isinstance(exc, HostNotFound):
             return http.BAD_REQUEST, "host doesn't exist"
         if isinstance(exc, BadRequest):
+            log.info("request refused (400): {error}", error=str(exc))
             return http.BAD_REQUEST, str(exc)
         if isinstance(exc, IllegalTransition):
+            return http.CONFLICT, str(exc)
+        if isinstance(exc, Conflict):
+            log.info("request refused (409): {error}", error=str(exc))
             return http.CONFLICT, str(exc)
         if isinstance(exc, PreconditionFailed):
             return http.PRECONDITION_FAILED, f"{exc} (current ETag {exc.current_etag})"
@@ -593,10 +608,34 @@ class FirstStageIgnitionResource(_Base):
         )
 
 
-class HostDataResource(_Base):
-    """``POST /final-ignition-config.json``: the installer's host data; returns the config."""
+class FirstStageCloudConfigResource(_Base):
+    """``GET /first-stage-cloudconfig.yaml``: the live installer's cloud-config (profiles
+    with ``config_format: cloud-config``; mayu baked it into its initrd)."""
 
     isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """The same document for every machine."""
+        return self.guarded(
+            request,
+            lambda: self.respond(
+                request, self.api.provisioner.render_first_stage_cloudconfig, _text(_YAML)
+            ),
+        )
+
+
+class HostDataResource(_Base):
+    """``POST /final-ignition-config.json`` or ``POST /final-cloud-config.yaml`` (mayu's two
+    paths): the installer's host data; returns the final config of the host's flow.
+
+    A host whose profile uses the other format gets 409 naming the right path.
+    """
+
+    isLeaf = True
+
+    def __init__(self, api: ProvisioningApi, config_format: str = "ignition") -> None:
+        super().__init__(api)
+        self.config_format = config_format
 
     def render_POST(self, request: Request) -> bytes | int:
         """Record MACs/NIC/IPMI, go ``installing``, answer the final Ignition config."""
@@ -625,10 +664,17 @@ class HostDataResource(_Base):
             def work() -> str:
                 versioned, _ = prov.first_contact(serial, pending=pending)
                 _refuse_pending(versioned.host)
+                flow = prov.flow_of(versioned.host)
+                if flow.config_format != self.config_format:
+                    raise HttpError(
+                        http.CONFLICT,
+                        f"this host's profile uses flow {flow.name}: POST /{flow.host_data_path}",
+                    )
                 _host, config = prov.host_data(payload, serial_hint=serial)
                 return config
 
-            return self.respond(request, work, _text(_JSON))
+            content = _YAML if self.config_format == "cloud-config" else _JSON
+            return self.respond(request, work, _text(content))
 
         return self.guarded(request, handle)
 
@@ -824,6 +870,14 @@ FIELD_SETTERS = {
     "set_cabinet": "Cabinet",
     "set_etcd_cluster_token": "EtcdClusterToken",
 }
+#: The value a setter stores when its key is missing from the body (Go's zero values).
+FIELD_ZERO_VALUES: dict[str, Any] = {
+    "FleetMetadata": [],
+    "ProviderId": "",
+    "IPMIAddr": "",
+    "Cabinet": 0,
+    "EtcdClusterToken": "",
+}
 MACHINE_ACTIONS = ("set_installed", "boot_complete")
 
 
@@ -927,17 +981,47 @@ class AdminResource(_Base):
                     lambda: _etagged(prov, prov.override(serial, overrides, if_match)),
                     _accepted,
                 )
+            if action == "move":
+                profile, force = payload.get("Profile"), payload.get("Force", False)
+                return self.respond(
+                    request,
+                    lambda: _etagged(prov, prov.move(serial, profile, force, if_match)),
+                    _accepted,
+                )
             if action in FIELD_SETTERS:
                 name = FIELD_SETTERS[action]
-                if name not in payload:
-                    raise BadRequest(f"{name} missing from the body")
-                value = payload[name]
+                # mayuctl leaves out a key whose value is zero or empty (``set S cabinet
+                # 0``): a missing key (or JSON null) is the zero value, as in mayu, so an
+                # operator can clear a field.
+                value = payload.get(name)
+                if value is None:
+                    value = FIELD_ZERO_VALUES[name]
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.set_field(serial, name, value, if_match)),
                     _accepted,
                 )
             raise HttpError(http.NOT_FOUND, f"unknown action {action!r}")
+
+        return self.guarded(request, handle)
+
+    def render_POST(self, request: Request) -> bytes | int:
+        """``POST /admin/hosts``: pre-register a machine (serial, MACs, profile, address); 201."""
+
+        def handle() -> bytes | int:
+            self.require_admin(request)
+            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
+            if path != ["hosts"]:
+                raise HttpError(http.NOT_FOUND, "not found")
+            payload = self.json_body(request)
+            prov = self.api.provisioner
+
+            def work() -> Any:
+                added = prov.add(payload)
+                log.info("host {serial} added by the admin API", serial=added.serial)
+                return prov.get(added.serial)
+
+            return self.respond(request, work, _created_writer)
 
         return self.guarded(request, handle)
 
@@ -985,6 +1069,13 @@ def _json_writer(request: Request, value: Any) -> bytes:
 def _versioned_writer(request: Request, versioned: Any) -> bytes:
     request.setHeader(b"ETag", versioned.etag.encode())
     return _json_writer(request, versioned.host.to_json())
+
+
+def _created_writer(request: Request, versioned: Any) -> bytes:
+    """201 with the new record, its ETag and its ``Location``."""
+    request.setResponseCode(http.CREATED)
+    request.setHeader(b"Location", f"/admin/host/{versioned.host.serial}".encode())
+    return _versioned_writer(request, versioned)
 
 
 def _health_writer(request: Request, health: Any) -> bytes:
@@ -1101,6 +1192,8 @@ class ProvisioningApi:
             b"first-stage-script": FirstStageScriptResource(self),
             b"first-stage-ignition.json": FirstStageIgnitionResource(self),
             b"final-ignition-config.json": HostDataResource(self),
+            b"first-stage-cloudconfig.yaml": FirstStageCloudConfigResource(self),
+            b"final-cloud-config.yaml": HostDataResource(self, "cloud-config"),
             b"ignition": PxeIgnitionResource(self),
             b"installer-ignition": InstallerIgnitionResource(self),
             b"script": ScriptResource(self),
@@ -1121,6 +1214,7 @@ __all__ = [
     "IMAGE_FILES",
     "AdminResource",
     "BootScriptResource",
+    "FirstStageCloudConfigResource",
     "FirstStageScriptResource",
     "HostDataResource",
     "HttpError",

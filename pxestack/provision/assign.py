@@ -83,17 +83,22 @@ def new_host(
     *,
     random_bytes: Callable[[int], bytes],
     default_token: str,
+    profile_name: str | None = None,
+    address: IPv4Address | None = None,
 ) -> Host:
     """The record for a machine seen for the first time (profile, address, ID, tags).
 
     *existing* must be every host on record (all states), read under the enrolment lock.
+    *profile_name* and *address*, when given (an operator's pre-registration), are used
+    instead of the automatic choice; the caller has checked them.
     """
-    name = choose_profile(config.profiles, profile_counts(existing))
+    name = profile_name or choose_profile(config.profiles, profile_counts(existing))
     profile = config.profile(name)
-    address = allocate_address(
-        config.network.ip_range,
-        (h.internal_addr for h in existing if h.internal_addr is not None),
-    )
+    if address is None:
+        address = allocate_address(
+            config.network.ip_range,
+            (h.internal_addr for h in existing if h.internal_addr is not None),
+        )
     machine_id = new_machine_id(random_bytes)
     versions: dict[str, str] = {}
     if profile is not None and profile.os_version:

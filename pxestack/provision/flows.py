@@ -10,6 +10,11 @@ A profile chooses its flow with two keys (``docs/provisioning.md``, "OS flows"):
 * flatcar / disk: ``ipxe/install.ipxe.j2`` boots the live system with the first-stage
   Ignition config; its installer script POSTs host data to ``/final-ignition-config.json``
   (the answer is the final config) and runs ``flatcar-install``;
+* flatcar / disk with ``config_format: cloud-config`` (mayu's cloud-config era):
+  ``ipxe/cloudconfig-install.ipxe.j2`` boots the live system with
+  ``first_stage_cloudconfig.yaml`` (``GET /first-stage-cloudconfig.yaml``); its installer
+  script POSTs host data to ``/final-cloud-config.yaml`` (mayu's path; the answer is the
+  rendered ``last_stage_cloudconfig.yaml``) and runs ``flatcar-install -c``;
 * flatcar / pxe: ``ipxe/pxe.ipxe.j2``; Ignition fetches ``GET /ignition`` on every boot;
 * fcos / disk: ``ipxe/fcos-install.ipxe.j2`` boots the live system, whose Ignition config
   (``GET /installer-ignition``) reports ``set_installed`` once coreos-installer has written
@@ -79,11 +84,22 @@ class Flow:
     image_files: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    #: ``ignition`` or ``cloud-config`` (what ``config_template`` produces).
+    config_format: str = "ignition"
 
     @property
     def name(self) -> str:
-        """``<os>-<install>``, e.g. ``fcos-disk`` (logs, docs, template context)."""
-        return f"{self.os}-{self.install}"
+        """``<os>-<install>``, e.g. ``fcos-disk``; ``flatcar-disk-cloud-config`` for mayu's
+        cloud-config flow (logs, docs, template context)."""
+        suffix = "-cloud-config" if self.config_format == "cloud-config" else ""
+        return f"{self.os}-{self.install}{suffix}"
+
+    @property
+    def host_data_path(self) -> str:
+        """Where the installer POSTs its host data and gets the final config (mayu's paths)."""
+        if self.config_format == "cloud-config":
+            return "final-cloud-config.yaml"
+        return "final-ignition-config.json"
 
     @property
     def uses_first_stage(self) -> bool:
@@ -143,6 +159,20 @@ def flow_for(profile: ProfileConfig | None) -> Flow:
             script_template=profile.generic.script,
             image_dir=profile.generic.image_os,
             image_files=_generic_files(profile),
+        )
+    if profile is not None and profile.config_format == "cloud-config":
+        # mayu's cloud-config era (config_format checks flatcar/disk): the live system runs
+        # first_stage_cloudconfig.yaml, the installed one last_stage_cloudconfig.yaml.
+        return Flow(
+            os="flatcar",
+            install="disk",
+            boot_template="ipxe/cloudconfig-install.ipxe.j2",
+            config_template="last_stage_cloudconfig.yaml.j2",
+            installer_template=None,
+            script_template=None,
+            image_dir="",
+            image_files=FLATCAR_IMAGE_FILES,
+            config_format="cloud-config",
         )
     return Flow(
         os="flatcar",

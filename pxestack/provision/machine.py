@@ -99,6 +99,11 @@ MESSAGES: Mapping[Event, str] = MappingProxyType(
 )
 
 
+#: The commit of a ``boot_complete`` that does not move the host to ``running`` (a host
+#: marked ``configured`` keeps its pending reinstall): mayu's text would claim "running".
+BOOT_KEPT_MESSAGE = "recorded boot; state stays {state}"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The result of one event: the new record and the lines of its audit message."""
@@ -150,15 +155,18 @@ def apply(
         if versions is not None:
             copied = {k: v for k, v in versions.items() if k in VERSION_FIELDS and v}
             changes["versions"] = MappingProxyType(copied)
-        if host.state is S.CONFIGURED:
-            details.append("boot reported while a reinstall is pending; state kept")
     message = MESSAGES[event]
+    if event is Event.BOOT_COMPLETE and state is not S.RUNNING:
+        # The audit says what happened: the boot is recorded, the state is not "running".
+        message = BOOT_KEPT_MESSAGE.format(state=state.value)
+        details.append("a reinstall is pending: the next boot installs again")
     if event is Event.SET_STATE:
         details.append(f"state {host.state.value} -> {state.value}")
     return Outcome(host.evolve(**changes), message, tuple(details))
 
 
 __all__ = [
+    "BOOT_KEPT_MESSAGE",
     "MESSAGES",
     "TRANSITIONS",
     "Event",

@@ -42,6 +42,17 @@ ELSEWHERE = {
 }
 
 
+#: mayu network keys that mayuctl still sends, accepted when empty, and why they must be.
+IGNORED_LISTS = {
+    "ignoredhosts": "pxestack decides which machines DHCP ignores from their host states "
+    "(installed and running hosts), there is no list to keep",
+    "statichosts": "static DHCP leases belong to the dhcp: section of pxestack's "
+    "configuration file",
+}
+#: Top-level keys a mayu client sends whole: a PUT replaces them instead of merging.
+REPLACED_KEYS = frozenset({"profiles", "templates_env"})
+
+
 class _Converter:
     def __init__(self) -> None:
         self.problems: list[ConfigProblem] = []
@@ -145,9 +156,19 @@ class _Converter:
                     "vlan_id",
                     "network_model",
                     "bond_mode",
+                    *IGNORED_LISTS,
                 },
                 "network",
             )
+            # mayuctl's config struct (2017) always sends these two lists, which mayu once
+            # had: pxestack derives what DHCP ignores from the host states and keeps static
+            # leases in the dhcp: section, so only empty lists can be accepted.
+            for name, where in IGNORED_LISTS.items():
+                if net.get(name) not in (None, [], {}):
+                    self.problem(
+                        f"network.{name}",
+                        f"must be empty: {where}; remove the entries and send the file again",
+                    )
             model_type, model_path = net.get("network_model"), "network.network_model"
             vlan, bond_mode = net.get("vlan_id"), net.get("bond_mode")
         rng = self.mapping(nic.get("ip_range"), f"{nic_path}.ip_range")
@@ -269,13 +290,67 @@ MAYU_PROFILE_KEYS = frozenset(
 )
 
 
+def _is_era_c(document: Mapping[str, Any]) -> bool:
+    network = document.get("network")
+    return "default_flatcar_version" in document or (
+        isinstance(network, Mapping) and "primary_nic" in network
+    )
+
+
+def _merge(stored: object, incoming: object, top: bool) -> object:
+    if not isinstance(stored, Mapping) or not isinstance(incoming, Mapping):
+        return incoming
+    out = dict(stored)
+    for key, value in incoming.items():
+        out[key] = value if top and key in REPLACED_KEYS else _merge(stored.get(key), value, False)
+    return out
+
+
+def merge_mayu_document(incoming: object, base: ProvisionConfig) -> object:
+    """*incoming* (a parsed mayu config) with the keys it lacks taken from *base*.
+
+    A client such as mayuctl knows only the keys of its own mayu release: a get -> edit ->
+    set round trip through it would otherwise drop every newer key (``subnet_gateway``,
+    ``ntp``, ...).  Mappings merge key by key (the client's value wins); ``profiles`` and
+    ``templates_env`` are sent whole and replace the stored ones.  An era C document (a
+    different schema) is not merged.
+    """
+    if not isinstance(incoming, Mapping) or _is_era_c(incoming):
+        return incoming
+    stored = yaml.safe_load(export_mayu(base))
+    return _merge(stored, incoming, True)
+
+
+def merge_mayu_text(text: str, base: ProvisionConfig) -> str:
+    """:func:`merge_mayu_document` of *text* as YAML (what ``PUT /admin/mayu_config`` saves)."""
+    merged = merge_mayu_document(yaml.safe_load(text), base)
+    return yaml.safe_dump(merged, sort_keys=False, default_flow_style=False)
+
+
+def settings_differences(first: ProvisionConfig, second: ProvisionConfig) -> list[str]:
+    """The mayu key paths whose values differ between two configurations (sorted)."""
+
+    def flat(value: object, prefix: str) -> dict[str, object]:
+        if isinstance(value, Mapping):
+            out: dict[str, object] = {}
+            for key, item in value.items():
+                out.update(flat(item, f"{prefix}.{key}" if prefix else str(key)))
+            return out
+        return {prefix: value}
+
+    a = flat(yaml.safe_load(export_mayu(first)), "")
+    b = flat(yaml.safe_load(export_mayu(second)), "")
+    return sorted(key for key in set(a) | set(b) if a.get(key) != b.get(key))
+
+
 def apply_mayu_text(text: str, base: ProvisionConfig) -> ProvisionConfig:
     """A new :class:`ProvisionConfig`: *base* with the mayu concepts of *text* replacing its own.
 
-    Everything that is not a mayu concept (paths, git, API, public URL) is kept from *base*.
+    Everything that is not a mayu concept (paths, git, API, public URL) is kept from *base*,
+    and so are the mayu keys *text* does not have (:func:`merge_mayu_document`).
     Raises :class:`ConfigError` (mayu key paths) or ``yaml.YAMLError``.
     """
-    mapping, _notes = mayu_to_provision(yaml.safe_load(text))
+    mapping, _notes = mayu_to_provision(merge_mayu_document(yaml.safe_load(text), base))
     problems: list[ConfigProblem] = []
     section = Section(mapping, "provision", problems, base.cluster_dir)
     converted = read_provision(section, base.cluster_dir.parent)
@@ -376,7 +451,17 @@ def migrate_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ELSEWHERE", "apply_mayu_text", "export_mayu", "mayu_to_provision", "migrate_main"]
+__all__ = [
+    "ELSEWHERE",
+    "IGNORED_LISTS",
+    "apply_mayu_text",
+    "export_mayu",
+    "mayu_to_provision",
+    "merge_mayu_document",
+    "merge_mayu_text",
+    "migrate_main",
+    "settings_differences",
+]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pxestack import __version__
 from pxestack.config.provision import ProfileConfig, ProvisionConfig, thaw
@@ -42,7 +42,9 @@ from pxestack.provision.model import (
     InvalidHostRecord,
     machine_identity,
     normalize_mac,
+    sanitize_serial,
 )
+from pxestack.provision.overrides import InvalidOverride, validate_overrides
 from pxestack.provision.store import PRIVATE_DIR, HostStore, Versioned, atomic_write
 from pxestack.provision.templates import Templates
 
@@ -69,6 +71,10 @@ class BadRequest(ValueError):  # noqa: N818 - the HTTP status it maps to
     """The request's content is not acceptable (HTTP 400)."""
 
 
+class Conflict(Exception):  # noqa: N818 - the HTTP status it maps to
+    """The request clashes with another record: a serial, MAC or address taken (HTTP 409)."""
+
+
 class PendingLimitReached(Exception):  # noqa: N818 - the HTTP status it maps to
     """``provision.max_pending`` hosts already wait for approval (HTTP 503)."""
 
@@ -77,6 +83,9 @@ class PendingLimitReached(Exception):  # noqa: N818 - the HTTP status it maps to
 PENDING_MESSAGES = ("host created", "waiting for approval (no address, no profile)")
 #: The commit of ``approve``: what an enrolment assigns (mayu's texts).
 APPROVE_DETAILS = ENROL_MESSAGES[1:]
+#: The commit of ``add`` (an operator's pre-registration), then what it assigned.
+ADD_MESSAGE = "host added by an operator"
+ADD_DETAILS = ENROL_MESSAGES[1:]
 #: The commit of ``remove`` (mayu's wording: ``<serial>: host removed``).
 REMOVE_MESSAGE = "host removed"
 
@@ -228,6 +237,133 @@ class Provisioner:
 
         return self.store.update(serial, change, if_match=if_match).host
 
+    def add(self, payload: Mapping[str, Any]) -> Host:
+        """Pre-register a machine (MAAS's "add machine"): one record, one commit.
+
+        *payload*: ``Serial`` (required), ``MacAddresses``, ``Profile``, ``InternalAddr``
+        and ``Force``.  A profile chosen here is pinned (``ProfilePinned``): it respects
+        the profile's quantity unless ``Force``, and the host keeps it whatever the
+        quantities become.  Without ``Profile`` and ``InternalAddr`` the machine gets what
+        its first contact would have given it.  The machine is enrolled (not ``pending``):
+        an operator registered it.
+        """
+        try:
+            serial = sanitize_serial(payload.get("Serial"))
+        except BadIdentity as exc:
+            raise BadRequest(f"Serial: {exc}") from None
+        raw_macs = payload.get("MacAddresses") or []
+        if not isinstance(raw_macs, list) or len(raw_macs) > 64:
+            raise BadRequest("MacAddresses must be a list of at most 64 MAC addresses")
+        macs: list[str] = []
+        for index, raw in enumerate(raw_macs):
+            try:
+                mac = normalize_mac(raw)
+            except InvalidHostRecord:
+                raise BadRequest(f"MacAddresses[{index}]: {raw!r} is not a MAC address") from None
+            if mac not in macs:
+                macs.append(mac)
+        profile = payload.get("Profile") or None
+        if profile is not None:
+            self._check_profile_name(profile)
+        address = _optional_ip(payload.get("InternalAddr"), "InternalAddr")
+        ip_range = self.config.network.ip_range
+        if address is not None and ip_range is not None and address not in ip_range:
+            raise BadRequest(
+                f"InternalAddr {address} is outside network.ip_range "
+                f"{ip_range.start}-{ip_range.end}"
+            )
+        force = _flag(payload.get("Force", False), "Force")
+
+        def make(existing: Sequence[Host]) -> Host:
+            for host in existing:
+                taken = set(macs) & set(host.mac_addresses)
+                if taken:
+                    raise Conflict(
+                        f"MacAddresses: {', '.join(sorted(taken))} belong to host {host.serial}"
+                    )
+                if address is not None and host.internal_addr == address:
+                    raise Conflict(f"InternalAddr {address} is used by host {host.serial}")
+            if profile is not None and not force:
+                self._check_quantity(profile, existing)
+            try:
+                made = assign.new_host(
+                    serial,
+                    existing,
+                    self.config,
+                    random_bytes=self.random_bytes,
+                    default_token=self.store.default_etcd_token,
+                    profile_name=profile,
+                    address=address,
+                )
+            except assign.AddressPoolExhausted as exc:
+                raise Conflict(str(exc)) from None
+            extra = {"ProfilePinned": True} if profile is not None else {}
+            return made.evolve(mac_addresses=tuple(macs), extra=MappingProxyType(extra))
+
+        details = [*ADD_DETAILS]
+        if profile is not None:
+            forced = " (quantity overridden)" if force else ""
+            details.append(f"profile {profile} pinned{forced}")
+        versioned, created = self.store.enrol(serial, make, (ADD_MESSAGE, *details))
+        if not created:
+            raise Conflict(f"Serial: host {serial} exists already")
+        return versioned.host
+
+    def move(
+        self, serial: str, profile: object, force: object = False, if_match: str | None = None
+    ) -> Host:
+        """Give *serial* another profile (its tags follow), pinned; quantities unless *force*.
+
+        One commit, mayu's "updated host profile and metadata".  The new profile's flow and
+        templates apply from the host's next boot; a host installed to disk keeps running
+        what it has until it is reinstalled (``reinstall``).
+        """
+        if not isinstance(profile, str) or not profile:
+            raise BadRequest("Profile must be a profile name")
+        self._check_profile_name(profile)
+        forced = _flag(force, "Force")
+
+        def change(host: Host) -> tuple[Host, str, Sequence[str]]:
+            if host.state is HostState.PENDING:
+                raise Conflict(f"host {host.serial} is pending: approve it first")
+            if not forced and profile != host.profile:
+                others = [h for h in self.store.hosts() if h.serial != host.serial]
+                self._check_quantity(profile, others)
+            config = self.config.profile(profile)
+            moved = host.evolve(
+                profile=profile,
+                fleet_metadata=config.tags if config is not None else (),
+                fleet_disable_engine=config.disable_engine if config is not None else False,
+                extra=MappingProxyType({**host.extra, "ProfilePinned": True}),
+            )
+            detail = f"profile {host.profile or '(none)'} -> {profile}, pinned"
+            if forced:
+                detail += " (quantity overridden)"
+            return moved, "updated host profile and metadata", (detail,)
+
+        return self.store.update(serial.lower(), change, if_match=if_match).host
+
+    def _check_profile_name(self, profile: object) -> None:
+        """400 unless *profile* is a configured profile or the implicit ``default``."""
+        if not isinstance(profile, str):
+            raise BadRequest("Profile must be a string")
+        if profile != assign.DEFAULT_PROFILE and self.config.profile(profile) is None:
+            names = ", ".join(p.name for p in self.config.profiles) or "(none configured)"
+            raise BadRequest(f"Profile {profile!r} is not configured (profiles: {names})")
+
+    def _check_quantity(self, profile: str, others: Sequence[Host]) -> None:
+        """409 when *profile* already holds its ``quantity`` of the hosts *others*."""
+        if profile == assign.DEFAULT_PROFILE:
+            return
+        config = self.config.profile(profile)
+        quantity = config.quantity if config is not None else 0
+        holding = assign.profile_counts(others)[profile]
+        if holding >= quantity:
+            raise Conflict(
+                f"Profile {profile} is full ({holding} of quantity {quantity}); "
+                "Force overrides the quantity"
+            )
+
     def remove(self, serial: str, if_match: str | None = None) -> Host:
         """Delete *serial*'s record: its address and profile slot are free again; one commit."""
         return self.store.remove(serial.lower(), REMOVE_MESSAGE, if_match=if_match).host
@@ -325,9 +461,7 @@ class Provisioner:
         """One of mayu's single-field setters (metadata, provider id, IPMI, cabinet, token)."""
         parsed: Any
         if field == "FleetMetadata":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise BadRequest("FleetMetadata must be a list of strings")
-            parsed, attr, message = tuple(value), "fleet_metadata", "updated host metadata"
+            parsed, attr, message = normalize_tags(value), "fleet_metadata", "updated host metadata"
         elif field == "ProviderId":
             parsed, attr, message = (
                 _short_str(value, field),
@@ -360,15 +494,15 @@ class Provisioner:
 
     def override(self, serial: str, overrides: object, if_match: str | None = None) -> Host:
         """Merge *overrides* into the host's ``Overrides`` (keys are never deleted, as mayu)."""
-        if not isinstance(overrides, Mapping) or not overrides:
-            raise BadRequest("nothing to override")
-        if not all(isinstance(k, str) and k for k in overrides):
-            raise BadRequest("override keys must be non-empty strings")
+        try:
+            checked = validate_overrides(overrides)
+        except InvalidOverride as exc:
+            raise BadRequest(str(exc)) from None
 
         def change(host: Host) -> tuple[Host, str, Sequence[str]]:
             merged = dict(host.overrides)
-            merged.update(overrides)
-            keys = ", ".join(sorted(overrides))
+            merged.update(checked)
+            keys = ", ".join(sorted(checked))
             return (
                 host.evolve(overrides=MappingProxyType(merged)),
                 f"updated host overrides: {keys}",
@@ -423,7 +557,15 @@ class Provisioner:
         images_url = self.images_url(host)
         script_url = f"{self.base_url}/script/{quoted}"
         flatcar = profile.flatcar if profile is not None else None
+        parsed_base = urlsplit(self.base_url)
         return {
+            # mayu's names for the last-stage config (cloud-config era)
+            "MayuHost": parsed_base.hostname or "",
+            "MayuPort": parsed_base.port or (443 if parsed_base.scheme == "https" else 80),
+            "NoTLS": parsed_base.scheme != "https",
+            "EtcdDiscoveryUrl": self.etcd_discovery_url(host, env),
+            "ConfigFormat": flow.config_format,
+            "FinalConfigURL": f"{self.base_url}/{flow.host_data_path}",
             "Host": host_json,
             "Profile": host.profile if host is not None else "",
             "InstallFlow": self.install_flow(host) if host is not None else "disk",
@@ -465,6 +607,18 @@ class Provisioner:
             },
             "Generic": self._generic_context(profile, serial, images_url, script_url),
         }
+
+    def etcd_discovery_url(self, host: Host | None, env: Mapping[str, Any]) -> str:
+        """mayu's ``EtcdDiscoveryUrl``: ``templates_env.etcd_discovery_base_url`` + ``/`` +
+        the host's etcd token (or the cluster's default); ``""`` without that base URL
+        (pxestack runs no etcd discovery service of its own)."""
+        base = env.get("etcd_discovery_base_url")
+        if not isinstance(base, str) or not base:
+            return ""
+        token = (host.etcd_cluster_token if host is not None else "") or (
+            self.store.default_etcd_token
+        )
+        return f"{base.rstrip('/')}/{token}"
 
     def install_disk(self, host: Host | None, env: Mapping[str, Any]) -> str:
         """The disk to install to: host override > profile ``install_disk`` > templates_env."""
@@ -517,7 +671,8 @@ class Provisioner:
         return self.config.default_os_version
 
     def render_final(self, host: Host) -> str:
-        """The final Ignition config of *host* (the template of its OS flow)."""
+        """The final config of *host* (the template of its OS flow: Ignition, or the
+        last-stage cloud-config)."""
         flow = self.flow_of(host)
         if flow.config_template is None:
             raise BadRequest(f"profile {host.profile!r} (flow {flow.name}) has no Ignition config")
@@ -554,6 +709,11 @@ class Provisioner:
     def render_first_stage_script(self, host: Host) -> str:
         """The installer script of *host* (mayu's first_stage_script)."""
         return self.templates.render("first_stage_script.sh.j2", self.context(host))
+
+    def render_first_stage_cloudconfig(self) -> str:
+        """The (host-independent) cloud-config of the live installer system (cloud-config
+        profiles: mayu's first_stage_cloudconfig.yaml)."""
+        return self.templates.render("first_stage_cloudconfig.yaml.j2", self.context(None))
 
     def render_first_stage_ignition(self) -> str:
         """The (host-independent) Ignition config of the live installer system."""
@@ -654,6 +814,30 @@ def _optional_ip(value: object, name: str) -> IPv4Address | None:
         raise BadRequest(f"{name} {value!r} is not an IPv4 address") from None
 
 
+def normalize_tags(value: object) -> tuple[str, ...]:
+    """``FleetMetadata`` as stored: strings, blanks trimmed, empty tags dropped, order kept.
+
+    mayuctl sends ``[""]`` for ``set S metadata ""`` and an empty element for ``a=b,,c=d``.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest("FleetMetadata must be a list of strings")
+    if len(value) > 256:
+        raise BadRequest("FleetMetadata: at most 256 tags")
+    tags = tuple(tag.strip() for tag in value if tag.strip())
+    for tag in tags:
+        if len(tag) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in tag):
+            raise BadRequest(f"FleetMetadata: {tag[:40]!r} is not a printable tag")
+    return tags
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
 def _short_str(value: object, name: str) -> str:
     if not isinstance(value, str) or len(value) > 256 or any(ord(c) < 32 for c in value):
         raise BadRequest(f"{name} must be a string of at most 256 printable characters")
@@ -661,6 +845,8 @@ def _short_str(value: object, name: str) -> str:
 
 
 __all__ = [
+    "ADD_DETAILS",
+    "ADD_MESSAGE",
     "APPROVE_DETAILS",
     "DEFAULT_INSTALL_DISK",
     "ENROL_MESSAGES",
@@ -668,7 +854,9 @@ __all__ = [
     "PENDING_MESSAGES",
     "REMOVE_MESSAGE",
     "BadRequest",
+    "Conflict",
     "PendingLimitReached",
     "Provisioner",
     "callback_key",
+    "normalize_tags",
 ]

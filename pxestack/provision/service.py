@@ -34,7 +34,12 @@ from pxestack.http.events import EventFeed
 from pxestack.metrics import MeteredHostStore, Metrics
 from pxestack.provision.api import ProvisioningApi
 from pxestack.provision.enrolment import EnrolmentGate, FirstContactLimiter
-from pxestack.provision.mayu_import import apply_mayu_text, export_mayu
+from pxestack.provision.mayu_import import (
+    apply_mayu_text,
+    export_mayu,
+    merge_mayu_text,
+    settings_differences,
+)
 from pxestack.provision.policy import ProvisioningPolicy
 from pxestack.provision.provisioner import Provisioner, callback_key
 from pxestack.provision.store import FileHostStore, isolate_git_config
@@ -184,6 +189,40 @@ def _base_url(config: Config) -> str:
     return url
 
 
+def _report_settings_source(
+    config: Config, from_file: ProvisionConfig, applied: ProvisionConfig, saved: Path
+) -> None:
+    """Say at start-up which source of the mayu settings wins, and why.
+
+    Settings changed through ``PUT /admin/mayu_config`` are saved in the cluster directory
+    and win over the configuration file's ``provision:`` section (they are the later,
+    audited decision, and mayu rewrote its own file on such a change).  A later edit of
+    the file is therefore not applied: a warning names the keys where the two differ.
+    """
+    differences = settings_differences(from_file, applied)
+    if not differences:
+        log.info(
+            "using the mayu settings saved in {path} (the same as the configuration file's)",
+            path=str(saved),
+        )
+        return
+    newer = ""
+    try:
+        if config.source and Path(config.source).stat().st_mtime > saved.stat().st_mtime:
+            newer = " The configuration file was modified after the last API change."
+    except OSError:
+        pass
+    shown = ", ".join(differences[:12]) + (" ..." if len(differences) > 12 else "")
+    log.warn(
+        "provision settings: {saved} (set through PUT /admin/mayu_config) wins over the "
+        "provision section of {source}, which differs in {keys}: an API change is saved "
+        "in the audited cluster directory and outlives restarts, so edits of these keys in "
+        "the file are not applied.{newer} To use the file's values, remove {saved} with "
+        "git rm (audited) and restart, or send them with `pxestack ctl config set`.",
+        saved=str(saved), source=config.source, keys=shown, newer=newer,
+    )
+
+
 def enrolment_gate(prov: ProvisionConfig) -> tuple[DhcpSightings, EnrolmentGate]:
     """The enrolment gate of ``provision.enrolment`` and the sightings it reads.
 
@@ -217,6 +256,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         prov.cluster_dir, git=prov.git, git_name=prov.git_name, git_email=prov.git_email
     )
     saved = prov.cluster_dir / MAYU_CONFIG_FILE
+    file_prov = prov
     if saved.exists():
         # A config set through PUT /admin/mayu_config outlives restarts (mayu rewrote its file).
         try:
@@ -229,7 +269,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
                 f"HEAD:{MAYU_CONFIG_FILE}`) or a backup, then restart pxestack"
             )
         else:
-            log.info("using the mayu settings saved in {path}", path=str(saved))
+            _report_settings_source(config, file_prov, prov, saved)
     metrics = Metrics()
     events = BootEventRecorder()
     provisioner = Provisioner(
@@ -244,8 +284,11 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         return deferToThreadPool(reactor if reactor is not None else _default_reactor(), pool, work)
 
     def import_config(text: str) -> None:
-        provisioner.config = apply_mayu_text(text, provisioner.config)
-        store.write_cluster_file(MAYU_CONFIG_FILE, text.encode(), "updated mayu config")
+        # Keys the client does not know (mayuctl's 2017 schema) keep their stored values;
+        # the saved file holds the complete result, so a restart applies the same.
+        merged = merge_mayu_text(text, provisioner.config)
+        provisioner.config = apply_mayu_text(merged, provisioner.config)
+        store.write_cluster_file(MAYU_CONFIG_FILE, merged.encode(), "updated mayu config")
 
     images = None
     if prov.images_dir is not None:

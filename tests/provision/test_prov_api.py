@@ -139,7 +139,7 @@ def test_mayuctl_setters(rig, action, body, field, expected):
         ("set_cabinet", {"Cabinet": -1}),
         ("set_metadata", {"FleetMetadata": "a=b"}),
         ("override", {"Overrides": {}}),
-        ("set_provider_id", {}),
+        ("set_provider_id", {"ProviderId": 5}),  # a missing key is the zero value
     ],
 )
 def test_bad_values_are_400_and_change_nothing(rig, action, body):

@@ -165,6 +165,13 @@ def test_boot_complete_sets_last_boot_and_versions():
     assert out.message == "updated state to running"
 
 
+def test_boot_complete_on_a_configured_host_does_not_claim_running():
+    out = apply(Host(serial="s", state=HostState.CONFIGURED), Event.BOOT_COMPLETE, now=NOW)
+    assert out.host.state is HostState.CONFIGURED and out.host.last_boot == NOW
+    assert out.message == "recorded boot; state stays configured"
+    assert "running" not in " ".join((out.message, *out.details))
+
+
 class Lifecycle(RuleBasedStateMachine):
     """Random interleavings of events keep the record consistent with the table."""
 
