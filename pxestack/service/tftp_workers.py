@@ -182,7 +182,7 @@ class _Channel(Protocol):
         for frame in frames:
             try:
                 self.worker.pool.frame(self, frame)
-            except (KeyError, TypeError, ValueError) as exc:
+            except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
                 log.warn("tftp worker {worker}: dropped a malformed {kind} frame: {error}",
                          worker=self.worker.index, kind=frame.kind.name, error=repr(exc))
 
@@ -387,9 +387,13 @@ class TftpWorkerPool(service.Service):
         worker.restart = None
         if worker.listen is None or self.stopping:
             return
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            channel = _Channel(worker)
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._retry(worker, f"cannot open its channel: {exc}")
+            return
+        channel = _Channel(worker)
+        try:
             factory = Factory.forProtocol(lambda: channel)
             self.reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, factory)
             argv = [sys.executable, "-m", "pxestack.service.tftp_worker",
@@ -399,6 +403,11 @@ class TftpWorkerPool(service.Service):
             worker.process = self.reactor.spawnProcess(
                 _WorkerProcess(worker), sys.executable, argv, env=os.environ.copy(),
                 childFDs={0: "w", 1: 1, 2: 2, 3: worker.listen.fileno(), 4: theirs.fileno()})
+        except OSError as exc:
+            if channel.transport is not None:
+                channel.transport.loseConnection()
+            self._retry(worker, f"cannot start: {exc}")
+            return
         finally:
             mine.close()  # adoptStreamConnection dup()s it
             theirs.close()  # the child holds its own copy
@@ -419,11 +428,13 @@ class TftpWorkerPool(service.Service):
             if not self.pids:
                 self._finish_stop()
             return
-        now = self.reactor.seconds()
-        delay = worker.backoff.delay(worker.started, now)
-        log.warn("tftp worker {worker} (pid {pid}) exited ({reason}); restarting it in "
-                 "{delay}s", worker=worker.index, pid=pid,
-                 reason=reason.getErrorMessage(), delay=delay)
+        self._retry(worker, f"(pid {pid}) exited ({reason.getErrorMessage()})")
+
+    def _retry(self, worker: _Worker, what: str) -> None:
+        """Start worker *worker* again after its back-off delay."""
+        delay = worker.backoff.delay(worker.started, self.reactor.seconds())
+        log.warn("tftp worker {worker} {what}; restarting it in {delay}s",
+                 worker=worker.index, what=what, delay=delay)
         worker.restart = self.reactor.callLater(delay, self.spawn, worker)
 
     # ---------------------------------------------------------------- channel

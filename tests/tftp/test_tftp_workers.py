@@ -301,3 +301,67 @@ def test_channel_source_reads_through_the_main_process(tmp_path: Path) -> None:
         thread.join(timeout=5)
         main_end.close()
     assert len(closes) == 1 and not channel.readers
+
+
+EMBEDDER = """
+import sys
+from pxestack.cli._run import run_service
+from pxestack.config import load_config
+from pxestack.service import Extensions, build_service
+from pxestack.tftp.source import CallableSource
+
+def generate(client, path):
+    if path == "pxelinux.cfg/default":
+        return ("DEFAULT for " + client.host + "\\n") * 200
+    return None
+
+config = load_config({"tftp": {"listen": "127.0.0.1:" + sys.argv[1], "root": sys.argv[2],
+                               "workers": 2}})
+sys.exit(run_service(build_service(config, Extensions(tftp_source=CallableSource(generate))),
+                     config))
+"""
+
+
+def test_embedded_dynamic_source_served_by_workers(tmp_path: Path) -> None:
+    """An embedder's source runs in the main process; both workers serve its names."""
+    import subprocess
+    import sys
+
+    from pxestack.wire.tftp import Data, Error, ReadRequest, decode_tftp, encode_tftp
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    server = subprocess.Popen([sys.executable, "-c", EMBEDDER, str(port), str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    expected = ("DEFAULT for 127.0.0.1\n" * 200).encode()
+    try:
+        assert server.stderr is not None
+        serving = 0
+        while serving < 2:
+            line = server.stderr.readline()
+            assert line, "the embedder exited"
+            serving += "serving (pid" in line
+        for _ in range(6):  # several source ports: both workers, by hash
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            client.settimeout(10)
+            client.sendto(encode_tftp(ReadRequest("pxelinux.cfg/default")), ("127.0.0.1", port))
+            received = b""
+            while True:
+                data, tid = client.recvfrom(2048)
+                packet = decode_tftp(data)
+                assert isinstance(packet, Data)
+                received += packet.payload
+                client.sendto(b"\x00\x04" + packet.block.to_bytes(2, "big"), tid)
+                if len(packet.payload) < 512:
+                    break
+            assert received == expected
+            client.sendto(encode_tftp(ReadRequest("missing")), ("127.0.0.1", port))
+            data, _ = client.recvfrom(2048)
+            assert isinstance(decode_tftp(data), Error)
+            client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    assert server.returncode == 0
