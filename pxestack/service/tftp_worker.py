@@ -6,8 +6,11 @@ Python, hands it two descriptors and its settings on the command line:
 * ``--listen-fd``: its own UDP socket bound by the main process to the TFTP port with
   ``SO_REUSEPORT`` (the kernel spreads requests over the workers' sockets by the
   client's address and port);
-* ``--channel-fd``: its end of a Unix stream socket to the main process, carrying the
-  frames of :mod:`pxestack.tftp.channel`.
+* ``--channel-fd``: its end of a Unix stream socket to the main process for requests to
+  a dynamic source (blocking: the worker waits for the answer);
+* ``--events-fd``: its end of a second one for counters, finished transfers and log
+  events (through the reactor: never blocks the worker).  Both carry the frames of
+  :mod:`pxestack.tftp.channel`.
 
 The worker runs an ordinary :class:`~pxestack.tftp.protocol.TftpServer` in its own
 reactor.  Files under the configured root are read here; when the main process serves
@@ -32,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogBeginner
 from zope.interface import implementer
@@ -114,6 +118,18 @@ class WorkerLink:
             for frame in frames:
                 if frame.request == request:
                     return frame
+
+
+class EventSink(Protocol):
+    """The worker's end of the event channel: counters, finished transfers and log
+    events, written through the reactor so that a busy main process never blocks the
+    worker (the transport buffers; the request channel stays blocking)."""
+
+    def send(self, frame: Frame) -> None:
+        """Queue *frame*; raises :class:`ChannelError` once the main process is gone."""
+        if self.transport is None or not self.connected:
+            raise ChannelError("the event channel to the main process is closed")
+        self.transport.write(encode_frame(frame))
 
 
 class ChannelReader:
@@ -213,7 +229,7 @@ class ChannelLogObserver:
     channel is gone, the line goes to stderr instead.
     """
 
-    def __init__(self, link: WorkerLink, level: str, worker: int) -> None:
+    def __init__(self, link: EventSink, level: str, worker: int) -> None:
         self._link = link
         self._level = _LEVELS.get(level, LogLevel.info)
         self._worker = worker
@@ -282,6 +298,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--events-fd", type=int, required=True)
     parser.add_argument("--settings", required=True, help="JSON from the pool")
     return parser.parse_args(argv)
 
@@ -297,12 +314,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     link = WorkerLink(channel)
 
     from twisted.internet import reactor
+    from twisted.internet.protocol import Factory
 
     from pxestack.service.tftp import TftpService, session_settings
     from pxestack.tftp.protocol import TftpServer
 
+    events = EventSink()
+    events_socket = socket.socket(fileno=args.events_fd)
+    events_socket.setblocking(False)
+    reactor.adoptStreamConnection(events_socket.fileno(), socket.AF_UNIX,
+                                  Factory.forProtocol(lambda: events))
+    events_socket.close()  # adoptStreamConnection dup()s it
     globalLogBeginner.beginLoggingTo(
-        [ChannelLogObserver(link, str(settings.get("log_level", "info")), args.index)],
+        [ChannelLogObserver(events, str(settings.get("log_level", "info")), args.index)],
         redirectStandardIO=False, discardBuffer=True)
     source: Any = (ChannelSource(link) if settings.get("remote_source")
                    else FilesystemSource(tftp.root, lowercase=tftp.lowercase))
@@ -325,8 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finished.clear()
         # A failure means the main process is going away (PR_SET_PDEATHSIG ends us).
         with contextlib.suppress(ChannelError):
-            link.send(Frame(FrameKind.STATS, 0, {"counters": server.stats.snapshot(),
-                                                 "transfers": records}))
+            events.send(Frame(FrameKind.STATS, 0, {"counters": server.stats.snapshot(),
+                                                   "transfers": records}))
 
     def stop() -> Any:
         result = tftp_service.stopService()
@@ -338,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     LoopingCall(push_stats).start(float(settings.get("stats_interval", 1.0)), now=False)
     reactor.addSystemEventTrigger("before", "shutdown", stop)
     try:
-        link.send(Frame(FrameKind.READY, 0, {"pid": os.getpid(), "worker": args.index}))
+        events.send(Frame(FrameKind.READY, 0, {"pid": os.getpid(), "worker": args.index}))
     except ChannelError:
         return 1
     reactor.run()
@@ -350,6 +374,7 @@ __all__ = [
     "ChannelLogObserver",
     "ChannelReader",
     "ChannelSource",
+    "EventSink",
     "WorkerLink",
     "main",
     "tftp_config_from",

@@ -8,8 +8,8 @@ more than 1.  It does not serve TFTP itself; it
   that dies leaves its socket in the port's group, so requests the kernel hashes to it
   wait in its buffer instead of being lost, and its replacement serves the same socket;
 * starts each worker (``python -m pxestack.service.tftp_worker``, the same interpreter)
-  with its socket and one end of a Unix stream socket, the channel
-  (:mod:`pxestack.tftp.channel`); a transfer stays on the worker that accepted its RRQ,
+  with its socket and two Unix stream sockets (frames of :mod:`pxestack.tftp.channel`):
+  one for the worker's source requests, one for its events; a transfer stays on the worker that accepted its RRQ,
   whose transfer sockets are its own;
 * restarts a worker that exits while the pool runs, after a growing delay
   (:class:`RestartBackoff`); the clients of its transfers time out and resend their
@@ -227,7 +227,9 @@ class _Worker:
     listen: socket.socket | None = None
     process: Any = None
     pid: int | None = None
+    #: The source-request channel and the event channel of the current process.
     channel: _Channel | None = None
+    events: _Channel | None = None
     started: float = 0.0
     restart: IDelayedCall | None = None
     backoff: RestartBackoff = dataclasses.field(default_factory=RestartBackoff)
@@ -387,30 +389,40 @@ class TftpWorkerPool(service.Service):
         worker.restart = None
         if worker.listen is None or self.stopping:
             return
+        pairs: list[tuple[socket.socket, socket.socket]] = []
         try:
-            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            for _ in range(2):  # source requests, then events
+                pairs.append(socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
         except OSError as exc:
+            for pair in pairs:
+                for end in pair:
+                    end.close()
             self._retry(worker, f"cannot open its channel: {exc}")
             return
-        channel = _Channel(worker)
+        channel, events = _Channel(worker), _Channel(worker)
         try:
-            factory = Factory.forProtocol(lambda: channel)
-            self.reactor.adoptStreamConnection(mine.fileno(), socket.AF_UNIX, factory)
+            for protocol, (mine, _) in zip((channel, events), pairs, strict=True):
+                self.reactor.adoptStreamConnection(
+                    mine.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda p=protocol: p))
             argv = [sys.executable, "-m", "pxestack.service.tftp_worker",
                     "--index", str(worker.index), "--parent", str(os.getpid()),
-                    "--listen-fd", "3", "--channel-fd", "4",
+                    "--listen-fd", "3", "--channel-fd", "4", "--events-fd", "5",
                     "--settings", json.dumps(self.worker_settings(worker))]
             worker.process = self.reactor.spawnProcess(
                 _WorkerProcess(worker), sys.executable, argv, env=os.environ.copy(),
-                childFDs={0: "w", 1: 1, 2: 2, 3: worker.listen.fileno(), 4: theirs.fileno()})
+                childFDs={0: "w", 1: 1, 2: 2, 3: worker.listen.fileno(),
+                          4: pairs[0][1].fileno(), 5: pairs[1][1].fileno()})
         except OSError as exc:
-            if channel.transport is not None:
-                channel.transport.loseConnection()
+            for protocol in (channel, events):
+                if protocol.transport is not None:
+                    protocol.transport.loseConnection()
             self._retry(worker, f"cannot start: {exc}")
             return
         finally:
-            mine.close()  # adoptStreamConnection dup()s it
-            theirs.close()  # the child holds its own copy
+            for pair in pairs:  # adoptStreamConnection dup()s ours; the child has its own
+                for end in pair:
+                    end.close()
+        worker.events = events
         worker.channel = channel
         worker.pid = worker.process.pid
         worker.started = self.reactor.seconds()
@@ -421,9 +433,10 @@ class TftpWorkerPool(service.Service):
         """Worker *worker*'s process ended: restart it, or finish stopping."""
         pid, worker.pid, worker.process = worker.pid, None, None
         self.stats.retire(worker.index)
-        if worker.channel is not None and worker.channel.transport is not None:
-            worker.channel.transport.loseConnection()
-        worker.channel = None
+        for channel in (worker.channel, worker.events):
+            if channel is not None and channel.transport is not None:
+                channel.transport.loseConnection()
+        worker.channel = worker.events = None
         if self.stopping:
             if not self.pids:
                 self._finish_stop()

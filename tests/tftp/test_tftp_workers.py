@@ -203,7 +203,7 @@ def test_stats_reach_metrics_and_survive_a_restart(tmp_path: Path) -> None:
     metrics = Metrics()
     metrics.attach_tftp_server(pool)
     pool.startService()
-    channel = reactor.channels[0]
+    channel = reactor.channels[1]  # worker 0: source requests, then events
     channel.dataReceived(encode_frame(Frame(FrameKind.STATS, 0, {
         "counters": {"requests": 3, "completed": 1, "active": 2},
         "transfers": [transfer_record(finished()), ["garbage"]]})))
@@ -236,7 +236,7 @@ def test_worker_log_events_join_the_main_log(tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)
     try:
-        reactor.channels[1].dataReceived(encode_frame(Frame(FrameKind.LOG, 0, {
+        reactor.channels[3].dataReceived(encode_frame(Frame(FrameKind.LOG, 0, {
             "level": "warn", "namespace": "pxestack.tftp.protocol", "text": "it broke",
             "fields": {"client": ["10.0.0.1", 99], "worker": "spoofed"}})))
     finally:
