@@ -9,8 +9,8 @@ more than 1.  It does not serve TFTP itself; it
   wait in its buffer instead of being lost, and its replacement serves the same socket;
 * starts each worker (``python -m pxestack.service.tftp_worker``, the same interpreter)
   with its socket and two Unix stream sockets (frames of :mod:`pxestack.tftp.channel`):
-  one for the worker's source requests, one for its events; a transfer stays on the worker that accepted its RRQ,
-  whose transfer sockets are its own;
+  one for the worker's source requests, one for its events; a transfer stays on the
+  worker that accepted its RRQ, whose transfer sockets are its own;
 * restarts a worker that exits while the pool runs, after a growing delay
   (:class:`RestartBackoff`); the clients of its transfers time out and resend their
   request, which a live or the restarted worker serves;

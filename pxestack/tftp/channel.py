@@ -4,8 +4,8 @@ A worker (``pxestack.service.tftp_worker``) and the main process share two Unix 
 sockets.  Over the first the worker asks the main process for the bytes of names a
 dynamic :class:`~pxestack.tftp.source.FileSource` serves (``OPEN``, ``READ``, ``CLOSE``;
 answered by ``OPENED``, ``DATA`` or ``FAILED``); over the second it pushes its counters,
-finished transfers and log events (``STATS``, ``LOG``, ``READY``).  This module only turns frames into bytes and back;
-it does no I/O.
+finished transfers and log events (``STATS``, ``LOG``, ``READY``).  This module only
+turns frames into bytes and back; it does no I/O.
 
 One frame on the wire::
 
