@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--storm-rate", type=float, default=200.0, help="boot-storm arrivals per second"
     )
     parser.add_argument(
+        "--storm-tftp-workers",
+        default="",
+        help="comma-separated tftp.workers values the boot storm compares, e.g. 1,2 "
+        "(default: the configuration's default, one per usable CPU)",
+    )
+    parser.add_argument(
         "--repeats",
         type=int,
         default=MIN_REPEATS,
@@ -258,7 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from benchmarks.bootstorm import run_bootstorm
 
             machines = args.storm_machines or (200 if args.quick else 1000)
-            run_bootstorm(results, repeats=args.repeats, machines=machines, rate=args.storm_rate)
+            storm_workers = tuple(
+                int(w) for w in args.storm_tftp_workers.split(",") if w.strip()) or (None,)
+            run_bootstorm(results, repeats=args.repeats, machines=machines, rate=args.storm_rate,
+                          tftp_workers=storm_workers)
             results.write(path)
         if "http" in areas:
             meta["http"] = _run_http(results, args.results_dir, stamp, args.quick)

@@ -106,6 +106,10 @@ class TftpServer:
         """The command line that serves *root* on ``lab.server.ip:69``."""
         raise NotImplementedError
 
+    #: Probe with requests for a missing name until every process answers (pxestack's
+    #: workers start after the port is bound; the floor never answers a missing name).
+    ready_probe = False
+
     def serves(self, case: TftpCase) -> bool:
         """Whether this server takes part in *case* (every server does, but the floor)."""
         return True
@@ -183,14 +187,15 @@ class Atftpd(TftpServer):
 class PxestackTftp(TftpServer):
     """pxestack's TFTP server via ``pxestack tftp`` quick mode, one worker per CPU.
 
-    ``--workers`` processes share port 69 with SO_REUSEPORT (the parent binds only once
-    every worker has), so the unpinned concurrent case uses both vCPUs as tftpd-hpa's
-    forked children do; the pinned cases run one process.  The
+    ``--workers`` processes (``tftp.workers``) share port 69 with SO_REUSEPORT, so the
+    unpinned concurrent case uses both vCPUs as tftpd-hpa's forked children do; the
+    pinned cases run one process.  The
     per-client transfer cap is raised, because all 32 concurrent clients come from the one
     client address.
     """
 
     name = PXESTACK
+    ready_probe = True
 
     def unavailable(self, peers: Peers) -> str | None:
         """Needs pxestack.tftp.protocol (under construction at times)."""
@@ -272,6 +277,44 @@ CONCURRENT_DRIVER = textwrap.dedent(
     print(json.dumps({"wall": time.monotonic() - start, "statuses": statuses}))
     """
 )
+
+
+#: Runs inside the client namespace: sends an RRQ for a missing name from PROBES source
+#: ports until each got an answer (any answer), so every process of a server that shares
+#: port 69 (pxestack's workers, which start after the port is bound) serves before the
+#: clock starts.  The kernel spreads the ports over the processes; 16 ports leave one of
+#: two processes unprobed with probability 2**-15.
+READY_PROBE = textwrap.dedent(
+    """
+    import socket, sys, time
+    ip, probes, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    request = b"\\x00\\x01pxestack-bench-ready-probe\\x00octet\\x00"
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(probes)]
+    waiting = set(range(probes))
+    deadline = time.monotonic() + limit
+    while waiting and time.monotonic() < deadline:
+        for index in waiting:
+            sockets[index].sendto(request, (ip, 69))
+        time.sleep(0.2)
+        for index in list(waiting):
+            sockets[index].setblocking(False)
+            try:
+                sockets[index].recvfrom(2048)
+                waiting.discard(index)
+            except BlockingIOError:
+                pass
+    sys.exit(1 if waiting else 0)
+    """
+)
+
+
+def wait_tftp_ready(lab: Any, *, probes: int = 16, timeout: float = 30.0) -> None:
+    """Wait until every process behind ``lab.server.ip:69`` answers (see READY_PROBE)."""
+    result = lab.client.run(
+        [sys.executable, "-c", READY_PROBE, lab.server.ip, str(probes), str(timeout)],
+        timeout=timeout + 10, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"the TFTP server did not answer within {timeout:g} s")
 
 
 def sha256(path: Path) -> str:
@@ -389,6 +432,8 @@ def _run_case(
         process = server.start(lab, root, workdir, PIN_CPU if case.pinned else None)
         try:
             lab.server.wait_udp_port(69, timeout=30, process=process)
+            if server.ready_probe:
+                wait_tftp_ready(lab)
             if case.loss_percent:
                 lab.set_loss(case.loss_percent)
             if case.name == "concurrent32":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,16 @@ from pxestack.config._reader import Section
 #: RFC 2348 §2: "Valid values range between 8 and 65464 octets, inclusive."
 BLKSIZE_MIN = 8
 BLKSIZE_MAX = 65464
+#: Most worker processes ``tftp.workers`` may ask for.
+MAX_WORKERS = 64
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), the default of ``workers``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,10 @@ class TftpConfig:
     lowercase: bool = False
     #: Where WRQ uploads are written; uploads are refused (ERROR 2) when unset.
     upload_dir: Path | None = None
+    #: Processes serving transfers (``pxestack.service.tftp_workers``); 1 serves in the
+    #: main process's reactor.  A configuration file defaults to the usable CPUs; a
+    #: ``TftpConfig`` built in Python keeps 1.
+    workers: int = 1
 
 
 def read_tftp(section: Section) -> TftpConfig:
@@ -71,6 +86,7 @@ def read_tftp(section: Section) -> TftpConfig:
         max_rto=max_rto,
         lowercase=section.bool("lowercase", False),
         upload_dir=section.path("upload_dir", None),
+        workers=section.int("workers", usable_cpus(), minimum=1, maximum=MAX_WORKERS),
     )
     section.finish()
     return config

@@ -29,8 +29,13 @@ class Extensions:
 
     #: A :class:`pxestack.dhcp.policy.BootPolicy`.
     boot_policy: Any = None
-    #: A :class:`pxestack.tftp.source.FileSource` for the TFTP server.
+    #: A :class:`pxestack.tftp.source.FileSource` for the TFTP server.  With
+    #: ``tftp.workers > 1`` it keeps running in this process; the workers ask it over
+    #: their channel (``docs/tftp.md``, "Worker processes").
     tftp_source: Any = None
+    #: Serve TFTP in this process's reactor whatever ``tftp.workers`` says (an embedder
+    #: that wants no child processes).
+    tftp_in_reactor: bool = False
     #: Extra twisted.web resources, by first path segment (e.g. ``{b"admin": resource}``).
     http_children: dict[bytes, Any] = field(default_factory=dict)
     #: Services to run beside the protocol servers (for example a store flusher).

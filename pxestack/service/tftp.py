@@ -53,11 +53,11 @@ class TftpService(UdpPortService):
                  reactor: Any = None, reuse_port: bool = False) -> None:
         super().__init__(listen[1], server.listener(), listen[0], reactor=reactor)
         self.server = server
-        #: Bind with SO_REUSEPORT, so several worker processes share the port and the
-        #: kernel spreads clients over them by address hash (``pxestack tftp --workers``).
+        #: Bind with SO_REUSEPORT, so several processes can share the port and the
+        #: kernel spreads clients over them by address hash.
         self.reuse_port = reuse_port
-        #: Serve this already bound socket instead of binding one (a worker's socket,
-        #: bound by the parent ``pxestack tftp --workers``); implies :attr:`reuse_port`.
+        #: Serve this already bound socket instead of binding one (a worker process's
+        #: socket, bound by :class:`~pxestack.service.tftp_workers.TftpWorkerPool`).
         self.adopt_fd: int | None = None
         self.setName("tftp")
 
@@ -159,12 +159,27 @@ def build_tftp_services(
     the boot steps reported to ``ext.events``.
 
     ``ext.tftp_source`` replaces the filesystem root when set.  The root (and the upload
-    directory, when configured) is created if missing.
+    directory, when configured) is created if missing.  With ``tftp.workers`` above 1
+    (and ``ext.tftp_in_reactor`` false) the service is a
+    :class:`~pxestack.service.tftp_workers.TftpWorkerPool`; otherwise a :class:`TftpService`
+    in this process's reactor.
     """
     tftp = config.tftp
     if tftp is None:
         raise ApiMisuse("build_tftp_services needs a config with a tftp section")
     source: FileSource | None = getattr(ext, "tftp_source", None)
+    metrics = getattr(ext, "metrics", None)
+    if tftp.workers > 1 and not getattr(ext, "tftp_in_reactor", False):
+        from pxestack.service.tftp_workers import TftpWorkerPool
+
+        if source is None:
+            tftp.root.mkdir(parents=True, exist_ok=True)
+        if tftp.upload_dir is not None:
+            tftp.upload_dir.mkdir(parents=True, exist_ok=True)
+        pool = TftpWorkerPool(config, source=source, reactor=reactor)
+        if metrics is not None:
+            metrics.attach_tftp_server(pool)
+        return [pool]
     if source is None:
         tftp.root.mkdir(parents=True, exist_ok=True)
         source = FilesystemSource(tftp.root, lowercase=tftp.lowercase)
@@ -182,7 +197,6 @@ def build_tftp_services(
         transfer_host=tftp.listen[0],
         reactor=reactor,
     )
-    metrics = getattr(ext, "metrics", None)
     if metrics is not None:
         metrics.attach_tftp_server(server)
     events = getattr(ext, "events", None)

@@ -17,6 +17,7 @@ from pxestack.cli.tftp import config_from_args
 from pxestack.config import ConfigError, load_config
 from pxestack.service import Extensions, build_service
 from pxestack.service.tftp import TftpService, build_tftp_services, session_settings
+from pxestack.service.tftp_workers import TftpWorkerPool
 from pxestack.tftp.source import CallableSource, FilesystemSource, UploadDirectory
 from pxestack.wire.tftp import Data, Error, ReadRequest, decode_tftp, encode_tftp
 
@@ -55,7 +56,7 @@ class FakeUdpReactor(Clock):
 
 def test_build_service_tree(tmp_path: Path) -> None:
     config = load_config({"tftp": {"root": "boot", "listen": "127.0.0.1:10069",
-                                   "max_blksize": 8192, "upload_dir": "up"}},
+                                   "max_blksize": 8192, "upload_dir": "up", "workers": 1}},
                          base_dir=tmp_path)
     reactor = FakeUdpReactor()
     root = build_service(config, reactor=reactor)
@@ -74,12 +75,18 @@ def test_build_service_tree(tmp_path: Path) -> None:
 
 
 def test_extension_source_replaces_the_root(tmp_path: Path) -> None:
-    config = load_config({"tftp": {"root": "unused"}}, base_dir=tmp_path)
+    config = load_config({"tftp": {"root": "unused", "workers": 1}}, base_dir=tmp_path)
     source = CallableSource(lambda client, path: b"generated")
     [svc] = build_tftp_services(config, Extensions(tftp_source=source),
                                 reactor=FakeUdpReactor())
     assert isinstance(svc, TftpService)
     assert svc.server.source is source
+    assert not (tmp_path / "unused").exists()
+    # With workers, the source stays in this process and the workers ask it.
+    config = load_config({"tftp": {"root": "unused", "workers": 2}}, base_dir=tmp_path)
+    [pool] = build_tftp_services(config, Extensions(tftp_source=source))
+    assert isinstance(pool, TftpWorkerPool) and pool.source is source
+    assert pool.worker_settings(pool.workers[0])["remote_source"] is True
     assert not (tmp_path / "unused").exists()
 
 
@@ -165,7 +172,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_cli_workers_share_the_port(tmp_path: Path) -> None:
-    """--workers 2: two processes on one SO_REUSEPORT port; the helper dies with us."""
+    """--workers 2: two worker processes on one SO_REUSEPORT port, stopped with the main."""
     (tmp_path / "f.bin").write_bytes(b"w" * 3000)
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     probe.bind(("127.0.0.1", 0))
@@ -177,17 +184,17 @@ def test_cli_workers_share_the_port(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stderr is not None
-        listening = 0
+        serving = 0
         for _ in range(400):
             line = server.stderr.readline()
             if not line:
                 break
-            listening += "listening on udp" in line
-            if listening == 2:
+            serving += "serving (pid" in line
+            if serving == 2:
                 break
-        assert listening == 2
+        assert serving == 2
         workers = _children(server.pid)
-        assert len(workers) == 1
+        assert len(workers) == 2
         # Different source ports hash to either process; every one is served.
         for _ in range(6):
             client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -202,6 +209,5 @@ def test_cli_workers_share_the_port(tmp_path: Path) -> None:
         server.wait(timeout=20)
     assert server.returncode == 0
     for pid in workers:
-        stat = Path(f"/proc/{pid}/stat")
-        # Gone, or a zombie waiting for this test process to be reaped by init.
-        assert not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z"
+        # The main process waited for each worker: gone, not even a zombie.
+        assert not Path(f"/proc/{pid}").exists()
