@@ -120,9 +120,10 @@ def session_settings(tftp: TftpConfig) -> SessionSettings:
     )
 
 
-def record_tftp_steps(server: TftpServer, events: Any,
+def record_tftp_steps(server: Any, events: Any,
                       mac_of: Callable[[str], bytes | None] | None) -> None:
-    """Report every finished transfer of *server* to *events* (a
+    """Report every finished transfer of *server* (a :class:`TftpServer`, or the worker
+    pool, which relays its workers' transfers) to *events* (a
     :class:`~pxestack.bootevents.BootEventRecorder`), composed with its ``on_stats``.
 
     A transfer is a step of the machine whose DHCP lease holds the client's address
@@ -179,6 +180,10 @@ def build_tftp_services(
         pool = TftpWorkerPool(config, source=source, reactor=reactor)
         if metrics is not None:
             metrics.attach_tftp_server(pool)
+        events = getattr(ext, "events", None)
+        if events is not None:
+            # The workers report each finished transfer to the pool (once a second).
+            record_tftp_steps(pool, events, mac_of)
         return [pool]
     if source is None:
         tftp.root.mkdir(parents=True, exist_ok=True)

@@ -365,3 +365,25 @@ def test_embedded_dynamic_source_served_by_workers(tmp_path: Path) -> None:
         server.terminate()
         server.wait(timeout=20)
     assert server.returncode == 0
+
+
+def test_transfers_finished_in_workers_join_the_machines_timelines(tmp_path: Path) -> None:
+    """The dashboard's TFTP step comes from the pool's relayed transfers, as it does from
+    an in-reactor server: build_tftp_services wires the pool to ``ext.events``."""
+    from pxestack.bootevents import BootEventRecorder
+    from pxestack.service.tftp import build_tftp_services
+
+    config = load_config({"tftp": {"workers": 2, "listen": "127.0.0.1:0",
+                                   "root": str(tmp_path)}}, base_dir=tmp_path)
+    events = BootEventRecorder()
+    reactor = PoolReactor()
+    [pool] = build_tftp_services(config, Extensions(events=events), reactor=reactor,
+                                 mac_of={"10.0.0.9": bytes.fromhex("525400e2e0aa")}.get)
+    assert isinstance(pool, TftpWorkerPool)
+    pool.startService()
+    reactor.channels[1].dataReceived(encode_frame(Frame(FrameKind.STATS, 0, {
+        "counters": {"requests": 1, "completed": 1},
+        "transfers": [transfer_record(finished())]})))
+    steps = [e for e in events.since(0) if e.phase == "tftp"]
+    assert len(steps) == 1 and steps[0].ip == "10.0.0.9"
+    stop(pool)
