@@ -140,7 +140,7 @@ def test_watch_a_machine_install_live_then_reinstall_it(
     assert "/dashboard/login" in browser.current_url
     browser.find_element(By.ID, "token").send_keys("wrong-token")
     browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
-    assert "not the admin token" in wait_for(
+    assert "not an admin token" in wait_for(
         lambda: browser.find_element(By.ID, "login-error").text, "the login error")
     browser.find_element(By.ID, "token").send_keys(token)
     browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
