@@ -17,6 +17,9 @@ installers, scripts and ``mayuctl`` keep working:
 ``GET /admin/hosts``                        JSON array of every host record
 ``GET /admin/host/<serial>``                one record, with its ``ETag``
 ``GET /admin/host/<serial>/history``        the host's audit trail (git commits)
+``GET /admin/host/<serial>/logs[?since=]``   the machine's log lines (an installer's syslog,
+                                            reported by an extension); SSE with
+                                            ``Accept: text/event-stream``
 ``PUT /admin/host/<serial>/<action>``       set_installed, boot_complete, set_state, mark_fresh,
                                             set_metadata, set_provider_id, set_ipmi_addr,
                                             set_cabinet, set_etcd_cluster_token, override,
@@ -81,7 +84,9 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
+from pxestack.bootevents import LOG, normal_mac, normal_serial
 from pxestack.errors import ConfigError
+from pxestack.http.events import EventFeed
 from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
 from pxestack.http.tls import peer_subject
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
@@ -871,9 +876,33 @@ class AdminResource(_Base):
                     return [e.to_json() for e in prov.store.history(serial)]
 
                 return self.respond(request, history, _json_writer)
+            if len(path) == 3 and path[0] == "host" and path[2] == "logs":
+                return self.host_logs(request, path[1].lower())
             raise HttpError(http.NOT_FOUND, "not found")
 
         return self.guarded(request, handle)
+
+    def host_logs(self, request: Request, serial: str) -> bytes | int:
+        """``host/<serial>/logs``: the log lines the recorder keeps for the machine (its
+        serial and the MACs of its record), as JSON or as an SSE stream."""
+        events = self.api.events
+        if events is None or normal_serial(serial) is None:
+            raise HttpError(http.NOT_FOUND, "no log lines are recorded here")
+        versioned = self.api.provisioner.get(serial)
+        macs = tuple(getattr(versioned.host, "mac_addresses", ())) if versioned else ()
+        if versioned is None and not events.logs(serial, limit=1):
+            raise HostNotFound(serial)
+        keys = {serial} | {m for m in (normal_mac(x) for x in macs) if m}
+
+        def select(since: int, limit: int) -> list[Any]:
+            return list(events.logs(serial, macs, since=since, limit=limit))
+
+        def accept(event: Any) -> bool:
+            return event.phase == LOG and (event.machine in keys or event.mac in keys)
+
+        feed = EventFeed(events, reactor=getattr(self.api.event_feed, "reactor", None),
+                         select=select, accept=accept)
+        return feed.render(request)
 
     def render_PUT(self, request: Request) -> bytes | int:
         """Host mutations and ``mayu_config``; 202 with an empty body on success."""
