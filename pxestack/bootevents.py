@@ -63,6 +63,10 @@ PHASES: tuple[str, ...] = (
 )
 #: The kind of a log line (not a phase: see the module documentation).
 LOG = "log"
+#: The kind of an admin action notice (:meth:`BootEventRecorder.announce`).
+ADMIN = "admin"
+#: The kinds of notices: passed to subscribers, never kept.
+NOTICES = frozenset({ADMIN})
 #: The most characters of one log line that are kept.
 LOG_LINE_MAX = 1024
 #: How the dashboard names each phase.
@@ -291,6 +295,23 @@ class BootEventRecorder:
         self._notify(subscribers, event)
         return event
 
+    def announce(self, kind: str, now: float, *, serial: str | None = None,
+                 detail: str = "") -> BootEvent | None:
+        """Tell the subscribers about something that is not a boot step (an admin action:
+        ``detail`` is ``ACTION by ACTOR``); nothing is kept.  None for an unknown kind."""
+        serial_text = normal_serial(serial)
+        if kind not in NOTICES or (serial is not None and serial_text is None):
+            with self._lock:
+                self.dropped += 1
+            return None
+        with self._lock:
+            self._seq += 1
+            event = BootEvent(self._seq, now, kind, serial_text or "", serial_text, None, None,
+                              None, _clean_detail(detail))
+            subscribers = list(self._subscribers)
+        self._notify(subscribers, event)
+        return event
+
     def logs(self, machine: str, macs: Iterable[str] = (), since: int = 0,
              limit: int | None = None) -> list[BootEvent]:
         """The kept log lines of *machine* (a serial or a MAC) and of *macs*, oldest first,
@@ -451,8 +472,10 @@ class BootEventRecorder:
 
 
 __all__ = [
+    "ADMIN",
     "LOG",
     "LOG_LINE_MAX",
+    "NOTICES",
     "PHASES",
     "PHASE_LABELS",
     "STATE_PHASES",

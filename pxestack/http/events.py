@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 
-from pxestack.bootevents import LOG, BootEvent, BootEventRecorder
+from pxestack.bootevents import LOG, PHASES, BootEvent, BootEventRecorder
 
 log = Logger()
 
@@ -86,8 +86,8 @@ class EventFeed:
         self.recorder = recorder
         #: ``select(since, limit)``: the kept events a request starts with.
         self.select = select or recorder.since
-        #: Which new events a stream sends (default: every boot step, no log line).
-        self.accept = accept or (lambda event: event.phase != LOG)
+        #: Which new events a stream sends (default: every boot step, no log line or notice).
+        self.accept = accept or (lambda event: event.phase in PHASES)
         self._reactor = reactor
         self.heartbeat = heartbeat
         self.max_buffer = max_buffer

@@ -84,7 +84,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
-from pxestack.bootevents import LOG, normal_mac, normal_serial
+from pxestack.bootevents import ADMIN, LOG, normal_mac, normal_serial
 from pxestack.errors import ConfigError
 from pxestack.http.events import EventFeed
 from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
@@ -904,16 +904,33 @@ class AdminResource(_Base):
                          select=select, accept=accept)
         return feed.render(request)
 
+    def _announced(self, request: Request) -> Callable[[Request, Any], bytes]:
+        """:func:`_accepted`, telling the recorder's subscribers (extensions) about the
+        admin action that succeeded (an ``admin`` notice; nothing is kept)."""
+
+        def write(req: Request, result: Any) -> bytes:
+            body = _accepted(req, result)
+            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
+            method = request.method.decode("ascii", "replace")
+            serial = path[1].lower() if len(path) >= 2 and path[0] == "host" else None
+            action = path[2] if len(path) >= 3 else ("remove" if method == "DELETE"
+                                                     else "/".join(path))
+            self.api.announce(action, serial=serial, actor=request_actor(request) or "")
+            return body
+
+        return write
+
     def render_PUT(self, request: Request) -> bytes | int:
         """Host mutations and ``mayu_config``; 202 with an empty body on success."""
 
         def handle() -> bytes | int:
+            done = self._announced(request)
             path = [p.decode("utf-8", "replace") for p in request.postpath or []]
             prov = self.api.provisioner
             if path == ["mayu_config"]:
                 self.require_admin(request)
                 text = self.body(request).decode("utf-8", "replace")
-                return self.respond(request, lambda: self.api.import_config(text), _accepted)
+                return self.respond(request, lambda: self.api.import_config(text), done)
             if len(path) != 3 or path[0] != "host":
                 raise HttpError(http.NOT_FOUND, "not found")
             serial, action = path[1].lower(), path[2]
@@ -924,22 +941,22 @@ class AdminResource(_Base):
                 self.require_admin(request)
             if action == "set_installed":
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.set_installed(serial, if_match)), _accepted
+                    request, lambda: _etagged(prov, prov.set_installed(serial, if_match)), done
                 )
             if action == "boot_complete":
                 payload = self.json_body(request, allow_empty=True)
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.boot_complete(serial, payload, if_match)),
-                    _accepted,
+                    done,
                 )
             if action == "mark_fresh":
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), _accepted
+                    request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), done
                 )
             if action == "approve":
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.approve(serial, if_match)), _accepted
+                    request, lambda: _etagged(prov, prov.approve(serial, if_match)), done
                 )
             payload = self.json_body(request)
             if action == "set_state":
@@ -947,14 +964,14 @@ class AdminResource(_Base):
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.set_state(serial, state, if_match)),
-                    _accepted,
+                    done,
                 )
             if action == "override":
                 overrides = payload.get("Overrides")
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.override(serial, overrides, if_match)),
-                    _accepted,
+                    done,
                 )
             if action in FIELD_SETTERS:
                 name = FIELD_SETTERS[action]
@@ -964,7 +981,7 @@ class AdminResource(_Base):
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.set_field(serial, name, value, if_match)),
-                    _accepted,
+                    done,
                 )
             raise HttpError(http.NOT_FOUND, f"unknown action {action!r}")
 
@@ -974,6 +991,7 @@ class AdminResource(_Base):
         """``DELETE /admin/host/<serial>``: remove the record (address and slot freed); 202."""
 
         def handle() -> bytes | int:
+            done = self._announced(request)
             self.require_admin(request)
             path = [p.decode("utf-8", "replace") for p in request.postpath or []]
             if len(path) != 2 or path[0] != "host":
@@ -985,7 +1003,7 @@ class AdminResource(_Base):
                 removed = prov.remove(serial, if_match)
                 log.info("host {serial} removed by the admin API", serial=removed.serial)
 
-            return self.respond(request, work, _accepted)
+            return self.respond(request, work, done)
 
         return self.guarded(request, handle)
 
@@ -1089,6 +1107,16 @@ class ProvisioningApi:
             if address in network or (mapped is not None and mapped in network):
                 return str(network)
         return None
+
+    def announce(self, action: str, *, serial: str | None, actor: str) -> None:
+        """Tell the recorder's subscribers that an admin *action* succeeded."""
+        if self.events is None:
+            return
+        try:
+            self.events.announce(ADMIN, self.clock(), serial=serial,
+                                 detail=f"{action} by {actor}" if actor else action)
+        except Exception:
+            log.failure("announcing an admin action failed")
 
     def step(self, phase: str, *, serial: str | None = None, mac: str | None = None,
              ip: str | None = None, detail: str = "") -> None:
