@@ -87,7 +87,7 @@ def test_backoff_then_delivery(tmp_path: Path) -> None:
     assert service.counts.delivered == 1 and service.counts.failed_attempts == 3
     assert service.pending() == 0
     assert not list((tmp_path / "extensions" / "webhooks" / "queue").rglob("*.json"))
-    _t, url, body, headers = post.calls[-1]
+    _t, _url, body, headers = post.calls[-1]
     assert headers["X-Pxestack-Signature"] == "sha256=" + hmac.new(
         SECRET.encode(), body, hashlib.sha256).hexdigest()
     doc = json.loads(body)
