@@ -289,14 +289,16 @@ def test_serve_start_failure_exits_2_naming_the_extension(site: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_twistd_reports_a_schema_error_as_usage_error(site: Path) -> None:
+@pytest.mark.parametrize("runner", ["twistd", "twist"])
+def test_twistd_reports_a_schema_error_as_usage_error(site: Path, runner: str) -> None:
     config = write_config(site, "- use: hello\n  config: {port: x}\n")
     env = dict(os.environ, PYTHONPATH=str(site / "site"))
     result = subprocess.run(
-        [sys.executable, "-m", "twisted", "pxestack", "--config", str(config)],
+        [str(Path(sys.executable).parent / runner), "pxestack", "--config", str(config)],
         cwd=site, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
     assert "extensions[0].config.port: 'x' is not an integer" in (result.stdout + result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 def test_describe_without_config_lists_installed_only() -> None:

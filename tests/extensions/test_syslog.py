@@ -173,7 +173,9 @@ def scrape(base: str, name: str) -> dict[str, float]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Any:
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """``pxestack serve`` (or ``twistd -n pxestack`` with the parameter ``twistd``) with the
+    syslog extension enabled through its entry point."""
     require(shutil.which("logger") is not None, "logger (util-linux) is not installed")
     http_port, syslog_port = free_port(), free_port()
     (tmp_path / "state").mkdir(mode=0o700)
@@ -198,8 +200,12 @@ def server(tmp_path: Path) -> Any:
         "  - use: syslog\n"
         f"    config: {{listen: '127.0.0.1:{syslog_port}', rate: 1, burst: 20}}\n"
     )
-    proc = subprocess.Popen([*PXESTACK, "serve", "--config", str(config)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [*PXESTACK, "serve", "--config", str(config)]
+    if getattr(request, "param", "serve") == "twistd":
+        command = [str(Path(sys.executable).parent / "twistd"), "--nodaemon", "--pidfile=",
+                   "pxestack", "--config", str(config)]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, text=True)
     base = f"http://127.0.0.1:{http_port}"
     try:
         wait_http(base + "/healthz")
@@ -220,6 +226,7 @@ def ctl(tmp_path: Path, base: str, *args: str) -> subprocess.CompletedProcess[st
         capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.parametrize("server", ["serve", "twistd"], indirect=True)
 def test_logger_lines_reach_the_timeline_and_ctl_logs(server: Any) -> None:
     tmp_path, base, port = server
     # First contact from 127.0.0.1: the iPXE script request names the serial and MAC.
