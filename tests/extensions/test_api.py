@@ -304,3 +304,69 @@ def test_twistd_reports_a_schema_error_as_usage_error(site: Path, runner: str) -
 def test_describe_without_config_lists_installed_only() -> None:
     rows = describe(None)
     assert all(not row["enabled"] for row in rows)
+
+
+# -- the example, and the shipped extensions use only the public API ------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+#: What an extension may import from pxestack: the API and the recorder's value types.
+PUBLIC = {"pxestack.extensions", "pxestack.bootevents"}
+
+
+def test_minimal_example_works_through_an_entry_point(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "minimal_extension.py").write_text(
+        (ROOT / "examples" / "minimal_extension.py").read_text())
+    info = site / "minimal_extension-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: minimal-extension\n"
+                                   "Version: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[pxestack.extensions]\nboot-counts = minimal_extension:BootCounts\n")
+    port = free_port()
+    config = tmp_path / "pxestack.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\nhttp:\n  listen: 127.0.0.1:{port}\n"
+                      "extensions:\n  - use: boot-counts\n    config: {greeting: 5}\n")
+    result = run_pxestack(tmp_path, "serve", "--check", "--config", str(config))
+    assert result.returncode == 2
+    assert "extensions[0].config.greeting: 5 is not a string" in result.stderr
+    config.write_text(config.read_text().replace("greeting: 5", "greeting: hi"))
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.Popen([*PXESTACK, "serve", "--config", str(config)], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import json
+        import time
+        import urllib.request
+
+        end = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/boot-counts/",
+                                            timeout=2) as answer:
+                    assert json.loads(answer.read()) == {"greeting": "hi", "steps": {}}
+                    break
+            except OSError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("path", sorted([
+    *(ROOT / "pxestack_syslog").glob("*.py"), *(ROOT / "pxestack_webhooks").glob("*.py"),
+    ROOT / "examples" / "minimal_extension.py"]), ids=lambda p: str(p.relative_to(ROOT)))
+def test_extensions_import_only_the_public_api(path: Path) -> None:
+    import ast
+
+    used: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            used.add(node.module)
+        elif isinstance(node, ast.Import):
+            used.update(alias.name for alias in node.names)
+    inner = {m for m in used if m == "pxestack" or m.startswith("pxestack.")}
+    assert inner <= PUBLIC, f"{path.name} imports {sorted(inner - PUBLIC)}"
