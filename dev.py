@@ -226,7 +226,8 @@ def main(argv: list[str]) -> int:
         return pytest(["-m", "not slow and not netns and not qemu", "-q", *rest])
     if command == "lint":
         ensure_venv()
-        status = run([str(BIN / "ruff"), "check", "pxestack", "tests", "benchmarks", "dev.py"])
+        status = run([str(BIN / "ruff"), "check", "pxestack", "pxestack_syslog",
+                      "pxestack_webhooks", "tests", "benchmarks", "examples", "dev.py"])
         strict_targets = [
             "pxestack/wire", "pxestack/dhcp", "pxestack/tftp", "pxestack/http/ipxe.py",
             "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py", "pxestack/simulate.py",

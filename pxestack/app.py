@@ -38,7 +38,10 @@ def build_root_service(config: Config, *, reactor: Any = None) -> PxeStackServic
 
     A generated admin token is made first (:func:`prepare_admin_token`); the host checks of
     :func:`~pxestack.config.checks.validate_for_serving` (token files, directory modes,
-    ``run_as``) come next, exactly as ``pxestack serve --check`` runs them.
+    ``run_as``) come next, exactly as ``pxestack serve --check`` runs them.  The
+    extensions the configuration enables (:mod:`pxestack.extensions`) are set up before
+    the tree is built and their services added after pxestack's own; any problem with
+    them is a :class:`~pxestack.config.ConfigError` naming ``extensions[i]``.
     """
     prepare_admin_token(config)
     validate_for_serving(config)
@@ -48,7 +51,17 @@ def build_root_service(config: Config, *, reactor: Any = None) -> PxeStackServic
 
         extensions = provisioning_extensions(config, reactor=reactor)
         add_dashboard(extensions, reactor=reactor)
-    return build_service(config, extensions, reactor=reactor)
+    loaded: list[Any] = []
+    if config.extensions:
+        from pxestack.extensions import setup_extensions
+
+        loaded = setup_extensions(config, extensions, reactor=reactor)
+    root = build_service(config, extensions, reactor=reactor)
+    if loaded:
+        from pxestack.extensions import attach_extensions
+
+        attach_extensions(root, loaded)
+    return root
 
 
 def add_dashboard(extensions: Extensions, *, reactor: Any = None) -> None:

@@ -33,6 +33,15 @@ boot-storm view.  Values from the network are checked before they are kept: a MA
 not six octets, a serial that is not a short printable word, or an unknown phase make
 :meth:`BootEventRecorder.record` return ``None`` and count in ``dropped``; the caller logs.
 
+Besides the boot steps, the recorder keeps each machine's log lines (the :data:`LOG`
+kind: an installer's syslog, a kernel's netconsole, as an extension reports them with
+:meth:`BootEventRecorder.log`).  They share the ``seq`` stream and reach subscribers like
+steps, but are kept apart (``per_machine_logs`` lines per machine, ``log_backlog`` in all)
+so that a chatty installer never pushes its boot steps out, and the timeline's phases and
+the boot-storm view are not changed by them.  The recorder also remembers the address each
+machine last used (``ip_of``/:meth:`BootEventRecorder.machine_of_ip`, bounded like the
+machines), so that a line from an address can be given to the machine behind it.
+
 This module is a sans-IO core (no clock, no sockets, no Twisted): times are passed in, and
 subscribers are plain callables called in the reporting thread (the provisioning layer
 reports from its thread pool), outside the recorder's lock.
@@ -52,6 +61,14 @@ PHASES: tuple[str, ...] = (
     "dhcp_pxe", "tftp", "dhcp_ipxe", "script", "kernel", "enrolled", "installing",
     "installed", "running", "configured",
 )
+#: The kind of a log line (not a phase: see the module documentation).
+LOG = "log"
+#: The kind of an admin action notice (:meth:`BootEventRecorder.announce`).
+ADMIN = "admin"
+#: The kinds of notices: passed to subscribers, never kept.
+NOTICES = frozenset({ADMIN})
+#: The most characters of one log line that are kept.
+LOG_LINE_MAX = 1024
 #: How the dashboard names each phase.
 PHASE_LABELS: Mapping[str, str] = {
     "dhcp_pxe": "DHCP (PXE)",
@@ -64,6 +81,7 @@ PHASE_LABELS: Mapping[str, str] = {
     "installed": "installed",
     "running": "boot complete",
     "configured": "reinstall requested",
+    LOG: "log",
 }
 #: Host states that are also phases (the provisioning layer reports them by state).
 STATE_PHASES = frozenset({"installing", "installed", "running", "configured"})
@@ -97,9 +115,9 @@ def normal_serial(value: str | None) -> str | None:
     return text if _SERIAL.fullmatch(text) else None
 
 
-def _clean_detail(value: str) -> str:
-    text = "".join(ch if ch.isprintable() else "?" for ch in value)
-    return text[:_DETAIL_MAX]
+def _clean_detail(value: str, limit: int = _DETAIL_MAX) -> str:
+    text = "".join(ch if ch.isprintable() else "?" for ch in value[: limit * 2])
+    return text[:limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +166,14 @@ class BootEventRecorder:
     """Keeps the recent boot steps of every machine (see the module documentation)."""
 
     def __init__(self, *, max_machines: int = 10000, per_machine: int = 128,
-                 backlog: int = 20000, max_subscribers: int = 64) -> None:
+                 backlog: int = 20000, max_subscribers: int = 64,
+                 per_machine_logs: int = 500, log_backlog: int = 20000) -> None:
         self.max_machines = max_machines
         self.per_machine = per_machine
+        self.per_machine_logs = per_machine_logs
+        self._logs: OrderedDict[str, deque[BootEvent]] = OrderedDict()
+        self._log_backlog: deque[BootEvent] = deque(maxlen=log_backlog)
+        self._machine_of_ip: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
         self.max_subscribers = max_subscribers
         self._lock = threading.Lock()
         self._seq = 0
@@ -196,6 +219,8 @@ class BootEventRecorder:
             key = serial_text or mac_text or ""
             if phase in ("dhcp_pxe", "dhcp_ipxe"):
                 phase = self._dhcp_phase(key, detail)
+            if ip is not None:
+                self._remember_ip(ip, serial_text, mac_text)
             self._seq += 1
             event = BootEvent(self._seq, now, phase, key, serial_text, mac_text, ip,
                               duration, _clean_detail(detail))
@@ -209,12 +234,104 @@ class BootEventRecorder:
             while len(self._machines) > self.max_machines:
                 self._machines.popitem(last=False)
             subscribers = list(self._subscribers)
+        self._notify(subscribers, event)
+        return event
+
+    def _notify(self, subscribers: list[Subscriber], event: BootEvent) -> None:
         for subscriber in subscribers:
             try:
                 subscriber(event)
             except Exception:  # a broken reader must not break the server reporting
                 self._unsubscribe(subscriber)
+
+    def _remember_ip(self, ip: str, serial: str | None, mac: str | None) -> None:
+        if len(ip) > 45:
+            return
+        self._machine_of_ip[ip] = (serial, mac)
+        self._machine_of_ip.move_to_end(ip)
+        while len(self._machine_of_ip) > self.max_machines:
+            self._machine_of_ip.popitem(last=False)
+
+    def log(
+        self,
+        line: str,
+        now: float,
+        *,
+        mac: bytes | str | None = None,
+        serial: str | None = None,
+        ip: str | None = None,
+        detail_limit: int = LOG_LINE_MAX,
+    ) -> BootEvent | None:
+        """Keep one log line of a machine (the :data:`LOG` kind); None (and ``dropped``
+        counts it) when neither a valid MAC nor a valid serial names the machine.
+
+        Non-printable characters become ``?`` and the line is cut to *detail_limit*
+        (at most :data:`LOG_LINE_MAX`) characters.
+        """
+        mac_text = normal_mac(mac)
+        serial_text = normal_serial(serial)
+        if (mac is not None and mac_text is None) or (serial is not None and serial_text is None) \
+                or (mac_text is None and serial_text is None):
+            with self._lock:
+                self.dropped += 1
+            return None
+        text = _clean_detail(line, min(detail_limit, LOG_LINE_MAX))
+        with self._lock:
+            if serial_text is None and mac_text is not None:
+                serial_text = self._serial_of_mac.get(mac_text)
+            key = serial_text or mac_text or ""
+            self._seq += 1
+            event = BootEvent(self._seq, now, LOG, key, serial_text, mac_text, ip, None, text)
+            self._log_backlog.append(event)
+            lines = self._logs.get(key)
+            if lines is None:
+                lines = self._logs[key] = deque(maxlen=self.per_machine_logs)
+            else:
+                self._logs.move_to_end(key)
+            lines.append(event)
+            while len(self._logs) > self.max_machines:
+                self._logs.popitem(last=False)
+            subscribers = list(self._subscribers)
+        self._notify(subscribers, event)
         return event
+
+    def announce(self, kind: str, now: float, *, serial: str | None = None,
+                 detail: str = "") -> BootEvent | None:
+        """Tell the subscribers about something that is not a boot step (an admin action:
+        ``detail`` is ``ACTION by ACTOR``); nothing is kept.  None for an unknown kind."""
+        serial_text = normal_serial(serial)
+        if kind not in NOTICES or (serial is not None and serial_text is None):
+            with self._lock:
+                self.dropped += 1
+            return None
+        with self._lock:
+            self._seq += 1
+            event = BootEvent(self._seq, now, kind, serial_text or "", serial_text, None, None,
+                              None, _clean_detail(detail))
+            subscribers = list(self._subscribers)
+        self._notify(subscribers, event)
+        return event
+
+    def logs(self, machine: str, macs: Iterable[str] = (), since: int = 0,
+             limit: int | None = None) -> list[BootEvent]:
+        """The kept log lines of *machine* (a serial or a MAC) and of *macs*, oldest first,
+        after *since* (the newest *limit*)."""
+        keys = {machine.lower()} | {m for m in (normal_mac(x) for x in macs) if m}
+        with self._lock:
+            found = [e for key in keys for e in self._logs.get(key, ()) if e.seq > since]
+        found.sort(key=lambda e: e.seq)
+        return found[-limit:] if limit is not None and limit >= 0 else found
+
+    def machine_of_ip(self, ip: str) -> tuple[str | None, str | None] | None:
+        """``(serial, mac)`` of the machine last seen at *ip* in a recorded step, or None."""
+        with self._lock:
+            found = self._machine_of_ip.get(ip)
+        if found is None:
+            return None
+        serial, mac = found
+        if serial is None and mac is not None:
+            serial = self._serial_of_mac.get(mac)
+        return serial, mac
 
     def _dhcp_phase(self, key: str, detail: str) -> str:
         """``dhcp_ipxe`` for the exchange that follows the firmware's: after a TFTP transfer,
@@ -241,6 +358,11 @@ class BootEventRecorder:
         self._serial_of_mac[mac] = serial
         while len(self._serial_of_mac) > self.max_machines:
             self._serial_of_mac.popitem(last=False)
+        early_logs = self._logs.pop(mac, None)
+        if early_logs:
+            lines = self._logs.get(serial)
+            merged_logs = sorted([*early_logs, *(lines or ())], key=lambda e: e.seq)
+            self._logs[serial] = deque(merged_logs, maxlen=self.per_machine_logs)
         early = self._machines.pop(mac, None)
         if not early:
             return
@@ -350,6 +472,10 @@ class BootEventRecorder:
 
 
 __all__ = [
+    "ADMIN",
+    "LOG",
+    "LOG_LINE_MAX",
+    "NOTICES",
     "PHASES",
     "PHASE_LABELS",
     "STATE_PHASES",

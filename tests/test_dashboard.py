@@ -186,9 +186,12 @@ def test_machine_page_shows_timeline_history_and_configs(stack: Stack, browser: 
     events.dhcp(bytes.fromhex(mac.replace(":", "")), False, 1000.0)
     events.dhcp(bytes.fromhex(mac.replace(":", "")), True, 1000.2)
     events.record("tftp", 1001.0, mac=mac, duration=0.7, detail="undionly.kpxe complete")
+    # A log line keyed by the MAC joins the serial's page once the script links them.
+    events.log("info installer: <b>partitioning</b>", 1001.2, mac=mac, ip="10.0.0.9")
     events.record("script", 1001.5, serial=SERIAL, mac=mac)
     browser.login()
     page = browser.get(f"/dashboard/machine/{SERIAL}").body.decode()
+    assert 'id="logs"' in page and "installer: &lt;b&gt;partitioning&lt;/b&gt;" in page
     assert '<svg id="timeline"' in page
     assert 'data-phase="tftp"' in page and "DHCP (PXE)" in page
     assert "Ignition config" in page and "iPXE script" in page and "#!ipxe" in page

@@ -10,7 +10,8 @@ Layers, bottom to top:
 3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol``, the rest of
    ``pxestack.http``, ``pxestack.netif``, ``pxestack.ra``; ``pxestack.simulate`` (the
    simulated machines: an asyncio client that speaks only the wire)
-4. composition: ``pxestack.config``, ``pxestack.service``
+4. composition: ``pxestack.config``, ``pxestack.service``, ``pxestack.extensions`` (the
+   extension API)
 5. ``pxestack.provision``
 6. ``pxestack.app``, ``pxestack.tap``, ``pxestack.cli``, ``pxestack.dashboard``, the twistd
    dropin
@@ -50,6 +51,7 @@ def layer_of(module: str) -> int | None:
         ("pxestack.simulate", 3),
         ("pxestack.config", 4),
         ("pxestack.service", 4),
+        ("pxestack.extensions", 4),
         ("pxestack.metrics", 4),
         ("pxestack.provision", 5),
         ("pxestack.app", 6),

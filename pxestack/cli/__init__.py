@@ -17,7 +17,8 @@ from collections.abc import Iterable, Sequence
 from pxestack import __version__
 
 #: Subcommand modules under ``pxestack.cli``, in the order ``--help`` lists them.
-SUBCOMMANDS = ("serve", "dhcp", "tftp", "http", "ctl", "simulate", "images", "migrate", "explain")
+SUBCOMMANDS = ("serve", "dhcp", "tftp", "http", "ctl", "simulate", "images", "migrate", "explain",
+               "extensions")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -22,9 +22,10 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from pxestack.cli import EXIT_FAILURE, EXIT_OK
+from pxestack.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, print_problems
 from pxestack.config import Config, RunAs
 from pxestack.config.checks import user_groups
+from pxestack.errors import ConfigError
 
 log = Logger()
 
@@ -110,6 +111,18 @@ def drop_privileges(config: Config, run_as: RunAs) -> None:
              user=run_as.user, uid=run_as.uid, group=run_as.group, gid=run_as.gid)
 
 
+def _stop_quietly(root: service.IService) -> None:
+    """Stop what did start (ports opened before the failure), ignoring further errors."""
+    try:
+        stopped = root.stopService()
+    except Exception:
+        log.failure("stopping after a failed start")
+        return
+    if stopped is not None and hasattr(stopped, "addErrback"):
+        stopped.addErrback(lambda failure: log.failure("stopping after a failed start",
+                                                       failure))
+
+
 def run_service(
     root: service.IService,
     config: Config,
@@ -139,6 +152,13 @@ def run_service(
         log.critical("cannot start: {error}", error=str(exc))
         print(f"pxestack: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except ConfigError as exc:
+        # An extension that cannot start (pxestack.extensions) is an operator's problem.
+        for problem in exc.problems:
+            log.critical("cannot start: {problem}", problem=str(problem))
+        print_problems(config.source, exc.problems)
+        _stop_quietly(root)
+        return EXIT_USAGE
     reactor.addSystemEventTrigger("before", "shutdown", root.stopService)
     # Logged once the reactor runs, i.e. after it installed its SIGINT/SIGTERM handlers:
     # from this line on a signal means a clean shutdown.

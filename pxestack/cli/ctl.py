@@ -27,10 +27,11 @@ import json
 import os
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -220,6 +221,44 @@ class AdminClient:
         except (OSError, ValueError) as error:
             # TimeoutError, ConnectionResetError, http.client.RemoteDisconnected, bad URLs
             raise CtlError(f"cannot reach {self.server}: {error}") from None
+
+    def stream(self, path: str, *, idle_timeout: float = 60.0) -> Iterator[tuple[str, str, str]]:
+        """GET *path* as a Server-Sent Events stream; yields ``(event, id, data)`` for each
+        message until the server closes it.  A status error raises as :meth:`call` does."""
+        request = urllib.request.Request(self.server + path, method="GET")  # noqa: S310 - scheme checked
+        request.add_header("User-Agent", f"pxestack-ctl/{__version__}")
+        request.add_header("Accept", "text/event-stream")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            answer = self._opener.open(request, timeout=max(self.timeout, idle_timeout))
+        except urllib.error.HTTPError as error:
+            with error:
+                data = error.read(MAX_RESPONSE_BYTES)
+            self.check(Reply(error.code, _lower(error.headers.items()), data), "GET", path)
+            return
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise CtlError(f"cannot reach {self.server}: {error}") from None
+        with answer:
+            event, ident, data = "message", "", []
+            try:
+                for raw in answer:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if not line:
+                        if data:
+                            yield event, ident, "\n".join(data)
+                        event, data = "message", []
+                        continue
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    if name == "event":
+                        event = value
+                    elif name == "id":
+                        ident = value
+                    elif name == "data":
+                        data.append(value)
+            except (OSError, ValueError) as error:
+                raise CtlError(f"the stream from {self.server} broke: {error}") from None
 
     def call(
         self,
@@ -763,6 +802,57 @@ def cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def log_line_text(entry: Mapping[str, Any]) -> str:
+    """One log line as ``ctl logs`` prints it: local time, source address, the line."""
+    when = entry.get("time")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when)) \
+        if isinstance(when, int | float) else "-"
+    return f"{stamp}  {entry.get('ip') or '-'}  {entry.get('detail', '')}"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """``logs SERIAL [--follow]``: the machine's log lines (an installer's syslog)."""
+    client = make_client(args)
+    serial = args.serial.lower()
+    path = host_path(serial, "logs")
+    reply = client.request("GET", path + (f"?since={args.since}" if args.since else ""))
+    if reply.status in (404, 405) and HOST_MISSING_TEXT not in reply.text:
+        raise CtlError(f"{client.server} keeps no log lines for {serial}: "
+                       f"{_excerpt(reply.text.strip()) or 'no logs endpoint'}")
+    client.check(reply, "GET", path, serial=args.serial)
+    entries = reply.json()
+    if not isinstance(entries, list):
+        raise CtlError(f"GET {path} did not answer a JSON array")
+    entries = [e for e in entries if isinstance(e, dict)]
+    if not args.follow:
+        emit(args, entries, lambda: "".join(log_line_text(e) + "\n" for e in entries))
+        return EXIT_OK
+    last = 0
+    for entry in entries:
+        _print_follow(args, entry)
+        last = max(last, int(entry.get("seq") or 0))
+    try:
+        for event, _ident, data in client.stream(f"{path}?since={last}"):
+            if event != "log":
+                continue
+            try:
+                entry = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                _print_follow(args, entry)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+def _print_follow(args: argparse.Namespace, entry: Mapping[str, Any]) -> None:
+    if getattr(args, "output", "table") == "json":
+        print(json.dumps(entry, separators=(",", ":")), flush=True)
+    else:
+        print(log_line_text(entry), flush=True)
+
+
 def parse_env_file(text: str) -> dict[str, str]:
     """``KEY=VALUE`` lines (dotenv / os-release syntax): comments, ``export`` and quotes."""
     values: dict[str, str] = {}
@@ -1032,6 +1122,14 @@ def register(subparsers: Any) -> None:
 
     history = command("history", cmd_history, "show a host's audit trail (git commits)")
     history.add_argument("serial")
+
+    logs = command("logs", cmd_logs, "show a machine's log lines (its installer's syslog, "
+                   "with the syslog extension)")
+    logs.add_argument("serial")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new lines as they arrive (Ctrl-C to stop)")
+    logs.add_argument("--since", type=int, default=0, metavar="SEQ",
+                      help="only lines after this sequence number")
 
     config = command("config", lambda _: EXIT_USAGE, "show or replace the server's settings")
     config_commands = config.add_subparsers(dest="config_command", metavar="ACTION",

@@ -54,6 +54,10 @@ def serve(args: argparse.Namespace) -> int:
         from pxestack.config.checks import serving_problems
 
         problems = serving_problems(config)
+        if config.extensions:
+            from pxestack.extensions import check_extensions
+
+            problems = [*problems, *check_extensions(config)]
         if problems:
             print_problems(args.config or "<embedded quickstart>", problems)
             return EXIT_USAGE

@@ -12,10 +12,12 @@ The schema is documented in ``docs/configuration.md``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -28,7 +30,27 @@ from pxestack.config.tftp import TftpConfig, read_tftp
 from pxestack.errors import ConfigError, ConfigProblem
 
 LOG_FORMATS = ("text", "json")
+#: An extension's name (``extensions[i].use``): an entry point name of the
+#: ``pxestack.extensions`` group.
+EXTENSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class ExtensionConfig:
+    """One entry of ``extensions:``: which extension to run, with its own section.
+
+    The section is kept as YAML gave it; the extension's own schema reads it when the
+    service tree is built (:mod:`pxestack.extensions`), with errors named
+    ``extensions[i].config.KEY``.
+    """
+
+    #: The extension's entry point name in the ``pxestack.extensions`` group.
+    use: str
+    #: The extension's own settings (validated by the extension's schema).
+    config: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: The directory relative paths of ``config`` are taken from (the file's directory).
+    base_dir: Path = field(default_factory=Path.cwd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +67,33 @@ class Config:
     source: str = "<mapping>"
     #: The user (and group) ``pxestack serve`` switches to once its ports are open.
     run_as: RunAs | None = None
+    #: The extensions to run, in order (``extensions:``; see docs/extensions.md).
+    extensions: tuple[ExtensionConfig, ...] = ()
+
+
+def read_extensions(root: Section) -> tuple[ExtensionConfig, ...]:
+    """``extensions: [{use: NAME, config: {...}}]``: the shape only (the extension's own
+    schema checks its ``config`` when the service tree is built)."""
+    found: list[ExtensionConfig] = []
+    seen: set[str] = set()
+    for section in root.sections("extensions"):
+        use = section.str("use")
+        raw = section.raw("config")
+        if raw is not None and not isinstance(raw, Mapping):
+            section.problem("config", "expected a mapping")
+            raw = None
+        section.finish()
+        if use is None:
+            continue
+        if not EXTENSION_NAME.fullmatch(use):
+            section.problem("use", f"{use!r} is not an extension name")
+            continue
+        if use in seen:
+            section.problem("use", f"{use!r} is enabled twice")
+            continue
+        seen.add(use)
+        found.append(ExtensionConfig(use=use, config=dict(raw or {}), base_dir=root.base_dir))
+    return tuple(found)
 
 
 def load_config(
@@ -76,6 +125,7 @@ def load_config(
         if root.has("provision")
         else None
     )
+    extensions = read_extensions(root)
     root.finish()
     if problems:
         raise ConfigError(problems)
@@ -89,6 +139,7 @@ def load_config(
         provision=provision if provision is not None and provision.enabled else None,
         source=source,
         run_as=run_as,
+        extensions=extensions,
     )
 
 
@@ -146,6 +197,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DhcpConfig",
+    "ExtensionConfig",
     "HttpConfig",
     "ProvisionConfig",
     "RunAs",

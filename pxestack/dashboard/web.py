@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -72,6 +73,8 @@ ACTIONS = {
 }
 #: Largest form body the dashboard reads.
 MAX_FORM_BYTES = 8192
+#: Log lines shown on a machine's page (the newest).
+LOG_LINES = 200
 SECURITY_HEADERS = {
     b"Content-Security-Policy": (
         b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -213,6 +216,8 @@ class Dashboard:
             raise HttpError(http.NOT_FOUND, "no such host")
         host = found.host
         steps = self.events.steps(host.serial, host.mac_addresses)
+        logs = [{"when": time.strftime("%H:%M:%S", time.localtime(e.time)), "detail": e.detail}
+                for e in self.events.logs(host.serial, host.mac_addresses, limit=LOG_LINES)]
         history = [e.to_json() for e in prov.store.history(host.serial, limit=50)]
         configs = []
         renderers: list[tuple[str, Callable[[], str]]] = [
@@ -233,6 +238,7 @@ class Dashboard:
             "history": history,
             "configs": configs,
             "macs": list(host.mac_addresses),
+            "logs": logs,
         }
 
 

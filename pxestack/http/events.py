@@ -12,6 +12,10 @@
 * anything else: a JSON array of the kept steps after ``?since=`` (at most ``limit``, the
   newest), for tools that poll.
 
+Log lines (:data:`~pxestack.bootevents.LOG`) are not boot steps: the default feed leaves
+them out; a feed made with ``select`` and ``accept`` (``/admin/host/<serial>/logs``) serves
+one machine's lines instead, as ``event: log`` messages.
+
 Authentication is the caller's: the admin API checks its bearer token, the dashboard its
 session, before handing the request here.
 
@@ -24,13 +28,14 @@ recorded from the provisioning thread pool too; they reach the stream through
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 
-from pxestack.bootevents import BootEvent, BootEventRecorder
+from pxestack.bootevents import LOG, PHASES, BootEvent, BootEventRecorder
 
 log = Logger()
 
@@ -45,7 +50,8 @@ JSON_LIMIT = 1000
 def sse_message(event: BootEvent) -> bytes:
     """One SSE message for *event* (``id``, ``event: boot``, one ``data`` line)."""
     data = json.dumps(event.to_json(), separators=(",", ":"))
-    return f"id: {event.seq}\nevent: boot\ndata: {data}\n\n".encode()
+    kind = "log" if event.phase == LOG else "boot"
+    return f"id: {event.seq}\nevent: {kind}\ndata: {data}\n\n".encode()
 
 
 def parse_since(request: Request) -> int | None:
@@ -74,8 +80,14 @@ class EventFeed:
 
     def __init__(self, recorder: BootEventRecorder, *, reactor: Any = None,
                  heartbeat: float = HEARTBEAT, max_buffer: int = MAX_BUFFER,
-                 limit: int = JSON_LIMIT) -> None:
+                 limit: int = JSON_LIMIT,
+                 select: Callable[[int, int], list[BootEvent]] | None = None,
+                 accept: Callable[[BootEvent], bool] | None = None) -> None:
         self.recorder = recorder
+        #: ``select(since, limit)``: the kept events a request starts with.
+        self.select = select or recorder.since
+        #: Which new events a stream sends (default: every boot step, no log line or notice).
+        self.accept = accept or (lambda event: event.phase in PHASES)
         self._reactor = reactor
         self.heartbeat = heartbeat
         self.max_buffer = max_buffer
@@ -100,7 +112,7 @@ class EventFeed:
         if not wants_stream(request):
             request.setHeader(b"Content-Type", b"application/json")
             request.setHeader(b"Cache-Control", b"no-store")
-            steps = self.recorder.since(since, self.limit)
+            steps = self.select(since, self.limit)
             return json.dumps([s.to_json() for s in steps], indent=1).encode() + b"\n"
         return _Stream(self, request, since).start()
 
@@ -144,13 +156,13 @@ class _Stream:
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
         request.write(b"retry: 2000\n\n")
-        for step in self.feed.recorder.since(self.since, self.feed.limit):
+        for step in self.feed.select(self.since, self.feed.limit):
             self._write(step)
         self._timer = self.feed.reactor.callLater(self.feed.heartbeat, self._beat)
         return NOT_DONE_YET
 
     def _from_any_thread(self, event: BootEvent) -> None:
-        if not self.closed:
+        if not self.closed and self.feed.accept(event):
             self.feed.reactor.callFromThread(self._write, event)
 
     def _write(self, event: BootEvent) -> None:

@@ -21,6 +21,9 @@ installers, scripts and ``mayuctl`` keep working:
 ``GET /admin/hosts``                        JSON array of every host record
 ``GET /admin/host/<serial>``                one record, with its ``ETag``
 ``GET /admin/host/<serial>/history``        the host's audit trail (git commits)
+``GET /admin/host/<serial>/logs[?since=]``   the machine's log lines (an installer's syslog,
+                                            reported by an extension); SSE with
+                                            ``Accept: text/event-stream``
 ``PUT /admin/host/<serial>/<action>``       set_installed, boot_complete, set_state, mark_fresh,
                                             set_metadata, set_provider_id, set_ipmi_addr,
                                             set_cabinet, set_etcd_cluster_token, override,
@@ -86,7 +89,9 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
 
+from pxestack.bootevents import ADMIN, LOG, normal_mac, normal_serial
 from pxestack.errors import ConfigError
+from pxestack.http.events import EventFeed
 from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
 from pxestack.http.tls import peer_subject
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
@@ -925,20 +930,61 @@ class AdminResource(_Base):
                     return [e.to_json() for e in prov.store.history(serial)]
 
                 return self.respond(request, history, _json_writer)
+            if len(path) == 3 and path[0] == "host" and path[2] == "logs":
+                return self.host_logs(request, path[1].lower())
             raise HttpError(http.NOT_FOUND, "not found")
 
         return self.guarded(request, handle)
+
+    def host_logs(self, request: Request, serial: str) -> bytes | int:
+        """``host/<serial>/logs``: the log lines the recorder keeps for the machine (its
+        serial and the MACs of its record), as JSON or as an SSE stream."""
+        events = self.api.events
+        if events is None or normal_serial(serial) is None:
+            raise HttpError(http.NOT_FOUND, "no log lines are recorded here")
+        versioned = self.api.provisioner.get(serial)
+        macs = tuple(getattr(versioned.host, "mac_addresses", ())) if versioned else ()
+        if versioned is None and not events.logs(serial, limit=1):
+            raise HostNotFound(serial)
+        keys = {serial} | {m for m in (normal_mac(x) for x in macs) if m}
+
+        def select(since: int, limit: int) -> list[Any]:
+            return list(events.logs(serial, macs, since=since, limit=limit))
+
+        def accept(event: Any) -> bool:
+            return event.phase == LOG and (event.machine in keys or event.mac in keys)
+
+        feed = EventFeed(events, reactor=getattr(self.api.event_feed, "reactor", None),
+                         select=select, accept=accept)
+        return feed.render(request)
+
+    def _announced(self, request: Request) -> Callable[[Request, Any], bytes]:
+        """:func:`_accepted`, telling the recorder's subscribers (extensions) about the
+        admin action that succeeded (an ``admin`` notice; nothing is kept)."""
+
+        def write(req: Request, result: Any) -> bytes:
+            body = _accepted(req, result)
+            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
+            method = request.method.decode("ascii", "replace")
+            serial = path[1].lower() if len(path) >= 2 and path[0] == "host" else None
+            action = path[2] if len(path) >= 3 else ("remove" if method == "DELETE"
+                                                     else "/".join(path))
+            self.api.announce(action, serial=serial, actor=request_actor(request) or "")
+            return body
+
+        return write
 
     def render_PUT(self, request: Request) -> bytes | int:
         """Host mutations and ``mayu_config``; 202 with an empty body on success."""
 
         def handle() -> bytes | int:
+            done = self._announced(request)
             path = [p.decode("utf-8", "replace") for p in request.postpath or []]
             prov = self.api.provisioner
             if path == ["mayu_config"]:
                 self.require_admin(request)
                 text = self.body(request).decode("utf-8", "replace")
-                return self.respond(request, lambda: self.api.import_config(text), _accepted)
+                return self.respond(request, lambda: self.api.import_config(text), done)
             if len(path) != 3 or path[0] != "host":
                 raise HttpError(http.NOT_FOUND, "not found")
             serial, action = path[1].lower(), path[2]
@@ -949,22 +995,22 @@ class AdminResource(_Base):
                 self.require_admin(request)
             if action == "set_installed":
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.set_installed(serial, if_match)), _accepted
+                    request, lambda: _etagged(prov, prov.set_installed(serial, if_match)), done
                 )
             if action == "boot_complete":
                 payload = self.json_body(request, allow_empty=True)
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.boot_complete(serial, payload, if_match)),
-                    _accepted,
+                    done,
                 )
             if action == "mark_fresh":
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), _accepted
+                    request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), done
                 )
             if action == "approve":
                 return self.respond(
-                    request, lambda: _etagged(prov, prov.approve(serial, if_match)), _accepted
+                    request, lambda: _etagged(prov, prov.approve(serial, if_match)), done
                 )
             payload = self.json_body(request)
             if action == "set_state":
@@ -972,14 +1018,14 @@ class AdminResource(_Base):
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.set_state(serial, state, if_match)),
-                    _accepted,
+                    done,
                 )
             if action == "override":
                 overrides = payload.get("Overrides")
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.override(serial, overrides, if_match)),
-                    _accepted,
+                    done,
                 )
             if action == "move":
                 profile, force = payload.get("Profile"), payload.get("Force", False)
@@ -999,7 +1045,7 @@ class AdminResource(_Base):
                 return self.respond(
                     request,
                     lambda: _etagged(prov, prov.set_field(serial, name, value, if_match)),
-                    _accepted,
+                    done,
                 )
             raise HttpError(http.NOT_FOUND, f"unknown action {action!r}")
 
@@ -1029,6 +1075,7 @@ class AdminResource(_Base):
         """``DELETE /admin/host/<serial>``: remove the record (address and slot freed); 202."""
 
         def handle() -> bytes | int:
+            done = self._announced(request)
             self.require_admin(request)
             path = [p.decode("utf-8", "replace") for p in request.postpath or []]
             if len(path) != 2 or path[0] != "host":
@@ -1040,7 +1087,7 @@ class AdminResource(_Base):
                 removed = prov.remove(serial, if_match)
                 log.info("host {serial} removed by the admin API", serial=removed.serial)
 
-            return self.respond(request, work, _accepted)
+            return self.respond(request, work, done)
 
         return self.guarded(request, handle)
 
@@ -1151,6 +1198,16 @@ class ProvisioningApi:
             if address in network or (mapped is not None and mapped in network):
                 return str(network)
         return None
+
+    def announce(self, action: str, *, serial: str | None, actor: str) -> None:
+        """Tell the recorder's subscribers that an admin *action* succeeded."""
+        if self.events is None:
+            return
+        try:
+            self.events.announce(ADMIN, self.clock(), serial=serial,
+                                 detail=f"{action} by {actor}" if actor else action)
+        except Exception:
+            log.failure("announcing an admin action failed")
 
     def step(self, phase: str, *, serial: str | None = None, mac: str | None = None,
              ip: str | None = None, detail: str = "") -> None:

@@ -272,8 +272,9 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
             _report_settings_source(config, file_prov, prov, saved)
     metrics = Metrics()
     events = BootEventRecorder()
+    hosts = RecordedHostStore(MeteredHostStore(store, metrics), events)
     provisioner = Provisioner(
-        prov, RecordedHostStore(MeteredHostStore(store, metrics), events), base_url=base_url,
+        prov, hosts, base_url=base_url,
         key=callback_key(prov.cluster_dir),
     )
     metrics.watch_hosts(lambda: [(host.state.value, host.profile) for host in provisioner.hosts()])
@@ -327,6 +328,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         metrics=metrics,
         dhcp_sightings=sightings,
         events=events,
+        hosts=hosts,
     )
 
 

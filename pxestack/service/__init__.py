@@ -51,6 +51,9 @@ class Extensions:
     #: each machine's boot steps to (made when None); the provisioning layer reports the
     #: later steps to the same one, the dashboard and ``/admin/events`` read it.
     events: Any = None
+    #: The host store of the provisioning layer (``pxestack.provision``), when there is
+    #: one: extensions read host records through it (:mod:`pxestack.extensions`).
+    hosts: Any = None
 
 
 class PxeStackService(service.MultiService):

@@ -12,7 +12,7 @@ import pxestack.config
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Dataclass fields that are not keys of the YAML file.
-NOT_KEYS = {"source"}
+NOT_KEYS = {"source", "base_dir"}
 
 
 def config_dataclasses() -> list[type]:

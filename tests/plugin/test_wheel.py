@@ -38,6 +38,13 @@ def test_wheel_contains_the_dropin_and_no_twisted_init(wheel: Path) -> None:
     assert not any(name.endswith("dropin.cache") for name in names)
     assert "pxestack/config/quickstart.yaml" in names
     assert "pxestack/py.typed" in names
+    # The extensions shipped with pxestack, and their entry points.
+    assert {"pxestack_syslog/__init__.py", "pxestack_webhooks/__init__.py"} <= names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[pxestack.extensions]" in text
+    assert "syslog = pxestack_syslog:SyslogExtension" in text
+    assert "webhooks = pxestack_webhooks:WebhooksExtension" in text
     for data in ("templates/base.html.j2", "templates/machine_live.html.j2",
                  "static/dashboard.css", "static/dashboard.js"):
         assert f"pxestack/dashboard/{data}" in names
