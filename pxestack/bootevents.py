@@ -33,6 +33,12 @@ boot-storm view.  Values from the network are checked before they are kept: a MA
 not six octets, a serial that is not a short printable word, or an unknown phase make
 :meth:`BootEventRecorder.record` return ``None`` and count in ``dropped``; the caller logs.
 
+Image fetches started from the admin API report their progress here too, as steps of the
+phase :data:`IMAGE_PHASE` (machine ``images``, the fetch's status in ``image``).  They share
+the ``seq`` numbering (so ``since`` and SSE ids cover both) but are kept apart, in a backlog
+of their own of ``image_backlog`` steps: they never evict a boot step, never count as a
+machine and never appear in the boot-storm view.
+
 This module is a sans-IO core (no clock, no sockets, no Twisted): times are passed in, and
 subscribers are plain callables called in the reporting thread (the provisioning layer
 reports from its thread pool), outside the recorder's lock.
@@ -52,6 +58,8 @@ PHASES: tuple[str, ...] = (
     "dhcp_pxe", "tftp", "dhcp_ipxe", "script", "kernel", "enrolled", "installing",
     "installed", "running", "configured",
 )
+#: The phase of image-fetch progress (not a boot phase: see the module documentation).
+IMAGE_PHASE = "image_fetch"
 #: How the dashboard names each phase.
 PHASE_LABELS: Mapping[str, str] = {
     "dhcp_pxe": "DHCP (PXE)",
@@ -120,6 +128,8 @@ class BootEvent:
     duration: float | None = None
     #: A short word: ``offer``/``ack``, the file name, the TFTP outcome, ...
     detail: str = ""
+    #: :data:`IMAGE_PHASE` only: the fetch's status (OS, version, bytes, ETA, ...).
+    image: Mapping[str, Any] | None = None
 
     @property
     def started(self) -> float:
@@ -138,6 +148,7 @@ class BootEvent:
             "ip": self.ip,
             "duration": None if self.duration is None else round(self.duration, 3),
             "detail": self.detail,
+            **({"image": dict(self.image)} if self.image is not None else {}),
         }
 
 
@@ -148,13 +159,15 @@ class BootEventRecorder:
     """Keeps the recent boot steps of every machine (see the module documentation)."""
 
     def __init__(self, *, max_machines: int = 10000, per_machine: int = 128,
-                 backlog: int = 20000, max_subscribers: int = 64) -> None:
+                 backlog: int = 20000, max_subscribers: int = 64,
+                 image_backlog: int = 500) -> None:
         self.max_machines = max_machines
         self.per_machine = per_machine
         self.max_subscribers = max_subscribers
         self._lock = threading.Lock()
         self._seq = 0
         self._backlog: deque[BootEvent] = deque(maxlen=backlog)
+        self._images: deque[BootEvent] = deque(maxlen=image_backlog)
         self._machines: OrderedDict[str, deque[BootEvent]] = OrderedDict()
         self._serial_of_mac: OrderedDict[str, str] = OrderedDict()
         self._subscribers: list[Subscriber] = []
@@ -213,6 +226,23 @@ class BootEventRecorder:
             try:
                 subscriber(event)
             except Exception:  # a broken reader must not break the server reporting
+                self._unsubscribe(subscriber)
+        return event
+
+    def record_image(self, now: float, detail: str,
+                     status: Mapping[str, Any]) -> BootEvent:
+        """Keep one image-fetch step (:data:`IMAGE_PHASE`) and tell the subscribers."""
+        image = {str(k): v for k, v in list(status.items())[:32]}
+        with self._lock:
+            self._seq += 1
+            event = BootEvent(self._seq, now, IMAGE_PHASE, "images", detail=_clean_detail(detail),
+                              image=image)
+            self._images.append(event)
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            try:
+                subscriber(event)
+            except Exception:
                 self._unsubscribe(subscriber)
         return event
 
@@ -295,6 +325,9 @@ class BootEventRecorder:
         """Steps after *seq* still in the backlog, oldest first (the newest *limit*)."""
         with self._lock:
             found = [e for e in self._backlog if e.seq > seq]
+            images = [e for e in self._images if e.seq > seq]
+        if images:
+            found = sorted([*found, *images], key=lambda e: e.seq)
         return found[-limit:] if limit is not None and limit >= 0 else found
 
     def serial_of(self, mac: str) -> str | None:
@@ -350,6 +383,7 @@ class BootEventRecorder:
 
 
 __all__ = [
+    "IMAGE_PHASE",
     "PHASES",
     "PHASE_LABELS",
     "STATE_PHASES",

@@ -24,6 +24,10 @@ installers, scripts and ``mayuctl`` keep working:
 ``DELETE /admin/host/<serial>``             remove the host (address and profile slot freed)
 ``GET|PUT /admin/mayu_config``              the provisioning settings in mayu's YAML schema
 ``GET /admin/health``                       store and git-audit health (503 when degraded)
+``GET /admin/images``                       cached image versions, running and recent fetches
+``POST /admin/images/fetch``                start a release fetch (``{"os": "flatcar",
+                                            "channel": "stable", "version": "current"}``);
+                                            202, 409 when the same one is running
 ==========================================  ====================================================
 
 Mutations answer 202 with an empty body (mayu) plus the record's new ``ETag``; an unknown
@@ -86,6 +90,12 @@ from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
 from pxestack.http.tls import peer_subject
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
+from pxestack.provision.imagefetch import (
+    FetchBusy,
+    FetchConflict,
+    FetchUsageError,
+    ImageFetches,
+)
 from pxestack.provision.machine import Event, IllegalTransition
 from pxestack.provision.model import HostState
 from pxestack.provision.provisioner import BadRequest, PendingLimitReached, Provisioner
@@ -446,8 +456,12 @@ class _Base(Resource):
             return exc.code, exc.message
         if isinstance(exc, HostNotFound):
             return http.BAD_REQUEST, "host doesn't exist"
-        if isinstance(exc, BadRequest):
+        if isinstance(exc, (BadRequest, FetchUsageError)):
             return http.BAD_REQUEST, str(exc)
+        if isinstance(exc, FetchConflict):
+            return http.CONFLICT, str(exc)
+        if isinstance(exc, FetchBusy):
+            return http.SERVICE_UNAVAILABLE, str(exc)
         if isinstance(exc, IllegalTransition):
             return http.CONFLICT, str(exc)
         if isinstance(exc, PreconditionFailed):
@@ -847,6 +861,9 @@ class AdminResource(_Base):
                 return self.respond(request, prov.store.health, _health_writer)
             if path == ["mayu_config"]:
                 return self.respond(request, self.api.export_config, _text(b"text/yaml"))
+            if path == ["images"]:
+                fetches = self.api.require_image_fetches()
+                return self.respond(request, fetches.snapshot, _json_writer)
             if path == ["events"]:
                 if self.api.event_feed is None:
                     raise HttpError(http.NOT_FOUND, "boot steps are not recorded here")
@@ -872,6 +889,25 @@ class AdminResource(_Base):
 
                 return self.respond(request, history, _json_writer)
             raise HttpError(http.NOT_FOUND, "not found")
+
+        return self.guarded(request, handle)
+
+    def render_POST(self, request: Request) -> bytes | int:
+        """``POST /admin/images/fetch``: start a release fetch; 202 with its status."""
+
+        def handle() -> bytes | int:
+            self.require_admin(request)
+            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
+            if path != ["images", "fetch"]:
+                raise HttpError(http.NOT_FOUND, "not found")
+            fetches = self.api.require_image_fetches()
+            status = fetches.start(self.json_body(request))
+            log.info("image fetch of {os} {line} {version} started by {actor}",
+                     os=status["os"], line=status["message"], version=status["version"],
+                     actor=request_actor(request))
+            request.setResponseCode(http.ACCEPTED)
+            request.setHeader(b"Content-Type", _JSON)
+            return json.dumps(status, indent=1).encode() + b"\n"
 
         return self.guarded(request, handle)
 
@@ -1016,6 +1052,7 @@ class ProvisioningApi:
         events: Any = None,
         event_feed: Any = None,
         clock: Callable[[], float] = time.time,
+        image_fetches: ImageFetches | None = None,
     ) -> None:
         self.provisioner = provisioner
         #: ``provision.enrolment`` (None: every first contact enrols, as mayu).
@@ -1046,6 +1083,23 @@ class ProvisioningApi:
         self.max_json_depth = max_json_depth
         self._export = config_exporter
         self._import = config_importer
+        #: Release fetches of ``POST /admin/images/fetch`` (None: no ``images_dir``).
+        self.image_fetches = image_fetches
+
+    def require_image_fetches(self) -> ImageFetches:
+        """The image fetches, or 404 when there is no image cache."""
+        if self.image_fetches is None:
+            raise HttpError(http.NOT_FOUND, "no image cache here (provision.images_dir)")
+        return self.image_fetches
+
+    def image_step(self, detail: str, status: dict[str, Any]) -> None:
+        """Report image-fetch progress on the event feed (from any thread)."""
+        if self.events is None:
+            return
+        try:
+            self.events.record_image(self.clock(), detail, status)
+        except Exception:
+            log.failure("recording an image-fetch step failed")
 
     def trusted_network_of(self, host: str) -> str | None:
         """The trusted network (as configured) *host* is in, or None."""

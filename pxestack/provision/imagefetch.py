@@ -628,19 +628,190 @@ def fetch_release(store: ImageStore, opts: FetchOptions, *,
         raise
 
 
+# -- fetches started by the admin API ------------------------------------------------------
+
+
+class FetchConflict(FetchError):  # noqa: N818 - reads as the condition it reports
+    """A fetch of the same OS and version is running already (HTTP 409)."""
+
+
+class FetchBusy(FetchError):  # noqa: N818
+    """As many fetches as allowed are running (HTTP 503): each holds a worker thread."""
+
+
+#: Fields of ``POST /admin/images/fetch``.
+_BODY_FIELDS = frozenset({"os", "channel", "stream", "release", "version", "base_url",
+                          "pxe_only", "arch"})
+#: Keyrings the server uses, by OS: ``<images_dir>/.keyrings/<os>.gpg``.
+KEYRING_DIR = ".keyrings"
+
+
+def options_from_body(body: Any, keyring_dir: Path) -> FetchOptions:
+    """The :class:`FetchOptions` of an API request body; :class:`FetchUsageError` naming the
+    field that is wrong."""
+    if not isinstance(body, dict):
+        raise FetchUsageError("the body must be a JSON object")
+    unknown = sorted(set(body) - _BODY_FIELDS)
+    if unknown:
+        raise FetchUsageError(f"unknown field {unknown[0]!r} (known: "
+                              f"{', '.join(sorted(_BODY_FIELDS))})")
+    os_name = body.get("os")
+    if os_name not in RELEASE_OSES:
+        raise FetchUsageError(f"os must be one of {', '.join(RELEASE_OSES)}")
+    wanted = RELEASE_OSES[os_name]
+    for name in ("channel", "stream", "release"):
+        if name != wanted and name in body:
+            raise FetchUsageError(f"{name} is not used with os {os_name} (use {wanted})")
+    strings = {}
+    for name in (wanted, "version", "base_url", "arch"):
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            raise FetchUsageError(f"{name} must be a string")
+        strings[name] = value
+    line = strings[wanted] or ("" if os_name == "debian" else "stable")
+    if not line:
+        raise FetchUsageError("release is required for os debian (e.g. bookworm)")
+    pxe_only = body.get("pxe_only", False)
+    if not isinstance(pxe_only, bool):
+        raise FetchUsageError("pxe_only must be true or false")
+    keyring = keyring_dir / f"{os_name}.gpg"
+    return FetchOptions(os=os_name, line=line, version=strings["version"] or "current",
+                        base_url=strings["base_url"],
+                        keyring=keyring if keyring.is_file() else None,
+                        arch=strings["arch"] or "x86_64", pxe_only=pxe_only)
+
+
+class ImageFetches:
+    """Release fetches started by the admin API, run by *run* (the API's runner: a thread
+    pool) one at a time per OS, release line and version; progress goes to *report*
+    (``report(detail, status_json)``, at most once a second per fetch besides the start,
+    each file and the end)."""
+
+    def __init__(self, store: ImageStore, run: Callable[[Callable[[], Any]], Any], *,
+                 report: Callable[[str, dict[str, Any]], None] | None = None,
+                 history: int = 20, interval: float = 1.0, max_running: int = 2) -> None:
+        self.store = store
+        #: At most this many at once: each holds one of the API's worker threads.
+        self.max_running = max_running
+        self.run = run
+        self.report = report
+        self.history = history
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._running: dict[tuple[str, str, str], FetchStatus] = {}
+        self._cancel: dict[tuple[str, str, str], threading.Event] = {}
+        self._finished: list[FetchStatus] = []
+
+    @property
+    def keyring_dir(self) -> Path:
+        """Where the server's keyrings are: ``<images_dir>/.keyrings/<os>.gpg``."""
+        return self.store.root / KEYRING_DIR
+
+    def start(self, body: Any) -> dict[str, Any]:
+        """Validate *body* and start the fetch; its first status.  :class:`FetchUsageError`
+        (400) or :class:`FetchConflict` (409)."""
+        opts = options_from_body(body, self.keyring_dir)
+        if opts.os == "flatcar" and opts.keyring is None:
+            raise FetchUsageError(f"os flatcar: no keyring: put Flatcar's image signing key "
+                                  f"at {self.keyring_dir / 'flatcar.gpg'}")
+        key = (opts.os, opts.line, opts.version)
+        status = FetchStatus(opts.os, opts.version, message=f"{opts.line}")
+        cancel = threading.Event()
+        with self._lock:
+            if key in self._running:
+                raise FetchConflict(f"a fetch of {opts.os} {opts.line} {opts.version} is "
+                                    "running already")
+            if len(self._running) >= self.max_running:
+                raise FetchBusy(f"{len(self._running)} image fetches are running; start "
+                                "this one when one has finished")
+            self._running[key] = status
+            self._cancel[key] = cancel
+        self._emit("started", status)
+        self.run(lambda: self._work(key, opts, cancel))
+        return status.to_json()
+
+    def _emit(self, detail: str, status: FetchStatus) -> None:
+        if self.report is None:
+            return
+        with contextlib.suppress(Exception):  # progress must never break a fetch
+            self.report(detail, status.to_json())
+
+    def _work(self, key: tuple[str, str, str], opts: FetchOptions,
+              cancel: threading.Event) -> None:
+        last = [0.0]
+
+        def progress(event: str, status: FetchStatus) -> None:
+            with self._lock:
+                self._running[key] = status
+            now = time.monotonic()
+            if event == "progress" and now - last[0] < self.interval:
+                return
+            last[0] = now
+            self._emit(event, status)
+
+        final = self._running[key]
+        try:
+            fetch_release(self.store, opts, progress=progress, cancel=cancel)
+        except ImageError as exc:
+            with self._lock:
+                final = self._running[key]
+            if final.phase not in ("failed", "cancelled"):
+                final.phase = "failed"
+                final.message = str(exc)
+                self._emit("failed", final)
+        except Exception as exc:  # a bug must end the fetch, not hide it as running
+            final.phase = "failed"
+            final.message = f"internal error: {type(exc).__name__}"
+            self._emit("failed", final)
+        finally:
+            with self._lock:
+                final = self._running.pop(key, final)
+                self._cancel.pop(key, None)
+                self._finished = [*self._finished, final][-self.history:]
+
+    def cancel_all(self) -> None:
+        """Ask every running fetch to stop (server shutdown); the partial files stay staged."""
+        with self._lock:
+            events = list(self._cancel.values())
+        for event in events:
+            event.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """``GET /admin/images``: the cached versions and the running and recent fetches."""
+        versions: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for entry in self.store.entries():
+            versions.setdefault((entry.os, entry.version), []).append(
+                {"name": entry.name, "role": entry.role, "size": entry.size,
+                 "sha256": entry.sha256})
+        with self._lock:
+            running = [s.to_json() for s in self._running.values()]
+            finished = [s.to_json() for s in self._finished]
+        return {
+            "versions": [{"os": o, "version": v, "files": files}
+                         for (o, v), files in sorted(versions.items())],
+            "fetches": running,
+            "recent": finished[::-1],
+        }
+
+
 __all__ = [
     "DEBIAN_FILES",
     "FCOS_FILES",
     "FLATCAR_FILES",
+    "KEYRING_DIR",
     "RELEASE_OSES",
+    "FetchBusy",
     "FetchCancelled",
+    "FetchConflict",
     "FetchError",
     "FetchOptions",
     "FetchStatus",
     "FetchUsageError",
+    "ImageFetches",
     "Release",
     "RemoteFile",
     "fetch_release",
+    "options_from_body",
     "resolve",
     "staging_directory",
 ]
