@@ -55,6 +55,7 @@ from pxestack.provision.imagefetch import (
     resolve,
 )
 from pxestack.provision.images import (
+    MAYU_LAYOUT_OSES,
     ROLES,
     ChecksumMismatch,
     ImageEntry,
@@ -269,31 +270,92 @@ def emit(args: argparse.Namespace, data: Any, table: Callable[[], str]) -> None:
         sys.stdout.write(table())
 
 
-def entries_table(entries: list[ImageEntry], statuses: dict[Path, str] | None = None) -> str:
-    """OS, version, role, name, size, SHA-256 (shortened) and, after a verify, status."""
+def entries_table(entries: list[ImageEntry], statuses: dict[Path, str] | None = None,
+                  uses: dict[tuple[str, str], list[str]] | None = None) -> str:
+    """OS, version, role, name, size, SHA-256 (shortened), after a verify the status, and
+    with *uses* the profiles that boot the version."""
     headers = ["OS", "VERSION", "ROLE", "NAME", "SIZE", "SHA256"]
     if statuses is not None:
         headers.append("STATUS")
+    if uses is not None:
+        headers.append("PROFILES")
     rows = []
     for e in entries:
         row = [e.os, e.version, e.role, e.name, human_bytes(e.size),
                (e.sha256 or "-")[:16]]
         if statuses is not None:
             row.append(statuses[e.path])
+        if uses is not None:
+            row.append(",".join(uses.get(_use_key(e), [])) or "-")
         rows.append(row)
     from pxestack.cli.ctl import format_table
 
     return format_table(headers, rows)
 
 
+def profile_uses(args: argparse.Namespace) -> dict[tuple[str, str], list[str]] | None:
+    """(OS directory, version) -> the profiles of ``--config`` that boot it; None without
+    ``--config`` (or without a ``provision`` section)."""
+    if not args.config:
+        return None
+    from pxestack.config import ConfigError, load_config_file
+
+    try:
+        config = load_config_file(args.config)
+    except ConfigError as exc:
+        raise ImagesCommandError(f"{args.config}: {exc}", EXIT_USAGE) from None
+    prov = config.provision
+    if prov is None:
+        return None
+    uses: dict[tuple[str, str], list[str]] = {}
+    # Without profiles every machine gets the implicit default profile (Flatcar).
+    for profile in prov.profiles or (None,):
+        name = profile.name if profile is not None else "default"
+        os_name = profile.os if profile is not None else "flatcar"
+        version = (profile.os_version if profile is not None and profile.os_version
+                   else prov.default_os_version)
+        if os_name == "generic" and profile is not None and profile.generic is not None:
+            os_name = profile.generic.image_os
+        uses.setdefault((os_name, version), []).append(name)
+    return uses
+
+
+def _use_key(entry: ImageEntry) -> tuple[str, str]:
+    """The (OS directory, version) profiles name: CoreOS files live in Flatcar's layout."""
+    return ("flatcar" if entry.os in MAYU_LAYOUT_OSES else entry.os, entry.version)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    """``list [--os] [--version] [--role] [--verify]``."""
+    """``list [--os] [--version] [--role] [--verify]``; with ``--config`` also the profiles
+    that use each version and the versions a profile needs that are missing."""
     store = store_of(args)
     entries = store.select(args.os, args.version, args.role)
     statuses = {e.path: store.verify(e) for e in entries} if args.verify else None
-    data = [dict(e.to_json(), **({"status": statuses[e.path]} if statuses else {}))
-            for e in entries]
-    emit(args, data, lambda: entries_table(entries, statuses))
+    uses = profile_uses(args)
+    data: list[dict[str, Any]] = []
+    for e in entries:
+        item = dict(e.to_json(), **({"status": statuses[e.path]} if statuses else {}))
+        if uses is not None:
+            item["profiles"] = uses.get(_use_key(e), [])
+        data.append(item)
+    missing: list[tuple[str, str, list[str]]] = []
+    if uses is not None:
+        present = {_use_key(e) for e in store.entries()}
+        missing = [(o, v, names) for (o, v), names in sorted(uses.items())
+                   if (o, v) not in present
+                   and (args.os is None or args.os == o)
+                   and (args.version is None or args.version == v)]
+        data.extend({"os": o, "version": v, "missing": True, "profiles": names}
+                    for o, v, names in missing)
+
+    def table() -> str:
+        text = entries_table(entries, statuses, uses)
+        for o, v, names in missing:
+            text += (f"MISSING: {o} {v}, used by profile{'s' if len(names) > 1 else ''} "
+                     f"{', '.join(names)}\n")
+        return text
+
+    emit(args, data, table)
     if statuses and "mismatch" in statuses.values():
         bad = [str(p) for p, s in statuses.items() if s == "mismatch"]
         print(f"pxestack images: checksum mismatch: {', '.join(bad)}", file=sys.stderr)
@@ -333,8 +395,17 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    """``remove OS VERSION [--role R] [--name N]``."""
-    removed = store_of(args).remove(args.os_name, args.version, args.role, args.name)
+    """``remove OS VERSION [--role R] [--name N] [--force]``: refuses a version a profile of
+    ``--config`` uses unless ``--force``."""
+    store = store_of(args)
+    uses = profile_uses(args) or {}
+    os_key = "flatcar" if args.os_name.lower() in MAYU_LAYOUT_OSES else args.os_name.lower()
+    users = uses.get((os_key, args.version), [])
+    if users and not args.force:
+        raise ImagesCommandError(
+            f"{args.os_name} {args.version} is used by profile{'s' if len(users) > 1 else ''} "
+            f"{', '.join(users)}; pass --force to remove it anyway")
+    removed = store.remove(args.os_name, args.version, args.role, args.name)
     emit(args, [e.to_json() for e in removed],
          lambda: "".join(f"removed {e.path}\n" for e in removed))
     return EXIT_OK
@@ -681,6 +752,8 @@ def register(subparsers: Any) -> None:
     remove.add_argument("version", metavar="VERSION")
     remove.add_argument("--role", choices=(*ROLES, "file"), help="only this role")
     remove.add_argument("--name", metavar="NAME", help="only this file")
+    remove.add_argument("--force", action="store_true",
+                        help="remove a version a profile of --config still uses")
 
 
 __all__ = ["EXIT_NOT_FOUND", "ProgressBar", "human_bytes", "register"]
