@@ -31,6 +31,8 @@ def register(subparsers: Any) -> None:
         "timeout and windowsize options (RFC 2347-2349, 7440).  Uploads are refused.",
     )
     parser.add_argument("--root", required=True, metavar="DIR", help="directory to serve")
+    parser.add_argument("--create", action="store_true",
+                        help="create --root (and its parents) when it does not exist")
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT",
         help=f"address to listen on (default {DEFAULT_LISTEN})",
@@ -83,6 +85,18 @@ def tftp_command(args: argparse.Namespace) -> int:
     if config.tftp.root.exists() and not config.tftp.root.is_dir():
         print(f"pxestack tftp: --root {config.tftp.root} is not a directory", file=sys.stderr)
         return EXIT_USAGE
+    if not config.tftp.root.exists():
+        if not args.create:
+            print(f"pxestack tftp: --root {config.tftp.root} does not exist (create it, or "
+                  "pass --create)", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            config.tftp.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"pxestack tftp: --create: cannot create {config.tftp.root}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"pxestack tftp: created --root {config.tftp.root} (empty)", file=sys.stderr)
     if args.workers < 1:
         print("pxestack tftp: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
