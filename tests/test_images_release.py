@@ -336,3 +336,20 @@ def test_signals_end_cleanly_and_the_next_run_resumes(tmp_path, mirror, signum, 
     assert any(r and r != "bytes=0-" for m, _p, r in mirror.requests if m == "GET")
     assert (cache / "fcos" / FCOS_VERSION / "initrd.img").read_bytes() == FCOS_FILES[
         "initramfs"]
+
+
+def test_a_complete_part_answered_416_is_verified_not_refetched(tmp_path, mirror,
+                                                                monkeypatch):
+    mirror.add_fcos()
+    # Without sizes from HEAD the fetch asks for the rest of a complete part: 416.
+    monkeypatch.setattr("pxestack.provision.imagefetch.remote_size", lambda url, timeout: None)
+    staging = tmp_path / "images" / ".staging" / "fcos" / FCOS_VERSION
+    staging.mkdir(parents=True)
+    (staging / "rootfs.img.part").write_bytes(FCOS_FILES["rootfs"])
+    assert images(tmp_path / "images", "fetch", "fcos", "--base-url", mirror.base,
+                  "--quiet") == 0
+    path = _rootfs_path(mirror)
+    assert [r for m, p, r in mirror.requests if m == "GET" and p == path] == [
+        f"bytes={len(FCOS_FILES['rootfs'])}-"]
+    stored = tmp_path / "images" / "fcos" / FCOS_VERSION / "rootfs.img"
+    assert stored.read_bytes() == FCOS_FILES["rootfs"]

@@ -104,6 +104,12 @@ class Mirror:
                     return
                 start = 0
                 match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
+                if match and mirror.range_support and int(match.group(1)) >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if match and mirror.range_support and int(match.group(1)) < len(data):
                     start = int(match.group(1))
                     self.send_response(206)

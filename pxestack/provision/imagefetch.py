@@ -87,6 +87,14 @@ class FetchUsageError(FetchError):
     """The request itself is wrong (an option, a missing keyring): exit 2 / HTTP 400."""
 
 
+class FetchHttpError(FetchError):
+    """The server answered with an HTTP error status (:attr:`code`)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class FetchCancelled(FetchError):  # noqa: N818 - reads as the condition it reports
     """The fetch was cancelled; the partial files stay in the staging directory."""
 
@@ -211,7 +219,8 @@ def open_url(url: str, timeout: float, headers: dict[str, str] | None = None,
                                                   timeout=timeout)
     except urllib.error.HTTPError as error:
         error.close()
-        raise FetchError(f"{method} {url}: HTTP {error.code} {error.reason}") from None
+        raise FetchHttpError(f"{method} {url}: HTTP {error.code} {error.reason}",
+                             error.code) from None
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
         raise FetchError(f"{method} {url}: {reason}") from None
@@ -443,7 +452,16 @@ class _Fetcher:
             part.unlink()
             have = 0
         headers = {"Range": f"bytes={have}-"} if have else {}
-        answer = open_url(remote.url, self.opts.timeout, headers)
+        try:
+            answer = open_url(remote.url, self.opts.timeout, headers)
+        except FetchHttpError as exc:
+            if exc.code != 416 or not have:
+                raise
+            # Nothing after the bytes we have: the part is complete (verification decides).
+            self.status.file_done = self.status.file_resumed = have
+            self.status.total_done += have
+            self.status.total_resumed += have
+            return
         with answer:
             status = getattr(answer, "status", 200)
             mode = "ab"
