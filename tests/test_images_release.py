@@ -201,7 +201,7 @@ def test_debian_signed_release_chain(tmp_path, mirror, signer, capsys):
     cache = tmp_path / "images"
     assert images(cache, "fetch", "debian", "--release", "bookworm", "--base-url",
                   mirror.base, "--keyring", str(signer.keyring)) == 0, capsys.readouterr().err
-    assert "Release signed" in capsys.readouterr().err
+    assert "Release signature verified with" in capsys.readouterr().err
     # SHA256SUMS changed behind the Release file's back: refused.
     shutil.rmtree(cache)
     mirror.files[f"{images_dir}/SHA256SUMS"] += b"\n"

@@ -596,8 +596,10 @@ def cmd_fetch_release(args: argparse.Namespace) -> int:
         try:
             release = resolve(options)
             if progress is not None:
+                print(f"{release.os} {release.version}: {len(release.files)} files",
+                      file=sys.stderr)
                 for check in release.checks:
-                    print(f"verified {check}", file=sys.stderr)
+                    print(f"checks: {check}", file=sys.stderr)
             release, _target = fetch_release(store, options, progress=progress,
                                             release=release)
         except FetchUsageError as exc:

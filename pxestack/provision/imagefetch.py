@@ -116,7 +116,7 @@ class Release:
     os: str
     version: str
     files: list[RemoteFile]
-    #: What was checked while resolving (e.g. ``Release signature``), for the report.
+    #: How the files are checked, for the report (signatures already checked say so).
     checks: list[str] = field(default_factory=list)
 
 
@@ -327,7 +327,7 @@ def resolve_fcos(opts: FetchOptions) -> Release:
         check_component("version", version)
     except ImageError as exc:
         raise FetchError(f"{meta_url}: {exc}") from None
-    return Release("fcos", version, files, [f"stream metadata {meta_url}"])
+    return Release("fcos", version, files, [f"SHA-256 of each file from {meta_url}"])
 
 
 def _release_sha256(release_text: str, path: str) -> str | None:
@@ -355,7 +355,7 @@ def resolve_debian(opts: FetchOptions) -> Release:
     images_rel = "main/installer-amd64/current/images"
     images = _join(dists, images_rel)
     sums_bytes = fetch_small(_join(images, "SHA256SUMS"), opts.timeout)
-    checks = [f"{images}/SHA256SUMS"]
+    checks = [f"SHA-256 of each file from {images}/SHA256SUMS"]
     keyring = opts.keyring
     if keyring is None and DEFAULT_DEBIAN_KEYRING.is_file() and shutil.which("gpgv"):
         keyring = DEFAULT_DEBIAN_KEYRING
@@ -373,7 +373,8 @@ def resolve_debian(opts: FetchOptions) -> Release:
         if listed != hashlib.sha256(sums_bytes).hexdigest():
             raise FetchError(f"{images}/SHA256SUMS does not match the SHA256 in "
                              f"{dists}/Release")
-        checks.append(f"{dists}/Release signed ({keyring})")
+        checks.append(f"{dists}/Release signature verified with {keyring}; it lists that "
+                      "SHA256SUMS")
     sums = sums_bytes.decode("utf-8", "replace")
     files = []
     for name in DEBIAN_FILES:
