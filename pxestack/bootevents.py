@@ -42,6 +42,12 @@ the boot-storm view are not changed by them.  The recorder also remembers the ad
 machine last used (``ip_of``/:meth:`BootEventRecorder.machine_of_ip`, bounded like the
 machines), so that a line from an address can be given to the machine behind it.
 
+Image fetches started from the admin API report their progress here too, as steps of the
+phase :data:`IMAGE_PHASE` (machine ``images``, the fetch's status in ``image``).  They share
+the ``seq`` numbering (so ``since`` and SSE ids cover both) but are kept apart, in a backlog
+of their own of ``image_backlog`` steps: they never evict a boot step, never count as a
+machine and never appear in the boot-storm view.
+
 This module is a sans-IO core (no clock, no sockets, no Twisted): times are passed in, and
 subscribers are plain callables called in the reporting thread (the provisioning layer
 reports from its thread pool), outside the recorder's lock.
@@ -69,6 +75,8 @@ ADMIN = "admin"
 NOTICES = frozenset({ADMIN})
 #: The most characters of one log line that are kept.
 LOG_LINE_MAX = 1024
+#: The phase of image-fetch progress (not a boot phase: see the module documentation).
+IMAGE_PHASE = "image_fetch"
 #: How the dashboard names each phase.
 PHASE_LABELS: Mapping[str, str] = {
     "dhcp_pxe": "DHCP (PXE)",
@@ -138,6 +146,8 @@ class BootEvent:
     duration: float | None = None
     #: A short word: ``offer``/``ack``, the file name, the TFTP outcome, ...
     detail: str = ""
+    #: :data:`IMAGE_PHASE` only: the fetch's status (OS, version, bytes, ETA, ...).
+    image: Mapping[str, Any] | None = None
 
     @property
     def started(self) -> float:
@@ -156,6 +166,7 @@ class BootEvent:
             "ip": self.ip,
             "duration": None if self.duration is None else round(self.duration, 3),
             "detail": self.detail,
+            **({"image": dict(self.image)} if self.image is not None else {}),
         }
 
 
@@ -167,7 +178,8 @@ class BootEventRecorder:
 
     def __init__(self, *, max_machines: int = 10000, per_machine: int = 128,
                  backlog: int = 20000, max_subscribers: int = 64,
-                 per_machine_logs: int = 500, log_backlog: int = 20000) -> None:
+                 per_machine_logs: int = 500, log_backlog: int = 20000,
+                 image_backlog: int = 500) -> None:
         self.max_machines = max_machines
         self.per_machine = per_machine
         self.per_machine_logs = per_machine_logs
@@ -178,6 +190,7 @@ class BootEventRecorder:
         self._lock = threading.Lock()
         self._seq = 0
         self._backlog: deque[BootEvent] = deque(maxlen=backlog)
+        self._images: deque[BootEvent] = deque(maxlen=image_backlog)
         self._machines: OrderedDict[str, deque[BootEvent]] = OrderedDict()
         self._serial_of_mac: OrderedDict[str, str] = OrderedDict()
         self._subscribers: list[Subscriber] = []
@@ -333,6 +346,19 @@ class BootEventRecorder:
             serial = self._serial_of_mac.get(mac)
         return serial, mac
 
+    def record_image(self, now: float, detail: str,
+                     status: Mapping[str, Any]) -> BootEvent:
+        """Keep one image-fetch step (:data:`IMAGE_PHASE`) and tell the subscribers."""
+        image = {str(k): v for k, v in list(status.items())[:32]}
+        with self._lock:
+            self._seq += 1
+            event = BootEvent(self._seq, now, IMAGE_PHASE, "images", detail=_clean_detail(detail),
+                              image=image)
+            self._images.append(event)
+            subscribers = list(self._subscribers)
+        self._notify(subscribers, event)
+        return event
+
     def _dhcp_phase(self, key: str, detail: str) -> str:
         """``dhcp_ipxe`` for the exchange that follows the firmware's: after a TFTP transfer,
         after the firmware's ACK (the TFTP step is recorded when the transfer ends, which
@@ -417,6 +443,9 @@ class BootEventRecorder:
         """Steps after *seq* still in the backlog, oldest first (the newest *limit*)."""
         with self._lock:
             found = [e for e in self._backlog if e.seq > seq]
+            images = [e for e in self._images if e.seq > seq]
+        if images:
+            found = sorted([*found, *images], key=lambda e: e.seq)
         return found[-limit:] if limit is not None and limit >= 0 else found
 
     def serial_of(self, mac: str) -> str | None:
@@ -473,6 +502,7 @@ class BootEventRecorder:
 
 __all__ = [
     "ADMIN",
+    "IMAGE_PHASE",
     "LOG",
     "LOG_LINE_MAX",
     "NOTICES",

@@ -180,3 +180,17 @@ def test_migrate_mayu_reports_what_does_not_map(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "network.network_model" in result.stderr
+
+
+def test_tftp_refuses_a_missing_root_unless_create(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "no" / "tftproot"
+    assert main(["tftp", "--root", str(missing), "--listen", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err
+    assert f"--root {missing} does not exist" in err and "--create" in err
+    assert not missing.exists()
+    started = []
+    monkeypatch.setattr("pxestack.cli._run.run_service",
+                        lambda root, config: started.append(config.tftp.root) or 0)
+    assert main(["tftp", "--root", str(missing), "--listen", "127.0.0.1:0", "--create"]) == 0
+    assert missing.is_dir() and started == [missing]
+    assert "created --root" in capsys.readouterr().err

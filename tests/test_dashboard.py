@@ -354,3 +354,44 @@ def test_a_trusted_network_logs_in_without_a_token() -> None:
 
     assert resource.recognised(request_from("198.18.7.9")) == "trusted:198.18.7.9"
     assert resource.recognised(request_from("198.18.9.9")) is None
+
+
+# -- the images page -----------------------------------------------------------------------
+
+
+def test_images_page_lists_and_starts_a_fetch_with_csrf(stack: Stack, browser: Browser,
+                                                        monkeypatch) -> None:
+    from vendor_mirror import FCOS_VERSION, Mirror
+
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    mirror = Mirror()
+    server, thread = mirror.serve()
+    mirror.add_fcos()
+    try:
+        api = stack.root.children[b"admin"].api
+        api.image_fetches.run = lambda work: work()  # inline, as the store work here
+        assert browser.get("/dashboard/images").code == 303  # to the login form
+        browser.login()
+        page = browser.get("/dashboard/images")
+        assert page.code == 200
+        text = page.body.decode()
+        assert 'action="/dashboard/images/fetch"' in text and "flatcar" in text
+        csrf = browser.csrf("/dashboard/images")
+        form = {"os": "fcos", "line": "stable", "base_url": mirror.base}
+        assert browser.post("/dashboard/images/fetch", form).code == 403
+        assert browser.post("/dashboard/images/fetch", {**form, "csrf": csrf}).code == 303
+        after = browser.get("/dashboard/images").body.decode()
+        assert "Fetch of fcos stable current started." in after
+        assert FCOS_VERSION in after and "rootfs.img" in after and ">done<" in after
+        live = browser.get("/dashboard/images?part=live").body.decode()
+        assert "<html" not in live and FCOS_VERSION in live
+        # A refusal comes back as a message naming the field.
+        assert browser.post("/dashboard/images/fetch",
+                            {"os": "debian", "csrf": csrf}).code == 303
+        assert "release is required" in browser.get("/dashboard/images").body.decode()
+        assert browser.send("GET", "/dashboard/images/fetch", None, {}).code == 405
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

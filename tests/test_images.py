@@ -447,3 +447,62 @@ def test_checksum_parser_returns_a_sha256_or_refuses(text, name):
     except ImageError:
         return
     assert len(found) == 64 and set(found) <= set("0123456789abcdef")
+
+
+# -- profiles of --config ------------------------------------------------------------------
+
+
+def _config_with_profiles(tmp_path: Path, cache: Path) -> Path:
+    config = tmp_path / "pxestack.yaml"
+    config.write_text(
+        "provision:\n"
+        f"  cluster_dir: {tmp_path / 'cluster'}\n"
+        f"  images_dir: {cache}\n"
+        "  default_os_version: 1.0.0\n"
+        "  network:\n"
+        "    ip_range: {start: 198.18.10.10, end: 198.18.10.20}\n"
+        "    subnet_size: 24\n"
+        "    subnet_gateway: 198.18.10.1\n"
+        "  profiles:\n"
+        "    - {name: core, quantity: 3}\n"
+        "    - {name: workers, quantity: 3, os: fcos, os_version: '40.1'}\n"
+        "    - name: rescue\n"
+        "      quantity: 1\n"
+        "      os: generic\n"
+        "      os_version: bookworm\n"
+        "      generic: {image_os: debian, kernel: linux, initrd: [initrd.gz]}\n"
+    )
+    return config
+
+
+def test_list_shows_profiles_and_missing_versions(tmp_path, sources, capsys):
+    cache = tmp_path / "images"
+    config = _config_with_profiles(tmp_path, cache)
+    assert images(cache, "add", "flatcar", "1.0.0", "--kernel", str(sources / "vmlinuz")) == 0
+    assert images(cache, "add", "flatcar", "0.9.0", "--kernel", str(sources / "vmlinuz")) == 0
+    capsys.readouterr()
+    assert main(["images", "--config", str(config), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "PROFILES" in out
+    row = next(line for line in out.splitlines() if "1.0.0" in line)
+    assert row.rstrip().endswith("core")
+    assert next(line for line in out.splitlines() if "0.9.0" in line).rstrip().endswith("-")
+    assert "MISSING: debian bookworm, used by profile rescue" in out
+    assert "MISSING: fcos 40.1, used by profile workers" in out
+    assert main(["images", "--config", str(config), "-o", "json", "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {"os": "fcos", "version": "40.1", "missing": True,
+            "profiles": ["workers"]} in listed
+
+
+def test_remove_refuses_a_version_a_profile_uses(tmp_path, sources, capsys):
+    cache = tmp_path / "images"
+    config = _config_with_profiles(tmp_path, cache)
+    assert images(cache, "add", "flatcar", "1.0.0", "--kernel", str(sources / "vmlinuz")) == 0
+    capsys.readouterr()
+    argv = ["images", "--config", str(config), "remove", "flatcar", "1.0.0"]
+    assert main(argv) == 1
+    assert "used by profile core; pass --force" in capsys.readouterr().err
+    assert (cache / "1.0.0" / "flatcar_production_pxe.vmlinuz").exists()
+    assert main([*argv, "--force"]) == 0
+    assert not (cache / "1.0.0").exists()

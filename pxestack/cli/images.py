@@ -4,6 +4,9 @@
 
     pxestack images --dir /var/lib/pxestack/images list
     pxestack images add flatcar 3975.2.0 --kernel vmlinuz --initrd initrd.cpio.gz
+    pxestack images fetch flatcar --channel stable --keyring flatcar-image-signing-key.gpg
+    pxestack images fetch fcos --stream stable
+    pxestack images fetch debian --release bookworm
     pxestack images fetch https://.../flatcar_production_pxe.vmlinuz flatcar 3975.2.0 \\
         --role kernel --sha256-url https://.../flatcar_production_pxe.vmlinuz.sha256
     pxestack images remove flatcar 3975.2.0
@@ -13,9 +16,10 @@ CoreOS and ``<dir>/<os>/<version>/...`` for other OSes; see :mod:`pxestack.provi
 image gets a ``.sha256`` file beside it.  ``fetch`` verifies a SHA-256 (given, or read from a
 checksum file URL) and/or a detached OpenPGP signature (with ``gpgv``) before the file is
 renamed into place, so the HTTP server never serves an unverified or partial image.
+``fetch flatcar|fcos|debian`` resolves a vendor release (:mod:`pxestack.provision.imagefetch`).
 
 Exit status: 0 ok, 1 failure (download, checksum or signature mismatch, I/O), 2 usage,
-3 no such image.
+3 no such image, 130/143 a release fetch ended by Ctrl-C/SIGTERM (resumable).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +44,18 @@ import yaml
 
 from pxestack import __version__
 from pxestack.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from pxestack.provision.imagefetch import (
+    DEFAULT_DEBIAN_KEYRING,
+    RELEASE_OSES,
+    FetchError,
+    FetchOptions,
+    FetchStatus,
+    FetchUsageError,
+    fetch_release,
+    resolve,
+)
 from pxestack.provision.images import (
+    MAYU_LAYOUT_OSES,
     ROLES,
     ChecksumMismatch,
     ImageEntry,
@@ -52,6 +68,9 @@ from pxestack.provision.images import (
 
 #: No such image (the same code ``pxestack ctl`` uses for "host doesn't exist").
 EXIT_NOT_FOUND = 3
+#: Ended by Ctrl-C (128 + SIGINT) or SIGTERM (128 + SIGTERM), as a shell reports it.
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 IMAGES_DIR_ENV = "PXESTACK_IMAGES_DIR"
 #: The largest download accepted unless ``--max-bytes`` says otherwise (Flatcar's install
 #: image is about 500 MiB; FCOS's live rootfs about 800 MiB).
@@ -251,31 +270,92 @@ def emit(args: argparse.Namespace, data: Any, table: Callable[[], str]) -> None:
         sys.stdout.write(table())
 
 
-def entries_table(entries: list[ImageEntry], statuses: dict[Path, str] | None = None) -> str:
-    """OS, version, role, name, size, SHA-256 (shortened) and, after a verify, status."""
+def entries_table(entries: list[ImageEntry], statuses: dict[Path, str] | None = None,
+                  uses: dict[tuple[str, str], list[str]] | None = None) -> str:
+    """OS, version, role, name, size, SHA-256 (shortened), after a verify the status, and
+    with *uses* the profiles that boot the version."""
     headers = ["OS", "VERSION", "ROLE", "NAME", "SIZE", "SHA256"]
     if statuses is not None:
         headers.append("STATUS")
+    if uses is not None:
+        headers.append("PROFILES")
     rows = []
     for e in entries:
         row = [e.os, e.version, e.role, e.name, human_bytes(e.size),
                (e.sha256 or "-")[:16]]
         if statuses is not None:
             row.append(statuses[e.path])
+        if uses is not None:
+            row.append(",".join(uses.get(_use_key(e), [])) or "-")
         rows.append(row)
     from pxestack.cli.ctl import format_table
 
     return format_table(headers, rows)
 
 
+def profile_uses(args: argparse.Namespace) -> dict[tuple[str, str], list[str]] | None:
+    """(OS directory, version) -> the profiles of ``--config`` that boot it; None without
+    ``--config`` (or without a ``provision`` section)."""
+    if not args.config:
+        return None
+    from pxestack.config import ConfigError, load_config_file
+
+    try:
+        config = load_config_file(args.config)
+    except ConfigError as exc:
+        raise ImagesCommandError(f"{args.config}: {exc}", EXIT_USAGE) from None
+    prov = config.provision
+    if prov is None:
+        return None
+    uses: dict[tuple[str, str], list[str]] = {}
+    # Without profiles every machine gets the implicit default profile (Flatcar).
+    for profile in prov.profiles or (None,):
+        name = profile.name if profile is not None else "default"
+        os_name = profile.os if profile is not None else "flatcar"
+        version = (profile.os_version if profile is not None and profile.os_version
+                   else prov.default_os_version)
+        if os_name == "generic" and profile is not None and profile.generic is not None:
+            os_name = profile.generic.image_os
+        uses.setdefault((os_name, version), []).append(name)
+    return uses
+
+
+def _use_key(entry: ImageEntry) -> tuple[str, str]:
+    """The (OS directory, version) profiles name: CoreOS files live in Flatcar's layout."""
+    return ("flatcar" if entry.os in MAYU_LAYOUT_OSES else entry.os, entry.version)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    """``list [--os] [--version] [--role] [--verify]``."""
+    """``list [--os] [--version] [--role] [--verify]``; with ``--config`` also the profiles
+    that use each version and the versions a profile needs that are missing."""
     store = store_of(args)
     entries = store.select(args.os, args.version, args.role)
     statuses = {e.path: store.verify(e) for e in entries} if args.verify else None
-    data = [dict(e.to_json(), **({"status": statuses[e.path]} if statuses else {}))
-            for e in entries]
-    emit(args, data, lambda: entries_table(entries, statuses))
+    uses = profile_uses(args)
+    data: list[dict[str, Any]] = []
+    for e in entries:
+        item = dict(e.to_json(), **({"status": statuses[e.path]} if statuses else {}))
+        if uses is not None:
+            item["profiles"] = uses.get(_use_key(e), [])
+        data.append(item)
+    missing: list[tuple[str, str, list[str]]] = []
+    if uses is not None:
+        present = {_use_key(e) for e in store.entries()}
+        missing = [(o, v, names) for (o, v), names in sorted(uses.items())
+                   if (o, v) not in present
+                   and (args.os is None or args.os == o)
+                   and (args.version is None or args.version == v)]
+        data.extend({"os": o, "version": v, "missing": True, "profiles": names}
+                    for o, v, names in missing)
+
+    def table() -> str:
+        text = entries_table(entries, statuses, uses)
+        for o, v, names in missing:
+            text += (f"MISSING: {o} {v}, used by profile{'s' if len(names) > 1 else ''} "
+                     f"{', '.join(names)}\n")
+        return text
+
+    emit(args, data, table)
     if statuses and "mismatch" in statuses.values():
         bad = [str(p) for p, s in statuses.items() if s == "mismatch"]
         print(f"pxestack images: checksum mismatch: {', '.join(bad)}", file=sys.stderr)
@@ -315,15 +395,33 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    """``remove OS VERSION [--role R] [--name N]``."""
-    removed = store_of(args).remove(args.os_name, args.version, args.role, args.name)
+    """``remove OS VERSION [--role R] [--name N] [--force]``: refuses a version a profile of
+    ``--config`` uses unless ``--force``."""
+    store = store_of(args)
+    uses = profile_uses(args) or {}
+    os_key = "flatcar" if args.os_name.lower() in MAYU_LAYOUT_OSES else args.os_name.lower()
+    users = uses.get((os_key, args.version), [])
+    if users and not args.force:
+        raise ImagesCommandError(
+            f"{args.os_name} {args.version} is used by profile{'s' if len(users) > 1 else ''} "
+            f"{', '.join(users)}; pass --force to remove it anyway")
+    removed = store.remove(args.os_name, args.version, args.role, args.name)
     emit(args, [e.to_json() for e in removed],
          lambda: "".join(f"removed {e.path}\n" for e in removed))
     return EXIT_OK
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    """``fetch URL OS VERSION``: download, verify, store atomically."""
+    """``fetch OS --channel|--stream|--release ...`` or ``fetch URL OS VERSION``."""
+    if "://" not in args.source:
+        return cmd_fetch_release(args)
+    if args.os_name is None or args.version is None:
+        raise ImagesCommandError("fetch URL needs OS and VERSION after the URL", EXIT_USAGE)
+    for option in ("channel", "stream", "release", "base_url"):
+        if getattr(args, option):
+            raise ImagesCommandError(f"--{option.replace('_', '-')} is for fetch flatcar|fcos"
+                                     "|debian, not for a URL", EXIT_USAGE)
+    args.url = args.source
     store = store_of(args)
     url_name = os.path.basename(urllib.parse.urlsplit(args.url).path)
     if args.role:
@@ -374,6 +472,157 @@ def _fetch_signed(store: ImageStore, args: argparse.Namespace, name: str,
                               expected_sha256=expected, replace=args.force)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- release fetches -----------------------------------------------------------------------
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (raised from the signal handler in the main thread)."""
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else \
+        f"{rest // 60}:{rest % 60:02d}"
+
+
+class ReleaseProgress:
+    """Renders :class:`FetchStatus` reports: one redrawn line on a terminal (bytes, speed and
+    ETA of the file and of the whole release), plain lines otherwise (start and end of each
+    file, every quarter of a file whose size is known)."""
+
+    def __init__(self, stream: TextIO, *, interval: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.clock = clock
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._last_draw = -interval
+        self._quarter = 0
+        self._drawn = False
+
+    @staticmethod
+    def line(status: FetchStatus, now: float | None = None) -> str:
+        """``[i/n] name  done/size  speed  ETA  | total done/size ETA``."""
+        size = f"/{human_bytes(status.file_size)}" if status.file_size is not None else ""
+        total = (f"/{human_bytes(status.total_size)}" if status.total_size is not None
+                 else "")
+        return (f"[{status.file_index}/{status.file_count}] {status.file} "
+                f"{human_bytes(status.file_done)}{size} "
+                f"{human_bytes(status.file_speed(now))}/s ETA {_duration(status.file_eta(now))}"
+                f" | total {human_bytes(status.total_done)}{total} "
+                f"ETA {_duration(status.eta(now))}")
+
+    def _end_line(self) -> None:
+        if self.tty and self._drawn:
+            self.stream.write("\n")
+            self._drawn = False
+
+    def __call__(self, event: str, status: FetchStatus) -> None:
+        now = self.clock()
+        if event == "progress":
+            if self.tty:
+                if now - self._last_draw >= self.interval:
+                    self._last_draw = now
+                    self.stream.write("\r\x1b[K" + self.line(status, now))
+                    self._drawn = True
+            elif status.file_size:
+                quarter = min(status.file_done * 4 // status.file_size, 3)
+                if quarter > self._quarter:
+                    self._quarter = quarter
+                    self.stream.write(self.line(status, now) + "\n")
+        elif event == "file":
+            self._end_line()
+            self._quarter = 0
+            resumed = " (resuming)" if status.file_resumed else ""
+            self.stream.write(f"[{status.file_index}/{status.file_count}] {status.file}: "
+                              f"downloading{resumed}\n")
+        elif event == "file-done":
+            if self.tty:
+                self.stream.write("\r\x1b[K")
+                self._drawn = False
+            self.stream.write(self.line(status, now) + " verified\n")
+        elif event in ("done", "failed", "cancelled"):
+            self._end_line()
+            if event == "done":
+                self.stream.write(f"{status.os} {status.version}: {status.message}\n")
+        self.stream.flush()
+
+
+def _release_options(args: argparse.Namespace) -> FetchOptions:
+    os_name = args.source.lower()
+    if os_name not in RELEASE_OSES:
+        raise ImagesCommandError(f"fetch: {args.source!r} is neither flatcar, fcos, debian "
+                                 "nor a URL", EXIT_USAGE)
+    if args.os_name is not None:
+        raise ImagesCommandError(f"fetch {os_name}: unexpected argument {args.os_name!r} "
+                                 f"(use --{RELEASE_OSES[os_name]} and --version)", EXIT_USAGE)
+    wanted = RELEASE_OSES[os_name]
+    for option in ("channel", "stream", "release"):
+        if option != wanted and getattr(args, option):
+            raise ImagesCommandError(f"--{option} is not used with {os_name} "
+                                     f"(use --{wanted})", EXIT_USAGE)
+    for option in ("role", "name", "sha256", "sha256_url", "signature_url"):
+        if getattr(args, option):
+            raise ImagesCommandError(f"--{option.replace('_', '-')} is only for fetch URL",
+                                     EXIT_USAGE)
+    line = getattr(args, wanted) or ("" if os_name == "debian" else "stable")
+    if not line:
+        raise ImagesCommandError("fetch debian needs --release (e.g. bookworm)", EXIT_USAGE)
+    if args.pxe_only and os_name != "flatcar":
+        raise ImagesCommandError("--pxe-only is only for flatcar", EXIT_USAGE)
+    return FetchOptions(os=os_name, line=line, version=args.release_version,
+                        base_url=args.base_url,
+                        keyring=Path(args.keyring) if args.keyring else None, arch=args.arch,
+                        no_verify=args.no_verify, force=args.force, timeout=args.timeout,
+                        max_bytes=args.max_bytes, pxe_only=args.pxe_only)
+
+
+def cmd_fetch_release(args: argparse.Namespace) -> int:
+    """``fetch flatcar|fcos|debian``: resolve the release, download, verify, publish."""
+    store = store_of(args)
+    options = _release_options(args)
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    progress = None if args.quiet else ReleaseProgress(sys.stderr)
+    try:
+        try:
+            release = resolve(options)
+            if progress is not None:
+                print(f"{release.os} {release.version}: {len(release.files)} files",
+                      file=sys.stderr)
+                for check in release.checks:
+                    print(f"checks: {check}", file=sys.stderr)
+            release, _target = fetch_release(store, options, progress=progress,
+                                            release=release)
+        except FetchUsageError as exc:
+            raise ImagesCommandError(str(exc), EXIT_USAGE) from None
+        except FetchError as exc:
+            raise ImagesCommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            if progress is not None:
+                progress._end_line()
+            print("pxestack images: interrupted; run the same fetch again to resume",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except _Terminated:
+            if progress is not None:
+                progress._end_line()
+            print("pxestack images: terminated; run the same fetch again to resume",
+                  file=sys.stderr)
+            return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    entries = store.select(release.os, release.version)
+    emit(args, [e.to_json() for e in entries], lambda: entries_table(entries))
+    return EXIT_OK
 
 
 # -- argument parsing ----------------------------------------------------------------------
@@ -455,35 +704,58 @@ def register(subparsers: Any) -> None:
     add.add_argument("--sha256", metavar="HEX", help="expected SHA-256 (one file only)")
     add.add_argument("--force", action="store_true", help="replace a different existing file")
 
-    fetch = command("fetch", cmd_fetch, "download an image, verify it, store it atomically")
-    fetch.add_argument("url", metavar="URL")
-    fetch.add_argument("os_name", metavar="OS")
-    fetch.add_argument("version", metavar="VERSION")
+    fetch = command("fetch", cmd_fetch,
+                    "download a release (flatcar, fcos, debian) or one URL, verify it, "
+                    "store it atomically")
+    fetch.add_argument("source", metavar="OS|URL",
+                       help="flatcar, fcos or debian (a vendor release), or the URL of one file")
+    fetch.add_argument("os_name", metavar="OS", nargs="?", help="with a URL: the OS")
+    fetch.add_argument("version", metavar="VERSION", nargs="?", help="with a URL: the version")
+    release = fetch.add_argument_group("releases (fetch flatcar|fcos|debian)")
+    release.add_argument("--channel", metavar="CHANNEL",
+                         help="flatcar: stable, beta, alpha or lts (default stable)")
+    release.add_argument("--stream", metavar="STREAM",
+                         help="fcos: stable, testing or next (default stable)")
+    release.add_argument("--release", metavar="NAME", help="debian: e.g. bookworm (required)")
+    release.add_argument("--version", dest="release_version", default="current",
+                         metavar="current|X.Y.Z",
+                         help="flatcar: the release (default current, read from version.txt)")
+    release.add_argument("--base-url", metavar="URL",
+                         help="a mirror: flatcar <URL>/<channel>.release.flatcar-linux.net/..., "
+                         "fcos <URL>/streams/<stream>.json, debian <URL>/dists/<release>/...")
+    release.add_argument("--arch", default="x86_64", metavar="ARCH",
+                         help="fcos: the architecture in the stream metadata (default x86_64)")
+    release.add_argument("--pxe-only", action="store_true",
+                         help="flatcar: skip the install image (install: pxe profiles only)")
     what = fetch.add_mutually_exclusive_group()
-    what.add_argument("--role", choices=ROLES, help="store under the role's file name")
-    what.add_argument("--name", metavar="NAME", help="store as NAME (default: the URL's)")
+    what.add_argument("--role", choices=ROLES, help="URL: store under the role's file name")
+    what.add_argument("--name", metavar="NAME", help="URL: store as NAME (default: the URL's)")
     check = fetch.add_mutually_exclusive_group()
-    check.add_argument("--sha256", metavar="HEX", help="expected SHA-256")
+    check.add_argument("--sha256", metavar="HEX", help="URL: expected SHA-256")
     check.add_argument("--sha256-url", metavar="URL",
-                       help="checksum file (sha256sum or BSD format) to read it from")
+                       help="URL: checksum file (sha256sum or BSD format) to read it from")
     fetch.add_argument("--keyring", metavar="FILE",
-                       help="verify a detached OpenPGP signature with gpgv against this "
-                       "keyring (e.g. Flatcar's image signing key)")
-    fetch.add_argument("--signature-url", metavar="URL", help="default: URL + .sig")
+                       help="verify detached OpenPGP signatures with gpgv against this "
+                       "keyring (flatcar: Flatcar's image signing key, required; debian: "
+                       "the archive keyring, default " + str(DEFAULT_DEBIAN_KEYRING) + ")")
+    fetch.add_argument("--signature-url", metavar="URL", help="URL: default URL + .sig")
     fetch.add_argument("--no-verify", action="store_true",
                        help="accept the download without any checksum or signature")
-    fetch.add_argument("--force", action="store_true", help="replace a different existing file")
+    fetch.add_argument("--force", action="store_true",
+                       help="replace different existing files / fetch a complete version again")
     fetch.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                        help="network timeout per read (default 60)")
     fetch.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
                        help="refuse larger downloads (default 8 GiB)")
-    fetch.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    fetch.add_argument("--quiet", "-q", action="store_true", help="no progress")
 
     remove = command("remove", cmd_remove, "delete images of one OS version")
     remove.add_argument("os_name", metavar="OS")
     remove.add_argument("version", metavar="VERSION")
     remove.add_argument("--role", choices=(*ROLES, "file"), help="only this role")
     remove.add_argument("--name", metavar="NAME", help="only this file")
+    remove.add_argument("--force", action="store_true",
+                        help="remove a version a profile of --config still uses")
 
 
 __all__ = ["EXIT_NOT_FOUND", "ProgressBar", "human_bytes", "register"]

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pxestack.cli import EXIT_USAGE, add_logging_arguments, print_problems
+from pxestack.cli import EXIT_FAILURE, EXIT_USAGE, add_logging_arguments, print_problems
 from pxestack.config import Config, ConfigError, load_config
 
 DEFAULT_LISTEN = "0.0.0.0:69"
@@ -29,6 +29,8 @@ def register(subparsers: Any) -> None:
         "timeout and windowsize options (RFC 2347-2349, 7440).  Uploads are refused.",
     )
     parser.add_argument("--root", required=True, metavar="DIR", help="directory to serve")
+    parser.add_argument("--create", action="store_true",
+                        help="create --root (and its parents) when it does not exist")
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, metavar="ADDR:PORT",
         help=f"address to listen on (default {DEFAULT_LISTEN})",
@@ -80,6 +82,18 @@ def tftp_command(args: argparse.Namespace) -> int:
     if config.tftp.root.exists() and not config.tftp.root.is_dir():
         print(f"pxestack tftp: --root {config.tftp.root} is not a directory", file=sys.stderr)
         return EXIT_USAGE
+    if not config.tftp.root.exists():
+        if not args.create:
+            print(f"pxestack tftp: --root {config.tftp.root} does not exist (create it, or "
+                  "pass --create)", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            config.tftp.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"pxestack tftp: --create: cannot create {config.tftp.root}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"pxestack tftp: created --root {config.tftp.root} (empty)", file=sys.stderr)
     from pxestack.cli._run import run_service
     from pxestack.service import build_service
 

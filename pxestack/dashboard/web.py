@@ -11,6 +11,9 @@
 ``GET /dashboard/storm``                    machines per boot phase over time
                                             (``?part=chart``: the chart alone)
 ``GET /dashboard/events``                   the boot steps (SSE or JSON), as ``/admin/events``
+``GET /dashboard/images``                   the image cache and its fetches (``?part=live``)
+``POST /dashboard/images/fetch``            start a release fetch, as ``POST
+                                            /admin/images/fetch``
 ``GET /dashboard/static/<file>``            the stylesheet and the script
 ==========================================  =================================================
 
@@ -55,6 +58,12 @@ from pxestack.provision.store import acting_as
 
 log = Logger()
 
+#: The release-line field of each OS the images page can fetch, and its suggestions.
+IMAGE_LINES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "flatcar": ("channel", ("stable", "beta", "alpha", "lts")),
+    "fcos": ("stream", ("stable", "testing", "next")),
+    "debian": ("release", ("bookworm", "trixie")),
+}
 #: The dashboard's first path segment (``/`` itself is the machines page).
 SEGMENT = b"dashboard"
 #: Files under ``static/`` and their content types.
@@ -362,12 +371,12 @@ class DashboardResource(Resource):
             if not get:
                 return _method_not_allowed(request, b"GET, HEAD")
             return self.static(request, path[1])
-        route_get = {("rows",), ("storm",), ("events",)}
+        route_get = {("rows",), ("storm",), ("events",), ("images",)}
         if tuple(path) in route_get or (len(path) == 2 and path[0] == "machine"):
             if not get:
                 return _method_not_allowed(request, b"GET, HEAD")
-        elif path == ["logout"] or (len(path) == 3 and path[0] == "machine"
-                                    and path[2] == "action"):
+        elif path in (["logout"], ["images", "fetch"]) or (
+                len(path) == 3 and path[0] == "machine" and path[2] == "action"):
             if method != b"POST":
                 return _method_not_allowed(request, b"POST")
         else:
@@ -399,6 +408,10 @@ class DashboardResource(Resource):
             return self.dashboard.feed.render(request)
         if path == ["storm"]:
             return self.storm(request, session)
+        if path == ["images"]:
+            return self.images(request, session)
+        if path == ["images", "fetch"]:
+            return self.fetch_image(request, session)
         if path == ["logout"]:
             self.dashboard.sessions.end(session.id)
             log.info("dashboard: session {label} from {client} logged out",
@@ -484,6 +497,53 @@ class DashboardResource(Resource):
         template = "storm_chart.html.j2" if _arg(request, b"part") else "storm.html.j2"
         return self.dashboard.page(request, template, chart=chart, session=session,
                                    since=self.dashboard.events.last_seq, view="storm")
+
+    def images(self, request: Request, session: Session) -> bytes | int:
+        """The image cache: versions, fetches, the fetch form (or the live part alone)."""
+        fetches = self.dashboard.api.image_fetches
+        live = _arg(request, b"part") is not None
+        template = "images_live.html.j2" if live else "images.html.j2"
+        flash, session.flash = ([], session.flash) if live else (session.flash, [])
+        since = self.dashboard.events.last_seq
+        if fetches is None:
+            return self.dashboard.page(request, template, session=session, since=since,
+                                       view="images", flash=flash, cache=None)
+        return self.dashboard.run(
+            request, fetches.snapshot,
+            lambda cache: self.dashboard.page(request, template, session=session, since=since,
+                                              view="images", flash=flash, cache=cache,
+                                              lines=IMAGE_LINES))
+
+    def fetch_image(self, request: Request, session: Session) -> bytes:
+        """Start a release fetch from the form, then back to the images page."""
+        fetches = self.dashboard.api.image_fetches
+        os_name = _arg(request, b"os") or ""
+        body: dict[str, Any] = {"os": os_name}
+        line = (_arg(request, b"line") or "").strip()
+        if line:
+            body[IMAGE_LINES.get(os_name, ("line", ()))[0]] = line
+        for name in ("version", "base_url"):
+            value = (_arg(request, name.encode()) or "").strip()
+            if value:
+                body[name] = value
+        if _arg(request, b"pxe_only") == "yes":
+            body["pxe_only"] = True
+        try:
+            if fetches is None:
+                raise HttpError(http.NOT_FOUND, "no image cache here (provision.images_dir)")
+            with acting_as(session.actor):
+                status = fetches.start(body)
+        except Exception as exc:
+            _code, message = AdminResource.error_of(Failure(exc))
+            session.flash.append(("error", f"Fetch: {message}"))
+            log.warn("dashboard: session {label}: image fetch {body} refused: {message}",
+                     label=session.label, body=json.dumps(body)[:200], message=message)
+        else:
+            log.info("{actor} (dashboard session {label}): image fetch {body} started",
+                     actor=session.actor, label=session.label, body=json.dumps(body)[:200])
+            session.flash.append(("ok", f"Fetch of {status['os']} {line or 'stable'} "
+                                        f"{status['version']} started."))
+        return _redirect(request, "/dashboard/images")
 
     def machine(self, request: Request, session: Session, serial: str) -> int:
         """A machine's page (or its live part)."""

@@ -6,7 +6,8 @@
 * ``Accept: text/event-stream``: an SSE stream (the WHATWG HTML "server-sent events"
   format).  It starts with the kept steps after ``?since=`` (or after the ``Last-Event-ID``
   a reconnecting browser sends, when that is newer), then every new step as it is
-  recorded, one ``event: boot`` message each, whose ``id`` is the step's ``seq`` and whose
+  recorded, one ``event: boot`` message each (``event: image`` for image-fetch
+  progress), whose ``id`` is the step's ``seq`` and whose
   ``data`` is its JSON.  A comment line every ``heartbeat`` seconds keeps proxies from
   closing an idle stream and finds clients that went away.
 * anything else: a JSON array of the kept steps after ``?since=`` (at most ``limit``, the
@@ -35,7 +36,7 @@ from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.server import NOT_DONE_YET, Request
 
-from pxestack.bootevents import LOG, PHASES, BootEvent, BootEventRecorder
+from pxestack.bootevents import IMAGE_PHASE, LOG, PHASES, BootEvent, BootEventRecorder
 
 log = Logger()
 
@@ -48,9 +49,10 @@ JSON_LIMIT = 1000
 
 
 def sse_message(event: BootEvent) -> bytes:
-    """One SSE message for *event* (``id``, ``event: boot``, one ``data`` line)."""
+    """One SSE message for *event* (``id``, ``event: boot`` -- ``event: image`` for an
+    image-fetch step -- and one ``data`` line)."""
     data = json.dumps(event.to_json(), separators=(",", ":"))
-    kind = "log" if event.phase == LOG else "boot"
+    kind = "log" if event.phase == LOG else "image" if event.phase == IMAGE_PHASE else "boot"
     return f"id: {event.seq}\nevent: {kind}\ndata: {data}\n\n".encode()
 
 

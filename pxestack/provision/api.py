@@ -32,6 +32,10 @@ installers, scripts and ``mayuctl`` keep working:
 ``DELETE /admin/host/<serial>``             remove the host (address and profile slot freed)
 ``GET|PUT /admin/mayu_config``              the provisioning settings in mayu's YAML schema
 ``GET /admin/health``                       store and git-audit health (503 when degraded)
+``GET /admin/images``                       cached image versions, running and recent fetches
+``POST /admin/images/fetch``                start a release fetch (``{"os": "flatcar",
+                                            "channel": "stable", "version": "current"}``);
+                                            202, 409 when the same one is running
 ==========================================  ====================================================
 
 Mutations answer 202 with an empty body (mayu) plus the record's new ``ETag``; an unknown
@@ -96,6 +100,12 @@ from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
 from pxestack.http.tls import peer_subject
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
+from pxestack.provision.imagefetch import (
+    FetchBusy,
+    FetchConflict,
+    FetchUsageError,
+    ImageFetches,
+)
 from pxestack.provision.machine import Event, IllegalTransition
 from pxestack.provision.model import HostState
 from pxestack.provision.provisioner import (
@@ -134,8 +144,10 @@ def _loggable(request: Request) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _client_host(request: Request) -> str:
-    return str(getattr(request.getClientAddress(), "host", "-"))
+def _client_host(request: Request) -> str | None:
+    """The client's IP address (None when the transport has none)."""
+    host = getattr(request.getClientAddress(), "host", None)
+    return str(host) if host is not None else None
 
 
 def request_actor(request: Request) -> str | None:
@@ -311,7 +323,7 @@ class _Base(Resource):
             subject = peer_subject(getattr(request.channel, "transport", None))
             if subject:
                 return f"cert:{subject}", None
-        network = api.trusted_network_of(host)
+        network = api.trusted_network_of(host) if host is not None else None
         if network is not None:
             return f"trusted:{host}", network
         return None
@@ -462,9 +474,13 @@ class _Base(Resource):
             return exc.code, exc.message
         if isinstance(exc, HostNotFound):
             return http.BAD_REQUEST, "host doesn't exist"
-        if isinstance(exc, BadRequest):
+        if isinstance(exc, (BadRequest, FetchUsageError)):
             log.info("request refused (400): {error}", error=str(exc))
             return http.BAD_REQUEST, str(exc)
+        if isinstance(exc, FetchConflict):
+            return http.CONFLICT, str(exc)
+        if isinstance(exc, FetchBusy):
+            return http.SERVICE_UNAVAILABLE, str(exc)
         if isinstance(exc, IllegalTransition):
             return http.CONFLICT, str(exc)
         if isinstance(exc, Conflict):
@@ -906,6 +922,9 @@ class AdminResource(_Base):
                 return self.respond(request, prov.store.health, _health_writer)
             if path == ["mayu_config"]:
                 return self.respond(request, self.api.export_config, _text(b"text/yaml"))
+            if path == ["images"]:
+                fetches = self.api.require_image_fetches()
+                return self.respond(request, fetches.snapshot, _json_writer)
             if path == ["events"]:
                 if self.api.event_feed is None:
                     raise HttpError(http.NOT_FOUND, "boot steps are not recorded here")
@@ -973,6 +992,22 @@ class AdminResource(_Base):
             return body
 
         return write
+
+    def images_fetch(self, request: Request) -> bytes | int:
+        """``POST /admin/images/fetch``: start a release fetch; 202 with its status."""
+
+        def handle() -> bytes | int:
+            self.require_admin(request)
+            fetches = self.api.require_image_fetches()
+            status = fetches.start(self.json_body(request))
+            log.info("image fetch of {os} {line} {version} started by {actor}",
+                     os=status["os"], line=status["message"], version=status["version"],
+                     actor=request_actor(request))
+            request.setResponseCode(http.ACCEPTED)
+            request.setHeader(b"Content-Type", _JSON)
+            return json.dumps(status, indent=1).encode() + b"\n"
+
+        return self.guarded(request, handle)
 
     def render_PUT(self, request: Request) -> bytes | int:
         """Host mutations and ``mayu_config``; 202 with an empty body on success."""
@@ -1052,7 +1087,10 @@ class AdminResource(_Base):
         return self.guarded(request, handle)
 
     def render_POST(self, request: Request) -> bytes | int:
-        """``POST /admin/hosts``: pre-register a machine (serial, MACs, profile, address); 201."""
+        """``POST /admin/hosts``: pre-register a machine (serial, MACs, profile, address),
+        201; ``POST /admin/images/fetch``: :meth:`images_fetch`."""
+        if [p for p in request.postpath or []] == [b"images", b"fetch"]:
+            return self.images_fetch(request)
 
         def handle() -> bytes | int:
             self.require_admin(request)
@@ -1090,12 +1128,6 @@ class AdminResource(_Base):
             return self.respond(request, work, done)
 
         return self.guarded(request, handle)
-
-
-def _client_host(request: Request) -> str | None:
-    """The client's IP address, for a boot step."""
-    host = getattr(request.getClientAddress(), "host", None)
-    return str(host) if host is not None else None
 
 
 def _if_match(request: Request) -> str | None:
@@ -1154,6 +1186,7 @@ class ProvisioningApi:
         events: Any = None,
         event_feed: Any = None,
         clock: Callable[[], float] = time.time,
+        image_fetches: ImageFetches | None = None,
     ) -> None:
         self.provisioner = provisioner
         #: ``provision.enrolment`` (None: every first contact enrols, as mayu).
@@ -1184,6 +1217,23 @@ class ProvisioningApi:
         self.max_json_depth = max_json_depth
         self._export = config_exporter
         self._import = config_importer
+        #: Release fetches of ``POST /admin/images/fetch`` (None: no ``images_dir``).
+        self.image_fetches = image_fetches
+
+    def require_image_fetches(self) -> ImageFetches:
+        """The image fetches, or 404 when there is no image cache."""
+        if self.image_fetches is None:
+            raise HttpError(http.NOT_FOUND, "no image cache here (provision.images_dir)")
+        return self.image_fetches
+
+    def image_step(self, detail: str, status: dict[str, Any]) -> None:
+        """Report image-fetch progress on the event feed (from any thread)."""
+        if self.events is None:
+            return
+        try:
+            self.events.record_image(self.clock(), detail, status)
+        except Exception:
+            log.failure("recording an image-fetch step failed")
 
     def trusted_network_of(self, host: str) -> str | None:
         """The trusted network (as configured) *host* is in, or None."""

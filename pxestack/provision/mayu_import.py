@@ -14,6 +14,10 @@ The mapping (the full table is in ``docs/provisioning.md``, "Migrating from mayu
 
 What cannot be represented is an error naming the mayu key path: ``network_model: bridge``,
 ``extra_nics``, routes, and unknown keys.
+
+:func:`mayu_to_config` converts the whole file (what ``pxestack migrate-mayu`` prints): the
+``provision:`` section above plus ``dhcp:``, ``tftp:`` and ``http:`` from the keys of
+:data:`ELSEWHERE` (see :func:`mayu_to_config` for the mapping).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +288,138 @@ def mayu_to_provision(data: object) -> tuple[dict[str, Any], list[str]]:
     return out, conv.notes
 
 
+#: pxestack's default HTTP port, used for ``http.public_url`` when mayu's ``bind_addr`` is
+#: converted (mayu's own port came from its command line, not from config.yaml).
+DEFAULT_HTTP_PORT = 8080
+
+
+def _is_ipv4(value: object) -> bool:
+    try:
+        IPv4Address(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def mayu_to_config(
+    data: object,
+    *,
+    tftp_root: str | None = None,
+    images_dir: str | None = None,
+    http_port: int = DEFAULT_HTTP_PORT,
+) -> tuple[dict[str, Any], list[str]]:
+    """Convert a whole mayu config: ``provision:`` (:func:`mayu_to_provision`) plus the
+    ``dhcp:``, ``tftp:`` and ``http:`` sections mayu configured in ``network``:
+
+    * ``interface`` (era C: ``pxe.pxe_interface.interface_name``) -> ``dhcp.interfaces``;
+    * ``bind_addr`` -> ``dhcp.server_address`` and ``http.public_url``
+      (``http://<bind_addr>:<http_port>``), with ``http.listen`` on that port;
+    * ``bootstrap_range`` (era C: ``pxe.pxe_interface.ip_range``) -> ``dhcp.pools[0]``
+      ``start``/``end``, its ``subnet`` from ``subnet_size``; ``router`` -> its ``router``
+      (else ``subnet_gateway``), ``dns`` -> ``dns``, the IPv4 ``ntp`` servers -> ``ntp``;
+    * ``pxe`` (true or a mapping) -> a ``tftp:`` section (``root``: *tftp_root* or
+      ``tftproot``); ``pxe: false`` -> ``tftp.enabled: false`` and ``dhcp.enabled: false``;
+    * ``uefi`` -> nothing (pxestack picks the iPXE binary per client architecture).
+
+    *images_dir* (mayu's images cache) becomes ``provision.images_dir``.  Raises
+    :class:`ConfigError` naming the mayu key paths that cannot be converted.
+    """
+    provision, notes = mayu_to_provision(data)
+    conv = _Converter()
+    root = conv.mapping(data, "")
+    net = conv.mapping(root.get("network"), "network")
+    notes = [n for n in notes if not any(n.startswith(k + ":") for k in ELSEWHERE)
+             and not n.startswith("network.pxe.pxe_interface")]
+    dhcp: dict[str, Any] = {}
+    tftp: dict[str, Any] = {}
+    http: dict[str, Any] = {}
+    pxe = net.get("pxe")
+    pxe_nic: Mapping[str, Any] = {}
+    pxe_path = "network"
+    if isinstance(pxe, Mapping):
+        pxe_nic = conv.mapping(pxe.get("pxe_interface"), "network.pxe.pxe_interface")
+        pxe_path = "network.pxe.pxe_interface"
+        conv.unknown(pxe, {"enabled", "pxe_interface"}, "network.pxe")
+        conv.unknown(pxe_nic, {"interface_name", "ip_range", "subnet_size", "subnet_gateway",
+                               "dns", "routes"}, pxe_path)
+        enabled = bool(pxe.get("enabled", True))
+    else:
+        enabled = pxe is None or bool(pxe)
+    interface = pxe_nic.get("interface_name") or net.get("interface")
+    if interface:
+        dhcp["interfaces"] = [str(interface)]
+        source = ("network.pxe.pxe_interface.interface_name" if pxe_nic
+                  else "network.interface")
+        notes.append(f"{source} -> dhcp.interfaces")
+    bind = conv.ip(net.get("bind_addr"), "network.bind_addr")
+    if bind:
+        dhcp["server_address"] = bind
+        http["listen"] = f"0.0.0.0:{http_port}"
+        http["public_url"] = f"http://{bind}:{http_port}"
+        notes.append(f"network.bind_addr -> dhcp.server_address, http.public_url (port "
+                     f"{http_port}: mayu's port was a command-line flag; check it)")
+    rng_path = f"{pxe_path}.ip_range" if pxe_nic else "network.bootstrap_range"
+    rng = conv.mapping(pxe_nic.get("ip_range") if pxe_nic else net.get("bootstrap_range"),
+                       rng_path)
+    if rng:
+        start = conv.ip(rng.get("start"), f"{rng_path}.start")
+        end = conv.ip(rng.get("end"), f"{rng_path}.end")
+        size_path = f"{pxe_path}.subnet_size" if pxe_nic.get("subnet_size") else (
+            "network.primary_nic.subnet_size" if "primary_nic" in net else "network.subnet_size")
+        size_source = pxe_nic.get("subnet_size") or conv.mapping(
+            net.get("primary_nic"), "network.primary_nic").get("subnet_size") or net.get(
+            "subnet_size")
+        size = conv.int_text(size_source, size_path)
+        if start and end:
+            if size is None:
+                conv.problem(size_path, f"is needed to work out the subnet of {rng_path} "
+                                        "(dhcp.pools[0].subnet)")
+            else:
+                pool: dict[str, Any] = {
+                    "subnet": str(IPv4Network(f"{start}/{size}", strict=False)),
+                    "start": start, "end": end}
+                router = net.get("router") or pxe_nic.get("subnet_gateway")
+                if router:
+                    pool["router"] = conv.ip(router, "network.router")
+                dns = pxe_nic.get("dns") or net.get("dns") or []
+                if dns:
+                    pool["dns"] = [conv.ip(d, f"network.dns[{i}]") for i, d in enumerate(dns)]
+                ntp = net.get("ntp") or []
+                ntp_ips = [str(n) for n in ntp if _is_ipv4(n)]
+                if ntp_ips:
+                    pool["ntp"] = ntp_ips
+                if len(ntp_ips) != len(ntp):
+                    notes.append("network.ntp: names (not addresses) cannot go into DHCP "
+                                 "option 42; they stay in provision.network.ntp")
+                dhcp["pools"] = [pool]
+                notes.append(f"{rng_path} -> dhcp.pools[0] ({pool['subnet']})")
+    if enabled:
+        tftp["root"] = tftp_root or "tftproot"
+        if pxe is not None:
+            notes.append("network.pxe -> tftp (put undionly.kpxe and ipxe.efi into "
+                         f"{tftp['root']})")
+    else:
+        tftp["enabled"] = False
+        dhcp["enabled"] = False
+        notes.append("network.pxe: false -> dhcp.enabled: false, tftp.enabled: false")
+    if "uefi" in net:
+        notes.append("network.uefi: not needed; pxestack picks the iPXE binary per client "
+                     "architecture")
+    if conv.problems:
+        raise ConfigError(conv.problems)
+    if images_dir:
+        provision = {**provision, "images_dir": images_dir}
+    out: dict[str, Any] = {}
+    if dhcp:
+        out["dhcp"] = dhcp
+    if tftp:
+        out["tftp"] = tftp
+    if http:
+        out["http"] = http
+    out["provision"] = provision
+    return out, notes
+
+
 #: ``provision.profiles[]`` keys that a mayu config.yaml sets (everything else is pxestack's).
 MAYU_PROFILE_KEYS = frozenset(
     {"name", "quantity", "tags", "disable_engine", "os_version", "etcd_cluster_token"}
@@ -456,6 +592,7 @@ __all__ = [
     "IGNORED_LISTS",
     "apply_mayu_text",
     "export_mayu",
+    "mayu_to_config",
     "mayu_to_provision",
     "merge_mayu_document",
     "merge_mayu_text",

@@ -70,6 +70,8 @@ class ProvisioningService(service.MultiService):
         self.store = store
         self.pool = pool
         self._reactor = reactor
+        #: Called first on stop (image fetches are cancelled so the pool can stop).
+        self.on_stop: list[Any] = []
         timer = TimerService(min(RESCAN_INTERVAL, retry_interval), self.tick)
         if reactor is not None:
             timer.clock = reactor
@@ -99,7 +101,10 @@ class ProvisioningService(service.MultiService):
         super().startService()
 
     def stopService(self) -> defer.Deferred[None]:
-        """Stop the timer, then let running store work finish and stop the pool."""
+        """Cancel image fetches, stop the timer, then let running store work finish and stop
+        the pool."""
+        for stop in self.on_stop:
+            stop()
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.pool.stop())
         return d
@@ -320,11 +325,19 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         events=events,
         event_feed=EventFeed(events, reactor=reactor),
     )
+    provisioning_service = ProvisioningService(store, pool, prov.git_retry_interval, reactor)
+    if prov.images_dir is not None:
+        from pxestack.provision.imagefetch import ImageFetches
+        from pxestack.provision.images import ImageStore
+
+        api.image_fetches = ImageFetches(ImageStore(Path(prov.images_dir)), run,
+                                         report=api.image_step)
+        provisioning_service.on_stop.append(api.image_fetches.cancel_all)
     return Extensions(
         boot_policy=ProvisioningPolicy(provisioner, installed_boot=prov.installed_boot),
         tftp_source=None,  # TFTP serves only the iPXE binaries: the filesystem source does.
         http_children=api.children(),
-        services=[ProvisioningService(store, pool, prov.git_retry_interval, reactor)],
+        services=[provisioning_service],
         metrics=metrics,
         dhcp_sightings=sightings,
         events=events,

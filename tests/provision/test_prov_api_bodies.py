@@ -75,7 +75,7 @@ def test_the_site_and_the_resource_use_the_same_limit(tmp_path: Path) -> None:
     assert children[b"admin"].request_body_limit(b"PUT") == 4096  # type: ignore[attr-defined]
     assert children[b"final-ignition-config.json"].request_body_limit(  # type: ignore[attr-defined]
         b"POST") == 4096
-    # POST /admin/hosts (add) takes a body; DELETE does not
+    # POST /admin/hosts (add) and POST /admin/images/fetch take a JSON body; DELETE takes none.
     assert children[b"admin"].request_body_limit(b"POST") == 4096  # type: ignore[attr-defined]
     assert children[b"admin"].request_body_limit(b"DELETE") == 0  # type: ignore[attr-defined]
     assert children[b"ipxebootscript"].request_body_limit(b"POST") == 0  # type: ignore[attr-defined]

@@ -146,3 +146,58 @@ def test_a_torn_saved_mayu_config_makes_the_store_read_only_instead_of_failing(t
     assert health["ok"] is False and health["read_only"] is True
     assert "mayu-config.yaml" in health["damaged"]
     assert saved.read_text() == "profiles:\n  - name: core\n    quantity: ["
+
+
+def test_the_whole_mayu_config_converts_and_loads(tmp_path):
+    from pxestack.provision.mayu_import import mayu_to_config
+
+    data = yaml.safe_load((EXAMPLES / "mayu-config.yaml").read_text())
+    document, notes = mayu_to_config(data, tftp_root=str(tmp_path / "tftproot"),
+                                     images_dir=str(tmp_path / "images"))
+    assert document["dhcp"] == {
+        "interfaces": ["eth1"], "server_address": "198.18.0.1",
+        "pools": [{"subnet": "198.18.0.0/24", "start": "198.18.0.100", "end": "198.18.0.150",
+                   "router": "198.18.0.1", "dns": ["198.18.0.1"]}]}
+    assert document["tftp"] == {"root": str(tmp_path / "tftproot")}
+    assert document["http"]["public_url"] == "http://198.18.0.1:8080"
+    assert any(n.startswith("network.bootstrap_range -> dhcp.pools[0]") for n in notes)
+    assert not any("not converted" in n for n in notes)
+    document["provision"]["cluster_dir"] = str(tmp_path / "cluster")
+    config = load_config(document, base_dir=tmp_path)
+    assert config.dhcp is not None and config.dhcp.interfaces == ("eth1",)
+    assert str(config.dhcp.pools[0].subnet) == "198.18.0.0/24"
+    assert config.tftp is not None and config.tftp.root == tmp_path / "tftproot"
+    assert config.provision is not None and config.provision.images_dir == tmp_path / "images"
+
+
+def test_era_c_pxe_interface_and_pxe_off():
+    from pxestack.provision.mayu_import import mayu_to_config
+
+    era_c = {
+        "default_flatcar_version": "3975.2.0",
+        "network": {
+            "bind_addr": "10.0.0.1",
+            "pxe": {"enabled": True, "pxe_interface": {
+                "interface_name": "pxe0", "ip_range": {"start": "10.0.0.100", "end": "10.0.0.200"},
+                "subnet_size": "24", "subnet_gateway": "10.0.0.254"}},
+            "primary_nic": {"ip_range": {"start": "10.1.0.10", "end": "10.1.0.20"},
+                            "subnet_size": "24"},
+        },
+        "profiles": [{"name": "core", "quantity": 3}],
+    }
+    document, _ = mayu_to_config(era_c)
+    assert document["dhcp"]["interfaces"] == ["pxe0"]
+    assert document["dhcp"]["pools"] == [{"subnet": "10.0.0.0/24", "start": "10.0.0.100",
+                                          "end": "10.0.0.200", "router": "10.0.0.254"}]
+    off, notes = mayu_to_config({"default_coreos_version": "1", "network": {"pxe": False}})
+    assert off["dhcp"] == {"enabled": False} and off["tftp"] == {"enabled": False}
+    assert any("pxe: false" in n for n in notes)
+
+
+def test_a_pool_without_a_subnet_size_names_the_key():
+    from pxestack.provision.mayu_import import mayu_to_config
+
+    with pytest.raises(ConfigError) as caught:
+        mayu_to_config({"default_coreos_version": "1", "network": {
+            "bootstrap_range": {"start": "10.0.0.100", "end": "10.0.0.200"}}})
+    assert "network.subnet_size" in str(caught.value)

@@ -109,4 +109,8 @@ window.pxestackUpdates = 0;
     if (step.mac && serial && step.serial === serial) macs.add(step.mac);
     if (concernsPage(step)) schedule();
   });
+  // Image-fetch progress: only the images page shows it.
+  source.addEventListener("image", function () {
+    if (body.dataset.view === "images") schedule();
+  });
 })();
