@@ -123,6 +123,18 @@ def normal_serial(value: str | None) -> str | None:
     return text if _SERIAL.fullmatch(text) else None
 
 
+def _insert_in_time_order(steps: deque[BootEvent], event: BootEvent) -> None:
+    """Append *event*, or put it before the steps that ended after it: a machine's steps
+    stay in time order, so its newest step is its current phase even when a step is
+    reported late (a TFTP worker process relays finished transfers a moment later)."""
+    if not steps or steps[-1].time <= event.time:
+        steps.append(event)
+        return
+    ordered = sorted([*steps, event], key=lambda e: (e.time, e.seq))
+    steps.clear()
+    steps.extend(ordered[-steps.maxlen:] if steps.maxlen is not None else ordered)
+
+
 def _clean_detail(value: str, limit: int = _DETAIL_MAX) -> str:
     text = "".join(ch if ch.isprintable() else "?" for ch in value[: limit * 2])
     return text[:limit]
@@ -243,7 +255,7 @@ class BootEventRecorder:
                 steps = self._machines[key] = deque(maxlen=self.per_machine)
             else:
                 self._machines.move_to_end(key)
-            steps.append(event)
+            _insert_in_time_order(steps, event)
             while len(self._machines) > self.max_machines:
                 self._machines.popitem(last=False)
             subscribers = list(self._subscribers)
@@ -459,7 +471,7 @@ class BootEventRecorder:
         keys = {machine.lower()} | {m for m in (normal_mac(x) for x in macs) if m}
         with self._lock:
             found = [e for key in keys for e in self._machines.get(key, ())]
-        return sorted(found, key=lambda e: e.seq)
+        return sorted(found, key=lambda e: (e.time, e.seq))
 
     def current(self) -> dict[str, BootEvent]:
         """The newest step of every machine kept, by machine key."""
@@ -474,7 +486,9 @@ class BootEventRecorder:
         serial and a MAC moves the MAC's machine to the serial (one machine, not two).
         """
         with self._lock:
-            events = list(self._backlog)
+            # In time order: a step can arrive after later ones (a TFTP worker process
+            # reports its finished transfers a moment after they end).
+            events = sorted(self._backlog, key=lambda e: e.time)
         if not events:
             return {"phases": list(PHASES), "times": [], "counts": {p: [] for p in PHASES}}
         start = events[0].started

@@ -281,3 +281,19 @@ def test_a_kernel_download_is_a_step_of_the_host(tmp_path: Path) -> None:
     assert stack.request("HEAD", f"/images/{SERIAL}/vmlinuz", token=None).code == 200
     steps = stack.service.events.steps(SERIAL)
     assert [(s.phase, s.detail) for s in steps] == [("enrolled", ""), ("kernel", "vmlinuz")]
+
+
+def test_a_step_reported_late_takes_its_place_in_time() -> None:
+    """A TFTP worker relays a finished transfer a moment after later steps were recorded:
+    the machine's current phase stays its newest step by time, and the storm view counts
+    it in time order."""
+    recorder = BootEventRecorder()
+    mac = "52:54:00:e2:e0:07"
+    recorder.record("dhcp_pxe", 10.0, mac=mac, detail="ack")
+    recorder.record("script", 12.0, mac=mac)
+    recorder.record("tftp", 11.0, mac=mac, duration=0.5, detail="undionly.kpxe complete")
+    [current] = recorder.current().values()
+    assert current.phase == "script"
+    assert [e.phase for e in recorder.steps(mac)] == ["dhcp_pxe", "tftp", "script"]
+    storm = recorder.storm(buckets=4, now=12.0)
+    assert storm["counts"]["script"][-1] == 1 and storm["counts"]["tftp"][-1] == 0

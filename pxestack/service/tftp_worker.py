@@ -51,6 +51,9 @@ from pxestack.tftp.stats import SessionStats
 CHANNEL_TIMEOUT = 5.0
 #: Octets asked of the main process per READ of a dynamic file.
 READ_CHUNK = 64 * 1024
+#: Seconds between a transfer's end and the STATS frame that carries it to the main
+#: process (transfers that end meanwhile share the frame).
+TRANSFER_PUSH_DELAY = 0.1
 #: Finished transfers sent in one STATS frame at most (the counters still count all).
 MAX_TRANSFERS_PER_PUSH = 2000
 _LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
@@ -340,11 +343,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         transfer_host=tftp.listen[0],
     )
     finished: list[SessionStats] = []
-    server.on_stats = finished.append
+    pending_push: list[Any] = []
+
+    def transfer_finished(stats: SessionStats) -> None:
+        # Finished transfers are boot steps on the dashboard: send them within a tenth of
+        # a second (one frame for all that finish meanwhile), not at the next counter push.
+        finished.append(stats)
+        if not pending_push:
+            pending_push.append(reactor.callLater(TRANSFER_PUSH_DELAY, push_stats))
+
+    server.on_stats = transfer_finished
     tftp_service = TftpService(server, tftp.listen)
     tftp_service.adopt_fd = args.listen_fd
 
     def push_stats() -> None:
+        for call in pending_push:
+            if call.active():
+                call.cancel()
+        pending_push.clear()
         records = [transfer_record(stats) for stats in finished[:MAX_TRANSFERS_PER_PUSH]]
         finished.clear()
         # A failure means the main process is going away (PR_SET_PDEATHSIG ends us).
