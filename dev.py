@@ -8,7 +8,7 @@
     python3 dev.py bench [...]  the benchmark suite (root; see docs/benchmarks.md)
     python3 dev.py fuzz [--seconds N] [--target dhcp|tftp|icmpv6|all]
                                 coverage-guided fuzzing of the codecs (docs/testing.md)
-    python3 dev.py demo         boot four QEMU machines against pxestack (root; issue 7)
+    python3 dev.py demo         boot four QEMU machines against pxestack (root)
 
 Every command first makes ``.venv`` and installs the project into it (editable, with its
 dev extras) when ``pyproject.toml`` changed since the last install.  ``test`` also installs

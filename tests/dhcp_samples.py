@@ -1,16 +1,16 @@
-"""Builders of the DHCP packets real firmware sends, as captured in firmware.md.
+"""Builders of the DHCP packets real firmware sends, as captured in docs/reference/firmware.md.
 
 Importing: this module sits directly in ``tests/``.  pytest's default ``prepend`` import mode
 puts the directory of ``tests/conftest.py`` (a rootdir conftest without ``__init__.py``) on
 ``sys.path``, so any test file can ``from dhcp_samples import ...`` (``tests/netlab.py`` is
 imported the same way).
 
-Provenance: ``/work/shared/reference/firmware.md`` describes the captures field by field
-(option order, option values, flags, ``secs``) but does not ship the raw frames.  Each
-builder reproduces one described capture exactly as listed there: the option order, the
-values, the broadcast flag and the ``secs`` values.  Values the document does not spell out
-are marked "not in the capture notes" and chosen plainly (the MAC and xid of the test VM,
-the offered addresses on 198.18.0.0/24).  The encoded bytes are frozen as hex under
+Provenance: the capture notes describe each capture field by field (option order, option
+values, flags, ``secs``) but do not ship the raw frames.  Each builder reproduces one
+described capture exactly as listed there: the option order, the values, the broadcast flag
+and the ``secs`` values.  Values the notes do not spell out are marked "not in the capture
+notes" and chosen plainly (the MAC and xid of the test VM, the offered addresses on
+198.18.0.0/24).  The encoded bytes are frozen as hex under
 ``tests/golden/dhcp/`` so a change to a builder or to the encoder shows up as a golden diff;
 regenerate with ``python tests/dhcp_samples.py --write`` only on purpose.
 
@@ -45,7 +45,7 @@ XID_IPXE = 0x6B4C2A01
 XID_OVMF = 0x3C9A0F17
 XID_UDHCPC = 0x0E5F1D22
 
-#: firmware.md §1: SMBIOS uuid 00000000-0000-4000-8000-e2e000000001, option 97 type 0 + the
+#: The iPXE BIOS ROM's SMBIOS uuid 00000000-0000-4000-8000-e2e000000001, option 97 type 0 + the
 #: 16 octets in SMBIOS byte order (first three fields little-endian).
 SMBIOS_UUID_TEXT = "00000000-0000-4000-8000-e2e000000001"
 OPTION_97 = bytes.fromhex("00" "00000000" "0000" "0040" "8000" "e2e000000001")
@@ -70,16 +70,16 @@ def _flags(*codes_and_values: tuple[int, int]) -> bytes:
     return b"".join(bytes((code, 1, value)) for code, value in codes_and_values)
 
 
-#: firmware.md §1: BIOS ROM feature flags in capture order; pxeext carries 2.
+#: BIOS ROM feature flags in capture order; pxeext carries 2.
 IPXE_BIOS_175 = _BUS_ID_VIRTIO + _VERSION_1_0_0 + _flags(
     (0x17, 1), (0x22, 1), (0x13, 1), (0x11, 1), (0x27, 1), (0x19, 1), (0x29, 1),
     (0x10, 2), (0x21, 1), (0x15, 1), (0x18, 1), (0x12, 1),
 )
-#: firmware.md §2: the EFI ROM drops elf/multiboot/pxe/bzimage/pxeext and adds efi.
+#: The EFI ROM drops elf/multiboot/pxe/bzimage/pxeext and adds efi.
 IPXE_EFI_175 = _BUS_ID_VIRTIO + _VERSION_1_0_0 + _flags(
     (0x17, 1), (0x13, 1), (0x11, 1), (0x27, 1), (0x29, 1), (0x15, 1), (0x12, 1), (0x24, 1),
 )
-#: firmware.md §3: Debian's ipxe.efi chainloaded by OVMF also announces srp (0x1b).
+#: Debian's ipxe.efi chainloaded by OVMF also announces srp (0x1b).
 IPXE_EFI_CHAINLOADED_175 = IPXE_EFI_175 + _flags((0x1B, 1))
 
 
@@ -96,7 +96,7 @@ def _request(xid: int, secs: int, flags: int, options: list[tuple[int, bytes]]) 
 
 def _ipxe_options(message_type: int, arch: int, ndi: bytes, vendor: bytes,
                   encap: bytes) -> list[tuple[int, bytes]]:
-    """firmware.md §1 option order: 53, 57, 93, 94, 60, 77, 55, 175, 61, 97."""
+    """The BIOS ROM's option order: 53, 57, 93, 94, 60, 77, 55, 175, 61, 97."""
     return [
         (c.OPT_MESSAGE_TYPE, bytes((message_type,))),
         (c.OPT_MAX_MESSAGE_SIZE, (1472).to_bytes(2, "big")),
@@ -135,7 +135,7 @@ def chainloaded_undionly_discover() -> DhcpMessage:
 
 
 def ovmf_ipxe_rom_discover() -> DhcpMessage:
-    """§2: QEMU's efi-virtio.rom under OVMF; arch 7 (firmware.md calls it EFI BC), NDI 3.10."""
+    """§2: QEMU's efi-virtio.rom under OVMF; arch 7 (x64 UEFI), NDI 3.10."""
     return _request(
         XID_IPXE, 4, 0,
         _ipxe_options(c.DHCPDISCOVER, c.ARCH_EFI_X64, b"\x01\x03\x0a",

@@ -1,5 +1,5 @@
 """``pxestack ctl`` against the real provisioning API served on 127.0.0.1, and against a
-stand-in that implements only what mayu offers (mayu.md §14), to prove both directions of
+stand-in that implements only what mayu offers (docs/reference/mayu.md), to prove both directions of
 mayuctl compatibility: the requests ``ctl`` sends and the answers it understands.
 
 The server runs in the test's reactor (pytest-twisted); each ``ctl`` invocation runs in a
@@ -46,7 +46,7 @@ ADMIN_TOKEN = "ctl-test-admin-token-0123456789abcdef"
 
 
 @pytest.mark.parametrize(("key", "value", "action", "body"), [
-    # mayu.md §14: each mayuctl "set" key and the PUT it becomes.
+    # Each mayuctl "set" key and the PUT it becomes.
     ("metadata", "a=b,c=d", "set_metadata", {"FleetMetadata": ["a=b", "c=d"]}),
     ("metadata", "", "set_metadata", {"FleetMetadata": []}),
     ("providerid", "rack-7/u12", "set_provider_id", {"ProviderId": "rack-7/u12"}),
@@ -181,7 +181,7 @@ def ctl(rig_or_base: Rig | str, *argv: str):
     return threads.deferToThread(main, ["ctl", "--server", base, *argv])
 
 
-#: ``mayuctl list``'s header (mayu.md §9): the upper-cased default field names.
+#: ``mayuctl list``'s header: the upper-cased default field names.
 MAYUCTL_HEADER = ["IP", "SERIAL", "PROFILE", "IPMIADDR", "PROVIDERID", "ETCDTOKEN", "METADATA",
                   "COREOS", "STATE", "LASTBOOT"]
 
@@ -422,7 +422,7 @@ def test_unreachable_server_is_exit_1(rig, capsys):
     assert capsys.readouterr().err.startswith(f"pxestack ctl: cannot reach {rig.base}")
 
 
-# -- a server with only mayu's API (mayu.md §5.2, §14) -------------------------------------
+# -- a server with only mayu's API (docs/reference/mayu.md) -------------------------------------
 
 
 class MayuStandIn(Resource):
@@ -500,7 +500,7 @@ def test_against_mayu_requests_match_mayuctls(capsys, monkeypatch):
 
 @pytest_twisted.inlineCallbacks
 def test_go_null_host_list_is_empty(capsys, monkeypatch):
-    """Go encodes an empty slice as ``null``; mayuctl accepts it (mayu.md §14)."""
+    """Go encodes an empty slice as ``null``; mayuctl accepts it."""
     port, base = serve_stand_in(MayuStandIn(None))
     try:
         assert (yield ctl(base, "list", "--no-legend")) == 0
@@ -538,7 +538,7 @@ def test_example_reinstall_script(rig, tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_a_server_answering_garbage_is_exit_1(capsys, monkeypatch):
-    """mayuctl needs a top-level array (mayu.md §14); anything else is reported, not crashed."""
+    """mayuctl needs a top-level array; anything else is reported, not crashed."""
     monkeypatch.delenv("PXESTACK_TOKEN", raising=False)
     port, base = serve_stand_in(MayuStandIn({"hosts": []}))  # an object wrapper
     try:
@@ -592,7 +592,7 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest_twisted.inlineCallbacks
 def test_https_server_is_verified_against_cacert(tmp_path, capsys, monkeypatch):
-    """mayu's API was TLS (mayu.md §5.2); ctl verifies the certificate, with --cacert."""
+    """mayu's API was TLS; ctl verifies the certificate, with --cacert."""
     from twisted.internet import ssl
 
     monkeypatch.delenv("PXESTACK_TOKEN", raising=False)

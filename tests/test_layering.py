@@ -1,4 +1,4 @@
-"""Lower layers never import higher ones (ARCHITECTURE.md §1).
+"""Lower layers never import higher ones (docs/architecture.md).
 
 Layers, bottom to top:
 

@@ -7,6 +7,7 @@ pyproject.toml sets ``strict = true`` for ``pxestack.wire``, ``pxestack.dhcp``,
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -65,8 +66,13 @@ FORBIDDEN_CITATIONS = (
 #: Where the rule applies: directories (searched recursively) and single files.  docs/history/
 #: is the one place where work history belongs.
 CITATION_SCOPE = ("pxestack", "pxestack_syslog", "pxestack_webhooks", "docs", "examples",
-                  "README.md")
+                  "tests", "benchmarks", "README.md", "dev.py")
 CITATION_EXEMPT_DIRS = ("docs/history",)
+#: This file holds the forbidden patterns themselves, so it would always flag itself.
+CITATION_EXEMPT_FILES = ("tests/test_static_checks.py",)
+#: Golden data is frozen byte for byte; of it only the "_comment" strings of its JSON files are
+#: prose that may (and must) be kept free of citations.  Other golden files are not scanned.
+GOLDEN_DIR = "tests/golden"
 TEXT_SUFFIXES = {".py", ".md", ".j2", ".yaml", ".yml", ".sh", ".tac", ".txt", ".toml", ".cfg",
                  ".ini", ".json", ".ipxe"}
 
@@ -79,20 +85,43 @@ def _citation_scope_files() -> list[Path]:
             relative = candidate.relative_to(ROOT).as_posix()
             if (candidate.is_file() and candidate.suffix in TEXT_SUFFIXES
                     and "__pycache__" not in candidate.parts
-                    and not any(relative.startswith(d + "/") for d in CITATION_EXEMPT_DIRS)):
+                    and not any(part.startswith(".") for part in candidate.parts[len(ROOT.parts):])
+                    and relative not in CITATION_EXEMPT_FILES
+                    and not any(relative.startswith(d + "/") for d in CITATION_EXEMPT_DIRS)
+                    and (not relative.startswith(GOLDEN_DIR + "/") or candidate.suffix == ".json")):
                 files.append(candidate)
     return files
+
+
+def _json_comments(value: object) -> list[str]:
+    """Every "_comment" string in a parsed JSON document, at any depth."""
+    if isinstance(value, dict):
+        found = [text for key, text in value.items() if key == "_comment" and isinstance(text, str)]
+        for item in value.values():
+            found.extend(_json_comments(item))
+        return found
+    if isinstance(value, list):
+        return [text for item in value for text in _json_comments(item)]
+    return []
+
+
+def _prose_lines(path: Path) -> list[tuple[str, str]]:
+    """(position, text) pairs to check: every line, or a golden JSON file's comments only."""
+    text = path.read_text(encoding="utf-8")
+    if path.relative_to(ROOT).as_posix().startswith(GOLDEN_DIR + "/"):
+        return [("_comment", comment) for comment in _json_comments(json.loads(text))]
+    return [(str(number), line) for number, line in enumerate(text.splitlines(), 1)]
 
 
 def test_no_citations_of_files_outside_the_repository() -> None:
     hits = []
     for path in _citation_scope_files():
         relative = path.relative_to(ROOT).as_posix()
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for position, line in _prose_lines(path):
             for pattern in FORBIDDEN_CITATIONS:
                 match = pattern.search(line)
                 if match:
-                    hits.append(f"{relative}:{number}: {match.group(0)!r} in {line.strip()!r}")
+                    hits.append(f"{relative}:{position}: {match.group(0)!r} in {line.strip()!r}")
     assert not hits, "state the reason in place or point into docs/reference/:\n" + "\n".join(
         hits)
 

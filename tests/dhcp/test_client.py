@@ -57,7 +57,7 @@ def test_captured_firmware_is_classified(sample: str, firmware: Firmware, arch: 
 
 
 def test_ipxe_rom_details() -> None:
-    """firmware.md §1: features from 175, version 1.0.0, SMBIOS uuid, client-id, secs=4."""
+    """The iPXE BIOS ROM's DISCOVER: 175 features, version 1.0.0, SMBIOS uuid, client-id, secs=4."""
     info = ClientInfo.from_message(SAMPLES["seabios_ipxe_rom_discover"]())
     assert info.is_ipxe and info.is_pxe and info.ipxe_supports_http
     assert {"http", "pxe", "bzimage", "pxeext", "tftp", "dns"} <= info.ipxe_features
@@ -90,7 +90,7 @@ def test_ovmf_native_pxe_has_no_ipxe_markers() -> None:
     ],
 )
 def test_ipxe_secs_debug_field(secs: int, expected: IpxeDebugSecs) -> None:
-    """iPXE dhcp_tx(): (count << 2) | offer << 1 | proxy offer (firmware.md)."""
+    """iPXE dhcp_tx(): (count << 2) | offer << 1 | proxy offer."""
     assert client({c.OPT_USER_CLASS: b"iPXE"}, secs=secs).ipxe_secs == expected
 
 
@@ -119,20 +119,20 @@ def test_arch_table(code: int, arch: Arch, http: bool) -> None:
 
 
 def test_arch_falls_back_to_option_60() -> None:
-    """Option 93 missing (quirk 4): read the Arch field of PXEClient:Arch:AAAAA."""
+    """Option 93 missing: read the Arch field of PXEClient:Arch:AAAAA."""
     info = client({c.OPT_VENDOR_CLASS_ID: b"PXEClient:Arch:00007:UNDI:003000"})
     assert (info.arch, info.arch_code) == (Arch.EFI_X64, 7)
 
 
 def test_unknown_arch_is_recorded_not_raised() -> None:
-    """bad-inputs D8: unknown arch gets the default, and a note."""
+    """An unknown arch gets the default answer and a note, never an exception."""
     info = client({c.OPT_CLIENT_ARCH: b"\x01\x2c", c.OPT_VENDOR_CLASS_ID: b"PXEClient"})
     assert info.arch is Arch.UNKNOWN and info.arch_code == 300
     assert any("unknown architecture" in e for e in info.errors)
 
 
 def test_raspberry_pi_reporting_arch_0_is_a_pi() -> None:
-    """Quirk 4: the Pi 4/5 bootloader sends arch 0; its OUI overrides."""
+    """Option 93 can lie: the Pi 4/5 bootloader sends arch 0; its OUI overrides."""
     info = client({c.OPT_CLIENT_ARCH: b"\x00\x00", c.OPT_VENDOR_CLASS_ID: b"PXEClient"},
                   chaddr=bytes.fromhex("dca632001122"))
     assert info.raspberry_pi and info.arch is Arch.RPI
@@ -158,7 +158,7 @@ def test_firmware_kind(options: dict[int, bytes], firmware: Firmware) -> None:
 
 
 def test_stripped_ipxe_without_http() -> None:
-    """Quirk 1: iPXE builds without HTTP still say iPXE; option 175 tells."""
+    """Stripped iPXE builds without HTTP still say iPXE; option 175 tells."""
     info = client({c.OPT_USER_CLASS: b"iPXE", c.OPT_IPXE_ENCAP: bytes.fromhex("150101")})
     assert info.is_ipxe and not info.ipxe_supports_http
     assert client({c.OPT_USER_CLASS: b"iPXE"}).ipxe_supports_http
@@ -204,7 +204,7 @@ def test_relay_fields() -> None:
        st.binary(min_size=0, max_size=16), st.integers(0, 0xFFFF))
 def test_classification_never_raises(options: dict[int, bytes], chaddr: bytes,
                                      secs: int) -> None:
-    """bad-inputs D6-D8: any option soup classifies; problems land in errors."""
+    """Hostile or broken options never crash classification; problems land in errors."""
     info = client(options, chaddr=chaddr, secs=secs)
     assert isinstance(info.firmware, Firmware) and isinstance(info.arch, Arch)
     assert all(isinstance(error, str) for error in info.errors)

@@ -47,7 +47,7 @@ def info_with(options: dict[int, bytes]) -> ClientInfo:
 
 
 STRIPPED_IPXE = {c.OPT_USER_CLASS: b"iPXE", c.OPT_CLIENT_ARCH: b"\x00\x00",
-                 c.OPT_IPXE_ENCAP: bytes.fromhex("150101")}  # tftp only, no http (quirk 1)
+                 c.OPT_IPXE_ENCAP: bytes.fromhex("150101")}  # tftp only, no http
 OUR_IPXE = {c.OPT_USER_CLASS: b"pxestack", c.OPT_IPXE_ENCAP: bytes.fromhex("150101")}
 HTTP_CLIENT_X64 = {c.OPT_VENDOR_CLASS_ID: b"HTTPClient:Arch:00016:UNDI:003000",
                    c.OPT_CLIENT_ARCH: b"\x00\x10"}
@@ -60,19 +60,19 @@ PXE_UNKNOWN_ARCH = {c.OPT_VENDOR_CLASS_ID: b"PXEClient", c.OPT_CLIENT_ARCH: b"\x
 @pytest.mark.parametrize(
     ("info", "spec", "recent", "kind", "bootfile", "file_field"),
     [
-        # firmware.md "Direct vs chainload": QEMU ROMs are iPXE: script URL at once.
+        # QEMU ROMs are iPXE: script URL at once.
         pytest.param(info_of("seabios_ipxe_rom_discover"), BootSpec(), False,
                      BootKind.IPXE_SCRIPT, SCRIPT, b"", id="ipxe-rom-bios-script"),
         pytest.param(info_of("ovmf_ipxe_rom_discover"), BootSpec(), False,
                      BootKind.IPXE_SCRIPT, SCRIPT, b"", id="ipxe-rom-efi-script"),
-        # firmware.md §3: OVMF native PXE gets ipxe.efi by TFTP.
+        # OVMF's own PXE client gets ipxe.efi by TFTP, which then does DHCP as iPXE.
         pytest.param(info_of("ovmf_native_pxe_discover"), BootSpec(), False,
                      BootKind.TFTP, "ipxe.efi", b"ipxe.efi", id="ovmf-native-tftp"),
         pytest.param(info_with(PXE_ARM64), BootSpec(), False,
                      BootKind.TFTP, "ipxe-arm64.efi", b"ipxe-arm64.efi", id="arm64-tftp"),
         pytest.param(info_with(PXE_IA32), BootSpec(), False,
                      BootKind.TFTP, "ipxe.efi", b"ipxe.efi", id="ia32-tftp"),
-        # Quirk 1: stripped iPXE without HTTP is chainloaded to the full build ...
+        # Stripped iPXE without HTTP is chainloaded to the full build ...
         pytest.param(info_with(STRIPPED_IPXE), BootSpec(), False,
                      BootKind.TFTP, "undionly.kpxe", b"undionly.kpxe", id="stripped-ipxe"),
         # ... but never twice in a row (loop breaker by memory) ...
@@ -95,7 +95,7 @@ PXE_UNKNOWN_ARCH = {c.OPT_VENDOR_CLASS_ID: b"PXEClient", c.OPT_CLIENT_ARCH: b"\x
         pytest.param(info_of("ovmf_native_pxe_discover"), BootSpec(boot_file="snponly.efi"),
                      False, BootKind.TFTP, "snponly.efi", b"snponly.efi",
                      id="boot-file-override"),
-        # Quirk 18: names over 127 octets only go in option 67.
+        # `file` holds 127 octets + NUL: longer names only go in option 67.
         pytest.param(info_of("ovmf_native_pxe_discover"), BootSpec(boot_file="x" * 128),
                      False, BootKind.TFTP, "x" * 128, b"", id="long-name-option-only"),
         # Not served.
@@ -117,7 +117,7 @@ def test_decision_table(info: ClientInfo, spec: BootSpec | None, recent: bool,
 
 
 def test_ipxe_replies_carry_no_pxedhcp() -> None:
-    """firmware.md: 175.176 = 1 (af 03 b0 01 01) ends iPXE's ProxyDHCP wait."""
+    """175.176 = 1 (af 03 b0 01 01) ends iPXE's ProxyDHCP wait."""
     decision = decide_boot(info_of("seabios_ipxe_rom_discover"), BootSpec(), DEFAULTS)
     assert decision.options[c.OPT_IPXE_ENCAP] == IPXE_NO_PXEDHCP_OPTION == b"\xb0\x01\x01"
     assert decision.siaddr == SERVER
@@ -125,11 +125,12 @@ def test_ipxe_replies_carry_no_pxedhcp() -> None:
 
 
 def test_full_server_never_sends_pxeclient_to_plain_pxe_firmware() -> None:
-    """firmware.md experiments: 60 PXEClient without 43 made OVMF fail (PXE-E16)."""
+    """Option 60 PXEClient without 43 made OVMF fail (PXE-E16)."""
     decision = decide_boot(info_of("ovmf_native_pxe_discover"), BootSpec(), DEFAULTS)
     assert c.OPT_VENDOR_CLASS_ID not in decision.options
     assert c.OPT_VENDOR_SPECIFIC not in decision.options
-    # Quirk 17: file field and options 66/67 both name it; siaddr is the TFTP server.
+    # Some clients read only options: `file` and options 66/67 all name it; siaddr is the
+    # TFTP server.
     assert decision.options.text(c.OPT_TFTP_SERVER_NAME) == "198.18.0.1"
     assert decision.siaddr == SERVER
 
@@ -180,7 +181,7 @@ def test_chainload_memory_distinguishes_the_same_transaction() -> None:
 
 
 def test_chainload_memory_is_bounded() -> None:
-    """bad-inputs D11: capacity evicts the oldest."""
+    """A full memo evicts its oldest entry: a flood of new clients cannot grow memory."""
     memory = ChainloadMemory(window=60.0, capacity=2)
     for index in range(3):
         memory.note(bytes([index]) * 6, 1, now=float(index))

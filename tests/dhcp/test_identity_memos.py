@@ -51,7 +51,7 @@ def test_relay_destination_matches_a_fresh_destination_for_every_object() -> Non
 
 
 def test_relay_memo_answers_for_every_giaddr_object() -> None:
-    """Round 6: the core finds a relay's subnet by ``id`` of the giaddr object; equal but
+    """The core finds a relay's subnet by ``id`` of the giaddr object; equal but
     distinct objects, objects whose id is reused, unknown relays and an unset giaddr built
     as a new object get the answers of the straightforward lookup."""
     core, _, _ = make_core()

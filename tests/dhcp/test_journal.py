@@ -81,7 +81,7 @@ for record in RECORDS:
 
 
 def test_truncation_at_every_offset_keeps_the_complete_prefix() -> None:
-    """bad-inputs.md S1: a torn last record is skipped, never fatal."""
+    """A last record torn by power loss is skipped, never fatal."""
     for cut in range(len(FULL) + 1):
         contents = parse_journal(FULL[:cut])
         complete = sum(1 for end in BOUNDARIES[1:] if end <= cut)
@@ -199,7 +199,7 @@ for n in range(start, start + 100000):
 @given(delays=st.lists(st.floats(min_value=0.05, max_value=0.6), min_size=3, max_size=3))
 @settings(max_examples=3, deadline=None)
 def test_every_acked_lease_survives_sigkill(tmp_path_factory: object, delays: list[float]) -> None:
-    """issue 3 point 5: kill -9 at random moments; each restart has every ACKed lease."""
+    """kill -9 at random moments; each restart has every ACKed lease."""
     directory = Path(tmp_path_factory.mktemp("journal"))  # type: ignore[attr-defined]
     path = directory / "leases.journal"
     acked: dict[str, str] = {}

@@ -46,7 +46,7 @@ def test_client_key_prefers_chaddr_unless_told_otherwise() -> None:
 
 
 def test_burst_of_discovers_gets_distinct_addresses() -> None:
-    """The dnsmasq failure in baselines.md §1a: neighbouring MACs in one burst."""
+    """dnsmasq's NAKs (docs/reference/benchmark-method.md): neighbouring MACs in one burst."""
     s = store()
     offered = [s.offer(key(n), mac(n), None, SUBNET, None, 0.0, HOLD) for n in range(len(RANGE))]
     addresses = [lease.address for lease in offered if lease is not None]
@@ -191,7 +191,7 @@ def test_a_quarantine_survives_compaction_of_the_deadlines() -> None:
 
 
 def test_outstanding_offers_are_capped() -> None:
-    """bad-inputs.md D10: a DISCOVER flood cannot hold the whole pool."""
+    """Pool starvation: a DISCOVER flood cannot hold the whole pool."""
     s = store(max_offers=3)
     got = [s.offer(key(n), mac(n), None, SUBNET, None, 0.0, HOLD) for n in range(5)]
     assert sum(lease is not None for lease in got) == 3
@@ -220,7 +220,7 @@ def test_restore_drops_leases_that_no_longer_fit_the_configuration() -> None:
 
 
 def test_heap_stays_bounded_under_many_renewals() -> None:
-    """bad-inputs.md D11: renewing one lease a million times must not grow memory."""
+    """Every table is bounded: renewing one lease a million times must not grow memory."""
     s = store()
     offer = s.offer(key(1), mac(1), None, SUBNET, None, 0.0, HOLD)
     assert offer is not None

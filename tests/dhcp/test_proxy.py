@@ -45,7 +45,7 @@ def only(replies: list[Outgoing]) -> Outgoing:
 
 
 def test_ovmf_native_discover_gets_a_proxy_offer() -> None:
-    """firmware.md §3 + experiments: 60 PXEClient with 43.6 = 8 and the file in the packet."""
+    """OVMF's own PXE client: 60 PXEClient with 43.6 = 8 and the file in the packet."""
     proxy, _ = core()
     request = SAMPLES["ovmf_native_pxe_discover"]()
     out = only(proxy.handle(request, "eth1", now=0.0))
@@ -59,7 +59,7 @@ def test_ovmf_native_discover_gets_a_proxy_offer() -> None:
     assert options.ip(c.OPT_SERVER_ID) == SERVER
     assert options[c.OPT_VENDOR_CLASS_ID] == b"PXEClient"
     assert options[c.OPT_VENDOR_SPECIFIC] == PXE_USE_BOOTFILE_OPTION
-    assert options[c.OPT_CLIENT_UUID] == UUID_97  # quirk 3: echoed
+    assert options[c.OPT_CLIENT_UUID] == UUID_97  # echoed: EDK2 drops offers without it
     assert out.destination.kind is DestinationKind.BROADCAST
     assert (str(out.destination.address), out.destination.port) == ("255.255.255.255", 68)
     assert out.source_port == 67 and out.interface == "eth1"
@@ -68,7 +68,7 @@ def test_ovmf_native_discover_gets_a_proxy_offer() -> None:
 
 def test_ipxe_rom_gets_a_complete_proxy_offer() -> None:
     """iPXE counts it as ProxyDHCP (60 PXEClient) and dhcp_has_pxeopts() holds (siaddr +
-    filename), so no ProxyDHCPREQUEST to 4011 follows (firmware.md)."""
+    filename), so no ProxyDHCPREQUEST to 4011 follows."""
     proxy, _ = core()
     reply = only(proxy.handle(SAMPLES["seabios_ipxe_rom_discover"](), "eth1", 0.0)).message
     assert reply.options[c.OPT_VENDOR_CLASS_ID] == b"PXEClient"
@@ -78,7 +78,7 @@ def test_ipxe_rom_gets_a_complete_proxy_offer() -> None:
 
 
 def test_non_pxe_clients_are_not_answered() -> None:
-    """Quirk 19: busybox udhcpc (firmware.md §4) is the site DHCP server's business."""
+    """Proxy mode answers boot clients only: busybox udhcpc is the site DHCP server's business."""
     proxy, _ = core()
     assert proxy.handle(SAMPLES["busybox_udhcpc_discover"](), "eth1", 0.0) == []
     assert proxy.counters["ignored_not_pxe"] == 1
@@ -135,7 +135,7 @@ def port_4011_request(**changes: object) -> DhcpMessage:
 
 
 def test_port_4011_request_gets_an_ack_back_to_the_sender() -> None:
-    """Quirk 9 / PXE 2.1 §2.2.4: ACK unicast to the source, 43.71 echoed."""
+    """PXE 2.1 §2.2.4: ACK unicast to the source, 43.71 echoed."""
     proxy, _ = core()
     out = only(proxy.handle(port_4011_request(), "eth1", 0.0, port=4011,
                             source=(str(CLIENT_IP), 4011)))
@@ -246,7 +246,7 @@ def test_efi_via_4011_variant() -> None:
 
 
 def test_relayed_requests_only_from_configured_relays() -> None:
-    """bad-inputs D9: no answers for unknown relays; known relays get giaddr:67."""
+    """Never a reflector: no answers for unknown relays; known relays get giaddr:67."""
     request = SAMPLES["ovmf_native_pxe_discover"]().replace(giaddr=RELAY, flags=0)
     proxy, _ = core()
     assert proxy.handle(request, "eth1", 0.0) == []
@@ -291,7 +291,7 @@ def test_counters() -> None:
 )
 def test_any_request_yields_encodable_replies(options: dict[int, bytes], message_type: int,
                                               port: int, pxe: bool) -> None:
-    """Whatever a client sends, replies fit its size limit (bad-inputs D5, D8)."""
+    """Whatever a client sends, replies fit its size limit (option 57, at least 576)."""
     if pxe:
         options[c.OPT_VENDOR_CLASS_ID] = b"PXEClient:Arch:00000:UNDI:002001"
     message = DhcpMessage(

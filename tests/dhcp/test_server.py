@@ -174,7 +174,7 @@ def test_parameter_request_list_limits_optional_options() -> None:
 
 
 def test_retransmitted_discover_gets_the_same_answer() -> None:
-    """iPXE retransmits its DISCOVER after 1 s with the same xid (firmware.md)."""
+    """iPXE retransmits its DISCOVER after 1 s with the same xid."""
     core, _, _ = make_core()
     first = only(core.handle(message(c.DHCPDISCOVER), IFACE, 0.0))
     second = only(core.handle(message(c.DHCPDISCOVER), IFACE, 1.0))
@@ -302,7 +302,7 @@ def test_relayed_discover_uses_the_relay_subnet_and_echoes_option_82() -> None:
 
 
 def test_unconfigured_relay_and_unknown_subnet_are_dropped() -> None:
-    """bad-inputs.md D9 (no reflector) and D12 (no subnet)."""
+    """Unconfigured relays get no answer (no reflector); unicasts matching no subnet are ignored."""
     core, _, _ = make_core()
     spoofed = IPv4Address("203.0.113.9")
     assert core.handle(message(c.DHCPDISCOVER, giaddr=spoofed), IFACE, 0.0) == []
@@ -375,7 +375,7 @@ def test_plain_os_client_gets_an_address_without_boot_information() -> None:
 
 
 def test_reply_fits_the_client_limit_by_leaving_out_unrequested_options() -> None:
-    """bad-inputs.md D5: the reply is capped by option 57 (at least 576)."""
+    """The reply is capped by option 57 (at least 576)."""
     core, _, _ = make_core()
     agent_info = bytes([1, 250]) + bytes(250)
     full = only(core.handle(message(c.DHCPDISCOVER, giaddr=RELAY, relay_info=agent_info,

@@ -1,4 +1,4 @@
-"""pxestack.http.ipxe: script builders and the iPXE allow-list (bad-inputs W2)."""
+"""pxestack.http.ipxe: script builders and the iPXE allow-list (no newline, no ${...})."""
 
 from __future__ import annotations
 

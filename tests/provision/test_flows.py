@@ -1,6 +1,6 @@
 """OS flows rendered for a sample host and validated: iPXE kernel lines, Ignition configs
 (against their declared spec), the Flatcar installer script (executed against stub
-commands), the generic script and cloud-config (issue 6 point 2)."""
+commands), the generic script and cloud-config."""
 
 from __future__ import annotations
 

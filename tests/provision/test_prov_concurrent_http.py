@@ -1,5 +1,5 @@
-"""100 simultaneous first contacts over real HTTP on loopback never over-fill a profile
-(issue 5 point 2).  The store work runs in the service's thread pool, as in production."""
+"""100 simultaneous first contacts over real HTTP on loopback never over-fill a profile.
+The store work runs in the service's thread pool, as in production."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """kill -9 during writes, then restart: no torn conf.json, the repository consistent, and
-nothing that was acknowledged lost (issue 5 point 8; bad-inputs S2, S3, S5)."""
+nothing that was acknowledged lost: torn record files, a damaged git repository and a death
+between writing and answering are all survived."""
 
 from __future__ import annotations
 

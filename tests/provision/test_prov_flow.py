@@ -1,6 +1,6 @@
 """The whole mayu flow over HTTP, in process: first contact -> installing -> installed ->
 running -> configured, driven only through the machine endpoints and the admin API, with
-every step checked in the host's git history (issue 5, "done when")."""
+every step checked in the host's git history."""
 
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ def test_mac_index_follows_every_write(tmp_path):
 
 
 def test_hundred_concurrent_first_contacts_never_overfill(tmp_path):
-    """issue 5 point 2: exact under concurrency (threads against the real git store)."""
+    """Quota exact under concurrency (threads against the real git store)."""
     config = provision_config(
         tmp_path / "c",
         profiles=[{"name": "core", "quantity": 3}, {"name": "worker", "quantity": 7}],

@@ -1,4 +1,4 @@
-"""Templates: strict variables, context escaping for iPXE / shell / JSON (bad-inputs W2)."""
+"""Templates: strict variables, context escaping for iPXE / shell / JSON."""
 
 from __future__ import annotations
 

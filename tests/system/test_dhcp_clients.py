@@ -1,4 +1,4 @@
-"""Real DHCP clients against pxestack in network namespaces (issue 3 point 9).
+"""Real DHCP clients against pxestack in network namespaces.
 
 A server namespace and a client namespace joined by a veth pair (tests/netlab.py,
 198.18.0.0/15).  pxestack runs from its command line (``pxestack dhcp`` quick mode):

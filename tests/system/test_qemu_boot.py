@@ -1,4 +1,4 @@
-"""Real firmware network-boots QEMU machines from pxestack (issue 7).
+"""Real firmware network-boots QEMU machines from pxestack.
 
 Each test builds a network namespace with a bridge and taps (198.18.0.0/15), starts a server
 in it and boots TCG machines whose initramfs is a mayu-style first stage (enrol, post host
@@ -34,7 +34,8 @@ pytestmark = pytest.mark.qemu
 
 TOOLS = ("qemu-system-x86_64", "dnsmasq", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
 BOOT_TIMEOUT = 180.0
-#: Issue 7: power-on -> first-stage callback at most this fraction of the reference time.
+#: The target (docs/firmware-testing.md): power-on -> first-stage callback in at most this
+#: fraction of the reference server's time.
 TARGET_RATIO = 0.5
 RESULTS = cache_dir() / "results.jsonl"
 REFERENCE_FIRMWARES = (
@@ -142,7 +143,7 @@ def test_reference_server_boots_the_first_stage(
 def test_router_advertisement_ends_ipxes_ipv6_wait(
     artifacts: Artifacts, tmp_path: Path, reference_bios: BootResult
 ) -> None:
-    """firmware.md (b): an RA with M=0, O=0 finishes iPXE's ifconf right after the ACK.
+    """An RA with M=0, O=0 finishes iPXE's ifconf right after the ACK.
 
     Without it iPXE's IPv6 configurator times out 15.75 s after its first router
     solicitation; the DHCPv4 exchange alone takes ~3 s (its ProxyDHCP window).
@@ -195,7 +196,7 @@ def test_pxestack_boots_uefi_paths(
 def test_pxestack_is_at_least_twice_as_fast_as_dnsmasq(
     artifacts: Artifacts, tmp_path: Path, reference_bios: BootResult, pxestack_bios: BootResult
 ) -> None:
-    """Issue 7: power-on -> first-stage callback <= 0.5x the reference, same run.
+    """Power-on -> first-stage callback <= 0.5x the reference, same run.
 
     The guest kernel's boot under TCG on a shared 2-vCPU machine varies by several seconds
     from one boot to the next, so one more reference/pxestack pair is booted and the ratio

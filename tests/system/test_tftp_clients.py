@@ -1,11 +1,11 @@
-"""Real TFTP clients against ``pxestack tftp`` across a veth pair (issue 4, item 6).
+"""Real TFTP clients against ``pxestack tftp`` across a veth pair.
 
 One server namespace runs ``pxestack tftp``; the client namespace runs tftp-hpa's ``tftp``,
 ``atftp`` (also with RFC 7440 windowsize 8) and ``curl tftp://`` with blksize 512, 1468,
 8192 and 65464.  Every download's sha256 is compared with the served file.  A 33 MiB file
-at blksize 512 crosses block 65535 (rollover, bad-inputs.md T8), and transfers under 1 %
+at blksize 512 crosses block 65535 (rollover to 0), and transfers under 1 %
 and 10 % random loss in both directions (nftables ``numgen random`` drop; this kernel has no
-netem) must still deliver the right bytes (T9).
+netem) must still deliver the right bytes.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def test_curl_client(served: Served, blksize: int) -> None:
 
 
 def test_rollover_past_block_65535(served: Served) -> None:
-    """bad-inputs.md T8: 33 MiB at 512-octet blocks wraps the block number to 0."""
+    """33 MiB at 512-octet blocks wraps the block number to 0."""
     target = served.out / "rollover.bin"
     served.client(["tftp", "-m", "binary", served.ip, "-c", "get", "rollover.bin",
                    str(target)], timeout=180)
@@ -158,7 +158,7 @@ def test_refusals_reach_the_client(served: Served, requested: str, curl_exit: in
 ])
 def test_transfer_under_random_loss(served: Served, percent: float, name: str,
                                     options: list[str]) -> None:
-    """bad-inputs.md T9: loss both ways; the download completes with the right bytes."""
+    """Loss both ways; the download completes with the right bytes."""
     lab = served.lab
     target = served.out / "lossy.bin"
     argv = ["atftp", "--tftp-timeout", "1", "--get", "-r", name, "-l", str(target)]

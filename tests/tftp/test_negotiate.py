@@ -18,11 +18,11 @@ LIMITS = NegotiationLimits(max_blksize=1468, max_windowsize=16)
     [
         # RFC 2347 §3: no options, no OACK; transfer starts with DATA 1 at 512.
         ((), 100, Negotiated()),
-        # iPXE (firmware.md): blksize=1432 tsize=0 -> both acknowledged.
+        # iPXE: blksize=1432 tsize=0 -> both acknowledged.
         ((("blksize", "1432"), ("tsize", "0")), 74213,
          Negotiated(blksize=1432, tsize=74213,
                     oack=(("blksize", "1432"), ("tsize", "74213")))),
-        # OVMF (firmware.md): tsize=0 blksize=1468 windowsize=4.
+        # OVMF: tsize=0 blksize=1468 windowsize=4.
         ((("tsize", "0"), ("blksize", "1468"), ("windowsize", "4")), 850528,
          Negotiated(blksize=1468, windowsize=4, tsize=850528,
                     oack=(("tsize", "850528"), ("blksize", "1468"), ("windowsize", "4")))),
@@ -33,7 +33,7 @@ LIMITS = NegotiationLimits(max_blksize=1468, max_windowsize=16)
         # RFC 2348 §2: below 8 is invalid -> ignored, not acknowledged.
         ((("blksize", "7"),), 1, Negotiated()),
         ((("blksize", "8"),), 1, Negotiated(blksize=8, oack=(("blksize", "8"),))),
-        # Garbage values are ignored (bad-inputs T4).
+        # Garbage values are ignored (RFC 2347-2349, 7440).
         ((("blksize", "-1"),), 1, Negotiated()),
         ((("blksize", " 512"),), 1, Negotiated()),
         ((("blksize", "0x200"),), 1, Negotiated()),

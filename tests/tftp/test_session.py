@@ -112,7 +112,7 @@ def test_lock_step_without_options() -> None:
 
 
 def test_oack_then_data() -> None:
-    """RFC 2347 §3 + iPXE's request (firmware.md): OACK, ACK 0, then 1432-octet blocks."""
+    """RFC 2347 §3 + iPXE's request: OACK, ACK 0, then 1432-octet blocks."""
     data = payload(5000)
     request = ReadRequest("undionly.kpxe", "octet", (("blksize", "1432"), ("tsize", "0")))
     session = ReadSession(request, TrackingReader(data), 0.0)
@@ -168,7 +168,7 @@ def test_duplicate_ack_never_resends() -> None:
 
 @pytest.mark.parametrize("block", [0, 3, 500, 65535])
 def test_stale_and_future_acks_are_ignored(block: int) -> None:
-    """bad-inputs.md T6: an ACK for a block not in flight changes nothing."""
+    """An ACK for a block not in flight changes nothing."""
     session = ReadSession(ReadRequest("f"), TrackingReader(payload(4000)), 0.0)
     sent(session)
     session.receive(encode_tftp(Ack(1)), 0.0)
@@ -210,7 +210,7 @@ def test_timeout_resends_with_backoff_then_gives_up() -> None:
 
 
 def test_spoofed_request_gets_few_resends() -> None:
-    """bad-inputs.md T7: a requester that never answers gets few resends (amplification)."""
+    """A requester that never answers gets few resends (amplification)."""
     request = ReadRequest("f", "octet", (("blksize", "1468"), ("tsize", "0")))
     session = ReadSession(request, TrackingReader(payload(100_000)), 0.0,
                           settings=SessionSettings(max_retries=8, unconfirmed_retries=3))
@@ -242,7 +242,7 @@ def test_confirmed_transfer_keeps_all_retries() -> None:
 
 
 def test_overall_deadline() -> None:
-    """bad-inputs.md T7: a client that trickles ACKs is cut off at the deadline."""
+    """A client that trickles ACKs is cut off at the deadline."""
     settings_ = SessionSettings(deadline=10.0, initial_rto=1.0, max_rto=1.0, min_rto=0.5)
     session = ReadSession(ReadRequest("f"), TrackingReader(payload(512 * 1000)), 0.0,
                           settings=settings_)
@@ -264,7 +264,7 @@ def test_overall_deadline() -> None:
 
 
 def test_rollover_wraps_to_zero() -> None:
-    """bad-inputs.md T8: past block 65535 the number wraps to 0 (tftp-hpa, curl, atftp)."""
+    """Past block 65535 the number wraps to 0 (tftp-hpa, curl, atftp)."""
     blocks = 65536 + 10
     data = payload(8 * blocks + 3)
     request = ReadRequest("big", "octet", (("blksize", "8"),))
@@ -286,7 +286,7 @@ def test_rollover_wraps_to_zero() -> None:
 
 
 def test_ovmf_size_probe_then_abort_then_second_request() -> None:
-    """firmware.md: OVMF asks tsize+blksize+windowsize, aborts, then asks again."""
+    """OVMF asks tsize+blksize+windowsize, aborts, then asks again."""
     data = payload(850528 // 100)
     probe = ReadRequest("ipxe.efi", "octet",
                         (("tsize", "0"), ("blksize", "1468"), ("windowsize", "4")))

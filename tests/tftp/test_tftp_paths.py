@@ -1,4 +1,4 @@
-"""pxestack.paths: request-path grammar and symlink-safe opening (bad-inputs.md T1, T2, W1)."""
+"""pxestack.paths: request-path grammar and symlink-safe opening (no escape from the root)."""
 
 from __future__ import annotations
 

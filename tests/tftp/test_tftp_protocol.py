@@ -179,7 +179,7 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(h.server.stats.refused, 2)
 
     def test_write_refused_by_default(self) -> None:
-        """bad-inputs.md T3: WRQ gets ERROR 2 unless an upload directory is configured."""
+        """WRQ gets ERROR 2 unless an upload directory is configured."""
         h = self.harness()
         h.request(WriteRequest("evil.bin"))
         self.assertEqual(decoded(h.transport.written),
@@ -193,7 +193,7 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(error, Error(ErrorCode.ILLEGAL_OPERATION, "Unsupported mode"))
 
     def test_foreign_tid_gets_error_5_and_transfer_continues(self) -> None:
-        """RFC 1350 §4 / bad-inputs.md T6."""
+        """RFC 1350 §4: an ACK for a block not in flight is ignored."""
         h = self.harness()
         (h.root / "f").write_bytes(b"a" * 1000)
         h.request(ReadRequest("f"))
@@ -211,7 +211,7 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(h.server.stats.foreign_tid, 2)
 
     def test_flood_does_not_monopolize_the_reactor(self) -> None:
-        """bad-inputs.md T7: one doRead handles a bounded number of datagrams."""
+        """Not an amplifier: one doRead handles a bounded number of datagrams."""
         from pxestack.tftp.protocol import MAX_DATAGRAMS_PER_READ
 
         h = self.harness()
@@ -355,7 +355,7 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(h.stats[0].outcome, Outcome.COMPLETE)
 
     def test_ovmf_probe_abort_then_second_request(self) -> None:
-        """firmware.md: OVMF's tsize probe, ERROR 'User aborted', then the real RRQ."""
+        """OVMF's tsize probe, ERROR 'User aborted', then the real RRQ."""
         h = self.harness()
         (h.root / "ipxe.efi").write_bytes(b"e" * 4000)
         h.request(ReadRequest("ipxe.efi", "octet",

@@ -1,8 +1,8 @@
-"""Golden packets reconstructed from the firmware captures in firmware.md.
+"""Golden packets reconstructed from the firmware captures in docs/reference/firmware.md.
 
 Each ``tests/golden/dhcp/<name>.hex`` must (1) equal what the builder in
 ``tests/dhcp_samples.py`` encodes, (2) decode back to the builder's message, and (3) show the
-facts ``expected.json`` transcribes from firmware.md.
+facts ``expected.json`` transcribes from the capture notes.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_golden_packets_decode_to_the_captured_facts(name: str) -> None:
 
 
 def test_uuid_golden_value_reads_in_smbios_order() -> None:
-    """firmware.md §1: the wire shows ...-0000-0040-8000-..., the SMBIOS uuid is -4000-."""
+    """The BIOS ROM's wire shows ...-0000-0040-8000-..., the SMBIOS uuid is -4000-."""
     raw = decode_dhcp(sample_bytes("seabios_ipxe_rom_discover")).options[c.OPT_CLIENT_UUID]
     assert raw[1:].hex()[12:16] == "0040"
     assert uuid.UUID(bytes_le=raw[1:]) == uuid.UUID("00000000-0000-4000-8000-e2e000000001")

@@ -194,7 +194,7 @@ def test_overloaded_fields_are_parsed_after_the_options_in_rfc3396_order() -> No
 
 
 def test_nested_overload_is_ignored_not_followed() -> None:
-    """bad-inputs D3: option 52 inside ``file`` does not make sname an option area."""
+    """Option 52 inside ``file`` does not make sname an option area."""
     data = _packet(
         bytes((53, 1, 1, 52, 1, 1)) + b"\xff",
         file=bytes((52, 1, 3, 224, 1)) + b"X" + b"\xff",
@@ -245,7 +245,7 @@ def test_malformed_packets_raise_one_error_family(data: bytes, error: type[Excep
 
 
 def test_pad_flood_with_end_is_accepted_in_bounded_work() -> None:
-    """bad-inputs D2/D5: thousands of PADs are legal and cost one pass."""
+    """Thousands of PADs are legal and cost one pass."""
     message = decode_dhcp(_packet(b"\x00" * 5000 + bytes((53, 1, 1)) + b"\xff"))
     assert message.message_type == c.DHCPDISCOVER
 
@@ -281,7 +281,7 @@ def test_arbitrary_option_areas_and_overload(area: bytes, file: bytes, sname: by
 @settings(max_examples=40)
 @given(messages(max_value=120))
 def test_every_truncation_of_a_valid_packet_is_handled(message: DhcpMessage) -> None:
-    """bad-inputs D1: cut a valid packet at every offset; decode returns or raises Malformed."""
+    """Cut a valid packet at every offset; decode returns or raises Malformed."""
     data = encode_dhcp(message, max_size=65000)
     end = data.rindex(b"\xff") if len(data) > 240 else len(data)
     for cut in range(len(data)):

@@ -120,7 +120,7 @@ def test_text_drops_trailing_nul() -> None:
 
 
 def test_parameter_request_list_removes_duplicates() -> None:
-    """bad-inputs D5: a 255-entry list full of duplicates is bounded to the distinct codes."""
+    """A 255-entry list full of duplicates is bounded to the distinct codes."""
     options = DhcpOptions({c.OPT_PARAMETER_REQUEST_LIST: bytes([1, 3, 1, 6, 3] * 51)})
     assert options.parameter_request_list() == (1, 3, 6)
 
@@ -129,7 +129,7 @@ def test_parameter_request_list_removes_duplicates() -> None:
 
 
 def test_client_uuid_is_read_in_smbios_byte_order() -> None:
-    """firmware.md §1: SMBIOS uuid 00000000-0000-4000-8000-e2e000000001 arrives with its
+    """The BIOS ROM's SMBIOS uuid 00000000-0000-4000-8000-e2e000000001 arrives with its
     first three fields little-endian, so the wire reads ...-0000-0040-8000-...."""
     wire = bytes.fromhex("00" + "00000000" + "0000" + "0040" + "8000" + "e2e000000001")
     options = DhcpOptions({c.OPT_CLIENT_UUID: wire})
@@ -140,7 +140,7 @@ def test_client_uuid_is_read_in_smbios_byte_order() -> None:
 
 @pytest.mark.parametrize("value", [b"\x00" * 16, b"\x01" + b"\x00" * 16, b"\x00" * 18])
 def test_client_uuid_wrong_shape_is_invalid(value: bytes) -> None:
-    """bad-inputs D8: option 97 of the wrong length or type."""
+    """Option 97 of the wrong length or type."""
     with pytest.raises(Invalid):
         DhcpOptions({c.OPT_CLIENT_UUID: value}).client_uuid()
 
@@ -155,7 +155,7 @@ def test_client_uuid_zero_length_is_tolerated() -> None:
 @pytest.mark.parametrize(
     ("raw", "classes"),
     [
-        (b"iPXE", (b"iPXE",)),  # iPXE's raw form (firmware.md §1)
+        (b"iPXE", (b"iPXE",)),  # iPXE's raw form, not RFC 3004
         (b"pxestack", (b"pxestack",)),  # our own script's `set user-class`
         (b"\x04iPXE", (b"iPXE",)),  # RFC 3004 §4, one class
         (b"\x03abc\x02de", (b"abc", b"de")),  # RFC 3004, two classes
@@ -194,7 +194,7 @@ def test_pxe_vendor_options_discovery_control() -> None:
 
 
 def test_ipxe_encapsulated_options_as_captured() -> None:
-    """firmware.md §1: bus-id, version, then one-byte feature flags; iPXE's 176 = 1 reply."""
+    """The BIOS ROM's 175: bus-id, version, then one-byte feature flags; iPXE's 176 = 1 reply."""
     raw = bytes.fromhex("b1 05 01 1a f4 10 00 eb 03 01 00 00 17 01 01 13 01 01 10 01 02")
     options = DhcpOptions({c.OPT_IPXE_ENCAP: raw})
     sub = options.ipxe_suboptions()
@@ -218,7 +218,7 @@ def test_relay_agent_information_has_no_pad_or_end() -> None:
 
 @pytest.mark.parametrize("raw", [b"\x06", b"\x06\x05\x01", b"\x09\xff" + b"x" * 10])
 def test_malformed_suboptions_are_truncated(raw: bytes) -> None:
-    """bad-inputs D8: 43 sub-options that run past the option."""
+    """Option 43 sub-options that run past the option."""
     with pytest.raises(Truncated):
         DhcpOptions({c.OPT_VENDOR_SPECIFIC: raw}).pxe_suboptions()
 

@@ -70,7 +70,7 @@ def test_the_ipxe_solicitation_checksum_verifies() -> None:
 
 
 def test_the_default_advertisement_is_the_one_that_ends_ipxes_wait() -> None:
-    """M=0, O=0, router lifetime 0, no prefix: the RA firmware.md measured."""
+    """M=0, O=0, router lifetime 0, no prefix: the RA that ends iPXE's IPv6 wait."""
     wire = encode_router_advertisement(RouterAdvertisement())
     assert wire == bytes([ROUTER_ADVERTISEMENT, 0, 0, 0, 0, 0, 0, 0]) + bytes(8)
     decoded = decode_router_advertisement(wire)

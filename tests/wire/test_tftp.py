@@ -1,4 +1,4 @@
-"""TFTP codec: round trips, real-client requests and hostile bytes (bad-inputs.md T1, T4)."""
+"""TFTP codec: round trips, real-client requests and hostile bytes (names, options)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_valid_opcode_with_garbage_body(opcode: int, body: bytes) -> None:
 
 
 def test_ipxe_request() -> None:
-    """iPXE (firmware.md): RRQ undionly.kpxe octet blksize=1432 tsize=0."""
+    """iPXE: RRQ undionly.kpxe octet blksize=1432 tsize=0."""
     raw = b"\x00\x01undionly.kpxe\x00octet\x00blksize\x001432\x00tsize\x000\x00"
     assert decode_tftp(raw) == ReadRequest(
         "undionly.kpxe", "octet", (("blksize", "1432"), ("tsize", "0"))
@@ -78,7 +78,7 @@ def test_ipxe_request() -> None:
 
 
 def test_ovmf_request_and_abort() -> None:
-    """OVMF (firmware.md): size probe with windowsize=4, then ERROR 'User aborted'."""
+    """OVMF: size probe with windowsize=4, then ERROR 'User aborted'."""
     raw = b"\x00\x01ipxe.efi\x00OCTET\x00TSIZE\x000\x00BlkSize\x001468\x00windowsize\x004\x00"
     request = decode_tftp(raw)
     assert isinstance(request, ReadRequest)

@@ -9,7 +9,7 @@ appears, polled every 0.1 s), so it is measured the same way whichever server an
 * ``script``: the boot script was fetched (``boot.ipxe ... ok`` or the chained script);
 * ``init``: the initramfs ``/init`` started;
 * ``callback``: the first stage posted its host data (power-on -> first-stage callback,
-  the figure issue 7's <= 0.5x target is about);
+  the figure the <= 0.5x target is about);
 * ``installed``: ``set_installed`` was acknowledged; ``exit``: QEMU ended (``poweroff -f``).
 """
 

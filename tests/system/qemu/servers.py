@@ -184,7 +184,7 @@ def _wait_for_log(process: Process, text: str, timeout: float = 15.0) -> None:
 
 
 def dnsmasq_config(workdir: Path, tftp_root: Path) -> str:
-    """The reference dnsmasq configuration (firmware.md's "Server side" reference)."""
+    """The reference dnsmasq configuration (the reference server of docs/reference/firmware.md)."""
     return "\n".join([
         "port=0",
         f"interface={BRIDGE}",
@@ -226,7 +226,8 @@ class PxestackServer:
         self.processes: list[Process] = []
         self.state = workdir / "pxestack-state"
         self.cluster_dir = self.state / "cluster"
-        # mayu's image cache layout (mayu.md §5.3): <images_dir>/<version>/<flatcar names>.
+        # mayu's image cache layout (docs/reference/mayu.md, "Image cache layout"):
+        # <images_dir>/<version>/<flatcar names>.
         images = self.state / "images" / OS_VERSION
         tftp = self.state / "tftproot"
         for directory in (self.state / "assets", images, tftp):
@@ -239,7 +240,7 @@ class PxestackServer:
                                  address=address)
         dhcp = config["dhcp"]
         assert isinstance(dhcp, dict)
-        # pxestack's own RA responder ends iPXE's IPv6 wait (firmware.md).
+        # pxestack's own RA responder ends iPXE's IPv6 wait (docs/reference/firmware.md).
         dhcp["router_advertisements"] = {"enabled": True}
         self.config_path = workdir / "pxestack.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
