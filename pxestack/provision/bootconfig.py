@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from pxestack.paths import PathNotFound, normalize_request_path
 from pxestack.provision.model import HostState, InvalidHostRecord, normalize_mac
 from pxestack.provision.provisioner import Provisioner
-from pxestack.tftp.source import BytesReader, Reader, TftpClient
+from pxestack.tftp.source import BytesReader, FilesystemSource, Reader, TftpClient
 
 #: The loaders with configs here, and the template directory of each.
 LOADER_KINDS = ("grub", "pxelinux")
@@ -94,11 +94,20 @@ def _without_options(words: list[str]) -> list[str]:
     return words[index:]
 
 
-def grub_location(url: str) -> str:
-    """A URL as GRUB names it: ``http://h:p/x`` is ``(http,h:p)/x``; other text unchanged."""
+def grub_location(url: str, base_url: str | None = None) -> str:
+    """A URL as GRUB names it: ``http://h/x`` is ``(http,h)/x``; other text unchanged.
+
+    Debian's GRUB 2.06 takes no port in a device name (``(http,h:8080)`` is "disk not
+    found", seen on the console), so an image of our own API (``<base_url>/images/...``)
+    on another port is read over TFTP from the server GRUB was booted from (``(tftp)``),
+    where :class:`LoaderConfigSource` serves the same files.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "tftp") or not parts.hostname:
         return url
+    if (parts.port not in (None, 80) and base_url is not None
+            and url.startswith(base_url.rstrip("/") + "/images/")):
+        return "(tftp)" + url[len(base_url.rstrip("/")):]
     server = parts.hostname if parts.port in (None, 80) else f"{parts.hostname}:{parts.port}"
     path = parts.path or "/"
     if parts.query:
@@ -139,7 +148,11 @@ def render_loader_config(provisioner: Provisioner, loader: str, mac: str | None)
     boot = parse_ipxe_boot(provisioner.boot_script(host, identified=True))
     if boot is None:  # an operator's iPXE template without a kernel: nothing to boot
         return templates.render(f"{loader}/localboot{suffix}", context)
-    locate = grub_location if loader == "grub" else (lambda url: url)
+    base_url = provisioner.base_url
+
+    def locate(url: str) -> str:
+        return grub_location(url, base_url) if loader == "grub" else url
+
     # initrd=<name> is for iPXE's UEFI kernels; GRUB's initrd command and PXELINUX's INITRD
     # hand the initrd over themselves (and a PXELINUX initrd= would replace INITRD).
     args = [arg for arg in boot.args if not arg.startswith("initrd=")]
@@ -162,10 +175,14 @@ class LoaderConfigSource:
         self.provisioner = provisioner
 
     def open(self, path: str, client: TftpClient) -> Reader:
-        """Render the config *path* names, for the machine its MAC names."""
+        """Render the config *path* names, for the machine its MAC names; or open the image
+        ``images/[<serial>/]<name>`` names (as ``GET /images/...``)."""
         if len(path) > _MAX_PATH:
             raise PathNotFound(path[:_MAX_PATH])
-        normalized = "/".join(normalize_request_path(path))  # refuses "..", NUL, ...
+        parts = normalize_request_path(path)  # refuses "..", NUL, ...
+        if parts[0] == "images":
+            return self._image(parts[1:])
+        normalized = "/".join(parts)
         request = config_request(normalized)
         if request is None:
             if normalized.startswith(("grub/grub.cfg-01-", "pxelinux.cfg/01-")):
@@ -177,6 +194,30 @@ class LoaderConfigSource:
         if mac is not None:
             self.provisioner_step(loader, mac, client.host)
         return BytesReader(text.encode())
+
+    def _image(self, parts: tuple[str, ...]) -> Reader:
+        """``images/[<serial>/]<name>``: the file ``GET /images/...`` serves (for GRUB,
+        whose HTTP client cannot reach a port other than 80)."""
+        prov = self.provisioner
+        images_dir = prov.config.images_dir
+        if images_dir is None or len(parts) not in (1, 2):
+            raise PathNotFound("/".join(parts))
+        host = None
+        if len(parts) == 2:
+            try:
+                found = prov.get(parts[0])
+            except (InvalidHostRecord, ValueError):
+                self.log.info("unusable serial in TFTP image request {parts!r}", parts=parts)
+                raise PathNotFound("/".join(parts)) from None
+            host = found.host if found is not None else None
+        candidates = prov.flow_of(host).image_candidates(prov.os_version(host), parts[-1])
+        source = FilesystemSource(images_dir)
+        for candidate in candidates:
+            try:
+                return source.open("/".join(candidate), TftpClient(("", 0)))
+            except PathNotFound:
+                continue
+        raise PathNotFound("/".join(parts))
 
     def provisioner_step(self, loader: str, mac: str, ip: str) -> None:
         """Log which config a machine fetched (the boot timeline has the TFTP transfer)."""

@@ -43,9 +43,11 @@ def test_parse_ipxe_boot_reads_kernel_initrds_and_drops_ipxe_syntax() -> None:
 
 
 def test_grub_location() -> None:
-    assert grub_location("http://198.18.0.1:8080/images/x/vmlinuz") == (
-        "(http,198.18.0.1:8080)/images/x/vmlinuz")
-    assert grub_location("http://h/v") == "(http,h)/v"
+    base = "http://198.18.0.1:8080"
+    # GRUB 2.06 takes no port: our own images on another port go over TFTP.
+    assert grub_location(f"{base}/images/x/vmlinuz", base) == "(tftp)/images/x/vmlinuz"
+    assert grub_location("http://h/v", base) == "(http,h)/v"
+    assert grub_location("http://h:81/v", base) == "(http,h:81)/v"
     assert grub_location("vmlinuz") == "vmlinuz"
 
 
@@ -68,9 +70,9 @@ def test_unknown_machine_gets_the_default_installer_flow(tmp_path) -> None:
     rig = make_rig(tmp_path / "cluster")
     source = LoaderConfigSource(rig.provisioner)
     grub = read(source, "grub/grub.cfg-01-52-54-00-aa-00-01")
-    assert "linux '(http,198.18.0.1:8080)/images/" in grub
+    assert "linux '(tftp)/images/vmlinuz'" in grub
     assert "'flatcar.first_boot=1'" in grub
-    assert "initrd '(http,198.18.0.1:8080)/images/" in grub
+    assert "initrd '(tftp)/images/initrd.cpio.gz'" in grub
     pxelinux = read(source, "pxelinux.cfg/01-52-54-00-aa-00-01")
     assert "KERNEL http://198.18.0.1:8080/images/" in pxelinux
     assert "INITRD http://198.18.0.1:8080/images/" in pxelinux
@@ -132,3 +134,16 @@ def test_operator_templates_override_and_values_cannot_break_lines(tmp_path) -> 
         "DEFAULT site\nLABEL site\n  KERNEL {{ Kernel }}\n  APPEND {{ Mac }}\n")
     text = read(source, "pxelinux.cfg/01-52-54-00-aa-00-01")
     assert text.startswith("DEFAULT site\n") and "APPEND 52:54:00:aa:00:01" in text
+
+
+def test_images_over_tftp_are_the_files_get_images_serves(tmp_path) -> None:
+    images = tmp_path / "images"
+    (images / "3975.2.0").mkdir(parents=True)
+    (images / "3975.2.0" / "flatcar_production_pxe.vmlinuz").write_bytes(b"KERNEL")
+    rig = make_rig(tmp_path / "cluster", images_dir=str(images))
+    source = LoaderConfigSource(rig.provisioner)
+    assert read(source, "images/vmlinuz") == "KERNEL"
+    assert read(source, "/images/sn-unknown/vmlinuz") == "KERNEL"  # the default version
+    for path in ("images/initrd.cpio.gz", "images/passwd", "images/a/b/c", "images/../etc"):
+        with pytest.raises((PathNotFound, PathRefused)):
+            source.open(path, CLIENT)
