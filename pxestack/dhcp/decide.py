@@ -254,7 +254,7 @@ def decide_boot(
             return _ipxe_script(spec, defaults, next_server, reason, proxy=proxy)
         if loader is not Loader.IPXE:
             # A NIC's iPXE ROM runs PXE programs (lpxelinux.0, shim) like any PXE firmware.
-            return _loader(info.arch, loader, defaults, next_server, proxy=proxy)
+            return _loader(info.arch, loader, defaults, next_server, proxy=proxy, ipxe=True)
         if info.ipxe_supports_http:
             return _ipxe_script(spec, defaults, next_server, "iPXE with HTTP", proxy=proxy)
         # A stripped iPXE without HTTP is chainloaded to our full build.
@@ -264,22 +264,22 @@ def decide_boot(
         return _http_boot(info, defaults, loader)
 
     if loader is not Loader.IPXE:
-        return _loader(info.arch, loader, defaults, next_server, proxy=proxy)
+        return _loader(info.arch, loader, defaults, next_server, proxy=proxy, ipxe=False)
     return _tftp(info, spec, defaults, next_server, proxy=proxy, ipxe=False)
 
 
 def _loader(arch: Arch, loader: Loader, defaults: BootDefaults, next_server: IPv4Address,
-            *, proxy: bool) -> BootDecision:
+            *, proxy: bool, ipxe: bool) -> BootDecision:
     name = defaults.loader_file(arch, loader)
     if name is None:  # effective_loader only picks loaders that run on arch
         return _no_boot_file(arch)
     prefix = defaults.pxelinux_prefix if loader is Loader.PXELINUX else None
-    return _loader_decision(loader, name, next_server, proxy, prefix)
+    return _loader_decision(loader, name, next_server, proxy, prefix, ipxe)
 
 
 @functools.lru_cache(maxsize=_DECISION_MEMO_SIZE)
 def _loader_decision(loader: Loader, name: str, next_server: IPv4Address, proxy: bool,
-                     prefix: str | None) -> BootDecision:
+                     prefix: str | None, ipxe: bool) -> BootDecision:
     """The TFTP answer for a non-iPXE loader (memoised: decisions are immutable values)."""
     raw = name.encode()
     items: dict[int, bytes] = {}
@@ -290,6 +290,8 @@ def _loader_decision(loader: Loader, name: str, next_server: IPv4Address, proxy:
     items[c.OPT_BOOTFILE_NAME] = raw
     if prefix is not None:
         items[c.OPT_PXELINUX_PATH_PREFIX] = prefix.encode()
+    if ipxe:  # a NIC's iPXE ROM: end its ProxyDHCP wait, as for the iPXE answers
+        items[c.OPT_IPXE_ENCAP] = IPXE_NO_PXEDHCP_OPTION
     return BootDecision(
         BootKind.TFTP,
         f"{loader.value} loader: {name}",

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from pxestack.dhcp.client import Arch, ClientInfo
 from pxestack.dhcp.decide import (
+    IPXE_NO_PXEDHCP_OPTION,
     LOADER_ARCHES,
     BootDefaults,
     BootKind,
@@ -94,6 +95,7 @@ def test_a_nic_ipxe_rom_is_handed_the_loader_but_our_ipxe_keeps_its_script() -> 
     rom = decide_boot(info_of("seabios_ipxe_rom_discover"), BootSpec(), PXELINUX)
     assert rom.kind is BootKind.TFTP
     assert rom.options.get(c.OPT_BOOTFILE_NAME) == b"lpxelinux.0"
+    assert rom.options.get(c.OPT_IPXE_ENCAP) == IPXE_NO_PXEDHCP_OPTION  # no ProxyDHCP wait
     ours = info_with({c.OPT_USER_CLASS: b"pxestack",
                       c.OPT_IPXE_ENCAP: bytes.fromhex("130101")})
     assert decide_boot(ours, BootSpec(), PXELINUX).kind is BootKind.IPXE_SCRIPT

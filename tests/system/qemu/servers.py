@@ -226,7 +226,8 @@ class PxestackServer:
     def __init__(self, segment: Segment, workdir: Path, artifacts: Artifacts,
                  profiles: list[dict[str, object]] | None = None,
                  installed_boot: str = "local-boot", *, mode: str = "server",
-                 address: str = SERVER_ADDRESS, loader: dict[str, str] | None = None) -> None:
+                 address: str = SERVER_ADDRESS, loader: dict[str, str] | None = None,
+                 pxelinux_prefix: str | None = None) -> None:
         self.segment = segment
         self.workdir = workdir
         self.mode = mode
@@ -254,6 +255,11 @@ class PxestackServer:
             boot = dhcp["boot"]
             assert isinstance(boot, dict)
             boot["loader"] = loader
+        if pxelinux_prefix is not None:  # lpxelinux.0 reads ldlinux.c32 + config over HTTP
+            boot = dhcp["boot"]
+            assert isinstance(boot, dict)
+            boot["pxelinux_prefix"] = pxelinux_prefix
+            shutil.copyfile(LOADER_FILES["ldlinux.c32"], self.state / "assets" / "ldlinux.c32")
         # pxestack's own RA responder ends iPXE's IPv6 wait (firmware.md).
         dhcp["router_advertisements"] = {"enabled": True}
         self.config_path = workdir / "pxestack.yaml"
