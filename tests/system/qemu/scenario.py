@@ -8,6 +8,7 @@ appears, polled every 0.1 s), so it is measured the same way whichever server an
   (DHCPv4 *and* IPv6 router discovery; see docs/firmware-testing.md);
 * ``grub_config``: GRUB runs pxestack's per-host ``grub.cfg`` (its first ``echo``);
 * ``pxelinux``: lpxelinux.0's banner (it then reads ``pxelinux.cfg/01-<mac>``);
+* ``http_boot``: OVMF starts its UEFI HTTP Boot client;
 * ``script``: the boot script was fetched (``boot.ipxe ... ok`` or the chained script);
 * ``init``: the initramfs ``/init`` started;
 * ``callback``: the first stage posted its host data (power-on -> first-stage callback,
@@ -33,6 +34,7 @@ MILESTONES = {
     "ipxe_configured": r"Configuring \(net0 .*ok",
     "grub_config": r"pxestack: loading the kernel",
     "pxelinux": r"PXELINUX \d",
+    "http_boot": r"Start HTTP Boot over IPv4",
     "script": r"(boot\.ipxe|ipxebootscript).*(ok|\[script\])",
     "init": rf"{MARK} init started",
     "callback": rf"{MARK} host data posted",

@@ -227,7 +227,7 @@ class PxestackServer:
                  profiles: list[dict[str, object]] | None = None,
                  installed_boot: str = "local-boot", *, mode: str = "server",
                  address: str = SERVER_ADDRESS, loader: dict[str, str] | None = None,
-                 pxelinux_prefix: str | None = None) -> None:
+                 pxelinux_prefix: str | None = None, http_boot_only: bool = False) -> None:
         self.segment = segment
         self.workdir = workdir
         self.mode = mode
@@ -264,14 +264,23 @@ class PxestackServer:
         dhcp["router_advertisements"] = {"enabled": True}
         self.config_path = workdir / "pxestack.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        #: UEFI HTTP Boot: PXE firmware ignored (http_boot_serve.py), ipxe.efi in the asset
+        #: root, which serves ``<http.public_url>/ipxe.efi``.
+        self.http_boot_only = http_boot_only
+        if http_boot_only:
+            shutil.copyfile(IPXE_EFI, self.state / "assets" / "ipxe.efi")
 
     def start(self) -> None:
         """Start ``pxestack serve`` and wait for its HTTP and DHCP ports."""
         pxestack = Path(sys.executable).with_name("pxestack")
+        argv = [str(pxestack), "serve", "--config", str(self.config_path)]
+        if self.http_boot_only:
+            argv = [sys.executable, str(Path(__file__).with_name("http_boot_serve.py")),
+                    str(self.config_path)]
         try:
             self.processes.append(Process(
                 "pxestack",
-                self.segment.command([str(pxestack), "serve", "--config", str(self.config_path)]),
+                self.segment.command(argv),
                 self.workdir / "pxestack.log",
             ))
             wait_for_port(self.segment, HTTP_PORT)
