@@ -628,6 +628,74 @@ def cmd_fetch_release(args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------
 
 
+#: The loader files ``images loaders`` copies: (config key or None, default name, the file
+#: in Debian's package, the package).
+DEBIAN_LOADERS: tuple[tuple[str | None, str, str, str], ...] = (
+    ("shim_file", "shimx64.efi", "usr/lib/shim/shimx64.efi.signed", "shim-signed"),
+    ("grub_file", "grubx64.efi", "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+     "grub-efi-amd64-signed"),
+    ("pxelinux_file", "lpxelinux.0", "usr/lib/PXELINUX/lpxelinux.0", "pxelinux"),
+    (None, "ldlinux.c32", "usr/lib/syslinux/modules/bios/ldlinux.c32", "syslinux-common"),
+)
+
+
+def _tftp_root_and_names(args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
+    """The TFTP root (``--tftp-root`` > ``tftp.root`` of ``--config``) and the loader file
+    names of ``dhcp.boot`` (defaults without ``--config``)."""
+    names: dict[str, str] = {}
+    root: str | None = args.tftp_root
+    if args.config:
+        from pxestack.config import ConfigError, load_config_file
+
+        try:
+            config = load_config_file(args.config)
+        except ConfigError as exc:
+            raise ImagesCommandError(f"{args.config}: {exc}", EXIT_USAGE) from None
+        if config.dhcp is not None:
+            boot = config.dhcp.boot
+            names = {"shim_file": boot.shim_file, "grub_file": boot.grub_file,
+                     "pxelinux_file": boot.pxelinux_file}
+        if root is None and config.tftp is not None:
+            root = str(config.tftp.root)
+    if root is None:
+        raise ImagesCommandError("no TFTP root: pass --tftp-root or --config with tftp.root",
+                                 EXIT_USAGE)
+    return Path(root), names
+
+
+def cmd_loaders(args: argparse.Namespace) -> int:
+    """Copy Debian's signed shim and GRUB and PXELINUX into the TFTP root."""
+    root, names = _tftp_root_and_names(args)
+    source_root = Path(args.source_root)
+    missing = [
+        f"/{path} (apt-get install {package})"
+        for _key, _name, path, package in DEBIAN_LOADERS
+        if not (source_root / path).is_file()
+    ]
+    if missing:
+        raise ImagesCommandError("missing: " + ", ".join(missing), EXIT_NOT_FOUND)
+    root.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, str]] = []
+    for key, default, path, package in DEBIAN_LOADERS:
+        name = names.get(key, default) if key is not None else default
+        target = root / name
+        data = (source_root / path).read_bytes()
+        status = "unchanged"
+        if not target.is_file() or target.read_bytes() != data:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial")
+            partial.write_bytes(data)
+            partial.chmod(0o644)
+            partial.replace(target)
+            status = "copied"
+        rows.append({"file": str(target), "from": "/" + path, "package": package,
+                     "status": status})
+    emit(args, rows, lambda: "".join(
+        f"{row['status']:9} {row['file']}  <- {row['from']} ({row['package']})\n"
+        for row in rows))
+    return EXIT_OK
+
+
 def _run(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Map errors to one ``pxestack images:`` line and the documented exit codes."""
 
@@ -748,6 +816,16 @@ def register(subparsers: Any) -> None:
     fetch.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="N",
                        help="refuse larger downloads (default 8 GiB)")
     fetch.add_argument("--quiet", "-q", action="store_true", help="no progress")
+
+    loaders = command("loaders", cmd_loaders,
+                      "copy the boot loaders from installed Debian packages into the TFTP "
+                      "root: shim-signed's shimx64.efi, grub-efi-amd64-signed's "
+                      "grubnetx64.efi (as grubx64.efi), pxelinux's lpxelinux.0 and "
+                      "syslinux-common's ldlinux.c32")
+    loaders.add_argument("--tftp-root", metavar="DIR",
+                         help="the TFTP root (default: tftp.root of --config)")
+    loaders.add_argument("--source-root", default="/", metavar="DIR",
+                         help="where the packages are installed (default /)")
 
     remove = command("remove", cmd_remove, "delete images of one OS version")
     remove.add_argument("os_name", metavar="OS")

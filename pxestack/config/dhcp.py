@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from types import MappingProxyType
 
 from pxestack.config._reader import Section
 
 DHCP_MODES = ("server", "proxy")
+
+#: ``dhcp.boot.loader``'s architectures and the loaders each may choose.
+LOADER_CHOICES: dict[str, tuple[str, ...]] = {
+    "bios": ("ipxe", "pxelinux"),
+    "efi_x64": ("ipxe", "grub"),
+    "efi_ia32": ("ipxe",),
+    "efi_arm64": ("ipxe", "grub"),
+}
+#: Every loader name (a profile's ``loader``).
+LOADERS = ("ipxe", "grub", "pxelinux")
 
 #: Shortest configurable lease (seconds).  Leases this short are for labs and tests, where a
 #: client must reach RENEWING (T1 = half the lease) within seconds.
@@ -78,6 +90,22 @@ class BootConfig:
     efi_arm64_file: str = "ipxe-arm64.efi"
     #: User class our own iPXE script sets; a client sending it is never chainloaded again.
     ipxe_user_class: str = "pxestack"
+    #: The loader of each architecture (``bios``, ``efi_x64``, ``efi_ia32``, ``efi_arm64``):
+    #: ``ipxe``, ``grub`` (UEFI: signed shim, then signed GRUB) or ``pxelinux`` (BIOS).
+    loader: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({arch: "ipxe" for arch in LOADER_CHOICES})
+    )
+    #: The signed shim UEFI x64 machines with the ``grub`` loader get by TFTP.
+    shim_file: str = "shimx64.efi"
+    #: The same for UEFI arm64.
+    shim_arm64_file: str = "shimaa64.efi"
+    #: The GRUB image shim loads (shim asks for ``grubx64.efi`` beside itself).
+    grub_file: str = "grubx64.efi"
+    #: What BIOS machines with the ``pxelinux`` loader get by TFTP.
+    pxelinux_file: str = "lpxelinux.0"
+    #: PXELINUX's path prefix (DHCP option 210), e.g. an HTTP URL ending in ``/``: lpxelinux.0
+    #: then fetches ``ldlinux.c32`` and ``pxelinux.cfg/...`` from there.
+    pxelinux_prefix: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +227,33 @@ def _read_boot(section: Section) -> BootConfig:
         efi_ia32_file=section.str("efi_ia32_file", defaults.efi_ia32_file),
         efi_arm64_file=section.str("efi_arm64_file", defaults.efi_arm64_file),
         ipxe_user_class=section.str("ipxe_user_class", defaults.ipxe_user_class),
+        loader=_read_loaders(section.mapping("loader")),
+        shim_file=_file_name(section, "shim_file", defaults.shim_file),
+        shim_arm64_file=_file_name(section, "shim_arm64_file", defaults.shim_arm64_file),
+        grub_file=_file_name(section, "grub_file", defaults.grub_file),
+        pxelinux_file=_file_name(section, "pxelinux_file", defaults.pxelinux_file),
+        pxelinux_prefix=section.str("pxelinux_prefix", None),
     )
     section.finish()
     return boot
+
+
+def _file_name(section: Section, key: str, default: str) -> str:
+    """A loader file name: relative to the TFTP root, no ``..`` part."""
+    name: str = section.str(key, default) or default
+    if not name or name.startswith("/") or ".." in name.split("/"):
+        section.problem(key, f"{name!r} is not a file name inside the TFTP root")
+        return default
+    return name
+
+
+def _read_loaders(section: Section) -> Mapping[str, str]:
+    loaders = {
+        arch: section.str(arch, "ipxe", choices=choices) or "ipxe"
+        for arch, choices in LOADER_CHOICES.items()
+    }
+    section.finish()
+    return MappingProxyType(loaders)
 
 
 def read_dhcp(section: Section) -> DhcpConfig:

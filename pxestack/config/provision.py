@@ -158,6 +158,9 @@ class ProfileConfig:
     #: ``ignition`` (the default) or ``cloud-config`` (mayu's cloud-config era; only with
     #: ``os: flatcar`` and ``install: disk``).
     config_format: str = "ignition"
+    #: The loader this profile's machines boot (``ipxe``, ``grub``: Secure Boot through
+    #: shim and GRUB, ``pxelinux``); ``None``: ``dhcp.boot.loader`` of their architecture.
+    loader: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,6 +361,11 @@ def _read_generic(section: Section) -> GenericSettings:
     return settings
 
 
+#: A profile's ``loader`` (``config.dhcp.LOADERS``; which architecture each runs on is the
+#: boot decision's business).
+PROFILE_LOADERS = ("ipxe", "grub", "pxelinux")
+
+
 def _read_profile(section: Section) -> ProfileConfig:
     name = section.str("name")
     if name is not None and (not name or "/" in name or name.strip() != name):
@@ -409,6 +417,7 @@ def _read_profile(section: Section) -> ProfileConfig:
         flatcar=flatcar,
         generic=generic if os_name == "generic" else None,
         config_format=config_format,
+        loader=section.str("loader", None, choices=PROFILE_LOADERS),
     )
     section.finish()
     return profile

@@ -33,6 +33,20 @@ Decision order of :func:`decide_boot` (smee's ``Bootfile`` order, with pxestack'
    required, so option 43 with 43.6 = 8 is always sent with it, and the proxy also answers
    on port 4011.
 
+**Loaders.**  Steps 2 to 4 hand out iPXE by default.  ``dhcp.boot.loader`` chooses another
+loader per architecture, and a profile's ``loader`` (``BootSpec.loader``) per machine
+(:func:`effective_loader`: a loader that cannot run on the architecture is ignored):
+
+* ``grub`` (UEFI x64/arm64): PXE firmware gets Debian's signed **shim** by TFTP (it then
+  loads ``grubx64.efi`` from the same directory, and GRUB reads ``grub/grub.cfg``); UEFI HTTP
+  Boot clients get the shim's HTTP URL.
+* ``pxelinux`` (BIOS): PXE firmware gets **lpxelinux.0** by TFTP, with option 210 (PXELINUX
+  path prefix, RFC 5071) naming an HTTP URL when one is configured, so that lpxelinux fetches
+  ``ldlinux.c32`` and ``pxelinux.cfg/01-<mac>`` over HTTP.
+
+A foreign iPXE (a NIC's iPXE ROM, such as QEMU's) is handed the loader file too, as it runs
+PXE programs; our own iPXE (its user class, or just chainloaded) still gets its script.
+
 :func:`reply_destination` implements RFC 2131 §4.1's destination rules and
 :func:`reply_size_limit` the client's option 57 (RFC 2132 §9.10).  :class:`Outgoing` is the
 one value both cores return to the Twisted adapter.
@@ -49,7 +63,7 @@ from typing import Final
 
 from pxestack._types import Now
 from pxestack.dhcp.client import Arch, ClientInfo, Firmware
-from pxestack.dhcp.policy import BootSpec
+from pxestack.dhcp.policy import BootSpec, Loader
 from pxestack.errors import ApiMisuse, MalformedPacket
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp, max_message_size
@@ -96,6 +110,44 @@ class BootDefaults:
     efi_arm64_file: str = "ipxe-arm64.efi"
     #: User class our own iPXE script sets; a client sending it is never chainloaded again.
     ipxe_user_class: str = "pxestack"
+    #: The loader of each architecture (``dhcp.boot.loader``).
+    bios_loader: Loader = Loader.IPXE
+    efi_x64_loader: Loader = Loader.IPXE
+    efi_ia32_loader: Loader = Loader.IPXE
+    efi_arm64_loader: Loader = Loader.IPXE
+    #: The signed shim handed to UEFI x64 machines whose loader is ``grub``.
+    shim_file: str = "shimx64.efi"
+    #: The signed shim handed to UEFI arm64 machines whose loader is ``grub``.
+    shim_arm64_file: str = "shimaa64.efi"
+    #: What BIOS machines whose loader is ``pxelinux`` get.
+    pxelinux_file: str = "lpxelinux.0"
+    #: PXELINUX's path prefix (option 210), e.g. ``http://host:port/pxelinux/``: lpxelinux.0
+    #: then reads its modules and configs from there.  None: the boot file's TFTP directory.
+    pxelinux_prefix: str | None = None
+
+    def loader_for(self, arch: Arch) -> Loader:
+        """The configured loader of ``arch`` (iPXE for architectures without a choice)."""
+        if arch is Arch.X86_BIOS:
+            return self.bios_loader
+        if arch is Arch.EFI_X64:
+            return self.efi_x64_loader
+        if arch is Arch.EFI_IA32:
+            return self.efi_ia32_loader
+        if arch is Arch.EFI_ARM64:
+            return self.efi_arm64_loader
+        return Loader.IPXE
+
+    def loader_file(self, arch: Arch, loader: Loader) -> str | None:
+        """The first file ``loader`` needs on ``arch`` (None: that loader cannot run there)."""
+        if loader is Loader.IPXE:
+            return self.file_for(arch)
+        if loader is Loader.GRUB:
+            if arch is Arch.EFI_X64:
+                return self.shim_file
+            if arch is Arch.EFI_ARM64:
+                return self.shim_arm64_file
+            return None
+        return self.pxelinux_file if arch is Arch.X86_BIOS else None
 
     def file_for(self, arch: Arch) -> str | None:
         """The iPXE binary for ``arch``, or None when we have none (ARM32, RISC-V, Pi...)."""
@@ -124,6 +176,27 @@ class BootKind(enum.Enum):
     IPXE_SCRIPT = "ipxe-script"
     #: UEFI HTTP Boot: fetch an EFI binary over HTTP.
     HTTP_BOOT = "http-boot"
+
+
+#: Which loaders can run on which architecture (iPXE: wherever we have a binary).
+LOADER_ARCHES: Final = {
+    Loader.GRUB: (Arch.EFI_X64, Arch.EFI_ARM64),
+    Loader.PXELINUX: (Arch.X86_BIOS,),
+}
+
+
+def effective_loader(arch: Arch, spec: BootSpec, defaults: BootDefaults) -> Loader:
+    """The loader ``arch``'s machine gets: the spec's (a profile's) if it can run on
+    ``arch``, else the configured one if it can, else iPXE."""
+    wanted = spec.loader
+    if wanted is not None and wanted is not Loader.IPXE and arch in LOADER_ARCHES[wanted]:
+        return wanted
+    if wanted is Loader.IPXE:
+        return Loader.IPXE
+    configured = defaults.loader_for(arch)
+    if configured is not Loader.IPXE and arch in LOADER_ARCHES[configured]:
+        return configured
+    return Loader.IPXE
 
 
 #: The kinds of :class:`BootDecision` that carry boot information (a tuple: ``in`` tests
@@ -172,23 +245,60 @@ def decide_boot(
     if firmware is Firmware.OS:
         return BootDecision(BootKind.NONE, "not a network-boot client")
     next_server = spec.next_server or defaults.tftp_server or defaults.server_address
+    loader = effective_loader(info.arch, spec, defaults)
 
     if firmware is Firmware.IPXE:
         own_script = info.has_user_class(defaults.ipxe_user_class)
-        if own_script or recently_chainloaded or info.ipxe_supports_http:
-            reason = (
-                "our own iPXE (user class)" if own_script
-                else "iPXE we just chainloaded" if recently_chainloaded
-                else "iPXE with HTTP"
-            )
+        if own_script or recently_chainloaded:
+            reason = "our own iPXE (user class)" if own_script else "iPXE we just chainloaded"
             return _ipxe_script(spec, defaults, next_server, reason, proxy=proxy)
+        if loader is not Loader.IPXE:
+            # A NIC's iPXE ROM runs PXE programs (lpxelinux.0, shim) like any PXE firmware.
+            return _loader(info.arch, loader, defaults, next_server, proxy=proxy, ipxe=True)
+        if info.ipxe_supports_http:
+            return _ipxe_script(spec, defaults, next_server, "iPXE with HTTP", proxy=proxy)
         # A stripped iPXE without HTTP is chainloaded to our full build.
         return _tftp(info, spec, defaults, next_server, proxy=proxy, ipxe=True)
 
     if firmware is Firmware.HTTP_CLIENT:
-        return _http_boot(info, defaults)
+        return _http_boot(info, defaults, loader)
 
+    if loader is not Loader.IPXE:
+        return _loader(info.arch, loader, defaults, next_server, proxy=proxy, ipxe=False)
     return _tftp(info, spec, defaults, next_server, proxy=proxy, ipxe=False)
+
+
+def _loader(arch: Arch, loader: Loader, defaults: BootDefaults, next_server: IPv4Address,
+            *, proxy: bool, ipxe: bool) -> BootDecision:
+    name = defaults.loader_file(arch, loader)
+    if name is None:  # effective_loader only picks loaders that run on arch
+        return _no_boot_file(arch)
+    prefix = defaults.pxelinux_prefix if loader is Loader.PXELINUX else None
+    return _loader_decision(loader, name, next_server, proxy, prefix, ipxe)
+
+
+@functools.lru_cache(maxsize=_DECISION_MEMO_SIZE)
+def _loader_decision(loader: Loader, name: str, next_server: IPv4Address, proxy: bool,
+                     prefix: str | None, ipxe: bool) -> BootDecision:
+    """The TFTP answer for a non-iPXE loader (memoised: decisions are immutable values)."""
+    raw = name.encode()
+    items: dict[int, bytes] = {}
+    if proxy:
+        items[c.OPT_VENDOR_CLASS_ID] = b"PXEClient"
+        items[c.OPT_VENDOR_SPECIFIC] = PXE_USE_BOOTFILE_OPTION
+    items[c.OPT_TFTP_SERVER_NAME] = str(next_server).encode()
+    items[c.OPT_BOOTFILE_NAME] = raw
+    if prefix is not None:
+        items[c.OPT_PXELINUX_PATH_PREFIX] = prefix.encode()
+    if ipxe:  # a NIC's iPXE ROM: end its ProxyDHCP wait, as for the iPXE answers
+        items[c.OPT_IPXE_ENCAP] = IPXE_NO_PXEDHCP_OPTION
+    return BootDecision(
+        BootKind.TFTP,
+        f"{loader.value} loader: {name}",
+        siaddr=next_server,
+        file=raw if len(raw) <= MAX_FILE_FIELD else b"",
+        options=DhcpOptions(items),
+    )
 
 
 def _ipxe_script(spec: BootSpec, defaults: BootDefaults, next_server: IPv4Address,
@@ -224,8 +334,8 @@ def _ipxe_script_decision(url: str, next_server: IPv4Address, reason: str, proxy
     )
 
 
-def _http_boot(info: ClientInfo, defaults: BootDefaults) -> BootDecision:
-    name = defaults.file_for(info.arch)
+def _http_boot(info: ClientInfo, defaults: BootDefaults, loader: Loader) -> BootDecision:
+    name = defaults.loader_file(info.arch, loader)
     if defaults.http_boot_base_url is None or name is None:
         return BootDecision(BootKind.NONE, f"no HTTP boot file for {info.arch.value}")
     return _http_boot_decision(defaults.http_boot_base_url, name)
@@ -571,6 +681,7 @@ def size_limit(client_max: int | None, mtu: int | None) -> int:
 
 __all__ = [
     "IPXE_NO_PXEDHCP_OPTION",
+    "LOADER_ARCHES",
     "MAX_FILE_FIELD",
     "PXE_USE_BOOTFILE_OPTION",
     "BootDecision",
@@ -581,6 +692,7 @@ __all__ = [
     "DestinationKind",
     "Outgoing",
     "decide_boot",
+    "effective_loader",
     "encoded_outgoing",
     "new_outgoing",
     "reply_destination",

@@ -12,6 +12,7 @@ its host store; :class:`StaticBootPolicy` serves everyone the configured default
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -130,6 +131,18 @@ if tuple(f.name for f in fields(Machine)) != _MACHINE_FIELDS:  # a field was add
     raise ImportError("update the setters above for Machine's fields")
 
 
+class Loader(enum.Enum):
+    """The first program a network-booting machine is handed (``dhcp.boot.loader``)."""
+
+    #: iPXE (the per-architecture iPXE binary, then the iPXE script).
+    IPXE = "ipxe"
+    #: UEFI: Debian's signed shim, which loads signed GRUB (Secure Boot), which reads
+    #: ``grub/grub.cfg``.
+    GRUB = "grub"
+    #: BIOS: ``lpxelinux.0``, which reads ``pxelinux.cfg/01-<mac>``.
+    PXELINUX = "pxelinux"
+
+
 @dataclass(frozen=True, slots=True)
 class BootSpec:
     """What one machine should get.  Every ``None`` means "use the configured default"."""
@@ -143,6 +156,9 @@ class BootSpec:
     #: Hand iPXE the "boot from local disk" script (an installed machine that still PXE-boots
     #: first); PXE firmware is chainloaded to iPXE as usual and then gets that script.
     local_boot: bool = False
+    #: Boot this loader instead of the architecture's configured one (a profile's
+    #: ``loader``); ignored when it cannot run on the machine's architecture.
+    loader: Loader | None = None
 
 
 @runtime_checkable
@@ -185,4 +201,4 @@ class StaticBootPolicy:
         return self.spec
 
 
-__all__ = ["BootPolicy", "BootSpec", "Machine", "StaticBootPolicy", "normalize_mac"]
+__all__ = ["BootPolicy", "BootSpec", "Loader", "Machine", "StaticBootPolicy", "normalize_mac"]

@@ -140,7 +140,7 @@ _ESSENTIAL: Final = frozenset(
 #: Boot options (from decide_boot), dropped only after every configuration option.
 _BOOT: Final = frozenset(
     {c.OPT_VENDOR_CLASS_ID, c.OPT_VENDOR_SPECIFIC, c.OPT_TFTP_SERVER_NAME,
-     c.OPT_BOOTFILE_NAME, c.OPT_IPXE_ENCAP, c.OPT_CLIENT_UUID}
+     c.OPT_BOOTFILE_NAME, c.OPT_IPXE_ENCAP, c.OPT_CLIENT_UUID, c.OPT_PXELINUX_PATH_PREFIX}
 )
 
 #: Lowest lease time granted, whatever shorter time a client asks for in option 51 (seconds).
@@ -637,6 +637,7 @@ class DhcpServerCore:
             spec.boot_file,
             None if next_server is None else next_server.packed,
             spec.local_boot,
+            id(spec.loader),  # None or an enum member: both live forever
             recently,
         )
         memo = self._decision_memo

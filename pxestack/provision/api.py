@@ -98,6 +98,7 @@ from pxestack.errors import ConfigError
 from pxestack.http.events import EventFeed
 from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
 from pxestack.http.tls import peer_subject
+from pxestack.provision.bootconfig import config_request, render_loader_config
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
 from pxestack.provision.imagefetch import (
@@ -575,6 +576,42 @@ class BootScriptResource(_Base):
                     self.api.step("script", serial=host.serial if host is not None else None,
                                   mac=mac or None, ip=client)
                 return prov.boot_script(host, identified)
+
+            return self.respond(request, work, _text(_TEXT))
+
+        return self.guarded(request, handle)
+
+
+class LoaderConfigResource(_Base):
+    """``GET /grub/grub.cfg[-01-<mac>]``, ``GET /pxelinux.cfg/01-<mac>`` (also under
+    ``/pxelinux/``, for PXELINUX's HTTP path prefix): the GRUB and PXELINUX configs the TFTP
+    source serves (:mod:`pxestack.provision.bootconfig`)."""
+
+    isLeaf = True
+
+    def __init__(self, api: ProvisioningApi, prefix: str) -> None:
+        super().__init__(api)
+        self.prefix = prefix
+
+    def render_GET(self, request: Request) -> bytes | int:
+        """The config the path names; 404 for any other path."""
+
+        def handle() -> bytes | int:
+            try:
+                rest = "/".join(part.decode("ascii") for part in request.postpath)
+            except UnicodeDecodeError:
+                raise HttpError(http.NOT_FOUND, "no such config") from None
+            path = f"{self.prefix}/{rest}"
+            if path.startswith("pxelinux/"):
+                path = path.removeprefix("pxelinux/")
+            found = config_request(path) if len(path) <= 128 else None
+            if found is None:
+                raise HttpError(http.NOT_FOUND, "no such config")
+            loader, mac = found
+            prov = self.api.provisioner
+
+            def work() -> str:
+                return render_loader_config(prov, loader, mac)
 
             return self.respond(request, work, _text(_TEXT))
 
@@ -1296,6 +1333,9 @@ class ProvisioningApi:
         """First path segment -> resource, for ``Extensions.http_children``."""
         return {
             b"ipxebootscript": BootScriptResource(self),
+            b"grub": LoaderConfigResource(self, "grub"),
+            b"pxelinux.cfg": LoaderConfigResource(self, "pxelinux.cfg"),
+            b"pxelinux": LoaderConfigResource(self, "pxelinux"),
             b"first-stage-script": FirstStageScriptResource(self),
             b"first-stage-ignition.json": FirstStageIgnitionResource(self),
             b"final-ignition-config.json": HostDataResource(self),
@@ -1327,6 +1367,7 @@ __all__ = [
     "HttpError",
     "ImagesResource",
     "InstallerIgnitionResource",
+    "LoaderConfigResource",
     "ProvisioningApi",
     "PxeIgnitionResource",
     "ScriptResource",

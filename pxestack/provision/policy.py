@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
-from pxestack.dhcp.policy import BootSpec, Machine
+from pxestack.dhcp.policy import BootSpec, Loader, Machine
 from pxestack.provision.model import HostState, InvalidHostRecord, normalize_mac
 from pxestack.provision.provisioner import Provisioner
 
@@ -47,8 +47,15 @@ class ProvisioningPolicy:
         except Exception:
             self.log.failure("host lookup failed for {mac}", mac=machine.mac)
             return BootSpec(ipxe_script_url=self.script_url)
-        installed = host is not None and host.state in _INSTALLED
-        if host is not None and installed and self.provisioner.install_flow(host) == "disk":
+        if host is None:
+            return BootSpec(ipxe_script_url=self.script_url)
+        profile = self.provisioner.profile_of(host)
+        loader = (
+            Loader(profile.loader) if profile is not None and profile.loader is not None
+            else None
+        )
+        installed = host.state in _INSTALLED
+        if installed and self.provisioner.install_flow(host) == "disk":
             if self.installed_boot == "ignore":
                 return None
             # Also name the script URL: /ipxebootscript?mac= serves the local-boot script
@@ -58,8 +65,9 @@ class ProvisioningPolicy:
                 if host.mac_addresses
                 else None,
                 local_boot=True,
+                loader=loader,
             )
-        return BootSpec(ipxe_script_url=self.script_url)
+        return BootSpec(ipxe_script_url=self.script_url, loader=loader)
 
 
 __all__ = ["ProvisioningPolicy"]

@@ -33,6 +33,7 @@ from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.http.events import EventFeed
 from pxestack.metrics import MeteredHostStore, Metrics
 from pxestack.provision.api import ProvisioningApi
+from pxestack.provision.bootconfig import LoaderConfigSource
 from pxestack.provision.enrolment import EnrolmentGate, FirstContactLimiter
 from pxestack.provision.mayu_import import (
     apply_mayu_text,
@@ -44,6 +45,7 @@ from pxestack.provision.policy import ProvisioningPolicy
 from pxestack.provision.provisioner import Provisioner, callback_key
 from pxestack.provision.store import FileHostStore, isolate_git_config
 from pxestack.service import Extensions
+from pxestack.tftp.source import ChainSource, FileSource, FilesystemSource
 
 #: Where ``PUT /admin/mayu_config`` keeps the accepted text (inside the audited cluster dir).
 MAYU_CONFIG_FILE = "mayu-config.yaml"
@@ -335,7 +337,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         provisioning_service.on_stop.append(api.image_fetches.cancel_all)
     return Extensions(
         boot_policy=ProvisioningPolicy(provisioner, installed_boot=prov.installed_boot),
-        tftp_source=None,  # TFTP serves only the iPXE binaries: the filesystem source does.
+        tftp_source=loader_config_source(config, provisioner),
         http_children=api.children(),
         services=[provisioning_service],
         metrics=metrics,
@@ -345,5 +347,23 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
     )
 
 
+def loader_config_source(config: Config, provisioner: Provisioner) -> FileSource | None:
+    """The TFTP source: the per-host GRUB and PXELINUX configs
+    (:class:`~pxestack.provision.bootconfig.LoaderConfigSource`), then the TFTP root.
+
+    None (the TFTP service's own filesystem source, which TFTP worker processes open
+    themselves) while every loader is iPXE: then no machine asks for such a config."""
+    if config.tftp is None:
+        return None
+    loaders = set(config.dhcp.boot.loader.values()) if config.dhcp is not None else set()
+    if config.provision is not None:
+        loaders.update(p.loader for p in config.provision.profiles if p.loader is not None)
+    if loaders <= {"ipxe"}:
+        return None
+    config.tftp.root.mkdir(parents=True, exist_ok=True)
+    return ChainSource(LoaderConfigSource(provisioner),
+                       FilesystemSource(config.tftp.root, lowercase=config.tftp.lowercase))
+
+
 __all__ = ["MAYU_CONFIG_FILE", "ProvisioningService", "RecordedHostStore", "enrolment_gate",
-           "provisioning_extensions"]
+           "loader_config_source", "provisioning_extensions"]

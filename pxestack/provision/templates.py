@@ -41,6 +41,8 @@ SHIPPED = Path(__file__).resolve().parent / "templates"
 
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9._,:/=@+%-]*")
 _JSON_UNSAFE = re.compile(r'["\\\x00-\x1f\x7f]')
+#: Control characters (a newline above all) end a line of a boot loader config.
+_CONFIG_LINE_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 #: An interface name or glob as a systemd unit / NetworkManager keyfile value: printable
 #: ASCII without whitespace, so a machine-reported ConnectedNIC or a configured match can
 #: never end the line and add keys or sections of its own.
@@ -81,6 +83,37 @@ class JsonText(_Escaped):
     """Encoded as a JSON value."""
 
     __slots__ = ()
+
+
+class GrubText(_Escaped):
+    """Quoted for a GRUB script."""
+
+    __slots__ = ()
+
+
+def grub_quote(value: object) -> GrubText:
+    """One GRUB word: single-quoted (``'`` written as ``'\\''``), as in a POSIX shell."""
+    text = _plain(value)
+    if _CONFIG_LINE_UNSAFE.search(text):
+        raise UnsafeTemplateValue(f"{text!r} cannot be written into a boot loader config")
+    return GrubText("'" + text.replace("'", "'\\''") + "'")
+
+
+def _finalize_grub(value: object) -> str:
+    if isinstance(value, GrubText):
+        return str(value)
+    text = _plain(value)
+    if not _SHELL_SAFE.fullmatch(text):
+        raise UnsafeTemplateValue(f"{text!r} is not safe in a GRUB script; use |grub")
+    return text
+
+
+def _finalize_pxelinux(value: object) -> str:
+    # PXELINUX has no quoting: a value is one word on one line, or refused.
+    text = _plain(value)
+    if _CONFIG_LINE_UNSAFE.search(text) or any(ch.isspace() for ch in text):
+        raise UnsafeTemplateValue(f"{text!r} is not safe in a PXELINUX config")
+    return text
 
 
 def _plain(value: object) -> str:
@@ -181,6 +214,8 @@ class Templates:
                 ("sh", _finalize_shell),
                 ("json", _finalize_json),
                 ("yaml", _finalize_yaml),
+                ("grub", _finalize_grub),
+                ("pxelinux", _finalize_pxelinux),
             )
         }
 
@@ -196,6 +231,7 @@ class Templates:
             autoescape=False,  # noqa: S701 - escaping is per context, via finalize
         )
         env.filters["ipxe"] = lambda v: IpxeText(ipxe_word(v))
+        env.filters["grub"] = grub_quote
         env.filters["ipxe_url"] = lambda v: IpxeText(ipxe_url_component(v))
         env.filters["sh"] = lambda v: ShellText(shlex.quote(_plain(v)))
         env.filters["tojson"] = _tojson
@@ -206,11 +242,12 @@ class Templates:
     @staticmethod
     def kind_of(name: str) -> str:
         """The escaping context of template *name* (from its suffix)."""
-        for kind in ("ipxe", "sh", "json", "yaml"):
+        for kind in ("ipxe", "sh", "json", "yaml", "grub", "pxelinux"):
             if name.endswith(f".{kind}.j2"):
                 return kind
         raise TemplateRenderError(
-            f"template {name!r} must end in .ipxe.j2, .sh.j2, .json.j2 or .yaml.j2"
+            f"template {name!r} must end in .ipxe.j2, .sh.j2, .json.j2, .yaml.j2, .grub.j2 "
+            "or .pxelinux.j2"
         )
 
     def render(self, name: str, context: Mapping[str, Any]) -> str:

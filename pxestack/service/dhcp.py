@@ -34,7 +34,7 @@ from pxestack.config.dhcp import BootConfig, DhcpConfig, client_id_bytes, mac_by
 from pxestack.dhcp.decide import BootDefaults
 from pxestack.dhcp.journal import LeaseJournal
 from pxestack.dhcp.leases import AddressRange, InMemoryLeaseStore, Reservation, Subnet
-from pxestack.dhcp.policy import BootPolicy, StaticBootPolicy
+from pxestack.dhcp.policy import BootPolicy, Loader, StaticBootPolicy
 from pxestack.dhcp.protocol import (
     BatchingUdpPort,
     DeadlineTimer,
@@ -111,6 +111,14 @@ def boot_defaults(config: Config, server_address: IPv4Address) -> BootDefaults:
         efi_ia32_file=boot.efi_ia32_file,
         efi_arm64_file=boot.efi_arm64_file,
         ipxe_user_class=boot.ipxe_user_class,
+        bios_loader=Loader(boot.loader["bios"]),
+        efi_x64_loader=Loader(boot.loader["efi_x64"]),
+        efi_ia32_loader=Loader(boot.loader["efi_ia32"]),
+        efi_arm64_loader=Loader(boot.loader["efi_arm64"]),
+        shim_file=boot.shim_file,
+        shim_arm64_file=boot.shim_arm64_file,
+        pxelinux_file=boot.pxelinux_file,
+        pxelinux_prefix=boot.pxelinux_prefix,
     )
 
 

@@ -109,6 +109,8 @@ OPT_CLIENT_UUID: Final = 97
 OPT_DOMAIN_SEARCH: Final = 119
 #: iPXE's encapsulated option space (``DHCP_EB_ENCAP`` in iPXE's ``dhcp.h``).
 OPT_IPXE_ENCAP: Final = 175
+#: RFC 5071 §5: PXELINUX's path prefix (where it reads its modules and configs).
+OPT_PXELINUX_PATH_PREFIX: Final = 210
 OPT_END: Final = 255
 
 # --- option 52 overload values (RFC 2132 §9.3) ----------------------------------------------

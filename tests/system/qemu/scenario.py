@@ -6,6 +6,9 @@ appears, polled every 0.1 s), so it is measured the same way whichever server an
 * ``ipxe_banner``: iPXE's ``Features:`` line, printed as it starts;
 * ``ipxe_configured``: iPXE's ``Configuring (net0 ...)... ok`` line, i.e. ``ifconf`` done
   (DHCPv4 *and* IPv6 router discovery; see docs/firmware-testing.md);
+* ``grub_config``: GRUB runs pxestack's per-host ``grub.cfg`` (its first ``echo``);
+* ``pxelinux``: lpxelinux.0's banner (it then reads ``pxelinux.cfg/01-<mac>``);
+* ``http_boot``: OVMF starts its UEFI HTTP Boot client;
 * ``script``: the boot script was fetched (``boot.ipxe ... ok`` or the chained script);
 * ``init``: the initramfs ``/init`` started;
 * ``callback``: the first stage posted its host data (power-on -> first-stage callback,
@@ -29,6 +32,9 @@ from .vm import Machine, VirtualMachine, wait_all
 MILESTONES = {
     "ipxe_banner": r"Features: ",
     "ipxe_configured": r"Configuring \(net0 .*ok",
+    "grub_config": r"pxestack: loading the kernel",
+    "pxelinux": r"PXELINUX \d",
+    "http_boot": r"Start HTTP Boot over IPv4",
     "script": r"(boot\.ipxe|ipxebootscript).*(ok|\[script\])",
     "init": rf"{MARK} init started",
     "callback": rf"{MARK} host data posted",

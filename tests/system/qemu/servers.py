@@ -33,6 +33,14 @@ HTTP_PORT = 8080
 BASE_URL = f"http://{SERVER_ADDRESS}:{HTTP_PORT}"
 IPXE_EFI = Path("/usr/lib/ipxe/ipxe.efi")
 UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")
+#: Debian's signed loaders (shim-signed, grub-efi-amd64-signed) and PXELINUX, as
+#: ``pxestack images loaders`` copies them: served name -> installed file.
+LOADER_FILES = {
+    "shimx64.efi": Path("/usr/lib/shim/shimx64.efi.signed"),
+    "grubx64.efi": Path("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
+    "lpxelinux.0": Path("/usr/lib/PXELINUX/lpxelinux.0"),
+    "ldlinux.c32": Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+}
 POOL = ("198.18.0.100", "198.18.0.200")
 #: The image "version" directory the harness's kernel and initramfs are filed under.
 OS_VERSION = "e2e"
@@ -218,7 +226,8 @@ class PxestackServer:
     def __init__(self, segment: Segment, workdir: Path, artifacts: Artifacts,
                  profiles: list[dict[str, object]] | None = None,
                  installed_boot: str = "local-boot", *, mode: str = "server",
-                 address: str = SERVER_ADDRESS) -> None:
+                 address: str = SERVER_ADDRESS, loader: dict[str, str] | None = None,
+                 pxelinux_prefix: str | None = None, http_boot_only: bool = False) -> None:
         self.segment = segment
         self.workdir = workdir
         self.mode = mode
@@ -236,22 +245,43 @@ class PxestackServer:
         shutil.copyfile(artifacts.initrd, images / "flatcar_production_pxe_image.cpio.gz")
         shutil.copyfile(IPXE_EFI, tftp / "ipxe.efi")
         shutil.copyfile(UNDIONLY, tftp / "undionly.kpxe")
+        for name, installed in LOADER_FILES.items():
+            if installed.exists():
+                shutil.copyfile(installed, tftp / name)
         config = pxestack_config(self.state, profiles, installed_boot, mode=mode,
                                  address=address)
         dhcp = config["dhcp"]
         assert isinstance(dhcp, dict)
+        if loader:  # dhcp.boot.loader: e.g. {"efi_x64": "grub"}
+            boot = dhcp["boot"]
+            assert isinstance(boot, dict)
+            boot["loader"] = loader
+        if pxelinux_prefix is not None:  # lpxelinux.0 reads ldlinux.c32 + config over HTTP
+            boot = dhcp["boot"]
+            assert isinstance(boot, dict)
+            boot["pxelinux_prefix"] = pxelinux_prefix
+            shutil.copyfile(LOADER_FILES["ldlinux.c32"], self.state / "assets" / "ldlinux.c32")
         # pxestack's own RA responder ends iPXE's IPv6 wait (docs/reference/firmware.md).
         dhcp["router_advertisements"] = {"enabled": True}
         self.config_path = workdir / "pxestack.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        #: UEFI HTTP Boot: PXE firmware ignored (http_boot_serve.py), ipxe.efi in the asset
+        #: root, which serves ``<http.public_url>/ipxe.efi``.
+        self.http_boot_only = http_boot_only
+        if http_boot_only:
+            shutil.copyfile(IPXE_EFI, self.state / "assets" / "ipxe.efi")
 
     def start(self) -> None:
         """Start ``pxestack serve`` and wait for its HTTP and DHCP ports."""
         pxestack = Path(sys.executable).with_name("pxestack")
+        argv = [str(pxestack), "serve", "--config", str(self.config_path)]
+        if self.http_boot_only:
+            argv = [sys.executable, str(Path(__file__).with_name("http_boot_serve.py")),
+                    str(self.config_path)]
         try:
             self.processes.append(Process(
                 "pxestack",
-                self.segment.command([str(pxestack), "serve", "--config", str(self.config_path)]),
+                self.segment.command(argv),
                 self.workdir / "pxestack.log",
             ))
             wait_for_port(self.segment, HTTP_PORT)

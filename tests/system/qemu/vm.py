@@ -3,6 +3,8 @@
 * ``bios``: SeaBIOS with QEMU's iPXE NIC option ROM (virtio-net-pci's default romfile).
 * ``uefi``: OVMF with the same NIC's iPXE EFI ROM (``efi-virtio.rom``).
 * ``uefi-pxe``: OVMF's own UEFI PXE client (``romfile=""``), which TFTPs ``ipxe.efi``.
+* ``uefi-sb``: OVMF's Secure Boot build with Microsoft's keys enrolled (q35 with SMM, the
+  flash locked to SMM), its own PXE client: it runs only signed loaders (shim, then GRUB).
 
 Always TCG: ``/dev/kvm`` on these machines may be PVM (``kvm_pvm``), where SeaBIOS runs but
 Linux hangs.  The firmware console reaches the serial log only with ``-nographic`` (SeaBIOS
@@ -24,9 +26,12 @@ from pathlib import Path
 
 from .netns import Segment
 
-FIRMWARES = ("bios", "uefi", "uefi-pxe")
+FIRMWARES = ("bios", "uefi", "uefi-pxe", "uefi-sb")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+#: Debian's ovmf: the Secure Boot build (SMM) and variables with Microsoft's keys enrolled.
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_VARS_MS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
 EFI_VIRTIO_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
 
 
@@ -58,10 +63,12 @@ def qemu_command(machine: Machine, firmware: str, tap: str, serial_log: Path,
     nic = f"virtio-net-pci,netdev=n0,mac={machine.mac},bootindex=1"
     if firmware == "uefi":
         nic += f",romfile={EFI_VIRTIO_ROM}"
-    elif firmware == "uefi-pxe":
-        nic += ",romfile="  # no iPXE ROM: OVMF's own PXE client must chainload ipxe.efi
+    elif firmware in ("uefi-pxe", "uefi-sb"):
+        nic += ",romfile="  # no iPXE ROM: OVMF's own PXE client
     command = [
         "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
+        *(["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
+          if firmware == "uefi-sb" else []),
         "-nographic", "-serial", f"file:{serial_log}", "-monitor", "none",
         "-no-reboot", "-nodefaults",
         "-smbios", f"type=1,serial={machine.serial},product=e2e-vm,uuid={machine.uuid}",
@@ -72,8 +79,9 @@ def qemu_command(machine: Machine, firmware: str, tap: str, serial_log: Path,
         command += ["-boot", "n"]
     else:
         assert vars_file is not None
+        code = OVMF_CODE_SECBOOT if firmware == "uefi-sb" else OVMF_CODE
         command += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
         ]
     return command
@@ -128,7 +136,7 @@ class VirtualMachine:
         vars_file = None
         if firmware != "bios":
             vars_file = workdir / f"vm{machine.index}-OVMF_VARS.fd"
-            shutil.copyfile(OVMF_VARS, vars_file)
+            shutil.copyfile(OVMF_VARS_MS if firmware == "uefi-sb" else OVMF_VARS, vars_file)
         self.command = segment.command(
             qemu_command(machine, firmware, tap, self.serial_log, vars_file)
         )
@@ -171,4 +179,5 @@ def wait_all(machines: list[VirtualMachine], timeout: float, interval: float = 0
     return all([vm.poll() for vm in machines])
 
 
-__all__ = ["FIRMWARES", "ConsoleWatch", "Machine", "VirtualMachine", "qemu_command", "wait_all"]
+__all__ = ["FIRMWARES", "OVMF_CODE_SECBOOT", "OVMF_VARS_MS", "ConsoleWatch", "Machine",
+           "VirtualMachine", "qemu_command", "wait_all"]

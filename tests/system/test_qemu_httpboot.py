@@ -1,0 +1,67 @@
+"""UEFI HTTP Boot on real firmware: OVMF's HTTP boot client gets its URL from pxestack.
+
+The machine is ``uefi-pxe`` (OVMF, no iPXE in the NIC).  Debian's OVMF tries PXE over IPv4,
+then IPv6, then HTTP Boot over IPv4 on the NIC; pxestack ignores the PXE attempts here
+(qemu/http_boot_serve.py), so the machine boots over HTTP only: its ``HTTPClient`` DHCP
+request gets option 60 ``HTTPClient`` and the URL ``<http.public_url>/ipxe.efi`` (nothing
+preset in the firmware), iPXE then runs the usual script.  No TFTP request at all.
+
+Timeline: power-on -> ``http_boot`` (after both PXE attempts time out) -> ``script`` ->
+``init`` -> ``callback``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import require, require_root_and_tools
+from qemu.artifacts import Artifacts, cache_dir, ensure_artifacts
+from qemu.netns import Segment
+from qemu.scenario import boot_machines, save_results
+from qemu.servers import PxestackServer
+from qemu.vm import OVMF_CODE, OVMF_VARS, Machine
+
+pytestmark = pytest.mark.qemu
+
+TOOLS = ("qemu-system-x86_64", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
+#: OVMF's PXE over IPv4 and IPv6 time out first (about two minutes under TCG).
+BOOT_TIMEOUT = 400.0
+RESULTS = cache_dir() / "results.jsonl"
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Artifacts:
+    """The Debian kernel and first-stage initramfs (built once, cached)."""
+    require_root_and_tools(*TOOLS)
+    for path in (OVMF_CODE, OVMF_VARS, Path("/usr/lib/ipxe/ipxe.efi")):
+        require(path.exists(), f"needs {path} (ovmf, ipxe packages)")
+    return ensure_artifacts()
+
+
+@pytest.mark.timeout(600)
+def test_uefi_http_boot_gets_its_url_from_pxestack(artifacts: Artifacts, tmp_path: Path
+                                                   ) -> None:
+    machine = Machine.numbered(1)
+    segment = Segment.create(taps=1)
+    try:
+        server = PxestackServer(segment, tmp_path, artifacts, http_boot_only=True)
+        server.start()
+        try:
+            [result] = boot_machines(segment, [(machine, "uefi-pxe")], tmp_path, server.name,
+                                     BOOT_TIMEOUT)
+            save_results(RESULTS, [result], scenario="uefi-http-boot")
+            print("\n" + result.summary())
+            assert result.ok, result.summary()
+            assert result.milestones["http_boot"] is not None, result.summary()
+            [host] = server.hosts()
+            assert host["State"] == "installed"
+        finally:
+            server.stop()
+    finally:
+        segment.close()
+    console = Path(result.console_log).read_text(errors="replace")
+    assert "URI: http://198.18.0.1:8080/ipxe.efi" in console
+    log = (tmp_path / "pxestack.log").read_text(errors="replace")
+    assert "GET /ipxe.efi 200" in log
+    assert "RRQ" not in log  # HTTP only: no TFTP request at all

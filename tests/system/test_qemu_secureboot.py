@@ -1,0 +1,116 @@
+"""Secure Boot on real firmware: OVMF with Microsoft's keys boots shim, GRUB and the kernel.
+
+The machine is ``uefi-sb`` (tests/system/qemu/vm.py): q35 with SMM, Debian's
+``OVMF_CODE_4M.secboot.fd`` and a copy of ``OVMF_VARS_4M.ms.fd``, OVMF's own PXE client.
+pxestack runs with ``dhcp.boot.loader: {efi_x64: grub}`` and serves Debian's signed shim
+(signed by Microsoft's UEFI CA), Debian's signed ``grubnetx64.efi`` as ``grubx64.efi``, the
+per-host ``grub.cfg`` and the harness's kernel, which comes from Debian's signed linux-image
+package; shim does not check initrds.  The same firmware refuses the unsigned ``ipxe.efi``:
+that is what shows Secure Boot is on.
+
+Timeline: power-on -> ``grub_config`` (GRUB runs pxestack's per-host config) -> ``init``
+-> ``callback``; appended to ``.cache/qemu/results.jsonl`` like the other QEMU tests.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import require, require_root_and_tools
+from qemu.artifacts import Artifacts, cache_dir, ensure_artifacts
+from qemu.netns import Segment
+from qemu.scenario import boot_machines, save_results
+from qemu.servers import LOADER_FILES, PxestackServer
+from qemu.vm import OVMF_CODE_SECBOOT, OVMF_VARS_MS, Machine, VirtualMachine
+
+pytestmark = pytest.mark.qemu
+
+TOOLS = ("qemu-system-x86_64", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
+BOOT_TIMEOUT = 180.0
+#: How long the refused ipxe.efi boot is watched at most (the refusal comes after ~10 s).
+REFUSAL_TIMEOUT = 90.0
+RESULTS = cache_dir() / "results.jsonl"
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Artifacts:
+    """The Debian kernel and first-stage initramfs (built once, cached)."""
+    require_root_and_tools(*TOOLS)
+    for path in (OVMF_CODE_SECBOOT, OVMF_VARS_MS, LOADER_FILES["shimx64.efi"],
+                 LOADER_FILES["grubx64.efi"], Path("/usr/lib/ipxe/ipxe.efi")):
+        require(path.exists(), f"needs {path} (ovmf, shim-signed, grub-efi-amd64-signed, "
+                "ipxe packages)")
+    return ensure_artifacts()
+
+
+def kernel_signers(kernel: Path) -> str:
+    """``sbverify --list`` of *kernel*; without sbsigntool, whether the PE file has a
+    certificate table (data directory 4, non-empty)."""
+    if shutil.which("sbverify"):
+        return subprocess.run(["sbverify", "--list", str(kernel)], capture_output=True,
+                              text=True, timeout=30, check=True).stdout
+    data = kernel.read_bytes()
+    pe = int.from_bytes(data[0x3C:0x40], "little")
+    assert data[pe:pe + 4] == b"PE\0\0", "the kernel is not a PE image"
+    optional = pe + 24
+    directories = optional + (112 if data[optional:optional + 2] == b"\x0b\x02" else 96)
+    size = int.from_bytes(data[directories + 4 * 8 + 4:directories + 4 * 8 + 8], "little")
+    return "signature (certificate table present)" if size else ""
+
+
+def test_secure_boot_boots_shim_grub_and_the_signed_kernel_and_refuses_ipxe(
+    artifacts: Artifacts, tmp_path: Path
+) -> None:
+    signers = kernel_signers(artifacts.kernel)
+    assert "signature" in signers, f"the harness kernel is not signed: {signers!r}"
+
+    machine = Machine.numbered(1)
+    segment = Segment.create(taps=1)
+    try:
+        # 1. shim -> signed GRUB -> per-host grub.cfg -> signed kernel -> first stage.
+        server = PxestackServer(segment, tmp_path / "grub", artifacts,
+                                loader={"efi_x64": "grub"})
+        server.start()
+        try:
+            [result] = boot_machines(segment, [(machine, "uefi-sb")], tmp_path / "grub",
+                                     server.name, BOOT_TIMEOUT)
+            save_results(RESULTS, [result], scenario="secure-boot-grub")
+            print("\n" + result.summary())
+            assert result.ok, result.summary()
+            assert result.milestones["grub_config"] is not None, result.summary()
+            assert result.milestones["ipxe_banner"] is None  # no iPXE anywhere on this path
+            [host] = server.hosts()
+            assert host["State"] == "installed"
+        finally:
+            server.stop()
+        log = (tmp_path / "grub" / "pxestack.log").read_text(errors="replace")
+        for sent in ("sent 'shimx64.efi'", "sent 'grubx64.efi'", "sent '/grub/grub.cfg'",
+                     f"sent '/grub/grub.cfg-01-{machine.mac}'", "sent '/images/vmlinuz'"):
+            assert sent in log, sent
+
+        # 2. The same firmware refuses the unsigned ipxe.efi.
+        server = PxestackServer(segment, tmp_path / "ipxe", artifacts)
+        server.start()
+        try:
+            vm = VirtualMachine(segment, machine, "uefi-sb", segment.taps[0], tmp_path / "ipxe")
+            try:
+                deadline = time.time() + REFUSAL_TIMEOUT
+                while time.time() < deadline and not vm.poll():
+                    if vm.console.first(r"failed to load Boot.*Access Denied") is not None:
+                        break
+                    time.sleep(0.1)
+            finally:
+                vm.stop()
+        finally:
+            server.stop()
+        console = vm.console.text()
+        assert "NBP filename is ipxe.efi" in console, console[-3000:]
+        assert vm.console.first(r"BdsDxe: failed to load Boot.*Access Denied") is not None, (
+            console[-3000:])
+        assert "iPXE" not in console
+    finally:
+        segment.close()
