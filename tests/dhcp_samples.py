@@ -16,14 +16,14 @@ regenerate with ``python tests/dhcp_samples.py --write`` only on purpose.
 
 Firmware covered:
 
-* ``seabios_ipxe_rom_discover`` / ``_request``: QEMU's iPXE NIC ROM under SeaBIOS (§1).
-* ``ovmf_ipxe_rom_discover``: QEMU's iPXE EFI NIC ROM under OVMF (§2).
-* ``ovmf_native_pxe_discover`` / ``_request``: OVMF's own EDK2 PXE client (§3).
-* ``ovmf_chainloaded_ipxe_efi_discover``: Debian ``ipxe.efi`` after OVMF TFTPed it (§3).
+* ``seabios_ipxe_rom_discover`` / ``_request``: QEMU's iPXE NIC ROM under SeaBIOS (column "iPXE ROM, BIOS").
+* ``ovmf_ipxe_rom_discover``: QEMU's iPXE EFI NIC ROM under OVMF (column "iPXE ROM, EFI").
+* ``ovmf_native_pxe_discover`` / ``_request``: OVMF's own EDK2 PXE client (column "OVMF's own PXE").
+* ``ovmf_chainloaded_ipxe_efi_discover``: Debian ``ipxe.efi`` after OVMF TFTPed it (boot path "Native PXE, then iPXE").
 * ``chainloaded_undionly_discover``: Debian ``undionly.kpxe`` chainloaded by the BIOS ROM:
-  identical to the ROM except the broadcast flag ("Direct vs chainload path").
-* ``busybox_udhcpc_discover``: the installer's busybox udhcpc (§4).
-* ``dnsmasq_offer_to_ipxe``: the reference server's OFFER to an iPXE client ("Server side").
+  identical to the ROM except the broadcast flag ("A chainload loop").
+* ``busybox_udhcpc_discover``: the installer's busybox udhcpc (column "busybox udhcpc").
+* ``dnsmasq_offer_to_ipxe``: the reference server's OFFER to an iPXE client (the paragraph on the reference server).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _ipxe_options(message_type: int, arch: int, ndi: bytes, vendor: bytes,
 
 
 def seabios_ipxe_rom_discover() -> DhcpMessage:
-    """§1: first DISCOVER of QEMU's pxe-virtio.rom; broadcast flag 0, secs 4."""
+    """iPXE ROM, BIOS: first DISCOVER of QEMU's pxe-virtio.rom; broadcast flag 0, secs 4."""
     return _request(
         XID_IPXE, 4, 0,
         _ipxe_options(c.DHCPDISCOVER, c.ARCH_X86_BIOS, b"\x01\x02\x01",
@@ -121,7 +121,7 @@ def seabios_ipxe_rom_discover() -> DhcpMessage:
 
 
 def seabios_ipxe_rom_request() -> DhcpMessage:
-    """§1: the REQUEST after the offer (adds 54, 50); secs 14 is iPXE's debug value."""
+    """iPXE ROM, BIOS: the REQUEST after the offer (adds 54, 50); secs 14 is iPXE's debug value."""
     options = _ipxe_options(c.DHCPREQUEST, c.ARCH_X86_BIOS, b"\x01\x02\x01",
                             b"PXEClient:Arch:00000:UNDI:002001", IPXE_BIOS_175)
     options += [(c.OPT_SERVER_ID, SERVER.packed), (c.OPT_REQUESTED_IP, OFFERED.packed)]
@@ -129,13 +129,13 @@ def seabios_ipxe_rom_request() -> DhcpMessage:
 
 
 def chainloaded_undionly_discover() -> DhcpMessage:
-    """"Direct vs chainload path": undionly.kpxe from the same iPXE snapshot sends the ROM's
+    """A chainload loop: undionly.kpxe from the same iPXE snapshot sends the ROM's
     exact options; the only on-wire difference is the broadcast flag, set to 1."""
     return seabios_ipxe_rom_discover().replace(flags=c.FLAG_BROADCAST)
 
 
 def ovmf_ipxe_rom_discover() -> DhcpMessage:
-    """§2: QEMU's efi-virtio.rom under OVMF; arch 7 (x64 UEFI), NDI 3.10."""
+    """iPXE ROM, EFI: QEMU's efi-virtio.rom under OVMF; arch 7 (x64 UEFI), NDI 3.10."""
     return _request(
         XID_IPXE, 4, 0,
         _ipxe_options(c.DHCPDISCOVER, c.ARCH_EFI_X64, b"\x01\x03\x0a",
@@ -144,7 +144,7 @@ def ovmf_ipxe_rom_discover() -> DhcpMessage:
 
 
 def ovmf_chainloaded_ipxe_efi_discover() -> DhcpMessage:
-    """§3: Debian ipxe.efi after OVMF's TFTP; like §2 plus the srp feature flag."""
+    """Native PXE, then iPXE: Debian ipxe.efi after OVMF's TFTP; like the EFI ROM plus the srp feature flag."""
     return _request(
         XID_IPXE + 1, 4, 0,
         _ipxe_options(c.DHCPDISCOVER, c.ARCH_EFI_X64, b"\x01\x03\x0a",
@@ -153,7 +153,7 @@ def ovmf_chainloaded_ipxe_efi_discover() -> DhcpMessage:
 
 
 def _ovmf_options(message_type: int, max_size: int) -> list[tuple[int, bytes]]:
-    """§3 option order: 53, 57, 55, 97, 94, 93, 60; no 61, 77 or 175."""
+    """OVMF's own PXE, option order: 53, 57, 55, 97, 94, 93, 60; no 61, 77 or 175."""
     return [
         (c.OPT_MESSAGE_TYPE, bytes((message_type,))),
         (c.OPT_MAX_MESSAGE_SIZE, max_size.to_bytes(2, "big")),
@@ -166,12 +166,12 @@ def _ovmf_options(message_type: int, max_size: int) -> list[tuple[int, bytes]]:
 
 
 def ovmf_native_pxe_discover() -> DhcpMessage:
-    """§3: EDK2's PXE client; broadcast flag 1, option 57 = 1472.  secs: not in the notes."""
+    """OVMF's own PXE: EDK2's PXE client; broadcast flag 1, option 57 = 1472.  secs: not in the notes."""
     return _request(XID_OVMF, 0, c.FLAG_BROADCAST, _ovmf_options(c.DHCPDISCOVER, 1472))
 
 
 def ovmf_native_pxe_request() -> DhcpMessage:
-    """§3: EDK2's REQUEST: option 57 jumps to 65280.  Where 54/50 sit is not in the notes;
+    """OVMF's own PXE: EDK2's REQUEST: option 57 jumps to 65280.  Where 54/50 sit is not in the notes;
     they are appended after the listed options."""
     options = _ovmf_options(c.DHCPREQUEST, 65280)
     options += [(c.OPT_SERVER_ID, SERVER.packed), (c.OPT_REQUESTED_IP, OFFERED.packed)]
@@ -179,7 +179,7 @@ def ovmf_native_pxe_request() -> DhcpMessage:
 
 
 def busybox_udhcpc_discover() -> DhcpMessage:
-    """§4: busybox 1.35 udhcpc as the installer runs it (hostname requested with -x)."""
+    """busybox udhcpc: busybox 1.35 udhcpc as the installer runs it (hostname requested with -x)."""
     return _request(
         XID_UDHCPC, 0, 0,
         [
@@ -194,7 +194,7 @@ def busybox_udhcpc_discover() -> DhcpMessage:
 
 
 def dnsmasq_offer_to_ipxe() -> DhcpMessage:
-    """"Server side": dnsmasq's OFFER to an iPXE client: options 53, 54, 51, 67, 58, 59, 1,
+    """The reference server: dnsmasq's OFFER to an iPXE client: options 53, 54, 51, 67, 58, 59, 1,
     28, 3; siaddr = 198.18.0.1; the script URL in option 67 with ``file`` left empty.
     Lease times and mask are not in the notes (dnsmasq defaults for a 1 h lease)."""
     return DhcpMessage(

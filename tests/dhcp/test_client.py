@@ -39,13 +39,13 @@ def client(options: dict[int, bytes], *, chaddr: bytes = VM_MAC, secs: int = 0,
 @pytest.mark.parametrize(
     ("sample", "firmware", "arch", "broadcast"),
     [
-        ("seabios_ipxe_rom_discover", Firmware.IPXE, Arch.X86_BIOS, False),  # §1
+        ("seabios_ipxe_rom_discover", Firmware.IPXE, Arch.X86_BIOS, False),  # iPXE ROM, BIOS
         ("chainloaded_undionly_discover", Firmware.IPXE, Arch.X86_BIOS, True),  # chainload
-        ("ovmf_ipxe_rom_discover", Firmware.IPXE, Arch.EFI_X64, False),  # §2
-        ("ovmf_chainloaded_ipxe_efi_discover", Firmware.IPXE, Arch.EFI_X64, False),  # §3
-        ("ovmf_native_pxe_discover", Firmware.PXE, Arch.EFI_X64, True),  # §3
-        ("ovmf_native_pxe_request", Firmware.PXE, Arch.EFI_X64, True),  # §3
-        ("busybox_udhcpc_discover", Firmware.OS, Arch.UNKNOWN, False),  # §4
+        ("ovmf_ipxe_rom_discover", Firmware.IPXE, Arch.EFI_X64, False),  # iPXE ROM, EFI
+        ("ovmf_chainloaded_ipxe_efi_discover", Firmware.IPXE, Arch.EFI_X64, False),  # chainloaded
+        ("ovmf_native_pxe_discover", Firmware.PXE, Arch.EFI_X64, True),  # OVMF's own PXE
+        ("ovmf_native_pxe_request", Firmware.PXE, Arch.EFI_X64, True),  # OVMF's own PXE
+        ("busybox_udhcpc_discover", Firmware.OS, Arch.UNKNOWN, False),  # busybox udhcpc
     ],
 )
 def test_captured_firmware_is_classified(sample: str, firmware: Firmware, arch: Arch,
