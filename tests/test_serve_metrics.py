@@ -123,7 +123,7 @@ def test_metrics_move_when_a_machine_boots(tmp_path: Path) -> None:
     assert [host["Serial"] for host in hosts] == ["sn-1"]
     assert total(after, "pxestack_dhcp_packets_total", type="discover", outcome="offer") == 1
     assert total(after, "pxestack_tftp_transfers_total") == 1
-    assert total(after, "pxestack_tftp_bytes_total") >= 3000
+    assert total(after, "pxestack_tftp_acked_bytes_total") >= 3000
     assert total(after, "pxestack_hosts", state="installing") + total(
         after, "pxestack_hosts", state="unknown"
     ) == 1
