@@ -228,7 +228,9 @@ def log_host_change(change: HostChange) -> None:
     The fields (``serial``, ``state``, ``previous``, ``profile``, ``actor``) are in the
     event, so a JSON log carries them as fields of their own.
     """
-    actor = change.actor or "pxestack"
+    # Without a known actor a new record is the machine's own first contact (the store's
+    # audit commit names it so too); any other change was pxestack's own.
+    actor = change.actor or (f"machine:{change.serial}" if change.created else "pxestack")
     fields = {"serial": change.serial, "state": change.state, "previous": change.previous,
               "profile": change.profile or None, "actor": actor}
     if change.created and not change.enrolled:
