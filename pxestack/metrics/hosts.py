@@ -4,8 +4,8 @@
 what the store did into :class:`HostChange` values, handed to each observer in turn:
 
 * :meth:`pxestack.metrics.Metrics.host_changed` times the boot phases;
-* :func:`boot_steps` feeds the dashboard's timeline (a :class:`~pxestack.bootevents.
-  BootEventRecorder`);
+* :func:`boot_steps` feeds the dashboard's timeline (a
+  :class:`~pxestack.bootevents.BootEventRecorder`);
 * :func:`log_host_change` writes the info line an operator reads.
 
 All three read the same value, so they agree on what happened.  In particular there is

@@ -22,8 +22,8 @@ hook                             called by                                      
 :meth:`Metrics.watch_hosts`      provisioning wiring, once                         pull
 :meth:`Metrics.watch_profiles`   provisioning wiring, once                         pull
 :meth:`Metrics.watch_store`      provisioning wiring, once                         pull
-:meth:`Metrics.host_changed`     an :class:`~pxestack.metrics.hosts.               per change
-                                 ObservedHostStore` observer
+:meth:`Metrics.host_changed`     an ``ObservedHostStore`` observer, after each     per change
+                                 stored change (:mod:`pxestack.metrics.hosts`)
 :meth:`Metrics.boot_event`       ``/ipxebootscript?mac=`` (``boot_script``)        per event
 ===============================  ================================================  =========
 
