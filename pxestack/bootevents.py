@@ -13,7 +13,8 @@ phase           reported when                                   keyed by
                 network boot program over TFTP
 ``script``      iPXE asks for its script naming itself          serial and MAC
 ``kernel``      a kernel, initrd or image file of the host      serial
-``enrolled``    first contact: the host record is created       serial
+``enrolled``    the host is enrolled: its record is created,    serial
+                or approved when it was ``pending``
 ``installing``  the installer posted its host data              serial
 ``installed``   ``set_installed``                               serial
 ``running``     ``boot_complete``                               serial

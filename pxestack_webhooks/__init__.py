@@ -255,9 +255,25 @@ class WebhooksExtension(Extension):
         context.add_service(webhooks)
         context.subscribe(webhooks.on_event)
         for endpoint in config.endpoints:
-            context.log.info("webhooks to {url} for {events}", url=endpoint.url,
+            context.log.info("webhooks to {url} for {events}", url=loggable_url(endpoint.url),
                              events=", ".join(sorted(endpoint.events)))
 
 
+def loggable_url(url: str) -> str:
+    """*url* for a log line: a receiver's URL may carry a credential in its user
+    information or its query (``?token=...``), so both are left out."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # not a number: the configuration check refuses such a URL
+        port = None
+    netloc = host + (f":{port}" if port is not None else "")
+    hidden = " (query not shown)" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{hidden}"
+
+
 __all__ = ["EVENTS", "Endpoint", "WebhookService", "WebhookSettings", "WebhooksExtension",
-           "document", "event_kinds"]
+           "document", "event_kinds", "loggable_url"]

@@ -1,6 +1,6 @@
 """The deployment pieces under ``deploy/``: the systemd unit (``systemd-analyze verify``), the
 Prometheus alert rules and the Grafana dashboard (``promtool check rules``), and every metric
-name they use exists (docs/metrics.md and pxestack/metrics.py)."""
+name they use exists (docs/metrics.md and the pxestack.metrics package)."""
 
 from __future__ import annotations
 
@@ -112,14 +112,24 @@ def test_every_metric_used_exists(what: str) -> None:
     documented = set(re.findall(r"`(pxestack_[a-z0-9_]+)`", (ROOT / "docs" / "metrics.md")
                                 .read_text()))
     documented = {n[: -len("_total")] if n.endswith("_total") else n for n in documented}
-    source = (ROOT / "pxestack" / "metrics.py").read_text()
+    source = "".join(path.read_text() for path in (ROOT / "pxestack" / "metrics").glob("*.py"))
     exposition = Metrics().render()[0].decode()
     for name in sorted(names):
         if name.startswith("process_"):
             assert re.search(rf"^{name} ", exposition, re.MULTILINE), name
         else:
             assert name in documented, f"{name} is not in docs/metrics.md"
-            assert f'"{name}"' in source, f"{name} is not registered in pxestack/metrics.py"
+            assert f'"{name}"' in source, f"{name} is not registered in pxestack.metrics"
+
+
+@pytest.mark.parametrize("what", ["dashboard", "alerts"])
+def test_label_values_are_spelt_as_the_metrics_spell_them(what: str) -> None:
+    """Event and outcome label values are words joined by ``_``: a query for
+    ``pool-exhausted`` or ``timed-out`` would silently match nothing."""
+    exprs = dashboard_exprs() if what == "dashboard" else alert_exprs()
+    for expr in exprs:
+        for label, text in re.findall(r'\b(event|outcome|state|phase)=~?"([^"]*)"', expr):
+            assert "-" not in text, (label, text, expr)
 
 
 def test_alert_rules_pass_promtool() -> None:

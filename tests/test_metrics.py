@@ -28,9 +28,10 @@ from pxestack.metrics import (
     BOOT_PHASES,
     DURATION_BUCKETS,
     BootPhaseTracker,
-    MeteredHostStore,
+    HostChange,
     Metrics,
     MetricsResource,
+    ObservedHostStore,
     PhaseHistogram,
     instrument_site,
     leases_by_pool,
@@ -146,10 +147,10 @@ def test_tftp_transfers_bytes_and_retransmits(metrics):
     s = scrape(metrics)
     assert value(s, "pxestack_tftp_transfers_total", outcome="complete") == 2
     assert value(s, "pxestack_tftp_transfers_total", outcome="aborted") == 1
-    assert value(s, "pxestack_tftp_transfers_total", outcome="timed-out") == 1
-    assert value(s, "pxestack_tftp_bytes_total") == 1_502_936
-    assert value(s, "pxestack_tftp_retransmits_total") == 13
-    assert value(s, "pxestack_tftp_datagrams_sent_total") == 1054
+    assert value(s, "pxestack_tftp_transfers_total", outcome="timed_out") == 1
+    assert value(s, "pxestack_tftp_acked_bytes_total") == 1_502_936
+    assert value(s, "pxestack_tftp_retransmitted_datagrams_total") == 13
+    assert value(s, "pxestack_tftp_sent_datagrams_total") == 1054
     assert value(s, "pxestack_tftp_transfer_duration_seconds_count") == 4
     assert value(s, "pxestack_tftp_transfer_duration_seconds_bucket", le="1.0") == 3
 
@@ -204,7 +205,7 @@ def test_http_transfer_records(metrics):
     s = scrape(metrics)
     assert value(s, "pxestack_http_asset_transfers_total", outcome="completed",
                  method="sendfile") == 1
-    assert value(s, "pxestack_http_asset_transfers_total", outcome="client-gone",
+    assert value(s, "pxestack_http_asset_transfers_total", outcome="client_gone",
                  method="copy") == 1
     assert value(s, "pxestack_http_asset_transfers_total", outcome="other", method="other") == 1
     assert value(s, "pxestack_http_asset_bytes_total", method="sendfile") == 100
@@ -308,10 +309,13 @@ def test_host_transitions_and_the_firmware_phase(metrics):
     """The provisioning hook by state, and iPXE's hyphenated MAC matching DHCP's bytes."""
     metrics.dhcp_lease_event(LeaseEvent("bound", None, 1, MAC, "eth0"), now=10.0)
     metrics.boot_event("52-54-00-12-34-56", "boot_script", 13.0)  # ${mac:hexhyp}
-    metrics.host_transition("sn-9", "unknown", 20.0, enrolled=True)
-    metrics.host_transition("sn-9", "installing", 50.0)
-    metrics.host_transition("sn-9", "unknown", 60.0)  # no phase boundary
-    metrics.host_transition("sn-9", "running", 80.0)  # PXE-every-boot: no "installed"
+    def change(state: str, previous: str | None, now: float) -> HostChange:
+        return HostChange("sn-9", state, previous, "core", (), None, now)
+
+    metrics.host_changed(change("unknown", None, 20.0))  # enrolled on first contact
+    metrics.host_changed(change("installing", "unknown", 50.0))
+    metrics.host_changed(change("unknown", "installing", 60.0))  # no phase boundary
+    metrics.host_changed(change("running", "unknown", 80.0))  # PXE-every-boot: no "installed"
     s = scrape(metrics)
     assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="firmware") == 3.0
     assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="installer_boot") == 30.0
@@ -357,7 +361,8 @@ def test_hosts_per_state_and_profile_move_as_a_machine_provisions(tmp_path):
     }}).provision
     metrics = Metrics(process_metrics=False)
     clock = [1000.0]
-    store = MeteredHostStore(FileHostStore(cluster), metrics, clock=lambda: clock[0])
+    store = ObservedHostStore(FileHostStore(cluster), [metrics.host_changed],
+                              clock=lambda: clock[0])
     provisioner = Provisioner(config, store, base_url="http://198.18.0.1:8080",
                               key=callback_key(cluster))
     metrics.watch_hosts(lambda: [(h.state.value, h.profile) for h in provisioner.hosts()])
@@ -410,7 +415,7 @@ def test_hosts_per_state_and_profile_move_as_a_machine_provisions(tmp_path):
     assert per_state == [{"unknown": 1, "installing": 0, "running": 0},
                          {"unknown": 0, "installing": 1, "running": 0},
                          {"unknown": 0, "installing": 0, "running": 1}]
-    assert value(states[-1], "pxestack_hosts_by_profile", profile="core") == 1
+    assert value(states[-1], "pxestack_profile_hosts", profile="core") == 1
     last = states[-1]
     assert value(last, "pxestack_http_requests_total", endpoint="first-stage-script",
                  method="GET", status="200") == 1
@@ -509,7 +514,14 @@ def test_attach_dhcp_counts_real_packets_leases_and_the_dora_time(metrics):
                if name == "pxestack_dhcp_packets_total" and ("type", "inform") in labels) == 1
     assert value(s, "pxestack_dhcp_leases_in_use", pool="198.18.0.0/24") == 1
     assert value(s, "pxestack_dhcp_pool_addresses", pool="198.18.0.0/24") == 10
-    assert value(s, "pxestack_dhcp_server_events_total", event="acks") == core.counters["acks"] == 1
+    # Each fact is counted once: ACKs are lease events, not server events.
+    assert value(s, "pxestack_dhcp_lease_events_total", event="bound") == core.counters["acks"] == 1
+    assert ("pxestack_dhcp_server_events_total", (("event", "acks"),)) not in s
+    lease_counters = {"offers", "acks", "naks", "releases", "declines", "expired",
+                      "pool_exhausted"}
+    assert {key: value(s, "pxestack_dhcp_server_events_total", event=key)
+            for key in core.counters if key not in lease_counters} == {
+        key: count for key, count in core.counters.items() if key not in lease_counters}
     assert value(s, "pxestack_boot_phase_duration_seconds_sum", phase="dhcp") == 1.5
 
 
@@ -596,7 +608,9 @@ def test_attach_tftp_server_composes_with_its_callback(metrics, tmp_path):
     s = scrape(metrics)
     assert value(s, "pxestack_tftp_transfers_total", outcome="complete") == 1
     assert value(s, "pxestack_tftp_server_events_total", event="requests") == 1
-    assert value(s, "pxestack_tftp_server_events_total", event="completed") == 1
+    # Outcomes, bytes and retransmissions are not repeated as server events.
+    assert not {labels for name, labels in s if name == "pxestack_tftp_server_events_total"} & {
+        (("event", key),) for key in ("completed", "bytes_acked", "retransmits", "active")}
     assert value(s, "pxestack_tftp_active_transfers") == 2
 
 
@@ -634,7 +648,7 @@ def test_mac_keyed_phases_by_text_or_octets_are_one_record(metrics):
     assert value(s, "pxestack_boot_phase_duration_seconds_count", phase="firmware") == 1
 
 
-# -- the boot-phase histogram (docs/dhcp.md §11) --------------------------------------------
+# -- the boot-phase histogram ---------------------------------------------------------------
 
 
 @settings(max_examples=150, deadline=None)
@@ -666,3 +680,81 @@ def test_phase_histogram_exposes_what_a_prometheus_histogram_does(
                       if not sample.name.endswith("_created"))
 
     assert samples(lighter_registry) == samples(reference_registry)
+
+
+# -- naming, build info, store health, profile capacity ------------------------------------
+
+
+def test_no_created_series_and_names_follow_prometheus_conventions():
+    """No ``_created`` samples; ``_total`` only on counters; byte counts have counters of
+    their own; label values are written one way (``_``, never ``-``)."""
+    from pxestack.tftp.stats import ServerStats
+
+    metrics = Metrics(process_metrics=False)
+    stats = ServerStats(requests=3, bytes_acked=4096)
+    metrics.watch_counters("pxestack_tftp_server_events", "doc", stats.snapshot,
+                           exclude=("active", "bytes_acked"))
+    metrics.tftp_transfer(transfer(Outcome.TIMED_OUT, 10, 1, 0, 1.0))
+    metrics.dhcp_lease_event(LeaseEvent("pool-exhausted", None, 1, MAC, "eth0"))
+    metrics.http_transfer(TransferRecord(asset="a", client="198.18.0.5", offset=0, length=1,
+                                         sent=1, method="copy", outcome="client-gone",
+                                         duration=0.1))
+    body = metrics.render()[0].decode()
+    families = list(text_string_to_metric_families(body))
+    names = {sample.name for family in families for sample in family.samples}
+    assert not [name for name in names if name.endswith("_created")]
+    for family in families:
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                assert family.type == "counter", sample.name
+            if family.type == "counter" and "bytes" in sample.name:
+                assert sample.name.endswith("_bytes_total"), sample.name
+            for label, text in sample.labels.items():
+                if label not in ("le", "version", "pool", "asset", "profile", "endpoint"):
+                    assert "-" not in text, (sample.name, label, text)
+    s = scrape(metrics)
+    assert value(s, "pxestack_dhcp_lease_events_total", event="pool_exhausted") == 1
+    assert value(s, "pxestack_tftp_transfers_total", outcome="timed_out") == 1
+
+
+def test_build_info_names_the_running_version(metrics):
+    from pxestack import __version__
+
+    assert value(scrape(metrics), "pxestack_build_info", version=__version__) == 1
+
+
+def test_store_health_follows_the_store(metrics):
+    report = {"ok": True, "read_only": False}
+    metrics.watch_store(lambda: report)
+    s = scrape(metrics)
+    assert (value(s, "pxestack_store_healthy"), value(s, "pxestack_store_read_only")) == (1, 0)
+    report.update(ok=False)  # e.g. a git commit failed and waits for its retry
+    s = scrape(metrics)
+    assert (value(s, "pxestack_store_healthy"), value(s, "pxestack_store_read_only")) == (0, 0)
+    report.update(read_only=True)  # damage found: records are read-only
+    s = scrape(metrics)
+    assert (value(s, "pxestack_store_healthy"), value(s, "pxestack_store_read_only")) == (0, 1)
+
+
+def test_store_health_of_a_damaged_cluster_directory(tmp_path):
+    """The gauge reads the real store: a store marked damaged is degraded and read-only."""
+    metrics = Metrics(process_metrics=False)
+    store = FileHostStore(tmp_path / "cluster")
+    metrics.watch_store(store.health)
+    assert value(scrape(metrics), "pxestack_store_healthy") == 1
+    store.mark_damaged("cluster.json is torn")
+    s = scrape(metrics)
+    assert (value(s, "pxestack_store_healthy"), value(s, "pxestack_store_read_only")) == (0, 1)
+
+
+def test_profile_capacity_is_quantity_and_hosts_per_profile(metrics):
+    profiles = [("core", 3), ("worker", 0)]
+    hosts = [("running", "core"), ("installing", "core"), ("pending", "")]
+    metrics.watch_profiles(lambda: profiles)
+    metrics.watch_hosts(lambda: hosts)
+    s = scrape(metrics)
+    assert value(s, "pxestack_profile_quantity", profile="core") == 3
+    assert value(s, "pxestack_profile_quantity", profile="worker") == 0
+    assert value(s, "pxestack_profile_hosts", profile="core") == 2
+    assert value(s, "pxestack_profile_hosts", profile="-") == 1
+    assert value(s, "pxestack_hosts", state="pending") == 1

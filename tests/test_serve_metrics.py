@@ -8,6 +8,7 @@ HTTP, and checks that the scrape shows each of those.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import struct
@@ -94,12 +95,18 @@ def test_metrics_move_when_a_machine_boots(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{http_port}"
     try:
         assert proc.stderr is not None
+        # "pxestack running" comes before the TFTP worker processes have bound their port
+        # (on a loaded machine, seconds before): wait for each worker's "serving" line too.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        running, workers, serving = False, None, 0
+        while time.monotonic() < deadline and not (running and serving == (workers or 0)):
             line = proc.stderr.readline()
             assert line, "pxestack serve exited early"
-            if "pxestack running" in line:
-                break
+            running = running or "pxestack running" in line
+            found = re.search(r"tftp: (\d+) worker processes", line)
+            if found:
+                workers = int(found.group(1))
+            serving += bool(re.search(r"tftp worker \d+ serving", line))
         before = scrape(base)
 
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -123,10 +130,20 @@ def test_metrics_move_when_a_machine_boots(tmp_path: Path) -> None:
     assert [host["Serial"] for host in hosts] == ["sn-1"]
     assert total(after, "pxestack_dhcp_packets_total", type="discover", outcome="offer") == 1
     assert total(after, "pxestack_tftp_transfers_total") == 1
-    assert total(after, "pxestack_tftp_bytes_total") >= 3000
+    assert total(after, "pxestack_tftp_acked_bytes_total") >= 3000
     assert total(after, "pxestack_hosts", state="installing") + total(
         after, "pxestack_hosts", state="unknown"
     ) == 1
     assert total(after, "pxestack_http_requests_total") > total(
         before, "pxestack_http_requests_total"
     )
+    # The service wiring exports the build, the store's health and the profiles' capacity,
+    # and no _created series.
+    from pxestack import __version__
+
+    assert total(after, "pxestack_build_info", version=__version__) == 1
+    assert (total(after, "pxestack_store_healthy"), total(after, "pxestack_store_read_only")) \
+        == (1, 0)
+    assert total(after, "pxestack_profile_quantity", profile="core") == 1
+    assert total(after, "pxestack_profile_hosts", profile="core") == 1
+    assert not [name for name, _ in after if name.endswith("_created")]

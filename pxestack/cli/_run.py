@@ -11,45 +11,19 @@ from typing import Any, TextIO
 
 from twisted.application import service
 from twisted.internet.error import CannotListenError
-from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
-    Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    jsonFileLogObserver,
-    textFileLogObserver,
-)
+from twisted.logger import Logger, globalLogBeginner
 
 from pxestack.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, print_problems
 from pxestack.config import Config, RunAs
 from pxestack.config.checks import user_groups
 from pxestack.errors import ConfigError
+from pxestack.service.logs import make_observer
 
 log = Logger()
 
-_LEVELS = {
-    "debug": LogLevel.debug,
-    "info": LogLevel.info,
-    "warn": LogLevel.warn,
-    "error": LogLevel.error,
-}
-
-
-def make_observer(log_format: str, level: str, stream: TextIO) -> ILogObserver:
-    """A text or JSON log observer on *stream* that drops events below *level*."""
-    observer: ILogObserver = (
-        jsonFileLogObserver(stream, recordSeparator="")
-        if log_format == "json"
-        else textFileLogObserver(stream)
-    )
-    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
-    return FilteringLogObserver(observer, [predicate])
-
-
 def start_logging(log_format: str, level: str, stream: TextIO | None = None) -> None:
-    """Send twisted.logger events to *stream* (default stderr) as text or JSON lines.
+    """Send twisted.logger events to *stream* (default stderr) as text or JSON lines
+    (:func:`pxestack.service.logs.make_observer`).
 
     Events logged before this call (the warnings of building the services, which happens
     before the log format is known) are buffered by twisted.logger and written now, so no

@@ -1287,7 +1287,15 @@ class ProvisioningApi:
         return None
 
     def announce(self, action: str, *, serial: str | None, actor: str) -> None:
-        """Tell the recorder's subscribers that an admin *action* succeeded."""
+        """Log that an admin *action* succeeded (who, what, which machine) and tell the
+        recorder's subscribers.  A machine's own callback is not an admin action: its
+        state change has its own log line."""
+        if serial is not None and not actor.startswith("machine:"):
+            log.info("admin action {action} on host {serial} by {actor}: done", action=action,
+                     serial=serial, actor=actor or "unknown")
+        elif serial is None:
+            log.info("admin action {action} by {actor}: done", action=action,
+                     actor=actor or "unknown")
         if self.events is None:
             return
         try:

@@ -11,8 +11,6 @@ returns them as :class:`pxestack.service.Extensions`, together with a
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +22,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from pxestack.bootevents import STATE_PHASES, BootEventRecorder
+from pxestack.bootevents import BootEventRecorder
 from pxestack.config import Config
 from pxestack.config.checks import admin_tokens, provision_base_url
 from pxestack.config.provision import ProvisionConfig
 from pxestack.dhcp.seen import DhcpSightings
 from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.http.events import EventFeed
-from pxestack.metrics import MeteredHostStore, Metrics
+from pxestack.metrics import Metrics, ObservedHostStore, boot_steps, log_host_change
 from pxestack.provision.api import ProvisioningApi
 from pxestack.provision.bootconfig import LoaderConfigSource
 from pxestack.provision.enrolment import EnrolmentGate, FirstContactLimiter
@@ -43,7 +41,7 @@ from pxestack.provision.mayu_import import (
 )
 from pxestack.provision.policy import ProvisioningPolicy
 from pxestack.provision.provisioner import Provisioner, callback_key
-from pxestack.provision.store import FileHostStore, isolate_git_config
+from pxestack.provision.store import CURRENT_ACTOR, FileHostStore, isolate_git_config
 from pxestack.service import Extensions
 from pxestack.tftp.source import ChainSource, FileSource, FilesystemSource
 
@@ -126,58 +124,6 @@ class ProvisioningService(service.MultiService):
         d = deferToThreadPool(self.reactor, self.pool, work)
         d.addErrback(lambda f: log.failure("provisioning maintenance failed", f))
         return d
-
-
-class RecordedHostStore:
-    """A host store that reports enrolment and every change of ``State`` as a boot step.
-
-    It wraps a host store by delegation, like :class:`~pxestack.metrics.MeteredHostStore`:
-    enrolment is the ``enrolled`` step; a new state among
-    :data:`~pxestack.bootevents.STATE_PHASES` is the step of that name; the record's MAC
-    addresses (known once the installer posted its host data) are linked to the serial, so
-    the machine's DHCP and TFTP steps join its timeline.
-    """
-
-    def __init__(self, store: Any, events: BootEventRecorder,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._store = store
-        self._events = events
-        self._clock = clock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def enrol(self, serial: str, make: Callable[..., Any], message: Any) -> Any:
-        """The store's ``enrol``; a created record is the ``enrolled`` step."""
-        versioned, created = self._store.enrol(serial, make, message)
-        if created:
-            self._report(versioned.host, "enrolled")
-        return versioned, created
-
-    def update(self, serial: str, change: Callable[[Any], Any], *,
-               if_match: str | None = None) -> Any:
-        """The store's ``update``; a change of ``State`` is reported after it is stored."""
-        before: list[Any] = []
-
-        def observed(host: Any) -> Any:
-            before.append(getattr(host, "state", None))
-            return change(host)
-
-        versioned = self._store.update(serial, observed, if_match=if_match)
-        after = getattr(versioned.host, "state", None)
-        if before and before[-1] != after:
-            state = str(getattr(after, "value", ""))
-            if state in STATE_PHASES:
-                self._report(versioned.host, state)
-        return versioned
-
-    def _report(self, host: Any, phase: str) -> None:
-        try:
-            for mac in getattr(host, "mac_addresses", ()):
-                self._events.link(mac, host.serial)
-            self._events.record(phase, self._clock(), serial=host.serial)
-        except Exception:
-            log.failure("recording a boot step failed", serial=host.serial)
 
 
 def _admin_tokens(config: Config) -> dict[str, str]:
@@ -279,12 +225,19 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
             _report_settings_source(config, file_prov, prov, saved)
     metrics = Metrics()
     events = BootEventRecorder()
-    hosts = RecordedHostStore(MeteredHostStore(store, metrics), events)
+    # One observer of the store's changes: the boot-phase metrics, the dashboard's
+    # timeline and the operator's info line read the same change.
+    hosts = ObservedHostStore(
+        store, [metrics.host_changed, boot_steps(events), log_host_change],
+        actor=CURRENT_ACTOR.get,
+    )
     provisioner = Provisioner(
         prov, hosts, base_url=base_url,
         key=callback_key(prov.cluster_dir),
     )
     metrics.watch_hosts(lambda: [(host.state.value, host.profile) for host in provisioner.hosts()])
+    metrics.watch_profiles(lambda: [(p.name, p.quantity) for p in provisioner.config.profiles])
+    metrics.watch_store(store.health)
 
     pool = ThreadPool(minthreads=1, maxthreads=4, name="pxestack-provision")
 
@@ -365,5 +318,5 @@ def loader_config_source(config: Config, provisioner: Provisioner) -> FileSource
                        FilesystemSource(config.tftp.root, lowercase=config.tftp.lowercase))
 
 
-__all__ = ["MAYU_CONFIG_FILE", "ProvisioningService", "RecordedHostStore", "enrolment_gate",
+__all__ = ["MAYU_CONFIG_FILE", "ProvisioningService", "enrolment_gate",
            "loader_config_source", "provisioning_extensions"]

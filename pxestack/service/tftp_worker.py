@@ -43,6 +43,7 @@ from zope.interface import implementer
 from pxestack.config.tftp import TftpConfig
 from pxestack.errors import MalformedPacket, PxeStackError
 from pxestack.paths import PathNotFound, PathRefused
+from pxestack.service.logs import is_twisted_chatter
 from pxestack.tftp.channel import MAX_PAYLOAD, Frame, FrameDecoder, FrameKind, encode_frame
 from pxestack.tftp.source import FilesystemSource, TftpClient, UploadDirectory
 from pxestack.tftp.stats import SessionStats
@@ -242,6 +243,8 @@ class ChannelLogObserver:
         level = event.get("log_level", LogLevel.info)
         if self._sending or level not in _ORDER or level < self._level:
             return
+        if self._level > LogLevel.debug and is_twisted_chatter(event):
+            return  # shown only at log_level: debug, as in the main process
         text = formatEvent(event)
         failure = event.get("log_failure")
         if failure is not None:

@@ -334,3 +334,16 @@ def test_receiver_fails_then_recovers_across_a_restart(tmp_path: Path,
     assert set(events) == {"enrolled", "admin_action", "state_changed", "installed"}
     assert all(doc["serial"] == "hook-1" for doc in receiver.accepted)
     assert len({doc["id"] for doc in receiver.accepted}) == len(events)
+
+
+@pytest.mark.parametrize(("url", "logged"), [
+    ("https://ops.example.com/pxestack", "https://ops.example.com/pxestack"),
+    ("https://user:s3cret@ops.example.com:8443/hook?token=s3cret",
+     "https://ops.example.com:8443/hook (query not shown)"),
+    ("http://[2001:db8::1]/x", "http://[2001:db8::1]/x"),
+])
+def test_a_receivers_credentials_never_reach_the_log(url: str, logged: str) -> None:
+    from pxestack_webhooks import loggable_url
+
+    assert loggable_url(url) == logged
+    assert "s3cret" not in loggable_url(url)

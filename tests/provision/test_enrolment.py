@@ -375,27 +375,31 @@ def test_the_dhcp_service_and_the_api_share_the_sightings(tmp_path: Path) -> Non
 
 
 def test_a_pending_host_counts_as_enrolled_when_it_is_approved(tmp_path: Path) -> None:
-    from pxestack.metrics import MeteredHostStore
+    """One rule for every observer: a pending record is a change, but not an enrolment;
+    the approval enrols the machine, and the dashboard's timeline and the metrics agree."""
+    from pxestack.bootevents import BootEventRecorder
+    from pxestack.metrics import HostChange, Metrics, ObservedHostStore, boot_steps
     from pxestack.provision.provisioner import Provisioner, callback_key
     from pxestack.provision.store import InMemoryHostStore
 
-    class Recorder:
-        def __init__(self) -> None:
-            self.calls: list[tuple[str, str, bool]] = []
-
-        def host_transition(self, serial: str, state: str, now: float, *,
-                            enrolled: bool = False) -> None:
-            self.calls.append((serial, state, enrolled))
-
-    recorder = Recorder()
+    changes: list[HostChange] = []
+    events = BootEventRecorder()
+    metrics = Metrics(process_metrics=False)
     rig = make_rig(tmp_path / "cluster")
-    store = MeteredHostStore(InMemoryHostStore(), recorder, clock=lambda: 0.0)  # type: ignore[arg-type]
+    store = ObservedHostStore(InMemoryHostStore(),
+                              [changes.append, boot_steps(events), metrics.host_changed],
+                              clock=lambda: 0.0, actor=lambda: "ops")
     provisioner = Provisioner(rig.config, store, base_url="http://x",
                               key=callback_key(tmp_path / "cluster"))
     provisioner.first_contact("p1", pending=True)
-    assert recorder.calls == []
+    assert [(c.serial, c.previous, c.state, c.enrolled) for c in changes] == [
+        ("p1", None, "pending", False)]
+    assert [e.phase for e in events.since()] == []
     provisioner.approve("p1")
-    assert recorder.calls == [("p1", "unknown", True)]
+    assert [(c.previous, c.state, c.enrolled, c.actor) for c in changes[1:]] == [
+        ("pending", "unknown", True, "ops")]
+    assert [e.phase for e in events.since()] == ["enrolled"]
+    assert len(metrics.boot_phases) == 1  # the enrolled start of installer_boot, provision
     provisioner.remove("p1")
     assert provisioner.get("p1") is None
 

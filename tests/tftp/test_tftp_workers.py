@@ -212,7 +212,7 @@ def test_stats_reach_metrics_and_survive_a_restart(tmp_path: Path) -> None:
     assert 'pxestack_tftp_server_events_total{event="requests"} 3.0' in text
     assert "pxestack_tftp_active_transfers 2.0" in text
     assert 'pxestack_tftp_transfers_total{outcome="complete"} 1.0' in text
-    assert "pxestack_tftp_bytes_total 1000.0" in text
+    assert "pxestack_tftp_acked_bytes_total 1000.0" in text
     reactor.spawned[0][0].processEnded(Failure(ProcessTerminated(signal=9)))
     text = metrics.render()[0].decode()
     assert 'pxestack_tftp_server_events_total{event="requests"} 3.0' in text

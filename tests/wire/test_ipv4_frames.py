@@ -1,7 +1,8 @@
 """IPv4/UDP frames built with dpkt (RFC 791, RFC 768) and the dpkt-based ICMPv6 checksum.
 
 Every expectation is checked against a reference written out here from the RFCs (a plain
-RFC 1071 one's-complement sum and ``struct``-packed headers), independent of dpkt.
+RFC 1071 one's-complement sum and ``struct``-packed headers), independent of dpkt; the
+per-packet patching of dpkt's template is also checked against dpkt building each packet.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import struct
 from ipaddress import IPv4Address, IPv6Address
 
+import dpkt
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pxestack.errors import ApiMisuse
 from pxestack.wire.icmpv6 import icmpv6_checksum
-from pxestack.wire.ipv4 import MAX_UDP_PAYLOAD, ipv4_udp_packet
+from pxestack.wire.ipv4 import MAX_UDP_PAYLOAD, Ipv4UdpTemplate, ipv4_udp_packet
 
 ipv4_addresses = st.builds(IPv4Address, st.integers(0, 2**32 - 1))
 ipv6_addresses = st.builds(IPv6Address, st.integers(0, 2**128 - 1))
@@ -88,6 +90,46 @@ def test_both_checksums_verify(
     assert struct.unpack("!HH", packet[2:4] + segment[4:6]) == (len(packet), len(segment))
     assert (packet[0], packet[6:8], packet[8], packet[9]) == (0x45, b"\x40\x00", ttl, 17)
     assert segment[8:] == payload
+
+
+def dpkt_packet(
+    source: IPv4Address, destination: IPv4Address, source_port: int, destination_port: int,
+    payload: bytes, ttl: int,
+) -> bytes:
+    """The packet as dpkt builds it when every field is set on its objects, per packet."""
+    udp = dpkt.udp.UDP(sport=source_port, dport=destination_port, ulen=8 + len(payload),
+                       data=payload)
+    ip = dpkt.ip.IP(src=source.packed, dst=destination.packed, p=dpkt.ip.IP_PROTO_UDP,
+                    ttl=ttl, tos=0, id=0, df=1, data=udp)
+    return bytes(ip)
+
+
+@given(ipv4_addresses, ipv4_addresses, ports, ports, payloads, ttls)
+@example(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.100"), 67, 68, b"", 64)
+def test_the_template_patched_per_packet_equals_dpkt_building_every_packet(
+    source: IPv4Address, destination: IPv4Address, source_port: int, destination_port: int,
+    payload: bytes, ttl: int,
+) -> None:
+    """The fast path (dpkt's template, fields written in place) is byte for byte what dpkt
+    gives when it builds the whole packet, and dpkt reads back every field."""
+    template = Ipv4UdpTemplate(source, source_port, ttl=ttl)
+    packet = template.packet(destination, destination_port, payload)
+    assert packet == dpkt_packet(source, destination, source_port, destination_port, payload,
+                                 ttl)
+    parsed = dpkt.ip.IP(packet)
+    assert (parsed.src, parsed.dst, parsed.ttl, parsed.df, parsed.len) == (
+        source.packed, destination.packed, ttl, 1, len(packet))
+    assert (parsed.data.sport, parsed.data.dport, parsed.data.data) == (
+        source_port, destination_port, payload)
+
+
+def test_one_template_serves_many_packets_unchanged() -> None:
+    template = Ipv4UdpTemplate(IPv4Address("198.18.0.1"), 67)
+    first = template.packet(IPv4Address("198.18.0.100"), 68, b"offer")
+    template.packet(IPv4Address("198.18.0.200"), 4011, b"x" * 600)
+    assert template.packet(IPv4Address("198.18.0.100"), 68, b"offer") == first
+    assert first == ipv4_udp_packet(IPv4Address("198.18.0.1"), IPv4Address("198.18.0.100"),
+                                    67, 68, b"offer")
 
 
 def payload_with_zero_udp_checksum(source: IPv4Address, destination: IPv4Address,

@@ -1,10 +1,10 @@
-"""Prometheus metrics: one :class:`Metrics` object, recorder hooks, and the ``/metrics`` page.
+"""The registry: one :class:`Metrics` object and the hooks that move its metrics.
 
 The protocol adapters and the provisioning layer report events to a :class:`Metrics`
 object through small, cheap calls (no I/O, no locks beyond prometheus_client's own);
-``/metrics`` (:class:`MetricsResource`) renders them in the Prometheus text format, or
-OpenMetrics when the scraper asks for it.  Each hook is shaped like the callback its caller
-already has, so wiring is one line per adapter:
+``/metrics`` (:class:`~pxestack.metrics.resource.MetricsResource`) renders them in the
+Prometheus text format, or OpenMetrics when the scraper asks for it.  Each hook is shaped
+like the callback its caller already has, so wiring is one line per adapter:
 
 ===============================  ================================================  =========
 hook                             called by                                         shape
@@ -20,8 +20,10 @@ hook                             called by                                      
 :meth:`Metrics.http_transfer`    ``AssetStats.observers``                          TransferRecord
 :meth:`Metrics.watch_gauge`      service wiring (``ServerStats.active``)           pull
 :meth:`Metrics.watch_hosts`      provisioning wiring, once                         pull
-:meth:`Metrics.host_transition`  provisioning, after each stored state change      per change
-                                 (or wrap the store in :class:`MeteredHostStore`)
+:meth:`Metrics.watch_profiles`   provisioning wiring, once                         pull
+:meth:`Metrics.watch_store`      provisioning wiring, once                         pull
+:meth:`Metrics.host_changed`     an ``ObservedHostStore`` observer, after each     per change
+                                 stored change (:mod:`pxestack.metrics.hosts`)
 :meth:`Metrics.boot_event`       ``/ipxebootscript?mac=`` (``boot_script``)        per event
 ===============================  ================================================  =========
 
@@ -34,33 +36,32 @@ callback the object already has.
 from the truth (leases in use, hosts per state).  A pull source that raises is logged and
 skipped: a broken source never breaks the scrape or the server.
 
+Names follow Prometheus' conventions: the unit is the last word of the name (``_seconds``,
+``_bytes``, ``_datagrams``), ``_total`` ends counters and only counters, bytes have
+counters of their own (never a label value of an events counter), and no fact is counted
+by two families.  Label values are lower-case words joined by ``_``.  prometheus_client's
+``_created`` series are switched off (:func:`prometheus_client.disable_created_metrics`):
+they double the series count and no dashboard or alert reads them.
+
 Every label value is taken from a fixed set or from the operator's configuration (pool
 networks, profile names), never verbatim from a client: a hostile client must not be able
 to create unbounded time series (bounded memory; see docs/reference/hostile-inputs.md).
 
-This module is in layer 4 (beside :mod:`pxestack.service`): it may use the sans-IO value
+This package is in layer 4 (beside :mod:`pxestack.service`): it may use the sans-IO value
 types below it but never :mod:`pxestack.provision`; the provisioning layer calls in.
 """
 
 from __future__ import annotations
 
-import hmac
-import math
 import re
-import threading
-import time
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.exposition import choose_encoder
@@ -68,9 +69,22 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from twisted.logger import Logger
-from twisted.web.resource import Resource
+
+from pxestack import __version__
+from pxestack.metrics.phases import (
+    BOOT_EVENTS,
+    DURATION_BUCKETS,
+    BootPhaseTracker,
+    PhaseHistogram,
+)
+
+if TYPE_CHECKING:
+    from pxestack.metrics.hosts import HostChange
+
+# A process-wide switch of prometheus_client: no ``<name>_created`` series for counters and
+# histograms (see the module documentation).  The function is untyped in prometheus_client.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 log = Logger()
 
@@ -86,7 +100,7 @@ DHCP_OUTCOMES = ("offer", "ack", "nak", "ignored", "malformed", "error")
 
 #: Lease event kinds of ``DhcpServerCore`` (``LeaseEvent.kind``); anything else is "other".
 LEASE_EVENTS = ("offered", "bound", "released", "declined", "expired", "nak",
-                "pool-exhausted")
+                "pool_exhausted")
 
 #: First path segments that get their own ``endpoint`` label; the rest are "other".
 #: (Bare asset paths such as ``/ipxe.efi`` are file names: unbounded, so "other".)
@@ -97,90 +111,6 @@ DEFAULT_HTTP_ENDPOINTS = frozenset({
     "first-stage-cloudconfig.yaml", "final-cloud-config.yaml",
 })
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
-
-#: Buckets of the TFTP transfer and boot phase histograms, in seconds: from a sub-second
-#: TFTP of an iPXE binary to an hour-long disk install.
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800,
-                    3600, float("inf"))
-
-
-@dataclass(frozen=True, slots=True)
-class BootPhase:
-    """A measured stretch of a machine's boot: from event *start* to event *end*."""
-
-    name: str
-    start: str
-    end: str
-    description: str
-
-
-#: The phases of ``pxestack_boot_phase_duration_seconds`` (label ``phase``).  Events are
-#: keyed per machine: DHCP events by MAC address, provisioning events by serial.
-BOOT_PHASES: tuple[BootPhase, ...] = (
-    BootPhase("dhcp", "dhcp_offered", "dhcp_bound",
-              "DHCPDISCOVER answered to DHCPACK (keyed by MAC)"),
-    BootPhase("firmware", "dhcp_bound", "boot_script",
-              "DHCPACK to the iPXE script request: TFTP of iPXE, iPXE's own DHCP (by MAC)"),
-    BootPhase("installer_boot", "enrolled", "installing",
-              "first contact to the installer's host data: the live system boots"),
-    BootPhase("install", "installing", "installed",
-              "host data to set_installed: the disk is written"),
-    BootPhase("first_boot", "installed", "running",
-              "set_installed to boot_complete: reboot into the installed OS"),
-    BootPhase("installing_to_running", "installing", "running",
-              "host data / Ignition fetch to boot_complete (whole install, or a RAM boot "
-              "of a PXE-every-boot profile)"),
-    BootPhase("provision", "enrolled", "running",
-              "first contact to the first boot_complete: the whole provisioning"),
-)
-BOOT_EVENTS = frozenset(e for p in BOOT_PHASES for e in (p.start, p.end)) | {"configured"}
-
-
-class PhaseHistogram(Collector):
-    """``pxestack_boot_phase_duration_seconds``: one histogram per ``phase`` label, updated
-    under one lock per observation.
-
-    prometheus_client's ``Histogram`` takes a lock for its sum and another for the bucket
-    on every ``observe``; the DHCP server times every lease-granting ACK into this family
-    (the ``dhcp`` phase), so that cost is on its hot path (docs/dhcp.md §11).  The
-    provisioning thread pool observes too, hence the one lock.  Exposed as the same family
-    (buckets, ``_count``, ``_sum``), without the ``_created`` samples.
-    """
-
-    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
-        """*buckets*: the upper bounds (``le``); +Inf is added when missing."""
-        bounds = sorted(float(bound) for bound in buckets)
-        if not bounds or bounds[-1] != math.inf:
-            bounds.append(math.inf)
-        self.name = name
-        self.documentation = documentation
-        self.bounds = tuple(bounds)
-        self._labels = tuple(floatToGoString(bound) for bound in self.bounds)
-        self._lock = threading.Lock()
-        self._counts: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = {}
-
-    def observe(self, phase: str, seconds: float) -> None:
-        """Count one duration of *phase* (its bucket: the first bound >= *seconds*)."""
-        index = bisect_left(self.bounds, seconds)
-        with self._lock:
-            counts = self._counts.get(phase)
-            if counts is None:
-                counts = self._counts[phase] = [0] * len(self.bounds)
-                self._sums[phase] = 0.0
-            counts[index] += 1
-            self._sums[phase] += seconds
-
-    def collect(self) -> Iterator[Metric]:
-        """The family as a scrape shows it: cumulative buckets, count and sum per phase."""
-        with self._lock:
-            snapshot = [(phase, list(counts), self._sums[phase])
-                        for phase, counts in self._counts.items()]
-        family = HistogramMetricFamily(self.name, self.documentation, labels=["phase"])
-        for phase, counts, total in snapshot:
-            cumulative = list(zip(self._labels, accumulate(counts), strict=True))
-            family.add_metric([phase], cumulative, total)
-        yield family
 
 
 class _PullCollector(Collector):
@@ -198,63 +128,6 @@ class _PullCollector(Collector):
                 log.failure("a metrics source failed; its metrics are left out of this scrape")
                 continue
             yield from families
-
-
-class BootPhaseTracker:
-    """Turns per-machine events into phase durations (see :data:`BOOT_PHASES`).
-
-    A phase is measured when its end event follows its start event for the same machine;
-    the start is then consumed, so a later repeat of the end event (``running`` on every
-    reboot) is not measured against a stale start.  At most *max_machines* machines are
-    remembered (least recently seen dropped first) and starts older than *max_age* seconds
-    are ignored, so a stream of unknown MACs cannot grow memory without bound.
-    """
-
-    def __init__(self, observe: Callable[[str, float], None], *, max_machines: int = 10000,
-                 max_age: float = 86400.0) -> None:
-        self._observe = observe
-        self.max_machines = max_machines
-        self.max_age = max_age
-        self._pending: OrderedDict[str, dict[str, float]] = OrderedDict()
-        # Store work (and so host_transition) runs in the provisioning thread pool.
-        self._lock = threading.Lock()
-        self._by_start: dict[str, list[BootPhase]] = {}
-        self._by_end: dict[str, list[BootPhase]] = {}
-        for phase in BOOT_PHASES:
-            self._by_start.setdefault(phase.start, []).append(phase)
-            self._by_end.setdefault(phase.end, []).append(phase)
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def event(self, machine: str, event: str, now: float) -> None:
-        """Record *event* for *machine* at *now* (seconds, any monotonic-enough clock)."""
-        if event not in BOOT_EVENTS:
-            raise ValueError(f"unknown boot event {event!r}; one of {sorted(BOOT_EVENTS)}")
-        with self._lock:
-            self._event(machine.lower(), event, now)
-
-    def _event(self, key: str, event: str, now: float) -> None:
-        pending = self._pending.get(key)
-        if pending is not None:
-            self._pending.move_to_end(key)
-            for phase in self._by_end.get(event, ()):
-                started = pending.pop(phase.name, None)
-                if started is not None and 0 <= now - started <= self.max_age:
-                    self._observe(phase.name, now - started)
-            if event == "configured":
-                # A reinstall begins: nothing measured before it may end after it.
-                pending.clear()
-        starts = self._by_start.get(event, ())
-        if starts:
-            if pending is None:
-                pending = self._pending[key] = {}
-            for phase in starts:
-                pending[phase.name] = now
-        if pending is not None and not pending:
-            del self._pending[key]
-        while len(self._pending) > self.max_machines:
-            self._pending.popitem(last=False)
 
 
 class Metrics:
@@ -294,12 +167,14 @@ class Metrics:
             "pxestack_tftp_transfers", "Finished TFTP transfers, by outcome", ["outcome"],
             registry=reg)
         self.tftp_bytes = Counter(
-            "pxestack_tftp_bytes", "TFTP payload bytes acknowledged by clients", registry=reg)
+            "pxestack_tftp_acked_bytes", "TFTP payload bytes acknowledged by clients",
+            registry=reg)
         self.tftp_datagrams = Counter(
-            "pxestack_tftp_datagrams_sent", "TFTP DATA/OACK datagrams sent, retransmissions "
+            "pxestack_tftp_sent_datagrams", "TFTP DATA/OACK datagrams sent, retransmissions "
             "included", registry=reg)
         self.tftp_retransmits = Counter(
-            "pxestack_tftp_retransmits", "TFTP DATA/OACK datagrams sent again", registry=reg)
+            "pxestack_tftp_retransmitted_datagrams", "TFTP DATA/OACK datagrams sent again",
+            registry=reg)
         self.tftp_duration = Histogram(
             "pxestack_tftp_transfer_duration_seconds", "TFTP transfer time, request to end",
             buckets=DURATION_BUCKETS, registry=reg)
@@ -325,6 +200,7 @@ class Metrics:
         self._pull.sources.append(self._dhcp_families)
         #: (name prefix, ``per_asset`` reader) of every watched asset resource.
         self._asset_sources: list[tuple[str, Callable[[], Mapping[str, Any]]]] = []
+        self._pull.sources.append(_build_info)
         if process_metrics:
             ProcessCollector(registry=reg)
             PlatformCollector(registry=reg)
@@ -362,7 +238,9 @@ class Metrics:
         :meth:`attach_dhcp_server` is counted from its own counters instead.
         """
         kind = str(getattr(event, "kind", ""))
-        label = kind if kind in LEASE_EVENTS else "other"
+        label = _label_value(kind)
+        if label not in LEASE_EVENTS:
+            label = "other"
         self._lease_event_counts[label] = self._lease_event_counts.get(label, 0) + 1
         mac = getattr(event, "mac", b"")
         if now is not None and kind in ("offered", "bound") and isinstance(mac, bytes) and mac:
@@ -453,7 +331,7 @@ class Metrics:
     def tftp_transfer(self, stats: Any) -> None:
         """One finished TFTP transfer (the server's ``on_stats`` callback; a SessionStats)."""
         outcome = getattr(stats, "outcome", None)
-        label = str(getattr(outcome, "value", outcome))
+        label = _label_value(str(getattr(outcome, "value", outcome)))
         self.tftp_transfers.labels(label).inc()
         self.tftp_bytes.inc(max(0, int(stats.bytes_acked)))
         self.tftp_datagrams.inc(max(0, int(stats.datagrams_sent)))
@@ -487,8 +365,8 @@ class Metrics:
 
     def http_transfer(self, record: Any) -> None:
         """One asset body transfer (an ``AssetStats.observers`` entry; a TransferRecord)."""
-        outcome = str(getattr(record, "outcome", "other"))
-        if outcome not in ("completed", "client-gone", "stalled", "stopped"):
+        outcome = _label_value(str(getattr(record, "outcome", "other")))
+        if outcome not in ("completed", "client_gone", "stalled", "stopped"):
             outcome = "other"
         method = str(getattr(record, "method", "other"))
         if method not in ("sendfile", "copy"):
@@ -499,7 +377,7 @@ class Metrics:
     # -- provisioning ----------------------------------------------------------------------
 
     def watch_hosts(self, source: Callable[[], Iterable[tuple[str, str]]]) -> None:
-        """Export ``pxestack_hosts{state}`` and ``pxestack_hosts_by_profile{profile}``.
+        """Export ``pxestack_hosts{state}`` and ``pxestack_profile_hosts{profile}``.
 
         *source* yields ``(state, profile)`` per host at scrape time, e.g.
         ``lambda: [(h.state.value, h.profile) for h in provisioner.hosts()]``.
@@ -507,7 +385,7 @@ class Metrics:
 
         def families() -> Iterator[Metric]:
             by_state: dict[str, int] = dict.fromkeys(
-                ("unknown", "configured", "installing", "installed", "running"), 0)
+                ("pending", "unknown", "configured", "installing", "installed", "running"), 0)
             by_profile: dict[str, int] = {}
             for state, profile in source():
                 by_state[state] = by_state.get(state, 0) + 1
@@ -516,8 +394,9 @@ class Metrics:
                                        labels=["state"])
             for state, count in sorted(by_state.items()):
                 states.add_metric([state], count)
-            profiles = GaugeMetricFamily("pxestack_hosts_by_profile",
-                                         "Provisioned hosts per profile", labels=["profile"])
+            profiles = GaugeMetricFamily("pxestack_profile_hosts",
+                                         "Hosts per assigned profile (\"-\": none yet)",
+                                         labels=["profile"])
             for profile, count in sorted(by_profile.items()):
                 profiles.add_metric([profile], count)
             yield states
@@ -546,17 +425,57 @@ class Metrics:
             return
         self.boot_phases.event(key, event, now)
 
-    def host_transition(self, serial: str, state: str, now: float, *,
-                        enrolled: bool = False) -> None:
-        """A host record changed: *enrolled* on first contact, else its new *state*.
+    def host_changed(self, change: HostChange) -> None:
+        """A stored host change (an :class:`~pxestack.metrics.hosts.ObservedHostStore`
+        observer): enrolment is the ``enrolled`` boot event, else the new state is.
 
-        The provisioning layer's one hook for boot phases: ``installing``, ``installed``,
-        ``running`` and ``configured`` end and start phases; ``unknown`` does nothing.
+        ``installing``, ``installed``, ``running`` and ``configured`` end and start
+        phases; ``pending`` and ``unknown`` do nothing.
         """
-        if enrolled:
-            self.boot_event(serial, "enrolled", now)
-        elif state in BOOT_EVENTS:
-            self.boot_event(serial, state, now)
+        if change.enrolled:
+            self.boot_event(change.serial, "enrolled", change.time)
+        elif change.state in BOOT_EVENTS:
+            self.boot_event(change.serial, change.state, change.time)
+
+    def watch_profiles(self, source: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        """Export ``pxestack_profile_quantity{profile}``: how many machines each configured
+        profile takes (mayu's ``quantity``; 0 means it is never assigned automatically).
+
+        *source* yields ``(name, quantity)`` per configured profile at scrape time; with
+        ``pxestack_profile_hosts{profile}`` (:meth:`watch_hosts`) it gives each profile's
+        capacity and use, so an alert can fire before the machines of a rack run out of
+        profiles.
+        """
+
+        def families() -> Iterator[Metric]:
+            quantity = GaugeMetricFamily(
+                "pxestack_profile_quantity",
+                "Machines a configured profile takes (its quantity)", labels=["profile"])
+            for name, count in sorted(source()):
+                quantity.add_metric([name], count)
+            yield quantity
+
+        self._pull.sources.append(families)
+
+    def watch_store(self, health: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the host store's health, read at scrape time from its ``health()``.
+
+        ``pxestack_store_healthy`` is 1 when the store works (its ``ok``: git audit up to
+        date, every record readable, not damaged) and 0 when it is degraded;
+        ``pxestack_store_read_only`` is 1 when damage made the host records read-only
+        (every write refused until an operator repairs the cluster directory).
+        """
+
+        def families() -> Iterator[Metric]:
+            report = health()
+            yield GaugeMetricFamily(
+                "pxestack_store_healthy", "1 when the host store and its git audit work, "
+                "0 when degraded (see /admin/health)", value=1 if report.get("ok") else 0)
+            yield GaugeMetricFamily(
+                "pxestack_store_read_only", "1 when the cluster directory is damaged and "
+                "host records are read-only", value=1 if report.get("read_only") else 0)
+
+        self._pull.sources.append(families)
 
     # -- one-call wiring for the adapters ----------------------------------------------------
 
@@ -580,8 +499,12 @@ class Metrics:
             core.on_progress = on_progress
         self._dhcp_cores.append(core)
         self.watch_leases(lambda: leases_by_pool(store, clock()))
-        self.watch_counters("pxestack_dhcp_server_events", "DHCP server core counters",
-                            lambda: core.counters)
+        # The lease-changing counters are pxestack_dhcp_lease_events_total; the rest
+        # (informs, the reasons a message was ignored) are counted here, each fact once.
+        self.watch_counters("pxestack_dhcp_server_events", "DHCP server core counters that "
+                            "are not lease events: informs and ignored messages, by reason",
+                            lambda: core.counters,
+                            exclude=frozenset(_LEASE_EVENT_COUNTERS.values()))
 
     def attach_dhcp_protocol(self, protocol: Any) -> None:
         """Count every datagram a ``DhcpDatagramProtocol`` receives, by type and outcome.
@@ -602,8 +525,12 @@ class Metrics:
             self.tftp_transfer(stats)
 
         server.on_stats = on_stats
-        self.watch_counters("pxestack_tftp_server_events", "TFTP server counters",
-                            server.stats.snapshot, exclude=("active",))
+        # Transfers by outcome, bytes and retransmissions have families of their own (from
+        # on_stats); the server's running counters add what happens outside a transfer.
+        self.watch_counters("pxestack_tftp_server_events", "TFTP requests and datagrams "
+                            "outside a transfer: requests, refusals, malformed or foreign "
+                            "datagrams, requests over the limit",
+                            server.stats.snapshot, exclude=_TFTP_COUNTED_ELSEWHERE)
         self.watch_gauge("pxestack_tftp_active_transfers", "TFTP transfers running now",
                          lambda: server.stats.active)
 
@@ -700,6 +627,30 @@ _COLON_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){0,15}")
 _MAC_PHASE_EVENTS = frozenset({"dhcp_offered", "dhcp_bound", "boot_script"})
 
 
+def _build_info() -> Iterator[Metric]:
+    """``pxestack_build_info{version}``: always 1; the version is in the label (the usual
+    way to put a build's identity beside its metrics, e.g. to see a rollout)."""
+    family = GaugeMetricFamily("pxestack_build_info", "The running pxestack's version",
+                               labels=["version"])
+    family.add_metric([__version__], 1)
+    yield family
+
+
+def _label_value(text: str) -> str:
+    """A label value spelt the one way the metrics use: lower-case, words joined by ``_``
+    (the lease event ``pool-exhausted`` and the outcome ``timed-out`` are written so)."""
+    return text.lower().replace("-", "_")
+
+
+#: Keys of the TFTP server's running counters that other families count already:
+#: ``active`` is the gauge ``pxestack_tftp_active_transfers``, the outcomes are
+#: ``pxestack_tftp_transfers_total{outcome}``, and bytes and retransmissions have
+#: counters of their own.
+_TFTP_COUNTED_ELSEWHERE = frozenset({
+    "active", "completed", "aborted", "failed", "evicted", "bytes_acked", "retransmits",
+})
+
+
 def _check_name(name: str) -> None:
     if not re.fullmatch(r"pxestack_[a-z0-9_]+", name):
         raise ValueError(f"metric name {name!r} must be pxestack_ and lower-case words")
@@ -714,7 +665,7 @@ def mac_text(mac: bytes) -> str:
 #: counts the same thing (one counter per event the core emits).
 _LEASE_EVENT_COUNTERS: Mapping[str, str] = {
     "offered": "offers", "bound": "acks", "released": "releases", "declined": "declines",
-    "expired": "expired", "nak": "naks", "pool-exhausted": "pool_exhausted",
+    "expired": "expired", "nak": "naks", "pool_exhausted": "pool_exhausted",
 }
 
 
@@ -753,99 +704,6 @@ def leases_by_pool(store: Any, now: float) -> dict[str, tuple[int, int]]:
     return {pool: (used, size) for pool, (used, size) in result.items()}
 
 
-class MetricsResource(Resource):
-    """``GET /metrics``: the registry in Prometheus text (or OpenMetrics) format.
-
-    :param token: when set, scrapes must send ``Authorization: Bearer <token>`` (Prometheus'
-        ``authorization`` scrape setting); otherwise the page is open, as usual for metrics
-        (they hold counts, never secrets or host names).
-    """
-
-    isLeaf = True
-
-    def __init__(self, metrics: Metrics, *, token: str | None = None) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]  # twisted.web is untyped here
-        self.metrics = metrics
-        self.token = token
-
-    def render_GET(self, request: Any) -> bytes:
-        """The exposition body (HEAD is answered by twisted.web from this)."""
-        if self.token is not None:
-            header = request.getHeader(b"authorization") or b""
-            expected = b"Bearer " + self.token.encode()
-            if not hmac.compare_digest(header, expected):
-                request.setResponseCode(401)
-                request.setHeader(b"WWW-Authenticate", b'Bearer realm="pxestack-metrics"')
-                request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-                return b"metrics token required\n"
-        accept = request.getHeader(b"accept")
-        body, content_type = self.metrics.render(accept.decode("latin-1") if accept else None)
-        request.setHeader(b"Content-Type", content_type.encode("latin-1"))
-        request.setHeader(b"Cache-Control", b"no-store")
-        return body
-
-
-def _state_name(host: Any) -> str:
-    """A host record's state as text (``""`` when it has none)."""
-    return str(getattr(getattr(host, "state", None), "value", ""))
-
-
-class MeteredHostStore:
-    """A host store that reports every stored state change to :meth:`Metrics.host_transition`.
-
-    It wraps any ``HostStore`` (``FileHostStore``, ``InMemoryHostStore``) by delegation, so
-    the provisioning layer needs no metrics code: build the ``Provisioner`` with
-    ``MeteredHostStore(store, metrics)``.  Enrolment reports ``enrolled``; an update that
-    changes ``State`` reports the new state (an update that keeps it, such as the
-    ``boot_complete`` of every later reboot, reports nothing).  Everything else is passed
-    through unchanged.
-
-    :param clock: wall-clock seconds, the clock the DHCP adapters' reactor uses.
-    """
-
-    def __init__(self, store: Any, metrics: Metrics,
-                 clock: Callable[[], float] = time.time) -> None:
-        self._store = store
-        self._metrics = metrics
-        self._clock = clock
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    def enrol(self, serial: str, make: Callable[..., Any], message: Any) -> Any:
-        """The store's ``enrol``; a created record is the start of its provisioning."""
-        versioned, created = self._store.enrol(serial, make, message)
-        if created and _state_name(versioned.host) != "pending":
-            # A pending host (enrolment: approve) is enrolled when it is approved.
-            self._report(versioned, enrolled=True)
-        return versioned, created
-
-    def update(self, serial: str, change: Callable[[Any], Any], *,
-               if_match: str | None = None) -> Any:
-        """The store's ``update``; a change of ``State`` is reported after it is stored."""
-        before: list[Any] = []
-
-        def observed(host: Any) -> Any:
-            before.append(getattr(host, "state", None))
-            return change(host)
-
-        versioned = self._store.update(serial, observed, if_match=if_match)
-        after = getattr(versioned.host, "state", None)
-        if before and before[-1] != after:
-            approved = getattr(before[-1], "value", None) == "pending"
-            self._report(versioned, enrolled=approved)
-        return versioned
-
-    def _report(self, versioned: Any, *, enrolled: bool) -> None:
-        host = versioned.host
-        state = getattr(getattr(host, "state", None), "value", "")
-        try:
-            self._metrics.host_transition(host.serial, str(state), self._clock(),
-                                          enrolled=enrolled)
-        except Exception:
-            log.failure("recording a host transition failed", serial=host.serial)
-
-
 def instrument_site(site: Any, metrics: Metrics) -> None:
     """Count every request *site* answers (wraps its ``log`` method, twisted.web's
     per-request completion hook), and every asset transfer when it has ``stats.observers``.
@@ -867,16 +725,12 @@ def instrument_site(site: Any, metrics: Metrics) -> None:
 
 
 __all__ = [
-    "BOOT_EVENTS",
-    "BOOT_PHASES",
     "DEFAULT_HTTP_ENDPOINTS",
     "DHCP_MESSAGE_TYPES",
     "DHCP_OUTCOMES",
-    "BootPhase",
-    "BootPhaseTracker",
-    "MeteredHostStore",
+    "HTTP_METHODS",
+    "LEASE_EVENTS",
     "Metrics",
-    "MetricsResource",
     "instrument_site",
     "leases_by_pool",
     "mac_text",
