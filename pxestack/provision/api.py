@@ -59,7 +59,7 @@ Authentication (mayu had none; it relied on where its API port listened, and TLS
   ``/admin`` is open (``local:<address>``).  With ``http.admin_listen`` set, admin
   requests on any other listener get 403 (machine callbacks are not admin requests).
 * The actor found is the author of every audit commit the request makes
-  (:func:`pxestack.provision.store.acting_as`) and is named in the request's log line.
+  (:func:`pxestack.provision.hoststore.acting_as`) and is named in the request's log line.
 * Machine callbacks (host data, set_installed, boot_complete) need the per-host token that
   was rendered into that host's installer script and final config (``Authorization:
   Bearer`` or ``?token=``), or the admin token.  ``provision.api.accept_unauthenticated_callbacks``
@@ -101,6 +101,13 @@ from pxestack.http.tls import peer_subject
 from pxestack.provision.bootconfig import config_request, render_loader_config
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES
+from pxestack.provision.hoststore import (
+    HostNotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreReadOnly,
+    acting_as,
+)
 from pxestack.provision.imagefetch import (
     FetchBusy,
     FetchConflict,
@@ -114,13 +121,6 @@ from pxestack.provision.provisioner import (
     Conflict,
     PendingLimitReached,
     Provisioner,
-)
-from pxestack.provision.store import (
-    HostNotFound,
-    PreconditionFailed,
-    StoreError,
-    StoreReadOnly,
-    acting_as,
 )
 from pxestack.provision.templates import TemplateRenderError
 

@@ -33,8 +33,10 @@ from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.http.events import EventFeed
 from pxestack.metrics import MeteredHostStore, Metrics
 from pxestack.provision.api import ProvisioningApi
+from pxestack.provision.audit import isolate_git_config
 from pxestack.provision.bootconfig import LoaderConfigSource
 from pxestack.provision.enrolment import EnrolmentGate, FirstContactLimiter
+from pxestack.provision.hoststore import HostStore
 from pxestack.provision.mayu_import import (
     apply_mayu_text,
     export_mayu,
@@ -43,7 +45,7 @@ from pxestack.provision.mayu_import import (
 )
 from pxestack.provision.policy import ProvisioningPolicy
 from pxestack.provision.provisioner import Provisioner, callback_key
-from pxestack.provision.store import FileHostStore, isolate_git_config
+from pxestack.provision.store import FileHostStore
 from pxestack.service import Extensions
 from pxestack.tftp.source import ChainSource, FileSource, FilesystemSource
 
@@ -65,7 +67,7 @@ class ProvisioningService(service.MultiService):
     """Runs the store's thread pool and the periodic re-scan / git-retry timer."""
 
     def __init__(
-        self, store: FileHostStore, pool: ThreadPool, retry_interval: float, reactor: Any = None
+        self, store: HostStore, pool: ThreadPool, retry_interval: float, reactor: Any = None
     ) -> None:
         super().__init__()
         self.setName("provision")
@@ -93,7 +95,7 @@ class ProvisioningService(service.MultiService):
         built, before ``pxestack serve`` or twistd started logging.
         """
         isolate_git_config()
-        damaged = getattr(self.store, "damaged", None)
+        damaged = self.store.health().get("damaged")
         if damaged is not None:
             log.error(
                 "the cluster directory is damaged and host records are read-only: {reason}",
@@ -117,11 +119,7 @@ class ProvisioningService(service.MultiService):
         def work() -> None:
             self.store.refresh()
             if not self.store.retry_audit():
-                log.error(
-                    "git audit of {root} is behind: {health}",
-                    root=str(self.store.root),
-                    health=self.store.health(),
-                )
+                log.error("the host store's audit is behind: {health}", health=self.store.health())
 
         d = deferToThreadPool(self.reactor, self.pool, work)
         d.addErrback(lambda f: log.failure("provisioning maintenance failed", f))

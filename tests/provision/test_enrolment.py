@@ -376,8 +376,8 @@ def test_the_dhcp_service_and_the_api_share_the_sightings(tmp_path: Path) -> Non
 
 def test_a_pending_host_counts_as_enrolled_when_it_is_approved(tmp_path: Path) -> None:
     from pxestack.metrics import MeteredHostStore
+    from pxestack.provision.memstore import InMemoryHostStore
     from pxestack.provision.provisioner import Provisioner, callback_key
-    from pxestack.provision.store import InMemoryHostStore
 
     class Recorder:
         def __init__(self) -> None:
