@@ -77,7 +77,7 @@ class ProvisioningService(service.MultiService):
         self.pool = pool
         self._reactor = reactor
         #: Called first on stop (image fetches are cancelled so the pool can stop).
-        self.on_stop: list[Any] = []
+        self.on_stop: list[Callable[[], object]] = []
         timer = TimerService(min(RESCAN_INTERVAL, retry_interval), self.tick)
         if reactor is not None:
             timer.clock = reactor
@@ -115,8 +115,8 @@ class ProvisioningService(service.MultiService):
         d.addBoth(lambda _: self.pool.stop())
         return d
 
-    def tick(self) -> defer.Deferred[Any]:
-        """Re-scan the cluster directory and retry any failed git commit (mayu #53)."""
+    def tick(self) -> defer.Deferred[None]:
+        """Re-read the store (hand edits) and retry any failed audit entry (mayu #53)."""
 
         def work() -> None:
             self.store.refresh()
