@@ -11,11 +11,11 @@ operation without an answer stops the service from being built.
 Who may call an operation is its ``security`` list, mapped to one of three rules (:class:`Auth`):
 
 * no requirement: anyone (the machine-facing boot endpoints);
-* ``adminToken`` (optionally or ``clientCertificate``): an admin, as
-  :meth:`pxestack.provision.api._Base.require_admin` checks it (bearer token, client
-  certificate or trusted network);
-* ``hostToken`` (with ``hostTokenQuery`` and ``adminToken``): the machine named by the
-  ``{serial}`` path parameter, with its callback token, or an admin.
+* ``adminToken`` or ``clientCertificate``: an admin, as
+  :meth:`pxestack.provision.api._Base.require_admin` checks it (an admin bearer token, a
+  verified client certificate, or a trusted network, which OpenAPI cannot express);
+* ``hostToken``, ``hostTokenQuery`` or ``adminToken``: the machine named by the
+  ``{serial}`` path parameter with its callback token (header or query), or an admin.
 
 A document whose security lists another combination is refused when the routes are loaded,
 naming the operation: the API would otherwise guard it by a rule nobody wrote down.
@@ -37,9 +37,9 @@ import yaml
 DOCUMENT = "openapi.yaml"
 #: The methods an OpenAPI path item may hold.
 _METHODS = ("get", "head", "post", "put", "delete", "patch", "options", "trace")
-#: Security schemes that mean "an admin" (the API accepts every admin credential for all).
+#: The security schemes of an admin operation: every admin credential is accepted for each.
 _ADMIN_SCHEMES = frozenset({"adminToken", "clientCertificate"})
-#: Security schemes that mean "the machine itself, or an admin".
+#: The security schemes of a machine callback: the machine's token, or an admin token.
 _MACHINE_SCHEMES = frozenset({"hostToken", "hostTokenQuery", "adminToken"})
 
 
@@ -129,9 +129,9 @@ def auth_of(security: object, operation_id: str) -> Auth:
     schemes = frozenset(str(name) for requirement in security for name in requirement)
     if not schemes:
         return Auth.NONE
-    if "hostToken" in schemes and schemes <= _MACHINE_SCHEMES:
+    if schemes == _MACHINE_SCHEMES:
         return Auth.MACHINE
-    if "adminToken" in schemes and schemes <= _ADMIN_SCHEMES:
+    if schemes == _ADMIN_SCHEMES:
         return Auth.ADMIN
     raise RouteError(
         f"{operation_id}: security {sorted(schemes)} is not a rule the provisioning API has"

@@ -21,22 +21,21 @@ from pxestack.provision.routes import (
     load_routes,
 )
 
+ADMIN = [{"adminToken": []}, {"clientCertificate": []}]
+MACHINE = [{"hostToken": []}, {"hostTokenQuery": []}, {"adminToken": []}]
 DOCUMENT = {
     "openapi": "3.1.0",
     "security": [],
     "paths": {
         "/admin/hosts": {
-            "get": {"operationId": "listHosts", "security": [{"adminToken": []}]},
-            "post": {"operationId": "addHost", "security": [{"adminToken": []}],
-                     "requestBody": {}},
+            "get": {"operationId": "listHosts", "security": ADMIN},
+            "post": {"operationId": "addHost", "security": ADMIN, "requestBody": {}},
         },
         "/admin/host/{serial}": {
-            "get": {"operationId": "getHost",
-                    "security": [{"adminToken": []}, {"clientCertificate": []}]},
+            "get": {"operationId": "getHost", "security": ADMIN},
         },
         "/admin/host/{serial}/set_installed": {
-            "put": {"operationId": "setInstalled",
-                    "security": [{"hostToken": []}, {"hostTokenQuery": []}, {"adminToken": []}]},
+            "put": {"operationId": "setInstalled", "security": MACHINE},
         },
         "/admin/host/hosts": {"get": {"operationId": "literal"}},
         "/images/{file}": {"get": {"operationId": "image"}, "head": {"operationId": "headImage"}},
@@ -58,9 +57,13 @@ def test_only_the_paths_under_the_given_segments_are_routes() -> None:
 
 def test_security_maps_to_the_three_rules_and_others_are_refused() -> None:
     assert auth_of([], "op") is Auth.NONE
-    assert auth_of([{"adminToken": []}], "op") is Auth.ADMIN
-    assert auth_of([{"adminToken": []}, {"clientCertificate": []}], "op") is Auth.ADMIN
-    assert auth_of([{"hostToken": []}, {"adminToken": []}], "op") is Auth.MACHINE
+    assert auth_of(ADMIN, "op") is Auth.ADMIN
+    assert auth_of(MACHINE, "op") is Auth.MACHINE
+    # The document must say everything a rule accepts: a partial list is refused.
+    with pytest.raises(RouteError, match="op: security"):
+        auth_of([{"adminToken": []}], "op")
+    with pytest.raises(RouteError, match="op: security"):
+        auth_of([{"hostToken": []}, {"adminToken": []}], "op")
     with pytest.raises(RouteError, match="op: security"):
         auth_of([{"dashboardSession": []}], "op")
     with pytest.raises(RouteError, match="op: security"):
@@ -127,8 +130,7 @@ def test_an_operation_no_resource_answers_stops_the_build(
 ) -> None:
     rig = make_rig(tmp_path / "cluster")
     extra = load_routes(
-        {"paths": {"/admin/new": {"get": {"operationId": "brandNew",
-                                          "security": [{"adminToken": []}]}}}},
+        {"paths": {"/admin/new": {"get": {"operationId": "brandNew", "security": ADMIN}}}},
         ["admin"],
     )
     monkeypatch.setattr(rig.api, "routes", (*rig.api.routes, *extra))
