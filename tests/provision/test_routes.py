@@ -146,3 +146,30 @@ def test_an_answer_for_an_undocumented_operation_stops_the_build(
     monkeypatch.setattr(api_module.AdminResource, "operations", operations)
     with pytest.raises(RouteError, match="retiredOperation"):
         rig.api.children()
+
+
+@pytest.mark.filterwarnings(
+    # twisted.web's own 405/501 pages, which the requests provoke on purpose
+    "ignore:twisted.web.resource._UnsafeErrorPage.__init__ was deprecated:DeprecationWarning"
+)
+def test_the_api_answers_by_the_document(tmp_path: Path) -> None:
+    """Through the resources: a documented path with another method is refused as a method
+    (405 with Allow, 501 for methods twisted.web does not know), an unknown admin path is
+    401 for a stranger and 404 for an admin, HEAD follows GET, admin auth comes first."""
+    from provision_helpers import ADMIN_TOKEN
+
+    rig = make_rig(tmp_path / "cluster")
+    client = rig.client
+    wrong = client.request("POST", "/admin/health", b"{}", token=ADMIN_TOKEN)
+    assert wrong.code == 405
+    assert set((wrong.header("allow") or "").replace(" ", "").split(",")) == {"GET", "HEAD"}
+    assert client.request("DELETE", "/admin/hosts", token=ADMIN_TOKEN).code == 501
+    assert client.request("PATCH", "/admin/hosts", token=ADMIN_TOKEN).code == 501
+    assert client.request("GET", "/admin/no-such-thing").code == 401
+    unknown = client.request("GET", "/admin/no-such-thing", token=ADMIN_TOKEN)
+    assert (unknown.code, unknown.body) == (404, b"not found\n")
+    assert client.request("GET", "/admin/hosts").code == 401
+    head = client.request("HEAD", "/admin/hosts", token=ADMIN_TOKEN)
+    assert (head.code, head.body) == (200, b"")
+    assert client.request("GET", "/first-stage-script").code == 404
+    assert client.request("POST", "/ipxebootscript", b"x").code == 405
