@@ -288,7 +288,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
 
     pool = ThreadPool(minthreads=1, maxthreads=4, name="pxestack-provision")
 
-    def run(work: Any) -> defer.Deferred[Any]:
+    def run(work: Callable[[], Any]) -> defer.Deferred[Any]:
         return deferToThreadPool(reactor if reactor is not None else _default_reactor(), pool, work)
 
     def import_config(text: str) -> None:
