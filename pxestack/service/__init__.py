@@ -147,4 +147,4 @@ def build_service(
     return root
 
 
-__all__ = ["Extensions", "PxeStackService", "build_service"]
+__all__ = ["Extensions", "HostRecords", "PxeStackService", "build_service"]
