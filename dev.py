@@ -232,7 +232,7 @@ def main(argv: list[str]) -> int:
             "pxestack/wire", "pxestack/dhcp", "pxestack/tftp", "pxestack/http/ipxe.py",
             "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py", "pxestack/simulate.py",
             "pxestack/explain.py", "pxestack/bootevents.py", "pxestack/metrics",
-            "pxestack/service/logs.py",
+            "pxestack/service/logs.py", "pxestack/provision",
         ]
         return status or run([str(BIN / "mypy"), *strict_targets, *rest])
     if command == "bench":

@@ -2,11 +2,13 @@
 
 * The document is valid OpenAPI 3.1 (openapi-spec-validator).
 * Paths and methods: the first path segments are compared with the children mounted on the
-  site that :func:`pxestack.app.build_root_service` builds for a sample configuration, the
-  leaf resources' ``render_<METHOD>`` tables with the documented methods, the admin API's
-  action tables (``FIELD_SETTERS``, ``MACHINE_ACTIONS``) with the documented actions; then
-  every documented (path, method) is sent to the site in memory and must be routed, and
-  every undocumented method on a documented path must not be.
+  site that :func:`pxestack.app.build_root_service` builds for a sample configuration; the
+  provisioning resources route by the document itself, so their route tables must be its
+  operations; the other leaf resources' ``render_<METHOD>`` tables are compared with the
+  documented methods, the admin API's action tables (``FIELD_SETTERS``,
+  ``MACHINE_ACTIONS``) with the documented actions; then every documented (path, method)
+  is sent to the site in memory and must be routed, and every undocumented method on a
+  documented path must not be.
 * A boot-and-administer scenario checks that each answer's status code is documented for
   its operation and that JSON bodies match the documented schemas.
 * Fuzzed queries and bodies (hypothesis, bounded example counts) on the machine-facing
@@ -15,11 +17,8 @@
 
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import re
-import textwrap
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from twisted.web.resource import Resource
 from pxestack.app import build_root_service
 from pxestack.config import load_config
 from pxestack.http.site import ASSETS_SEGMENT
-from pxestack.provision.api import FIELD_SETTERS, MACHINE_ACTIONS, synchronous_runner
+from pxestack.provision.api import FIELD_SETTERS, MACHINE_ACTIONS, SEGMENTS, synchronous_runner
 
 pytestmark = pytest.mark.filterwarnings(
     # twisted.web's own 405/501 pages, which the probes provoke on purpose
@@ -269,44 +268,23 @@ def test_documented_admin_actions_include_every_action_table_entry(spec):
     assert set(FIELD_SETTERS) | set(MACHINE_ACTIONS) <= documented
 
 
-def literals_compared_in(function: Any, names: set[str]) -> set[str]:
-    """String constants *function*'s source compares with the variables *names*.
-
-    ``AdminResource`` routes sub-paths with comparisons such as ``path == ["hosts"]``,
-    ``path[2] == "history"`` and ``action == "set_state"``; they are its route table.
-    Tuples named in ``action in MACHINE_ACTIONS`` are expanded from the module.
-    """
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    module = inspect.getmodule(function)
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Compare):
-            continue
-        sides = [node.left, *node.comparators]
-        mentioned = {n.id for side in sides for n in ast.walk(side) if isinstance(n, ast.Name)}
-        if not mentioned & names:
-            continue
-        for side in sides:
-            for sub in ast.walk(side):
-                if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
-                    found.add(sub.value)
-                elif isinstance(sub, ast.Name) and sub.id.isupper():
-                    found |= {str(v) for v in getattr(module, sub.id)}
-    return found
-
-
-def test_documented_admin_routes_are_the_admin_resources_dispatch_table(spec, stack):
-    admin = type(stack.root.children[b"admin"])
-    for method in ("GET", "PUT", "DELETE"):
-        routed = literals_compared_in(getattr(admin, f"render_{method}"), {"path", "action"})
-        documented = {
-            segment
-            for path, methods in documented_operations(spec).items()
-            if first_segment(path) == "admin" and method in methods
-            for segment in path.split("/")[2:]
-            if not segment.startswith("{")
-        }
-        assert documented == routed, f"{method} /admin: documented {documented}, code {routed}"
+def test_the_provisioning_routes_are_the_documents_operations(spec, stack):
+    """The provisioning resources route by the document itself (pxestack.provision.routes):
+    each documented operation under their first segments is answered by a method of the
+    resource mounted there, and no resource has a route the document lacks."""
+    routed: dict[tuple[str, str], str] = {}
+    for resource in stack.root.children.values():
+        for route in getattr(resource, "routes", ()):
+            name = resource.operations[route.operation_id]
+            assert callable(getattr(resource, name)), f"{route.operation_id}: no {name}"
+            routed[(route.template, route.method.decode())] = route.operation_id
+    documented = {
+        (path, method): spec["paths"][path][method.lower()]["operationId"]
+        for path, methods in documented_operations(spec).items()
+        if first_segment(path) in SEGMENTS
+        for method in methods
+    }
+    assert routed == documented
 
 
 def probe_cases(spec: Mapping[str, Any]) -> Iterator[tuple[str, str, bool]]:

@@ -53,8 +53,8 @@ from pxestack.dashboard.sessions import COOKIE, Session, SessionStore
 from pxestack.http.events import EventFeed
 from pxestack.http.site import ADMIN_LISTENER, listener_of
 from pxestack.provision.api import AdminResource, HttpError, ProvisioningApi
+from pxestack.provision.hoststore import acting_as
 from pxestack.provision.model import HostState
-from pxestack.provision.store import acting_as
 
 log = Logger()
 

@@ -11,7 +11,7 @@ from pxestack.metrics.registry import Metrics
 
 
 def _set_header(request: Request, name: bytes, value: bytes) -> None:
-    request.setHeader(name, value)  # type: ignore[no-untyped-call]  # untyped in twisted.web
+    request.setHeader(name, value)
 
 
 class MetricsResource(Resource):

@@ -38,6 +38,13 @@ installers, scripts and ``mayuctl`` keep working:
                                             202, 409 when the same one is running
 ==========================================  ====================================================
 
+Routing: which of these paths exist, their methods, whether they take a body and who may
+call them is the OpenAPI document's (docs/openapi.yaml, read by
+:mod:`pxestack.provision.routes`).  Each resource below is mounted at one first path segment
+and answers the document's operations under it by ``operationId`` (its ``operations``
+table); anything else is 404, 405 or 501, and a documented operation without an answer stops
+the service from being built.
+
 Mutations answer 202 with an empty body (mayu) plus the record's new ``ETag``; an unknown
 serial is 400 ``host doesn't exist`` (mayu); an illegal transition is 409; a stale
 ``If-Match`` is 412.
@@ -59,7 +66,7 @@ Authentication (mayu had none; it relied on where its API port listened, and TLS
   ``/admin`` is open (``local:<address>``).  With ``http.admin_listen`` set, admin
   requests on any other listener get 403 (machine callbacks are not admin requests).
 * The actor found is the author of every audit commit the request makes
-  (:func:`pxestack.provision.store.acting_as`) and is named in the request's log line.
+  (:func:`pxestack.provision.hoststore.acting_as`) and is named in the request's log line.
 * Machine callbacks (host data, set_installed, boot_complete) need the per-host token that
   was rendered into that host's installer script and final config (``Authorization:
   Bearer`` or ``?token=``), or the admin token.  ``provision.api.accept_unauthenticated_callbacks``
@@ -78,29 +85,40 @@ store's lock keeps enrolment exact.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Network, IPv6Network, ip_address
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, UnsupportedMethod
+from twisted.web.error import UnsupportedMethod
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
-from pxestack.bootevents import ADMIN, LOG, normal_mac, normal_serial
+from pxestack.bootevents import ADMIN, LOG, BootEvent, BootEventRecorder, normal_mac, normal_serial
 from pxestack.errors import ConfigError
 from pxestack.http.events import EventFeed
 from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
 from pxestack.http.tls import peer_subject
 from pxestack.provision.bootconfig import config_request, render_loader_config
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
-from pxestack.provision.flows import FLATCAR_IMAGE_FILES
+from pxestack.provision.flows import FLATCAR_IMAGE_FILES, Flow
+from pxestack.provision.hoststore import (
+    HostNotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreHealth,
+    StoreReadOnly,
+    Versioned,
+    acting_as,
+)
 from pxestack.provision.imagefetch import (
     FetchBusy,
     FetchConflict,
@@ -108,19 +126,22 @@ from pxestack.provision.imagefetch import (
     ImageFetches,
 )
 from pxestack.provision.machine import Event, IllegalTransition
-from pxestack.provision.model import HostState
+from pxestack.provision.model import Host, HostState
 from pxestack.provision.provisioner import (
     BadRequest,
     Conflict,
     PendingLimitReached,
     Provisioner,
 )
-from pxestack.provision.store import (
-    HostNotFound,
-    PreconditionFailed,
-    StoreError,
-    StoreReadOnly,
-    acting_as,
+from pxestack.provision.routes import (
+    Auth,
+    Found,
+    Route,
+    RouteError,
+    RouteTable,
+    WrongMethod,
+    load_document,
+    load_routes,
 )
 from pxestack.provision.templates import TemplateRenderError
 
@@ -128,6 +149,11 @@ log = Logger()
 
 #: ``run(work) -> Deferred``: how blocking store work is executed (thread pool by default).
 Runner = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
+#: Turns the result of store work into the answer's body (and sets its headers).
+Writer = Callable[[Request, Any], bytes]
+_T = TypeVar("_T")
+#: Answers one documented operation: ``(request, route, path parameters) -> body``.
+Handler = Callable[[Request, "Route", dict[str, str]], "bytes | int"]
 
 _TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
@@ -203,35 +229,12 @@ class _Base(Resource):
     """Shared plumbing: body limits, JSON, auth, running store work, mapping errors."""
 
     def __init__(self, api: ProvisioningApi) -> None:
-        super().__init__()
+        # The base is named, not reached through super(): its __init__ is unannotated, and
+        # the strict check accepts calls into twisted.web only when it sees whose they are.
+        Resource.__init__(self)
         self.api = api
 
-    def render_HEAD(self, request: Request) -> bytes | int:
-        """HEAD is GET without a body; on a resource without GET it is 405, not a crash.
-
-        twisted.web's default ``render_HEAD`` calls ``render_GET`` unconditionally, so a
-        POST-only resource (``/final-ignition-config.json``) would answer 500.
-        """
-        render_get = getattr(self, "render_GET", None)
-        if render_get is None:
-            allowed = sorted(
-                name[len("render_"):].encode()
-                for name in dir(self)
-                if name.startswith("render_") and name not in ("render_HEAD",)
-                and name[len("render_"):].isupper()
-            )
-            raise UnsupportedMethod(allowed)
-        result: bytes | int = render_get(request)
-        return result
-
     # -- input -----------------------------------------------------------------------------
-
-    def request_body_limit(self, method: bytes) -> int:
-        """The largest body this resource takes with *method*: ``max_body_bytes`` for the
-        methods it renders (POST, PUT), 0 for every other one."""
-        if method in (b"POST", b"PUT") and hasattr(self, "render_" + method.decode("ascii")):
-            return int(self.api.max_body_bytes)
-        return 0
 
     def body(self, request: Request) -> bytes:
         """The request body, at most ``max_body_bytes`` (else 413)."""
@@ -269,13 +272,9 @@ class _Base(Resource):
             raise HttpError(http.BAD_REQUEST, "body must be a JSON object")
         return value
 
-    def path_serial(self, request: Request) -> str:
-        """The machine named by ``/<endpoint>/<serial>[?uuid=]`` (404 without a serial)."""
-        postpath = request.postpath or []
-        if len(postpath) != 1 or not postpath[0]:
-            raise HttpError(http.NOT_FOUND, "no serial in the path")
-        raw = postpath[0].decode("utf-8", "replace")
-        serial: str = self.api.provisioner.identity(raw, self.arg(request, b"uuid"))
+    def path_serial(self, request: Request, params: Mapping[str, str]) -> str:
+        """The machine named by ``/<endpoint>/<serial>[?uuid=]``."""
+        serial: str = self.api.provisioner.identity(params["serial"], self.arg(request, b"uuid"))
         return serial
 
     @staticmethod
@@ -431,25 +430,25 @@ class _Base(Resource):
     def respond(
         self,
         request: Request,
-        work: Callable[[], Any],
-        write: Callable[[Request, Any], bytes],
+        work: Callable[[], _T],
+        write: Callable[[Request, _T], bytes],
     ) -> int:
         """Run *work* via the runner; *write* turns its result into the body."""
         finished = []
         request.notifyFinish().addBoth(lambda _: finished.append(True))
         actor = request_actor(request)
 
-        def attributed() -> Any:
+        def attributed() -> _T:
             with acting_as(actor):
                 return work()
 
-        def ok(result: Any) -> None:
+        def ok(result: _T) -> None:
             if finished:
                 return
             try:
                 body = write(request, result)
             except Exception as exc:  # a bug in a writer: answer 500, log it
-                self._fail(request, Failure(exc))
+                self._fail(request, exc)
                 return
             request.write(body)
             request.finish()
@@ -461,16 +460,21 @@ class _Base(Resource):
         self.api.run(attributed).addCallbacks(ok, failed)
         return NOT_DONE_YET
 
-    def _fail(self, request: Request, failure: Failure) -> None:
+    def _fail(self, request: Request, failure: Failure | Exception) -> None:
         code, message = self.error_of(failure)
         request.setResponseCode(code)
-        request.write(_error_body(request, failure.value, message))
+        exc = failure.value if isinstance(failure, Failure) else failure
+        request.write(_error_body(request, exc, message))
         request.finish()
 
     @staticmethod
-    def error_of(failure: Failure) -> tuple[int, str]:
-        """Map an exception to mayu's status codes (and pxestack's 409/412/503)."""
-        exc = failure.value
+    def error_of(failure: Failure | Exception) -> tuple[int, str]:
+        """Map an exception to mayu's status codes (and pxestack's 409/412/503).
+
+        *failure* is a :class:`Failure`, or the exception an ``except`` block is handling
+        (an unexpected one is logged with the traceback being handled).
+        """
+        exc = failure.value if isinstance(failure, Failure) else failure
         if isinstance(exc, HttpError):
             return exc.code, exc.message
         if isinstance(exc, HostNotFound):
@@ -500,7 +504,8 @@ class _Base(Resource):
         if isinstance(exc, StoreError):
             log.error("store error: {error}", error=str(exc))
             return http.INTERNAL_SERVER_ERROR, str(exc)
-        log.failure("unexpected error in the provisioning API", failure)
+        log.failure("unexpected error in the provisioning API",
+                    failure if isinstance(failure, Failure) else None)
         return http.INTERNAL_SERVER_ERROR, "internal error"
 
     def guarded(self, request: Request, handler: Callable[[], bytes | int]) -> bytes | int:
@@ -508,7 +513,7 @@ class _Base(Resource):
         try:
             return handler()
         except Exception as exc:
-            code, message = self.error_of(Failure(exc))
+            code, message = self.error_of(exc)
             request.setResponseCode(code)
             return _error_body(request, exc, message)
 
@@ -527,8 +532,8 @@ def _error_body(request: Request, exc: BaseException | None, message: str) -> by
     return message.encode() + b"\n"
 
 
-def _text(content_type: bytes) -> Callable[[Request, Any], bytes]:
-    def write(request: Request, text: Any) -> bytes:
+def _text(content_type: bytes) -> Callable[[Request, str], bytes]:
+    def write(request: Request, text: str) -> bytes:
         request.setHeader(b"Content-Type", content_type)
         request.setHeader(b"Cache-Control", b"no-store")
         return str(text).encode("utf-8")
@@ -536,7 +541,7 @@ def _text(content_type: bytes) -> Callable[[Request, Any], bytes]:
     return write
 
 
-def _accepted(request: Request, result: Any) -> bytes:
+def _accepted(request: Request, result: object) -> bytes:
     """mayu's mutation answer: 202 and an empty body (plus the new ETag)."""
     request.setResponseCode(http.ACCEPTED)
     etag = getattr(result, "etag", None)
@@ -545,199 +550,264 @@ def _accepted(request: Request, result: Any) -> bytes:
     return b""
 
 
+class _Routed(_Base):
+    """A resource mounted at one first path segment that answers the documented routes under
+    it (:mod:`pxestack.provision.routes`) and nothing else.
+
+    A subclass names its segment and maps each ``operationId`` it answers to one of its
+    methods (:attr:`operations`); the method is called as ``handler(request, route,
+    params)`` after the router has checked the caller.  A documented path with another
+    method raises twisted.web's ``UnsupportedMethod`` (405 with ``Allow``, or 501); a path
+    the document does not list is 404 ``not found``.
+    """
+
+    isLeaf = True
+    #: The first path segment this resource is mounted at.
+    segment: str
+    #: ``operationId`` -> the name of the method that answers it.
+    operations: ClassVar[Mapping[str, str]] = {}
+
+    @functools.cached_property
+    def table(self) -> RouteTable:
+        """The documented routes under :attr:`segment`."""
+        return RouteTable(r for r in self.api.routes if r.first_segment == self.segment)
+
+    def check_routes(self) -> None:
+        """:class:`RouteError` unless every documented route here has its method
+        (:meth:`ProvisioningApi.children` checks each resource it builds)."""
+        for route in self.table.routes:
+            name = self.operations.get(route.operation_id)
+            if name is None or not callable(getattr(self, name, None)):
+                raise RouteError(
+                    f"{route.operation_id} ({route.method.decode()} {route.template}) is "
+                    f"documented but {type(self).__name__} does not answer it"
+                )
+
+    @property
+    def routes(self) -> list[Route]:
+        """The documented routes this resource answers."""
+        return list(self.table.routes)
+
+    def request_body_limit(self, method: bytes) -> int:
+        """The largest body this resource takes with *method*: ``max_body_bytes`` when one
+        of its documented operations takes a body with it, 0 for every other method."""
+        return self.table.body_limit(method, self.api.max_body_bytes)
+
+    def render(self, request: Request) -> bytes | int:
+        """Route *request* by its method and path (see the class documentation)."""
+        segments = [self.segment, *(p.decode("utf-8", "replace") for p in request.postpath or [])]
+        found = self.table.lookup(request.method, segments)
+        if isinstance(found, WrongMethod):
+            raise UnsupportedMethod(list(found.allowed))
+        return self.guarded(request, lambda: self._answer(request, found))
+
+    def _answer(self, request: Request, found: Found | None) -> bytes | int:
+        if found is None:
+            if self.table.guarded_by_admin:
+                self.require_admin(request)  # an unknown admin path tells strangers nothing
+            raise HttpError(http.NOT_FOUND, "not found")
+        route, params = found.route, found.params
+        if route.auth is Auth.ADMIN:
+            self.require_admin(request)
+        elif route.auth is Auth.MACHINE and "serial" in params:
+            self.require_machine(request, params["serial"].lower())
+        handler: Handler = getattr(self, self.operations[route.operation_id])
+        return handler(request, route, params)
+
+
 # -- machine-facing --------------------------------------------------------------------------
 
 
-class BootScriptResource(_Base):
+class BootScriptResource(_Routed):
     """``GET /ipxebootscript``: without a query, a chain script that identifies the machine."""
 
-    isLeaf = True
+    segment = "ipxebootscript"
+    operations = {"getBootScript": "boot_script"}
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def boot_script(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """Pick the script for the machine named by ``serial``/``uuid``/``mac``.
 
         A new machine that names itself (serial or UUID) is enrolled here, so that its
         first script already belongs to its profile's OS flow (:meth:`Provisioner.boot_host`).
         """
+        serial = self.arg(request, b"serial")
+        uuid = self.arg(request, b"uuid")
+        mac = self.arg(request, b"mac")
+        identified = any(v is not None for v in (serial, uuid, mac))
+        prov = self.api.provisioner
+        pending = self.admit_boot(request, serial, uuid, mac)
 
-        def handle() -> bytes | int:
-            serial = self.arg(request, b"serial")
-            uuid = self.arg(request, b"uuid")
-            mac = self.arg(request, b"mac")
-            identified = any(v is not None for v in (serial, uuid, mac))
-            prov = self.api.provisioner
-            pending = self.admit_boot(request, serial, uuid, mac)
+        client = _client_host(request)
 
-            client = _client_host(request)
+        def work() -> str:
+            host = prov.boot_host(serial or None, uuid or None, mac or None, pending=pending)
+            if identified and (host is not None or mac):
+                self.api.step("script", serial=host.serial if host is not None else None,
+                              mac=mac or None, ip=client)
+            return prov.boot_script(host, identified)
 
-            def work() -> str:
-                host = prov.boot_host(serial or None, uuid or None, mac or None, pending=pending)
-                if identified and (host is not None or mac):
-                    self.api.step("script", serial=host.serial if host is not None else None,
-                                  mac=mac or None, ip=client)
-                return prov.boot_script(host, identified)
-
-            return self.respond(request, work, _text(_TEXT))
-
-        return self.guarded(request, handle)
+        return self.respond(request, work, _text(_TEXT))
 
 
-class LoaderConfigResource(_Base):
+class LoaderConfigResource(_Routed):
     """``GET /grub/grub.cfg[-01-<mac>]``, ``GET /pxelinux.cfg/01-<mac>`` (also under
     ``/pxelinux/``, for PXELINUX's HTTP path prefix): the GRUB and PXELINUX configs the TFTP
     source serves (:mod:`pxestack.provision.bootconfig`)."""
 
-    isLeaf = True
+    operations = {
+        "getGrubConfig": "loader_config",
+        "getPxelinuxConfig": "loader_config",
+        "getPxelinuxConfigUnderPrefix": "loader_config",
+    }
 
     def __init__(self, api: ProvisioningApi, prefix: str) -> None:
+        self.segment = prefix
         super().__init__(api)
-        self.prefix = prefix
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def loader_config(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """The config the path names; 404 for any other path."""
+        name = params["file"]
+        if not name.isascii():
+            raise HttpError(http.NOT_FOUND, "no such config")
+        path = "/".join([*route.segments[:-1], name])
+        if path.startswith("pxelinux/"):
+            path = path.removeprefix("pxelinux/")
+        found = config_request(path) if len(path) <= 128 else None
+        if found is None:
+            raise HttpError(http.NOT_FOUND, "no such config")
+        loader, mac = found
+        prov = self.api.provisioner
 
-        def handle() -> bytes | int:
-            try:
-                rest = "/".join(part.decode("ascii") for part in request.postpath)
-            except UnicodeDecodeError:
-                raise HttpError(http.NOT_FOUND, "no such config") from None
-            path = f"{self.prefix}/{rest}"
-            if path.startswith("pxelinux/"):
-                path = path.removeprefix("pxelinux/")
-            found = config_request(path) if len(path) <= 128 else None
-            if found is None:
-                raise HttpError(http.NOT_FOUND, "no such config")
-            loader, mac = found
-            prov = self.api.provisioner
+        def work() -> str:
+            return render_loader_config(prov, loader, mac)
 
-            def work() -> str:
-                return render_loader_config(prov, loader, mac)
-
-            return self.respond(request, work, _text(_TEXT))
-
-        return self.guarded(request, handle)
+        return self.respond(request, work, _text(_TEXT))
 
 
-class FirstStageScriptResource(_Base):
+class FirstStageScriptResource(_Routed):
     """``GET /first-stage-script/<serial>``: enrol the machine, return its installer script."""
 
-    isLeaf = True
+    segment = "first-stage-script"
+    operations = {"getFirstStageScript": "first_stage_script"}
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def first_stage_script(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """mayu's first contact (era B)."""
+        prov = self.api.provisioner
+        serial = self.path_serial(request, params)
+        pending = self.admit(request, serial)
 
-        def handle() -> bytes | int:
-            prov = self.api.provisioner
-            serial = self.path_serial(request)
-            pending = self.admit(request, serial)
+        def work() -> str:
+            versioned, _created = prov.first_contact(serial, pending=pending)
+            host = versioned.host
+            _refuse_pending(host)
+            flow = prov.flow_of(host)
+            if not flow.uses_first_stage:
+                raise HttpError(
+                    http.CONFLICT, f"this host's profile uses flow {flow.name}, not mayu's"
+                )
+            if host.state in (HostState.INSTALLED, HostState.RUNNING):
+                # The per-host token is only handed to a machine expected to install;
+                # an admin marks the host configured (or fresh) to reinstall it.
+                raise IllegalTransition(host.state, Event.HOST_DATA)
+            return prov.render_first_stage_script(host)
 
-            def work() -> str:
-                versioned, _created = prov.first_contact(serial, pending=pending)
-                host = versioned.host
-                _refuse_pending(host)
-                flow = prov.flow_of(host)
-                if not flow.uses_first_stage:
-                    raise HttpError(
-                        http.CONFLICT, f"this host's profile uses flow {flow.name}, not mayu's"
-                    )
-                if host.state in (HostState.INSTALLED, HostState.RUNNING):
-                    # The per-host token is only handed to a machine expected to install;
-                    # an admin marks the host configured (or fresh) to reinstall it.
-                    raise IllegalTransition(host.state, Event.HOST_DATA)
-                return prov.render_first_stage_script(host)
-
-            return self.respond(request, work, _text(b"text/x-shellscript; charset=utf-8"))
-
-        return self.guarded(request, handle)
+        return self.respond(request, work, _text(b"text/x-shellscript; charset=utf-8"))
 
 
-class FirstStageIgnitionResource(_Base):
+class FirstStageIgnitionResource(_Routed):
     """``GET /first-stage-ignition.json``: the live installer system's Ignition config."""
 
-    isLeaf = True
+    segment = "first-stage-ignition.json"
+    operations = {"getFirstStageIgnition": "first_stage_ignition"}
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def first_stage_ignition(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """The same document for every machine."""
-        return self.guarded(
-            request,
-            lambda: self.respond(
-                request, self.api.provisioner.render_first_stage_ignition, _text(_JSON)
-            ),
-        )
+        return self.respond(request, self.api.provisioner.render_first_stage_ignition, _text(_JSON))
 
 
-class FirstStageCloudConfigResource(_Base):
+class FirstStageCloudConfigResource(_Routed):
     """``GET /first-stage-cloudconfig.yaml``: the live installer's cloud-config (profiles
     with ``config_format: cloud-config``; mayu baked it into its initrd)."""
 
-    isLeaf = True
+    segment = "first-stage-cloudconfig.yaml"
+    operations = {"getFirstStageCloudConfig": "first_stage_cloudconfig"}
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def first_stage_cloudconfig(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """The same document for every machine."""
-        return self.guarded(
-            request,
-            lambda: self.respond(
-                request, self.api.provisioner.render_first_stage_cloudconfig, _text(_YAML)
-            ),
-        )
+        render = self.api.provisioner.render_first_stage_cloudconfig
+        return self.respond(request, render, _text(_YAML))
 
 
-class HostDataResource(_Base):
+class HostDataResource(_Routed):
     """``POST /final-ignition-config.json`` or ``POST /final-cloud-config.yaml`` (mayu's two
     paths): the installer's host data; returns the final config of the host's flow.
 
-    A host whose profile uses the other format gets 409 naming the right path.
+    A host whose profile uses the other format gets 409 naming the right path.  The
+    documented security (the machine's token or an admin) is checked here, not by the
+    router: the serial is in the body, and mayu's compatibility mode may enrol the machine.
     """
 
-    isLeaf = True
+    operations = {"postHostData": "host_data", "postHostDataCloudConfig": "host_data"}
 
     def __init__(self, api: ProvisioningApi, config_format: str = "ignition") -> None:
-        super().__init__(api)
         self.config_format = config_format
+        self.segment = (
+            "final-cloud-config.yaml" if config_format == "cloud-config"
+            else "final-ignition-config.json"
+        )
+        super().__init__(api)
 
-    def render_POST(self, request: Request) -> bytes | int:
+    def host_data(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """Record MACs/NIC/IPMI, go ``installing``, answer the final Ignition config."""
+        payload = self.json_body(request)
+        prov = self.api.provisioner
+        raw = payload.get("Serial")
+        if not isinstance(raw, str) or not raw.strip():
+            raise BadRequest("no serial ? :/")
+        serial = prov.identity(raw, payload.get("UUID") or self.arg(request, b"uuid"))
+        pending = False
+        if prov.get(serial) is not None:
+            self.require_machine(request, serial)
+        elif self.is_admin(request):
+            pass
+        elif not self.api.accept_unauthenticated_callbacks:
+            # A token exists only once the machine is enrolled (first-stage script).
+            raise HttpError(http.UNAUTHORIZED, "host callback token required")
+        else:
+            # mayu compatibility enrols here: the enrolment policy applies as well.
+            pending = self.admit(request, serial)
+        if self.api.open_admin or request_actor(request) is None:
+            setattr(request, _ACTOR, f"machine:{serial}")
 
-        def handle() -> bytes | int:
-            payload = self.json_body(request)
-            prov = self.api.provisioner
-            raw = payload.get("Serial")
-            if not isinstance(raw, str) or not raw.strip():
-                raise BadRequest("no serial ? :/")
-            serial = prov.identity(raw, payload.get("UUID") or self.arg(request, b"uuid"))
-            pending = False
-            if prov.get(serial) is not None:
-                self.require_machine(request, serial)
-            elif self.is_admin(request):
-                pass
-            elif not self.api.accept_unauthenticated_callbacks:
-                # A token exists only once the machine is enrolled (first-stage script).
-                raise HttpError(http.UNAUTHORIZED, "host callback token required")
-            else:
-                # mayu compatibility enrols here: the enrolment policy applies as well.
-                pending = self.admit(request, serial)
-            if self.api.open_admin or request_actor(request) is None:
-                setattr(request, _ACTOR, f"machine:{serial}")
+        def work() -> str:
+            versioned, _ = prov.first_contact(serial, pending=pending)
+            _refuse_pending(versioned.host)
+            flow = prov.flow_of(versioned.host)
+            if flow.config_format != self.config_format:
+                raise HttpError(
+                    http.CONFLICT,
+                    f"this host's profile uses flow {flow.name}: POST /{flow.host_data_path}",
+                )
+            _host, config = prov.host_data(payload, serial_hint=serial)
+            return config
 
-            def work() -> str:
-                versioned, _ = prov.first_contact(serial, pending=pending)
-                _refuse_pending(versioned.host)
-                flow = prov.flow_of(versioned.host)
-                if flow.config_format != self.config_format:
-                    raise HttpError(
-                        http.CONFLICT,
-                        f"this host's profile uses flow {flow.name}: POST /{flow.host_data_path}",
-                    )
-                _host, config = prov.host_data(payload, serial_hint=serial)
-                return config
-
-            content = _YAML if self.config_format == "cloud-config" else _JSON
-            return self.respond(request, work, _text(content))
-
-        return self.guarded(request, handle)
+        content = _YAML if self.config_format == "cloud-config" else _JSON
+        return self.respond(request, work, _text(content))
 
 
-def _refuse_pending(host: Any) -> None:
+def _refuse_pending(host: Host) -> None:
     """403 for a host that waits for approval: it gets no installer, config or token."""
     if host.state is HostState.PENDING:
         raise HttpError(
@@ -745,7 +815,7 @@ def _refuse_pending(host: Any) -> None:
         )
 
 
-def _refuse_installed(host: Any, flow: Any) -> None:
+def _refuse_installed(host: Host, flow: Flow) -> None:
     """409 for a disk flow's host that is installed or running (it boots its disk)."""
     if flow.install == "disk" and host.state in (HostState.INSTALLED, HostState.RUNNING):
         raise HttpError(
@@ -754,71 +824,69 @@ def _refuse_installed(host: Any, flow: Any) -> None:
         )
 
 
-class PxeIgnitionResource(_Base):
+class PxeIgnitionResource(_Routed):
     """``GET /ignition?serial=&uuid=``: the machine's Ignition config (mayu era C).
 
     Served for the flows whose Ignition fetches its config itself: ``flatcar-pxe`` and
     ``fcos-pxe`` on every boot, ``fcos-disk`` once, when coreos-installer writes the disk.
     """
 
-    isLeaf = True
+    segment = "ignition"
+    operations = {"getIgnition": "pxe_ignition"}
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def pxe_ignition(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """Enrol if new, go ``installing``, answer the Ignition config."""
+        prov = self.api.provisioner
+        serial = prov.identity(self.arg(request, b"serial") or "", self.arg(request, b"uuid"))
+        pending = self.admit(request, serial)
 
-        def handle() -> bytes | int:
-            prov = self.api.provisioner
-            serial = prov.identity(self.arg(request, b"serial") or "", self.arg(request, b"uuid"))
-            pending = self.admit(request, serial)
+        def work() -> str:
+            versioned, _ = prov.first_contact(serial, pending=pending)
+            _refuse_pending(versioned.host)
+            flow = prov.flow_of(versioned.host)
+            if not flow.serves_config:
+                raise HttpError(
+                    http.CONFLICT, f"this host's profile uses flow {flow.name}, not /ignition"
+                )
+            _refuse_installed(versioned.host, flow)
+            _host, config = prov.pxe_config(serial)
+            return config
 
-            def work() -> str:
-                versioned, _ = prov.first_contact(serial, pending=pending)
-                _refuse_pending(versioned.host)
-                flow = prov.flow_of(versioned.host)
-                if not flow.serves_config:
-                    raise HttpError(
-                        http.CONFLICT, f"this host's profile uses flow {flow.name}, not /ignition"
-                    )
-                _refuse_installed(versioned.host, flow)
-                _host, config = prov.pxe_config(serial)
-                return config
-
-            return self.respond(request, work, _text(_JSON))
-
-        return self.guarded(request, handle)
+        return self.respond(request, work, _text(_JSON))
 
 
-class InstallerIgnitionResource(_Base):
+class InstallerIgnitionResource(_Routed):
     """``GET /installer-ignition?serial=&uuid=``: the fcos-disk live installer's config.
 
     It carries the host's callback token (for ``set_installed``), so like the first-stage
     script it is only served while the host is expected to install; it changes nothing.
     """
 
-    isLeaf = True
+    segment = "installer-ignition"
+    operations = {"getInstallerIgnition": "installer_ignition"}
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def installer_ignition(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """The live system's Ignition config for the machine named by the query."""
+        prov = self.api.provisioner
+        serial = prov.identity(self.arg(request, b"serial") or "", self.arg(request, b"uuid"))
+        pending = self.admit(request, serial)
 
-        def handle() -> bytes | int:
-            prov = self.api.provisioner
-            serial = prov.identity(self.arg(request, b"serial") or "", self.arg(request, b"uuid"))
-            pending = self.admit(request, serial)
+        def work() -> str:
+            versioned, _ = prov.first_contact(serial, pending=pending)
+            _refuse_pending(versioned.host)
+            flow = prov.flow_of(versioned.host)
+            if flow.installer_template is None:
+                raise HttpError(
+                    http.CONFLICT, f"this host's profile uses flow {flow.name}: no installer"
+                )
+            _refuse_installed(versioned.host, flow)
+            return prov.render_installer_config(versioned.host)
 
-            def work() -> str:
-                versioned, _ = prov.first_contact(serial, pending=pending)
-                _refuse_pending(versioned.host)
-                flow = prov.flow_of(versioned.host)
-                if flow.installer_template is None:
-                    raise HttpError(
-                        http.CONFLICT, f"this host's profile uses flow {flow.name}: no installer"
-                    )
-                _refuse_installed(versioned.host, flow)
-                return prov.render_installer_config(versioned.host)
-
-            return self.respond(request, work, _text(_JSON))
-
-        return self.guarded(request, handle)
+        return self.respond(request, work, _text(_JSON))
 
 
 #: Content type of a generic script by its template kind.
@@ -829,36 +897,35 @@ _SCRIPT_TYPES = {
 }
 
 
-class ScriptResource(_Base):
+class ScriptResource(_Routed):
     """``GET /script/<serial>[?uuid=]``: a generic profile's script (goes ``installing``)."""
 
-    isLeaf = True
+    segment = "script"
+    operations = {"getScript": "script"}
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def script(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """Enrol if new, go ``installing``, answer the rendered script."""
+        prov = self.api.provisioner
+        serial = self.path_serial(request, params)
+        pending = self.admit(request, serial)
 
-        def handle() -> bytes | int:
-            prov = self.api.provisioner
-            serial = self.path_serial(request)
-            pending = self.admit(request, serial)
+        def work() -> tuple[str, str]:
+            versioned, _ = prov.first_contact(serial, pending=pending)
+            _refuse_pending(versioned.host)
+            flow = prov.flow_of(versioned.host)
+            if flow.script_template is None:
+                raise HttpError(http.NOT_FOUND, f"flow {flow.name} of this host has no script")
+            _refuse_installed(versioned.host, flow)
+            _host, text, kind = prov.script(serial)
+            return text, kind
 
-            def work() -> tuple[str, str]:
-                versioned, _ = prov.first_contact(serial, pending=pending)
-                _refuse_pending(versioned.host)
-                flow = prov.flow_of(versioned.host)
-                if flow.script_template is None:
-                    raise HttpError(http.NOT_FOUND, f"flow {flow.name} of this host has no script")
-                _refuse_installed(versioned.host, flow)
-                _host, text, kind = prov.script(serial)
-                return text, kind
+        def write(req: Request, result: tuple[str, str]) -> bytes:
+            text, kind = result
+            return _text(_SCRIPT_TYPES.get(kind, _TEXT))(req, text)
 
-            def write(req: Request, result: tuple[str, str]) -> bytes:
-                text, kind = result
-                return _text(_SCRIPT_TYPES.get(kind, _TEXT))(req, text)
-
-            return self.respond(request, work, write)
-
-        return self.guarded(request, handle)
+        return self.respond(request, work, write)
 
 
 #: ``/images/.../<name>`` -> file names in ``<images_dir>/<version>/`` for Flatcar, newest
@@ -867,7 +934,7 @@ class ScriptResource(_Base):
 IMAGE_FILES = FLATCAR_IMAGE_FILES
 
 
-class ImagesResource(_Base):
+class ImagesResource(_Routed):
     """``GET|HEAD /images/[<serial>/]<file>``: the host's OS version, served with Range.
 
     Version = host override > host version > ``default_os_version`` (an unknown serial gets
@@ -876,46 +943,46 @@ class ImagesResource(_Base):
     requests, sendfile; paths cannot leave the images directory).
     """
 
-    isLeaf = True
+    segment = "images"
+    operations = {
+        "getDefaultImage": "image",
+        "headDefaultImage": "image",
+        "getHostImage": "image",
+        "headHostImage": "image",
+    }
 
     def __init__(self, api: ProvisioningApi, assets: Resource | None) -> None:
         super().__init__(api)
         self.assets = assets
 
-    def render(self, request: Request) -> bytes | int:
+    def image(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
         """Rewrite the path to ``<version>/<file>`` and delegate to the asset resource."""
-
-        def handle() -> bytes | int:
-            if request.method not in (b"GET", b"HEAD"):
-                request.setHeader(b"Allow", b"GET, HEAD")
-                raise HttpError(http.NOT_ALLOWED, "method not allowed")
-            parts = [p.decode("utf-8", "replace") for p in request.postpath or []]
-            if self.assets is None or len(parts) not in (1, 2):
-                raise HttpError(http.NOT_FOUND, "not found")
-            prov = self.api.provisioner
-            host = None
-            if len(parts) == 2:
-                found = prov.get(parts[0])
-                host = found.host if found is not None else None
-            version = prov.os_version(host)
-            candidates = prov.flow_of(host).image_candidates(version, parts[-1])
-            if not candidates:
-                raise HttpError(http.NOT_FOUND, "not found")
-            if host is not None and request.method == b"GET":
-                self.api.step("kernel", serial=host.serial, ip=_client_host(request),
-                              detail=parts[-1])
-            root = getattr(self.assets, "root", None)
-            chosen = candidates[0]
-            if root is not None:
-                for candidate in candidates:
-                    if root.joinpath(*candidate).is_file():
-                        chosen = candidate
-                        break
-            request.postpath = [part.encode() for part in chosen]
-            result: bytes | int = self.assets.render(request)
-            return result
-
-        return self.guarded(request, handle)
+        if self.assets is None:
+            raise HttpError(http.NOT_FOUND, "not found")
+        name = params["file"]
+        prov = self.api.provisioner
+        host = None
+        if "serial" in params:
+            found = prov.get(params["serial"])
+            host = found.host if found is not None else None
+        version = prov.os_version(host)
+        candidates = prov.flow_of(host).image_candidates(version, name)
+        if not candidates:
+            raise HttpError(http.NOT_FOUND, "not found")
+        if host is not None and request.method == b"GET":
+            self.api.step("kernel", serial=host.serial, ip=_client_host(request), detail=name)
+        root = getattr(self.assets, "root", None)
+        chosen = candidates[0]
+        if root is not None:
+            for candidate in candidates:
+                if root.joinpath(*candidate).is_file():
+                    chosen = candidate
+                    break
+        request.postpath = [part.encode() for part in chosen]
+        result: bytes | int = self.assets.render(request)
+        return result
 
 
 # -- admin -----------------------------------------------------------------------------------
@@ -939,232 +1006,271 @@ FIELD_ZERO_VALUES: dict[str, Any] = {
 MACHINE_ACTIONS = ("set_installed", "boot_complete")
 
 
-class AdminResource(_Base):
-    """``/admin/...``: the admin API (bearer token) and the machine callbacks under it."""
+class AdminResource(_Routed):
+    r"""``/admin/...``: the admin API and the machine callbacks under it.
 
-    isLeaf = True
+    Which paths exist, their methods and who may call them is the OpenAPI document's
+    (:mod:`pxestack.provision.routes`); each method below answers one or more of its
+    ``operationId``\ s once the router has checked the caller.  An unknown path under
+    ``/admin`` is 404 for an admin and 401/403 for anyone else.
+    """
 
-    def render_GET(self, request: Request) -> bytes | int:
-        """``hosts``, ``host/<serial>``, ``host/<serial>/history``, ``mayu_config``, ``health``."""
+    segment = "admin"
+    operations = {
+        "listHosts": "list_hosts",
+        "addHost": "add_host",
+        "getHost": "get_host",
+        "removeHost": "remove_host",
+        "getHostHistory": "host_history",
+        "getHostLogs": "host_logs",
+        "setInstalled": "set_installed",
+        "bootComplete": "boot_complete",
+        "setState": "set_state",
+        "markFresh": "mark_fresh",
+        "approveHost": "approve",
+        "moveHost": "move",
+        "override": "override",
+        "setMetadata": "set_field",
+        "setProviderId": "set_field",
+        "setIpmiAddr": "set_field",
+        "setCabinet": "set_field",
+        "setEtcdClusterToken": "set_field",
+        "getMayuConfig": "get_mayu_config",
+        "putMayuConfig": "put_mayu_config",
+        "getProvisioningHealth": "health",
+        "getImages": "images",
+        "postImageFetch": "images_fetch",
+        "getBootEvents": "events",
+    }
 
-        def handle() -> bytes | int:
-            self.require_admin(request)
-            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
-            prov = self.api.provisioner
-            if path == ["hosts"]:
-                return self.respond(
-                    request, lambda: [h.to_json() for h in prov.hosts()], _json_writer
-                )
-            if path == ["health"]:
-                return self.respond(request, prov.store.health, _health_writer)
-            if path == ["mayu_config"]:
-                return self.respond(request, self.api.export_config, _text(b"text/yaml"))
-            if path == ["images"]:
-                fetches = self.api.require_image_fetches()
-                return self.respond(request, fetches.snapshot, _json_writer)
-            if path == ["events"]:
-                if self.api.event_feed is None:
-                    raise HttpError(http.NOT_FOUND, "boot steps are not recorded here")
-                result: bytes | int = self.api.event_feed.render(request)
-                return result
-            if len(path) == 2 and path[0] == "host":
-                serial = path[1].lower()
+    # -- reads -----------------------------------------------------------------------------
 
-                def one() -> Any:
-                    found = prov.get(serial)
-                    if found is None:
-                        raise HostNotFound(serial)
-                    return found
+    def list_hosts(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``GET /admin/hosts``: every record, as a JSON array (mayu)."""
+        prov = self.api.provisioner
+        return self.respond(request, lambda: [h.to_json() for h in prov.hosts()], _json_writer)
 
-                return self.respond(request, one, _versioned_writer)
-            if len(path) == 3 and path[0] == "host" and path[2] == "history":
-                serial = path[1].lower()
+    def get_host(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``GET /admin/host/<serial>``: one record with its ETag."""
+        prov = self.api.provisioner
+        serial = params["serial"].lower()
 
-                def history() -> Any:
-                    if prov.get(serial) is None:
-                        raise HostNotFound(serial)
-                    return [e.to_json() for e in prov.store.history(serial)]
+        def one() -> Versioned:
+            found = prov.get(serial)
+            if found is None:
+                raise HostNotFound(serial)
+            return found
 
-                return self.respond(request, history, _json_writer)
-            if len(path) == 3 and path[0] == "host" and path[2] == "logs":
-                return self.host_logs(request, path[1].lower())
-            raise HttpError(http.NOT_FOUND, "not found")
+        return self.respond(request, one, _versioned_writer)
 
-        return self.guarded(request, handle)
+    def host_history(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
+        """``GET /admin/host/<serial>/history``: the host's audit entries, newest first."""
+        prov = self.api.provisioner
+        serial = params["serial"].lower()
 
-    def host_logs(self, request: Request, serial: str) -> bytes | int:
+        def history() -> list[dict[str, str]]:
+            if prov.get(serial) is None:
+                raise HostNotFound(serial)
+            return [e.to_json() for e in prov.store.history(serial)]
+
+        return self.respond(request, history, _json_writer)
+
+    def health(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``GET /admin/health``: the store's health, 503 when degraded."""
+        return self.respond(request, self.api.provisioner.store.health, _health_writer)
+
+    def get_mayu_config(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
+        """``GET /admin/mayu_config``: the settings in mayu's YAML schema."""
+        return self.respond(request, self.api.export_config, _text(b"text/yaml"))
+
+    def images(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``GET /admin/images``: cached image versions, running and recent fetches."""
+        fetches = self.api.require_image_fetches()
+        return self.respond(request, fetches.snapshot, _json_writer)
+
+    def events(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``GET /admin/events``: the boot steps, as JSON or an SSE stream."""
+        if self.api.event_feed is None:
+            raise HttpError(http.NOT_FOUND, "boot steps are not recorded here")
+        result: bytes | int = self.api.event_feed.render(request)
+        return result
+
+    def host_logs(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
         """``host/<serial>/logs``: the log lines the recorder keeps for the machine (its
         serial and the MACs of its record), as JSON or as an SSE stream."""
+        serial = params["serial"].lower()
         events = self.api.events
         if events is None or normal_serial(serial) is None:
             raise HttpError(http.NOT_FOUND, "no log lines are recorded here")
         versioned = self.api.provisioner.get(serial)
-        macs = tuple(getattr(versioned.host, "mac_addresses", ())) if versioned else ()
+        macs = tuple(versioned.host.mac_addresses) if versioned else ()
         if versioned is None and not events.logs(serial, limit=1):
             raise HostNotFound(serial)
         keys = {serial} | {m for m in (normal_mac(x) for x in macs) if m}
 
-        def select(since: int, limit: int) -> list[Any]:
+        def select(since: int, limit: int) -> list[BootEvent]:
             return list(events.logs(serial, macs, since=since, limit=limit))
 
-        def accept(event: Any) -> bool:
+        def accept(event: BootEvent) -> bool:
             return event.phase == LOG and (event.machine in keys or event.mac in keys)
 
         feed = EventFeed(events, reactor=getattr(self.api.event_feed, "reactor", None),
                          select=select, accept=accept)
-        return feed.render(request)
+        result: bytes | int = feed.render(request)
+        return result
 
-    def _announced(self, request: Request) -> Callable[[Request, Any], bytes]:
+    # -- changes ---------------------------------------------------------------------------
+
+    def _announced(self, route: Route, params: dict[str, str]) -> Writer:
         """:func:`_accepted`, telling the recorder's subscribers (extensions) about the
         admin action that succeeded (an ``admin`` notice; nothing is kept)."""
+        serial = params["serial"].lower() if "serial" in params else None
+        segments = route.segments[1:]
+        if route.method == b"DELETE":
+            action = "remove"
+        elif serial is not None:
+            action = segments[-1]
+        else:
+            action = "/".join(segments)
 
-        def write(req: Request, result: Any) -> bytes:
+        def write(req: Request, result: object) -> bytes:
             body = _accepted(req, result)
-            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
-            method = request.method.decode("ascii", "replace")
-            serial = path[1].lower() if len(path) >= 2 and path[0] == "host" else None
-            action = path[2] if len(path) >= 3 else ("remove" if method == "DELETE"
-                                                     else "/".join(path))
-            self.api.announce(action, serial=serial, actor=request_actor(request) or "")
+            self.api.announce(action, serial=serial, actor=request_actor(req) or "")
             return body
 
         return write
 
-    def images_fetch(self, request: Request) -> bytes | int:
+    def _change(
+        self,
+        request: Request,
+        route: Route,
+        params: dict[str, str],
+        change: Callable[[Provisioner, str, str | None], Host],
+        write: Writer | None = None,
+    ) -> bytes | int:
+        """Run one host mutation (``PUT /admin/host/<serial>/<action>``); 202 and the ETag."""
+        prov = self.api.provisioner
+        serial, if_match = params["serial"].lower(), _if_match(request)
+        return self.respond(
+            request,
+            lambda: _etagged(prov, change(prov, serial, if_match)),
+            write or self._announced(route, params),
+        )
+
+    def set_installed(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
+        """The installer wrote the disk (machine callback)."""
+        return self._change(request, route, params,
+                            lambda prov, serial, if_match: prov.set_installed(serial, if_match))
+
+    def boot_complete(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
+        """The installed OS booted (machine callback; optional version strings)."""
+        payload = self.json_body(request, allow_empty=True)
+        return self._change(
+            request, route, params,
+            lambda prov, serial, if_match: prov.boot_complete(serial, payload, if_match),
+        )
+
+    def mark_fresh(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """Forget the install: the host installs again on its next boot."""
+        return self._change(request, route, params,
+                            lambda prov, serial, if_match: prov.mark_fresh(serial, if_match))
+
+    def approve(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """Approve a ``pending`` host."""
+        return self._change(request, route, params,
+                            lambda prov, serial, if_match: prov.approve(serial, if_match))
+
+    def set_state(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``{"State": ...}``: set the host's state (mayuctl ``set S state X``)."""
+        state = self.json_body(request).get("State")
+        return self._change(request, route, params,
+                            lambda prov, serial, if_match: prov.set_state(serial, state, if_match))
+
+    def override(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``{"Overrides": {...}}``: the host's template overrides."""
+        overrides = self.json_body(request).get("Overrides")
+        return self._change(
+            request, route, params,
+            lambda prov, serial, if_match: prov.override(serial, overrides, if_match),
+        )
+
+    def move(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``{"Profile": ..., "Force": ...}``: move the host to another profile."""
+        payload = self.json_body(request)
+        profile, force = payload.get("Profile"), payload.get("Force", False)
+        return self._change(
+            request, route, params,
+            lambda prov, serial, if_match: prov.move(serial, profile, force, if_match),
+            _accepted,
+        )
+
+    def set_field(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """mayu's setters (:data:`FIELD_SETTERS`): one field from the body."""
+        name = FIELD_SETTERS[route.segments[-1]]
+        # mayuctl leaves out a key whose value is zero or empty (``set S cabinet 0``): a
+        # missing key (or JSON null) is the zero value, as in mayu, so an operator can clear
+        # a field.
+        value = self.json_body(request).get(name)
+        if value is None:
+            value = FIELD_ZERO_VALUES[name]
+        return self._change(
+            request, route, params,
+            lambda prov, serial, if_match: prov.set_field(serial, name, value, if_match),
+        )
+
+    def put_mayu_config(
+        self, request: Request, route: Route, params: dict[str, str]
+    ) -> bytes | int:
+        """``PUT /admin/mayu_config``: validate and apply a mayu YAML config; 202."""
+        text = self.body(request).decode("utf-8", "replace")
+        return self.respond(request, lambda: self.api.import_config(text),
+                            self._announced(route, params))
+
+    def images_fetch(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
         """``POST /admin/images/fetch``: start a release fetch; 202 with its status."""
+        fetches = self.api.require_image_fetches()
+        status = fetches.start(self.json_body(request))
+        log.info("image fetch of {os} {line} {version} started by {actor}",
+                 os=status["os"], line=status["message"], version=status["version"],
+                 actor=request_actor(request))
+        request.setResponseCode(http.ACCEPTED)
+        request.setHeader(b"Content-Type", _JSON)
+        return json.dumps(status, indent=1).encode() + b"\n"
 
-        def handle() -> bytes | int:
-            self.require_admin(request)
-            fetches = self.api.require_image_fetches()
-            status = fetches.start(self.json_body(request))
-            log.info("image fetch of {os} {line} {version} started by {actor}",
-                     os=status["os"], line=status["message"], version=status["version"],
-                     actor=request_actor(request))
-            request.setResponseCode(http.ACCEPTED)
-            request.setHeader(b"Content-Type", _JSON)
-            return json.dumps(status, indent=1).encode() + b"\n"
+    def add_host(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
+        """``POST /admin/hosts``: pre-register a machine (serial, MACs, profile, address);
+        201 with the record."""
+        payload = self.json_body(request)
+        prov = self.api.provisioner
 
-        return self.guarded(request, handle)
+        def work() -> Versioned:
+            added = prov.add(payload)
+            log.info("host {serial} added by the admin API", serial=added.serial)
+            found = prov.get(added.serial)
+            if found is None:  # removed again before it could be read back
+                raise HostNotFound(added.serial)
+            return found
 
-    def render_PUT(self, request: Request) -> bytes | int:
-        """Host mutations and ``mayu_config``; 202 with an empty body on success."""
+        return self.respond(request, work, _created_writer)
 
-        def handle() -> bytes | int:
-            done = self._announced(request)
-            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
-            prov = self.api.provisioner
-            if path == ["mayu_config"]:
-                self.require_admin(request)
-                text = self.body(request).decode("utf-8", "replace")
-                return self.respond(request, lambda: self.api.import_config(text), done)
-            if len(path) != 3 or path[0] != "host":
-                raise HttpError(http.NOT_FOUND, "not found")
-            serial, action = path[1].lower(), path[2]
-            if_match = _if_match(request)
-            if action in MACHINE_ACTIONS:
-                self.require_machine(request, serial)
-            else:
-                self.require_admin(request)
-            if action == "set_installed":
-                return self.respond(
-                    request, lambda: _etagged(prov, prov.set_installed(serial, if_match)), done
-                )
-            if action == "boot_complete":
-                payload = self.json_body(request, allow_empty=True)
-                return self.respond(
-                    request,
-                    lambda: _etagged(prov, prov.boot_complete(serial, payload, if_match)),
-                    done,
-                )
-            if action == "mark_fresh":
-                return self.respond(
-                    request, lambda: _etagged(prov, prov.mark_fresh(serial, if_match)), done
-                )
-            if action == "approve":
-                return self.respond(
-                    request, lambda: _etagged(prov, prov.approve(serial, if_match)), done
-                )
-            payload = self.json_body(request)
-            if action == "set_state":
-                state = payload.get("State")
-                return self.respond(
-                    request,
-                    lambda: _etagged(prov, prov.set_state(serial, state, if_match)),
-                    done,
-                )
-            if action == "override":
-                overrides = payload.get("Overrides")
-                return self.respond(
-                    request,
-                    lambda: _etagged(prov, prov.override(serial, overrides, if_match)),
-                    done,
-                )
-            if action == "move":
-                profile, force = payload.get("Profile"), payload.get("Force", False)
-                return self.respond(
-                    request,
-                    lambda: _etagged(prov, prov.move(serial, profile, force, if_match)),
-                    _accepted,
-                )
-            if action in FIELD_SETTERS:
-                name = FIELD_SETTERS[action]
-                # mayuctl leaves out a key whose value is zero or empty (``set S cabinet
-                # 0``): a missing key (or JSON null) is the zero value, as in mayu, so an
-                # operator can clear a field.
-                value = payload.get(name)
-                if value is None:
-                    value = FIELD_ZERO_VALUES[name]
-                return self.respond(
-                    request,
-                    lambda: _etagged(prov, prov.set_field(serial, name, value, if_match)),
-                    done,
-                )
-            raise HttpError(http.NOT_FOUND, f"unknown action {action!r}")
-
-        return self.guarded(request, handle)
-
-    def render_POST(self, request: Request) -> bytes | int:
-        """``POST /admin/hosts``: pre-register a machine (serial, MACs, profile, address),
-        201; ``POST /admin/images/fetch``: :meth:`images_fetch`."""
-        if [p for p in request.postpath or []] == [b"images", b"fetch"]:
-            return self.images_fetch(request)
-
-        def handle() -> bytes | int:
-            self.require_admin(request)
-            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
-            if path != ["hosts"]:
-                raise HttpError(http.NOT_FOUND, "not found")
-            payload = self.json_body(request)
-            prov = self.api.provisioner
-
-            def work() -> Any:
-                added = prov.add(payload)
-                log.info("host {serial} added by the admin API", serial=added.serial)
-                return prov.get(added.serial)
-
-            return self.respond(request, work, _created_writer)
-
-        return self.guarded(request, handle)
-
-    def render_DELETE(self, request: Request) -> bytes | int:
+    def remove_host(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
         """``DELETE /admin/host/<serial>``: remove the record (address and slot freed); 202."""
+        serial, if_match = params["serial"].lower(), _if_match(request)
+        prov = self.api.provisioner
 
-        def handle() -> bytes | int:
-            done = self._announced(request)
-            self.require_admin(request)
-            path = [p.decode("utf-8", "replace") for p in request.postpath or []]
-            if len(path) != 2 or path[0] != "host":
-                raise HttpError(http.NOT_FOUND, "not found")
-            serial, if_match = path[1].lower(), _if_match(request)
-            prov = self.api.provisioner
+        def work() -> None:
+            removed = prov.remove(serial, if_match)
+            log.info("host {serial} removed by the admin API", serial=removed.serial)
 
-            def work() -> None:
-                removed = prov.remove(serial, if_match)
-                log.info("host {serial} removed by the admin API", serial=removed.serial)
-
-            return self.respond(request, work, done)
-
-        return self.guarded(request, handle)
+        return self.respond(request, work, self._announced(route, params))
 
 
 def _if_match(request: Request) -> str | None:
@@ -1172,32 +1278,47 @@ def _if_match(request: Request) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def _etagged(prov: Provisioner, host: Any) -> Any:
+def _etagged(prov: Provisioner, host: Host) -> Versioned | None:
     return prov.get(host.serial)
 
 
-def _json_writer(request: Request, value: Any) -> bytes:
+def _json_writer(request: Request, value: object) -> bytes:
     request.setHeader(b"Content-Type", _JSON)
     request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps(value, indent=2).encode()
 
 
-def _versioned_writer(request: Request, versioned: Any) -> bytes:
+def _versioned_writer(request: Request, versioned: Versioned) -> bytes:
     request.setHeader(b"ETag", versioned.etag.encode())
     return _json_writer(request, versioned.host.to_json())
 
 
-def _created_writer(request: Request, versioned: Any) -> bytes:
+def _created_writer(request: Request, versioned: Versioned) -> bytes:
     """201 with the new record, its ETag and its ``Location``."""
     request.setResponseCode(http.CREATED)
     request.setHeader(b"Location", f"/admin/host/{versioned.host.serial}".encode())
     return _versioned_writer(request, versioned)
 
 
-def _health_writer(request: Request, health: Any) -> bytes:
+def _health_writer(request: Request, health: StoreHealth) -> bytes:
     if not health.get("ok", False):
         request.setResponseCode(http.SERVICE_UNAVAILABLE)
     return _json_writer(request, health)
+
+
+#: The first path segments of the provisioning API; the document's paths under them are its
+#: routes (:mod:`pxestack.provision.routes`).
+SEGMENTS = (
+    "ipxebootscript", "grub", "pxelinux.cfg", "pxelinux", "first-stage-script",
+    "first-stage-ignition.json", "final-ignition-config.json", "first-stage-cloudconfig.yaml",
+    "final-cloud-config.yaml", "ignition", "installer-ignition", "script", "images", "admin",
+)
+
+
+@functools.cache
+def provisioning_routes() -> tuple[Route, ...]:
+    """The documented routes of the provisioning API (the document is read once)."""
+    return tuple(load_routes(load_document(), SEGMENTS))
 
 
 class ProvisioningApi:
@@ -1220,12 +1341,14 @@ class ProvisioningApi:
         config_exporter: Callable[[], str] | None = None,
         config_importer: Callable[[str], None] | None = None,
         enrolment: EnrolmentGate | None = None,
-        events: Any = None,
-        event_feed: Any = None,
+        events: BootEventRecorder | None = None,
+        event_feed: EventFeed | None = None,
         clock: Callable[[], float] = time.time,
         image_fetches: ImageFetches | None = None,
     ) -> None:
         self.provisioner = provisioner
+        #: The routes the resources answer: the API document's (:func:`provisioning_routes`).
+        self.routes = provisioning_routes()
         #: ``provision.enrolment`` (None: every first contact enrols, as mayu).
         self.enrolment = enrolment
         #: The :class:`pxestack.bootevents.BootEventRecorder` boot steps go to, or None.
@@ -1337,9 +1460,13 @@ class ProvisioningApi:
         except ConfigError as exc:
             raise BadRequest(str(exc)) from None
 
-    def children(self) -> dict[bytes, Resource]:
-        """First path segment -> resource, for ``Extensions.http_children``."""
-        return {
+    def children(self) -> dict[bytes, IResource]:
+        """First path segment -> resource, for ``Extensions.http_children``.
+
+        :class:`RouteError` when the document and the resources disagree: an operation no
+        resource answers, or an answer for an operation the document does not have.
+        """
+        children: dict[bytes, _Routed] = {
             b"ipxebootscript": BootScriptResource(self),
             b"grub": LoaderConfigResource(self, "grub"),
             b"pxelinux.cfg": LoaderConfigResource(self, "pxelinux.cfg"),
@@ -1355,6 +1482,17 @@ class ProvisioningApi:
             b"images": ImagesResource(self, self.images),
             b"admin": AdminResource(self),
         }
+        assert {name.decode() for name in children} == set(SEGMENTS)
+        documented = {route.operation_id for route in self.routes}
+        for child in children.values():
+            child.check_routes()
+            unknown = set(child.operations) - documented
+            if unknown:
+                raise RouteError(
+                    f"{type(child).__name__} answers {sorted(unknown)}, which the API "
+                    "document does not have"
+                )
+        return dict(children)
 
     def root(self) -> Resource:
         """A root resource with :meth:`children` mounted (tests and stand-alone use)."""
@@ -1367,6 +1505,7 @@ class ProvisioningApi:
 __all__ = [
     "FIELD_SETTERS",
     "IMAGE_FILES",
+    "SEGMENTS",
     "AdminResource",
     "BootScriptResource",
     "FirstStageCloudConfigResource",
@@ -1380,6 +1519,7 @@ __all__ = [
     "PxeIgnitionResource",
     "ScriptResource",
     "json_too_deep",
+    "provisioning_routes",
     "request_actor",
     "synchronous_runner",
 ]

@@ -2,16 +2,16 @@
 
 :class:`Provisioner` is what the HTTP resources in :mod:`pxestack.provision.api` call.  Each
 method validates its input, applies one change through the
-:class:`~pxestack.provision.store.HostStore` (so it is one atomic write and one audit
+:class:`~pxestack.provision.hoststore.HostStore` (so it is one atomic write and one audit
 commit), and returns plain values.  Nothing here
 knows about requests or status codes; errors are typed:
 
 * :class:`BadRequest` (the caller's input is wrong -> 400),
-* :class:`~pxestack.provision.store.HostNotFound` (-> 400 "host doesn't exist", as mayu),
+* :class:`~pxestack.provision.hoststore.HostNotFound` (-> 400 "host doesn't exist", as mayu),
 * :class:`~pxestack.provision.machine.IllegalTransition` (-> 409),
-* :class:`~pxestack.provision.store.PreconditionFailed` (-> 412),
+* :class:`~pxestack.provision.hoststore.PreconditionFailed` (-> 412),
 * :class:`~pxestack.provision.templates.TemplateRenderError` and
-  :class:`~pxestack.provision.store.StoreError` (-> 500/503).
+  :class:`~pxestack.provision.hoststore.StoreError` (-> 500/503).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pxestack import __version__
 from pxestack.config.provision import ProfileConfig, ProvisionConfig, thaw
 from pxestack.provision import assign
 from pxestack.provision.flows import Flow, flow_for
+from pxestack.provision.hoststore import HostStore, Versioned
 from pxestack.provision.machine import MESSAGES, Event, apply, next_state
 from pxestack.provision.model import (
     VERSION_FIELDS,
@@ -45,7 +46,7 @@ from pxestack.provision.model import (
     sanitize_serial,
 )
 from pxestack.provision.overrides import InvalidOverride, validate_overrides
-from pxestack.provision.store import PRIVATE_DIR, HostStore, Versioned, atomic_write
+from pxestack.provision.store import PRIVATE_DIR, atomic_write
 from pxestack.provision.templates import Templates
 
 #: mayu's commit messages for an enrolment (reference/mayu.md), recorded as one commit.

@@ -11,6 +11,7 @@ returns them as :class:`pxestack.service.Extensions`, together with a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.http.events import EventFeed
 from pxestack.metrics import Metrics, ObservedHostStore, boot_steps, log_host_change
 from pxestack.provision.api import ProvisioningApi
+from pxestack.provision.audit import isolate_git_config
 from pxestack.provision.bootconfig import LoaderConfigSource
 from pxestack.provision.enrolment import EnrolmentGate, FirstContactLimiter
+from pxestack.provision.hoststore import CURRENT_ACTOR, HostStore
 from pxestack.provision.mayu_import import (
     apply_mayu_text,
     export_mayu,
@@ -41,7 +44,7 @@ from pxestack.provision.mayu_import import (
 )
 from pxestack.provision.policy import ProvisioningPolicy
 from pxestack.provision.provisioner import Provisioner, callback_key
-from pxestack.provision.store import CURRENT_ACTOR, FileHostStore, isolate_git_config
+from pxestack.provision.store import FileHostStore
 from pxestack.service import Extensions
 from pxestack.tftp.source import ChainSource, FileSource, FilesystemSource
 
@@ -63,15 +66,17 @@ class ProvisioningService(service.MultiService):
     """Runs the store's thread pool and the periodic re-scan / git-retry timer."""
 
     def __init__(
-        self, store: FileHostStore, pool: ThreadPool, retry_interval: float, reactor: Any = None
+        self, store: HostStore, pool: ThreadPool, retry_interval: float, reactor: Any = None
     ) -> None:
-        super().__init__()
-        self.setName("provision")
+        # The base is named, not reached through super(): its methods are unannotated, and
+        # the strict check accepts calls into Twisted only when it sees whose they are.
+        service.MultiService.__init__(self)
+        self.name = "provision"
         self.store = store
         self.pool = pool
         self._reactor = reactor
         #: Called first on stop (image fetches are cancelled so the pool can stop).
-        self.on_stop: list[Any] = []
+        self.on_stop: list[Callable[[], object]] = []
         timer = TimerService(min(RESCAN_INTERVAL, retry_interval), self.tick)
         if reactor is not None:
             timer.clock = reactor
@@ -91,14 +96,14 @@ class ProvisioningService(service.MultiService):
         built, before ``pxestack serve`` or twistd started logging.
         """
         isolate_git_config()
-        damaged = getattr(self.store, "damaged", None)
+        damaged = self.store.health().get("damaged")
         if damaged is not None:
             log.error(
                 "the cluster directory is damaged and host records are read-only: {reason}",
                 reason=damaged,
             )
         self.pool.start()
-        super().startService()
+        service.MultiService.startService(self)
 
     def stopService(self) -> defer.Deferred[None]:
         """Cancel image fetches, stop the timer, then let running store work finish and stop
@@ -109,17 +114,13 @@ class ProvisioningService(service.MultiService):
         d.addBoth(lambda _: self.pool.stop())
         return d
 
-    def tick(self) -> defer.Deferred[Any]:
-        """Re-scan the cluster directory and retry any failed git commit (mayu #53)."""
+    def tick(self) -> defer.Deferred[None]:
+        """Re-read the store (hand edits) and retry any failed audit entry (mayu #53)."""
 
         def work() -> None:
             self.store.refresh()
             if not self.store.retry_audit():
-                log.error(
-                    "git audit of {root} is behind: {health}",
-                    root=str(self.store.root),
-                    health=self.store.health(),
-                )
+                log.error("the host store's audit is behind: {health}", health=self.store.health())
 
         d = deferToThreadPool(self.reactor, self.pool, work)
         d.addErrback(lambda f: log.failure("provisioning maintenance failed", f))
@@ -241,7 +242,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
 
     pool = ThreadPool(minthreads=1, maxthreads=4, name="pxestack-provision")
 
-    def run(work: Any) -> defer.Deferred[Any]:
+    def run(work: Callable[[], Any]) -> defer.Deferred[Any]:
         return deferToThreadPool(reactor if reactor is not None else _default_reactor(), pool, work)
 
     def import_config(text: str) -> None:

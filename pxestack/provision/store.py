@@ -1,12 +1,10 @@
-"""Host storage: one ``conf.json`` per machine, written atomically, audited in git.
+"""mayu's cluster directory as a host store: one ``conf.json`` per machine, written
+atomically, audited in git.
 
-:class:`HostStore` is the seam: the provisioning code sees only that interface.  Two
-implementations:
-
-* :class:`FileHostStore` keeps mayu's layout: ``<cluster-dir>/cluster.json``
-  and ``<cluster-dir>/<serial>/conf.json``; with a :class:`GitAudit` the cluster directory is
-  a git repository and every change is one commit named ``<serial>: <what changed>``.
-* :class:`InMemoryHostStore` for tests and benchmarks.
+:class:`FileHostStore` implements :class:`~pxestack.provision.hoststore.HostStore` with
+mayu's layout: ``<cluster-dir>/cluster.json`` and ``<cluster-dir>/<serial>/conf.json``.
+With git enabled the cluster directory is a repository and every change is one commit
+named ``<serial>: <what changed>`` (:class:`~pxestack.provision.audit.GitAudit`).
 
 Rules the file store keeps:
 
@@ -17,189 +15,47 @@ Rules the file store keeps:
   the cached copy and re-reads it when they differ (mayu re-scanned on every lookup too).
   An edit that does not parse is logged with the field at fault; the last good copy stays
   in use, and enrolment refuses to overwrite the broken file.
-* **Exact claims**: :meth:`HostStore.enrol` runs the caller's decision (profile, address)
-  under the store lock with every host on record, so concurrent first contacts can never
-  over-fill a profile or share an address.
-* **Optimistic concurrency**: every record has an ETag (a hash of its bytes); an update
-  can require the ETag it read (``If-Match``) and fails with :class:`PreconditionFailed`.
+* **Exact claims**: :meth:`FileHostStore.enrol` and :meth:`FileHostStore.update` run the
+  caller's decision under the store lock with every host on record.
+* **Optimistic concurrency**: ETags are a hash of the record's bytes
+  (:func:`~pxestack.provision.hoststore.etag_of`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import hashlib
 import json
 import os
-import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
 
-import pygit2
 from twisted.logger import Logger
 
-from pxestack.provision.model import Host, InvalidHostRecord, normalize_mac
-from pxestack.provision.repocheck import CHECK_TIMEOUT, OPERATOR_HINT, check_repository
-
-#: A change function: old record -> (new record, first message line, detail lines).
-Change = Callable[[Host], tuple[Host, str, Sequence[str]]]
+from pxestack.provision.audit import GitAudit
+from pxestack.provision.hoststore import (
+    CURRENT_ACTOR,
+    Change,
+    HistoryEntry,
+    HostNotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreHealth,
+    StoreReadOnly,
+    Versioned,
+    etag_of,
+)
+from pxestack.provision.model import Host, InvalidHostRecord
+from pxestack.provision.repocheck import CHECK_TIMEOUT
 
 CLUSTER_FILE = "cluster.json"
 HOST_FILE = "conf.json"
 #: Private per-installation data (the callback key); never committed (see .gitignore).
 PRIVATE_DIR = ".pxestack"
 _GITIGNORE = "# written by pxestack\n*.tmp\n.pxestack/\n"
-
-
-#: Who is making the changes of the current piece of store work: ``admin``, a named token,
-#: ``cert:<subject>``, ``trusted:<address>``, ``machine:<serial>`` (None: not known).  The
-#: API sets it around the work it runs (:func:`acting_as`); audit commits name it as author.
-CURRENT_ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "pxestack_actor", default=None)
-#: Characters kept in an actor's git author name; others become ``_``.
-_UNSAFE_AUTHOR = re.compile(r"[^A-Za-z0-9 .,:=@/_+-]")
-
-
-@contextlib.contextmanager
-def acting_as(actor: str | None) -> Iterator[None]:
-    """Attribute the store changes made inside the block to *actor*."""
-    reset = CURRENT_ACTOR.set(actor)
-    try:
-        yield
-    finally:
-        CURRENT_ACTOR.reset(reset)
-
-
-def author_identity(actor: str) -> tuple[str, str]:
-    """The git author (name, e-mail) of *actor*: the name stripped of characters git or a
-    log reader could trip on, the e-mail a safe word at ``pxestack.invalid``."""
-    name = _UNSAFE_AUTHOR.sub("_", actor)[:200].strip() or "unknown"
-    local = re.sub(r"[^a-z0-9.-]+", "-", actor.lower()).strip("-.")[:64] or "unknown"
-    return name, f"{local}@pxestack.invalid"
-
-
-def isolate_git_config() -> None:
-    """Make libgit2 read no global, XDG or system git configuration.
-
-    The audit repository must behave the same whoever runs pxestack: after a switch from
-    root to an unprivileged user ``$HOME`` may still name root's home, and libgit2 then
-    fails every operation on the unreadable ``~/.gitconfig``.  The committer identity is
-    passed explicitly (``provision.git_name``/``git_email``), so nothing is lost.  The
-    setting is process-wide; calling it again is harmless.
-    """
-    levels = (
-        pygit2.enums.ConfigLevel.GLOBAL,
-        pygit2.enums.ConfigLevel.XDG,
-        pygit2.enums.ConfigLevel.SYSTEM,
-    )
-    for level in levels:
-        with contextlib.suppress(AttributeError, ValueError, pygit2.GitError):
-            pygit2.settings.search_path[level] = ""
-    # Started as root with run_as, the repository belongs to the unprivileged user; libgit2's
-    # owner check (git's safe.directory) would refuse it.  The cluster directory is the one
-    # the configuration names, and a world-writable one is refused at start.
-    with contextlib.suppress(AttributeError, ValueError, pygit2.GitError):
-        pygit2.option(pygit2.enums.Option.SET_OWNER_VALIDATION, 0)
-
-
-class StoreError(Exception):
-    """The store cannot carry out a request (the API answers 500 or 503)."""
-
-
-class HostNotFound(StoreError):  # noqa: N818
-    """No record for the serial (mayu answers 400 "host doesn't exist")."""
-
-
-class PreconditionFailed(StoreError):  # noqa: N818
-    """The record changed since the caller read it (``If-Match`` mismatch -> 412)."""
-
-    def __init__(self, current_etag: str) -> None:
-        self.current_etag = current_etag
-        super().__init__("the host record changed since it was read")
-
-
-class StoreReadOnly(StoreError):  # noqa: N818
-    """The cluster directory is damaged; the store refuses writes until an operator acts.
-
-    The message is the reason (what is damaged and what the operator should do).
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class Versioned:
-    """A record together with its ETag (quoted, as it goes into the HTTP header)."""
-
-    host: Host
-    etag: str
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One audit entry of a host (one git commit that touched its conf.json)."""
-
-    commit: str
-    time: datetime
-    author: str
-    message: str
-
-    def to_json(self) -> dict[str, str]:
-        """The entry as the history endpoint returns it."""
-        return {
-            "Commit": self.commit,
-            "Time": self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            "Author": self.author,
-            "Message": self.message,
-        }
-
-
-class HostStore(Protocol):
-    """What the provisioning layer needs from a storage backend."""
-
-    def read(self, serial: str) -> Versioned | None:
-        """The current record of *serial* (re-read if it changed on disk)."""
-
-    def hosts(self) -> list[Host]:
-        """Every host on record."""
-
-    def host_for_mac(self, mac: str) -> Host | None:
-        """The host owning *mac*, from the in-memory index (cheap; called per DHCP packet)."""
-
-    def enrol(
-        self, serial: str, make: Callable[[Sequence[Host]], Host], message: Sequence[str]
-    ) -> tuple[Versioned, bool]:
-        """Return the record of *serial*, creating it with ``make(all_hosts)`` if absent.
-
-        The second value is ``True`` when the record was created by this call.
-        """
-
-    def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
-        """Apply *change* atomically; raise :class:`HostNotFound` / :class:`PreconditionFailed`."""
-
-    def remove(
-        self, serial: str, message: str, *, if_match: str | None = None
-    ) -> Versioned:
-        """Delete *serial*'s record (one commit, *message*); returns the record removed."""
-
-    def history(self, serial: str, limit: int = 100) -> list[HistoryEntry]:
-        """The audit entries of *serial*, newest first."""
-
-    def health(self) -> dict[str, Any]:
-        """Whether audit and storage work, and what is wrong if not."""
-
-    @property
-    def default_etcd_token(self) -> str:
-        """The cluster's default etcd discovery token (cluster.json)."""
-
-
-def etag_of(data: bytes) -> str:
-    """The ETag of a record's bytes (RFC 9110 §8.8.3: an opaque quoted string)."""
-    return '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> os.stat_result:
@@ -235,329 +91,6 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _lock_holders(path: Path) -> list[int]:
-    """PIDs of processes that have *path* open (Linux ``/proc``); empty when none or unknown."""
-    holders: list[int] = []
-    target = str(path.resolve())
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return holders
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (entry / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) == target:
-                        holders.append(int(entry.name))
-                        break
-    return holders
-
-
-class GitAudit:
-    """The cluster directory as a git repository; one commit per change (reference/mayu.md).
-
-    Failures never stop auditing silently (mayu issue #53, "cluster git repo silently stopped
-    being updated"): a failed commit is logged at error level with the reason, :meth:`health`
-    reports it, the message is queued, and the next commit or :meth:`retry` (run periodically
-    by the service) commits every pending change with all queued messages.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        root: Path,
-        *,
-        name: str,
-        email: str,
-        clock: Callable[[], float] = time.time,
-        check_timeout: float = CHECK_TIMEOUT,
-    ) -> None:
-        self.root = root
-        self.name = name
-        self.email = email
-        self.clock = clock
-        self.pending: list[str] = []
-        #: The actor of each pending message (None: the committer itself).
-        self._pending_actors: list[str | None] = []
-        self.last_error: str | None = None
-        self.broken: str | None = None
-        self.commits = 0
-        #: Files written by queued changes (relative paths), staged by the next commit.
-        self._pending_paths: set[str] = set()
-        #: A queued change did not say what it touched: the next commit scans the work tree.
-        self._scan_needed = False
-        isolate_git_config()
-        with contextlib.suppress(AttributeError, ValueError):
-            # Loose objects and refs are fsynced, so a commit survives power loss.
-            pygit2.option(pygit2.enums.Option.ENABLE_FSYNC_GITDIR, True)
-        self._repo = self._open_or_init(check_timeout)
-
-    @property
-    def repo(self) -> pygit2.Repository:
-        """The repository; :class:`StoreReadOnly` when it is damaged and was never opened.
-
-        A damaged repository is not opened in this process at all: libgit2 can loop for
-        ever on a damaged object, and a hung thread would hold the store lock.
-        """
-        if self._repo is None:
-            raise StoreReadOnly(self.broken or f"cluster repository {self.root} is not open")
-        return self._repo
-
-    # -- start-up --------------------------------------------------------------------------
-
-    def _open_or_init(self, check_timeout: float) -> pygit2.Repository | None:
-        git_dir = self.root / ".git"
-        if not git_dir.exists():
-            repo = pygit2.init_repository(str(self.root), bare=False)
-            repo.config["user.name"] = self.name
-            repo.config["user.email"] = self.email
-            repo.config["push.default"] = "matching"
-            return repo
-        # Checked in a child process with a time limit before anything here touches it.
-        self.broken = check_repository(self.root, check_timeout)
-        if self.broken is not None:
-            # Start read-only with a clear error instead of hanging or a crash loop; the
-            # repository is left exactly as found (not even stale locks are removed).
-            self.log.error("{problem}; host records are read-only", problem=self.broken)
-            return None
-        self._remove_stale_locks(git_dir)
-        try:
-            repo = pygit2.Repository(str(self.root))
-            if not repo.head_is_unborn:
-                commit = repo.head.peel(pygit2.Commit)
-                list(commit.tree)
-        except (pygit2.GitError, KeyError, ValueError) as exc:
-            self.broken = f"cluster repository {self.root} is damaged: {exc}; {OPERATOR_HINT}"
-            self.log.error("{problem}; host records are read-only", problem=self.broken)
-            return None
-        return repo
-
-    def _remove_stale_locks(self, git_dir: Path) -> None:
-        """Remove ``*.lock`` files left by a killed writer (nobody has them open any more)."""
-        candidates = [git_dir / "index.lock", git_dir / "HEAD.lock"]
-        refs = git_dir / "refs" / "heads"
-        if refs.is_dir():
-            candidates.extend(refs.glob("*.lock"))
-        for lock in candidates:
-            if not lock.exists():
-                continue
-            holders = _lock_holders(lock)
-            if holders:
-                self.log.warn(
-                    "{lock} is held by pid {pids}; leaving it", lock=str(lock), pids=holders
-                )
-                continue
-            self.log.warn("removing stale git lock {lock} (its owner is gone)", lock=str(lock))
-            lock.unlink(missing_ok=True)
-
-    # -- committing ------------------------------------------------------------------------
-
-    def commit(self, message: str, paths: Sequence[str] | None = None,
-               *, actor: str | None = None) -> bool:
-        """Record one change as one commit with *message* (plus any queued ones).
-
-        *paths* (relative to the cluster directory) are the files the change wrote or
-        deleted; only they are staged and only the trees on their paths are rebuilt, so a
-        commit does not scan the work tree (with ``add_all`` and ``status`` per commit, a
-        boot storm of 1000 machines spent most of its time re-scanning the cluster).
-        ``None`` stages the whole work tree (a scan; for callers that cannot say what they
-        touched).
-
-        The commit's author is *actor* (default: :data:`CURRENT_ACTOR`); its committer is
-        the configured identity.  Queued changes of different actors are committed together
-        with the configured identity as author.
-        """
-        self.pending.append(message)
-        self._pending_actors.append(actor if actor is not None else CURRENT_ACTOR.get())
-        if paths is None:
-            self._scan_needed = True
-        else:
-            self._pending_paths.update(paths)
-        return self.retry()
-
-    def retry(self) -> bool:
-        """Commit pending changes; ``True`` when nothing is left pending.
-
-        With nothing queued it checks the work tree (a full ``git status``) so that hand
-        edits and changes written just before an unclean stop are committed too.
-        A damaged repository is never written to: it stays as the operator will find it.
-        """
-        if self.broken is not None:
-            return False
-        if not self.pending:
-            if not self._dirty():
-                return True
-            self.pending.append("pxestack: recorded changes found uncommitted in the work tree")
-            self._pending_actors.append(None)
-            self._scan_needed = True
-        try:
-            self._remove_stale_locks(self.root / ".git")
-            message = "\n\n".join(self.pending)
-            if self._scan_needed:
-                self._stage_work_tree()
-                self._commit_tree(message, self.repo.index.write_tree())
-            else:
-                staged = self._stage_paths(sorted(self._pending_paths))
-                self._commit_tree(message, self._tree_with(self._head_tree(), staged))
-        except (pygit2.GitError, OSError, KeyError, ValueError) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self.log.error(
-                "git commit in {root} failed ({count} change(s) pending, will retry): {error}",
-                root=str(self.root),
-                count=len(self.pending),
-                error=self.last_error,
-            )
-            return False
-        self.pending.clear()
-        self._pending_actors.clear()
-        self._pending_paths.clear()
-        self._scan_needed = False
-        self.last_error = None
-        return True
-
-    def _dirty(self) -> bool:
-        return any(
-            flags != pygit2.enums.FileStatus.CURRENT and not flags & pygit2.enums.FileStatus.IGNORED
-            for flags in self.repo.status().values()
-        )
-
-    def _fresh_index(self) -> pygit2.Index:
-        index: pygit2.Index = self.repo.index
-        # Re-read only when the file changed on disk (an operator's ``git add``); otherwise
-        # libgit2 keeps the in-memory index with its cached subtree ids.
-        index.read(force=False)
-        return index
-
-    def _stage_paths(self, paths: Sequence[str]) -> dict[str, tuple[pygit2.Oid, int] | None]:
-        """Stage exactly *paths*: written files are added, vanished ones removed.
-
-        Returns each path's new blob id and file mode, ``None`` for a removed path.
-        """
-        index = self._fresh_index()
-        staged: dict[str, tuple[pygit2.Oid, int] | None] = {}
-        for path in paths:
-            if (self.root / path).is_file():
-                index.add(path)  # hashes the file and records its stat data
-                entry = index[path]
-                staged[path] = (entry.id, entry.mode)
-            else:
-                with contextlib.suppress(OSError, KeyError):
-                    index.remove(path)
-                staged[path] = None
-        index.write()
-        return staged
-
-    def _stage_work_tree(self) -> None:
-        """Stage every change in the work tree (a full scan; recovery and hand edits)."""
-        index = self._fresh_index()
-        index.add_all()
-        # Deleted host directories are recorded too.
-        for path, flags in self.repo.status().items():
-            if flags & pygit2.enums.FileStatus.WT_DELETED:
-                with contextlib.suppress(OSError, KeyError):
-                    index.remove(path)
-        index.write()
-
-    def _commit_tree(self, message: str, tree: pygit2.Oid) -> None:
-        """Commit *tree* with *message* unless it equals HEAD's tree."""
-        parents: list[Any] = []
-        if not self.repo.head_is_unborn:
-            head = self.repo.head.peel(pygit2.Commit)
-            if head.tree_id == tree:
-                return  # nothing actually changed (e.g. a retried identical write)
-            parents = [head.id]
-        when = int(self.clock())
-        signature = pygit2.Signature(self.name, self.email, when, 0)
-        author = signature
-        actors = set(self._pending_actors)
-        if len(actors) == 1 and None not in actors:
-            name, email = author_identity(str(actors.pop()))
-            author = pygit2.Signature(name, email, when, 0)
-        self.repo.create_commit("HEAD", author, signature, message, tree, parents)
-        self.commits += 1
-
-    def _head_tree(self) -> pygit2.Tree | None:
-        if self.repo.head_is_unborn:
-            return None
-        return self.repo.head.peel(pygit2.Commit).tree
-
-    def _tree_with(
-        self, base: pygit2.Tree | None, changes: dict[str, tuple[pygit2.Oid, int] | None]
-    ) -> pygit2.Oid:
-        """*base* with *changes* applied, rebuilding only the trees on the changed paths.
-
-        libgit2's ``write_tree`` from the index re-reads every subtree to refresh its tree
-        cache, so a commit would cost one object read per host; building from HEAD's tree
-        touches one host directory and the root.
-        """
-        builder = self.repo.TreeBuilder(base) if base is not None else self.repo.TreeBuilder()
-        nested: dict[str, dict[str, tuple[pygit2.Oid, int] | None]] = {}
-        for path, blob in changes.items():
-            head, sep, rest = path.partition("/")
-            if sep:
-                nested.setdefault(head, {})[rest] = blob
-            elif blob is None:
-                if builder.get(head) is not None:
-                    builder.remove(head)
-            else:
-                builder.insert(head, blob[0], blob[1])
-        for name, sub in nested.items():
-            existing = builder.get(name)
-            subtree = self.repo.get(existing.id) if existing is not None else None
-            sub_id = self._tree_with(subtree if isinstance(subtree, pygit2.Tree) else None, sub)
-            written = self.repo.get(sub_id)
-            if isinstance(written, pygit2.Tree) and len(written) == 0:
-                if existing is not None:
-                    builder.remove(name)  # git has no empty directories
-            else:
-                builder.insert(name, sub_id, pygit2.enums.FileMode.TREE)
-        return builder.write()
-
-    # -- reading ---------------------------------------------------------------------------
-
-    def history(
-        self, relpath: str, limit: int = 100, scan_limit: int = 20000
-    ) -> list[HistoryEntry]:
-        """Commits that changed *relpath*, newest first (at most *limit*)."""
-        if self.repo.head_is_unborn:
-            return []
-        out: list[HistoryEntry] = []
-        walker = self.repo.walk(self.repo.head.target, pygit2.enums.SortMode.TOPOLOGICAL)
-        for scanned, commit in enumerate(walker):
-            if scanned >= scan_limit or len(out) >= limit:
-                break
-            mine = _entry_id(commit.tree, relpath)
-            parent = _entry_id(commit.parents[0].tree, relpath) if commit.parents else None
-            if mine != parent:
-                out.append(
-                    HistoryEntry(
-                        commit=str(commit.id),
-                        time=datetime.fromtimestamp(commit.commit_time, UTC),
-                        author=commit.author.name,
-                        message=commit.message.rstrip("\n"),
-                    )
-                )
-        return out
-
-    def health(self) -> dict[str, Any]:
-        """Audit health for ``/admin/health`` and logs."""
-        return {
-            "git": True,
-            "git_ok": self.broken is None and self.last_error is None and not self.pending,
-            "git_pending": len(self.pending),
-            "git_error": self.broken or self.last_error,
-        }
-
-
-def _entry_id(tree: pygit2.Tree, relpath: str) -> str | None:
-    try:
-        return str(tree[relpath].id)
-    except KeyError:
-        return None
 
 
 @dataclass(slots=True)
@@ -606,7 +139,7 @@ class FileHostStore:
         )
         if self.audit is not None and self.audit.broken is not None:
             self.damaged = self.audit.broken
-        self._cluster: dict[str, Any] = {}
+        self._cluster: dict[str, object] = {}
         if not created:
             self._cluster = self._load_cluster()
         if self.damaged is None:
@@ -623,7 +156,7 @@ class FileHostStore:
 
     # -- cluster.json ----------------------------------------------------------------------
 
-    def _load_cluster(self) -> dict[str, Any]:
+    def _load_cluster(self) -> dict[str, object]:
         """cluster.json; a torn or invalid file marks the store damaged (never raises)."""
         path = self.root / CLUSTER_FILE
         try:
@@ -641,7 +174,7 @@ class FileHostStore:
         self.mark_damaged(reason)
         return {}
 
-    def _create_cluster(self) -> dict[str, Any]:
+    def _create_cluster(self) -> dict[str, object]:
         path = self.root / CLUSTER_FILE
         data = {
             "GitStore": True,
@@ -862,136 +395,26 @@ class FileHostStore:
         with self._lock:
             return self.audit.retry()
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> StoreHealth:
         """See :meth:`HostStore.health`."""
-        out: dict[str, Any] = {"hosts": len(self._cache), "unreadable_records": dict(self.problems)}
-        out.update(self.audit.health() if self.audit else {"git": False, "git_ok": True})
+        out: StoreHealth = {
+            "ok": True, "hosts": len(self._cache), "unreadable_records": dict(self.problems)
+        }
+        if self.audit is not None:
+            out.update(self.audit.health())
+        else:
+            out.update({"git": False, "git_ok": True})
         out["read_only"] = self.damaged is not None
         out["damaged"] = self.damaged
-        out["ok"] = bool(out["git_ok"]) and not self.problems and self.damaged is None
+        out["ok"] = out["ok"] and not self.problems and self.damaged is None
         return out
 
 
-class InMemoryHostStore:
-    """A :class:`HostStore` in memory (tests, benchmarks, embedders without a disk)."""
-
-    def __init__(self, default_etcd_token: str = "0" * 32) -> None:
-        self._lock = threading.RLock()
-        self._hosts: dict[str, Versioned] = {}
-        self._history: dict[str, list[HistoryEntry]] = {}
-        self._token = default_etcd_token
-        self.clock: Callable[[], float] = time.time
-
-    @property
-    def default_etcd_token(self) -> str:
-        """The token given at construction."""
-        return self._token
-
-    def read(self, serial: str) -> Versioned | None:
-        """See :meth:`HostStore.read`."""
-        return self._hosts.get(serial)
-
-    def hosts(self) -> list[Host]:
-        """See :meth:`HostStore.hosts`."""
-        return [v.host for v in list(self._hosts.values())]
-
-    def host_for_mac(self, mac: str) -> Host | None:
-        """See :meth:`HostStore.host_for_mac` (a linear search; fine for tests)."""
-        mac = normalize_mac(mac)
-        for versioned in list(self._hosts.values()):
-            if mac in versioned.host.mac_addresses:
-                return versioned.host
-        return None
-
-    def _put(self, host: Host, message: str) -> Versioned:
-        versioned = Versioned(host, etag_of(host.to_bytes()))
-        self._hosts[host.serial] = versioned
-        self._history.setdefault(host.serial, []).insert(
-            0,
-            HistoryEntry(
-                commit=f"{len(self._history.get(host.serial, [])):040x}",
-                time=datetime.fromtimestamp(self.clock(), UTC),
-                author=CURRENT_ACTOR.get() or "pxestack",
-                message=f"{host.serial}: {message}",
-            ),
-        )
-        return versioned
-
-    def enrol(
-        self, serial: str, make: Callable[[Sequence[Host]], Host], message: Sequence[str]
-    ) -> tuple[Versioned, bool]:
-        """See :meth:`HostStore.enrol`."""
-        with self._lock:
-            if serial in self._hosts:
-                return self._hosts[serial], False
-            return self._put(make(self.hosts()), "\n\n".join(message)), True
-
-    def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
-        """See :meth:`HostStore.update`."""
-        with self._lock:
-            current = self._hosts.get(serial)
-            if current is None:
-                raise HostNotFound(serial)
-            if if_match is not None and if_match.strip() not in ("*", current.etag):
-                raise PreconditionFailed(current.etag)
-            host, message, details = change(current.host)
-            return self._put(host, "\n\n".join([message, *details]))
-
-    def remove(
-        self, serial: str, message: str, *, if_match: str | None = None
-    ) -> Versioned:
-        """See :meth:`HostStore.remove`."""
-        with self._lock:
-            current = self._hosts.get(serial)
-            if current is None:
-                raise HostNotFound(serial)
-            if if_match is not None and if_match.strip() not in ("*", current.etag):
-                raise PreconditionFailed(current.etag)
-            del self._hosts[serial]
-            self._history.setdefault(serial, []).insert(
-                0,
-                HistoryEntry(
-                    commit=f"{len(self._history.get(serial, [])):040x}",
-                    time=datetime.fromtimestamp(self.clock(), UTC),
-                    author="pxestack",
-                    message=f"{serial}: {message}",
-                ),
-            )
-            return current
-
-    def history(self, serial: str, limit: int = 100) -> list[HistoryEntry]:
-        """See :meth:`HostStore.history`."""
-        return self._history.get(serial, [])[:limit]
-
-    def refresh(self) -> None:
-        """Nothing to re-read in memory."""
-
-    def retry_audit(self) -> bool:
-        """Nothing to retry in memory."""
-        return True
-
-    def health(self) -> dict[str, Any]:
-        """Always healthy."""
-        return {"ok": True, "git": False, "git_ok": True, "hosts": len(self._hosts)}
-
-
 __all__ = [
-    "CURRENT_ACTOR",
-    "Change",
+    "CLUSTER_FILE",
+    "HOST_FILE",
+    "PRIVATE_DIR",
     "FileHostStore",
-    "GitAudit",
-    "HistoryEntry",
-    "HostNotFound",
-    "HostStore",
-    "InMemoryHostStore",
-    "PreconditionFailed",
-    "StoreError",
-    "StoreReadOnly",
-    "Versioned",
-    "acting_as",
     "atomic_write",
-    "author_identity",
-    "etag_of",
     "fsync_dir",
-    "isolate_git_config",
 ]

@@ -8,16 +8,38 @@ and HTTP resources in through :class:`Extensions` instead of being imported here
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application import service
+from twisted.web.resource import IResource
 
 from pxestack.bootevents import BootEventRecorder
 from pxestack.config import Config
 from pxestack.config.checks import metrics_token as read_metrics_token
+from pxestack.dhcp.policy import BootPolicy
+from pxestack.dhcp.seen import DhcpSightings
 from pxestack.errors import ConfigError, ConfigProblem
 from pxestack.metrics import Metrics, MetricsResource
+from pxestack.tftp.source import FileSource
+
+
+class HostRecords(Protocol):
+    """The provisioning layer's host store as this layer hands it on (to extensions).
+
+    The full interface is ``pxestack.provision.hoststore.HostStore``, a layer above this
+    one; these are the reads every store has, with their results left opaque here.
+    """
+
+    def hosts(self) -> Sequence[object]:
+        """Every host record."""
+
+    def read(self, serial: str) -> object | None:
+        """The record of *serial* with its ETag, or None."""
+
+    def host_for_mac(self, mac: str) -> object | None:
+        """The record with *mac* among its MAC addresses, or None."""
 
 
 @dataclass
@@ -28,32 +50,32 @@ class Extensions:
     """
 
     #: A :class:`pxestack.dhcp.policy.BootPolicy`.
-    boot_policy: Any = None
+    boot_policy: BootPolicy | None = None
     #: A :class:`pxestack.tftp.source.FileSource` for the TFTP server.  With
     #: ``tftp.workers > 1`` it keeps running in this process; the workers ask it over
     #: their channel (``docs/tftp.md``, "Worker processes").
-    tftp_source: Any = None
+    tftp_source: FileSource | None = None
     #: Serve TFTP in this process's reactor whatever ``tftp.workers`` says (an embedder
     #: that wants no child processes).
     tftp_in_reactor: bool = False
     #: Extra twisted.web resources, by first path segment (e.g. ``{b"admin": resource}``).
-    http_children: dict[bytes, Any] = field(default_factory=dict)
+    http_children: dict[bytes, IResource] = field(default_factory=dict)
     #: Services to run beside the protocol servers (for example a store flusher).
     services: list[service.IService] = field(default_factory=list)
     #: The :class:`pxestack.metrics.Metrics` every server reports to (made when None);
     #: served at ``/metrics`` by the HTTP service.
-    metrics: Any = None
+    metrics: Metrics | None = None
     #: A :class:`pxestack.dhcp.seen.DhcpSightings` the DHCP service attaches its lease
     #: store (server) or the clients it answered (proxy) to, so that a higher layer can
     #: ask what pxestack's DHCP saw recently (``provision.enrolment: dhcp-seen``).
-    dhcp_sightings: Any = None
+    dhcp_sightings: DhcpSightings | None = None
     #: The :class:`pxestack.bootevents.BootEventRecorder` the DHCP and TFTP servers report
     #: each machine's boot steps to (made when None); the provisioning layer reports the
     #: later steps to the same one, the dashboard and ``/admin/events`` read it.
-    events: Any = None
+    events: BootEventRecorder | None = None
     #: The host store of the provisioning layer (``pxestack.provision``), when there is
     #: one: extensions read host records through it (:mod:`pxestack.extensions`).
-    hosts: Any = None
+    hosts: HostRecords | None = None
 
 
 class PxeStackService(service.MultiService):
@@ -125,4 +147,4 @@ def build_service(
     return root
 
 
-__all__ = ["Extensions", "PxeStackService", "build_service"]
+__all__ = ["Extensions", "HostRecords", "PxeStackService", "build_service"]

@@ -11,9 +11,9 @@ from provision_helpers import BASE_URL, provision_config
 
 from pxestack.http.ipxe import is_safe_word
 from pxestack.provision.ignition import decode_data_url
+from pxestack.provision.memstore import InMemoryHostStore
 from pxestack.provision.model import Host
 from pxestack.provision.provisioner import Provisioner
-from pxestack.provision.store import InMemoryHostStore
 
 FCOS_VERSION = "41.20250117.3.0"
 FLATCAR_VERSION = "3975.2.0"

@@ -379,8 +379,8 @@ def test_a_pending_host_counts_as_enrolled_when_it_is_approved(tmp_path: Path) -
     the approval enrols the machine, and the dashboard's timeline and the metrics agree."""
     from pxestack.bootevents import BootEventRecorder
     from pxestack.metrics import HostChange, Metrics, ObservedHostStore, boot_steps
+    from pxestack.provision.memstore import InMemoryHostStore
     from pxestack.provision.provisioner import Provisioner, callback_key
-    from pxestack.provision.store import InMemoryHostStore
 
     changes: list[HostChange] = []
     events = BootEventRecorder()

@@ -15,7 +15,7 @@ import pygit2
 from provision_helpers import ADMIN_TOKEN, Client, host_data, make_rig, token_from_script
 
 from pxestack.provision.api import ProvisioningApi
-from pxestack.provision.store import author_identity
+from pxestack.provision.audit import author_identity
 
 OPS_TOKEN = "ops-token-" + "0123456789abcdef" * 2
 

@@ -20,8 +20,8 @@ from provision_helpers import BASE_URL
 from pxestack.config import load_config
 from pxestack.errors import ConfigError
 from pxestack.provision.ignition import validate
+from pxestack.provision.memstore import InMemoryHostStore
 from pxestack.provision.provisioner import Provisioner
-from pxestack.provision.store import InMemoryHostStore
 from pxestack.provision.templates import UnsafeTemplateValue
 
 NETWORKD_DIR = "/etc/systemd/network/"

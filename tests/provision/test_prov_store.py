@@ -14,15 +14,14 @@ import pytest
 from provision_helpers import provision_config
 
 from pxestack.provision import assign
-from pxestack.provision.model import Host, HostState
-from pxestack.provision.store import (
-    FileHostStore,
+from pxestack.provision.hoststore import (
     HostNotFound,
     PreconditionFailed,
     StoreError,
     StoreReadOnly,
-    atomic_write,
 )
+from pxestack.provision.model import Host, HostState
+from pxestack.provision.store import FileHostStore, atomic_write
 
 
 def _make(serial):

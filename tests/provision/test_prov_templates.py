@@ -7,9 +7,9 @@ import json
 import pytest
 from provision_helpers import BASE_URL, provision_config
 
+from pxestack.provision.memstore import InMemoryHostStore
 from pxestack.provision.model import Host
 from pxestack.provision.provisioner import Provisioner
-from pxestack.provision.store import InMemoryHostStore
 from pxestack.provision.templates import (
     TemplateRenderError,
     Templates,
