@@ -16,14 +16,17 @@ regenerate with ``python tests/dhcp_samples.py --write`` only on purpose.
 
 Firmware covered:
 
-* ``seabios_ipxe_rom_discover`` / ``_request``: QEMU's iPXE NIC ROM under SeaBIOS (column "iPXE ROM, BIOS").
+* ``seabios_ipxe_rom_discover`` / ``_request``: QEMU's iPXE NIC ROM under SeaBIOS (column
+  "iPXE ROM, BIOS").
 * ``ovmf_ipxe_rom_discover``: QEMU's iPXE EFI NIC ROM under OVMF (column "iPXE ROM, EFI").
 * ``ovmf_native_pxe_discover`` / ``_request``: OVMF's own EDK2 PXE client (column "OVMF's own PXE").
-* ``ovmf_chainloaded_ipxe_efi_discover``: Debian ``ipxe.efi`` after OVMF TFTPed it (boot path "Native PXE, then iPXE").
+* ``ovmf_chainloaded_ipxe_efi_discover``: Debian ``ipxe.efi`` after OVMF TFTPed it (boot path
+  "Native PXE, then iPXE").
 * ``chainloaded_undionly_discover``: Debian ``undionly.kpxe`` chainloaded by the BIOS ROM:
   identical to the ROM except the broadcast flag ("A chainload loop").
 * ``busybox_udhcpc_discover``: the installer's busybox udhcpc (column "busybox udhcpc").
-* ``dnsmasq_offer_to_ipxe``: the reference server's OFFER to an iPXE client (the paragraph on the reference server).
+* ``dnsmasq_offer_to_ipxe``: the reference server's OFFER to an iPXE client (the paragraph on
+  the reference server).
 """
 
 from __future__ import annotations
@@ -144,7 +147,8 @@ def ovmf_ipxe_rom_discover() -> DhcpMessage:
 
 
 def ovmf_chainloaded_ipxe_efi_discover() -> DhcpMessage:
-    """Native PXE, then iPXE: Debian ipxe.efi after OVMF's TFTP; like the EFI ROM plus the srp feature flag."""
+    """Native PXE, then iPXE: Debian ipxe.efi after OVMF's TFTP; like the EFI ROM plus the srp
+    feature flag."""
     return _request(
         XID_IPXE + 1, 4, 0,
         _ipxe_options(c.DHCPDISCOVER, c.ARCH_EFI_X64, b"\x01\x03\x0a",
@@ -166,13 +170,14 @@ def _ovmf_options(message_type: int, max_size: int) -> list[tuple[int, bytes]]:
 
 
 def ovmf_native_pxe_discover() -> DhcpMessage:
-    """OVMF's own PXE: EDK2's PXE client; broadcast flag 1, option 57 = 1472.  secs: not in the notes."""
+    """OVMF's own PXE: EDK2's PXE client; broadcast flag 1, option 57 = 1472.  secs: not in the
+    notes."""
     return _request(XID_OVMF, 0, c.FLAG_BROADCAST, _ovmf_options(c.DHCPDISCOVER, 1472))
 
 
 def ovmf_native_pxe_request() -> DhcpMessage:
-    """OVMF's own PXE: EDK2's REQUEST: option 57 jumps to 65280.  Where 54/50 sit is not in the notes;
-    they are appended after the listed options."""
+    """OVMF's own PXE: EDK2's REQUEST: option 57 jumps to 65280.  Where 54/50 sit is not in
+    the notes; they are appended after the listed options."""
     options = _ovmf_options(c.DHCPREQUEST, 65280)
     options += [(c.OPT_SERVER_ID, SERVER.packed), (c.OPT_REQUESTED_IP, OFFERED.packed)]
     return _request(XID_OVMF, 0, c.FLAG_BROADCAST, options)
