@@ -3,9 +3,11 @@
 Every message is bounded (``max_message_bytes``: a longer datagram is dropped, a longer TCP
 frame closes the connection), rate-limited per source address (a token bucket of ``rate``
 lines per second and ``burst`` lines; at most ``max_sources`` buckets, the least recently
-used dropped first), parsed (RFC 5424 or RFC 3164), and attributed to a machine by its
-source address (:meth:`pxestack.extensions.ExtensionContext.machine_of`: the DHCP lease,
-the host record's ``InternalAddr``, the address of a recorded boot step; remembered for
+used dropped first), parsed (RFC 5424 or RFC 3164; over UDP a datagram without a ``<PRI>``
+is read as the kernel's netconsole output unless ``netconsole`` is off), and attributed
+to a machine by its source address
+(:meth:`pxestack.extensions.ExtensionContext.machine_of`: the DHCP lease, the host
+record's ``InternalAddr``, the address of a recorded boot step; remembered for
 ``attribution_ttl`` seconds).  A line from an address no machine is known at is dropped.
 Every outcome is counted in ``pxestack_syslog_messages_total{outcome}``.
 """
@@ -23,7 +25,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from pxestack.extensions import ExtensionContext, Machine
-from pxestack_syslog.parse import FrameError, Framer, parse_message
+from pxestack_syslog.parse import FrameError, Framer, parse_message, parse_netconsole
 
 log = Logger()
 
@@ -45,6 +47,8 @@ class SyslogSettings:
     max_connections: int = 64
     idle_timeout: float = 300.0
     attribution_ttl: float = 10.0
+    #: Read a UDP datagram without a ``<PRI>`` as netconsole output (kernel console lines).
+    netconsole: bool = True
 
 
 class TokenBuckets:
@@ -114,8 +118,9 @@ class SyslogReceiver:
             self._machines.popitem(last=False)
         return found
 
-    def receive(self, data: bytes, ip: str) -> None:
-        """One message (framing removed) from *ip*."""
+    def receive(self, data: bytes, ip: str, *, datagram: bool = False) -> None:
+        """One message (framing removed) from *ip*; a *datagram* (UDP) without a
+        ``<PRI>`` is read as netconsole output when the ``netconsole`` setting is on."""
         if len(data) > self.settings.max_message_bytes:
             self.count("oversize")
             return
@@ -123,7 +128,10 @@ class SyslogReceiver:
             self.count("rate_limited")
             return
         message = parse_message(data)
-        if message is None:
+        messages = [message] if message is not None else []
+        if message is None and datagram and self.settings.netconsole:
+            messages = parse_netconsole(data)
+        if not messages:
             self.count("malformed")
             return
         machine = self.machine(ip)
@@ -134,9 +142,9 @@ class SyslogReceiver:
                 log.info("syslog from {ip}: no machine is known at this address; dropped",
                          ip=ip)
             return
-        event = self.context.events.log(message.line(), serial=machine.serial,
-                                        mac=machine.mac, ip=ip)
-        self.count("accepted" if event is not None else "malformed")
+        kept = [self.context.events.log(m.line(), serial=machine.serial, mac=machine.mac,
+                                        ip=ip) for m in messages]
+        self.count("accepted" if any(e is not None for e in kept) else "malformed")
 
 
 class SyslogUdp(protocol.DatagramProtocol):
@@ -147,7 +155,7 @@ class SyslogUdp(protocol.DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
-            self.receiver.receive(datagram, str(addr[0]))
+            self.receiver.receive(datagram, str(addr[0]), datagram=True)
         except Exception:
             log.failure("a syslog datagram from {ip} could not be handled", ip=addr[0])
 
