@@ -142,6 +142,13 @@ class SyslogReceiver:
                 log.info("syslog from {ip}: no machine is known at this address; dropped",
                          ip=ip)
             return
+        # A datagram of several console lines takes a token per line: the rate stays one of
+        # lines, whatever the packing.
+        for index in range(1, len(messages)):
+            if not self.buckets.allow(ip):
+                self.count("rate_limited")
+                messages = messages[:index]
+                break
         kept = [self.context.events.log(m.line(), serial=machine.serial, mac=machine.mac,
                                         ip=ip) for m in messages]
         self.count("accepted" if any(e is not None for e in kept) else "malformed")

@@ -160,6 +160,17 @@ def test_netconsole_datagrams_reach_the_machine(tmp_path: Path) -> None:
     assert (receiver.counts["accepted"], receiver.counts["malformed"]) == (2, 2)
 
 
+def test_lines_packed_in_one_datagram_each_take_a_token(tmp_path: Path) -> None:
+    receiver, ext = receiver_for(tmp_path, burst=3, rate=0.1)
+    ext.events.record("script", 1.0, serial="node-6", mac=MAC, ip="10.0.0.6")
+    receiver.receive(b"same\nline 2\nsame\nline 4\nline 5\n", "10.0.0.6", datagram=True)
+    assert [e.detail for e in ext.events.logs("node-6")] == [
+        "info kernel: same", "info kernel: line 2", "info kernel: same"]
+    assert (receiver.counts["accepted"], receiver.counts["rate_limited"]) == (1, 1)
+    receiver.receive(b"line 6", "10.0.0.6", datagram=True)  # the bucket is empty
+    assert receiver.counts["rate_limited"] == 2
+
+
 def test_netconsole_can_be_turned_off(tmp_path: Path) -> None:
     receiver, ext = receiver_for(tmp_path, netconsole=False)
     ext.events.record("script", 1.0, serial="node-9", mac=MAC, ip="10.0.0.9")
