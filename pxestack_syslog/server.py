@@ -14,6 +14,7 @@ Every outcome is counted in ``pxestack_syslog_messages_total{outcome}``.
 
 from __future__ import annotations
 
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ class SyslogSettings:
     attribution_ttl: float = 10.0
     #: Read a UDP datagram without a ``<PRI>`` as netconsole output (kernel console lines).
     netconsole: bool = True
+    #: The UDP socket's receive buffer (bytes): what a burst may hold while the reactor is
+    #: busy elsewhere (netconsole sends a kernel's whole log at once).
+    udp_receive_buffer: int = 2 << 20
 
 
 class TokenBuckets:
@@ -160,11 +164,37 @@ class SyslogUdp(protocol.DatagramProtocol):
     def __init__(self, receiver: SyslogReceiver) -> None:
         self.receiver = receiver
 
+    def startProtocol(self) -> None:
+        """Give the socket ``udp_receive_buffer`` bytes of receive buffer (UDP has no flow
+        control: a burst the buffer cannot hold is lost in the kernel, uncounted)."""
+        wanted = self.receiver.settings.udp_receive_buffer
+        size = set_receive_buffer(self.transport.getHandle(), wanted)
+        if size >= wanted:
+            log.info("syslog: UDP receive buffer {size} bytes", size=size)
+        else:
+            log.warn("syslog: UDP receive buffer only {size} of the {wanted} bytes asked for "
+                     "(net.core.rmem_max caps it without CAP_NET_ADMIN): a burst beyond it is "
+                     "lost", size=size, wanted=wanted)
+
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
             self.receiver.receive(datagram, str(addr[0]), datagram=True)
         except Exception:
             log.failure("a syslog datagram from {ip} could not be handled", ip=addr[0])
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Set *sock*'s receive buffer to *size* bytes: ``SO_RCVBUFFORCE`` (past
+    ``net.core.rmem_max``, with ``CAP_NET_ADMIN``), else ``SO_RCVBUF``; returns the size the
+    kernel granted (it reports twice what it was asked, its bookkeeping included)."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
 
 
 class SyslogTcp(protocol.Protocol):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -28,7 +29,7 @@ from pxestack.extensions import check_extensions, setup_extensions
 from pxestack.service import Extensions
 from pxestack_syslog import SyslogExtension
 from pxestack_syslog.parse import FrameError, Framer, parse_message, parse_netconsole
-from pxestack_syslog.server import SyslogReceiver, TokenBuckets
+from pxestack_syslog.server import SyslogReceiver, SyslogUdp, TokenBuckets
 
 PXESTACK = [sys.executable, "-m", "pxestack"]
 MAC = "52:54:00:12:34:56"
@@ -169,6 +170,25 @@ def test_lines_packed_in_one_datagram_each_take_a_token(tmp_path: Path) -> None:
     assert (receiver.counts["accepted"], receiver.counts["rate_limited"]) == (1, 1)
     receiver.receive(b"line 6", "10.0.0.6", datagram=True)  # the bucket is empty
     assert receiver.counts["rate_limited"] == 2
+
+
+def test_the_udp_socket_gets_the_receive_buffer_asked_for(tmp_path: Path) -> None:
+    receiver, _ext = receiver_for(tmp_path, udp_receive_buffer=1 << 20)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        default = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+        class Transport:
+            def getHandle(self) -> socket.socket:
+                return sock
+
+        udp = SyslogUdp(receiver)
+        udp.transport = Transport()  # type: ignore[assignment]
+        udp.startProtocol()
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    with open("/proc/sys/net/core/rmem_max") as limit:
+        rmem_max = int(limit.read())
+    assert granted > default or rmem_max <= default
+    assert granted == 1 << 20 or (os.geteuid() != 0 and granted == rmem_max)
 
 
 def test_netconsole_can_be_turned_off(tmp_path: Path) -> None:
