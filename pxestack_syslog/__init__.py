@@ -43,6 +43,9 @@ class SyslogExtension(Extension):
             idle_timeout=section.float("idle_timeout", defaults.idle_timeout, minimum=1.0),
             attribution_ttl=section.float("attribution_ttl", defaults.attribution_ttl,
                                           minimum=0.0),
+            netconsole=section.bool("netconsole", defaults.netconsole),
+            udp_receive_buffer=section.int("udp_receive_buffer", defaults.udp_receive_buffer,
+                                           minimum=65536, maximum=256 << 20),
         )
         if not settings.udp and not settings.tcp:
             section.problem("tcp", "udp and tcp are both false: nothing would listen")

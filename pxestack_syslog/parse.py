@@ -1,8 +1,17 @@
-"""Syslog messages: RFC 5424 and the older BSD format (RFC 3164), and TCP framing (RFC 6587).
+"""Syslog messages: RFC 5424 and the older BSD format (RFC 3164), TCP framing (RFC 6587),
+and the kernel's netconsole datagrams.
 
 Pure functions over bytes, no I/O.  Everything from the network is checked: a message whose
 priority is missing or out of range is refused (None); text is decoded as UTF-8 with
 replacement and stripped of control characters by the recorder.
+
+netconsole (the kernel's ``Documentation/networking/netconsole.rst``) sends console output
+over UDP without any syslog header: the plain form is the console's text, one kernel record
+per datagram, ``[    5.123456] `` in front when the kernel prints times; the extended form
+(``netconsole=+...``) is ``<level>,<sequence>,<microseconds>,<flags>;<text>`` as in
+``/dev/kmsg``, possibly followed by `` KEY=value`` continuation lines.
+:func:`parse_netconsole` reads both; a datagram that is not valid UTF-8 text, or that holds
+control characters other than line ends and tabs, is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ class SyslogMessage:
 
     facility: int
     severity: int
-    #: ``rfc5424`` or ``rfc3164``.
+    #: ``rfc5424``, ``rfc3164`` or ``netconsole``.
     format: str
     hostname: str
     app: str
@@ -104,6 +113,47 @@ def parse_message(data: bytes) -> SyslogMessage | None:
     return SyslogMessage(facility, severity, "rfc3164", hostname, app, text)
 
 
+_KERNEL_TIME = re.compile(r"\[ *[0-9]{1,10}\.[0-9]{1,9}\] ?")
+_EXTENDED = re.compile(r"([0-9]{1,3}),[0-9]{1,20},[0-9]{1,20},[^;,]{0,8}(?:,[^;]{0,64})?;")
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+#: The kernel's ``LOG_KERN`` facility and a plain line's severity (``info``: the console
+#: does not send the record's level).
+KERNEL_FACILITY = 0
+PLAIN_SEVERITY = 6
+#: Lines kept from one datagram (a console record is one line; a few are tolerated).
+MAX_NETCONSOLE_LINES = 8
+
+
+def parse_netconsole(data: bytes) -> list[SyslogMessage]:
+    """The kernel console lines of one netconsole datagram (plain or extended form); an
+    empty list when it is not text (binary, control characters, blank)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return []
+    text = text.replace("\r\n", "\n").rstrip("\n")
+    if not text.strip() or _NOT_TEXT.search(text):
+        return []
+    severity = PLAIN_SEVERITY
+    fmt = "netconsole"
+    extended = _EXTENDED.match(text)
+    if extended is not None:
+        severity = int(extended.group(1)) & 7
+        # Continuation lines (`` KEY=value``: the device a driver message is about) are
+        # metadata, not text.
+        body = text[extended.end():].split("\n", 1)[0]
+        lines = [body]
+    else:
+        lines = text.split("\n")
+    found = []
+    for line in lines[:MAX_NETCONSOLE_LINES]:
+        stamp = _KERNEL_TIME.match(line)
+        line = (line[stamp.end():] if stamp is not None else line).strip()
+        if line:
+            found.append(SyslogMessage(KERNEL_FACILITY, severity, fmt, "", "kernel", line))
+    return found
+
+
 class FrameError(ValueError):
     """A TCP stream that breaks the framing or the size limit: close the connection."""
 
@@ -157,4 +207,5 @@ class Framer:
         return found
 
 
-__all__ = ["SEVERITIES", "FrameError", "Framer", "SyslogMessage", "parse_message"]
+__all__ = ["SEVERITIES", "FrameError", "Framer", "SyslogMessage", "parse_message",
+           "parse_netconsole"]

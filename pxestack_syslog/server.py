@@ -3,15 +3,18 @@
 Every message is bounded (``max_message_bytes``: a longer datagram is dropped, a longer TCP
 frame closes the connection), rate-limited per source address (a token bucket of ``rate``
 lines per second and ``burst`` lines; at most ``max_sources`` buckets, the least recently
-used dropped first), parsed (RFC 5424 or RFC 3164), and attributed to a machine by its
-source address (:meth:`pxestack.extensions.ExtensionContext.machine_of`: the DHCP lease,
-the host record's ``InternalAddr``, the address of a recorded boot step; remembered for
+used dropped first), parsed (RFC 5424 or RFC 3164; over UDP a datagram without a ``<PRI>``
+is read as the kernel's netconsole output unless ``netconsole`` is off), and attributed
+to a machine by its source address
+(:meth:`pxestack.extensions.ExtensionContext.machine_of`: the DHCP lease, the host
+record's ``InternalAddr``, the address of a recorded boot step; remembered for
 ``attribution_ttl`` seconds).  A line from an address no machine is known at is dropped.
 Every outcome is counted in ``pxestack_syslog_messages_total{outcome}``.
 """
 
 from __future__ import annotations
 
+import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from pxestack.extensions import ExtensionContext, Machine
-from pxestack_syslog.parse import FrameError, Framer, parse_message
+from pxestack_syslog.parse import FrameError, Framer, parse_message, parse_netconsole
 
 log = Logger()
 
@@ -45,6 +48,11 @@ class SyslogSettings:
     max_connections: int = 64
     idle_timeout: float = 300.0
     attribution_ttl: float = 10.0
+    #: Read a UDP datagram without a ``<PRI>`` as netconsole output (kernel console lines).
+    netconsole: bool = True
+    #: The UDP socket's receive buffer (bytes): what a burst may hold while the reactor is
+    #: busy elsewhere (netconsole sends a kernel's whole log at once).
+    udp_receive_buffer: int = 2 << 20
 
 
 class TokenBuckets:
@@ -114,8 +122,9 @@ class SyslogReceiver:
             self._machines.popitem(last=False)
         return found
 
-    def receive(self, data: bytes, ip: str) -> None:
-        """One message (framing removed) from *ip*."""
+    def receive(self, data: bytes, ip: str, *, datagram: bool = False) -> None:
+        """One message (framing removed) from *ip*; a *datagram* (UDP) without a
+        ``<PRI>`` is read as netconsole output when the ``netconsole`` setting is on."""
         if len(data) > self.settings.max_message_bytes:
             self.count("oversize")
             return
@@ -123,7 +132,10 @@ class SyslogReceiver:
             self.count("rate_limited")
             return
         message = parse_message(data)
-        if message is None:
+        messages = [message] if message is not None else []
+        if message is None and datagram and self.settings.netconsole:
+            messages = parse_netconsole(data)
+        if not messages:
             self.count("malformed")
             return
         machine = self.machine(ip)
@@ -134,9 +146,16 @@ class SyslogReceiver:
                 log.info("syslog from {ip}: no machine is known at this address; dropped",
                          ip=ip)
             return
-        event = self.context.events.log(message.line(), serial=machine.serial,
-                                        mac=machine.mac, ip=ip)
-        self.count("accepted" if event is not None else "malformed")
+        # A datagram of several console lines takes a token per line: the rate stays one of
+        # lines, whatever the packing.
+        for index in range(1, len(messages)):
+            if not self.buckets.allow(ip):
+                self.count("rate_limited")
+                messages = messages[:index]
+                break
+        kept = [self.context.events.log(m.line(), serial=machine.serial, mac=machine.mac,
+                                        ip=ip) for m in messages]
+        self.count("accepted" if any(e is not None for e in kept) else "malformed")
 
 
 class SyslogUdp(protocol.DatagramProtocol):
@@ -145,11 +164,37 @@ class SyslogUdp(protocol.DatagramProtocol):
     def __init__(self, receiver: SyslogReceiver) -> None:
         self.receiver = receiver
 
+    def startProtocol(self) -> None:
+        """Give the socket ``udp_receive_buffer`` bytes of receive buffer (UDP has no flow
+        control: a burst the buffer cannot hold is lost in the kernel, uncounted)."""
+        wanted = self.receiver.settings.udp_receive_buffer
+        size = set_receive_buffer(self.transport.getHandle(), wanted)
+        if size >= wanted:
+            log.info("syslog: UDP receive buffer {size} bytes", size=size)
+        else:
+            log.warn("syslog: UDP receive buffer only {size} of the {wanted} bytes asked for "
+                     "(net.core.rmem_max caps it without CAP_NET_ADMIN): a burst beyond it is "
+                     "lost", size=size, wanted=wanted)
+
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         try:
-            self.receiver.receive(datagram, str(addr[0]))
+            self.receiver.receive(datagram, str(addr[0]), datagram=True)
         except Exception:
             log.failure("a syslog datagram from {ip} could not be handled", ip=addr[0])
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Set *sock*'s receive buffer to *size* bytes: ``SO_RCVBUFFORCE`` (past
+    ``net.core.rmem_max``, with ``CAP_NET_ADMIN``), else ``SO_RCVBUF``; returns the size the
+    kernel granted (it reports twice what it was asked, its bookkeeping included)."""
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is None:
+            raise PermissionError
+        sock.setsockopt(socket.SOL_SOCKET, force, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)) // 2
 
 
 class SyslogTcp(protocol.Protocol):

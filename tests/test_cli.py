@@ -178,6 +178,15 @@ def test_migrate_mayu_prints_a_provision_section(tmp_path: Path) -> None:
     config = load_config(data, base_dir=tmp_path)
     assert config.provision is not None
     assert [p.name for p in config.provision.profiles][:1] == ["core"]
+    # The whole mayu config, its DHCP, TFTP and HTTP parts included, not only provision:.
+    assert config.dhcp is not None and config.tftp is not None and config.http is not None
+    assert list(config.dhcp.interfaces) == ["eth1"]
+    assert str(config.dhcp.server_address) == "198.18.0.1"
+    [pool] = config.dhcp.pools
+    assert (str(pool.start), str(pool.end)) == ("198.18.0.100", "198.18.0.150")
+    assert config.http.public_url.startswith("http://198.18.0.1:")
+    assert "network.bootstrap_range -> dhcp.pools[0]" in result.stderr
+    assert "network.pxe -> tftp" in result.stderr
 
 
 def test_migrate_mayu_reports_what_does_not_map(tmp_path: Path) -> None:

@@ -395,3 +395,21 @@ def test_images_page_lists_and_starts_a_fetch_with_csrf(stack: Stack, browser: B
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def test_the_pages_event_stream_carries_image_fetch_progress() -> None:
+    """The images page refreshes on ``event: image``: the dashboard's stream must send image
+    fetches' progress as well as boot steps (log lines stay out)."""
+    from pxestack.bootevents import BootEventRecorder
+    from pxestack.dashboard.web import Dashboard
+    from pxestack.http.events import sse_message
+
+    recorder = BootEventRecorder()
+    dashboard = Dashboard(api=None, events=recorder)  # type: ignore[arg-type]
+    image = recorder.record_image(1.0, "progress", {"os": "fcos", "phase": "downloading"})
+    step = recorder.record("script", 1.0, serial="s-1", mac="52:54:00:00:00:01")
+    line = recorder.log("installer: hello", 1.0, serial="s-1")
+    assert step is not None and line is not None
+    assert dashboard.feed.accept(image) and dashboard.feed.accept(step)
+    assert not dashboard.feed.accept(line)
+    assert sse_message(image).startswith(b"id: ") and b"event: image\n" in sse_message(image)

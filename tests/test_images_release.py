@@ -156,6 +156,23 @@ def test_fcos_stream_metadata_sha256(tmp_path, mirror, capsys):
     assert ImageStore.recorded_sha256(directory / "rootfs.img") == sha(FCOS_FILES["rootfs"])
 
 
+def test_fcos_takes_the_metal_pxe_artifacts_of_the_architecture(tmp_path, mirror):
+    """The metadata lists every architecture, platform and format: only
+    ``architectures.x86_64.artifacts.metal.formats.pxe`` is downloaded."""
+    mirror.add_fcos()
+    assert images(tmp_path / "images", "fetch", "fcos", "--base-url", mirror.base,
+                  "--quiet") == 0
+    gets = sorted(p for m, p, _r in mirror.requests if m == "GET")
+    assert gets == sorted([
+        "/streams/stable.json",
+        f"/prod/streams/stable/builds/{FCOS_VERSION}/x86_64/"
+        f"fedora-coreos-{FCOS_VERSION}-live-kernel-x86_64",
+        f"/prod/streams/stable/builds/{FCOS_VERSION}/x86_64/"
+        f"fedora-coreos-{FCOS_VERSION}-live-initramfs.x86_64.img",
+        f"/prod/streams/stable/builds/{FCOS_VERSION}/x86_64/"
+        f"fedora-coreos-{FCOS_VERSION}-live-rootfs.x86_64.img"])
+
+
 def test_fcos_corrupted_file_is_refused_and_nothing_published(tmp_path, mirror, capsys):
     mirror.add_fcos()
     path = next(p for p in mirror.files if p.endswith("live-rootfs.x86_64.img"))
@@ -208,6 +225,58 @@ def test_debian_signed_release_chain(tmp_path, mirror, signer, capsys):
     assert images(cache, "fetch", "debian", "--release", "bookworm", "--base-url",
                   mirror.base, "--keyring", str(signer.keyring), "--quiet") == 1
     assert "does not match the SHA256 in" in capsys.readouterr().err
+    assert visible(cache) == []
+
+
+def test_debian_inrelease_first_then_release_gpg(tmp_path, mirror, signer, capsys):
+    images_dir = mirror.add_debian(signer=signer)
+    cache = tmp_path / "images"
+    args = ("fetch", "debian", "--release", "bookworm", "--base-url", mirror.base,
+            "--keyring", str(signer.keyring))
+    assert images(cache, *args) == 0, capsys.readouterr().err
+    assert "/dists/bookworm/InRelease signature verified with" in capsys.readouterr().err
+    fetched = {p for m, p, _r in mirror.requests if m == "GET"}
+    assert "/dists/bookworm/InRelease" in fetched
+    assert not {"/dists/bookworm/Release", "/dists/bookworm/Release.gpg"} & fetched
+    # A mirror without InRelease (404): Release and its detached Release.gpg.
+    shutil.rmtree(cache)
+    del mirror.files["/dists/bookworm/InRelease"]
+    assert images(cache, *args) == 0, capsys.readouterr().err
+    assert "/dists/bookworm/Release signature verified with" in capsys.readouterr().err
+    assert (cache / "debian" / "bookworm" / "linux").read_bytes() == DEBIAN_FILES["linux"]
+    assert images_dir.endswith("/images")
+
+
+def test_debian_inrelease_is_read_only_where_signed(tmp_path, mirror, signer, capsys):
+    """A line added after the signature of InRelease is not part of the signed text: a
+    SHA256SUMS changed to match it is refused."""
+    images_dir = mirror.add_debian(signer=signer)
+    sums_path = f"{images_dir}/SHA256SUMS"
+    forged = mirror.files[sums_path].replace(
+        sha(DEBIAN_FILES["initrd.gz"]).encode(), sha(b"evil initrd").encode())
+    mirror.files[sums_path] = forged
+    mirror.files["/dists/bookworm/InRelease"] += (
+        f"SHA256:\n {sha(forged)} {len(forged)} main/installer-amd64/current/images/"
+        "SHA256SUMS\n").encode()
+    cache = tmp_path / "images"
+    assert images(cache, "fetch", "debian", "--release", "bookworm", "--base-url",
+                  mirror.base, "--keyring", str(signer.keyring), "--quiet") == 1
+    assert "SHA256SUMS does not match the SHA256 in" in capsys.readouterr().err
+    assert visible(cache) == []
+
+
+def test_debian_release_signed_by_another_key_is_refused(tmp_path, mirror, signer, capsys):
+    other = Signer.make(tmp_path / "other", "someone else")
+    try:
+        mirror.add_debian(signer=other)
+    finally:
+        other.close()
+    cache = tmp_path / "images"
+    assert images(cache, "fetch", "debian", "--release", "bookworm", "--base-url",
+                  mirror.base, "--keyring", str(signer.keyring), "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "/dists/bookworm/InRelease: signature check failed" in err
+    assert "Traceback" not in err
     assert visible(cache) == []
 
 
@@ -272,7 +341,14 @@ def test_progress_line_has_bytes_speed_and_eta():
                          file_started=0.0)
     line = ReleaseProgress.line(status, now=1.0)
     assert line == ("[2/3] rootfs.img 1.0 MiB/4.0 MiB 1.0 MiB/s ETA 0:03 | total "
-                    "3.0 MiB/10.0 MiB ETA 0:02")
+                    "3.0 MiB/10.0 MiB 3.0 MiB/s ETA 0:02")
+    # The API's form has the same figures, per file and in total.
+    status.started = status.file_started = time.monotonic() - 1.0
+    shown = status.to_json()
+    assert (shown["file_done"], shown["file_size"], shown["total_done"], shown["total_size"]) \
+        == (1 << 20, 4 << 20, 3 << 20, 10 << 20)
+    assert 0.5 * (1 << 20) < shown["file_speed"] <= 1 << 20
+    assert 1.5 < shown["file_eta"] <= 6 and 1.0 < shown["eta"] <= 4.7
 
 
 def test_plain_progress_lines_in_logs():

@@ -507,7 +507,7 @@ class ReleaseProgress:
 
     @staticmethod
     def line(status: FetchStatus, now: float | None = None) -> str:
-        """``[i/n] name  done/size  speed  ETA  | total done/size ETA``."""
+        """``[i/n] name done/size speed ETA | total done/size speed ETA``."""
         size = f"/{human_bytes(status.file_size)}" if status.file_size is not None else ""
         total = (f"/{human_bytes(status.total_size)}" if status.total_size is not None
                  else "")
@@ -515,7 +515,7 @@ class ReleaseProgress:
                 f"{human_bytes(status.file_done)}{size} "
                 f"{human_bytes(status.file_speed(now))}/s ETA {_duration(status.file_eta(now))}"
                 f" | total {human_bytes(status.total_done)}{total} "
-                f"ETA {_duration(status.eta(now))}")
+                f"{human_bytes(status.speed(now))}/s ETA {_duration(status.eta(now))}")
 
     def _end_line(self) -> None:
         if self.tty and self._drawn:

@@ -47,7 +47,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from pxestack.bootevents import PHASE_LABELS, BootEventRecorder
+from pxestack.bootevents import IMAGE_PHASE, PHASE_LABELS, PHASES, BootEventRecorder
 from pxestack.dashboard.charts import storm_chart, timeline
 from pxestack.dashboard.sessions import COOKIE, Session, SessionStore
 from pxestack.http.events import EventFeed
@@ -116,7 +116,9 @@ class Dashboard:
                  reactor: Any = None, sessions: SessionStore | None = None) -> None:
         self.api = api
         self.events = events
-        self.feed = EventFeed(events, reactor=reactor)
+        # The pages' stream: boot steps, and image-fetch progress for the images page
+        # (the feed's default sends boot steps only, and the page would never see a fetch).
+        self.feed = EventFeed(events, reactor=reactor, accept=_dashboard_event)
         self.sessions = sessions or SessionStore()
         self.env = _environment()
 
@@ -249,6 +251,12 @@ class Dashboard:
             "macs": list(host.mac_addresses),
             "logs": logs,
         }
+
+
+def _dashboard_event(event: Any) -> bool:
+    """Whether the dashboard's event stream sends *event*: a boot step or an image fetch's
+    progress (``event: image``), not a log line or a notice."""
+    return event.phase in PHASES or event.phase == IMAGE_PHASE
 
 
 def _client(request: Request) -> str:

@@ -11,8 +11,10 @@ Three vendor layouts are understood:
   ``sha256`` of the metadata;
 * **Debian** (``debian``): the netboot installer's ``linux`` and ``initrd.gz`` under
   ``<mirror>/dists/<release>/main/installer-amd64/current/images/``, checked against that
-  directory's ``SHA256SUMS``; with a keyring (and ``gpgv``), ``dists/<release>/Release`` is
-  checked against ``Release.gpg`` and must list the SHA-256 of that ``SHA256SUMS``.
+  directory's ``SHA256SUMS``; with a keyring (and ``gpgv``), the release file must be signed
+  by it and list the SHA-256 of that ``SHA256SUMS``: ``dists/<release>/InRelease`` (the
+  release file with an inline signature, what apt reads first), else ``Release`` with its
+  detached ``Release.gpg``.
 
 Files are downloaded into ``<cache>/.staging/<os>/<version>/`` (a hidden directory no flow
 and no listing looks at) as ``<name>.part``; an interrupted download is resumed with an HTTP
@@ -167,13 +169,17 @@ class FetchStatus:
         return max(self.file_size - self.file_done, 0) / rate
 
     def to_json(self) -> dict[str, Any]:
-        """The status as the admin API and the event feed show it."""
-        eta = self.eta()
+        """The status as the admin API and the event feed show it: bytes, speed and ETA of
+        the current file (``file_*``) and of the whole release."""
+        now = time.monotonic()
+        eta, file_eta = self.eta(now), self.file_eta(now)
         return {"os": self.os, "version": self.version, "phase": self.phase,
                 "file": self.file, "file_index": self.file_index,
                 "file_count": self.file_count, "file_done": self.file_done,
-                "file_size": self.file_size, "total_done": self.total_done,
-                "total_size": self.total_size, "speed": round(self.speed(), 1),
+                "file_size": self.file_size, "file_speed": round(self.file_speed(now), 1),
+                "file_eta": None if file_eta is None else round(file_eta, 1),
+                "total_done": self.total_done, "total_size": self.total_size,
+                "speed": round(self.speed(now), 1),
                 "eta": None if eta is None else round(eta, 1), "message": self.message}
 
 
@@ -251,15 +257,21 @@ def remote_size(url: str, timeout: float) -> int | None:
 # -- signatures ----------------------------------------------------------------------------
 
 
-def gpgv_verify(data_path: Path, signature: Path, keyring: Path, label: str = "") -> None:
-    """Check a detached OpenPGP signature with ``gpgv`` against *keyring* only."""
+def gpgv_verify(data_path: Path, signature: Path | None, keyring: Path, label: str = "",
+                *, output: Path | None = None) -> None:
+    """Check an OpenPGP signature with ``gpgv`` against *keyring* only: a detached
+    *signature* of *data_path*, or (*signature* None) *data_path* signed inline, whose
+    signed text is then written to *output*."""
     gpgv = shutil.which("gpgv")
     if gpgv is None:
         raise FetchUsageError("--keyring needs gpgv (Debian package gpgv)")
+    argv = [gpgv, "--keyring", str(keyring.resolve())]
+    if output is not None:
+        argv += ["--output", str(output)]
+    argv += [str(signature), str(data_path)] if signature is not None else [str(data_path)]
     with tempfile.TemporaryDirectory(prefix="pxestack-gpgv-") as scratch:
         result = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [gpgv, "--keyring", str(keyring.resolve()), str(signature), str(data_path)],
-            capture_output=True, text=True, timeout=300, check=False,
+            argv, capture_output=True, text=True, timeout=300, check=False,
             env={**os.environ, "GNUPGHOME": scratch},
         )
     if result.returncode != 0:
@@ -343,6 +355,32 @@ def _release_sha256(release_text: str, path: str) -> str | None:
     return None
 
 
+def _signed_release(dists: str, keyring: Path, timeout: float) -> tuple[str, str]:
+    """The URL and the signed text of the release's ``InRelease`` (inline signature), or,
+    when the mirror has none (404), of ``Release`` checked against ``Release.gpg``.  Only
+    the text the signature covers is returned: what an ``InRelease`` holds around its
+    signed part is never read."""
+    with tempfile.TemporaryDirectory(prefix="pxestack-release-") as scratch:
+        inline_url = _join(dists, "InRelease")
+        try:
+            inline = fetch_small(inline_url, timeout)
+        except FetchHttpError as exc:
+            if exc.code != 404:
+                raise
+        else:
+            inline_path, signed = Path(scratch) / "InRelease", Path(scratch) / "signed"
+            inline_path.write_bytes(inline)
+            gpgv_verify(inline_path, None, keyring, inline_url, output=signed)
+            return inline_url, signed.read_text("utf-8", "replace")
+        release_url = _join(dists, "Release")
+        release_path = Path(scratch) / "Release"
+        signature = Path(scratch) / "Release.gpg"
+        release_path.write_bytes(fetch_small(release_url, timeout))
+        signature.write_bytes(fetch_small(_join(dists, "Release.gpg"), timeout))
+        gpgv_verify(release_path, signature, keyring, release_url)
+        return release_url, release_path.read_text("utf-8", "replace")
+
+
 def resolve_debian(opts: FetchOptions) -> Release:
     """Debian's netboot kernel and initrd of ``--release``, checked against ``SHA256SUMS``."""
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,39}", opts.line):
@@ -360,20 +398,14 @@ def resolve_debian(opts: FetchOptions) -> Release:
     if keyring is None and DEFAULT_DEBIAN_KEYRING.is_file() and shutil.which("gpgv"):
         keyring = DEFAULT_DEBIAN_KEYRING
     if keyring is not None and not opts.no_verify:
-        with tempfile.TemporaryDirectory(prefix="pxestack-release-") as scratch:
-            release_path = Path(scratch) / "Release"
-            signature = Path(scratch) / "Release.gpg"
-            release_path.write_bytes(fetch_small(_join(dists, "Release"), opts.timeout))
-            signature.write_bytes(fetch_small(_join(dists, "Release.gpg"), opts.timeout))
-            gpgv_verify(release_path, signature, keyring, f"{dists}/Release")
-            listed = _release_sha256(release_path.read_text("utf-8", "replace"),
-                                     f"{images_rel}/SHA256SUMS")
+        release_url, release_text = _signed_release(dists, keyring, opts.timeout)
+        listed = _release_sha256(release_text, f"{images_rel}/SHA256SUMS")
         if listed is None:
-            raise FetchError(f"{dists}/Release lists no SHA256 of {images_rel}/SHA256SUMS")
+            raise FetchError(f"{release_url} lists no SHA256 of {images_rel}/SHA256SUMS")
         if listed != hashlib.sha256(sums_bytes).hexdigest():
             raise FetchError(f"{images}/SHA256SUMS does not match the SHA256 in "
-                             f"{dists}/Release")
-        checks.append(f"{dists}/Release signature verified with {keyring}; it lists that "
+                             f"{release_url}")
+        checks.append(f"{release_url} signature verified with {keyring}; it lists that "
                       "SHA256SUMS")
     sums = sums_bytes.decode("utf-8", "replace")
     files = []

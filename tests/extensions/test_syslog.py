@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 from conftest import require
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
 
@@ -25,8 +28,8 @@ from pxestack.errors import ConfigError
 from pxestack.extensions import check_extensions, setup_extensions
 from pxestack.service import Extensions
 from pxestack_syslog import SyslogExtension
-from pxestack_syslog.parse import FrameError, Framer, parse_message
-from pxestack_syslog.server import SyslogReceiver, TokenBuckets
+from pxestack_syslog.parse import FrameError, Framer, parse_message, parse_netconsole
+from pxestack_syslog.server import SyslogReceiver, SyslogUdp, TokenBuckets
 
 PXESTACK = [sys.executable, "-m", "pxestack"]
 MAC = "52:54:00:12:34:56"
@@ -57,6 +60,35 @@ def test_rfc3164_with_and_without_hostname() -> None:
                                   b"<1", b"<>x"])
 def test_hostile_messages_are_refused(data: bytes) -> None:
     assert parse_message(data) is None
+
+
+def test_netconsole_plain_and_extended_datagrams() -> None:
+    [plain] = parse_netconsole(b"[   12.345678] installer: partitioning /dev/vda\n")
+    assert (plain.format, plain.app, plain.text, plain.severity_name) == (
+        "netconsole", "kernel", "installer: partitioning /dev/vda", "info")
+    [untimed] = parse_netconsole(b"netconsole: network logging started\n")
+    assert untimed.line() == "info kernel: netconsole: network logging started"
+    # Extended (netconsole=+...): the level comes from the header, continuation lines
+    # (" KEY=value") are metadata.
+    [extended] = parse_netconsole(
+        b"3,1042,17234560,-;virtio_net virtio0 eth0: link down\n SUBSYSTEM=net\n")
+    assert (extended.severity_name, extended.text) == (
+        "err", "virtio_net virtio0 eth0: link down")
+    # A facility in the prefix (kmsg writes are "user", 8 + level) keeps the level only.
+    [user] = parse_netconsole(b"13,7,100,-;installer: step")
+    assert user.severity_name == "notice"
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n", b"\xff\xfe binary", b"bell\x07",
+                                  b"nul\x00inside", b"  \t "])
+def test_netconsole_refuses_what_is_not_text(data: bytes) -> None:
+    assert parse_netconsole(data) == []
+
+
+@given(st.binary(max_size=600))
+def test_netconsole_parser_never_raises(data: bytes) -> None:
+    for message in parse_netconsole(data):
+        assert message.text and "\n" not in message.text and message.app == "kernel"
 
 
 def test_framer_octet_counting_and_lines() -> None:
@@ -113,6 +145,58 @@ def test_lines_reach_the_machine_known_at_the_address(tmp_path: Path) -> None:
                                "oversize": 1, "unknown_source": 1, "refused_connection": 0}
     # Log lines do not change the boot timeline.
     assert [e.phase for e in ext.events.steps("node-7")] == ["script"]
+
+
+def test_netconsole_datagrams_reach_the_machine(tmp_path: Path) -> None:
+    receiver, ext = receiver_for(tmp_path)
+    ext.events.record("script", 1.0, serial="node-8", mac=MAC, ip="10.0.0.8")
+    receiver.receive(b"[    4.200000] netconsole: network logging started\n", "10.0.0.8",
+                     datagram=True)
+    receiver.receive(b"6,99,4300000,-;installer: step 1", "10.0.0.8", datagram=True)
+    # Without a <PRI> only a datagram is netconsole: on TCP it is malformed.
+    receiver.receive(b"installer: over tcp", "10.0.0.8")
+    receiver.receive(b"\x00\x01binary", "10.0.0.8", datagram=True)
+    assert [e.detail for e in ext.events.logs("node-8")] == [
+        "info kernel: netconsole: network logging started", "info kernel: installer: step 1"]
+    assert (receiver.counts["accepted"], receiver.counts["malformed"]) == (2, 2)
+
+
+def test_lines_packed_in_one_datagram_each_take_a_token(tmp_path: Path) -> None:
+    receiver, ext = receiver_for(tmp_path, burst=3, rate=0.1)
+    ext.events.record("script", 1.0, serial="node-6", mac=MAC, ip="10.0.0.6")
+    receiver.receive(b"same\nline 2\nsame\nline 4\nline 5\n", "10.0.0.6", datagram=True)
+    assert [e.detail for e in ext.events.logs("node-6")] == [
+        "info kernel: same", "info kernel: line 2", "info kernel: same"]
+    assert (receiver.counts["accepted"], receiver.counts["rate_limited"]) == (1, 1)
+    receiver.receive(b"line 6", "10.0.0.6", datagram=True)  # the bucket is empty
+    assert receiver.counts["rate_limited"] == 2
+
+
+def test_the_udp_socket_gets_the_receive_buffer_asked_for(tmp_path: Path) -> None:
+    receiver, _ext = receiver_for(tmp_path, udp_receive_buffer=1 << 20)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        default = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+
+        class Transport:
+            def getHandle(self) -> socket.socket:
+                return sock
+
+        udp = SyslogUdp(receiver)
+        udp.transport = Transport()  # type: ignore[assignment]
+        udp.startProtocol()
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    with open("/proc/sys/net/core/rmem_max") as limit:
+        rmem_max = int(limit.read())
+    assert granted > default or rmem_max <= default
+    assert granted == 1 << 20 or (os.geteuid() != 0 and granted == rmem_max)
+
+
+def test_netconsole_can_be_turned_off(tmp_path: Path) -> None:
+    receiver, ext = receiver_for(tmp_path, netconsole=False)
+    ext.events.record("script", 1.0, serial="node-9", mac=MAC, ip="10.0.0.9")
+    receiver.receive(b"[    4.2] plain kernel line", "10.0.0.9", datagram=True)
+    assert ext.events.logs("node-9") == []
+    assert receiver.counts["malformed"] == 1
 
 
 def test_schema_errors(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The webhooks extension: back-off, the durable queue and restarts with task.Clock; then a
-real receiver that fails (500), recovers and checks the signature, against ``pxestack
-serve`` restarted in between."""
+real receiver that fails (500), recovers and checks the signature (an endpoint with another
+secret is refused), against ``pxestack serve`` restarted as ``twistd pxestack``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ from pxestack.config import load_config
 from pxestack.extensions import check_extensions, setup_extensions
 from pxestack.service import Extensions
 from pxestack_webhooks import WebhookService, WebhooksExtension, document, event_kinds
-from pxestack_webhooks.queue import signature
 
 PXESTACK = [sys.executable, "-m", "pxestack"]
 SECRET = "0123456789abcdef-secret"
@@ -191,13 +190,14 @@ def test_schema_errors(tmp_path: Path) -> None:
 
 
 class Receiver:
-    """A local HTTP receiver: 500 while ``failing``, else 200 for a valid signature."""
+    """A local HTTP receiver: 500 while ``failing``, else 200 for a valid signature (the HMAC
+    of the body with :data:`SECRET`, compared in constant time), 401 for another."""
 
     def __init__(self) -> None:
         self.failing = True
         self.attempts = 0
         self.accepted: list[dict[str, Any]] = []
-        self.bad_signatures = 0
+        self.bad_signatures: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -207,12 +207,13 @@ class Receiver:
                 outer.attempts += 1
                 if outer.failing:
                     self.send_response(500)
-                elif self.headers.get("X-Pxestack-Signature") != signature(
-                        SECRET.encode(), body):
-                    outer.bad_signatures += 1
+                elif not hmac.compare_digest(
+                        self.headers.get("X-Pxestack-Signature") or "",
+                        "sha256=" + hmac.new(SECRET.encode(), body, "sha256").hexdigest()):
+                    outer.bad_signatures.append(self.path)
                     self.send_response(401)
                 else:
-                    outer.accepted.append(json.loads(body))
+                    outer.accepted.append(json.loads(body) | {"_path": self.path})
                     self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -252,8 +253,14 @@ def wait_for(check: Any, what: str, deadline: float = 30.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_serve(tmp_path: Path, config: Path, base: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([*PXESTACK, "serve", "--config", str(config)], cwd=tmp_path,
+def start_serve(tmp_path: Path, config: Path, base: str,
+                runner: str = "serve") -> subprocess.Popen[str]:
+    """``pxestack serve`` or (*runner* ``twistd``) ``twistd --nodaemon pxestack``."""
+    command = [*PXESTACK, "serve", "--config", str(config)]
+    if runner == "twistd":
+        command = [str(Path(sys.executable).parent / "twistd"), "--nodaemon", "--pidfile=",
+                   "pxestack", "--config", str(config)]
+    proc = subprocess.Popen(command, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def up() -> bool:
@@ -279,6 +286,10 @@ def stop_serve(proc: subprocess.Popen[str]) -> str:
 
 def test_receiver_fails_then_recovers_across_a_restart(tmp_path: Path,
                                                        receiver: Receiver) -> None:
+    """Deliveries queued while the receiver fails under ``pxestack serve`` are delivered,
+    signed, by ``twistd pxestack`` after the restart (the extension found through its entry
+    point by both)."""
+    forged_url = receiver.url.replace("/hook", "/forged")
     http_port = free_port()
     base = f"http://127.0.0.1:{http_port}"
     (tmp_path / "state").mkdir(mode=0o700)
@@ -299,7 +310,12 @@ def test_receiver_fails_then_recovers_across_a_restart(tmp_path: Path,
         "extensions:\n"
         "  - use: webhooks\n"
         "    config:\n"
-        f"      endpoints: [{{url: '{receiver.url}', secret_file: webhook.secret}}]\n"
+        "      endpoints:\n"
+        f"        - {{url: '{receiver.url}', secret_file: webhook.secret}}\n"
+        # A second endpoint whose secret the receiver does not share: every signature it
+        # sends is refused (401), so its delivery stays queued, never accepted.
+        f"        - {{url: '{forged_url}', secret: another-secret-0123456789,"
+        " events: [enrolled]}\n"
         "      retry_initial: 0.1\n"
         "      retry_max_delay: 0.5\n"
     )
@@ -323,12 +339,18 @@ def test_receiver_fails_then_recovers_across_a_restart(tmp_path: Path,
     assert receiver.accepted == []
 
     receiver.failing = False
-    proc = start_serve(tmp_path, config, base)
+    proc = start_serve(tmp_path, config, base, runner="twistd")
     try:
-        wait_for(lambda: not list(queue.rglob("*.json")), "the queue to drain")
+        wait_for(lambda: len(list(queue.rglob("*.json"))) == 1
+                 and len(receiver.bad_signatures) >= 2, "the good endpoint's queue to drain")
     finally:
         stop_serve(proc)
-    assert receiver.bad_signatures == 0
+    # Only the endpoint with the wrong secret was refused (and retried), and its delivery is
+    # still queued.
+    assert set(receiver.bad_signatures) == {"/forged"}
+    [left] = queue.rglob("*.json")
+    assert "enrolled" in left.read_text()
+    assert {doc["_path"] for doc in receiver.accepted} == {"/hook"}
     events = [doc["event"] for doc in receiver.accepted]
     assert events[0] == "enrolled"
     assert set(events) == {"enrolled", "admin_action", "state_changed", "installed"}

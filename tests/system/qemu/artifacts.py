@@ -35,6 +35,8 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 
 #: Modules the guest needs for its NIC: virtio-net-pci (the default) and e1000 (spare).
 NIC_MODULES = ("virtio_net", "virtio_pci", "e1000")
+#: Loaded only when the kernel command line has ``netconsole=`` (its dependencies first).
+NETCONSOLE_MODULE = "netconsole"
 
 #: Marker every first-stage console line starts with; the harness watches for it.
 MARK = "pxestack-e2e:"
@@ -249,6 +251,10 @@ INIT_SCRIPT = """\
 #    receives the final config (with the callback token from the script, if there is one),
 # 4. PUT  <API>/admin/host/<serial>/set_installed,  5. poweroff -f.
 # Every step prints one "MARK ..." line on the console; the harness times them.
+# With the kernel arguments a profile may add, the steps are logged over the network too:
+#   pxestack.syslog=HOST[:PORT]  busybox syslogd forwards what "logger" writes (UDP);
+#   netconsole=<netconsole's argument>  the kernel's netconsole module sends console
+#                                 output, and the steps written to /dev/kmsg (UDP).
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /bin /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
@@ -266,6 +272,8 @@ for arg in $(cat /proc/cmdline); do
     pxestack.api=*) API_URL="${arg#pxestack.api=}" ;;
     pxestack.final=*) FINAL="${arg#pxestack.final=}" ;;
     mayu=*) MAYU_URL="${arg#mayu=}" ;;
+    pxestack.syslog=*) SYSLOG="${arg#pxestack.syslog=}" ;;
+    netconsole=*) NETCONSOLE="${arg#netconsole=}" ;;
   esac
 done
 PXE_URL="${PXE_URL:-$MAYU_URL}"
@@ -292,6 +300,29 @@ udhcpc -i "$NIC" -n -q -t 10 -T 1 -s /etc/udhcpc.script -x hostname:pxestack-e2e
   || fail "udhcpc got no lease on $NIC"
 mark "dhcp ok nic=$NIC ip=$(cat /tmp/leased-ip)"
 
+# Installer logs.  busybox syslogd sends each line logger writes to /dev/log on to the
+# server.  netconsole is a module here, and insmod does not read the kernel command line:
+# it is loaded with the argument now that the NIC has its address (netconsole's source).
+# The console log level goes up so that netconsole sends warnings (and /dev/kmsg lines).
+if [ -n "$SYSLOG" ]; then
+  syslogd -R "$SYSLOG"
+  for attempt in $(seq 1 50); do [ -S /dev/log ] && break; sleep 0.1; done
+  [ -S /dev/log ] || mark "syslogd did not start"
+fi
+if [ -n "$NETCONSOLE" ]; then
+  while read -r module; do
+    insmod "/lib/modules/$module.ko" || mark "insmod $module failed"
+  done < /lib/modules/netconsole-deps
+  dmesg -n 7
+  insmod /lib/modules/netconsole.ko "netconsole=$NETCONSOLE" || mark "insmod netconsole failed"
+fi
+say() {
+  [ -n "$SYSLOG" ] && logger -t installer "$*"
+  [ -n "$NETCONSOLE" ] && echo "installer: $*" > /dev/kmsg
+  return 0
+}
+say "dhcp ok nic=$NIC ip=$(cat /tmp/leased-ip)"
+
 SERIAL="$(cat /sys/class/dmi/id/product_serial)"
 [ -n "$SERIAL" ] || fail "no SMBIOS serial"
 NETDEVS=""
@@ -307,6 +338,7 @@ BODY="{\\"Serial\\":\\"$SERIAL\\",\\"NetDevs\\":[$NETDEVS],\\"ConnectedNIC\\":\\
 timeout 30 wget -q -O /tmp/first-stage.sh "$PXE_URL/first-stage-script/$SERIAL" \\
   || fail "GET $PXE_URL/first-stage-script/$SERIAL"
 mark "enrolled serial=$SERIAL script=$(wc -c < /tmp/first-stage.sh)B"
+say "enrolled serial=$SERIAL"
 # The rendered installer carries this host's callback token (TOKEN=...), if the server
 # issues one; mayu's never did.
 TOKEN="$(sed -n 's/^TOKEN=//p' /tmp/first-stage.sh | head -n1 | tr -d "'\\"")"
@@ -340,6 +372,10 @@ put() {
 put "$API_URL/admin/host/$SERIAL/set_installed" \\
   || fail "PUT set_installed: $(head -n1 /tmp/put-response)"
 mark "installed serial=$SERIAL uptime=$(cut -d' ' -f1 /proc/uptime)"
+if [ -n "$SYSLOG$NETCONSOLE" ]; then
+  say "installed serial=$SERIAL"
+  sleep 0.5  # syslogd and netconsole send asynchronously
+fi
 poweroff -f
 """.replace("MARK", MARK)
 
@@ -354,8 +390,13 @@ class Artifacts:
     modules: tuple[str, ...]
 
 
-def build_initramfs(busybox: bytes, modules: Mapping[str, bytes], order: Iterable[str]) -> bytes:
-    """A gzip-compressed newc initramfs with busybox, the modules and the first-stage init."""
+def build_initramfs(busybox: bytes, modules: Mapping[str, bytes], order: Iterable[str],
+                    netconsole_deps: Iterable[str] = ()) -> bytes:
+    """A gzip-compressed newc initramfs with busybox, the modules and the first-stage init.
+
+    With *netconsole_deps* (the modules netconsole needs, in load order) the netconsole
+    module and those are added too, listed in ``lib/modules/netconsole-deps``.
+    """
     cpio = CpioWriter()
     for directory in ("bin", "dev", "etc", "lib", "lib/modules", "proc", "sys", "tmp", "run"):
         cpio.directory(directory)
@@ -368,6 +409,13 @@ def build_initramfs(busybox: bytes, modules: Mapping[str, bytes], order: Iterabl
     for name in ordered:
         cpio.file(f"lib/modules/{name}.ko", modules[name])
     cpio.file("lib/modules/load-order", "".join(f"{n}\n" for n in ordered).encode())
+    deps = list(netconsole_deps)
+    if NETCONSOLE_MODULE in modules:
+        for name in deps:
+            if name not in ordered:
+                cpio.file(f"lib/modules/{name}.ko", modules[name])
+        cpio.file(f"lib/modules/{NETCONSOLE_MODULE}.ko", modules[NETCONSOLE_MODULE])
+        cpio.file("lib/modules/netconsole-deps", "".join(f"{n}\n" for n in deps).encode())
     return gzip.compress(cpio.finish(), mtime=0)
 
 
@@ -378,7 +426,7 @@ def ensure_artifacts(cache: Path | None = None) -> Artifacts:
     kernel_deb = download_deb(_kernel_package(debs), debs)
     busybox_deb = download_deb("busybox-static", debs)
     key = hashlib.sha256(
-        b"\0".join([INIT_SCRIPT.encode(), UDHCPC_SCRIPT.encode(),
+        b"\0".join([INIT_SCRIPT.encode(), UDHCPC_SCRIPT.encode(), NETCONSOLE_MODULE.encode(),
                     kernel_deb.name.encode(), busybox_deb.name.encode()])
     ).hexdigest()[:12]
     out = cache / f"build-{key}"
@@ -390,7 +438,7 @@ def ensure_artifacts(cache: Path | None = None) -> Artifacts:
         kernel_files = deb_members(
             kernel_deb,
             re.compile(r"^boot/vmlinuz-|/kernel/(drivers/virtio|drivers/net|net/core)/[^/]*\.ko"
-                       r"|/e1000/e1000\.ko"),
+                       r"|/e1000/e1000\.ko|/kernel/fs/configfs/configfs\.ko"),
         )
         vmlinuz = next(data for path, data in kernel_files.items() if path.startswith("boot/"))
         modules = {module_name(p): d for p, d in kernel_files.items() if ".ko" in p}
@@ -399,9 +447,11 @@ def ensure_artifacts(cache: Path | None = None) -> Artifacts:
             for name, data in modules.items()
         }
         order = load_order(depends, NIC_MODULES)
+        netconsole_deps = load_order(depends, [NETCONSOLE_MODULE])[:-1]
         busybox = deb_members(busybox_deb, re.compile(r"^bin/busybox$"))["bin/busybox"]
         (tmp / "vmlinuz").write_bytes(vmlinuz)
-        (tmp / "initrd.img").write_bytes(build_initramfs(busybox, modules, order))
+        (tmp / "initrd.img").write_bytes(
+            build_initramfs(busybox, modules, order, netconsole_deps))
         (tmp / "modules.txt").write_text("\n".join(order) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)

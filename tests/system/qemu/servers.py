@@ -5,8 +5,9 @@
   callbacks.  With ``router_advertisements=True`` pxestack's RA responder
   (:mod:`pxestack.ra`, through :mod:`ra_runner`) answers router solicitations beside it.
   This is the baseline the pxestack timings are compared with.
-* :class:`PxestackServer`: ``pxestack serve --config <generated>``, everything from one
-  process; as the full DHCP server or, beside a :class:`SiteDhcpServer`, as proxyDHCP.
+* :class:`PxestackServer`: ``pxestack serve --config <generated>`` (or ``twistd pxestack``),
+  everything from one process; as the full DHCP server or, beside a
+  :class:`SiteDhcpServer`, as proxyDHCP; with extensions when asked.
 * :class:`SiteDhcpServer`: dnsmasq handing out addresses only (no boot options), the
   "site DHCP server" that a proxyDHCP runs beside.
 
@@ -227,7 +228,12 @@ class PxestackServer:
                  profiles: list[dict[str, object]] | None = None,
                  installed_boot: str = "local-boot", *, mode: str = "server",
                  address: str = SERVER_ADDRESS, loader: dict[str, str] | None = None,
-                 pxelinux_prefix: str | None = None, http_boot_only: bool = False) -> None:
+                 pxelinux_prefix: str | None = None, http_boot_only: bool = False,
+                 extensions: list[dict[str, object]] | None = None,
+                 runner: str = "serve") -> None:
+        if runner not in ("serve", "twistd"):
+            raise ValueError(f"runner {runner!r}: serve or twistd")
+        self.runner = runner
         self.segment = segment
         self.workdir = workdir
         self.mode = mode
@@ -263,6 +269,8 @@ class PxestackServer:
             shutil.copyfile(LOADER_FILES["ldlinux.c32"], self.state / "assets" / "ldlinux.c32")
         # pxestack's own RA responder ends iPXE's IPv6 wait (docs/reference/firmware.md).
         dhcp["router_advertisements"] = {"enabled": True}
+        if extensions:
+            config["extensions"] = extensions
         self.config_path = workdir / "pxestack.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         #: UEFI HTTP Boot: PXE firmware ignored (http_boot_serve.py), ipxe.efi in the asset
@@ -275,6 +283,9 @@ class PxestackServer:
         """Start ``pxestack serve`` and wait for its HTTP and DHCP ports."""
         pxestack = Path(sys.executable).with_name("pxestack")
         argv = [str(pxestack), "serve", "--config", str(self.config_path)]
+        if self.runner == "twistd":
+            argv = [str(Path(sys.executable).with_name("twistd")), "--nodaemon", "--pidfile=",
+                    "pxestack", "--config", str(self.config_path)]
         if self.http_boot_only:
             argv = [sys.executable, str(Path(__file__).with_name("http_boot_serve.py")),
                     str(self.config_path)]
@@ -304,6 +315,49 @@ class PxestackServer:
             raise RuntimeError(f"GET /admin/hosts failed: {out.stderr}")
         hosts: list[dict[str, object]] = json.loads(out.stdout)
         return hosts
+
+    def host_logs(self, serial: str) -> list[dict[str, object]]:
+        """``GET /admin/host/<serial>/logs`` from inside the namespace (the kept log lines)."""
+        out = subprocess.run(
+            self.segment.command(["curl", "-sf", "-H", f"Authorization: Bearer {ADMIN_TOKEN}",
+                                  f"{self.base_url}/admin/host/{serial}/logs"]),
+            capture_output=True, text=True, timeout=15,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"GET /admin/host/{serial}/logs failed: {out.stderr}")
+        lines: list[dict[str, object]] = json.loads(out.stdout)
+        return lines
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``pxestack ctl --server <base> ARGS`` from inside the namespace."""
+        token = self.workdir / "admin-token"
+        token.write_text(ADMIN_TOKEN + "\n")
+        token.chmod(0o600)
+        pxestack = Path(sys.executable).with_name("pxestack")
+        return subprocess.run(
+            self.segment.command([str(pxestack), "ctl", "--server", self.base_url,
+                                  "--token-file", str(token), *args]),
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    def dashboard_page(self, path: str) -> str:
+        """A dashboard page's HTML, after logging in with the admin token (curl, cookies)."""
+        jar = self.workdir / "dashboard-cookies"
+        login = subprocess.run(
+            self.segment.command(["curl", "-sf", "-c", str(jar), "-o", "/dev/null",
+                                  "--data-urlencode", f"token={ADMIN_TOKEN}",
+                                  f"{self.base_url}/dashboard/login"]),
+            capture_output=True, text=True, timeout=15,
+        )
+        if login.returncode != 0:
+            raise RuntimeError(f"dashboard login failed: {login.stderr}")
+        page = subprocess.run(
+            self.segment.command(["curl", "-sf", "-b", str(jar), f"{self.base_url}{path}"]),
+            capture_output=True, text=True, timeout=15,
+        )
+        if page.returncode != 0:
+            raise RuntimeError(f"GET {path} failed: {page.stderr}")
+        return page.stdout
 
     def git_log(self) -> list[str]:
         """The cluster directory's commit subjects, oldest first (mayu's git audit)."""

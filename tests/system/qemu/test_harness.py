@@ -143,6 +143,19 @@ def test_initramfs_holds_init_busybox_console_and_ordered_modules() -> None:
     assert entries["bin/sh"] == (0o120777, b"busybox", (0, 0))
 
 
+def test_initramfs_carries_netconsole_and_its_dependencies_apart() -> None:
+    modules = {"a": b"A", "configfs": b"C", "netconsole": b"N"}
+    entries = read_newc(gzip.decompress(
+        build_initramfs(b"BUSYBOX", modules, ["a"], ["configfs"])))
+    assert entries["lib/modules/load-order"][1] == b"a\n"  # not loaded at every boot
+    assert entries["lib/modules/netconsole-deps"][1] == b"configfs\n"
+    assert entries["lib/modules/netconsole.ko"][1] == b"N"
+    assert entries["lib/modules/configfs.ko"][1] == b"C"
+    # The init loads it with the command line's argument (insmod does not read it).
+    assert 'insmod /lib/modules/netconsole.ko "netconsole=$NETCONSOLE"' in INIT_SCRIPT
+    assert 'syslogd -R "$SYSLOG"' in INIT_SCRIPT
+
+
 def test_init_never_uses_wget_dash_t() -> None:
     # busybox-static 1.35 (Debian 12) segfaults in "wget -T N".
     commands = [line for line in INIT_SCRIPT.splitlines() if not line.lstrip().startswith("#")]
