@@ -7,7 +7,8 @@ Layers, bottom to top:
 2. sans-IO cores: ``pxestack.dhcp.*`` and ``pxestack.tftp.*`` except ``protocol``, plus
    ``pxestack.http.ipxe``, ``pxestack.explain`` (capture analysis) and ``pxestack.bootevents``
    (the boot-step recorder the servers feed)
-3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol``, the rest of
+3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol`` and
+   ``pxestack.tftp.transport``, the rest of
    ``pxestack.http``, ``pxestack.netif``, ``pxestack.ra``; ``pxestack.simulate`` (the
    simulated machines: an asyncio client that speaks only the wire)
 4. composition: ``pxestack.config``, ``pxestack.service``, ``pxestack.extensions`` (the
@@ -27,7 +28,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pxestack"
 
-SANS_IO_EXCEPTIONS = {"pxestack.dhcp.protocol", "pxestack.tftp.protocol"}
+SANS_IO_EXCEPTIONS = {"pxestack.dhcp.protocol", "pxestack.tftp.protocol",
+                      "pxestack.tftp.transport"}
 
 
 def layer_of(module: str) -> int | None:

@@ -212,7 +212,7 @@ class AdapterTests(SynchronousTestCase):
 
     def test_flood_does_not_monopolize_the_reactor(self) -> None:
         """Not an amplifier: one doRead handles a bounded number of datagrams."""
-        from pxestack.tftp.protocol import MAX_DATAGRAMS_PER_READ
+        from pxestack.tftp.transport import MAX_DATAGRAMS_PER_READ
 
         h = self.harness()
         (h.root / "f").write_bytes(b"a" * 1000)
