@@ -10,9 +10,9 @@ implementations:
 
 Rules the file store keeps:
 
-* **Atomic writes**: temp file in the same directory, ``fsync``, ``os.replace``, ``fsync``
-  of the directory.  A reader never sees a torn conf.json, even
-  after ``kill -9`` or power loss.  mayu truncated and rewrote in place.
+* **Atomic writes** (:func:`pxestack._fs.atomic_write`): temp file in the same directory,
+  ``fsync``, ``os.replace``, ``fsync`` of the directory.  A reader never sees a torn
+  conf.json, even after ``kill -9`` or power loss.  mayu truncated and rewrote in place.
 * **Hand edits are picked up**: every lookup compares the file's (mtime, size, inode) with
   the cached copy and re-reads it when they differ (mayu re-scanned on every lookup too).
   An edit that does not parse is logged with the field at fault; the last good copy stays
@@ -44,6 +44,7 @@ from typing import Any, Protocol
 import pygit2
 from twisted.logger import Logger
 
+from pxestack._fs import atomic_write, fsync_dir
 from pxestack.provision.model import Host, InvalidHostRecord, normalize_mac
 from pxestack.provision.repocheck import CHECK_TIMEOUT, OPERATOR_HINT, check_repository
 
@@ -200,41 +201,6 @@ class HostStore(Protocol):
 def etag_of(data: bytes) -> str:
     """The ETag of a record's bytes (RFC 9110 §8.8.3: an opaque quoted string)."""
     return '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> os.stat_result:
-    """Write *data* to *path* so that readers see the old or the new bytes, never a mix.
-
-    temp file + fsync + os.replace + fsync(dir).  Returns the new file's stat.
-    """
-    directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
-    return os.stat(path)
-
-
-def fsync_dir(directory: Path) -> None:
-    """``fsync`` a directory so a rename or a new entry in it survives power loss."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _lock_holders(path: Path) -> list[int]:
