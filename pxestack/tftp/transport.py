@@ -421,7 +421,9 @@ class TransferPort(Transfer):
         reactor (:meth:`SocketTransport.inline_poller`): the client's next ACK is handled
         without the reactor's dispatch and without a failing ``recvfrom``.  Any datagram
         on a listener, a quiet millisecond or :data:`INLINE_BUDGET` seconds hand control
-        back to the reactor.
+        back to the reactor.  That ``poll`` blocks the reactor on purpose, for the reason
+        and within the bounds given in :meth:`_lockstep`: 1 ms per wait, 20 ms in all, and
+        only while no other transfer runs.
         """
         sock = self.sock
         client = self.client
