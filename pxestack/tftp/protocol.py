@@ -371,7 +371,7 @@ class TftpServer:
                       error=str(error))
 
     def foreign_tid(self, data: bytes, address: Address,
-                     send: Callable[[Datagram, Address], Any]) -> None:
+                    send: Callable[[Datagram, Address], Any]) -> None:
         """RFC 1350 §4: a packet from another TID gets ERROR 5; the transfer goes on."""
         self.stats.foreign_tid += 1
         self.log.debug("datagram from foreign TID {source}", source=address)
@@ -381,6 +381,7 @@ class TftpServer:
             send(UNKNOWN_TID_DATAGRAM, address)
 
     def transfer_finished(self, transfer: Transfer) -> None:
+        """*transfer* ended: free its slot, count and log the outcome, report its stats."""
         if self.transfers.get(transfer.client) is transfer:
             del self.transfers[transfer.client]
             self.admission.remove(transfer.client)
