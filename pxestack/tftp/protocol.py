@@ -31,7 +31,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from pxestack._types import Address
-from pxestack.errors import MalformedPacket
+from pxestack.errors import ApiMisuse, MalformedPacket
 from pxestack.tftp.admission import Admission, Decision
 from pxestack.tftp.session import (
     NO_ANSWER,
@@ -115,7 +115,8 @@ class TftpServer:
     :param transfer_host: local address the per-transfer sockets bind to.
     :param transport: builds the transfer transport (:mod:`pxestack.tftp.transport`); the
         default is a :class:`~pxestack.tftp.transport.SocketTransport` set up from the
-        options below.  Tests pass ``socket_transport(...)`` with fake sockets.
+        options below, which a given *transport* replaces.  Tests pass
+        ``socket_transport(...)`` with fake sockets.
     :param socket_factory: opens a plain (unconnected) transfer socket.  A custom one
         serves every transfer from the sockets it opens, unconnected.
     :param inline: let a transfer that is the only one running wait for its client's
@@ -165,6 +166,8 @@ class TftpServer:
         #: Slots per source address and the admission rule (sans-IO).
         self.admission = Admission(max_transfers, per_client_limit)
         self._listeners: list[TftpListener] = []
+        if transport is not None and socket_factory is not None:
+            raise ApiMisuse("TftpServer takes a transport or a socket_factory, not both")
         if transport is None:
             transport = _socket_transport_factory(
                 transfer_host, socket_factory, inline=inline, segmentation=segmentation,

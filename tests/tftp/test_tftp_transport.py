@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from fake_reactor import FdReactor
 
+from pxestack.errors import ApiMisuse
 from pxestack.tftp.protocol import TftpListener, TftpServer
 from pxestack.tftp.session import SessionSettings
 from pxestack.tftp.source import FilesystemSource
@@ -401,3 +402,11 @@ def _unregistered(net: FakeNetwork, sock: FakeSocket) -> FakeSocket:
     """Hide *sock* from the fake poller, which then refuses to register it (EBADF)."""
     del net.sockets[sock.fd]
     return sock
+
+
+def test_a_transport_and_a_socket_factory_together_are_refused(tmp_path: Path) -> None:
+    net = FakeNetwork()
+    with pytest.raises(ApiMisuse, match="not both"):
+        TftpServer(FilesystemSource(tmp_path), reactor=FdReactor(),
+                   transport=socket_transport(open_socket=net.open_socket),
+                   socket_factory=net.open_socket)
