@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import os
 import re
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -26,6 +25,8 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+
+from pxestack.extensions import atomic_write, fsync_dir
 
 log = Logger()
 
@@ -43,28 +44,10 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 def write_durably(path: Path, data: bytes) -> None:
-    """Write *path* so that a crash leaves the old file or the new one: temporary file,
-    fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in *directory* durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write *path* so that a crash leaves the old file or the new one: temporary file
+    (``.NAME...tmp``, removed by :meth:`EndpointQueue.load` if a crash left it), fsync,
+    rename, fsync of the directory (pxestack's ``atomic_write``)."""
+    atomic_write(path, data, mode=0o600)
 
 
 @dataclass

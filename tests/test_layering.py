@@ -2,12 +2,14 @@
 
 Layers, bottom to top:
 
-0. ``pxestack`` (the version only), ``pxestack._types``, ``pxestack.errors``, ``pxestack.paths``
+0. ``pxestack`` (the version only), ``pxestack._types``, ``pxestack.errors``, ``pxestack.paths``,
+   ``pxestack._fs`` (durable file writes)
 1. ``pxestack.wire`` (bytes <-> values; the only place dpkt may be imported)
 2. sans-IO cores: ``pxestack.dhcp.*`` and ``pxestack.tftp.*`` except ``protocol``, plus
    ``pxestack.http.ipxe``, ``pxestack.explain`` (capture analysis) and ``pxestack.bootevents``
    (the boot-step recorder the servers feed)
-3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol``, the rest of
+3. Twisted adapters: ``pxestack.dhcp.protocol``, ``pxestack.tftp.protocol`` and
+   ``pxestack.tftp.transport``, the rest of
    ``pxestack.http``, ``pxestack.netif``, ``pxestack.ra``; ``pxestack.simulate`` (the
    simulated machines: an asyncio client that speaks only the wire)
 4. composition: ``pxestack.config``, ``pxestack.service``, ``pxestack.extensions`` (the
@@ -27,12 +29,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "pxestack"
 
-SANS_IO_EXCEPTIONS = {"pxestack.dhcp.protocol", "pxestack.tftp.protocol"}
+SANS_IO_EXCEPTIONS = {"pxestack.dhcp.protocol", "pxestack.tftp.protocol",
+                      "pxestack.tftp.transport"}
 
 
 def layer_of(module: str) -> int | None:
     """The layer number of a pxestack module, or None for modules outside pxestack."""
-    if module in ("pxestack", "pxestack._types", "pxestack.errors", "pxestack.paths"):
+    if module in ("pxestack", "pxestack._types", "pxestack.errors", "pxestack.paths",
+                  "pxestack._fs"):
         return 0
     adapter_prefixes = tuple(m + "." for m in SANS_IO_EXCEPTIONS)
     if module in SANS_IO_EXCEPTIONS or module.startswith(adapter_prefixes):

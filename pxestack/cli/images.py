@@ -43,7 +43,9 @@ from typing import Any, TextIO
 import yaml
 
 from pxestack import __version__
+from pxestack._fs import atomic_write
 from pxestack.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from pxestack.dhcp.decide import BOOT_FILE_DEFAULTS
 from pxestack.provision.imagefetch import (
     DEFAULT_DEBIAN_KEYRING,
     RELEASE_OSES,
@@ -631,10 +633,12 @@ def cmd_fetch_release(args: argparse.Namespace) -> int:
 #: The loader files ``images loaders`` copies: (config key or None, default name, the file
 #: in Debian's package, the package).
 DEBIAN_LOADERS: tuple[tuple[str | None, str, str, str], ...] = (
-    ("shim_file", "shimx64.efi", "usr/lib/shim/shimx64.efi.signed", "shim-signed"),
-    ("grub_file", "grubx64.efi", "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
-     "grub-efi-amd64-signed"),
-    ("pxelinux_file", "lpxelinux.0", "usr/lib/PXELINUX/lpxelinux.0", "pxelinux"),
+    ("shim_file", BOOT_FILE_DEFAULTS["shim_file"], "usr/lib/shim/shimx64.efi.signed",
+     "shim-signed"),
+    ("grub_file", BOOT_FILE_DEFAULTS["grub_file"],
+     "usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed", "grub-efi-amd64-signed"),
+    ("pxelinux_file", BOOT_FILE_DEFAULTS["pxelinux_file"], "usr/lib/PXELINUX/lpxelinux.0",
+     "pxelinux"),
     (None, "ldlinux.c32", "usr/lib/syslinux/modules/bios/ldlinux.c32", "syslinux-common"),
 )
 
@@ -683,10 +687,7 @@ def cmd_loaders(args: argparse.Namespace) -> int:
         status = "unchanged"
         if not target.is_file() or target.read_bytes() != data:
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.partial")
-            partial.write_bytes(data)
-            partial.chmod(0o644)
-            partial.replace(target)
+            atomic_write(target, data, mode=0o644)
             status = "copied"
         rows.append({"file": str(target), "from": "/" + path, "package": package,
                      "status": status})
@@ -819,9 +820,11 @@ def register(subparsers: Any) -> None:
 
     loaders = command("loaders", cmd_loaders,
                       "copy the boot loaders from installed Debian packages into the TFTP "
-                      "root: shim-signed's shimx64.efi, grub-efi-amd64-signed's "
-                      "grubnetx64.efi (as grubx64.efi), pxelinux's lpxelinux.0 and "
-                      "syslinux-common's ldlinux.c32")
+                      f"root: shim-signed's shim (as {BOOT_FILE_DEFAULTS['shim_file']}), "
+                      "grub-efi-amd64-signed's grubnetx64.efi (as "
+                      f"{BOOT_FILE_DEFAULTS['grub_file']}), pxelinux's "
+                      f"{BOOT_FILE_DEFAULTS['pxelinux_file']} and syslinux-common's "
+                      "ldlinux.c32")
     loaders.add_argument("--tftp-root", metavar="DIR",
                          help="the TFTP root (default: tftp.root of --config)")
     loaders.add_argument("--source-root", default="/", metavar="DIR",

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pxestack.config._reader import Section
+from pxestack.dhcp.decide import BOOT_FILE_DEFAULTS
 
 DHCP_MODES = ("server", "proxy")
 
@@ -84,10 +85,11 @@ class BootConfig:
     ipxe_script_url: str | None = None
     #: Next-server for TFTP clients (default: the server's own address).
     tftp_server: IPv4Address | None = None
-    bios_file: str = "undionly.kpxe"
-    efi_x64_file: str = "ipxe.efi"
-    efi_ia32_file: str = "ipxe.efi"
-    efi_arm64_file: str = "ipxe-arm64.efi"
+    # Boot-file defaults come from the boot decision's own defaults (one source).
+    bios_file: str = BOOT_FILE_DEFAULTS["bios_file"]
+    efi_x64_file: str = BOOT_FILE_DEFAULTS["efi_x64_file"]
+    efi_ia32_file: str = BOOT_FILE_DEFAULTS["efi_ia32_file"]
+    efi_arm64_file: str = BOOT_FILE_DEFAULTS["efi_arm64_file"]
     #: User class our own iPXE script sets; a client sending it is never chainloaded again.
     ipxe_user_class: str = "pxestack"
     #: The loader of each architecture (``bios``, ``efi_x64``, ``efi_ia32``, ``efi_arm64``):
@@ -96,13 +98,13 @@ class BootConfig:
         default_factory=lambda: MappingProxyType({arch: "ipxe" for arch in LOADER_CHOICES})
     )
     #: The signed shim UEFI x64 machines with the ``grub`` loader get by TFTP.
-    shim_file: str = "shimx64.efi"
+    shim_file: str = BOOT_FILE_DEFAULTS["shim_file"]
     #: The same for UEFI arm64.
-    shim_arm64_file: str = "shimaa64.efi"
+    shim_arm64_file: str = BOOT_FILE_DEFAULTS["shim_arm64_file"]
     #: The GRUB image shim loads (shim asks for ``grubx64.efi`` beside itself).
-    grub_file: str = "grubx64.efi"
+    grub_file: str = BOOT_FILE_DEFAULTS["grub_file"]
     #: What BIOS machines with the ``pxelinux`` loader get by TFTP.
-    pxelinux_file: str = "lpxelinux.0"
+    pxelinux_file: str = BOOT_FILE_DEFAULTS["pxelinux_file"]
     #: PXELINUX's path prefix (DHCP option 210), e.g. an HTTP URL ending in ``/``: lpxelinux.0
     #: then fetches ``ldlinux.c32`` and ``pxelinux.cfg/...`` from there.
     pxelinux_prefix: str | None = None

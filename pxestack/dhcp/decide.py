@@ -57,8 +57,10 @@ from __future__ import annotations
 import enum
 import functools
 from collections import OrderedDict
-from dataclasses import FrozenInstanceError, dataclass, field
+from collections.abc import Mapping
+from dataclasses import FrozenInstanceError, dataclass, field, fields
 from ipaddress import IPv4Address
+from types import MappingProxyType
 from typing import Final
 
 from pxestack._types import Now
@@ -92,6 +94,10 @@ class BootDefaults:
     """Configured defaults of the boot decision (names follow ``config.dhcp.BootConfig``).
 
     The cores take these as plain values; they never import :mod:`pxestack.config`.
+
+    The defaults of the ``*_file`` fields are the one source of the default boot-file
+    names: the configuration (``dhcp.boot``), ``pxestack images loaders`` and the mayu
+    importer read them through :data:`BOOT_FILE_DEFAULTS`.
     """
 
     #: Our own address: option 54 and the default TFTP next-server.
@@ -119,6 +125,9 @@ class BootDefaults:
     shim_file: str = "shimx64.efi"
     #: The signed shim handed to UEFI arm64 machines whose loader is ``grub``.
     shim_arm64_file: str = "shimaa64.efi"
+    #: The GRUB image shim loads from beside itself.  Not handed out by DHCP; the default
+    #: lives here with the other boot files.
+    grub_file: str = "grubx64.efi"
     #: What BIOS machines whose loader is ``pxelinux`` get.
     pxelinux_file: str = "lpxelinux.0"
     #: PXELINUX's path prefix (option 210), e.g. ``http://host:port/pxelinux/``: lpxelinux.0
@@ -160,6 +169,14 @@ class BootDefaults:
         if arch is Arch.EFI_ARM64:
             return self.efi_arm64_file
         return None
+
+
+#: The default of every boot-file field of :class:`BootDefaults`, by field name
+#: (``bios_file``: ``undionly.kpxe``, ``shim_file``: ``shimx64.efi``, ...).
+BOOT_FILE_DEFAULTS: Mapping[str, str] = MappingProxyType({
+    item.name: str(item.default) for item in fields(BootDefaults)
+    if item.name.endswith("_file")
+})
 
 
 class BootKind(enum.Enum):
@@ -680,6 +697,7 @@ def size_limit(client_max: int | None, mtu: int | None) -> int:
 
 
 __all__ = [
+    "BOOT_FILE_DEFAULTS",
     "IPXE_NO_PXEDHCP_OPTION",
     "LOADER_ARCHES",
     "MAX_FILE_FIELD",

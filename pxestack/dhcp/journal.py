@@ -1,7 +1,8 @@
 """The lease journal: bindings survive ``kill -9`` and power loss.
 
 Format (built to survive power loss in the middle of a record).  The file starts with
-:data:`FILE_MAGIC`; then come records, each written with a single ``write()``::
+:data:`FILE_MAGIC`; then come records, each appended with one ``write()`` (continued if
+the kernel takes less)::
 
     RECORD_MAGIC (2 bytes) | payload length (u32, big-endian) | CRC-32 of payload (u32) | payload
 
@@ -25,8 +26,11 @@ damaged record in the middle is skipped too, by scanning forward for the next re
 magic, length and checksum all check out.  Bad bytes are counted and reported, never fatal
 (Kea CVE-2019-6474 refused to start on a bad lease file).
 
+Every write is checked: ``os.write`` may write less than asked, and the rest of a record
+is written before the record counts as durable (:func:`pxestack._fs.write_all`).
 Compaction writes the live state to a temporary file, fsyncs it, renames it over the journal
-and fsyncs the directory, so at every instant either the old or the new file is complete.
+and fsyncs the directory (:func:`pxestack._fs.atomic_write`), so at every instant either the
+old or the new file is complete.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from pxestack._fs import atomic_write, write_all
 from pxestack.dhcp.leases import Decline, Lease, LeaseState
 
 #: First bytes of a journal file (format version 1).
@@ -226,14 +231,6 @@ def load_journal(path: Path) -> JournalContents:
     return parse_journal(data)
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_snapshot(path: Path, leases: Iterable[Lease], declines: Iterable[Decline]) -> int:
     """Atomically replace *path* with a journal holding exactly *leases* and *declines*.
 
@@ -247,15 +244,7 @@ def write_snapshot(path: Path, leases: Iterable[Lease], declines: Iterable[Decli
             parts.append(bind_record(lease))
     for decline in declines:
         parts.append(decline_record(decline))
-    temporary = path.with_name(path.name + ".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, b"".join(parts))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
+    atomic_write(path, b"".join(parts), mode=0o600)
     return len(parts) - 1
 
 
@@ -284,7 +273,7 @@ class LeaseJournal:
         self.sync = sync
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if os.fstat(self._fd).st_size == 0:
-            os.write(self._fd, FILE_MAGIC)
+            write_all(self._fd, FILE_MAGIC)
         #: Records appended since the last compaction.
         self.appended = 0
         self._batching = False
@@ -315,7 +304,9 @@ class LeaseJournal:
             self._held_durable = self._held_durable or durable
             return
         fd = self._descriptor()
-        os.write(fd, record)
+        # A short write must not leave half a record: replay skips a torn record, so the
+        # binding would be lost although the ACK promising it goes out after the sync.
+        write_all(fd, record)
         if durable and self.sync:
             os.fdatasync(fd)
 
@@ -340,10 +331,7 @@ class LeaseJournal:
         self._held.clear()
         self._held_durable = False
         fd = self._descriptor()
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        write_all(fd, data)
         if durable and self.sync:
             os.fdatasync(fd)
 

@@ -44,6 +44,8 @@ from typing import Any, ClassVar, Protocol
 from twisted.application import service
 from twisted.logger import Logger
 
+# Extensions keep durable files under their state_dir with the same helper as pxestack.
+from pxestack._fs import atomic_write, fsync_dir
 from pxestack.bootevents import BootEvent, BootEventRecorder, normal_mac
 from pxestack.config import Config, ExtensionConfig
 from pxestack.config._reader import Section
@@ -562,9 +564,11 @@ __all__ = [
     "LoadedExtension",
     "Machine",
     "ReadOnlyHosts",
+    "atomic_write",
     "attach_extensions",
     "check_extensions",
     "describe",
+    "fsync_dir",
     "installed",
     "setup_extensions",
 ]

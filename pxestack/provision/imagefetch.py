@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from pxestack import __version__
+from pxestack._fs import atomic_write, fsync_dir, replace_durably
 from pxestack.provision.images import (
     CHECKSUM_SUFFIX,
     ImageError,
@@ -58,7 +59,6 @@ from pxestack.provision.images import (
     parse_checksum_file,
     sha256_of,
 )
-from pxestack.provision.store import atomic_write, fsync_dir
 
 #: The OSes ``fetch`` knows releases of, with the option naming their release line.
 RELEASE_OSES: dict[str, str] = {"flatcar": "channel", "fcos": "stream", "debian": "release"}
@@ -589,7 +589,7 @@ class _Fetcher:
             self.status.file_size = self.sizes.get(remote.name)
             self.download(remote, part, self.status.file_size)
             digest = self.verify(remote, part, staging)
-        os.replace(part, final)
+        replace_durably(part, final)
         atomic_write(final.with_name(final.name + CHECKSUM_SUFFIX),
                      f"{digest}  {remote.name}\n".encode())
         self.report("file-done")
@@ -646,12 +646,12 @@ class _Fetcher:
         version directory (each file appears whole)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
-            os.rename(staging, target)
-            fsync_dir(target.parent)
+            replace_durably(staging, target)
         else:
             for remote in self.release.files:
                 for name in (remote.name, remote.name + CHECKSUM_SUFFIX):
                     os.replace(staging / name, target / name)
+            # One directory sync makes all the renames above durable.
             fsync_dir(target)
             shutil.rmtree(staging, ignore_errors=True)
 

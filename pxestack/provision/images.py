@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from pxestack.provision.store import atomic_write, fsync_dir
+from pxestack._fs import AtomicFile, atomic_write, fsync_dir
 
 #: OSes whose images use mayu's layout and file names (``<dir>/<version>/<name>``).
 MAYU_LAYOUT_OSES = ("flatcar", "coreos")
@@ -230,17 +230,12 @@ class ImageStore:
         self._remove_stale_parts(directory, name)
         part = directory / f"{_PART_PREFIX}{name}.{os.getpid()}{_PART_SUFFIX}"
         digest = hashlib.sha256()
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        # Leaving the block without commit() (a mismatch, an existing image) removes the part.
+        with AtomicFile(target, 0o644, temporary=part) as out:
+            for chunk in chunks:
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
             actual = digest.hexdigest()
             if expected is not None and actual != expected:
                 raise ChecksumMismatch(name, expected, actual)
@@ -248,19 +243,14 @@ class ImageStore:
                 recorded = self.recorded_sha256(target)
                 current = recorded or sha256_of(target)
                 if current == actual:
-                    part.unlink()
+                    out.discard()
                     if recorded is None:
                         self._write_checksum(target, actual)
                     return self.entry(os_name, version, name)
                 if not replace:
                     raise ImageError(
                         f"{target} exists with SHA-256 {current}; use --force to replace it")
-            os.replace(part, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                part.unlink()
-            raise
-        fsync_dir(directory)
+            out.commit()
         self._write_checksum(target, actual)
         return self.entry(os_name, version, name)
 

@@ -33,6 +33,7 @@ import yaml
 
 from pxestack.config._reader import Section
 from pxestack.config.provision import ProvisionConfig, read_provision, thaw
+from pxestack.dhcp.decide import BOOT_FILE_DEFAULTS
 from pxestack.errors import ConfigError, ConfigProblem
 
 #: mayu keys that belong to pxestack's DHCP/TFTP/HTTP sections, with where they go.
@@ -396,8 +397,8 @@ def mayu_to_config(
     if enabled:
         tftp["root"] = tftp_root or "tftproot"
         if pxe is not None:
-            notes.append("network.pxe -> tftp (put undionly.kpxe and ipxe.efi into "
-                         f"{tftp['root']})")
+            notes.append(f"network.pxe -> tftp (put {BOOT_FILE_DEFAULTS['bios_file']} and "
+                         f"{BOOT_FILE_DEFAULTS['efi_x64_file']} into {tftp['root']})")
     else:
         tftp["enabled"] = False
         dhcp["enabled"] = False

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from pxestack import __version__
+from pxestack._fs import atomic_write
 from pxestack.config.provision import ProfileConfig, ProvisionConfig, thaw
 from pxestack.provision import assign
 from pxestack.provision.flows import Flow, flow_for
@@ -46,7 +47,7 @@ from pxestack.provision.model import (
     sanitize_serial,
 )
 from pxestack.provision.overrides import InvalidOverride, validate_overrides
-from pxestack.provision.store import PRIVATE_DIR, atomic_write
+from pxestack.provision.store import PRIVATE_DIR
 from pxestack.provision.templates import Templates
 
 #: mayu's commit messages for an enrolment (reference/mayu.md), recorded as one commit.

@@ -8,9 +8,9 @@ named ``<serial>: <what changed>`` (:class:`~pxestack.provision.audit.GitAudit`)
 
 Rules the file store keeps:
 
-* **Atomic writes**: temp file in the same directory, ``fsync``, ``os.replace``, ``fsync``
-  of the directory.  A reader never sees a torn conf.json, even
-  after ``kill -9`` or power loss.  mayu truncated and rewrote in place.
+* **Atomic writes** (:func:`pxestack._fs.atomic_write`): temp file in the same directory,
+  ``fsync``, ``os.replace``, ``fsync`` of the directory.  A reader never sees a torn
+  conf.json, even after ``kill -9`` or power loss.  mayu truncated and rewrote in place.
 * **Hand edits are picked up**: every lookup compares the file's (mtime, size, inode) with
   the cached copy and re-reads it when they differ (mayu re-scanned on every lookup too).
   An edit that does not parse is logged with the field at fault; the last good copy stays
@@ -35,6 +35,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
+from pxestack._fs import atomic_write, fsync_dir
 from pxestack.provision.audit import GitAudit
 from pxestack.provision.hoststore import (
     CURRENT_ACTOR,
@@ -56,41 +57,6 @@ HOST_FILE = "conf.json"
 #: Private per-installation data (the callback key); never committed (see .gitignore).
 PRIVATE_DIR = ".pxestack"
 _GITIGNORE = "# written by pxestack\n*.tmp\n.pxestack/\n"
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> os.stat_result:
-    """Write *data* to *path* so that readers see the old or the new bytes, never a mix.
-
-    temp file + fsync + os.replace + fsync(dir).  Returns the new file's stat.
-    """
-    directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
-    return os.stat(path)
-
-
-def fsync_dir(directory: Path) -> None:
-    """``fsync`` a directory so a rename or a new entry in it survives power loss."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(slots=True)

@@ -117,6 +117,7 @@ def boot_defaults(config: Config, server_address: IPv4Address) -> BootDefaults:
         efi_arm64_loader=Loader(boot.loader["efi_arm64"]),
         shim_file=boot.shim_file,
         shim_arm64_file=boot.shim_arm64_file,
+        grub_file=boot.grub_file,
         pxelinux_file=boot.pxelinux_file,
         pxelinux_prefix=boot.pxelinux_prefix,
     )

@@ -36,6 +36,7 @@ from typing import Protocol, runtime_checkable
 
 import jinja2
 
+from pxestack._fs import replace_at, write_all
 from pxestack._types import Address
 from pxestack.errors import PxeStackError
 from pxestack.paths import (
@@ -357,21 +358,14 @@ class _DirectoryUpload:
         self.written += len(data)
         if self.written > self.max_bytes:
             raise OSError(errno.EFBIG, "upload larger than the configured limit")
-        view = memoryview(data)
-        while view:
-            count = os.write(self.fd, view)
-            view = view[count:]
+        write_all(self.fd, data)
 
     def commit(self) -> None:
         if self.finished:
             return
         self.finished = True
         try:
-            os.fsync(self.fd)
-            os.close(self.fd)
-            os.rename(self.temporary, self.name, src_dir_fd=self.directory_fd,
-                      dst_dir_fd=self.directory_fd)
-            os.fsync(self.directory_fd)
+            replace_at(self.fd, self.directory_fd, self.temporary, self.name)
         finally:
             os.close(self.directory_fd)
 

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -236,3 +238,72 @@ def test_payload_is_compact_json() -> None:
     record = bind_record(lease(1))
     body = json.loads(record[10:])
     assert body["t"] == "b" and body["a"] == "198.18.1.1"
+
+
+class ShortWrites:
+    """``os.write`` as a busy or nearly full file system does it: at most *limit* bytes a
+    call, and (with *stall*) no progress at all once."""
+
+    def __init__(self, limit: int, *, stall: bool = False) -> None:
+        self.limit = limit
+        self.stall = stall
+        self.calls = 0
+        self.real = os.write
+
+    def __call__(self, fd: int, data: bytes) -> int:
+        self.calls += 1
+        if self.stall:
+            return 0
+        return self.real(fd, bytes(memoryview(data)[: self.limit]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(limit=st.integers(min_value=1, max_value=40))
+def test_short_writes_never_tear_a_record(limit: int) -> None:
+    """Each ``os.write`` writes at most *limit* bytes: every record still lands whole, in
+    one-at-a-time mode, in a group commit and in the compacted snapshot.  (Patched by
+    hand, not with the monkeypatch fixture, which Hypothesis does not reset per example.)"""
+    with tempfile.TemporaryDirectory(prefix="pxestack-journal-") as directory:
+        path = Path(directory) / "leases.journal"
+        short = ShortWrites(limit)
+        original = os.write
+        os.write = short  # type: ignore[assignment]
+        try:
+            journal, _ = LeaseJournal.open(path, sync=False)
+            journal.bound(lease(60))
+            journal.begin_batch()
+            journal.bound(lease(61))
+            journal.declined(Decline(IPv4Address("198.18.0.99"), 9e9))
+            journal.commit()
+            journal.bound(lease(62))
+            journal.close()
+        finally:
+            os.write = original
+        assert short.calls > 4  # the writes really were cut short
+        contents = load_journal(path)
+        assert contents.skipped_bytes == 0
+        assert {lease(n).address for n in (60, 61, 62)} <= set(contents.leases)
+        assert IPv4Address("198.18.0.99") in contents.declines
+        os.write = short  # type: ignore[assignment]
+        try:
+            journal, contents = LeaseJournal.open(path, sync=False)  # compacts: atomic_write
+            journal.close()
+        finally:
+            os.write = original
+        reread = load_journal(path)
+        assert reread.skipped_bytes == 0 and len(reread.leases) == 3
+
+
+def test_a_write_that_makes_no_progress_raises(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that keeps returning 0 raises ``OSError`` instead of looping for ever; the
+    caller (the DHCP adapter) then withholds the ACK."""
+    path = tmp_path / "leases.journal"
+    journal, _ = LeaseJournal.open(path, sync=False)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "write", ShortWrites(1, stall=True))
+            with pytest.raises(OSError, match="no progress"):
+                journal.bound(lease(63))
+    finally:
+        journal.close()

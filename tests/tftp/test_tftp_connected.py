@@ -21,8 +21,9 @@ from tftp_loopback import LOOPBACK, WAIT, FdReactor, SocketTransport, pump
 from pxestack.service import tftp as tftp_service_module
 from pxestack.service.tftp import TftpService
 from pxestack.tftp import protocol
-from pxestack.tftp.protocol import TftpServer, _TransferPort
+from pxestack.tftp.protocol import TftpServer
 from pxestack.tftp.source import FilesystemSource, UploadDirectory
+from pxestack.tftp.transport import TransferPort
 from pxestack.wire.tftp import (
     Ack,
     Data,
@@ -81,9 +82,9 @@ class Lab:
         """Wait (bounded) until the multiplexer is readable, then let it run."""
         pump(self.reactor)
 
-    def port(self) -> _TransferPort:
+    def port(self) -> TransferPort:
         [transfer] = self.server.transfers.values()
-        assert isinstance(transfer, _TransferPort)
+        assert isinstance(transfer, TransferPort)
         return transfer
 
     def close(self) -> None:

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from tftp_loopback import LOOPBACK, WAIT, FdReactor, SocketTransport, pump
 
-from pxestack.tftp.protocol import TftpServer, open_transfer_socket
+from pxestack.tftp.protocol import TftpServer
 from pxestack.tftp.source import FilesystemSource
+from pxestack.tftp.transport import open_transfer_socket
 from pxestack.wire.tftp import (
     Ack,
     Data,
@@ -157,7 +158,8 @@ def test_all_transfers_share_one_reactor_reader(lab: Any) -> None:
         lab.pump()
     assert received == files
     assert lab.server.stats.completed == 3
-    assert lab.server._multiplexer is not None and lab.server._multiplexer.ports == {}
+    multiplexer = lab.server.transport.multiplexer
+    assert multiplexer is not None and multiplexer.ports == {}
 
 
 def test_lone_lockstep_transfer_answers_waiting_acks_in_one_read(lab: Any) -> None:

@@ -23,6 +23,7 @@ from pxestack.tftp.source import (
     UploadDirectory,
 )
 from pxestack.tftp.stats import Outcome, SessionStats
+from pxestack.tftp.transport import socket_transport
 from pxestack.wire.tftp import (
     Ack,
     Data,
@@ -101,9 +102,14 @@ class Harness:
         self.root = tmp / "root"
         self.root.mkdir(exist_ok=True)
         kwargs.setdefault("source", FilesystemSource(self.root))
+        # The production transport with fake sockets: unconnected (a fake has no kernel to
+        # route a client's datagrams to a connected socket) and read by the reactor (the
+        # epoll refuses fake descriptors).  tests/tftp/test_tftp_transport.py runs the
+        # connected, multiplexed path on a fake network.
+        kwargs.setdefault("transport", socket_transport(
+            host="198.18.0.1", open_socket=self._socket, open_connected=None))
         self.server = TftpServer(
             reactor=self.reactor,
-            socket_factory=self._socket,
             on_stats=self.stats.append,
             **kwargs,
         )
@@ -212,7 +218,7 @@ class AdapterTests(SynchronousTestCase):
 
     def test_flood_does_not_monopolize_the_reactor(self) -> None:
         """Not an amplifier: one doRead handles a bounded number of datagrams."""
-        from pxestack.tftp.protocol import MAX_DATAGRAMS_PER_READ
+        from pxestack.tftp.transport import MAX_DATAGRAMS_PER_READ
 
         h = self.harness()
         (h.root / "f").write_bytes(b"a" * 1000)
