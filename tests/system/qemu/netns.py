@@ -1,6 +1,6 @@
 """A network namespace with one bridge (the provisioning segment) and a tap per VM.
 
-Layout inside namespace ``pxt-qemu-<pid>-<n>``::
+Layout inside namespace ``pxt-qemu-<pid>-<n>`` (prefix: ``PXESTACK_NETNS_PREFIX``)::
 
     br0  198.18.0.1/15, fe80::/64 link-local (DAD off so it is usable at once)
      |-- tap0 .. tapN-1   (QEMU opens them with -netdev tap,ifname=...)
@@ -39,8 +39,12 @@ class Segment:
     taps: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, taps: int, prefix: str = "pxt-qemu") -> Segment:
-        """Create the namespace, the bridge and the taps (all up)."""
+    def create(cls, taps: int, prefix: str | None = None) -> Segment:
+        """Create the namespace, the bridge and the taps (all up).
+
+        The name starts with *prefix*, else ``PXESTACK_NETNS_PREFIX``, else ``pxt-qemu``, so
+        that runs sharing a machine can tell their namespaces apart."""
+        prefix = prefix or os.environ.get("PXESTACK_NETNS_PREFIX") or "pxt-qemu"
         segment = cls(f"{prefix}-{os.getpid()}-{next(_counter)}")
         run("ip", "netns", "add", segment.name)
         try:

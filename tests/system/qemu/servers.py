@@ -227,7 +227,7 @@ class PxestackServer:
                  profiles: list[dict[str, object]] | None = None,
                  installed_boot: str = "local-boot", *, mode: str = "server",
                  address: str = SERVER_ADDRESS, loader: dict[str, str] | None = None,
-                 pxelinux_prefix: str | None = None, http_boot_only: bool = False) -> None:
+                 pxelinux_prefix: str | None = None) -> None:
         self.segment = segment
         self.workdir = workdir
         self.mode = mode
@@ -248,6 +248,12 @@ class PxestackServer:
         for name, installed in LOADER_FILES.items():
             if installed.exists():
                 shutil.copyfile(installed, tftp / name)
+        # UEFI HTTP Boot: the DHCP answer names ``<http.public_url>/<loader file>``, which the
+        # asset root serves (iPXE, or shim and GRUB for the ``grub`` loader).
+        shutil.copyfile(IPXE_EFI, self.state / "assets" / "ipxe.efi")
+        for name in ("shimx64.efi", "grubx64.efi"):
+            if LOADER_FILES[name].exists():
+                shutil.copyfile(LOADER_FILES[name], self.state / "assets" / name)
         config = pxestack_config(self.state, profiles, installed_boot, mode=mode,
                                  address=address)
         dhcp = config["dhcp"]
@@ -265,19 +271,11 @@ class PxestackServer:
         dhcp["router_advertisements"] = {"enabled": True}
         self.config_path = workdir / "pxestack.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        #: UEFI HTTP Boot: PXE firmware ignored (http_boot_serve.py), ipxe.efi in the asset
-        #: root, which serves ``<http.public_url>/ipxe.efi``.
-        self.http_boot_only = http_boot_only
-        if http_boot_only:
-            shutil.copyfile(IPXE_EFI, self.state / "assets" / "ipxe.efi")
 
     def start(self) -> None:
         """Start ``pxestack serve`` and wait for its HTTP and DHCP ports."""
         pxestack = Path(sys.executable).with_name("pxestack")
         argv = [str(pxestack), "serve", "--config", str(self.config_path)]
-        if self.http_boot_only:
-            argv = [sys.executable, str(Path(__file__).with_name("http_boot_serve.py")),
-                    str(self.config_path)]
         try:
             self.processes.append(Process(
                 "pxestack",
