@@ -190,5 +190,5 @@ def wait_all(machines: list[VirtualMachine], timeout: float, interval: float = 0
     return all([vm.poll() for vm in machines])
 
 
-__all__ = ["FIRMWARES", "NO_PXE", "OVMF_CODE_SECBOOT", "OVMF_VARS_MS", "SECURE_BOOT", "ConsoleWatch", "Machine",
-           "VirtualMachine", "qemu_command", "wait_all"]
+__all__ = ["FIRMWARES", "NO_PXE", "OVMF_CODE_SECBOOT", "OVMF_VARS_MS", "SECURE_BOOT",
+           "ConsoleWatch", "Machine", "VirtualMachine", "qemu_command", "wait_all"]
