@@ -13,6 +13,14 @@ its generic ``grub.cfg`` reads it with GRUB's ``smbios`` command and asks for th
 of that serial.  After the install the same serial boots again with another MAC address:
 only the serial can find the installed host, and GRUB gets its local-boot config.
 
+Secure Boot over UEFI HTTP Boot (``uefi-sb-http``) gets as far as GRUB and no further:
+OVMF downloads shim from the URL in pxestack's DHCP answer, shim downloads the signed GRUB
+from the same directory (as ``//grubx64.efi``), both verified; GRUB then sets its prefix to
+``(http,198.18.0.1:8080)/grub`` from that DHCP answer, but Debian's signed GRUB has no
+``http`` module and loads none under Secure Boot (lockdown), so it reads no config at all
+and stops at its command line.  The second test shows exactly that (docs/firmware-testing.md
+has the GRUB session).
+
 Timeline: power-on -> ``grub_config`` (GRUB runs pxestack's per-host config) -> ``init``
 -> ``callback``; appended to ``.cache/qemu/results.jsonl`` like the other QEMU tests.
 """
@@ -149,3 +157,36 @@ def watch_until(segment: Segment, machine: Machine, workdir: Path, pattern: str,
     finally:
         vm.stop()
     return vm.console
+
+
+def test_secure_boot_over_http_boot_runs_shim_and_grub_which_cannot_read_its_config(
+    artifacts: Artifacts, tmp_path: Path
+) -> None:
+    machine = Machine.numbered(2)
+    segment = Segment.create(taps=1)
+    try:
+        server = PxestackServer(segment, tmp_path, artifacts, loader={"efi_x64": "grub"})
+        server.start()
+        try:
+            console = watch_until(segment, machine, tmp_path, GRUB_PROMPT, BOOT_TIMEOUT,
+                                  firmware="uefi-sb-http")
+            # Anything GRUB asks for after its prompt would be in the log by now.
+            time.sleep(2)
+        finally:
+            server.stop()
+    finally:
+        segment.close()
+    text = console.text()
+    assert "URI: http://198.18.0.1:8080/shimx64.efi" in text, text[-3000:]
+    assert console.first(GRUB_PROMPT) is not None, text[-3000:]
+    assert "GNU GRUB" in text and "pxestack: loading the kernel" not in text
+    log = (tmp_path / "pxestack.log").read_text(errors="replace")
+    # Both signed loaders over HTTP (shim asks for "//grubx64.efi": its directory's URL
+    # followed by "/grubx64.efi"); no TFTP at all, and GRUB asks for no config.
+    assert "GET /shimx64.efi 200" in log and "GET //grubx64.efi 200" in log
+    assert "RRQ" not in log
+    assert "grub.cfg" not in log
+
+
+#: GRUB's normal-mode command line, shown when it found no config to run.
+GRUB_PROMPT = r"Minimal BASH-like line editing is supported"
