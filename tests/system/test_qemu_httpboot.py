@@ -7,7 +7,10 @@ network boot, against a stock ``pxestack serve``: its ``HTTPClient`` DHCP reques
 option 60 ``HTTPClient`` and the URL ``<http.public_url>/ipxe.efi`` (nothing preset in the
 firmware), iPXE then runs the usual script.  No TFTP request at all.
 
-Timeline: power-on -> ``http_boot`` -> ``script`` -> ``init`` -> ``callback``.
+Timeline: power-on -> ``http_boot`` -> ``script`` -> ``init`` -> ``callback``, beside the
+dnsmasq reference on the same path: dnsmasq can answer the HTTP Boot client
+(``dhcp-vendorclass`` tags it, ``dhcp-option-force`` sends option 60 ``HTTPClient`` and
+``dhcp-boot`` takes the URL as the boot file name).
 """
 
 from __future__ import annotations
@@ -18,13 +21,13 @@ import pytest
 from conftest import require, require_root_and_tools
 from qemu.artifacts import Artifacts, cache_dir, ensure_artifacts
 from qemu.netns import Segment
-from qemu.scenario import boot_machines, save_results
+from qemu.scenario import boot_machines, reference_boot, save_results
 from qemu.servers import PxestackServer
 from qemu.vm import OVMF_CODE, OVMF_VARS, Machine
 
 pytestmark = pytest.mark.qemu
 
-TOOLS = ("qemu-system-x86_64", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
+TOOLS = ("qemu-system-x86_64", "dnsmasq", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
 BOOT_TIMEOUT = 180.0
 RESULTS = cache_dir() / "results.jsonl"
 
@@ -63,3 +66,14 @@ def test_uefi_http_boot_gets_its_url_from_pxestack(artifacts: Artifacts, tmp_pat
     log = (tmp_path / "pxestack.log").read_text(errors="replace")
     assert "GET /ipxe.efi 200" in log
     assert "RRQ" not in log  # HTTP only: no TFTP request at all
+
+
+def test_dnsmasq_reference_boots_the_same_http_boot_path(artifacts: Artifacts,
+                                                        tmp_path: Path) -> None:
+    result = reference_boot(artifacts, tmp_path, "uefi-http", "ipxe", BOOT_TIMEOUT)
+    save_results(RESULTS, [result], scenario="uefi-http-boot")
+    print("\n" + result.summary())
+    assert result.ok, result.summary()
+    assert result.milestones["http_boot"] is not None, result.summary()
+    console = Path(result.console_log).read_text(errors="replace")
+    assert "URI: http://198.18.0.1:8080/ipxe.efi" in console

@@ -22,7 +22,9 @@ and stops at its command line.  The second test shows exactly that (docs/firmwar
 has the GRUB session).
 
 Timeline: power-on -> ``grub_config`` (GRUB runs pxestack's per-host config) -> ``init``
--> ``callback``; appended to ``.cache/qemu/results.jsonl`` like the other QEMU tests.
+-> ``callback``; appended to ``.cache/qemu/results.jsonl`` like the other QEMU tests, beside
+the dnsmasq reference on the same path (dnsmasq's TFTP serves shim, GRUB, a static
+``grub.cfg`` with the same kernel line, the kernel and the initrd).
 """
 
 from __future__ import annotations
@@ -37,13 +39,13 @@ import pytest
 from conftest import require, require_root_and_tools
 from qemu.artifacts import Artifacts, cache_dir, ensure_artifacts
 from qemu.netns import Segment
-from qemu.scenario import boot_machines, save_results
+from qemu.scenario import boot_machines, reference_boot, save_results
 from qemu.servers import LOADER_FILES, PxestackServer
 from qemu.vm import OVMF_CODE_SECBOOT, OVMF_VARS_MS, ConsoleWatch, Machine, VirtualMachine
 
 pytestmark = pytest.mark.qemu
 
-TOOLS = ("qemu-system-x86_64", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
+TOOLS = ("qemu-system-x86_64", "dnsmasq", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
 BOOT_TIMEOUT = 180.0
 #: How long the refused ipxe.efi boot is watched at most (the refusal comes after ~10 s).
 REFUSAL_TIMEOUT = 90.0
@@ -157,6 +159,15 @@ def watch_until(segment: Segment, machine: Machine, workdir: Path, pattern: str,
     finally:
         vm.stop()
     return vm.console
+
+
+def test_dnsmasq_reference_boots_the_same_secure_boot_path(artifacts: Artifacts,
+                                                          tmp_path: Path) -> None:
+    result = reference_boot(artifacts, tmp_path, "uefi-sb", "grub", BOOT_TIMEOUT)
+    save_results(RESULTS, [result], scenario="secure-boot-grub")
+    print("\n" + result.summary())
+    assert result.ok, result.summary()
+    assert result.milestones["grub_config"] is not None, result.summary()
 
 
 def test_secure_boot_over_http_boot_runs_shim_and_grub_which_cannot_read_its_config(
