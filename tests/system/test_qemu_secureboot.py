@@ -19,7 +19,7 @@ from the same directory (as ``//grubx64.efi``), both verified; GRUB then sets it
 ``(http,198.18.0.1:8080)/grub`` from that DHCP answer, but Debian's signed GRUB has no
 ``http`` module and loads none under Secure Boot (lockdown), so it reads no config at all
 and stops at its command line.  The second test shows exactly that (docs/firmware-testing.md
-has the GRUB session).
+has what GRUB showed at its prompt).
 
 Timeline: power-on -> ``grub_config`` (GRUB runs pxestack's per-host config) -> ``init``
 -> ``callback``; appended to ``.cache/qemu/results.jsonl`` like the other QEMU tests, beside
