@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from provision_helpers import ADMIN_TOKEN, host_data, make_rig, token_from_script
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from pxestack.paths import PathNotFound, PathRefused
 from pxestack.provision.bootconfig import (
@@ -148,8 +149,16 @@ def test_grub_finds_the_host_by_its_smbios_serial_before_its_mac(tmp_path) -> No
     assert rig.client.request("PUT", "/admin/host/sn-0001/set_installed",
                               token=token).code == 202
     source = LoaderConfigSource(rig.provisioner)
-    by_serial = read(source, f"grub/grub.cfg-01-{MAC}-serial-SN-0001-uuid-")
+    with capturedLogs() as events:
+        by_serial = read(source, f"grub/grub.cfg-01-{MAC}-serial-SN-0001-uuid-")
+        read(source, f"grub/grub.cfg-01-{MAC}-serial-SN-0002-uuid-")
     assert "\nexit\n" in by_serial and "local disk" in by_serial
+    # What happened to each machine, at info level.
+    lines = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
+    assert (f"grub config for host sn-0001 ({MAC}, 198.18.0.50, state installed; SMBIOS "
+            "serial read by the loader: 'SN-0001')") in lines
+    assert (f"grub config for a machine not known yet ({MAC}, 198.18.0.50; SMBIOS serial "
+            "read by the loader: 'SN-0002'): the default flow") in lines
     # The MAC alone does not name it: the default installer flow.
     assert "linux '(tftp)/images/vmlinuz'" in read(source, f"grub/grub.cfg-01-{MAC}")
     # Over HTTP too.
