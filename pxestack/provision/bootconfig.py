@@ -204,7 +204,7 @@ class LoaderConfigSource:
         self.provisioner = provisioner
 
     def open(self, path: str, client: TftpClient) -> Reader:
-        """Render the config *path* names, for the machine its MAC names; or open the image
+        """Render the config *path* names, for the machine it names; or open the image
         ``images/[<serial>/]<name>`` names (as ``GET /images/...``)."""
         if len(path) > MAX_CONFIG_PATH:
             raise PathNotFound(path[:MAX_CONFIG_PATH])
