@@ -668,6 +668,20 @@ class SiteRoot(Resource):
         self.bare_assets = bare_assets
         self._not_found = PlainNotFound()
 
+    def getChildWithDefault(self, path: bytes, request: http.Request) -> Resource:
+        """Route the first path segment; empty segments before it are skipped.
+
+        ``//grubx64.efi`` is ``/grubx64.efi``, as common web servers merge slashes: shim,
+        booted over UEFI HTTP Boot, asks for its second stage at the URL of its own
+        directory followed by ``/grubx64.efi``, so with shim at the top of the asset root
+        it sends ``GET //grubx64.efi``.  A mounted ``/`` (the dashboard) still answers
+        ``/`` itself.
+        """
+        while path == b"" and request.postpath:
+            path = request.postpath.pop(0)
+            request.prepath[-1:] = [path]
+        return super().getChildWithDefault(path, request)
+
     def getChild(self, path: bytes, request: http.Request) -> Resource:
         """Route a first path segment that no mounted child claimed."""
         if self.assets is None:

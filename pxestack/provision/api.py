@@ -107,7 +107,7 @@ from pxestack.errors import ConfigError
 from pxestack.http.events import EventFeed
 from pxestack.http.site import ADMIN_LISTENER, listener_of, redact_uri
 from pxestack.http.tls import peer_subject
-from pxestack.provision.bootconfig import config_request, render_loader_config
+from pxestack.provision.bootconfig import MAX_CONFIG_PATH, config_request, render_loader_config
 from pxestack.provision.enrolment import Admission, EnrolmentGate, EnrolmentRefused
 from pxestack.provision.flows import FLATCAR_IMAGE_FILES, Flow
 from pxestack.provision.hoststore import (
@@ -676,14 +676,13 @@ class LoaderConfigResource(_Routed):
         path = "/".join([*route.segments[:-1], name])
         if path.startswith("pxelinux/"):
             path = path.removeprefix("pxelinux/")
-        found = config_request(path) if len(path) <= 128 else None
+        found = config_request(path) if len(path) <= MAX_CONFIG_PATH else None
         if found is None:
             raise HttpError(http.NOT_FOUND, "no such config")
-        loader, mac = found
         prov = self.api.provisioner
 
         def work() -> str:
-            return render_loader_config(prov, loader, mac)
+            return render_loader_config(prov, found)
 
         return self.respond(request, work, _text(_TEXT))
 

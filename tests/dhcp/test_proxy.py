@@ -231,6 +231,49 @@ def test_captured_uefi_exchange_beside_a_site_server(name: str, ours: IPv4Addres
     assert proxy.counters["acks"] == 0
 
 
+@pytest.mark.parametrize(("name", "ours"), [
+    ("ovmf_http_boot_own_address", IPv4Address("198.18.0.2")),
+    ("ovmf_http_boot_shared_address", IPv4Address("198.18.0.1")),
+])
+def test_captured_http_boot_exchange_beside_a_site_server(name: str, ours: IPv4Address
+                                                          ) -> None:
+    """OVMF's UEFI HTTP Boot client beside a site DHCP server, as captured on the wire: the
+    proxy's only answer is an OFFER with option 60 ``HTTPClient`` and the boot URL, which
+    the client combines with the site's address offer; its REQUEST goes to the site."""
+    exchange = captured_exchange(name)
+    kinds = [(m.op, m.message_type) for _, _, m in exchange]
+    assert kinds == [
+        (c.BOOTREQUEST, c.DHCPDISCOVER), (c.BOOTREPLY, c.DHCPOFFER),
+        (c.BOOTREPLY, c.DHCPOFFER), (c.BOOTREQUEST, c.DHCPREQUEST),
+        (c.BOOTREPLY, c.DHCPACK),
+    ]
+    discover, site_offer, request = exchange[0][2], exchange[1][2], exchange[3][2]
+    assert (discover.options.get(c.OPT_VENDOR_CLASS_ID) or b"").startswith(b"HTTPClient")
+    assert request.options.ip(c.OPT_SERVER_ID) == site_offer.options.ip(c.OPT_SERVER_ID)
+    assert request.options.ip(c.OPT_REQUESTED_IP) == site_offer.yiaddr
+
+    base = f"http://{ours}:8080"
+    proxy = ProxyDhcpCore(BootDefaults(server_address=ours, ipxe_script_url=SCRIPT,
+                                       http_boot_base_url=base), StaticBootPolicy())
+    replies = [
+        out
+        for i, (_, dport, message) in enumerate(exchange) if dport == c.DHCP_SERVER_PORT
+        for out in proxy.handle(message, "br0", float(i), port=dport)
+    ]
+    offer = only(replies).message
+    assert offer.message_type == c.DHCPOFFER and offer.yiaddr == IPv4Address(0)
+    assert offer.options.ip(c.OPT_SERVER_ID) == ours
+    assert offer.options[c.OPT_VENDOR_CLASS_ID] == b"HTTPClient"
+    assert offer.options.text(c.OPT_BOOTFILE_NAME) == f"{base}/ipxe.efi"
+    assert c.OPT_VENDOR_SPECIFIC not in offer.options
+    # The offer pxestack sent in the capture carries the same boot facts.
+    captured = exchange[2][2]
+    assert captured.options.ip(c.OPT_SERVER_ID) == ours
+    assert captured.options[c.OPT_VENDOR_CLASS_ID] == b"HTTPClient"
+    assert (captured.siaddr, captured.file) == (offer.siaddr, offer.file)
+    assert proxy.counters["acks"] == 0
+
+
 def test_efi_via_4011_variant() -> None:
     """pixiecore's EFI variant: a BINL offer on 67, the file only on 4011 (netboot#43)."""
     proxy, _ = core(efi_via_4011=True)

@@ -78,6 +78,17 @@ def test_url_layout(root: Path) -> None:
     assert get(site, "/")[0] == 404
 
 
+def test_empty_segments_before_the_first_are_merged(root: Path) -> None:
+    # shim over UEFI HTTP Boot asks for "//grubx64.efi" (its directory's URL + "/name").
+    site = make_site(root, children={b"": Fixed(b"dashboard"), b"boot.ipxe": Fixed(b"s")})
+    assert get(site, "//ipxe.efi") == (200, b"EFI")
+    assert get(site, "///assets/ipxe.efi") == (200, b"EFI")
+    assert get(site, "//boot.ipxe") == (200, b"s")
+    assert get(site, "/") == (200, b"dashboard")
+    assert get(site, "//") == (200, b"dashboard")
+    assert get(site, "//nothing")[0] == 404
+
+
 def test_without_bare_paths_only_assets_prefix_serves_files(root: Path) -> None:
     site = make_site(root, bare_assets=False)
     assert get(site, "/ipxe.efi")[0] == 404

@@ -7,7 +7,9 @@ and ``pxelinux_prefix: <public URL>/``: lpxelinux.0 comes by TFTP, then ``ldlinu
 asset root), ``pxelinux.cfg/01-<mac>`` (rendered by the provisioning layer) and the kernel
 and initrd come over HTTP.
 
-Timeline: power-on -> ``pxelinux`` (lpxelinux.0's banner) -> ``init`` -> ``callback``.
+Timeline: power-on -> ``pxelinux`` (lpxelinux.0's banner) -> ``init`` -> ``callback``,
+beside the dnsmasq reference on the same path (lpxelinux.0 by dnsmasq's TFTP, option 210
+naming the reference HTTP server, one static ``pxelinux.cfg/default``).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import pytest
 from conftest import require, require_root_and_tools
 from qemu.artifacts import Artifacts, cache_dir, ensure_artifacts
 from qemu.netns import Segment
-from qemu.scenario import boot_machines, save_results
+from qemu.scenario import boot_machines, reference_boot, save_results
 from qemu.servers import HTTP_PORT, LOADER_FILES, PxestackServer
 from qemu.vm import Machine
 
 pytestmark = pytest.mark.qemu
 
-TOOLS = ("qemu-system-x86_64", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
+TOOLS = ("qemu-system-x86_64", "dnsmasq", "ip", "ss", "curl", "git", "apt-get", "dpkg-deb")
 BOOT_TIMEOUT = 180.0
 RESULTS = cache_dir() / "results.jsonl"
 
@@ -68,3 +70,12 @@ def test_pxelinux_boots_with_a_per_host_config_over_http(
                     "GET /images/vmlinuz 200"):
         assert request in log, request
     assert "RRQ 'ldlinux.c32'" not in log  # over HTTP, not TFTP
+
+
+def test_dnsmasq_reference_boots_the_same_pxelinux_path(artifacts: Artifacts,
+                                                       tmp_path: Path) -> None:
+    result = reference_boot(artifacts, tmp_path, "bios", "pxelinux", BOOT_TIMEOUT)
+    save_results(RESULTS, [result], scenario="pxelinux-http")
+    print("\n" + result.summary())
+    assert result.ok, result.summary()
+    assert result.milestones["pxelinux"] is not None, result.summary()

@@ -1,7 +1,6 @@
 """A network namespace with one bridge (the provisioning segment) and a tap per VM.
 
-Layout inside namespace ``pxt-qemu-<pid>-<n>`` (``$PXESTACK_QEMU_NETNS`` replaces the
-``pxt-qemu`` prefix, so that concurrent runs on one host can tell their namespaces apart)::
+Layout inside namespace ``pxt-qemu-<pid>-<n>`` (prefix: ``PXESTACK_NETNS_PREFIX``)::
 
     br0  198.18.0.1/15, fe80::/64 link-local (DAD off so it is usable at once)
      |-- tap0 .. tapN-1   (QEMU opens them with -netdev tap,ifname=...)
@@ -41,8 +40,11 @@ class Segment:
 
     @classmethod
     def create(cls, taps: int, prefix: str | None = None) -> Segment:
-        """Create the namespace, the bridge and the taps (all up)."""
-        prefix = prefix or os.environ.get("PXESTACK_QEMU_NETNS") or "pxt-qemu"
+        """Create the namespace, the bridge and the taps (all up).
+
+        The name starts with *prefix*, else ``PXESTACK_NETNS_PREFIX``, else ``pxt-qemu``, so
+        that runs sharing a machine can tell their namespaces apart."""
+        prefix = prefix or os.environ.get("PXESTACK_NETNS_PREFIX") or "pxt-qemu"
         segment = cls(f"{prefix}-{os.getpid()}-{next(_counter)}")
         run("ip", "netns", "add", segment.name)
         try:

@@ -67,7 +67,8 @@ def make_handler(root: Path, base_url: str, recorder: Recorder) -> type[BaseHTTP
                 serial = self.path.rsplit("/", 1)[1].lower()
                 recorder.record(event="enrolled", serial=serial)
                 self._send(200, f"#!/bin/sh\n# first stage for {serial}\n".encode())
-            elif self.path in ("/vmlinuz", "/initrd.img"):
+            elif self.path in ("/vmlinuz", "/initrd.img", "/ipxe.efi", "/ldlinux.c32",
+                               "/pxelinux.cfg/default"):
                 self._send(200, (root / self.path[1:]).read_bytes(), "application/octet-stream")
             else:
                 self._send(404, b"not found\n")

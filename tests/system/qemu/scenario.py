@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .artifacts import MARK
+from .artifacts import MARK, Artifacts
 from .netns import Segment
+from .servers import ReferenceServer
 from .vm import Machine, VirtualMachine, wait_all
 
 #: Console patterns of the timeline points, in boot order.
@@ -137,6 +138,23 @@ def watch_for_no_boot(
     return vm
 
 
+def reference_boot(artifacts: Artifacts, workdir: Path, firmware: str, loader: str,
+                   timeout: float) -> BootResult:
+    """Boot machine 1 with *firmware* against the dnsmasq reference serving *loader*."""
+    segment = Segment.create(taps=1)
+    try:
+        server = ReferenceServer(segment, workdir, artifacts, loader=loader)
+        server.start()
+        try:
+            [result] = boot_machines(segment, [(Machine.numbered(1), firmware)], workdir,
+                                     server.name, timeout)
+        finally:
+            server.stop()
+    finally:
+        segment.close()
+    return result
+
+
 def save_results(path: Path, results: Sequence[BootResult], **extra: object) -> None:
     """Append one JSON record of *results* (and *extra*) to *path*."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,5 +163,6 @@ def save_results(path: Path, results: Sequence[BootResult], **extra: object) -> 
         out.write(json.dumps(record) + "\n")
 
 
-__all__ = ["MILESTONES", "BootResult", "boot_machines", "result_of", "save_results",
+__all__ = ["MILESTONES", "BootResult", "boot_machines", "reference_boot", "result_of",
+           "save_results",
            "watch_for_no_boot"]

@@ -1,10 +1,14 @@
 """The servers a boot runs against, each started inside the test namespace.
 
 * :class:`ReferenceServer`: dnsmasq (full DHCP with ``no-ping``, iPXE clients get the HTTP
-  script URL, others TFTP ``ipxe.efi``) plus :mod:`refserver` for HTTP and the first-stage
-  callbacks.  With ``router_advertisements=True`` pxestack's RA responder
-  (:mod:`pxestack.ra`, through :mod:`ra_runner`) answers router solicitations beside it.
-  This is the baseline the pxestack timings are compared with.
+  script URL, others TFTP ``ipxe.efi``, UEFI HTTP Boot clients the URL of ``ipxe.efi``) plus
+  :mod:`refserver` for HTTP and the first-stage callbacks.  With ``loader="grub"`` UEFI
+  PXE firmware gets Debian's signed shim, GRUB and a static ``grub/grub.cfg`` by TFTP;
+  with ``loader="pxelinux"`` BIOS firmware gets ``lpxelinux.0`` by TFTP and, through
+  option 210, ``ldlinux.c32`` and ``pxelinux.cfg/default`` over HTTP.  With
+  ``router_advertisements=True`` pxestack's RA responder (:mod:`pxestack.ra`, through
+  :mod:`ra_runner`) answers router solicitations beside it.  This is the baseline the
+  pxestack timings are compared with.
 * :class:`PxestackServer`: ``pxestack serve --config <generated>`` (or ``twistd pxestack``),
   everything from one process; as the full DHCP server or, beside a
   :class:`SiteDhcpServer`, as proxyDHCP; with extensions when asked.
@@ -114,7 +118,9 @@ class ReferenceServer:
     name = "dnsmasq"
 
     def __init__(self, segment: Segment, workdir: Path, artifacts: Artifacts,
-                 *, router_advertisements: bool = False) -> None:
+                 *, router_advertisements: bool = False, loader: str = "ipxe") -> None:
+        if loader not in ("ipxe", "grub", "pxelinux"):
+            raise ValueError(f"unknown loader {loader!r}")
         self.segment = segment
         self.workdir = workdir
         self.router_advertisements = router_advertisements
@@ -130,8 +136,22 @@ class ReferenceServer:
         shutil.copyfile(artifacts.initrd, root / "initrd.img")
         shutil.copyfile(IPXE_EFI, tftp / "ipxe.efi")
         shutil.copyfile(UNDIONLY, tftp / "undionly.kpxe")
+        shutil.copyfile(IPXE_EFI, root / "ipxe.efi")  # UEFI HTTP Boot
+        if loader == "grub":
+            for name in ("shimx64.efi", "grubx64.efi"):
+                shutil.copyfile(LOADER_FILES[name], tftp / name)
+            shutil.copyfile(artifacts.kernel, tftp / "vmlinuz")
+            shutil.copyfile(artifacts.initrd, tftp / "initrd.img")
+            (tftp / "grub").mkdir(exist_ok=True)
+            (tftp / "grub" / "grub.cfg").write_text(REFERENCE_GRUB_CFG.format(base=BASE_URL))
+        elif loader == "pxelinux":
+            shutil.copyfile(LOADER_FILES["lpxelinux.0"], tftp / "lpxelinux.0")
+            shutil.copyfile(LOADER_FILES["ldlinux.c32"], root / "ldlinux.c32")
+            (root / "pxelinux.cfg").mkdir(exist_ok=True)
+            (root / "pxelinux.cfg" / "default").write_text(
+                REFERENCE_PXELINUX_CFG.format(base=BASE_URL))
         self.dnsmasq_conf = workdir / "dnsmasq.conf"
-        self.dnsmasq_conf.write_text(dnsmasq_config(workdir, tftp))
+        self.dnsmasq_conf.write_text(dnsmasq_config(workdir, tftp, loader))
 
     def start(self) -> None:
         """Start every process and wait until each listens."""
@@ -192,8 +212,38 @@ def _wait_for_log(process: Process, text: str, timeout: float = 15.0) -> None:
     raise RuntimeError(f"{process.name} did not log {text!r} within {timeout} s")
 
 
-def dnsmasq_config(workdir: Path, tftp_root: Path) -> str:
-    """The reference dnsmasq configuration (the reference server of docs/reference/firmware.md)."""
+#: The reference's GRUB config: the kernel line the reference iPXE script boots, read over
+#: TFTP (Debian's signed GRUB has no HTTP); its echo is the timeline's ``grub_config`` mark.
+REFERENCE_GRUB_CFG = """set timeout=0
+echo 'pxestack: loading the kernel'
+linux (tftp)/vmlinuz console=ttyS0 quiet panic=5 pxestack.url={base}
+initrd (tftp)/initrd.img
+boot
+"""
+#: The reference's PXELINUX config (one for every machine), read over HTTP.
+REFERENCE_PXELINUX_CFG = """DEFAULT reference
+PROMPT 0
+TIMEOUT 0
+LABEL reference
+  KERNEL {base}/vmlinuz
+  INITRD {base}/initrd.img
+  APPEND console=ttyS0 quiet panic=5 pxestack.url={base}
+"""
+
+
+def dnsmasq_config(workdir: Path, tftp_root: Path, loader: str = "ipxe") -> str:
+    """The reference dnsmasq configuration (the reference server of docs/reference/firmware.md).
+
+    *loader* ``grub`` hands UEFI PXE firmware shim instead of ``ipxe.efi``; ``pxelinux``
+    hands BIOS firmware (QEMU's iPXE ROM too, which runs PXE programs) ``lpxelinux.0``
+    with option 210, the path prefix, naming the HTTP server.
+    """
+    efi_file = "shimx64.efi" if loader == "grub" else "ipxe.efi"
+    if loader == "pxelinux":
+        bios = [f"dhcp-boot=tag:!httpboot,tag:!efi64,lpxelinux.0,,{SERVER_ADDRESS}",
+                f"dhcp-option-force=tag:!httpboot,tag:!efi64,210,{BASE_URL}/"]
+    else:
+        bios = [f"dhcp-boot=tag:!ipxe,tag:!httpboot,tag:!efi64,undionly.kpxe,,{SERVER_ADDRESS}"]
     return "\n".join([
         "port=0",
         f"interface={BRIDGE}",
@@ -205,14 +255,22 @@ def dnsmasq_config(workdir: Path, tftp_root: Path) -> str:
         "dhcp-authoritative",
         f"dhcp-leasefile={workdir / 'dnsmasq.leases'}",
         "log-dhcp",
+        f"log-facility={workdir / 'dnsmasq-dhcp.log'}",
         # QEMU's NIC ROMs and the chainloaded ipxe.efi send user class "iPXE": hand them the
         # HTTP script straight away (no TFTP).  OVMF's native PXE client gets ipxe.efi.
         "dhcp-userclass=set:ipxe,iPXE",
-        f"dhcp-boot=tag:ipxe,{BASE_URL}/boot.ipxe",
+        # (with lpxelinux.0 for BIOS, QEMU's BIOS iPXE ROM gets lpxelinux.0 instead)
+        f"dhcp-boot=tag:ipxe,{'tag:efi64,' if loader == 'pxelinux' else ''}{BASE_URL}/boot.ipxe",
         "dhcp-match=set:efi64,option:client-arch,7",
         "dhcp-match=set:efi64,option:client-arch,9",
-        f"dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,{SERVER_ADDRESS}",
-        f"dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,{SERVER_ADDRESS}",
+        # UEFI HTTP Boot (client arch 16): option 60 "HTTPClient" back, and the URL as the
+        # boot file (the HTTP Boot client ignores offers without option 60).  dnsmasq uses
+        # the last matching dhcp-boot, so every other one excludes the tag.
+        "dhcp-vendorclass=set:httpboot,HTTPClient",
+        "dhcp-option-force=tag:httpboot,60,HTTPClient",
+        f"dhcp-boot=tag:httpboot,{BASE_URL}/ipxe.efi",
+        f"dhcp-boot=tag:!ipxe,tag:!httpboot,tag:efi64,{efi_file},,{SERVER_ADDRESS}",
+        *bios,
         "enable-tftp",
         f"tftp-root={tftp_root}",
         "",
@@ -228,7 +286,7 @@ class PxestackServer:
                  profiles: list[dict[str, object]] | None = None,
                  installed_boot: str = "local-boot", *, mode: str = "server",
                  address: str = SERVER_ADDRESS, loader: dict[str, str] | None = None,
-                 pxelinux_prefix: str | None = None, http_boot_only: bool = False,
+                 pxelinux_prefix: str | None = None,
                  extensions: list[dict[str, object]] | None = None,
                  runner: str = "serve") -> None:
         if runner not in ("serve", "twistd"):
@@ -254,6 +312,12 @@ class PxestackServer:
         for name, installed in LOADER_FILES.items():
             if installed.exists():
                 shutil.copyfile(installed, tftp / name)
+        # UEFI HTTP Boot: the DHCP answer names ``<http.public_url>/<loader file>``, which the
+        # asset root serves (iPXE, or shim and GRUB for the ``grub`` loader).
+        shutil.copyfile(IPXE_EFI, self.state / "assets" / "ipxe.efi")
+        for name in ("shimx64.efi", "grubx64.efi"):
+            if LOADER_FILES[name].exists():
+                shutil.copyfile(LOADER_FILES[name], self.state / "assets" / name)
         config = pxestack_config(self.state, profiles, installed_boot, mode=mode,
                                  address=address)
         dhcp = config["dhcp"]
@@ -273,11 +337,6 @@ class PxestackServer:
             config["extensions"] = extensions
         self.config_path = workdir / "pxestack.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        #: UEFI HTTP Boot: PXE firmware ignored (http_boot_serve.py), ipxe.efi in the asset
-        #: root, which serves ``<http.public_url>/ipxe.efi``.
-        self.http_boot_only = http_boot_only
-        if http_boot_only:
-            shutil.copyfile(IPXE_EFI, self.state / "assets" / "ipxe.efi")
 
     def start(self) -> None:
         """Start ``pxestack serve`` and wait for its HTTP and DHCP ports."""
@@ -286,9 +345,6 @@ class PxestackServer:
         if self.runner == "twistd":
             argv = [str(Path(sys.executable).with_name("twistd")), "--nodaemon", "--pidfile=",
                     "pxestack", "--config", str(self.config_path)]
-        if self.http_boot_only:
-            argv = [sys.executable, str(Path(__file__).with_name("http_boot_serve.py")),
-                    str(self.config_path)]
         try:
             self.processes.append(Process(
                 "pxestack",

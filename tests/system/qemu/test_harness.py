@@ -204,6 +204,22 @@ def test_qemu_command_per_firmware(firmware: str, romfile: str | None, pflash: b
         qemu_command(machine, "coreboot", "tap1", Path("/tmp/s.log"), None)
 
 
+@pytest.mark.parametrize("firmware", ["uefi-pxe", "uefi-sb", "uefi-http", "uefi-sb-http"])
+def test_http_boot_machines_switch_ovmfs_pxe_off(firmware: str) -> None:
+    argv = qemu_command(Machine.numbered(1), firmware, "tap0", Path("/tmp/s.log"),
+                        Path("/tmp/vars.fd"))
+    switches = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-fw_cfg"]
+    http = firmware.endswith("-http")
+    assert switches == ([
+        "name=opt/org.tianocore/IPv4PXESupport,string=no",
+        "name=opt/org.tianocore/IPv6PXESupport,string=no",
+    ] if http else [])
+    secure = firmware.startswith("uefi-sb")
+    assert ("q35,smm=on" in argv) is secure
+    assert any(a.endswith("OVMF_CODE_4M.secboot.fd") for a in argv) is secure
+    assert argv[argv.index("-device") + 1].endswith(",romfile=")  # no iPXE ROM
+
+
 # -- the DHCP capture reader ---------------------------------------------------------------
 
 

@@ -5,6 +5,11 @@
 * ``uefi-pxe``: OVMF's own UEFI PXE client (``romfile=""``), which TFTPs ``ipxe.efi``.
 * ``uefi-sb``: OVMF's Secure Boot build with Microsoft's keys enrolled (q35 with SMM, the
   flash locked to SMM), its own PXE client: it runs only signed loaders (shim, then GRUB).
+* ``uefi-http`` and ``uefi-sb-http``: ``uefi-pxe`` and ``uefi-sb`` with OVMF's PXE over IPv4
+  and IPv6 switched off through QEMU's firmware configuration
+  (``opt/org.tianocore/IPv4PXESupport`` and ``IPv6PXESupport`` = ``no``, read by OVMF since
+  2020), so the NIC's first boot option is UEFI HTTP Boot over IPv4: the machine boots over
+  HTTP without first waiting for two PXE attempts to time out.
 
 Always TCG: ``/dev/kvm`` on these machines may be PVM (``kvm_pvm``), where SeaBIOS runs but
 Linux hangs.  The firmware console reaches the serial log only with ``-nographic`` (SeaBIOS
@@ -26,7 +31,12 @@ from pathlib import Path
 
 from .netns import Segment
 
-FIRMWARES = ("bios", "uefi", "uefi-pxe", "uefi-sb")
+FIRMWARES = ("bios", "uefi", "uefi-pxe", "uefi-sb", "uefi-http", "uefi-sb-http")
+#: The Secure Boot machines (q35 with SMM, Microsoft's keys).
+SECURE_BOOT = ("uefi-sb", "uefi-sb-http")
+#: OVMF's firmware-configuration switches that leave UEFI HTTP Boot as the only network boot.
+NO_PXE = ("-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no",
+          "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 #: Debian's ovmf: the Secure Boot build (SMM) and variables with Microsoft's keys enrolled.
@@ -63,12 +73,13 @@ def qemu_command(machine: Machine, firmware: str, tap: str, serial_log: Path,
     nic = f"virtio-net-pci,netdev=n0,mac={machine.mac},bootindex=1"
     if firmware == "uefi":
         nic += f",romfile={EFI_VIRTIO_ROM}"
-    elif firmware in ("uefi-pxe", "uefi-sb"):
-        nic += ",romfile="  # no iPXE ROM: OVMF's own PXE client
+    elif firmware != "bios":
+        nic += ",romfile="  # no iPXE ROM: OVMF's own PXE (or HTTP Boot) client
     command = [
         "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", "1",
         *(["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
-          if firmware == "uefi-sb" else []),
+          if firmware in SECURE_BOOT else []),
+        *(NO_PXE if firmware.endswith("-http") else ()),
         "-nographic", "-serial", f"file:{serial_log}", "-monitor", "none",
         "-no-reboot", "-nodefaults",
         "-smbios", f"type=1,serial={machine.serial},product=e2e-vm,uuid={machine.uuid}",
@@ -79,7 +90,7 @@ def qemu_command(machine: Machine, firmware: str, tap: str, serial_log: Path,
         command += ["-boot", "n"]
     else:
         assert vars_file is not None
-        code = OVMF_CODE_SECBOOT if firmware == "uefi-sb" else OVMF_CODE
+        code = OVMF_CODE_SECBOOT if firmware in SECURE_BOOT else OVMF_CODE
         command += [
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={vars_file}",
@@ -136,7 +147,7 @@ class VirtualMachine:
         vars_file = None
         if firmware != "bios":
             vars_file = workdir / f"vm{machine.index}-OVMF_VARS.fd"
-            shutil.copyfile(OVMF_VARS_MS if firmware == "uefi-sb" else OVMF_VARS, vars_file)
+            shutil.copyfile(OVMF_VARS_MS if firmware in SECURE_BOOT else OVMF_VARS, vars_file)
         self.command = segment.command(
             qemu_command(machine, firmware, tap, self.serial_log, vars_file)
         )
@@ -179,5 +190,5 @@ def wait_all(machines: list[VirtualMachine], timeout: float, interval: float = 0
     return all([vm.poll() for vm in machines])
 
 
-__all__ = ["FIRMWARES", "OVMF_CODE_SECBOOT", "OVMF_VARS_MS", "ConsoleWatch", "Machine",
-           "VirtualMachine", "qemu_command", "wait_all"]
+__all__ = ["FIRMWARES", "NO_PXE", "OVMF_CODE_SECBOOT", "OVMF_VARS_MS", "SECURE_BOOT",
+           "ConsoleWatch", "Machine", "VirtualMachine", "qemu_command", "wait_all"]
