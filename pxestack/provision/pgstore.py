@@ -70,6 +70,8 @@ _RETRYABLE = (
 #: Times a conflicting transaction is retried before the conflict is reported.
 MAX_ATTEMPTS = 8
 _UNREACHABLE = (psycopg.OperationalError, PoolTimeout)
+#: The author of the audit entry an import adds to each host.
+IMPORT_AUTHOR = "pxestack import"
 
 
 class ClaimConflict(StoreError):  # noqa: N818 - the HTTP status it maps to
@@ -586,46 +588,68 @@ class PostgresHostStore:
 
     # -- moving a cluster directory in and out ----------------------------------------------
 
-    def import_hosts(self, records: Sequence[tuple[Host, str]], *, token: str | None,
-                     key: bytes | None) -> list[str]:
+    def import_hosts(
+        self,
+        records: Sequence[tuple[Host, str]],
+        *,
+        token: str | None,
+        key: bytes | None,
+        history: Sequence[tuple[str, datetime, str, str]] = (),
+        files: Sequence[tuple[str, bytes]] = (),
+        source: str = "import",
+    ) -> list[str]:
         """Insert *records* ((host, audit message) pairs) in one transaction.
 
-        The cluster's etcd token and callback key are taken over when given, so machines
-        keep their tokens.  Returns one problem line per claim that could not be made (the
-        record is imported anyway; its profile or address needs an operator's look).
+        *history* ((serial, time, author, message), oldest first) becomes the hosts' audit
+        entries before their import entry; *files* are cluster-level files.  The cluster's
+        etcd token and callback key are taken over when given, so machines keep their
+        tokens.  A host already in the database is left as it is.  Returns one problem line
+        per host skipped or claim that could not be made (such a record is imported without
+        the claim; its profile or address needs an operator's look).
         """
         problems: list[str] = []
 
         def work(conn: psycopg.Connection[Any]) -> None:
+            problems.clear()
             conn.execute("SELECT 1 FROM cluster WHERE id = 1 FOR UPDATE")
             if token:
                 conn.execute("UPDATE cluster SET etcd_token = %s WHERE id = 1", (token,))
             if key:
                 conn.execute("UPDATE cluster SET callback_key = %s WHERE id = 1", (key,))
+            present = {r[0] for r in conn.execute(
+                "SELECT serial FROM hosts WHERE serial = ANY(%s)",
+                ([h.serial for h, _ in records],))}
+            for serial, when, author, message in history:
+                if serial not in present:
+                    conn.execute(
+                        "INSERT INTO audit (serial, at, author, message, record, server) "
+                        "VALUES (%s, %s, %s, %s, NULL, %s)",
+                        (serial, when, author, message, source),
+                    )
             for host, text in records:
-                exists = conn.execute(
-                    "SELECT 1 FROM hosts WHERE serial = %s", (host.serial,)
-                ).fetchone()
-                if exists:
+                if host.serial in present:
                     problems.append(f"{host.serial}: already in the database; kept as it is")
                     continue
                 try:
                     with conn.transaction():
-                        self._write(conn, host, None, text, author="pxestack import")
+                        self._write(conn, host, None, text, author=IMPORT_AUTHOR)
                 except ClaimConflict as exc:
-                    problems.append(str(exc))
-                    with conn.transaction():
-                        conn.execute(
-                            "INSERT INTO hosts (serial, record, etag) VALUES (%s, %s, %s)",
-                            (host.serial, Jsonb(json.loads(host.to_bytes())),
-                             etag_of(host.to_bytes())),
-                        )
-                        self._audit(conn, host.serial, text, json.loads(host.to_bytes()),
-                                    "pxestack import")
+                    problems.append(f"{host.serial}: {exc}")
+                    record = json.loads(host.to_bytes())
+                    conn.execute(
+                        "INSERT INTO hosts (serial, record, etag) VALUES (%s, %s, %s)",
+                        (host.serial, Jsonb(record), etag_of(host.to_bytes())),
+                    )
+                    self._audit(conn, host.serial, text, record, IMPORT_AUTHOR)
+            for name, data in files:
+                conn.execute(
+                    "INSERT INTO cluster_files (name, data) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data",
+                    (name, data),
+                )
+            self._ensure_cluster(conn)
 
         self._transaction(work)
-        with self._connection() as conn:
-            self._ensure_cluster(conn)
         self.refresh()
         return problems
 

@@ -202,8 +202,14 @@ def test_a_lost_database_degrades_and_recovers(lab, servers):
         assert two.read("known-1") is not None
     finally:
         lab.start()
-    one.refresh()
-    two.refresh()
+
+    def recovered():
+        # What the provisioning service's periodic refresh does (every two seconds).
+        one.refresh()
+        two.refresh()
+        return one.unreachable is None and two.unreachable is None
+
+    _wait_until(recovered, timeout=60)
     assert one.health()["ok"] is True
     created = prov.first_contact("new-1")[0]
     assert created.host.internal_addr != known.host.internal_addr
@@ -211,12 +217,12 @@ def test_a_lost_database_degrades_and_recovers(lab, servers):
 
 
 def _server(tmp_path, dsn, name):
+    from provision_helpers import ADMIN_TOKEN, Client
     from twisted.web.resource import Resource
 
     from pxestack.config import load_config
     from pxestack.provision.api import synchronous_runner
     from pxestack.provision.service import provisioning_extensions
-    from provision_helpers import ADMIN_TOKEN, Client
 
     config = load_config({
         "state_dir": str(tmp_path / name),
@@ -297,3 +303,97 @@ def _wait_until(check, timeout=20.0):
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.05)
+
+
+def test_db_upgrade_import_and_export_round_trip(lab, dsn, tmp_path, capsys):
+    from pxestack.cli import main
+    from pxestack.provision.provisioner import callback_key
+    from pxestack.provision.store import FileHostStore
+
+    assert main(["db", "upgrade", "--dsn", dsn]) == 0
+    assert "applied: 0001_hosts" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--dsn", dsn]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+    # A git-directory installation with history: three hosts, one changed twice.
+    cluster = tmp_path / "cluster"
+    config = provision_config(cluster)
+    git_store = FileHostStore(cluster)
+    key = callback_key(cluster)
+    prov = Provisioner(config, git_store, base_url=BASE_URL, key=key)
+    for serial in ("imp-1", "imp-2", "imp-3"):
+        with acting_as("admin"):
+            prov.first_contact(serial)
+    prov.set_state("imp-2", "installed")
+    prov.set_state("imp-2", "running")
+    (cluster / "mayu-config.yaml").write_text("profiles: [{name: core, quantity: 3}]\n")
+    token = git_store.default_etcd_token
+    before = {h.serial: h for h in git_store.hosts()}
+    git_history = git_store.history("imp-2")
+
+    assert main(["db", "import-cluster", str(cluster), "--dsn", dsn]) == 0
+    out = capsys.readouterr().out
+    assert "imported 3 host(s) and 5 history entries" in out
+
+    store = _store(dsn, config)
+    try:
+        assert {h.serial: h for h in store.hosts()} == before
+        assert store.default_etcd_token == token and store.callback_key == key
+        history = store.history("imp-2")
+        assert history[0].message == "imp-2: imported from " + str(cluster)
+        assert history[0].author == "pxestack import"
+        assert [e.message for e in history[1:]] == [e.message for e in git_history]
+        assert [e.author for e in history[1:]] == [e.author for e in git_history]
+        assert store.read_cluster_file("mayu-config.yaml").startswith(b"profiles:")
+        assert set(store.addresses().values()) == {"imp-1", "imp-2", "imp-3"}
+        # A second import changes nothing and says so.
+        assert main(["db", "import-cluster", str(cluster), "--dsn", dsn]) == 0
+        captured = capsys.readouterr()
+        assert "imported 0 host(s)" in captured.out
+        assert "already in the database" in captured.err
+    finally:
+        store.close()
+
+    exported = tmp_path / "exported"
+    assert main(["db", "export-cluster", str(exported), "--dsn", dsn]) == 0
+    assert "exported 3 host(s)" in capsys.readouterr().out
+    again = FileHostStore(exported)
+    assert {h.serial: h for h in again.hosts()} == before
+    assert again.default_etcd_token == token
+    assert callback_key(exported) == key
+    assert (exported / "mayu-config.yaml").read_text().startswith("profiles:")
+    assert again.health()["git_ok"] is True
+    assert main(["db", "export-cluster", str(exported), "--dsn", dsn]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_import_is_refused_while_a_server_holds_the_directory(dsn, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from pxestack.cli import main
+
+    cluster = tmp_path / "cluster"
+    cluster.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path;"
+         "from pxestack.provision.statelock import StateLock;"
+         "lock = StateLock.acquire(Path(sys.argv[1])); print('held', flush=True);"
+         "time.sleep(120)", str(cluster)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["db", "import-cluster", str(cluster), "--dsn", dsn]) == 1
+        assert f"pid {holder.pid}" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_db_without_a_database_says_what_to_give(capsys):
+    from pxestack.cli import main
+
+    assert main(["db", "upgrade"]) == 2
+    assert "--dsn" in capsys.readouterr().err
