@@ -124,6 +124,26 @@ def upgrade_schema(conn: psycopg.Connection[Any]) -> list[str]:
     return applied_now
 
 
+def insert_audit(
+    conn: psycopg.Connection[Any], serial: str | None, when: datetime, author: str,
+    message: str, record: Any, server: str, *, kind: str = "change",
+) -> None:
+    """Append one audit entry, numbered in commit order (``audit_order``'s row lock is held
+    from here to the commit; call it last in a transaction).
+
+    *kind*: ``change`` (*record* is the record after it), ``remove``, ``history`` (copied
+    from git by an import) or ``cluster`` (a cluster-level file changed).
+    """
+    conn.execute(
+        "WITH next AS (UPDATE audit_order SET last_id = last_id + 1 WHERE id = 1 "
+        "RETURNING last_id) "
+        "INSERT INTO audit (id, serial, at, author, message, record, server, kind) "
+        "SELECT last_id, %s, %s, %s, %s, %s, %s, %s FROM next",
+        (serial, when, author, message, Jsonb(record) if record is not None else None,
+         server, kind),
+    )
+
+
 def _actor(serial: str) -> str:
     # A change nobody authenticated for is the machine's own (first contact, boot).
     return CURRENT_ACTOR.get() or f"machine:{serial}"
@@ -375,14 +395,10 @@ class PostgresHostStore:
 
     def _audit(
         self, conn: psycopg.Connection[Any], serial: str | None, text: str, record: Any,
-        author: str,
+        author: str, *, kind: str = "change",
     ) -> None:
-        conn.execute(
-            "INSERT INTO audit (serial, at, author, message, record, server) "
-            "VALUES (%s, %s, %s, %s, %s, %s)",
-            (serial, datetime.fromtimestamp(self.clock(), UTC), author, text,
-             Jsonb(record) if record is not None else None, self.server),
-        )
+        insert_audit(conn, serial, datetime.fromtimestamp(self.clock(), UTC), author, text,
+                     record, self.server, kind=kind)
 
     def _claim(self, conn: psycopg.Connection[Any], host: Host, old: Host | None) -> None:
         """Make *host*'s profile slot and address claims match its record."""
@@ -516,7 +532,7 @@ class PostgresHostStore:
             if if_match is not None and if_match.strip() not in ("*", current.etag):
                 raise PreconditionFailed(current.etag)
             conn.execute("DELETE FROM hosts WHERE serial = %s", (serial,))
-            self._audit(conn, serial, f"{serial}: {message}", None, author)
+            self._audit(conn, serial, f"{serial}: {message}", None, author, kind="remove")
             return current
 
         removed: Versioned = self._transaction(work)
@@ -535,7 +551,7 @@ class PostgresHostStore:
                 "ON CONFLICT (name) DO UPDATE SET data = EXCLUDED.data",
                 (name, data),
             )
-            self._audit(conn, None, message, None, author)
+            self._audit(conn, None, message, None, author, kind="cluster")
 
         self._transaction(work)
 
@@ -621,11 +637,8 @@ class PostgresHostStore:
                 ([h.serial for h, _ in records],))}
             for serial, when, author, message in history:
                 if serial not in present:
-                    conn.execute(
-                        "INSERT INTO audit (serial, at, author, message, record, server) "
-                        "VALUES (%s, %s, %s, %s, NULL, %s)",
-                        (serial, when, author, message, source),
-                    )
+                    insert_audit(conn, serial, when, author, message, None, source,
+                                 kind="history")
             for host, text in records:
                 if host.serial in present:
                     problems.append(f"{host.serial}: already in the database; kept as it is")

@@ -77,6 +77,8 @@ class ProvisioningService(service.MultiService):
         self.on_stop: list[Any] = []
         #: Called last on stop, after the pool's work finished (store lock, connections).
         self.after_stop: list[Any] = []
+        #: Further periodic work run in the pool with every tick (the git audit exporter).
+        self.periodic: list[Callable[[], object]] = []
         timer = TimerService(min(RESCAN_INTERVAL, retry_interval), self.tick)
         if reactor is not None:
             timer.clock = reactor
@@ -125,6 +127,8 @@ class ProvisioningService(service.MultiService):
 
         def work() -> None:
             self.store.refresh()
+            for task in self.periodic:
+                task()
             if not self.store.retry_audit():
                 log.error(
                     "git audit of {root} is behind: {health}",
@@ -323,6 +327,16 @@ def _shared_store_extensions(config: Config, *, reactor: Any = None) -> Extensio
                      "PUT /admin/mayu_config), which win over the configuration file's")
     extensions, provisioning = _extensions(config, prov, store, store.callback_key,
                                            reactor=reactor)
+    if prov.git:
+        from pxestack.provision.pgexport import AuditExporter
+
+        # One server at a time (an advisory lock) writes the audit into cluster_dir's git.
+        exporter = AuditExporter(
+            prov.store.dsn or "", prov.cluster_dir, git_name=prov.git_name,
+            git_email=prov.git_email, connect_timeout=prov.store.connect_timeout,
+        )
+        provisioning.periodic.append(exporter.step)
+        provisioning.after_stop.append(exporter.close)
     provisioning.after_stop.append(store.close)
     return extensions
 

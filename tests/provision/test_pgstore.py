@@ -311,7 +311,7 @@ def test_db_upgrade_import_and_export_round_trip(lab, dsn, tmp_path, capsys):
     from pxestack.provision.store import FileHostStore
 
     assert main(["db", "upgrade", "--dsn", dsn]) == 0
-    assert "applied: 0001_hosts" in capsys.readouterr().out
+    assert "applied: 0001_hosts, 0002_audit_order" in capsys.readouterr().out
     assert main(["db", "upgrade", "--dsn", dsn]) == 0
     assert "up to date" in capsys.readouterr().out
 
@@ -397,3 +397,84 @@ def test_db_without_a_database_says_what_to_give(capsys):
 
     assert main(["db", "upgrade"]) == 2
     assert "--dsn" in capsys.readouterr().err
+
+
+EXPORTER = """
+import sys, time
+from pathlib import Path
+from pxestack.provision.pgexport import AuditExporter
+exporter = AuditExporter(sys.argv[1], Path(sys.argv[2]), git_name="pxestack",
+                         git_email="pxestack@pxestack.invalid")
+while True:
+    count = exporter.step()
+    print(exporter.leading, count, flush=True)
+    time.sleep(0.1)
+"""
+
+
+def _git_log(root):
+    import pygit2
+
+    repo = pygit2.Repository(str(root))
+    if repo.head_is_unborn:
+        return []
+    walker = repo.walk(repo.head.target, pygit2.enums.SortMode.TOPOLOGICAL
+                       | pygit2.enums.SortMode.REVERSE)
+    return [(c.author.name, c.message) for c in walker]
+
+
+def test_one_server_exports_the_audit_to_git_and_another_takes_over(servers, tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from pxestack.provision.pgexport import AuditExporter
+
+    (one, two, _), (prov, _, _) = servers
+    shared = tmp_path / "exported"
+    leader = subprocess.Popen([sys.executable, "-c", EXPORTER, one.dsn, str(shared)],
+                              stdout=subprocess.PIPE, text=True)
+    follower = AuditExporter(one.dsn, shared, git_name="pxestack",
+                             git_email="pxestack@pxestack.invalid")
+    try:
+        assert leader.stdout.readline().split()[0] == "True"
+        assert follower.step() == 0 and not follower.leading
+        with acting_as("admin"):
+            for serial in ("exp-1", "exp-2", "exp-3"):
+                prov.first_contact(serial)
+        prov.set_state("exp-2", "installed")
+        two.remove("exp-3", "host removed")
+        two.write_cluster_file("mayu-config.yaml", b"profiles: []\n", "updated mayu config")
+        _wait_until(lambda: len(_git_log(shared)) >= 6, timeout=60)
+        # The exporting server dies; the other one takes over at its next attempt.
+        leader.send_signal(signal.SIGKILL)
+        leader.wait(timeout=30)
+        prov.set_state("exp-1", "installed")
+        _wait_until(lambda: follower.step() > 0 or follower.leading, timeout=30)
+        follower.step()
+        assert follower.leading
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait(timeout=30)
+        follower.close()
+    log = _git_log(shared)
+    ids = [int(re.search(r"Audit-Id: ([0-9]+)", m).group(1)) for _, m in log
+           if "Audit-Id" in m]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    with psycopg.connect(one.dsn) as conn:
+        expected = [r[0] for r in conn.execute("SELECT id FROM audit ORDER BY id")]
+    assert ids == expected
+    subjects = [m.splitlines()[0] for _, m in log if "Audit-Id" in m]
+    assert subjects == [
+        "exp-1: host created", "exp-2: host created", "exp-3: host created",
+        "exp-2: updated host state", "exp-3: host removed", "updated mayu config",
+        "exp-1: updated host state",
+    ]
+    assert [a for a, m in log if "Audit-Id" in m][:3] == ["admin"] * 3
+    assert not (shared / "exp-3").exists()
+    assert (shared / "mayu-config.yaml").read_text() == "profiles: []\n"
+    for serial in ("exp-1", "exp-2"):
+        assert (shared / serial / "conf.json").read_bytes() == \
+            one.read(serial).host.to_bytes()
