@@ -344,14 +344,31 @@ class PostgresHostStore:
                           "changes are accepted", where=self.where)
 
     def read(self, serial: str) -> Versioned | None:
-        """The record of *serial*; this server's copy while the database is unreachable."""
+        """The record of *serial*; this server's copy while the database is unreachable.
+
+        On the reactor thread (the API's authentication of a machine's callback) a record
+        in this server's copy is answered from it, without a round trip; a record it does
+        not hold yet (enrolled on another server within the refresh interval) is looked
+        up, and while the database is unreachable that is :class:`StoreReadOnly` (503, the
+        machine retries) rather than "unknown".
+        """
+        on_reactor = isInIOThread()
+        if on_reactor:
+            cached = self._cache.get(serial)
+            if cached is not None:
+                return cached
+            if self.unreachable is not None:
+                raise StoreReadOnly(self.unreachable)
         try:
             with self._connection() as conn:
                 row = conn.execute(
                     "SELECT record, etag FROM hosts WHERE serial = %s", (serial,)
                 ).fetchone()
         except StoreReadOnly:
-            return self._cache.get(serial)
+            cached = self._cache.get(serial)
+            if cached is None and on_reactor:
+                raise
+            return cached
         if row is None:
             self._forget(serial)
             return None

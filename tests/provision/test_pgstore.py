@@ -32,6 +32,19 @@ pytestmark = pytest.mark.skipif(pg_binaries() is None, reason=SKIP_REASON)
 _names = itertools.count()
 
 
+def off_reactor(test):
+    """Run *test* in a worker thread, as the server runs store work (its thread pool): on
+    the reactor thread the store answers reads from its copy, which may lag other servers."""
+    import functools
+
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        with ThreadPoolExecutor(1) as worker:
+            return worker.submit(test, *args, **kwargs).result(timeout=240)
+
+    return run
+
+
 @pytest.fixture(scope="module")
 def lab():
     binaries = pg_binaries()
@@ -72,6 +85,7 @@ def servers(dsn, tmp_path):
         store.close()
 
 
+@off_reactor
 def test_schema_is_applied_once_by_servers_starting_together(dsn, tmp_path):
     config = provision_config(tmp_path)
     stores = [
@@ -94,6 +108,7 @@ def test_schema_is_applied_once_by_servers_starting_together(dsn, tmp_path):
     assert config.profiles  # the helper's profiles were synchronised by every store
 
 
+@off_reactor
 def test_changes_are_records_with_etags_and_audit_rows(servers):
     (one, two, _), (prov, _, _) = servers
     with acting_as("admin"):
@@ -127,6 +142,7 @@ def test_changes_are_records_with_etags_and_audit_rows(servers):
     assert one.addresses() == {}
 
 
+@off_reactor
 def test_first_contact_on_three_servers_never_overfills_or_shares(servers):
     stores, provisioners = servers
     serials = [f"storm-{n:03d}" for n in range(90)]
@@ -161,6 +177,7 @@ def test_first_contact_on_three_servers_never_overfills_or_shares(servers):
         assert len(store.hosts()) == 90
 
 
+@off_reactor
 def test_constraints_refuse_what_a_racing_update_would_break(servers):
     (one, two, _), (prov, _, _) = servers
     first = prov.first_contact("claim-a")[0].host
@@ -185,6 +202,7 @@ def test_constraints_refuse_what_a_racing_update_would_break(servers):
     assert one.read("claim-c").host.profile == "default"
 
 
+@off_reactor
 def test_a_lost_database_degrades_and_recovers(lab, servers):
     (one, two, _), (prov, _, _) = servers
     known = prov.first_contact("known-1")[0]
@@ -305,6 +323,7 @@ def _wait_until(check, timeout=20.0):
         time.sleep(0.05)
 
 
+@off_reactor
 def test_db_upgrade_import_and_export_round_trip(lab, dsn, tmp_path, capsys):
     from pxestack.cli import main
     from pxestack.provision.provisioner import callback_key
@@ -423,6 +442,7 @@ def _git_log(root):
     return [(c.author.name, c.message) for c in walker]
 
 
+@off_reactor
 def test_one_server_exports_the_audit_to_git_and_another_takes_over(servers, tmp_path):
     import re
     import signal
@@ -478,3 +498,27 @@ def test_one_server_exports_the_audit_to_git_and_another_takes_over(servers, tmp
     for serial in ("exp-1", "exp-2"):
         assert (shared / serial / "conf.json").read_bytes() == \
             one.read(serial).host.to_bytes()
+
+
+@off_reactor
+def test_on_the_reactor_thread_reads_come_from_the_copy(lab, servers, monkeypatch):
+    from pxestack.provision import pgstore
+
+    (one, two, _), (prov, _, _) = servers
+    prov.first_contact("copy-1")
+    two.refresh()
+    lab.stop()
+    try:
+        monkeypatch.setattr(pgstore, "isInIOThread", lambda: True)
+        # Answered from the copy without a round trip (the database is down: none possible).
+        assert two.read("copy-1").host.serial == "copy-1"
+        assert two.unreachable is None  # nothing was tried
+        monkeypatch.setattr(pgstore, "isInIOThread", lambda: False)
+        assert two.read("copy-1") is not None and two.unreachable is not None
+        # Not in the copy while the database is down: "try again" (503), not "unknown" (401).
+        monkeypatch.setattr(pgstore, "isInIOThread", lambda: True)
+        with pytest.raises(StoreReadOnly):
+            two.read("copy-2")
+        assert [h.serial for h in two.hosts()] == ["copy-1"]
+    finally:
+        lab.start()
