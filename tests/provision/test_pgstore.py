@@ -504,7 +504,7 @@ def test_one_server_exports_the_audit_to_git_and_another_takes_over(servers, tmp
 def test_on_the_reactor_thread_reads_come_from_the_copy(lab, servers, monkeypatch):
     from pxestack.provision import pgstore
 
-    (one, two, _), (prov, _, _) = servers
+    (_, two, _), (prov, _, _) = servers
     prov.first_contact("copy-1")
     two.refresh()
     lab.stop()
