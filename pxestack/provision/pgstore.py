@@ -495,11 +495,7 @@ class PostgresHostStore:
             ).fetchone()
             if found is not None:
                 return self._versioned(serial, found[0], found[1]), False
-            everyone = [
-                Host.from_json(row[1], directory=row[0])
-                for row in conn.execute("SELECT serial, record FROM hosts")
-            ]
-            host = make(everyone)
+            host = make(self._all_hosts(conn))
             if host.serial != serial:
                 raise ValueError("make() returned a record for another serial")
             first, *details = message
@@ -509,6 +505,28 @@ class PostgresHostStore:
         versioned, created = self._transaction(work)
         self._remember(versioned)
         return versioned, created
+
+    def _all_hosts(self, conn: psycopg.Connection[Any]) -> list[Host]:
+        """Every host, read in *conn*'s transaction; only records whose ETag differs from
+        this server's copy are fetched and parsed (an enrolment needs them all)."""
+        etags = conn.execute("SELECT serial, etag FROM hosts").fetchall()
+        cache = self._cache
+        hosts: list[Host] = []
+        missing: list[str] = []
+        for serial, etag in etags:
+            cached = cache.get(serial)
+            if cached is not None and cached.etag == etag:
+                hosts.append(cached.host)
+            else:
+                missing.append(serial)
+        if missing:
+            for serial, record, etag in conn.execute(
+                "SELECT serial, record, etag FROM hosts WHERE serial = ANY(%s)", (missing,)
+            ):
+                versioned = self._versioned(serial, record, etag)
+                self._remember(versioned)
+                hosts.append(versioned.host)
+        return hosts
 
     def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
         """Apply *change* to the row-locked record in one transaction."""

@@ -36,7 +36,11 @@ from pglab import SKIP_REASON, PostgresLab, pg_binaries
 
 from pxestack.simulate import StormError, http_request
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(pg_binaries() is None, reason=SKIP_REASON)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(1200),
+    pytest.mark.skipif(pg_binaries() is None, reason=SKIP_REASON),
+]
 
 #: Machines per storm (``PXESTACK_PG_STORM`` overrides, e.g. for a quick local run).
 MACHINES = int(os.environ.get("PXESTACK_PG_STORM", "1000"))
@@ -191,16 +195,24 @@ def _storm(servers, during, trigger_at):
             while len(done) < trigger_at:
                 await asyncio.sleep(0.05)
             triggered = True
+            print(f"\n{len(done)} machines done: interrupting", flush=True)
             await asyncio.to_thread(during)
+
+        async def progress():
+            while len(done) < MACHINES:
+                await asyncio.sleep(10)
+                print(f"{len(done)} machines done", flush=True)
 
         tasks = []
         watcher = asyncio.create_task(watch())
+        reporter = asyncio.create_task(progress())
         for index in range(MACHINES):
             tasks.append(asyncio.create_task(one(index)))
             await asyncio.sleep(1.0 / RATE)
         results = await asyncio.wait_for(
             asyncio.gather(*tasks, return_exceptions=True), STORM_DEADLINE)
         await asyncio.wait_for(watcher, 120)
+        reporter.cancel()
         failures = [r for r in results if isinstance(r, BaseException)]
         assert not failures, f"{len(failures)} machines failed, first: {failures[0]!r}"
         assert triggered
