@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 
 import psycopg
 import pytest
+from conftest import require
 from pglab import SKIP_REASON, PostgresLab, pg_binaries
 from provision_helpers import BASE_URL, provision_config
 
@@ -26,8 +27,6 @@ from pxestack.provision.store import (
     StoreReadOnly,
     acting_as,
 )
-
-pytestmark = pytest.mark.skipif(pg_binaries() is None, reason=SKIP_REASON)
 
 _names = itertools.count()
 
@@ -47,6 +46,8 @@ def off_reactor(test):
 
 @pytest.fixture(scope="module")
 def lab():
+    # Skipped locally without Debian's postgresql package; a failure in CI (strict mode).
+    require(pg_binaries() is not None, SKIP_REASON)
     binaries = pg_binaries()
     assert binaries is not None
     server = PostgresLab(binaries)
