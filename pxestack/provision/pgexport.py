@@ -11,19 +11,24 @@ entry's message, author and time, and a last line ``Audit-Id: N``.
   When the exporting server dies (``kill -9`` included) or loses the database, PostgreSQL
   ends its session and drops the lock; another server's next attempt (every two seconds)
   takes it over.
-* **In order, nothing skipped**: audit entries are numbered in commit order (see
-  ``migrations/0002_audit_order.sql``), and the exporter resumes after the ``Audit-Id`` of
-  the repository's newest commit, so a new exporter, on a shared cluster directory or on
+* **In order, nothing skipped or doubled**: audit entries are numbered in commit order (see
+  ``migrations/0002_audit_order.sql``).  Before every batch the exporter takes a file lock
+  on the repository (``<cluster_dir>/.pxestack/export.lock``) and reads the ``Audit-Id`` of
+  its newest commit again, then exports only the entries after it: a server that lost the
+  database may still be writing the batch it read when another one takes over, and the two
+  take turns instead of interleaving.  So an exporter, on a shared cluster directory or on
   its own copy, continues exactly where that repository stopped.  An entry whose change is
-  already in the tree (one exported twice after a crash between commit and bookkeeping,
-  or a history entry copied from git by ``pxestack db import-cluster``) makes no commit.
+  already in the tree (a history entry copied from git by ``pxestack db import-cluster``)
+  makes no commit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,13 @@ import pygit2
 from twisted.logger import Logger
 
 from pxestack.provision.model import Host
-from pxestack.provision.store import HOST_FILE, GitAudit, atomic_write, fsync_dir
+from pxestack.provision.store import (
+    HOST_FILE,
+    PRIVATE_DIR,
+    GitAudit,
+    atomic_write,
+    fsync_dir,
+)
 
 #: The advisory-lock key the exporting server holds (any fixed number shared by all servers).
 EXPORT_LOCK = 0x70786567_69746578
@@ -134,12 +145,34 @@ class AuditExporter:
         except psycopg.Error as exc:
             self._drop(f"{type(exc).__name__}: {str(exc).strip()}")
             return 0
-        for entry_id, kind, serial, at, author, message, record in rows:
-            self._export(entry_id, kind, serial, at, author, message, record, files)
+        if not rows:
+            return 0
+        # A server that lost the database (and with it the lock) may still be exporting the
+        # batch it read when another takes over: writers of one repository take turns on a
+        # file lock, and each skips what the repository already holds.
+        with self._repository_lock():
+            self.last_id = None
+            done = self._last()
+            for entry_id, kind, serial, at, author, message, record in rows:
+                if entry_id <= done:
+                    continue
+                self._export(entry_id, kind, serial, at, author, message, record, files)
         if rows:
             self.log.info("exported {count} audit entries to git (up to {last})",
                           count=len(rows), last=self.last_id)
         return len(rows)
+
+    @contextlib.contextmanager
+    def _repository_lock(self) -> Iterator[None]:
+        """Hold ``<root>/.pxestack/export.lock`` (``flock``) while writing the repository."""
+        private = self.root / PRIVATE_DIR
+        private.mkdir(parents=True, exist_ok=True)
+        fd = os.open(private / "export.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _git(self) -> GitAudit:
         if self._audit is None:
