@@ -144,6 +144,11 @@ def insert_audit(
     )
 
 
+def _on_reactor() -> bool:
+    """Whether the caller is the reactor thread (which must never wait for the database)."""
+    return bool(isInIOThread())  # type: ignore[no-untyped-call]
+
+
 def _actor(serial: str) -> str:
     # A change nobody authenticated for is the machine's own (first contact, boot).
     return CURRENT_ACTOR.get() or f"machine:{serial}"
@@ -352,7 +357,7 @@ class PostgresHostStore:
         up, and while the database is unreachable that is :class:`StoreReadOnly` (503, the
         machine retries) rather than "unknown".
         """
-        on_reactor = isInIOThread()
+        on_reactor = _on_reactor()
         if on_reactor:
             cached = self._cache.get(serial)
             if cached is not None:
@@ -383,7 +388,7 @@ class PostgresHostStore:
         is this server's copy, at most one refresh interval old: the reactor never waits
         for the database.
         """
-        if not isInIOThread() and self.unreachable is None:
+        if not _on_reactor() and self.unreachable is None:
             self.refresh()
         return [v.host for v in list(self._cache.values())]
 
@@ -617,7 +622,7 @@ class PostgresHostStore:
         Off the reactor thread the database is asked (``SELECT 1``), so a monitor sees a
         lost database at once; on the reactor the last known state is reported.
         """
-        if not isInIOThread():
+        if not _on_reactor():
             if self.unreachable is not None:
                 self.refresh()
             else:
