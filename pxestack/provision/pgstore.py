@@ -177,6 +177,8 @@ class PostgresHostStore:
         self.random_bytes = random_bytes
         self.connect_timeout = connect_timeout
         self._lock = threading.RLock()
+        #: The connection of the transaction this thread is in (see :meth:`_transaction`).
+        self._local = threading.local()
         self._cache: dict[str, Versioned] = {}
         self._mac_index: dict[str, str] = {}
         #: Why the database cannot be used right now (None: it can).
@@ -263,7 +265,14 @@ class PostgresHostStore:
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; an unreachable database becomes :class:`StoreReadOnly`."""
+        """A pooled connection; an unreachable database becomes :class:`StoreReadOnly`.
+
+        Inside a transaction of this thread it is that transaction's connection.
+        """
+        current: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
         if self.unreachable is not None:
             raise StoreReadOnly(self.unreachable)
         try:
@@ -286,11 +295,20 @@ class PostgresHostStore:
             self.log.error("{reason}", reason=reason)
 
     def _transaction(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        """Run *work* in one transaction, again when it lost a race with another server."""
+        """Run *work* in one transaction, again when it lost a race with another server.
+
+        While *work* runs, this thread's reads (a change that looks at every host, such as
+        moving a host to another profile) use the transaction's connection: a second one
+        from the pool could wait for ever when every connection is such a change.
+        """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self._connection() as conn, conn.transaction():
-                    return work(conn)
+                    self._local.conn = conn
+                    try:
+                        return work(conn)
+                    finally:
+                        self._local.conn = None
             except _RETRYABLE as exc:
                 if attempt == MAX_ATTEMPTS:
                     raise ClaimConflict(f"the change kept conflicting with others: {exc}") from exc
@@ -320,9 +338,13 @@ class PostgresHostStore:
 
     def refresh(self) -> None:
         """Reload every record (other servers' changes) and recover a lost database."""
+        current: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         try:
-            with self.pool.connection(timeout=self.connect_timeout) as conn:
-                rows = conn.execute("SELECT serial, record, etag FROM hosts").fetchall()
+            if current is not None:
+                rows = current.execute("SELECT serial, record, etag FROM hosts").fetchall()
+            else:
+                with self.pool.connection(timeout=self.connect_timeout) as conn:
+                    rows = conn.execute("SELECT serial, record, etag FROM hosts").fetchall()
         except _UNREACHABLE as exc:
             self._lost(exc)
             return

@@ -523,3 +523,28 @@ def test_on_the_reactor_thread_reads_come_from_the_copy(lab, servers, monkeypatc
         assert [h.serial for h in two.hosts()] == ["copy-1"]
     finally:
         lab.start()
+
+
+@off_reactor
+def test_a_change_that_reads_every_host_needs_no_second_connection(dsn, tmp_path):
+    from pxestack.provision.model import Host
+
+    config = provision_config(tmp_path)
+    store = _store(dsn, config, pool_size=1)
+    try:
+        store.enrol("one-conn-a", lambda hosts: Host(serial="one-conn-a"), ["host created"])
+        store.enrol("one-conn-b", lambda hosts: Host(serial="one-conn-b"), ["host created"])
+        seen = []
+
+        def look_around(host):
+            # What moving a host to another profile does: count every host (quantity check).
+            seen.append(sorted(h.serial for h in store.hosts()))
+            seen.append(store.read("one-conn-b").host.serial)
+            return host.evolve(profile="worker"), "updated host Profile", []
+
+        changed = store.update("one-conn-a", look_around)
+        assert changed.host.profile == "worker"
+        assert seen == [["one-conn-a", "one-conn-b"], "one-conn-b"]
+        assert store.health()["ok"] is True
+    finally:
+        store.close()
