@@ -229,9 +229,11 @@ class AuditExporter:
         self.exported += 1
 
     def health(self) -> dict[str, Any]:
-        """Whether this server exports, and how far."""
-        out: dict[str, Any] = {"git_exporter": self.leading, "git_exported_to": self.last_id}
-        if self._audit is not None:
+        """Whether this server exports the audit to git, how far, and whether its commits
+        work (``git_ok``; another server's export is not this one's to report)."""
+        out: dict[str, Any] = {"git": True, "git_exporter": self.leading,
+                               "git_exported_to": self.last_id, "git_ok": True}
+        if self.leading and self._audit is not None:
             out.update(self._audit.health())
         return out
 

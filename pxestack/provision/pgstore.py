@@ -187,6 +187,8 @@ class PostgresHostStore:
         self.damaged: str | None = None
         self._token = ""
         self._key = b""
+        #: The git audit exporter of this server, reported by :meth:`health` (or None).
+        self.exporter: Any = None
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             dsn,
             min_size=1,
@@ -651,8 +653,7 @@ class PostgresHostStore:
                 with contextlib.suppress(StoreReadOnly), self._connection() as conn:
                     conn.execute("SELECT 1")
         down = self.unreachable
-        return {
-            "ok": down is None and self.damaged is None,
+        out: dict[str, Any] = {
             "backend": "postgresql",
             "database": self.where,
             "database_ok": down is None,
@@ -663,6 +664,10 @@ class PostgresHostStore:
             "read_only": down is not None,
             "damaged": self.damaged,
         }
+        if self.exporter is not None:
+            out.update(self.exporter.health())
+        out["ok"] = down is None and self.damaged is None and bool(out["git_ok"])
+        return out
 
     # -- moving a cluster directory in and out ----------------------------------------------
 

@@ -336,6 +336,7 @@ def _shared_store_extensions(config: Config, *, reactor: Any = None) -> Extensio
             git_email=prov.git_email, connect_timeout=prov.store.connect_timeout,
         )
         provisioning.periodic.append(exporter.step)
+        store.exporter = exporter
         provisioning.after_stop.append(exporter.close)
     provisioning.after_stop.append(store.close)
     return extensions

@@ -475,6 +475,10 @@ def test_one_server_exports_the_audit_to_git_and_another_takes_over(servers, tmp
         _wait_until(lambda: follower.step() > 0 or follower.leading, timeout=30)
         follower.step()
         assert follower.leading
+        one.exporter = follower
+        health = one.health()
+        assert health["git_exporter"] is True and health["git_ok"] is True
+        assert health["git_exported_to"] == follower.last_id and health["ok"] is True
     finally:
         if leader.poll() is None:
             leader.kill()
