@@ -2,9 +2,9 @@
 
 Subcommands live in their own modules, each with a ``register(subparsers)`` function:
 ``serve`` (everything the config file enables), the quick modes ``dhcp``, ``tftp`` and
-``http``, ``ctl`` (the mayuctl-style client), ``simulate`` (simulated machines) and
-``explain`` (packet captures).  Exit status: 0 success, 1 runtime failure, 2 usage or
-configuration error.
+``http``, ``ctl`` (the mayuctl-style client), ``simulate`` (simulated machines),
+``explain`` (packet captures) and ``db`` (the PostgreSQL host store).  Exit status:
+0 success, 1 runtime failure, 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pxestack import __version__
 
 #: Subcommand modules under ``pxestack.cli``, in the order ``--help`` lists them.
 SUBCOMMANDS = ("serve", "dhcp", "tftp", "http", "ctl", "simulate", "images", "migrate", "explain",
-               "extensions")
+               "extensions", "db")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from pxestack.cli import EXIT_USAGE, print_problems
+from pxestack.cli import EXIT_FAILURE, EXIT_USAGE, print_problems
 from pxestack.config import Config, ConfigError, load_config_file, load_quickstart
 
 
@@ -65,6 +65,8 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     from pxestack.app import build_root_service, prepare_admin_token
     from pxestack.cli._run import run_service
+    from pxestack.provision.statelock import StateLocked
+    from pxestack.provision.store import StoreError
 
     try:
         new_token = prepare_admin_token(config)
@@ -73,6 +75,10 @@ def serve(args: argparse.Namespace) -> int:
         # Problems found while building (a token file that cannot be read, ...).
         print_problems(args.config or "<embedded quickstart>", exc.problems)
         return EXIT_USAGE
+    except (StateLocked, StoreError) as exc:
+        # Another server holds the cluster directory, or the shared database is unusable.
+        print(f"pxestack: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except OSError as exc:
         key = "provision.api.token_file"
         print(f"pxestack: {key}: cannot create it: {exc}", file=sys.stderr)

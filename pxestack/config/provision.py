@@ -199,6 +199,59 @@ class ApiConfig:
     client_ca_file: Path | None = None
 
 
+#: Where host records live: the git-audited cluster directory, or a PostgreSQL database
+#: several servers share (``docs/scale-out.md``).
+STORE_KINDS = ("git", "postgresql")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``provision.store``: the host-record backend."""
+
+    #: ``git`` (the cluster directory, the default) or ``postgresql``.
+    kind: str = "git"
+    #: ``postgresql``: a libpq connection string or ``postgresql://`` URL.
+    dsn: str | None = None
+    #: ``postgresql``: the most connections this server opens.
+    pool: int = 4
+    #: ``postgresql``: seconds to wait for a connection before the database counts as down.
+    connect_timeout: float = 5.0
+
+
+def _check_dsn(section: Section, dsn: str) -> None:
+    """Report a DSN libpq cannot parse, or a missing psycopg, at the ``dsn`` key."""
+    try:
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        section.problem("dsn", "kind: postgresql needs psycopg: install pxestack with the "
+                        "postgresql extra (pip install 'pxestack[postgresql]')")
+        return
+    try:
+        conninfo_to_dict(dsn)
+    except ProgrammingError as exc:
+        # The message of libpq names the part it could not parse, never the password.
+        section.problem("dsn", f"is not a libpq connection string or URL: {exc}")
+
+
+def _read_store(section: Section) -> StoreConfig:
+    kind = section.str("kind", "git", choices=STORE_KINDS)
+    dsn = section.str("dsn", None)
+    pool = section.int("pool", 4, minimum=1, maximum=100)
+    timeout = section.float("connect_timeout", 5.0, minimum=0.5)
+    if kind == "postgresql" and not dsn:
+        section.problem("dsn", "is required with kind: postgresql (e.g. "
+                        "'host=/run/postgresql dbname=pxestack user=pxestack')")
+    elif kind == "git":
+        for key in ("dsn", "pool", "connect_timeout"):
+            if section.has(key):
+                section.problem(key, "is only used with kind: postgresql")
+    if kind == "postgresql" and dsn:
+        _check_dsn(section, dsn)
+    section.finish()
+    return StoreConfig(kind=kind, dsn=dsn, pool=pool, connect_timeout=timeout)
+
+
 @dataclass(frozen=True, slots=True)
 class ProvisionConfig:
     """Settings of the provisioning layer."""
@@ -236,6 +289,8 @@ class ProvisionConfig:
     first_contact_rate: float = 10.0
     #: ``approve``: the largest number of hosts waiting for approval.
     max_pending: int = 100
+    #: Where host records live (``provision.store``); the cluster directory by default.
+    store: StoreConfig = StoreConfig()
 
     def profile(self, name: str) -> ProfileConfig | None:
         """The profile called *name*, or ``None`` (e.g. the implicit ``default``)."""
@@ -529,6 +584,7 @@ def read_provision(
         enrolment_window=section.float("enrolment_window", 1800.0, minimum=1.0),
         first_contact_rate=section.float("first_contact_rate", 10.0, minimum=0.0),
         max_pending=section.int("max_pending", 100, minimum=1, maximum=100_000),
+        store=_read_store(section.mapping("store")),
     )
     section.finish()
     return config
@@ -541,6 +597,7 @@ __all__ = [
     "INSTALLED_BOOT_CHOICES",
     "INSTALL_FLOWS",
     "OS_CHOICES",
+    "STORE_KINDS",
     "ApiConfig",
     "FlatcarSettings",
     "GenericSettings",
@@ -548,6 +605,7 @@ __all__ = [
     "NetworkConfig",
     "ProfileConfig",
     "ProvisionConfig",
+    "StoreConfig",
     "freeze",
     "read_provision",
     "thaw",

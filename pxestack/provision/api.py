@@ -501,6 +501,10 @@ class _Base(Resource):
         if isinstance(exc, TemplateRenderError):
             log.error("rendering failed: {error}", error=str(exc))
             return http.INTERNAL_SERVER_ERROR, f"rendering failed: {exc}"
+        if isinstance(exc, StoreError) and getattr(exc, "conflict", False):
+            # A shared store refused a claim another server made first (profile, address).
+            log.info("request refused (409): {error}", error=str(exc))
+            return http.CONFLICT, str(exc)
         if isinstance(exc, StoreError):
             log.error("store error: {error}", error=str(exc))
             return http.INTERNAL_SERVER_ERROR, str(exc)

@@ -133,6 +133,18 @@ class StoreHealth(TypedDict, total=False):
     read_only: bool
     #: What is damaged and what the operator should do, or None.
     damaged: str | None
+    #: Which backend keeps the records (``postgresql``; absent for the git directory).
+    backend: str
+    #: Where the shared database is (its DSN without a password).
+    database: str
+    #: The shared database answers.
+    database_ok: bool
+    #: Why the shared database does not answer, or None.
+    database_error: str | None
+    #: This server is the one exporting the shared audit into git.
+    git_exporter: bool
+    #: The last audit entry exported into git, or None.
+    git_exported_to: int | None
 
 
 class HostStore(Protocol):
@@ -182,6 +194,11 @@ class HostStore(Protocol):
 
         Called with :meth:`refresh`; ``False`` makes the service log the store's health.
         """
+
+    def write_cluster_file(self, name: str, data: bytes, message: str) -> None:
+        """Store a cluster-level file (the mayu settings saved through ``PUT
+        /admin/mayu_config``) with an audit entry saying *message*; ``ValueError`` for a
+        name that is not a plain file name."""
 
     @property
     def default_etcd_token(self) -> str:

@@ -32,6 +32,8 @@ class InMemoryHostStore:
         self._hosts: dict[str, Versioned] = {}
         self._history: dict[str, list[HistoryEntry]] = {}
         self._token = default_etcd_token
+        #: Cluster-level files (name -> bytes), e.g. the mayu settings saved through the API.
+        self.cluster_files: dict[str, bytes] = {}
         self.clock: Callable[[], float] = time.time
 
     @property
@@ -121,6 +123,13 @@ class InMemoryHostStore:
     def retry_audit(self) -> bool:
         """Nothing to retry in memory."""
         return True
+
+    def write_cluster_file(self, name: str, data: bytes, message: str) -> None:
+        """See :meth:`HostStore.write_cluster_file` (kept until the process ends)."""
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"{name!r} is not a cluster-level file name")
+        with self._lock:
+            self.cluster_files[name] = data
 
     def health(self) -> StoreHealth:
         """Always healthy."""

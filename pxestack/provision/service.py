@@ -44,6 +44,7 @@ from pxestack.provision.mayu_import import (
 )
 from pxestack.provision.policy import ProvisioningPolicy
 from pxestack.provision.provisioner import Provisioner, callback_key
+from pxestack.provision.statelock import StateLock
 from pxestack.provision.store import FileHostStore
 from pxestack.service import Extensions
 from pxestack.tftp.source import ChainSource, FileSource, FilesystemSource
@@ -77,6 +78,10 @@ class ProvisioningService(service.MultiService):
         self._reactor = reactor
         #: Called first on stop (image fetches are cancelled so the pool can stop).
         self.on_stop: list[Callable[[], object]] = []
+        #: Called last on stop, after the pool's work finished (store lock, connections).
+        self.after_stop: list[Callable[[], object]] = []
+        #: Further periodic work run in the pool with every tick (the git audit exporter).
+        self.periodic: list[Callable[[], object]] = []
         timer = TimerService(min(RESCAN_INTERVAL, retry_interval), self.tick)
         if reactor is not None:
             timer.clock = reactor
@@ -112,6 +117,12 @@ class ProvisioningService(service.MultiService):
             stop()
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.pool.stop())
+
+        def release(_: object) -> None:
+            for close in self.after_stop:
+                close()
+
+        d.addBoth(release)
         return d
 
     def tick(self) -> defer.Deferred[None]:
@@ -119,6 +130,8 @@ class ProvisioningService(service.MultiService):
 
         def work() -> None:
             self.store.refresh()
+            for task in self.periodic:
+                task()
             if not self.store.retry_audit():
                 log.error("the host store's audit is behind: {health}", health=self.store.health())
 
@@ -202,10 +215,14 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
     prov = config.provision
     if prov is None:
         raise ValueError("provisioning_extensions needs a provision: section")
-    base_url = _base_url(config)
-    tokens = _admin_tokens(config)
+    _base_url(config)
+    _admin_tokens(config)
     # The store checks the cluster directory first, in a child process with a time limit:
     # damage makes it read-only with the reason in /admin/health, never a hang or a crash.
+    if prov.store.kind == "postgresql":
+        return _shared_store_extensions(config, reactor=reactor)
+    # One server per cluster directory: a second one is refused with the holder's identity.
+    lock = StateLock.acquire(prov.cluster_dir)
     store = FileHostStore(
         prov.cluster_dir, git=prov.git, git_name=prov.git_name, git_email=prov.git_email
     )
@@ -224,6 +241,60 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
             )
         else:
             _report_settings_source(config, file_prov, prov, saved)
+    extensions, provisioning = _extensions(config, prov, store, callback_key(prov.cluster_dir),
+                                           reactor=reactor)
+    provisioning.after_stop.append(lock.release)
+    return extensions
+
+
+def _shared_store_extensions(config: Config, *, reactor: Any = None) -> Extensions:
+    """The provisioning layer on a PostgreSQL host store several servers share."""
+    from pxestack.provision.pgstore import PostgresHostStore
+
+    prov = config.provision
+    assert prov is not None
+    store = PostgresHostStore(
+        prov.store.dsn or "", profiles=[(p.name, p.quantity) for p in prov.profiles],
+        pool_size=prov.store.pool, connect_timeout=prov.store.connect_timeout,
+    )
+    store.open()
+    log.info("host records are in PostgreSQL at {where}, shared with any other server "
+             "configured so", where=store.where)
+    saved = store.read_cluster_file(MAYU_CONFIG_FILE)
+    if saved is not None:
+        try:
+            prov = apply_mayu_text(saved.decode("utf-8"), prov)
+        except (UnicodeDecodeError, ValueError, yaml.YAMLError, ConfigError) as exc:
+            store.mark_damaged(
+                f"the stored {MAYU_CONFIG_FILE} cannot be used ({type(exc).__name__}: {exc}); "
+                "the configuration file's provision section is used instead"
+            )
+        else:
+            log.info("using the mayu settings stored in the database (set through "
+                     "PUT /admin/mayu_config), which win over the configuration file's")
+    extensions, provisioning = _extensions(config, prov, store, store.callback_key,
+                                           reactor=reactor)
+    if prov.git:
+        from pxestack.provision.pgexport import AuditExporter
+
+        # One server at a time (an advisory lock) writes the audit into cluster_dir's git.
+        exporter = AuditExporter(
+            prov.store.dsn or "", prov.cluster_dir, git_name=prov.git_name,
+            git_email=prov.git_email, connect_timeout=prov.store.connect_timeout,
+        )
+        provisioning.periodic.append(exporter.step)
+        store.exporter = exporter
+        provisioning.after_stop.append(exporter.close)
+    provisioning.after_stop.append(store.close)
+    return extensions
+
+
+def _extensions(
+    config: Config, prov: ProvisionConfig, store: HostStore, key: bytes, *, reactor: Any
+) -> tuple[Extensions, ProvisioningService]:
+    """The provisioning layer over an opened host *store*."""
+    base_url = _base_url(config)
+    tokens = _admin_tokens(config)
     metrics = Metrics()
     events = BootEventRecorder()
     # One observer of the store's changes: the boot-phase metrics, the dashboard's
@@ -234,7 +305,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
     )
     provisioner = Provisioner(
         prov, hosts, base_url=base_url,
-        key=callback_key(prov.cluster_dir),
+        key=key,
     )
     metrics.watch_hosts(lambda: [(host.state.value, host.profile) for host in provisioner.hosts()])
     metrics.watch_profiles(lambda: [(p.name, p.quantity) for p in provisioner.config.profiles])
@@ -298,7 +369,7 @@ def provisioning_extensions(config: Config, *, reactor: Any = None) -> Extension
         dhcp_sightings=sightings,
         events=events,
         hosts=hosts,
-    )
+    ), provisioning_service
 
 
 def loader_config_source(config: Config, provisioner: Provisioner) -> FileSource | None:

@@ -36,10 +36,17 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: The running server's lock (its identity, in the git-ignored private folder): written by
+#: every start, damaged or not, so that a second server is refused; it is not state.
+SERVER_LOCK = ".pxestack/server.lock"
+
+
 def _snapshot(root: Path) -> dict[str, tuple[bytes | None, int]]:
-    """Every file and directory under *root* with its bytes and mode."""
+    """Every file and directory under *root* with its bytes and mode (but the server lock)."""
     out: dict[str, tuple[bytes | None, int]] = {}
     for path in sorted(root.rglob("*")):
+        if path.relative_to(root).as_posix() == SERVER_LOCK:
+            continue
         st = path.lstat()
         data = path.read_bytes() if path.is_file() else None
         out[str(path.relative_to(root))] = (data, st.st_mode)

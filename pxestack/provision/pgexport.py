@@ -1,0 +1,237 @@
+"""The git audit of a PostgreSQL host store: one server at a time exports it, in order.
+
+With the database store the audit log is the ``audit`` table.  So that ``git log`` of a
+cluster directory stays the audit operators and mayu-era tools read, every server runs an
+:class:`AuditExporter` (when ``provision.git`` is on), and the one that holds a PostgreSQL
+advisory lock, the **exporter**, turns each audit entry into one commit of
+``provision.cluster_dir``: the record written to ``<serial>/conf.json`` (or removed), the
+entry's message, author and time, and a last line ``Audit-Id: N``.
+
+* **One at a time**: the lock is a session lock on a connection the exporter keeps open.
+  When the exporting server dies (``kill -9`` included) or loses the database, PostgreSQL
+  ends its session and drops the lock; another server's next attempt (every two seconds)
+  takes it over.
+* **In order, nothing skipped or doubled**: audit entries are numbered in commit order (see
+  ``migrations/0002_audit_order.sql``).  Before every batch the exporter takes a file lock
+  on the repository (``<cluster_dir>/.pxestack/export.lock``) and reads the ``Audit-Id`` of
+  its newest commit again, then exports only the entries after it: a server that lost the
+  database may still be writing the batch it read when another one takes over, and the two
+  take turns instead of interleaving.  So an exporter, on a shared cluster directory or on
+  its own copy, continues exactly where that repository stopped.  An entry whose change is
+  already in the tree (a history entry copied from git by ``pxestack db import-cluster``)
+  makes no commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pygit2
+from twisted.logger import Logger
+
+from pxestack._fs import atomic_write, fsync_dir
+from pxestack.provision.audit import GitAudit
+from pxestack.provision.model import Host
+from pxestack.provision.store import HOST_FILE, PRIVATE_DIR
+
+#: The advisory-lock key the exporting server holds (any fixed number shared by all servers).
+EXPORT_LOCK = 0x70786567_69746578
+#: The trailer naming the audit entry a commit exports.
+_TRAILER = re.compile(r"^Audit-Id: ([0-9]+)$", re.MULTILINE)
+#: Entries exported per attempt (the rest follow at the next one).
+BATCH = 500
+#: Commits searched back from HEAD for the last ``Audit-Id``.
+SCAN_LIMIT = 100_000
+
+
+class AuditExporter:
+    """Exports the audit table to a git repository while holding the export lock."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        dsn: str,
+        root: Path,
+        *,
+        git_name: str,
+        git_email: str,
+        connect_timeout: float = 5.0,
+        batch: int = BATCH,
+    ) -> None:
+        self.dsn = dsn
+        self.root = Path(root)
+        self.git_name = git_name
+        self.git_email = git_email
+        self.connect_timeout = connect_timeout
+        self.batch = batch
+        self._conn: psycopg.Connection[Any] | None = None
+        self._audit: GitAudit | None = None
+        #: Whether this server is the exporter (holds the lock).
+        self.leading = False
+        #: The newest audit entry in the repository (None: not read yet).
+        self.last_id: int | None = None
+        self.exported = 0
+
+    # -- the lock -------------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout))
+            )
+        return self._conn
+
+    def _drop(self, reason: str) -> None:
+        if self.leading:
+            self.log.warn("this server stopped exporting the audit to git: {reason}",
+                          reason=reason)
+        self.leading = False
+        self.last_id = None
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        """Give the lock up (another server takes over at its next attempt)."""
+        self._drop("stopping")
+
+    # -- exporting ------------------------------------------------------------------------
+
+    def step(self, max_batches: int = 20) -> int:
+        """Take the lock if free, then export what is new (at most *max_batches* batches);
+        returns the number of entries exported.
+
+        Blocking (database and git): run it in the provisioning thread pool.
+        """
+        total = 0
+        for _ in range(max_batches):
+            count = self._step()
+            total += count
+            if count < self.batch:
+                break
+        return total
+
+    def _step(self) -> int:
+        try:
+            conn = self._connection()
+            if not self.leading:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (EXPORT_LOCK,)).fetchone()
+                if not row or not row[0]:
+                    return 0
+                self.leading = True
+                self.log.info("this server exports the audit log to git in {root}",
+                              root=str(self.root))
+            rows = conn.execute(
+                "SELECT id, kind, serial, at, author, message, record FROM audit "
+                "WHERE id > %s ORDER BY id LIMIT %s",
+                (self._last(), self.batch),
+            ).fetchall()
+            files = conn.execute("SELECT name, data FROM cluster_files").fetchall() if any(
+                r[1] == "cluster" for r in rows) else []
+        except psycopg.Error as exc:
+            self._drop(f"{type(exc).__name__}: {str(exc).strip()}")
+            return 0
+        if not rows:
+            return 0
+        # A server that lost the database (and with it the lock) may still be exporting the
+        # batch it read when another takes over: writers of one repository take turns on a
+        # file lock, and each skips what the repository already holds.
+        with self._repository_lock():
+            self.last_id = None
+            done = self._last()
+            for entry_id, kind, serial, at, author, message, record in rows:
+                if entry_id <= done:
+                    continue
+                self._export(entry_id, kind, serial, at, author, message, record, files)
+        if rows:
+            self.log.info("exported {count} audit entries to git (up to {last})",
+                          count=len(rows), last=self.last_id)
+        return len(rows)
+
+    @contextlib.contextmanager
+    def _repository_lock(self) -> Iterator[None]:
+        """Hold ``<root>/.pxestack/export.lock`` (``flock``) while writing the repository."""
+        private = self.root / PRIVATE_DIR
+        private.mkdir(parents=True, exist_ok=True)
+        fd = os.open(private / "export.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _git(self) -> GitAudit:
+        if self._audit is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._audit = GitAudit(self.root, name=self.git_name, email=self.git_email)
+        return self._audit
+
+    def _last(self) -> int:
+        """The ``Audit-Id`` of the newest exported commit (0: none yet)."""
+        if self.last_id is None:
+            self.last_id = 0
+            repo = self._git().repo
+            if not repo.head_is_unborn:
+                walker = repo.walk(repo.head.target, pygit2.enums.SortMode.TOPOLOGICAL)
+                for scanned, commit in enumerate(walker):
+                    found = _TRAILER.search(commit.message)
+                    if found or scanned >= SCAN_LIMIT:
+                        self.last_id = int(found.group(1)) if found else 0
+                        break
+        return self.last_id
+
+    def _export(
+        self, entry_id: int, kind: str, serial: str | None, at: datetime, author: str,
+        message: str, record: Any, files: list[tuple[str, bytes]],
+    ) -> None:
+        audit = self._git()
+        paths: list[str] = []
+        if kind == "change" and serial is not None and record is not None:
+            directory = self.root / serial
+            directory.mkdir(exist_ok=True)
+            data = Host.from_json(record, directory=serial).to_bytes()
+            atomic_write(directory / HOST_FILE, data)
+            paths.append(f"{serial}/{HOST_FILE}")
+        elif kind == "remove" and serial is not None:
+            path = self.root / serial / HOST_FILE
+            if path.exists():
+                path.unlink()
+                with contextlib.suppress(OSError):
+                    (self.root / serial).rmdir()
+                fsync_dir(self.root)
+            paths.append(f"{serial}/{HOST_FILE}")
+        elif kind == "cluster":
+            # The entry does not hold the file; the current content is as new or newer.
+            for name, data in files:
+                atomic_write(self.root / name, bytes(data))
+                paths.append(name)
+        clock: Callable[[], float] = audit.clock
+        audit.clock = at.timestamp
+        try:
+            audit.commit(f"{message}\n\nAudit-Id: {entry_id}", paths, actor=author)
+        finally:
+            audit.clock = clock
+        self.last_id = entry_id
+        self.exported += 1
+
+    def health(self) -> dict[str, Any]:
+        """Whether this server exports the audit to git, how far, and whether its commits
+        work (``git_ok``; another server's export is not this one's to report)."""
+        out: dict[str, Any] = {"git": True, "git_exporter": self.leading,
+                               "git_exported_to": self.last_id, "git_ok": True}
+        if self.leading and self._audit is not None:
+            out.update(self._audit.health())
+        return out
+
+
+__all__ = ["EXPORT_LOCK", "AuditExporter"]
