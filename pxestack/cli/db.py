@@ -63,7 +63,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _open(args: argparse.Namespace) -> Any:
     """The opened store, or an exit status after printing why not."""
     from pxestack.config import load_config_file
-    from pxestack.provision.store import StoreError
+    from pxestack.provision.hoststore import StoreError
 
     profiles: list[tuple[str, int]] = []
     dsn = args.dsn

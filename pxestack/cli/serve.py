@@ -65,8 +65,8 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     from pxestack.app import build_root_service, prepare_admin_token
     from pxestack.cli._run import run_service
+    from pxestack.provision.hoststore import StoreError
     from pxestack.provision.statelock import StateLocked
-    from pxestack.provision.store import StoreError
 
     try:
         new_token = prepare_admin_token(config)

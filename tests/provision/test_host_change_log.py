@@ -12,8 +12,9 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from pxestack.bootevents import BootEventRecorder
 from pxestack.metrics import Metrics, ObservedHostStore, boot_steps, log_host_change
 from pxestack.provision.api import ProvisioningApi
+from pxestack.provision.hoststore import CURRENT_ACTOR
 from pxestack.provision.provisioner import Provisioner, callback_key
-from pxestack.provision.store import CURRENT_ACTOR, FileHostStore
+from pxestack.provision.store import FileHostStore
 
 OPS_TOKEN = "ops-token-" + "0123456789abcdef" * 2
 

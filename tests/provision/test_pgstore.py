@@ -18,15 +18,15 @@ from conftest import require
 from pglab import SKIP_REASON, PostgresLab, pg_binaries
 from provision_helpers import BASE_URL, provision_config
 
-from pxestack.provision.model import HostState
-from pxestack.provision.pgstore import ClaimConflict, PostgresHostStore, migrations
-from pxestack.provision.provisioner import Provisioner
-from pxestack.provision.store import (
+from pxestack.provision.hoststore import (
     HostNotFound,
     PreconditionFailed,
     StoreReadOnly,
     acting_as,
 )
+from pxestack.provision.model import HostState
+from pxestack.provision.pgstore import ClaimConflict, PostgresHostStore, migrations
+from pxestack.provision.provisioner import Provisioner
 
 _names = itertools.count()
 
