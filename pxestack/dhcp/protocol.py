@@ -37,7 +37,7 @@ from twisted.internet import error, udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from pxestack.dhcp.decide import DestinationKind, Outgoing
+from pxestack.dhcp.outgoing import DestinationKind, Outgoing
 from pxestack.dhcp.proxy import ProxyDhcpCore
 from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo
 from pxestack.errors import ApiMisuse, MalformedPacket
