@@ -7,10 +7,11 @@ memo here remembers a pure function of its key, so a hit gives exactly what comp
 again would; :class:`FastPath` with ``entries=0`` remembers nothing and is the plain path
 (the equivalence tests run both and compare the replies octet for octet).
 
-Every memo is a :class:`BoundedMemo`: it holds at most ``entries`` answers and forgets all
-of them when full, so a flood of distinct keys costs bounded memory and a steady state
-refills it in a few packets.  Keys that hold what a peer sent are also bounded in size
-(:data:`MAX_PEER_KEY_OCTETS`): an answer with a larger key is computed but not kept.
+Every memo is a :class:`~pxestack._memo.BoundedMemo`: it holds at most ``entries``
+answers and forgets all of them when full, so a flood of distinct keys costs bounded memory
+and a steady state refills it in a few packets.  Keys that hold what a peer sent are also
+bounded in size (:data:`MAX_PEER_KEY_OCTETS`): an answer with a larger key is computed but
+not kept.
 
 Some memos are keyed by ``id()`` of an address object.  The decoder hands out one shared
 :class:`~ipaddress.IPv4Address` per value (:func:`~pxestack.wire.dhcp_options.ipv4_address`),
@@ -21,11 +22,12 @@ after the object died can never give another address's answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address
-from typing import Final, Generic, NamedTuple, TypeVar
+from typing import Final, NamedTuple
 
+from pxestack._memo import BoundedMemo
 from pxestack.dhcp.client import Arch, ClientInfo, ModelFacts, model_facts, model_key
 from pxestack.dhcp.decide import BootDecision, BootDefaults, decide_boot
 from pxestack.dhcp.outgoing import (
@@ -48,9 +50,6 @@ from pxestack.wire.dhcp import (
 )
 from pxestack.wire.dhcp_options import DhcpOptions, ipv4_address
 
-_K = TypeVar("_K", bound=Hashable)
-_V = TypeVar("_V")
-
 #: Answers each memo keeps by default.
 DEFAULT_ENTRIES: Final = 1024
 #: Largest peer-supplied part of a memo key, in octets (user classes, iPXE version, the
@@ -69,35 +68,6 @@ def is_set(address: IPv4Address) -> bool:
     The decoder's unset addresses are one shared object, so the identity test answers
     almost every packet; the comparison covers addresses built elsewhere."""
     return address is not _UNSET and address != _UNSET
-
-
-class BoundedMemo(Generic[_K, _V]):
-    """A dictionary of at most *capacity* remembered answers, emptied when full.
-
-    ``get(key)`` is the dictionary's own lookup (None when absent); :meth:`put` stores and
-    returns the value.  A capacity of 0 remembers nothing.
-    """
-
-    __slots__ = ("_entries", "capacity", "get")
-
-    def __init__(self, capacity: int) -> None:
-        self._entries: dict[_K, _V] = {}
-        self.capacity = capacity
-        #: The lookup, bound once: a hit costs one C call.
-        self.get: Callable[[_K], _V | None] = self._entries.get
-
-    def put(self, key: _K, value: _V) -> _V:
-        """Remember *value* under *key* (forgetting everything first when full)."""
-        entries = self._entries
-        if len(entries) >= self.capacity:
-            entries.clear()
-            if not self.capacity:
-                return value
-        entries[key] = value
-        return value
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class RelayAnswer(NamedTuple):

@@ -20,9 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_server import IFACE, NET, RELAY, REMOTE, make_core, message
 
+from pxestack._memo import BoundedMemo
 from pxestack.dhcp.client import ClientInfo, model_facts
 from pxestack.dhcp.decide import BootDefaults, decide_boot
-from pxestack.dhcp.fastpath import BoundedMemo, FastPath
+from pxestack.dhcp.fastpath import FastPath
 from pxestack.dhcp.outgoing import Outgoing, reply_destination, size_limit
 from pxestack.dhcp.policy import BootSpec, Machine
 from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo
