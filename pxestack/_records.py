@@ -30,8 +30,22 @@ def positional_constructor(
     keep the class's own constructor.  Raises ``TypeError`` when *names* is not exactly
     the dataclass's fields (a field added later must not be left unset silently).
     """
+    build: Callable[..., _T] = _generate(cls, names, new=True)
+    return build
+
+
+def slot_filler(cls: type[Any], names: tuple[str, ...]) -> Callable[..., None]:
+    """A function ``fill(record, value, ...)`` that sets the slots *names* of an existing
+    *cls* instance, in order: for the ``__init__`` of a class whose own ``__setattr__``
+    refuses (an immutable value class that is not a dataclass)."""
+    fill: Callable[..., None] = _generate(cls, names, new=False)
+    return fill
+
+
+def _generate(cls: type[Any], names: tuple[str, ...] | None, *, new: bool) -> Any:
+    """The source of a builder (*new*) or a filler, compiled."""
     if names is None:
-        names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        names = tuple(f.name for f in dataclasses.fields(cls))
     elif dataclasses.is_dataclass(cls) and names != tuple(
         f.name for f in dataclasses.fields(cls)
     ):
@@ -42,17 +56,21 @@ def positional_constructor(
     namespace: dict[str, Any] = {"_b_new": object.__new__, "_b_cls": cls}
     for index, name in enumerate(names):
         namespace[f"_b_set_{index}"] = cls.__dict__[name].__set__
-    parameters = ", ".join(names)
     body = "".join(f"    _b_set_{index}(_b_record, {name})\n" for index, name in enumerate(names))
-    source = (f"def build({parameters}):\n    _b_record = _b_new(_b_cls)\n{body}"
-              "    return _b_record\n")
+    if new:
+        source = (f"def generated({', '.join(names)}):\n    _b_record = _b_new(_b_cls)\n"
+                  f"{body}    return _b_record\n")
+    else:
+        source = f"def generated(_b_record, {', '.join(names)}):\n{body}"
     # The source is made only of the class's own field names, checked above to be plain
     # identifiers: the same technique the dataclasses module uses for __init__.
     exec(source, namespace)  # noqa: S102
-    build: Callable[..., _T] = namespace["build"]
-    build.__qualname__ = build.__name__ = f"new_{cls.__name__}"
-    build.__doc__ = f"A new {cls.__name__} from every field value, in field order."
-    return build
+    generated = namespace["generated"]
+    verb = "new" if new else "fill"
+    generated.__qualname__ = generated.__name__ = f"{verb}_{cls.__name__}"
+    generated.__doc__ = (f"A new {cls.__name__} from every field value, in field order."
+                         if new else f"Set the slots of a {cls.__name__}, in order.")
+    return generated
 
 
-__all__ = ["positional_constructor"]
+__all__ = ["positional_constructor", "slot_filler"]

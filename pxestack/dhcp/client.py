@@ -193,10 +193,11 @@ class ClientInfo:
             errors = (*errors, *facts.errors_tail)
 
         chaddr = message.chaddr
+        raw_type = items.get(c.OPT_MESSAGE_TYPE)
         return _new_client_info(
             chaddr.hex(":"),  # message.mac, without the property call
             chaddr,
-            _one_octet_type(items.get(c.OPT_MESSAGE_TYPE)),
+            raw_type[0] if raw_type is not None and len(raw_type) == 1 else None,
             arch,
             facts.arch_code,
             facts.http_boot_arch,
@@ -301,11 +302,6 @@ def read_hostname(options: DhcpOptions) -> tuple[str | None, str | None]:
 
 #: ``ClientInfo(...)`` with every field given positionally (built for every packet).
 _new_client_info: Final = positional_constructor(ClientInfo)
-
-
-def _one_octet_type(raw: bytes | None) -> int | None:
-    """Option 53's value as :attr:`DhcpMessage.message_type` reads it (None unless one octet)."""
-    return raw[0] if raw is not None and len(raw) == 1 else None
 
 
 @dataclass(frozen=True, slots=True)

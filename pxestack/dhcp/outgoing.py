@@ -14,7 +14,7 @@ from dataclasses import FrozenInstanceError, dataclass
 from ipaddress import IPv4Address
 from typing import Final
 
-from pxestack._records import positional_constructor
+from pxestack._records import positional_constructor, slot_filler
 from pxestack.errors import MalformedPacket
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp, max_message_size
@@ -80,10 +80,7 @@ class Outgoing:
     def __init__(self, message: DhcpMessage, destination: Destination, max_size: int,
                  source_port: int = c.DHCP_SERVER_PORT, interface: str | None = None) -> None:
         """A reply for the adapter to encode."""
-        for name, value in (("_message", message), ("_recipe", None), ("_payload", None),
-                            ("destination", destination), ("max_size", max_size),
-                            ("source_port", source_port), ("interface", interface)):
-            object.__setattr__(self, name, value)
+        _fill_outgoing(self, message, None, None, destination, max_size, source_port, interface)
 
     @property
     def message(self) -> DhcpMessage:
@@ -143,11 +140,12 @@ class Outgoing:
         raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
-#: Every slot of an :class:`Outgoing`, positionally (a reply is built per packet).
-_new_outgoing: Final = positional_constructor(
-    Outgoing,
-    ("_message", "_recipe", "_payload", "destination", "max_size", "source_port", "interface"),
-)
+#: Every slot of an :class:`Outgoing`, positionally (a reply is built per packet; its own
+#: ``__setattr__`` refuses, as a frozen dataclass's does).
+_SLOTS: Final = ("_message", "_recipe", "_payload", "destination", "max_size", "source_port",
+                 "interface")
+_new_outgoing: Final = positional_constructor(Outgoing, _SLOTS)
+_fill_outgoing: Final = slot_filler(Outgoing, _SLOTS)
 
 
 def new_outgoing(message: DhcpMessage, destination: Destination, max_size: int,
