@@ -323,12 +323,23 @@ class ModelFacts:
     errors_tail: tuple[str, ...]
 
 
-#: The model facts' key of a message: the raw values of options 60, 77, 175, 93 and 57.
-ModelKey = tuple[bytes | None, bytes | None, bytes | None, bytes | None, bytes | None]
+#: The options :func:`model_facts` reads (60, 77, 175, 93, 57): the facts are a pure
+#: function of their raw values, so a core may remember them keyed by those values.
+MODEL_OPTIONS: Final = (
+    c.OPT_VENDOR_CLASS_ID,
+    c.OPT_USER_CLASS,
+    c.OPT_IPXE_ENCAP,
+    c.OPT_CLIENT_ARCH,
+    c.OPT_MAX_MESSAGE_SIZE,
+)
+
+#: The model facts' key of a message: the raw values of :data:`MODEL_OPTIONS`, in order.
+ModelKey = tuple[bytes | None, ...]
 
 
 def model_key(items: Mapping[int, bytes]) -> ModelKey:
-    """The raw options :func:`model_facts` reads; equal keys give equal facts."""
+    """The raw options :func:`model_facts` reads (:data:`MODEL_OPTIONS`); equal keys give
+    equal facts."""
     get = items.get
     return (
         get(c.OPT_VENDOR_CLASS_ID),
@@ -343,7 +354,7 @@ def model_facts(items: Mapping[int, bytes]) -> ModelFacts:
     """What options 60, 77, 93, 175 and 57 of one message say (the facts of the firmware
     model, the same for every machine of a model); never raises.
 
-    A pure function of :func:`model_key`, so a core may memoise it by that key
+    A pure function of :func:`model_key`, so a core may remember it by that key
     (:class:`~pxestack.dhcp.fastpath.ModelMemo`).  Cheaper than
     :meth:`ClientInfo.from_message` when only the firmware kind or option 57 is needed:
     the DHCP server reads these first and builds the whole :class:`ClientInfo` only for
@@ -437,6 +448,7 @@ def _valid_hostname(name: str) -> bool:
 __all__ = [
     "ARCH_TYPES",
     "CLIENT_ID_LENGTHS",
+    "MODEL_OPTIONS",
     "RASPBERRY_PI_OUIS",
     "Arch",
     "ClientInfo",

@@ -28,7 +28,7 @@ from ipaddress import IPv4Address
 from typing import Final, NamedTuple
 
 from pxestack._memo import BoundedMemo
-from pxestack.dhcp.client import Arch, ClientInfo, ModelFacts, model_facts, model_key
+from pxestack.dhcp.client import Arch, ClientInfo, ModelFacts, model_facts
 from pxestack.dhcp.decide import BootDecision, BootDefaults, decide_boot
 from pxestack.dhcp.outgoing import (
     Destination,
@@ -130,7 +130,9 @@ class FastPath:
 
     def model_facts(self, items: Mapping[int, bytes]) -> ModelFacts:
         """:func:`~pxestack.dhcp.client.model_facts`, remembered per firmware model."""
-        key = model_key(items)
+        get = items.get  # model_key(items), inlined: this runs for every packet
+        key = (get(c.OPT_VENDOR_CLASS_ID), get(c.OPT_USER_CLASS), get(c.OPT_IPXE_ENCAP),
+               get(c.OPT_CLIENT_ARCH), get(c.OPT_MAX_MESSAGE_SIZE))
         facts = self._models.get(key)
         if facts is None:
             facts = model_facts(items)
@@ -284,20 +286,22 @@ class FastPath:
     def outgoing(
         self,
         request: DhcpMessage,
+        reply_type: int,
         options: DhcpOptions,
         yiaddr: IPv4Address,
         siaddr: IPv4Address,
         ciaddr: IPv4Address,
         file: bytes,
-        destination: Destination,
         max_size: int,
         interface: str | None,
     ) -> Outgoing:
-        """The reply ``build_reply(request, options, ...)`` whose options fit *max_size*.
+        """The reply ``build_reply(request, options, ...)`` whose options fit *max_size*,
+        sent where :meth:`destination` says.
 
         Pre-encoded options (:meth:`reply_options`) are written behind a header packed
         straight from the request (:func:`~pxestack.wire.dhcp.encode_reply`: the same
         octets, no reply message built unless someone reads it)."""
+        destination = self.destination(request, reply_type, yiaddr)
         if isinstance(options, PreEncodedOptions):
             return encoded_outgoing(
                 encode_reply(request, options, yiaddr=yiaddr, siaddr=siaddr, ciaddr=ciaddr,

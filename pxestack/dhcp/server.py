@@ -176,6 +176,18 @@ class _Context:
     _info: ClientInfo | None = None
     _hostname: object = _UNREAD
 
+    @classmethod
+    def start(
+        cls, *, message: DhcpMessage, interface: InterfaceInfo, now: Now,
+        settings: SubnetSettings, server_id: IPv4Address, client: bytes,
+        client_id: bytes | None, facts: ModelFacts,
+    ) -> _Context:
+        """The context of one message, nothing read yet.
+
+        Keyword arguments to a class call make CPython 3.11 build a dictionary per call; a
+        method takes them without one, and then calls the class positionally."""
+        return cls(message, interface, now, settings, server_id, client, client_id, facts)
+
     def classify(self) -> ClientInfo:
         """:meth:`ClientInfo.from_message` of the message, built once, on first use."""
         info = self._info
@@ -270,7 +282,7 @@ class DhcpServerCore:
         items = message.options.items_view()
         # A zero-length client identifier is ignored; chaddr identifies the client.
         client_id = items.get(c.OPT_CLIENT_ID) or None
-        context = _Context(
+        context = _Context.start(
             message=message,
             interface=interface,
             now=now,
@@ -537,18 +549,17 @@ class DhcpServerCore:
         # RFC 2131 Table 3: ciaddr is copied into ACKs to INFORM and renewals.
         ciaddr = message.ciaddr if reply_type == c.DHCPACK else _UNSET
         file = b"" if decision is None else decision.file
-        destination = self.fast.destination(message, reply_type, yiaddr)
         if options_size <= max_size - REPLY_OVERHEAD:
-            return self.fast.outgoing(message, options, yiaddr, siaddr, ciaddr, file,
-                                      destination, max_size, ctx.interface.name)
+            return self.fast.outgoing(message, reply_type, options, yiaddr, siaddr, ciaddr,
+                                      file, max_size, ctx.interface.name)
         draft = build_reply(message, options, yiaddr=yiaddr, siaddr=siaddr, ciaddr=ciaddr,
                             file=file)
         reply = _fit(draft, max_size, None if wanted is None else frozenset(wanted))
         if reply is None:
             self.counters["reply_too_large"] += 1
             return None
-        return new_outgoing(reply, destination, max_size, c.DHCP_SERVER_PORT,
-                            ctx.interface.name)
+        return new_outgoing(reply, self.fast.destination(message, reply_type, yiaddr),
+                            max_size, c.DHCP_SERVER_PORT, ctx.interface.name)
 
     def _reply_items(
         self,
