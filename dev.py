@@ -230,7 +230,8 @@ def main(argv: list[str]) -> int:
                       "pxestack_webhooks", "tests", "benchmarks", "examples", "dev.py"])
         strict_targets = [
             "pxestack/wire", "pxestack/dhcp", "pxestack/tftp", "pxestack/http/ipxe.py",
-            "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py", "pxestack/simulate.py",
+            "pxestack/paths.py", "pxestack/errors.py", "pxestack/_types.py", "pxestack/_records.py",
+            "pxestack/_memo.py", "pxestack/simulate.py",
             "pxestack/explain.py", "pxestack/bootevents.py", "pxestack/metrics",
             "pxestack/service/logs.py", "pxestack/provision",
         ]

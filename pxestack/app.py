@@ -33,7 +33,8 @@ def prepare_admin_token(config: Config) -> str | None:
     return token
 
 
-def build_root_service(config: Config, *, reactor: Any = None) -> PxeStackService:
+def build_root_service(config: Config, *, reactor: Any = None,
+                       dhcp_sockets: Any = None) -> PxeStackService:
     """Build every service *config* enables, with the provisioning layer plugged in.
 
     A generated admin token is made first (:func:`prepare_admin_token`); the host checks of
@@ -42,6 +43,7 @@ def build_root_service(config: Config, *, reactor: Any = None) -> PxeStackServic
     extensions the configuration enables (:mod:`pxestack.extensions`) are set up before
     the tree is built and their services added after pxestack's own; any problem with
     them is a :class:`~pxestack.config.ConfigError` naming ``extensions[i]``.
+    *dhcp_sockets* is passed to :func:`~pxestack.service.build_service`.
     """
     prepare_admin_token(config)
     validate_for_serving(config)
@@ -56,7 +58,7 @@ def build_root_service(config: Config, *, reactor: Any = None) -> PxeStackServic
         from pxestack.extensions import setup_extensions
 
         loaded = setup_extensions(config, extensions, reactor=reactor)
-    root = build_service(config, extensions, reactor=reactor)
+    root = build_service(config, extensions, reactor=reactor, dhcp_sockets=dhcp_sockets)
     if loaded:
         from pxestack.extensions import attach_extensions
 

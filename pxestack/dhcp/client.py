@@ -17,10 +17,11 @@ import enum
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Final, TypeVar
 
+from pxestack._records import positional_constructor
 from pxestack.errors import MalformedPacket
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage
@@ -164,31 +165,24 @@ class ClientInfo:
         return name.encode("utf-8", "replace") in self.user_classes
 
     @classmethod
-    def from_message(cls, message: DhcpMessage) -> ClientInfo:
+    def from_message(cls, message: DhcpMessage, facts: ModelFacts | None = None) -> ClientInfo:
         """Classify the sender of ``message``; never raises on what the peer sent.
 
-        The options that describe the firmware (60, 77, 93, 175, 57) are read once per
-        distinct set of values and memoised (:func:`model_facts`): in a boot storm every
-        machine of one model sends the same ones.  The per-machine options (97 UUID, 61
-        client identifier, 12 host name) and the header fields are read for every message.
+        *facts* is :func:`model_facts` of the message's options when the caller has it
+        (a core that memoises them per firmware model: in a boot storm every machine of
+        one model sends the same options 60, 77, 93, 175 and 57); None reads them here.
+        The per-machine options (97 UUID, 61 client identifier, 12 host name) and the
+        header fields are read for every message.
         """
         options = message.options
         items = options.items_view()
-        facts = model_facts(items)
+        if facts is None:
+            facts = model_facts(items)
         firmware = facts.firmware
         arch, raspberry_pi = effective_arch(facts, message)
 
-        errors = facts.errors_head
-        client_uuid = None
-        if c.OPT_CLIENT_UUID in items:
-            client_uuid, problem = read_client_uuid(options)
-            if problem is not None:
-                errors = (*errors, problem)
-
-        client_id = items.get(c.OPT_CLIENT_ID)
-        if client_id is not None and len(client_id) not in CLIENT_ID_LENGTHS:
-            errors = (*errors, invalid_client_id_problem(client_id))
-            client_id = None
+        client_uuid, client_id, problems = read_identity(options)
+        errors = (*facts.errors_head, *problems) if problems else facts.errors_head
 
         hostname = None
         if c.OPT_HOST_NAME in items:
@@ -198,35 +192,30 @@ class ClientInfo:
         if facts.errors_tail:
             errors = (*errors, *facts.errors_tail)
 
-        # message.mac and message.message_type, inlined (two property calls per packet).
         chaddr = message.chaddr
         raw_type = items.get(c.OPT_MESSAGE_TYPE)
-        info: ClientInfo = _new_object(cls)
-        _set_mac(info, chaddr.hex(":"))
-        _set_chaddr(info, chaddr)
-        _set_message_type(info, raw_type[0] if raw_type is not None and len(raw_type) == 1
-                          else None)
-        _set_arch(info, arch)
-        _set_arch_code(info, facts.arch_code)
-        _set_http_boot_arch(info, facts.http_boot_arch)
-        _set_firmware(info, firmware)
-        _set_vendor_class(info, facts.vendor_class)
-        _set_user_classes(info, facts.user_classes)
-        _set_ipxe_features(info, facts.ipxe_features)
-        _set_ipxe_version(info, facts.ipxe_version)
-        _set_uuid(info, client_uuid)
-        _set_client_id(info, client_id)
-        _set_hostname(info, hostname)
-        _set_max_message_size(info, facts.max_message_size)
-        _set_broadcast(info, bool(message.flags & c.FLAG_BROADCAST))
-        _set_giaddr(info, message.giaddr)
-        _set_raspberry_pi(info, raspberry_pi)
-        _set_ipxe_secs(
-            info,
+        return _new_client_info(
+            chaddr.hex(":"),  # message.mac, without the property call
+            chaddr,
+            raw_type[0] if raw_type is not None and len(raw_type) == 1 else None,
+            arch,
+            facts.arch_code,
+            facts.http_boot_arch,
+            firmware,
+            facts.vendor_class,
+            facts.user_classes,
+            facts.ipxe_features,
+            facts.ipxe_version,
+            client_uuid,
+            client_id,
+            hostname,
+            facts.max_message_size,
+            bool(message.flags & c.FLAG_BROADCAST),
+            message.giaddr,
+            raspberry_pi,
             IpxeDebugSecs.from_secs(message.secs) if firmware is Firmware.IPXE else None,
+            errors,
         )
-        _set_errors(info, errors)
-        return info
 
 
 def effective_arch(facts: ModelFacts, message: DhcpMessage) -> tuple[Arch, bool]:
@@ -242,6 +231,28 @@ def effective_arch(facts: ModelFacts, message: DhcpMessage) -> tuple[Arch, bool]
     ):
         arch = Arch.RPI
     return arch, raspberry_pi
+
+
+def read_identity(
+    options: DhcpOptions,
+) -> tuple[uuid.UUID | None, bytes | None, tuple[str, ...]]:
+    """The per-machine identity of a message: option 97 (client UUID) and option 61 (client
+    identifier) as :class:`ClientInfo` has them, and the problems found; never raises.
+
+    An option 61 that is not 2-255 octets long is dropped (see :data:`CLIENT_ID_LENGTHS`).
+    """
+    items = options.items_view()
+    problems: tuple[str, ...] = ()
+    client_uuid = None
+    if c.OPT_CLIENT_UUID in items:
+        client_uuid, problem = read_client_uuid(options)
+        if problem is not None:
+            problems = (problem,)
+    client_id = items.get(c.OPT_CLIENT_ID)
+    if client_id is not None and len(client_id) not in CLIENT_ID_LENGTHS:
+        problems = (*problems, invalid_client_id_problem(client_id))
+        client_id = None
+    return client_uuid, client_id, problems
 
 
 def read_client_uuid(options: DhcpOptions) -> tuple[uuid.UUID | None, str | None]:
@@ -289,23 +300,8 @@ def read_hostname(options: DhcpOptions) -> tuple[str | None, str | None]:
     return hostname, None
 
 
-# ClientInfo is built for every packet.  A frozen dataclass __init__ sets each of its 20
-# fields through ``object.__setattr__``; calling the slot descriptors directly costs about
-# half as much on CPython 3.11 and yields the same frozen value (see from_message).
-_new_object = object.__new__
-_CLIENTINFO_FIELDS: Final = (
-    "mac", "chaddr", "message_type", "arch", "arch_code", "http_boot_arch", "firmware",
-    "vendor_class", "user_classes", "ipxe_features", "ipxe_version", "uuid", "client_id",
-    "hostname", "max_message_size", "broadcast", "giaddr", "raspberry_pi", "ipxe_secs", "errors",
-)
-(
-    _set_mac, _set_chaddr, _set_message_type, _set_arch, _set_arch_code, _set_http_boot_arch,
-    _set_firmware, _set_vendor_class, _set_user_classes, _set_ipxe_features,
-    _set_ipxe_version, _set_uuid, _set_client_id, _set_hostname, _set_max_message_size,
-    _set_broadcast, _set_giaddr, _set_raspberry_pi, _set_ipxe_secs, _set_errors,
-) = (ClientInfo.__dict__[name].__set__ for name in _CLIENTINFO_FIELDS)
-if tuple(f.name for f in fields(ClientInfo)) != _CLIENTINFO_FIELDS:  # a field was added
-    raise ImportError("update the setters above for ClientInfo's fields")
+#: ``ClientInfo(...)`` with every field given positionally (built for every packet).
+_new_client_info: Final = positional_constructor(ClientInfo)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,39 +323,44 @@ class ModelFacts:
     errors_tail: tuple[str, ...]
 
 
-#: Memo of :func:`_read_model_facts`, bounded in entries and in key size (a
-#: flood of distinct, large option sets must not grow memory).
-_MODEL_MEMO: dict[tuple[bytes | None, ...], ModelFacts] = {}
-_MODEL_MEMO_ENTRIES: Final = 1024
-_MODEL_MEMO_KEY_OCTETS: Final = 512
+#: The options :func:`model_facts` reads (60, 77, 175, 93, 57): the facts are a pure
+#: function of their raw values, so a core may remember them keyed by those values.
+MODEL_OPTIONS: Final = (
+    c.OPT_VENDOR_CLASS_ID,
+    c.OPT_USER_CLASS,
+    c.OPT_IPXE_ENCAP,
+    c.OPT_CLIENT_ARCH,
+    c.OPT_MAX_MESSAGE_SIZE,
+)
+
+#: The model facts' key of a message: the raw values of :data:`MODEL_OPTIONS`, in order.
+ModelKey = tuple[bytes | None, ...]
 
 
-def model_facts(items: Mapping[int, bytes]) -> ModelFacts:
-    """What options 60, 77, 93, 175 and 57 of one message say (the facts of the firmware
-    model, the same for every machine of a model); never raises.
-
-    :func:`_read_model_facts`, memoised by the raw values of the options it reads.  Cheaper
-    than :meth:`ClientInfo.from_message` when only the firmware kind or option 57 is
-    needed: the DHCP server reads these first and builds the whole :class:`ClientInfo` only
-    for network-boot firmware (a plain OS client gets no boot decision).
-    """
+def model_key(items: Mapping[int, bytes]) -> ModelKey:
+    """The raw options :func:`model_facts` reads (:data:`MODEL_OPTIONS`); equal keys give
+    equal facts."""
     get = items.get
-    key = (
+    return (
         get(c.OPT_VENDOR_CLASS_ID),
         get(c.OPT_USER_CLASS),
         get(c.OPT_IPXE_ENCAP),
         get(c.OPT_CLIENT_ARCH),
         get(c.OPT_MAX_MESSAGE_SIZE),
     )
-    facts = _MODEL_MEMO.get(key)
-    if facts is not None:
-        return facts
-    facts = _read_model_facts(DhcpOptions._trusted(dict(items)))
-    if sum(len(value) for value in key if value is not None) <= _MODEL_MEMO_KEY_OCTETS:
-        if len(_MODEL_MEMO) >= _MODEL_MEMO_ENTRIES:
-            _MODEL_MEMO.clear()
-        _MODEL_MEMO[key] = facts
-    return facts
+
+
+def model_facts(items: Mapping[int, bytes]) -> ModelFacts:
+    """What options 60, 77, 93, 175 and 57 of one message say (the facts of the firmware
+    model, the same for every machine of a model); never raises.
+
+    A pure function of :func:`model_key`, so a core may remember it by that key
+    (:class:`~pxestack.dhcp.fastpath.ModelMemo`).  Cheaper than
+    :meth:`ClientInfo.from_message` when only the firmware kind or option 57 is needed:
+    the DHCP server reads these first and builds the whole :class:`ClientInfo` only for
+    network-boot firmware (a plain OS client gets no boot decision).
+    """
+    return _read_model_facts(DhcpOptions._trusted(dict(items)))
 
 
 def _read_model_facts(options: DhcpOptions) -> ModelFacts:
@@ -447,15 +448,19 @@ def _valid_hostname(name: str) -> bool:
 __all__ = [
     "ARCH_TYPES",
     "CLIENT_ID_LENGTHS",
+    "MODEL_OPTIONS",
     "RASPBERRY_PI_OUIS",
     "Arch",
     "ClientInfo",
     "Firmware",
     "IpxeDebugSecs",
     "ModelFacts",
+    "ModelKey",
     "effective_arch",
     "invalid_client_id_problem",
     "model_facts",
+    "model_key",
     "read_client_uuid",
     "read_hostname",
+    "read_identity",
 ]

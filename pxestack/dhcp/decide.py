@@ -47,9 +47,7 @@ loader per architecture, and a profile's ``loader`` (``BootSpec.loader``) per ma
 A foreign iPXE (a NIC's iPXE ROM, such as QEMU's) is handed the loader file too, as it runs
 PXE programs; our own iPXE (its user class, or just chainloaded) still gets its script.
 
-:func:`reply_destination` implements RFC 2131 §4.1's destination rules and
-:func:`reply_size_limit` the client's option 57 (RFC 2132 §9.10).  :class:`Outgoing` is the
-one value both cores return to the Twisted adapter.
+Where replies go and how large they may be is :mod:`pxestack.dhcp.outgoing`.
 """
 
 from __future__ import annotations
@@ -58,7 +56,7 @@ import enum
 import functools
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import FrozenInstanceError, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address
 from types import MappingProxyType
 from typing import Final
@@ -66,9 +64,8 @@ from typing import Final
 from pxestack._types import Now
 from pxestack.dhcp.client import Arch, ClientInfo, Firmware
 from pxestack.dhcp.policy import BootSpec, Loader
-from pxestack.errors import ApiMisuse, MalformedPacket
+from pxestack.errors import ApiMisuse
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp import DhcpMessage, build_reply, encode_dhcp, max_message_size
 from pxestack.wire.dhcp_options import DhcpOptions, encode_suboptions, ipv4_address
 
 _ZERO: Final = ipv4_address(0)  # the shared object the decoder uses too
@@ -461,241 +458,6 @@ class ChainloadMemory:
         return len(self._entries)
 
 
-# --- reply destination and size ----------------------------------------------------------------
-
-
-class DestinationKind(enum.Enum):
-    """How the adapter must send a reply (RFC 2131 §4.1)."""
-
-    #: To the relay agent at giaddr, server port 67.
-    RELAY = "relay"
-    #: Ordinary UDP unicast to an address the client already owns (ciaddr, port 4011 peer).
-    UNICAST = "unicast"
-    #: To 255.255.255.255, client port 68.
-    BROADCAST = "broadcast"
-    #: To yiaddr at the client's hardware address: needs a raw frame (the client has no
-    #: address yet, so no ARP entry); an adapter without raw sockets broadcasts instead.
-    LINK_UNICAST = "link-unicast"
-
-
-@dataclass(frozen=True, slots=True)
-class Destination:
-    """Where a reply goes."""
-
-    kind: DestinationKind
-    address: IPv4Address
-    port: int
-    #: The client's hardware address, for LINK_UNICAST frames.
-    chaddr: bytes = b""
-
-
-class Outgoing:
-    """One reply a sans-IO core asks its adapter to send.
-
-    The adapter sends :meth:`encoded` (``encode_dhcp(message, max_size=max_size)``) from
-    ``source_port`` (67, or 4011 for proxy ACKs) on ``interface`` to ``destination``.
-
-    A core may hand a reply over already encoded (:func:`encoded_outgoing`: the server's
-    cached option sets, with the header packed straight from the request, see
-    :func:`~pxestack.wire.dhcp.encode_reply`); its ``message`` is then built on first use
-    from the same inputs, so both forms read the same.  Immutable and compared by value,
-    like the frozen dataclass it replaced.
-    """
-
-    __slots__ = ("_message", "_payload", "_recipe", "destination", "interface", "max_size",
-                 "source_port")
-
-    _message: DhcpMessage | None
-    _recipe: tuple[DhcpMessage, DhcpOptions, IPv4Address, IPv4Address, IPv4Address, bytes]
-    _payload: bytes | None
-    destination: Destination
-    max_size: int
-    source_port: int
-    interface: str | None
-
-    def __init__(self, message: DhcpMessage, destination: Destination, max_size: int,
-                 source_port: int = c.DHCP_SERVER_PORT, interface: str | None = None) -> None:
-        """A reply for the adapter to encode."""
-        _fill(self, message, None, None, destination, max_size, source_port, interface)
-
-    @property
-    def message(self) -> DhcpMessage:
-        """The reply (built from the encoder's inputs on first use, for an encoded one)."""
-        message = self._message
-        if message is None:
-            request, options, yiaddr, siaddr, ciaddr, file = self._recipe
-            message = build_reply(request, options, yiaddr=yiaddr, siaddr=siaddr,
-                                  ciaddr=ciaddr, file=file)
-            _set_message(self, message)
-        return message
-
-    @property
-    def reply_type(self) -> bytes | None:
-        """The reply's option 53 as raw octets (None when absent), without building it."""
-        message = self._message
-        options = message.options if message is not None else self._recipe[1]
-        octets: bytes | None = options.items_view().get(c.OPT_MESSAGE_TYPE)
-        return octets
-
-    def encoded(self) -> bytes:
-        """The UDP payload: ``encode_dhcp(message, max_size=max_size)``.
-
-        Raises :class:`~pxestack.errors.ApiMisuse` if the reply cannot be encoded."""
-        payload = self._payload
-        if payload is None:
-            payload = encode_dhcp(self.message, max_size=self.max_size)
-        return payload
-
-    def _fields(self) -> tuple[object, ...]:
-        return (self.message, self.destination, self.max_size, self.source_port,
-                self.interface)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not Outgoing:
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self._fields())
-
-    def __repr__(self) -> str:
-        return (f"Outgoing(message={self.message!r}, destination={self.destination!r}, "
-                f"max_size={self.max_size!r}, source_port={self.source_port!r}, "
-                f"interface={self.interface!r})")
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-
-# Outgoing is built for every reply: filled through its slot descriptors (its own
-# __setattr__ refuses, as a frozen dataclass's does).
-_new_object = object.__new__
-(_set_message, _set_recipe, _set_payload, _set_destination, _set_max_size,
- _set_source_port, _set_interface) = (
-    Outgoing.__dict__[name].__set__ for name in (
-        "_message", "_recipe", "_payload", "destination", "max_size", "source_port", "interface"
-    )
-)
-
-
-def _fill(outgoing: Outgoing, message: DhcpMessage | None, recipe: object,
-          payload: bytes | None, destination: Destination, max_size: int,
-          source_port: int, interface: str | None) -> None:
-    """Set every slot of a new :class:`Outgoing` (its ``__setattr__`` refuses)."""
-    _set_message(outgoing, message)
-    _set_recipe(outgoing, recipe)
-    _set_payload(outgoing, payload)
-    _set_destination(outgoing, destination)
-    _set_max_size(outgoing, max_size)
-    _set_source_port(outgoing, source_port)
-    _set_interface(outgoing, interface)
-
-
-def new_outgoing(message: DhcpMessage, destination: Destination, max_size: int,
-                 source_port: int, interface: str | None) -> Outgoing:
-    """``Outgoing(...)`` with every field given positionally, without ``__init__``."""
-    outgoing: Outgoing = _new_object(Outgoing)
-    _fill(outgoing, message, None, None, destination, max_size, source_port, interface)
-    return outgoing
-
-
-def encoded_outgoing(
-    payload: bytes,
-    request: DhcpMessage,
-    options: DhcpOptions,
-    yiaddr: IPv4Address,
-    siaddr: IPv4Address,
-    ciaddr: IPv4Address,
-    file: bytes,
-    destination: Destination,
-    max_size: int,
-    source_port: int,
-    interface: str | None,
-) -> Outgoing:
-    """An :class:`Outgoing` whose *payload* is ``encode_dhcp(build_reply(request, options,
-    yiaddr=..., siaddr=..., ciaddr=..., file=...), max_size=max_size)``, already encoded
-    (see :func:`~pxestack.wire.dhcp.encode_reply`); its ``message`` is that
-    ``build_reply(...)``, built only if someone reads it."""
-    outgoing: Outgoing = _new_object(Outgoing)
-    _fill(outgoing, None, (request, options, yiaddr, siaddr, ciaddr, file), payload,
-          destination, max_size, source_port, interface)
-    return outgoing
-
-
-def reply_destination(request: DhcpMessage, reply_type: int, *,
-                      yiaddr: IPv4Address = _ZERO) -> Destination:
-    """RFC 2131 §4.1 (pixiecore's ``txType``, smee's ``replyDestination``):
-
-    * giaddr set: to the relay, port 67 (the relay keeps the client's broadcast bit);
-    * else a DHCPNAK: broadcast ("when giaddr is zero the server broadcasts any DHCPNAK");
-    * else ciaddr set: unicast to ciaddr, port 68 (RENEWING client, INFORM);
-    * else broadcast flag set, or no yiaddr to send to: broadcast;
-    * else unicast to yiaddr at chaddr (LINK_UNICAST; iPXE leaves the flag clear).
-    """
-    giaddr = request.giaddr
-    # ``x is not _ZERO`` first: the decoder's unset addresses are that one object, and the
-    # identity test spares IPv4Address.__eq__, a Python-level call; so does finding a
-    # relay's shared destination (by the id of the decoder's shared object) before it.
-    if giaddr is not _ZERO:
-        known = _RELAY_DESTINATIONS.get(id(giaddr))
-        if known is not None and known.address is giaddr:
-            return known
-        if giaddr != _ZERO:
-            return _relay_destination(giaddr)
-    if reply_type == c.DHCPNAK:
-        return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
-    if request.ciaddr is not _ZERO and request.ciaddr != _ZERO:
-        return Destination(DestinationKind.UNICAST, request.ciaddr, c.DHCP_CLIENT_PORT)
-    if request.broadcast or yiaddr == _ZERO:
-        return Destination(DestinationKind.BROADCAST, _BROADCAST, c.DHCP_CLIENT_PORT)
-    return Destination(DestinationKind.LINK_UNICAST, yiaddr, c.DHCP_CLIENT_PORT,
-                       chaddr=request.chaddr)
-
-
-_RELAY_DESTINATIONS: dict[int, Destination] = {}
-
-
-def _relay_destination(giaddr: IPv4Address) -> Destination:
-    """The RELAY destination of *giaddr* (one shared value per relay; bounded memo).
-
-    Keyed by ``id(giaddr)``: the decoder hands out one shared object per address, and
-    ``id`` is a C call where ``int()`` or hashing an ``IPv4Address`` runs Python code.  The
-    entry holds *giaddr* itself, so its ``id`` cannot be reused while the entry lives.
-    """
-    key = id(giaddr)
-    destination = _RELAY_DESTINATIONS.get(key)
-    if destination is None or destination.address is not giaddr:
-        if len(_RELAY_DESTINATIONS) >= 1024:
-            _RELAY_DESTINATIONS.clear()
-        destination = Destination(DestinationKind.RELAY, giaddr, c.DHCP_SERVER_PORT)
-        _RELAY_DESTINATIONS[key] = destination
-    return destination
-
-
-def reply_size_limit(request: DhcpMessage, *, mtu: int | None = None) -> int:
-    """Max DHCP payload for a reply: the client's option 57, at least 576 (RFC 2132 §9.10),
-    and no more than the interface MTU allows, whatever the client asks for in option 55.
-    A malformed option 57 counts as absent."""
-    try:
-        client_max = request.options.u16(c.OPT_MAX_MESSAGE_SIZE)
-    except MalformedPacket:
-        client_max = None
-    return size_limit(client_max, mtu)
-
-
-@functools.lru_cache(maxsize=256)
-def size_limit(client_max: int | None, mtu: int | None) -> int:
-    """:func:`reply_size_limit` from an already parsed option 57 (None: absent or
-    malformed) and the interface MTU; memoised, as the pairs repeat."""
-    limit = max_message_size(client_max)
-    if mtu is not None:
-        limit = min(limit, max(mtu, c.DHCP_MIN_MAX_MESSAGE) - c.IP_UDP_HEADER_LENGTH)
-    return limit
-
-
 __all__ = [
     "BOOT_FILE_DEFAULTS",
     "IPXE_NO_PXEDHCP_OPTION",
@@ -706,14 +468,6 @@ __all__ = [
     "BootDefaults",
     "BootKind",
     "ChainloadMemory",
-    "Destination",
-    "DestinationKind",
-    "Outgoing",
     "decide_boot",
     "effective_loader",
-    "encoded_outgoing",
-    "new_outgoing",
-    "reply_destination",
-    "reply_size_limit",
-    "size_limit",
 ]

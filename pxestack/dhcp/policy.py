@@ -15,20 +15,19 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Protocol, runtime_checkable
 
+from pxestack._records import positional_constructor
 from pxestack.dhcp.client import (
-    CLIENT_ID_LENGTHS,
     Arch,
     ClientInfo,
     Firmware,
     ModelFacts,
     effective_arch,
-    read_client_uuid,
+    read_identity,
 )
-from pxestack.wire import constants as c
 from pxestack.wire.dhcp import DhcpMessage
 
 _ZERO = IPv4Address(0)
@@ -59,24 +58,11 @@ class Machine:
 
     @classmethod
     def from_client(cls, info: ClientInfo, *, interface: str | None = None) -> Machine:
-        """Build from a classified client.
-
-        Built for every packet, so filled through the slot descriptors rather than the
-        frozen dataclass ``__init__`` (the same value at about half the cost, as
-        ``ClientInfo``).
-        """
-        machine: Machine = _new_object(cls)
-        _set_mac(machine, info.mac)
-        _set_arch(machine, info.arch)
-        _set_firmware(machine, info.firmware)
-        _set_uuid(machine, info.uuid)
-        _set_client_id(machine, info.client_id)
-        _set_user_classes(machine, info.user_classes)
-        _set_vendor_class(machine, info.vendor_class)
-        _set_hostname(machine, info.hostname)
-        _set_interface(machine, interface)
-        _set_relay(machine, info.giaddr)
-        return machine
+        """Build from a classified client (what the proxyDHCP core and the tools have)."""
+        return _new_machine(
+            info.mac, info.arch, info.firmware, info.uuid, info.client_id,
+            info.user_classes, info.vendor_class, info.hostname, interface, info.giaddr,
+        )
 
     @classmethod
     def from_message(
@@ -87,48 +73,27 @@ class Machine:
         hostname: str | None,
         interface: str | None = None,
     ) -> Machine:
-        """``Machine.from_client(ClientInfo.from_message(message), interface=interface)``
-        without building the :class:`ClientInfo` (the DHCP server asks the policy for every
-        packet of a network-boot client; the whole classification is needed only when the
-        boot decision is not memoised).
+        """The same value as ``Machine.from_client(ClientInfo.from_message(message),
+        interface=interface)``, read from the message without the whole classification
+        (the DHCP server asks the policy on every packet of a network-boot client, and
+        needs the rest of :class:`ClientInfo` only when its boot decision is not memoised).
 
         *facts* is :func:`~pxestack.dhcp.client.model_facts` of the message's options and
         *hostname* its option 12 as :func:`~pxestack.dhcp.client.read_hostname` reads it.
-        Never raises on what the peer sent (the same rules as ``ClientInfo``, shared).
+        The identity options are read by the same function :class:`ClientInfo` uses
+        (:func:`~pxestack.dhcp.client.read_identity`); never raises on what the peer sent.
         """
-        options = message.options
-        items = options.items_view()
-        client_uuid = None
-        if c.OPT_CLIENT_UUID in items:
-            client_uuid = read_client_uuid(options)[0]
-        client_id = items.get(c.OPT_CLIENT_ID)
-        if client_id is not None and len(client_id) not in CLIENT_ID_LENGTHS:
-            client_id = None  # as ClientInfo.client_id
-        machine: Machine = _new_object(cls)
-        _set_mac(machine, message.chaddr.hex(":"))  # DhcpMessage.mac, inlined
-        _set_arch(machine, effective_arch(facts, message)[0])
-        _set_firmware(machine, facts.firmware)
-        _set_uuid(machine, client_uuid)
-        _set_client_id(machine, client_id)
-        _set_user_classes(machine, facts.user_classes)
-        _set_vendor_class(machine, facts.vendor_class)
-        _set_hostname(machine, hostname)
-        _set_interface(machine, interface)
-        _set_relay(machine, message.giaddr)
-        return machine
+        client_uuid, client_id, _problems = read_identity(message.options)
+        return _new_machine(
+            message.chaddr.hex(":"), effective_arch(facts, message)[0], facts.firmware,
+            client_uuid, client_id, facts.user_classes, facts.vendor_class, hostname,
+            interface, message.giaddr,
+        )
 
 
-_new_object = object.__new__
-_MACHINE_FIELDS = (
-    "mac", "arch", "firmware", "uuid", "client_id", "user_classes", "vendor_class",
-    "hostname", "interface", "relay",
-)
-(
-    _set_mac, _set_arch, _set_firmware, _set_uuid, _set_client_id, _set_user_classes,
-    _set_vendor_class, _set_hostname, _set_interface, _set_relay,
-) = (Machine.__dict__[name].__set__ for name in _MACHINE_FIELDS)
-if tuple(f.name for f in fields(Machine)) != _MACHINE_FIELDS:  # a field was added
-    raise ImportError("update the setters above for Machine's fields")
+#: ``Machine(...)`` with every field given positionally: the one builder of both
+#: constructors above (a machine is built for every packet of a network-boot client).
+_new_machine = positional_constructor(Machine)
 
 
 class Loader(enum.Enum):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from ipaddress import IPv4Address
 from typing import Any, Final, Protocol
 
@@ -37,7 +37,8 @@ from twisted.internet import error, udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
-from pxestack.dhcp.decide import DestinationKind, Outgoing
+from pxestack._memo import BoundedMemo
+from pxestack.dhcp.outgoing import DestinationKind, Outgoing
 from pxestack.dhcp.proxy import ProxyDhcpCore
 from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo
 from pxestack.errors import ApiMisuse, MalformedPacket
@@ -59,7 +60,7 @@ _READ_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
 #: answers nobody wanted.  1 MiB (about 800 datagrams) bounds the added wait to ~0.1 s.
 DEFAULT_RECEIVE_BUFFER = 1 << 20
 #: Bound of the address -> text memo of each protocol.
-_ADDRESS_MEMO_ENTRIES = 4096
+_ADDRESS_TEXT_ENTRIES = 4096
 #: The reply key of :attr:`DhcpDatagramProtocol.outcomes` for a datagram a bug dropped
 #: (never a valid option 53 value: those are one octet).
 BUG: Final = b"bug"
@@ -162,23 +163,92 @@ def _grow_receive_buffer(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
+class DatagramSocket(Protocol):
+    """What :class:`BatchedDatagrams` needs of a socket (a non-blocking UDP socket, or an
+    in-memory stand-in in tests)."""
+
+    def recvfrom(self, size: int) -> tuple[bytes, Any]:
+        """One datagram and its source; ``OSError`` with ``EAGAIN`` when none is queued."""
+        ...
+
+    def sendto(self, data: bytes, address: Any) -> int:
+        """Send one datagram."""
+        ...
+
+
+class BatchedDatagrams:
+    """The read and write halves of a batching DHCP port, over any :class:`DatagramSocket`.
+
+    :meth:`read` takes up to *max_batch* datagrams per readiness event (non-blocking
+    ``recvfrom`` until ``EAGAIN``) and passes them to the protocol's ``receive_batch`` at
+    once: the DHCP server commits its lease journal once per batch (one ``fdatasync`` for
+    every ACK of the batch).  The bound keeps one busy socket from starving the rest of the
+    reactor; epoll is level-triggered, so what is left is read on the next iteration.
+    :meth:`write` is a plain ``sendto``: the adapter only ever passes dotted-quad
+    addresses, so ``udp.Port``'s per-call host name checks are not needed.
+
+    :class:`BatchingUdpPort` runs it on a kernel socket; tests run the same code on an
+    in-memory socket (the port factory of :class:`~pxestack.service.dhcp.DhcpService`
+    is injected).
+    """
+
+    def __init__(self, sock: DatagramSocket, protocol: DhcpDatagramProtocol, *,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_size: int = 8192) -> None:
+        self.socket = sock
+        self.protocol = protocol
+        self.max_batch = max_batch
+        self.max_size = max_size
+
+    def read(self) -> None:
+        """Read until ``EAGAIN`` or :attr:`max_batch` datagrams, then hand the batch over.
+
+        A socket error other than "nothing more to read" or ``ECONNREFUSED`` is raised
+        after the batch is handed over (as ``udp.Port`` does: the reactor logs it)."""
+        recvfrom = self.socket.recvfrom
+        size = self.max_size
+        limit = self.max_batch
+        batch: list[tuple[bytes, tuple[str, int]]] = []
+        failure: OSError | None = None
+        while len(batch) < limit:
+            try:
+                batch.append(recvfrom(size))
+            except OSError as exc:
+                if exc.errno not in _READ_AGAIN:
+                    failure = exc
+                break
+        if batch:
+            try:
+                self.protocol.receive_batch(batch)
+            except BaseException:  # the protocol logs its own failures; this is a backstop
+                DhcpDatagramProtocol.log.failure("DHCP batch handling failed")
+        if failure is not None and failure.errno != errno.ECONNREFUSED:
+            raise failure
+
+    def write(self, datagram: bytes, addr: Any) -> None:
+        """``sendto``; errors as in ``udp.Port`` (``EMSGSIZE`` becomes
+        ``MessageLengthError``, ``ECONNREFUSED`` is ignored, others are raised)."""
+        while True:
+            try:
+                self.socket.sendto(datagram, addr)
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                if exc.errno == errno.EMSGSIZE:
+                    raise error.MessageLengthError("message too long") from exc
+                if exc.errno != errno.ECONNREFUSED:
+                    raise
+            return
+
+
 class BatchingUdpPort(udp.Port):
-    """A UDP port that drains its socket in batches and hands each batch over at once.
+    """Twisted's UDP port with :class:`BatchedDatagrams` as its read and write halves.
 
     Twisted's ``udp.Port`` calls ``datagramReceived`` once per datagram, so the protocol
-    cannot tell where a burst ends.  This port reads up to :attr:`max_batch` datagrams per
-    readiness event (non-blocking ``recvfrom`` until ``EAGAIN``) and passes them to the
-    protocol's ``receive_batch``: the DHCP server commits its lease journal once per batch
-    (one ``fdatasync`` for every ACK of the batch).  The bound keeps one busy socket from
-    starving the rest of the reactor; epoll is level-triggered, so what is left is read on
-    the next iteration.
-
-    It also applies ``SO_REUSEADDR`` and ``SO_BINDTODEVICE`` before binding (one socket per
-    interface, as :class:`~pxestack.service.ports.UdpPortService` does), asks for a large
-    receive buffer (:data:`DEFAULT_RECEIVE_BUFFER`) so bursts queue instead of being dropped
-    while the server is descheduled, and its
-    :meth:`write` skips ``udp.Port``'s per-call hostname checks: the adapter only ever
-    passes dotted-quad addresses.
+    cannot tell where a burst ends; this port hands each burst over at once.  It also
+    applies ``SO_REUSEADDR`` and ``SO_BINDTODEVICE`` before binding (one socket per
+    interface, as :class:`~pxestack.service.ports.UdpPortService` does) and asks for a
+    large receive buffer (:data:`DEFAULT_RECEIVE_BUFFER`) so bursts queue instead of being
+    dropped while the server is descheduled.
     """
 
     #: Datagrams handed over per batch at most.
@@ -202,6 +272,7 @@ class BatchingUdpPort(udp.Port):
         self.max_batch = max_batch
         self.receive_buffer = receive_buffer
         self.batching_protocol = protocol
+        self.datagrams: BatchedDatagrams | None = None
 
     def createInternetSocket(self) -> socket.socket:
         """The socket, with the options that must be set before ``bind``."""
@@ -216,39 +287,69 @@ class BatchingUdpPort(udp.Port):
             _grow_receive_buffer(sock, self.receive_buffer)
         return sock
 
+    def _bindSocket(self) -> None:
+        super()._bindSocket()  # type: ignore[no-untyped-call]
+        self.datagrams = BatchedDatagrams(self.socket, self.batching_protocol,
+                                          max_batch=self.max_batch,
+                                          max_size=self.maxPacketSize)
+
     def doRead(self) -> None:
-        """Read until ``EAGAIN`` or :attr:`max_batch` datagrams, then hand the batch over."""
-        recvfrom = self.socket.recvfrom
-        size = self.maxPacketSize
-        limit = self.max_batch
-        batch: list[tuple[bytes, tuple[str, int]]] = []
-        failure: OSError | None = None
-        while len(batch) < limit:
-            try:
-                batch.append(recvfrom(size))
-            except OSError as exc:
-                if exc.errno not in _READ_AGAIN:
-                    failure = exc
-                break
-        if batch:
-            try:
-                self.batching_protocol.receive_batch(batch)
-            except BaseException:  # the protocol logs its own failures; this is a backstop
-                DhcpDatagramProtocol.log.failure("DHCP batch handling failed")
-        if failure is not None and failure.errno != errno.ECONNREFUSED:
-            raise failure  # as udp.Port does: the reactor logs it and closes the port
+        """Hand the datagrams ready now to the protocol (:meth:`BatchedDatagrams.read`)."""
+        assert self.datagrams is not None  # bound before the reactor reads it
+        self.datagrams.read()
 
     def write(self, datagram: bytes, addr: Any = None) -> None:
-        """``sendto`` without per-call address validation; errors as in ``udp.Port``."""
-        try:
-            self.socket.sendto(datagram, addr)
-        except OSError as exc:
-            if exc.errno == errno.EINTR:
-                self.write(datagram, addr)
-            elif exc.errno == errno.EMSGSIZE:
-                raise error.MessageLengthError("message too long") from exc
-            elif exc.errno != errno.ECONNREFUSED:
-                raise
+        """Send one reply (:meth:`BatchedDatagrams.write`)."""
+        assert self.datagrams is not None
+        self.datagrams.write(datagram, addr)
+
+
+class ListeningPort(Protocol):
+    """What the DHCP service keeps of an open port."""
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        """Allow replies to broadcast addresses."""
+        ...
+
+    def stopListening(self) -> object:
+        """Close the port (may return a Deferred)."""
+        ...
+
+
+class DhcpSockets(Protocol):
+    """Opens what the DHCP adapters send and receive through: the factory the DHCP service
+    is given (kernel sockets in production, in-memory ones in tests, so that both run
+    :class:`BatchedDatagrams` and the protocols' batch handling)."""
+
+    def listen(self, port: int, protocol: DhcpDatagramProtocol, host: str, *,
+               device: str | None, reuse_address: bool) -> ListeningPort:
+        """Open and start a batching UDP port for *protocol* on *host*:*port*."""
+        ...
+
+    def frame_sender(self, device: str) -> FrameSender | None:
+        """A sender of raw frames on *device*, or None where raw sockets are unavailable."""
+        ...
+
+
+class KernelSockets:
+    """:class:`DhcpSockets` over the kernel: :class:`BatchingUdpPort` on *reactor* (which
+    must watch file descriptors, as every real Twisted reactor on Linux does) and
+    :class:`RawUnicastSender`."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+
+    def listen(self, port: int, protocol: DhcpDatagramProtocol, host: str, *,
+               device: str | None, reuse_address: bool) -> ListeningPort:
+        """Bind a :class:`BatchingUdpPort` (privileged ports: call before dropping root)."""
+        listening = BatchingUdpPort(port, protocol, host, reactor=self.reactor, device=device,
+                                    reuse_address=reuse_address)
+        listening.startListening()  # type: ignore[no-untyped-call]
+        return listening
+
+    def frame_sender(self, device: str) -> FrameSender | None:
+        """:meth:`RawUnicastSender.open` (None without CAP_NET_RAW)."""
+        return RawUnicastSender.open(device)
 
 
 class _DeadlineCore(Protocol):
@@ -335,7 +436,9 @@ class DhcpDatagramProtocol(DatagramProtocol):
         #: time by :meth:`pxestack.metrics.Metrics.attach_dhcp_protocol`; bounded, because
         #: only a single-octet option 53 is used as a key (anything else counts as None).
         self.outcomes: dict[tuple[bytes | None, bytes | None], int] = {}
-        self._address_text: dict[int, tuple[IPv4Address, str]] = {}
+        self._address_text: BoundedMemo[int, tuple[IPv4Address, str]] = BoundedMemo(
+            _ADDRESS_TEXT_ENTRIES
+        )
 
     @property
     def reactor(self) -> Any:
@@ -472,11 +575,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
         entry = self._address_text.get(id(address))
         if entry is not None and entry[0] is address:
             return entry[1]
-        if len(self._address_text) >= _ADDRESS_MEMO_ENTRIES:
-            self._address_text.clear()
-        text = str(address)
-        self._address_text[id(address)] = (address, text)
-        return text
+        return self._address_text.put(id(address), (address, str(address)))[1]
 
 
 class DhcpServerProtocol(DhcpDatagramProtocol):
@@ -529,19 +628,21 @@ class ProxyDhcpProtocol(DhcpDatagramProtocol):
         return self.core.handle(message, self.interface.name, now, port=self.port, source=source)
 
 
-#: The signature of the factory the service uses to open raw senders (swapped in tests).
-FrameSenderFactory = Callable[[str], FrameSender | None]
 
 __all__ = [
     "BUG",
     "DEFAULT_MAX_BATCH",
+    "BatchedDatagrams",
     "BatchingUdpPort",
+    "DatagramSocket",
     "DeadlineTimer",
     "DhcpDatagramProtocol",
     "DhcpServerProtocol",
+    "DhcpSockets",
     "FrameSender",
-    "FrameSenderFactory",
     "GroupCommit",
+    "KernelSockets",
+    "ListeningPort",
     "ProxyDhcpProtocol",
     "RawUnicastSender",
     "ipv4_udp_packet",

@@ -40,10 +40,13 @@ from pxestack.dhcp.decide import (
     BootDefaults,
     BootKind,
     ChainloadMemory,
+    decide_boot,
+)
+from pxestack.dhcp.fastpath import FastPath
+from pxestack.dhcp.outgoing import (
     Destination,
     DestinationKind,
     Outgoing,
-    decide_boot,
     reply_size_limit,
 )
 from pxestack.dhcp.policy import BootPolicy, Machine
@@ -95,6 +98,8 @@ class ProxyDhcpCore:
         self.chainloads = chainloads if chainloads is not None else ChainloadMemory()
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.sightings = sightings
+        #: Remembers what each firmware model's options say (a boot storm is a few models).
+        self.fast = FastPath()
 
     def handle(
         self,
@@ -115,7 +120,7 @@ class ProxyDhcpCore:
         if message.giaddr != _ZERO and message.giaddr not in self.relays:
             self.counters["ignored_relay"] += 1
             return []
-        info = ClientInfo.from_message(message)
+        info = self.fast.classify(message)
         if info.firmware is Firmware.OS:
             self.counters["ignored_not_pxe"] += 1
             return []

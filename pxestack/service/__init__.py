@@ -103,8 +103,13 @@ def build_service(
     extensions: Extensions | None = None,
     *,
     reactor: Any = None,
+    dhcp_sockets: Any = None,
 ) -> PxeStackService:
-    """Build the service tree for every section *config* enables."""
+    """Build the service tree for every section *config* enables.
+
+    *dhcp_sockets* opens the DHCP ports and raw senders (a
+    :class:`~pxestack.dhcp.protocol.DhcpSockets`); None: the kernel's, on *reactor*.
+    """
     ext = extensions or Extensions()
     if ext.metrics is None:
         ext.metrics = Metrics()
@@ -122,7 +127,7 @@ def build_service(
     if config.dhcp is not None:
         from pxestack.service.dhcp import build_dhcp_services
 
-        for child in build_dhcp_services(config, ext, reactor=reactor):
+        for child in build_dhcp_services(config, ext, reactor=reactor, sockets=dhcp_sockets):
             child.setServiceParent(root)
             if hasattr(child, "mac_of"):
                 lease_lookups.append(child.mac_of)

@@ -25,7 +25,6 @@ from typing import Any
 
 from twisted.application import internet, service
 from twisted.internet import defer
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
 from pxestack.config import Config
@@ -36,12 +35,12 @@ from pxestack.dhcp.journal import LeaseJournal
 from pxestack.dhcp.leases import AddressRange, InMemoryLeaseStore, Reservation, Subnet
 from pxestack.dhcp.policy import BootPolicy, Loader, StaticBootPolicy
 from pxestack.dhcp.protocol import (
-    BatchingUdpPort,
     DeadlineTimer,
+    DhcpDatagramProtocol,
     DhcpServerProtocol,
-    FrameSenderFactory,
+    DhcpSockets,
+    KernelSockets,
     ProxyDhcpProtocol,
-    RawUnicastSender,
 )
 from pxestack.dhcp.proxy import ProxyDhcpCore
 from pxestack.dhcp.seen import DhcpSightings, LeaseSightings, NeighbourLookup, ProxySightings
@@ -193,24 +192,22 @@ def _log_event(event: LeaseEvent) -> None:
 
 
 class DhcpPortService(UdpPortService):
-    """A DHCP listening port that reads in batches (:class:`BatchingUdpPort`: one journal
-    commit per batch).  On a reactor without file descriptors (tests' fakes) it falls back
-    to the plain :class:`UdpPortService`."""
+    """One DHCP listening port, opened through the service's :class:`DhcpSockets` factory
+    (a batching port: one journal commit per batch of datagrams)."""
+
+    def __init__(self, sockets: DhcpSockets, port: int, protocol: DhcpDatagramProtocol,
+                 host: str, *, device: str | None, reuse_address: bool) -> None:
+        super().__init__(port, protocol, host, device=device, broadcast=True,
+                         reuse_address=reuse_address)
+        self.sockets = sockets
+        self.dhcp_protocol = protocol
 
     def privilegedStartService(self) -> None:
-        """Bind the batching port before twistd drops root."""
-        reactor = self.reactor
-        if not isinstance(reactor, PosixReactorBase):
-            super().privilegedStartService()
-            return
-        port = BatchingUdpPort(
-            self.port_number, self.protocol, self.interface, reactor=reactor,
-            device=self.device, reuse_address=self.reuse_address,
-        )
-        port.startListening()
-        if self.broadcast:
-            port.setBroadcastAllowed(True)
-        self.port = port
+        """Bind the port before twistd drops root (67 and 4011 are privileged)."""
+        port = self.sockets.listen(self.port_number, self.dhcp_protocol, self.interface,
+                                   device=self.device, reuse_address=self.reuse_address)
+        port.setBroadcastAllowed(True)
+        self.port = port  # type: ignore[assignment]
         service.Service.privilegedStartService(self)
 
 
@@ -225,7 +222,7 @@ class DhcpService(service.MultiService):
         policy: BootPolicy,
         *,
         reactor: Any = None,
-        frame_senders: FrameSenderFactory | None = None,
+        sockets: DhcpSockets | None = None,
         lookup: Any = None,
         metrics: Any = None,
         sightings: DhcpSightings | None = None,
@@ -240,7 +237,9 @@ class DhcpService(service.MultiService):
         self.dhcp: DhcpConfig = config.dhcp
         self.policy = policy
         self._reactor = reactor
-        self._frame_senders = frame_senders or RawUnicastSender.open
+        #: Opens the ports and raw senders: the kernel's unless a caller injects another
+        #: factory (tests run the same batching code on in-memory sockets).
+        self.sockets: DhcpSockets = sockets if sockets is not None else KernelSockets(reactor)
         self._lookup = lookup or lookup_interface
         self.core: DhcpServerCore | None = None
         self.store: InMemoryLeaseStore | None = None
@@ -384,7 +383,7 @@ class DhcpService(service.MultiService):
         for info, device in interfaces:
             frames = None
             if device is not None and self.dhcp.raw_replies:
-                frames = self._frame_senders(device)
+                frames = self.sockets.frame_sender(device)
                 if frames is not None:
                     self._senders.append(frames)
             protocol = DhcpServerProtocol(
@@ -430,8 +429,7 @@ class DhcpService(service.MultiService):
         self, port: int, protocol: Any, host: str, device: str | None, *, reuse: bool
     ) -> None:
         DhcpPortService(
-            port, protocol, host, device=device, broadcast=True, reuse_address=reuse,
-            reactor=self.reactor,
+            self.sockets, port, protocol, host, device=device, reuse_address=reuse,
         ).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
@@ -491,19 +489,21 @@ def record_dhcp_steps(core: DhcpServerCore, events: Any) -> None:
 
 
 def build_dhcp_services(
-    config: Config, ext: Any, *, reactor: Any = None
+    config: Config, ext: Any, *, reactor: Any = None, sockets: DhcpSockets | None = None,
 ) -> list[service.IService]:
     """The services for the ``dhcp:`` section (one :class:`DhcpService`).
 
     *ext* is a :class:`pxestack.service.Extensions`; its ``boot_policy`` replaces the
-    default :class:`~pxestack.dhcp.policy.StaticBootPolicy`.
+    default :class:`~pxestack.dhcp.policy.StaticBootPolicy`.  *sockets* opens the ports and
+    raw senders (None: :class:`~pxestack.dhcp.protocol.KernelSockets` on *reactor*).
     """
     if config.dhcp is None:
         raise ApiMisuse("build_dhcp_services called without a dhcp: section")
     policy = getattr(ext, "boot_policy", None) or StaticBootPolicy()
     services: list[service.IService] = [
         DhcpService(
-            config, policy, reactor=reactor, metrics=getattr(ext, "metrics", None),
+            config, policy, reactor=reactor, sockets=sockets,
+            metrics=getattr(ext, "metrics", None),
             sightings=getattr(ext, "dhcp_sightings", None), events=getattr(ext, "events", None),
         )
     ]

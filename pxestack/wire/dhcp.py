@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from typing import Final
 
 import dpkt.dhcp
 
+from pxestack._records import positional_constructor
 from pxestack.errors import ApiMisuse, Invalid, Truncated
 from pxestack.wire import constants as c
 from pxestack.wire.dhcp_options import DhcpOptions, ipv4_address, parse_option_area
@@ -115,7 +116,7 @@ class DhcpMessage:
     @property
     def message_type(self) -> int | None:
         """Option 53 (RFC 2132 §9.6), or None for a plain BOOTP message."""
-        value = self.options.raw(c.OPT_MESSAGE_TYPE)
+        value = self.options._items.get(c.OPT_MESSAGE_TYPE)  # options.raw(), one call less
         return value[0] if value is not None and len(value) == 1 else None
 
     @property
@@ -133,47 +134,9 @@ class DhcpMessage:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-# A frozen dataclass __init__ sets each field through ``object.__setattr__``, which on
-# CPython 3.11 costs about twice as much as calling the slot descriptors directly.  The
-# codec builds two messages per packet (decode, reply), so it uses the descriptors; the
-# result is an ordinary, frozen DhcpMessage (eq, hash, repr and replace() unchanged).
-_new_object = object.__new__
-_DHCPMESSAGE_FIELDS: Final = (
-    "op", "xid", "chaddr", "options", "htype", "hlen", "hops", "secs", "flags", "ciaddr",
-    "yiaddr", "siaddr", "giaddr", "sname", "file",
-)
-(
-    _set_op, _set_xid, _set_chaddr, _set_options, _set_htype, _set_hlen, _set_hops,
-    _set_secs, _set_flags, _set_ciaddr, _set_yiaddr, _set_siaddr, _set_giaddr, _set_sname,
-    _set_file,
-) = (DhcpMessage.__dict__[name].__set__ for name in _DHCPMESSAGE_FIELDS)
-if tuple(f.name for f in fields(DhcpMessage)) != _DHCPMESSAGE_FIELDS:  # a field was added
-    raise ImportError("update the setters above for DhcpMessage's fields")
-
-
-def _new_message(
-    op: int, xid: int, chaddr: bytes, options: DhcpOptions, htype: int, hlen: int,
-    hops: int, secs: int, flags: int, ciaddr: IPv4Address, yiaddr: IPv4Address,
-    siaddr: IPv4Address, giaddr: IPv4Address, sname: bytes, file: bytes,
-) -> DhcpMessage:
-    """``DhcpMessage(...)`` with every field given positionally, without ``__init__``."""
-    message: DhcpMessage = _new_object(DhcpMessage)
-    _set_op(message, op)
-    _set_xid(message, xid)
-    _set_chaddr(message, chaddr)
-    _set_options(message, options)
-    _set_htype(message, htype)
-    _set_hlen(message, hlen)
-    _set_hops(message, hops)
-    _set_secs(message, secs)
-    _set_flags(message, flags)
-    _set_ciaddr(message, ciaddr)
-    _set_yiaddr(message, yiaddr)
-    _set_siaddr(message, siaddr)
-    _set_giaddr(message, giaddr)
-    _set_sname(message, sname)
-    _set_file(message, file)
-    return message
+#: ``DhcpMessage(...)`` with every field given positionally, without ``__init__``: the
+#: codec builds two messages per packet (the request, the reply).
+_new_message: Final = positional_constructor(DhcpMessage)
 
 
 def decode_dhcp(data: bytes) -> DhcpMessage:

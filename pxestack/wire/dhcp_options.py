@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from ipaddress import IPv4Address
 from typing import Final, TypeAlias
 
+from pxestack._memo import BoundedMemo
 from pxestack.errors import ApiMisuse, Invalid, Truncated
 from pxestack.wire import constants as c
 
@@ -88,9 +89,9 @@ OPTION_FORMATS: Final[dict[int, str]] = {
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
-#: Memo of :func:`ipv4_address`; bounded (cleared when full, so memory cannot grow).
-_ADDRESS_MEMO: dict[int, IPv4Address] = {}
-_ADDRESS_MEMO_ENTRIES: Final = 16384
+#: The shared addresses of :func:`ipv4_address`.  The codec is a set of functions with no
+#: instance to own it, so the table is the module's; bounded, so memory cannot grow.
+_ADDRESSES: Final[BoundedMemo[int, IPv4Address]] = BoundedMemo(16384)
 
 
 def ipv4_address(value: int) -> IPv4Address:
@@ -100,11 +101,9 @@ def ipv4_address(value: int) -> IPv4Address:
     same few giaddr/server-id values and its pool's addresses over and over, and the objects
     are immutable, so they are shared.
     """
-    address = _ADDRESS_MEMO.get(value)
+    address = _ADDRESSES.get(value)
     if address is None:
-        if len(_ADDRESS_MEMO) >= _ADDRESS_MEMO_ENTRIES:
-            _ADDRESS_MEMO.clear()
-        address = _ADDRESS_MEMO[value] = IPv4Address(value)
+        address = _ADDRESSES.put(value, IPv4Address(value))
     return address
 
 
@@ -506,7 +505,7 @@ class DhcpOptions(Mapping[int, bytes]):
         if len(value) != 4:  # _check_length, inlined: options 50 and 54 of every REQUEST
             _check_length(code, value, 4)
         number = int.from_bytes(value, "big")
-        address = _ADDRESS_MEMO.get(number)  # ipv4_address's memo, looked up inline
+        address = _ADDRESSES.get(number)  # ipv4_address's table, looked up inline
         return address if address is not None else ipv4_address(number)
 
     def ips(self, code: int) -> tuple[IPv4Address, ...] | None:

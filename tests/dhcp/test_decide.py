@@ -14,9 +14,11 @@ from pxestack.dhcp.decide import (
     BootDefaults,
     BootKind,
     ChainloadMemory,
+    decide_boot,
+)
+from pxestack.dhcp.outgoing import (
     Destination,
     DestinationKind,
-    decide_boot,
     reply_destination,
     reply_size_limit,
 )

@@ -23,9 +23,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pxestack.dhcp import client as client_module
-from pxestack.dhcp.client import ClientInfo
+from pxestack.dhcp.client import ClientInfo, model_facts
 from pxestack.dhcp.decide import BootDefaults
+from pxestack.dhcp.fastpath import FastPath, encoded_size
 from pxestack.dhcp.journal import LeaseJournal, bind_record, encode_record, load_journal
 from pxestack.dhcp.leases import AddressRange, InMemoryLeaseStore, Lease, LeaseState, Subnet
 from pxestack.dhcp.policy import StaticBootPolicy
@@ -35,7 +35,6 @@ from pxestack.dhcp.server import (
     InterfaceInfo,
     ServerSettings,
     SubnetSettings,
-    _encoded_size,
 )
 from pxestack.wire import constants as c
 from pxestack.wire import dhcp as wire_dhcp
@@ -234,7 +233,7 @@ def test_one_pass_options_area_matches_the_chunk_packer(items: dict[int, bytes],
 @given(option_values)
 def test_encoded_size_counts_rfc3396_pieces(items: dict[int, bytes]) -> None:
     expected = sum(len(chunk) for chunk in wire_dhcp._option_chunks(items))
-    assert _encoded_size(items) == expected
+    assert encoded_size(items) == expected
 
 
 @settings(max_examples=150, deadline=None)
@@ -291,26 +290,27 @@ def test_decoded_and_reply_messages_equal_normally_built_ones(sample: str) -> No
 @pytest.mark.parametrize("sample", sorted(SAMPLES))
 def test_classification_is_the_same_with_a_cold_or_warm_memo(sample: str) -> None:
     message = SAMPLES[sample]()
-    client_module._MODEL_MEMO.clear()
-    cold = ClientInfo.from_message(message)
-    warm = ClientInfo.from_message(message)
-    assert cold == warm == dataclasses.replace(cold)
+    fast = FastPath()
+    items = message.options.items_view()
+    plain = ClientInfo.from_message(message)
+    cold = ClientInfo.from_message(message, fast.model_facts(items))
+    warm = ClientInfo.from_message(message, fast.model_facts(items))
+    assert plain == cold == warm == dataclasses.replace(cold)
+    assert fast.model_facts(items) == model_facts(items)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cold.mac = "x"  # type: ignore[misc]
 
 
 def test_classification_memo_is_bounded() -> None:
-    client_module._MODEL_MEMO.clear()
-    for n in range(client_module._MODEL_MEMO_ENTRIES + 10):
-        options = DhcpOptions({c.OPT_MESSAGE_TYPE: b"\x01",
-                               c.OPT_VENDOR_CLASS_ID: b"PXEClient:%d" % n})
-        ClientInfo.from_message(DhcpMessage(op=c.BOOTREQUEST, xid=n, chaddr=bytes(6),
-                                            options=options))
-    assert len(client_module._MODEL_MEMO) <= client_module._MODEL_MEMO_ENTRIES
-    huge = DhcpOptions({c.OPT_MESSAGE_TYPE: b"\x01", c.OPT_VENDOR_CLASS_ID: b"P" * 2000})
-    client_module._MODEL_MEMO.clear()
-    ClientInfo.from_message(DhcpMessage(op=c.BOOTREQUEST, xid=1, chaddr=bytes(6), options=huge))
-    assert not client_module._MODEL_MEMO  # large keys are never memoised
+    fast = FastPath(entries=16)
+    for n in range(40):
+        items = {c.OPT_MESSAGE_TYPE: b"\x01", c.OPT_VENDOR_CLASS_ID: b"PXEClient:%d" % n}
+        assert fast.model_facts(items).vendor_class == f"PXEClient:{n}"
+        assert fast.sizes()["models"] <= 16
+    fast = FastPath()
+    huge = {c.OPT_MESSAGE_TYPE: b"\x01", c.OPT_VENDOR_CLASS_ID: b"P" * 2000}
+    assert fast.model_facts(huge) == model_facts(huge)
+    assert fast.sizes()["models"] == 0  # large keys are never remembered
 
 
 # --- the batching port, on loopback --------------------------------------------------------

@@ -1,11 +1,9 @@
-"""The identity-keyed memos and the lease store's shared bookkeeping (docs/dhcp.md §11)
-give the answers of the straightforward code.
+"""The adapter's address memo and the lease store's shared bookkeeping give the answers of
+the straightforward code (the server core's memos: tests/dhcp/test_fast_path.py).
 
-* ``_relay_destination`` and the adapter's ``_text_address`` key their memos by ``id()`` of
-  the address object and check that the entry holds that very object, so equal but
-  distinct objects, and objects whose ``id`` is reused after the first one died, still get
-  the right answer.
-* ``DhcpServerCore._defaults_for`` keeps its last answer by identity.
+* The adapter's ``_text_address`` keys its memo by ``id()`` of the address object and
+  checks that the entry holds that very object, so equal but distinct objects, and objects
+  whose ``id`` is reused after the first one died, still get the right answer.
 * ``InMemoryLeaseStore.bind`` shares ``may_bind``'s reservation lookup and integer address,
   and ``_put`` takes the integer address from its caller: a random sequence of operations
   must keep ``may_bind`` predicting ``bind`` and the store's indexes consistent.
@@ -13,14 +11,12 @@ give the answers of the straightforward code.
 
 from __future__ import annotations
 
-import gc
 from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_server import IFACE, NET, RELAY, REMOTE, make_core, message
+from test_server import IFACE, make_core
 
-from pxestack.dhcp.decide import Destination, DestinationKind, _relay_destination
 from pxestack.dhcp.leases import (
     AddressRange,
     InMemoryLeaseStore,
@@ -29,50 +25,11 @@ from pxestack.dhcp.leases import (
     Subnet,
 )
 from pxestack.dhcp.protocol import DhcpServerProtocol
-from pxestack.dhcp.server import InterfaceInfo
-from pxestack.wire import constants as c
 
 
 def _fresh(text: str) -> IPv4Address:
     """A new IPv4Address object (never one of the decoder's shared ones)."""
     return IPv4Address(text)
-
-
-def test_relay_destination_matches_a_fresh_destination_for_every_object() -> None:
-    for round_ in range(3):
-        for text in ("198.18.0.2", "198.18.0.3", "10.0.0.1"):
-            giaddr = _fresh(text)
-            destination = _relay_destination(giaddr)
-            assert destination == Destination(DestinationKind.RELAY, giaddr, c.DHCP_SERVER_PORT)
-            assert destination.address == IPv4Address(text)
-            del giaddr, destination
-            if round_:
-                gc.collect()  # let ids be reused by the next object
-
-
-def test_relay_memo_answers_for_every_giaddr_object() -> None:
-    """The core finds a relay's subnet by ``id`` of the giaddr object; equal but
-    distinct objects, objects whose id is reused, unknown relays and an unset giaddr built
-    as a new object get the answers of the straightforward lookup."""
-    core, _, _ = make_core()
-    cases = [(RELAY, "offer"), (IPv4Address("198.19.7.9"), "ignored_relay"),
-             (IPv4Address(0), "offer")]
-    for round_ in range(3):
-        for n, (address, expected) in enumerate(cases * 2):
-            giaddr = _fresh(str(address))
-            before = dict(core.counters)
-            replies = core.handle(message(c.DHCPDISCOVER, 100 + n, giaddr=giaddr), IFACE,
-                                  1000.0 + round_)
-            if expected == "offer":
-                assert len(replies) == 1
-                subnet = REMOTE if giaddr == RELAY else NET
-                assert replies[0].message.yiaddr in subnet
-            else:
-                assert replies == []
-                assert core.counters["ignored_relay"] == before["ignored_relay"] + 1
-            del giaddr, replies
-            if round_:
-                gc.collect()  # let ids be reused by the next object
 
 
 def test_text_address_is_str_for_equal_distinct_and_reused_objects() -> None:
@@ -82,16 +39,6 @@ def test_text_address_is_str_for_equal_distinct_and_reused_objects() -> None:
         address = IPv4Address(value)
         assert protocol._text_address(address) == str(address)
         del address  # the next object may get the same id; the memo must not answer for it
-
-
-def test_defaults_follow_the_server_address_across_interfaces() -> None:
-    core, _, _ = make_core()
-    other = InterfaceInfo("eth9", IPv4Address("10.9.9.1"), IPv4Network("10.9.9.0/24"))
-    for server in (IFACE.address, other.address, _fresh(str(IFACE.address)), other.address,
-                   IFACE.address):
-        defaults = core._defaults_for(server)
-        assert defaults.server_address == server
-        assert defaults == core._defaults_for(_fresh(str(server)))
 
 
 NETWORK = IPv4Network("10.20.0.0/28")

@@ -11,12 +11,8 @@ from dhcp_samples import SAMPLES, VM_MAC
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pxestack.dhcp.decide import (
-    PXE_USE_BOOTFILE_OPTION,
-    BootDefaults,
-    DestinationKind,
-    Outgoing,
-)
+from pxestack.dhcp.decide import PXE_USE_BOOTFILE_OPTION, BootDefaults
+from pxestack.dhcp.outgoing import DestinationKind, Outgoing
 from pxestack.dhcp.policy import BootSpec, Machine, StaticBootPolicy
 from pxestack.dhcp.proxy import ProxyDhcpCore
 from pxestack.wire import constants as c

@@ -1,7 +1,7 @@
 """The pre-encoded reply options give the same octets as the general encoder.
 
 The server caches the options of OFFERs and ACKs whose inputs are all configuration
-(:meth:`DhcpServerCore._cached_reply_options`), pre-encoded once
+(:meth:`~pxestack.dhcp.fastpath.FastPath.reply_options`), pre-encoded once
 (:func:`~pxestack.wire.dhcp.pre_encoded_options`); the encoder then copies the area behind
 the header.  These tests hold the cached path to the general one, byte for byte.
 """
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_server import IFACE, RELAY, make_core, message
 
-from pxestack.dhcp.decide import (
+from pxestack.dhcp.outgoing import (
     Destination,
     DestinationKind,
     Outgoing,
@@ -208,7 +208,7 @@ def test_encode_reply_gives_the_octets_of_build_reply_and_encode_dhcp(
         direct = type(exc)
     assert direct == expected
     if isinstance(direct, bytes):
-        outgoing = encoded_outgoing(direct, request, options, yiaddr, siaddr, ciaddr, file,
+        outgoing = encoded_outgoing(direct, (request, options, yiaddr, siaddr, ciaddr, file),
                                     _DESTINATION, max_size, 67, "veth0")
         assert outgoing.encoded() is direct
         assert outgoing.reply_type == b"\x02"

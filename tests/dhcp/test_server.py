@@ -15,7 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from pxestack.dhcp.decide import BootDefaults, DestinationKind, Outgoing
+from pxestack.dhcp.decide import BootDefaults
 from pxestack.dhcp.leases import (
     AddressRange,
     InMemoryLeaseStore,
@@ -23,6 +23,7 @@ from pxestack.dhcp.leases import (
     Reservation,
     Subnet,
 )
+from pxestack.dhcp.outgoing import DestinationKind, Outgoing
 from pxestack.dhcp.policy import BootSpec, StaticBootPolicy
 from pxestack.dhcp.server import (
     DhcpServerCore,

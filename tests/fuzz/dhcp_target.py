@@ -18,8 +18,9 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from pxestack.dhcp.client import ClientInfo, model_facts, read_hostname
-from pxestack.dhcp.decide import BootDefaults, Outgoing, reply_size_limit
+from pxestack.dhcp.decide import BootDefaults
 from pxestack.dhcp.leases import AddressRange, InMemoryLeaseStore, Subnet
+from pxestack.dhcp.outgoing import Outgoing, reply_size_limit
 from pxestack.dhcp.policy import Machine, StaticBootPolicy
 from pxestack.dhcp.proxy import ProxyDhcpCore
 from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo, ServerSettings, SubnetSettings

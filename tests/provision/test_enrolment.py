@@ -9,6 +9,7 @@ from typing import Any
 
 import pygit2
 import pytest
+from fake_reactor import MemorySockets
 from provision_helpers import ADMIN_TOKEN, Client, Rig, host_data, make_rig, token_from_script
 from twisted.internet import address
 from twisted.internet.task import Clock
@@ -287,42 +288,6 @@ def test_the_default_follows_whether_pxestack_runs_dhcp() -> None:
 # -- the service composition: pxestack's DHCP lease admits the machine -----------------------
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.written: list[tuple[bytes, tuple[str, int]]] = []
-
-    def write(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.written.append((data, addr))
-
-
-class _Port:
-    def __init__(self, port: int) -> None:
-        self.port = port
-
-    def getHost(self) -> Any:
-        return address.IPv4Address("UDP", "127.0.0.1", self.port)
-
-    def setBroadcastAllowed(self, allowed: bool) -> None:
-        pass
-
-    def stopListening(self) -> None:
-        pass
-
-
-class _UdpClock(Clock):
-    """task.Clock with the listenUDP the DHCP service needs (no sockets)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.advance(1_700_000_000)
-        self.protocols: list[Any] = []
-
-    def listenUDP(self, port: int, protocol: Any, interface: str = "") -> _Port:
-        protocol.makeConnection(_Transport())
-        self.protocols.append(protocol)
-        return _Port(port)
-
-
 def test_the_dhcp_service_and_the_api_share_the_sightings(tmp_path: Path) -> None:
     from pxestack.app import build_root_service
     from pxestack.provision.api import synchronous_runner
@@ -346,19 +311,22 @@ def test_the_dhcp_service_and_the_api_share_the_sightings(tmp_path: Path) -> Non
         base_dir=tmp_path,
     )
     assert config.provision is not None and config.provision.enrolment == "dhcp-seen"
-    reactor = _UdpClock()
-    root = build_root_service(config, reactor=reactor)
+    reactor = Clock()
+    reactor.advance(1_700_000_000)
+    sockets = MemorySockets(reactor)  # the DHCP ports run their batching code in memory
+    root = build_root_service(config, reactor=reactor, dhcp_sockets=sockets)
     dhcp = root.getServiceNamed("dhcp")
     dhcp.privilegedStartService()
     dhcp.startService()
-    [protocol] = reactor.protocols
+    [port] = sockets.ports
+    protocol = port.protocol
 
     def send(kind: int, **options: bytes) -> DhcpMessage:
         items = {c.OPT_MESSAGE_TYPE: bytes((kind,))}
         items.update({int(k[1:]): v for k, v in options.items()})
-        protocol.datagramReceived(
+        port.receive((
             encode_dhcp(DhcpMessage(op=c.BOOTREQUEST, xid=7, chaddr=MAC, flags=c.FLAG_BROADCAST,
-                                    options=DhcpOptions(items))), ("127.0.0.1", 6768))
+                                    options=DhcpOptions(items))), ("127.0.0.1", 6768)))
         return decode_dhcp(protocol.transport.written[-1][0])
 
     offer = send(c.DHCPDISCOVER)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_reactor import MemorySockets, MemoryUdpPort
 from twisted.internet.task import Clock
 
 from pxestack.config import load_config
@@ -24,41 +25,18 @@ from pxestack.wire.dhcp_options import DhcpOptions
 MAC = bytes.fromhex("020000000042")
 
 
-class FakePort:
-    def __init__(self, port: int, interface: str) -> None:
-        self.port, self.interface = port, interface
-        self.broadcast = False
-        self.stopped = False
-
-    def getHost(self) -> Any:
-        return type("Host", (), {"host": self.interface, "port": self.port})()
-
-    def setBroadcastAllowed(self, allowed: bool) -> None:
-        self.broadcast = allowed
-
-    def stopListening(self) -> None:
-        self.stopped = True
-
-
 class FakeUdpReactor(Clock):
-    """listenUDP/adoptDatagramPort recorder on top of task.Clock."""
+    """task.Clock with the in-memory socket factory the DHCP service is given: its ports
+    run pxestack's own batching code (tests/fake_reactor.py)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.advance(1_700_000_000)
-        self.ports: list[tuple[FakePort, Any]] = []
+        self.sockets = MemorySockets(self)
 
-    def listenUDP(self, port: int, protocol: Any, interface: str = "") -> FakePort:
-        fake = FakePort(port, interface)
-        self.ports.append((fake, protocol))
-        protocol.makeConnection(Transport())
-        return fake
-
-    def adoptDatagramPort(self, fileno: int, family: int, protocol: Any) -> FakePort:
-        fake = FakePort(-1, "adopted")
-        self.ports.append((fake, protocol))
-        protocol.makeConnection(Transport())
-        return fake
+    @property
+    def ports(self) -> list[tuple[MemoryUdpPort, Any]]:
+        return [(port, port.protocol) for port in self.sockets.ports]
 
 
 class Transport:
@@ -93,7 +71,8 @@ def packet(kind: int, **options: bytes) -> bytes:
 
 
 def start(cfg: Any, reactor: FakeUdpReactor, ext: Extensions | None = None) -> DhcpService:
-    [svc] = build_dhcp_services(cfg, ext or Extensions(), reactor=reactor)
+    [svc] = build_dhcp_services(cfg, ext or Extensions(), reactor=reactor,
+                                sockets=reactor.sockets)
     assert isinstance(svc, DhcpService)
     svc.privilegedStartService()
     svc.startService()
@@ -106,19 +85,19 @@ def test_server_on_loopback_leases_survive_a_restart(tmp_path: Path) -> None:
     svc = start(cfg, reactor)
     [(port, protocol)] = reactor.ports
     assert (port.port, port.interface, port.broadcast) == (6767, "127.0.0.1", True)
-    assert isinstance(protocol, DhcpServerProtocol)
-    protocol.datagramReceived(packet(c.DHCPDISCOVER), ("127.0.0.1", 6768))
+    assert isinstance(protocol, DhcpServerProtocol) and protocol.transport is port
+    port.receive((packet(c.DHCPDISCOVER), ("127.0.0.1", 6768)))
     offer = decode_dhcp(protocol.transport.written[-1][0])  # type: ignore[union-attr]
     # Loopback quickstart: replies go to the network broadcast on client port 6768.
     assert protocol.transport.written[-1][1] == ("127.255.255.255", 6768)  # type: ignore[union-attr]
-    protocol.datagramReceived(
+    port.receive((
         packet(c.DHCPREQUEST, o50=offer.yiaddr.packed, o54=IPv4Address("127.0.0.1").packed),
         ("127.0.0.1", 6768),
-    )
+    ))
     ack = decode_dhcp(protocol.transport.written[-1][0])  # type: ignore[union-attr]
     assert ack.message_type == c.DHCPACK and ack.yiaddr == offer.yiaddr
     stopped = svc.stopService()
-    assert stopped.called and port.stopped
+    assert stopped.called and not port.listening
     assert (tmp_path / "state" / "dhcp-leases.journal").exists()
 
     again = start(cfg, FakeUdpReactor())
@@ -159,7 +138,7 @@ def test_one_socket_per_interface_bound_to_its_device(tmp_path: Path) -> None:
         return None
 
     svc = DhcpService(cfg, StaticBootPolicy(), reactor=FakeUdpReactor(),
-                      frame_senders=frames, lookup=nics.__getitem__)
+                      sockets=MemorySockets(frame_senders=frames), lookup=nics.__getitem__)
     svc._prepare()
     ports = [child for child in svc if isinstance(child, UdpPortService)]
     assert [(p.port_number, p.device, p.interface) for p in ports] == [
@@ -274,3 +253,72 @@ def test_server_address_not_on_the_interface_is_used_with_a_warning(tmp_path: Pa
 def test_build_service_includes_dhcp(tmp_path: Path) -> None:
     root = build_service(config(tmp_path), reactor=FakeUdpReactor())
     assert root.getServiceNamed("dhcp") is not None
+
+
+def _discover_from(n: int) -> bytes:
+    mac = bytes((2, 0, 0, 0, 1, n))
+    return encode_dhcp(DhcpMessage(op=c.BOOTREQUEST, xid=n, chaddr=mac, flags=c.FLAG_BROADCAST,
+                                   options=DhcpOptions({c.OPT_MESSAGE_TYPE: b"\x01"})))
+
+
+def test_a_burst_is_read_in_bounded_batches_with_one_journal_commit_each(
+    tmp_path: Path,
+) -> None:
+    """The port the service opens reads a readiness event's datagrams in batches of at most
+    ``max_batch`` and the server commits its lease journal once per batch."""
+    reactor = FakeUdpReactor()
+    reactor.sockets.max_batch = 4
+    svc = start(config(tmp_path), reactor)
+    [(port, protocol)] = reactor.ports
+    assert reactor.sockets.ports[0].datagrams.max_batch == 4
+    batches: list[int] = []
+    handle = protocol.receive_batch
+
+    def counting(datagrams: Any) -> None:
+        datagrams = list(datagrams)
+        batches.append(len(datagrams))
+        handle(datagrams)
+
+    protocol.receive_batch = counting
+    commits: list[int] = []
+    journal = protocol.journal
+    commit = journal.commit
+
+    def counting_commit() -> None:
+        commits.append(len(batches))
+        commit()
+
+    journal.commit = counting_commit
+    port.socket.inbox.extend((_discover_from(n), ("127.0.0.1", 6768)) for n in range(10))
+    for _ in range(3):
+        port.doRead()  # one readiness event each; the last one stops at EAGAIN
+    assert batches == [4, 4, 2]
+    assert commits == [1, 2, 3]  # one commit per batch, after it
+    offers = [decode_dhcp(data) for data, _ in port.written]
+    assert [offer.xid for offer in offers] == list(range(10))
+    assert all(offer.message_type == c.DHCPOFFER for offer in offers)
+    port.doRead()  # nothing queued: no empty batch
+    assert batches == [4, 4, 2]
+    svc.stopService()
+
+
+def test_send_errors_are_handled_as_the_kernel_port_handles_them(tmp_path: Path) -> None:
+    """EINTR is retried, ECONNREFUSED dropped; any other error is logged by the adapter and
+    never raised into the reactor."""
+    import errno
+
+    reactor = FakeUdpReactor()
+    svc = start(config(tmp_path), reactor)
+    [(port, _)] = reactor.ports
+    port.socket.send_errors = [errno.EINTR]
+    port.receive((_discover_from(1), ("127.0.0.1", 6768)))
+    assert len(port.written) == 1
+    port.socket.send_errors = [errno.ECONNREFUSED]
+    port.receive((_discover_from(2), ("127.0.0.1", 6768)))
+    assert len(port.written) == 1
+    port.socket.send_errors = [errno.ENETUNREACH]
+    port.receive((_discover_from(3), ("127.0.0.1", 6768)))
+    assert len(port.written) == 1
+    port.receive((_discover_from(4), ("127.0.0.1", 6768)))
+    assert decode_dhcp(port.written[-1][0]).xid == 4
+    svc.stopService()
