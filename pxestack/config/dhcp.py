@@ -10,6 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pxestack.config._reader import Section
+from pxestack.config.admission import AdmissionConfig, read_admission
 
 DHCP_MODES = ("server", "proxy")
 
@@ -166,6 +167,8 @@ class DhcpConfig:
     router_advertisements: RouterAdvertisementConfig = field(
         default_factory=lambda: RouterAdvertisementConfig()
     )
+    #: Admission control of new PXE clients during a boot storm.
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
 
 def _read_pool(section: Section, default_lease: int) -> PoolConfig | None:
@@ -290,6 +293,7 @@ def read_dhcp(section: Section) -> DhcpConfig:
         router_advertisements=_read_router_advertisements(
             section.mapping("router_advertisements")
         ),
+        admission=read_admission(section.mapping("admission")),
     )
     if config.router_advertisements.enabled and not config.interfaces:
         section.problem(

@@ -295,6 +295,9 @@ class DhcpServerCore:
         #: ACK that grants a lease (True), whatever *event_kinds* holds: the cheap hook the
         #: metrics' per-machine DHCP phase uses (no :class:`LeaseEvent` is built for it).
         self.on_progress: Callable[[bool, bytes, Now], None] | None = None
+        #: Asked with ``(message, interface, firmware, now)`` before each OFFER; False: no
+        #: answer now (:mod:`pxestack.dhcp.admission`).  None: every DISCOVER answered.
+        self.admission: Callable[[DhcpMessage, InterfaceInfo, Firmware, Now], bool] | None = None
         self._by_network: dict[IPv4Network, SubnetSettings] = {
             s.subnet.network: s for s in settings.subnets
         }
@@ -428,6 +431,10 @@ class DhcpServerCore:
         message = ctx.message
         boot = self._boot(ctx)
         if boot is None:
+            return []
+        if self.admission is not None and not self.admission(
+            message, ctx.interface, ctx.facts.firmware, ctx.now
+        ):
             return []
         requested = ctx.message.options.ip(c.OPT_REQUESTED_IP)
         lease = self.store.offer(
