@@ -9,7 +9,7 @@ from pxestack.config._reader import Section
 #: Defaults, also stated in docs/dhcp.md.
 DEFAULT_MAX_STARTING = 64
 DEFAULT_START_TIMEOUT = 60.0
-DEFAULT_MAX_LOOP_LAG = 0.5
+DEFAULT_MAX_LOOP_LAG = 1.0
 #: Seconds between two event-loop lag samples.
 DEFAULT_LAG_INTERVAL = 0.1
 

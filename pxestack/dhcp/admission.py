@@ -87,7 +87,7 @@ class AdmissionSettings:
     start_timeout: float = 60.0
     #: Smoothed event-loop lag (seconds) at or above which no new machine is admitted;
     #: 0 turns the lag signal off.
-    max_loop_lag: float = 0.5
+    max_loop_lag: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_starting < 1:

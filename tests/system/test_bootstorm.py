@@ -1,6 +1,6 @@
 """A bounded boot storm with admission control active, on a two-namespace lab.
 
-1500 simulated machines (``pxestack/simulate.py``, with the firmware's own DHCP and TFTP
+1200 simulated machines (``pxestack/simulate.py``, with the firmware's own DHCP and TFTP
 timers and a retried boot order) arrive at 200 per second at one pxestack server with
 everything on but the git audit.  ``dhcp.admission.max_starting`` is set low enough that
 the server must hold machines back at their first DHCP; the test checks that it did, and
@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-MACHINES = 1500
+MACHINES = 1200
 RATE = 200.0
 
 
@@ -33,7 +33,7 @@ def test_bounded_storm_with_admission_control() -> None:
     from benchmarks.bootstorm import describe, run_once
 
     run = run_once(MACHINES, RATE, git=False, admission=True,
-                   admission_knobs={"max_starting": 16}, machine_deadline=240.0)
+                   admission_knobs={"max_starting": 32}, machine_deadline=240.0)
     print(describe(run))
     assert run["checks_passed"], run["problems"]
     assert run["installed"] == MACHINES
