@@ -63,6 +63,7 @@ def summary(point: dict[str, Any]) -> dict[str, Any]:
     """The fields of one storm the curve keeps (the per-phase detail too, not the log)."""
     keep = ("machines", "arrival_rate", "git", "tftp_workers", "admission", "installed",
             "goodput_per_s", "time_to_provision_all_s", "peak_rss_mib", "boot_restarts",
+            "held_back", "admission_knobs",
             "load_average", "checks_passed", "problems", "per_machine_total_s", "phases_s",
             "tftp_refusals", "client_cpu_s")
     return {key: point.get(key) for key in keep}
@@ -115,6 +116,31 @@ def plot(points: list[dict[str, Any]], output: Path) -> Path | None:
     return output
 
 
+def table(points: list[dict[str, Any]]) -> str:
+    """The points as the Markdown table of docs/benchmarks.md."""
+    lines = [
+        "| machines | arrival /s | tftp.workers | admission | installed | goodput /s "
+        "| first arrival to last installed, s | held back | failed boots (phase: count) "
+        "| peak RSS, MiB | load avg before / after | checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in sorted(points, key=point_key):
+        load = p.get("load_average") or [0.0] * 6
+        restarts = ", ".join(f"{k}: {v}" for k, v in (p.get("boot_restarts") or {}).items())
+        wall = p.get("time_to_provision_all_s")
+        lines.append(
+            f"| {p['machines']} | {p['arrival_rate']:g} | {p.get('tftp_workers') or 'default'} "
+            f"| {'on' if p.get('admission', True) else 'off'} | {p.get('installed')} "
+            f"| {p.get('goodput_per_s', 0.0):.1f} | {wall:.1f} | {p.get('held_back', '-')} "
+            f"| {restarts or 'none'} | {p.get('peak_rss_mib', 0.0):.0f} "
+            f"| {load[0]:.1f} / {load[3]:.1f} | {'pass' if p.get('checks_passed') else 'FAIL'} |"
+            if wall is not None else
+            f"| {p['machines']} | {p['arrival_rate']:g} | {p.get('tftp_workers') or 'default'} "
+            f"| - | {p.get('installed')} | - | - | - | {restarts or 'none'} | - | - | FAIL |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep (or only plot it); exit status 1 when any storm failed a check."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.storm_curve",
@@ -129,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--table", action="store_true",
+                        help="print the points as a Markdown table (with --plot-only)")
     parser.add_argument("--again", action="store_true", help="measure points already in the file")
     args = parser.parse_args(argv)
     failures = 0
@@ -152,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(describe(run))
                     failures += not run["checks_passed"]
                     save_point(args.results, summary(run))
+    if args.table:
+        print(table(load_points(args.results)))
     drawn = plot(load_points(args.results), args.plot)
     if drawn is not None:
         log(f"plot: {drawn}")

@@ -10,6 +10,7 @@ from pxestack.config._reader import Section
 DEFAULT_MAX_STARTING = 64
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_MAX_LOOP_LAG = 1.0
+DEFAULT_MAX_BACKLOG = 32
 #: Seconds between two event-loop lag samples.
 DEFAULT_LAG_INTERVAL = 0.1
 
@@ -28,6 +29,8 @@ class AdmissionConfig:
     max_loop_lag: float = DEFAULT_MAX_LOOP_LAG
     #: Seconds between two lag samples.
     lag_interval: float = DEFAULT_LAG_INTERVAL
+    #: Provisioning jobs accepted and not finished at which new machines wait; 0: ignored.
+    max_backlog: int = DEFAULT_MAX_BACKLOG
 
 
 def read_admission(section: Section) -> AdmissionConfig:
@@ -39,6 +42,8 @@ def read_admission(section: Section) -> AdmissionConfig:
         start_timeout=section.float("start_timeout", DEFAULT_START_TIMEOUT, minimum=1.0),
         max_loop_lag=section.float("max_loop_lag", DEFAULT_MAX_LOOP_LAG, minimum=0.0),
         lag_interval=section.float("lag_interval", DEFAULT_LAG_INTERVAL, minimum=0.01),
+        max_backlog=section.int("max_backlog", DEFAULT_MAX_BACKLOG, minimum=0,
+                                maximum=1_000_000),
     )
     if config.max_loop_lag and config.max_loop_lag < config.lag_interval:
         section.problem(

@@ -21,9 +21,12 @@ for operators):
 3. A machine admitted at its first step counts as **starting** until its iPXE DISCOVER is
    seen (its TFTP download is over) or ``start_timeout`` seconds pass.  A new machine is
    admitted while fewer than ``max_starting`` machines are starting and the event loop's
-   lag (:meth:`observe_lag`, fed by the service) is below ``max_loop_lag``: the first
-   bounds the TFTP stage, the second everything the main process does (HTTP, enrolment,
-   the git audit).  Otherwise its DISCOVER gets no answer now: it **waits**.
+   lag (:meth:`observe_lag`, fed by the service) is below ``max_loop_lag`` and the work
+   the layers above have accepted and not finished (:meth:`observe_backlog`: provisioning
+   jobs, each an HTTP request of a machine in its later phases) is below ``max_backlog``:
+   the first bounds the TFTP stage, the other two what the main process and its
+   provisioning threads do (HTTP, enrolment, the git audit).  Otherwise its DISCOVER gets
+   no answer now: it **waits**.
 4. Waiting machines are served in the order they first asked.  A PXE ROM listens for an
    OFFER the whole time between two DISCOVERs (4, 8, 16 and 32 s), so a waiting machine
    need not ask again to get its turn: :meth:`release`, called periodically, hands out
@@ -74,6 +77,7 @@ FIRST_STEP_FIRMWARE: Final = frozenset({Firmware.PXE, Firmware.HTTP_CLIENT})
 #: Reasons of a :class:`Verdict`.
 ADMITTED, IN_PROGRESS, LATER_PHASE = "admitted", "in progress", "later phase"
 FULL, LAGGING = "starting machines at the limit", "event loop lagging"
+BACKLOGGED = "provisioning backlog at the limit"
 QUEUED = "queued behind machines waiting longer"
 
 
@@ -88,12 +92,16 @@ class AdmissionSettings:
     #: Smoothed event-loop lag (seconds) at or above which no new machine is admitted;
     #: 0 turns the lag signal off.
     max_loop_lag: float = 1.0
+    #: Work the layers above accepted and have not finished (provisioning jobs) at or above
+    #: which no new machine is admitted; 0 turns the signal off.
+    max_backlog: int = 32
 
     def __post_init__(self) -> None:
         if self.max_starting < 1:
             raise ApiMisuse("max_starting must be at least 1")
-        if self.start_timeout <= 0 or self.max_loop_lag < 0:
-            raise ApiMisuse("start_timeout must be positive and max_loop_lag not negative")
+        if self.start_timeout <= 0 or self.max_loop_lag < 0 or self.max_backlog < 0:
+            raise ApiMisuse("start_timeout must be positive, max_loop_lag and max_backlog "
+                            "not negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +153,8 @@ class BootAdmission:
         #: Deferred machines by MAC, in the order they first asked.
         self._waiting: OrderedDict[bytes, _Waiting] = OrderedDict()
         self.lag = 0.0
+        #: The last backlog reported (:meth:`observe_backlog`).
+        self.backlog = 0
         #: Cumulative counts (for metrics): admitted, deferred, expired starts.
         self.counters = {"admitted": 0, "deferred": 0, "start_timeouts": 0}
 
@@ -153,6 +163,10 @@ class BootAdmission:
     def observe_lag(self, lag: float) -> None:
         """One event-loop lag sample (seconds late of a periodic timer)."""
         self.lag += LAG_SMOOTHING * (max(lag, 0.0) - self.lag)
+
+    def observe_backlog(self, backlog: int) -> None:
+        """The work the layers above have accepted and not finished, now."""
+        self.backlog = backlog
 
     @property
     def starting(self) -> int:
@@ -172,6 +186,8 @@ class BootAdmission:
             return FULL
         if settings.max_loop_lag and self.lag >= settings.max_loop_lag:
             return LAGGING
+        if settings.max_backlog and self.backlog >= settings.max_backlog:
+            return BACKLOGGED
         return ""
 
     # -- the decision ----------------------------------------------------------------
@@ -281,6 +297,7 @@ class BootAdmission:
 __all__ = [
     "ADMISSION_MEMORY",
     "ADMITTED",
+    "BACKLOGGED",
     "FIRST_STEP_FIRMWARE",
     "FULL",
     "IN_PROGRESS",

@@ -54,6 +54,10 @@ class Extensions:
     #: The host store of the provisioning layer (``pxestack.provision``), when there is
     #: one: extensions read host records through it (:mod:`pxestack.extensions`).
     hosts: Any = None
+    #: Returns the work the layers above have accepted and not finished (the provisioning
+    #: layer: its jobs running or queued for a thread); boot-storm admission holds new
+    #: machines while it is at ``dhcp.admission.max_backlog`` (docs/dhcp.md).
+    backlog: Any = None
 
 
 class PxeStackService(service.MultiService):

@@ -39,14 +39,18 @@ Replay = Callable[[DhcpMessage, str], None]
 class AdmissionWiring:
     """One :class:`BootAdmission` with its periodic tick, for one DHCP server core."""
 
-    def __init__(self, config: AdmissionConfig, reactor: Any) -> None:
+    def __init__(self, config: AdmissionConfig, reactor: Any,
+                 backlog: Callable[[], int] | None = None) -> None:
         self.config = config
         self.reactor = reactor
         self.gate = BootAdmission(AdmissionSettings(
             max_starting=config.max_starting,
             start_timeout=config.start_timeout,
             max_loop_lag=config.max_loop_lag,
+            max_backlog=config.max_backlog,
         ))
+        #: Reads the higher layers' backlog (provisioning jobs), or None.
+        self.backlog = backlog
         #: Where released DISCOVERs are answered (:meth:`replay_through`); None: nowhere.
         self.replay: Replay | None = None
         self._call: Any = None
@@ -65,6 +69,9 @@ class AdmissionWiring:
             metrics.watch_gauge("pxestack_dhcp_admission_waiting",
                                 "New machines whose DISCOVER was deferred, not admitted since",
                                 lambda: self.gate.waiting)
+            metrics.watch_gauge("pxestack_dhcp_admission_backlog",
+                                "Work the provisioning layer accepted and has not finished",
+                                lambda: self.gate.backlog)
             metrics.watch_gauge("pxestack_event_loop_lag_seconds",
                                 "Smoothed lateness of a periodic timer of the main process",
                                 lambda: self.gate.lag)
@@ -91,11 +98,11 @@ class AdmissionWiring:
                 self._log_admitted(mac, verdict.waited)
             else:
                 log.info("dhcp admission: OFFER to {mac} deferred ({reason}: {starting} of "
-                         "{limit} starting, {waiting} waiting, event-loop lag {lag:.2f} s); "
-                         "it gets its turn while its firmware listens", mac=mac.hex(":"),
-                         reason=verdict.reason, starting=self.gate.starting,
+                         "{limit} starting, {waiting} waiting, event-loop lag {lag:.2f} s, "
+                         "backlog {backlog}); it gets its turn while its firmware listens",
+                         mac=mac.hex(":"), reason=verdict.reason, starting=self.gate.starting,
                          limit=self.config.max_starting, waiting=self.gate.waiting,
-                         lag=self.gate.lag)
+                         lag=self.gate.lag, backlog=self.gate.backlog)
         return verdict.admit
 
     def _log_admitted(self, mac: bytes, waited: float) -> None:
@@ -127,6 +134,8 @@ class AdmissionWiring:
         try:
             if self.config.max_loop_lag:
                 self.gate.observe_lag(now - self._due)
+            if self.backlog is not None:
+                self.gate.observe_backlog(self.backlog())
             for mac, payload, waited in self.gate.release(now):
                 self._log_admitted(mac, waited)
                 if self.replay is not None and isinstance(payload, tuple):

@@ -232,6 +232,7 @@ class DhcpService(service.MultiService):
         sightings: DhcpSightings | None = None,
         neighbour: NeighbourLookup | None = None,
         events: Any = None,
+        backlog: Any = None,
     ) -> None:
         super().__init__()
         if config.dhcp is None:
@@ -261,6 +262,8 @@ class DhcpService(service.MultiService):
         self._prepared = False
         #: Boot-storm admission of new PXE clients (server mode, when enabled).
         self.admission: AdmissionWiring | None = None
+        #: The higher layers' backlog (``Extensions.backlog``), one of admission's signals.
+        self._backlog = backlog
 
     @property
     def reactor(self) -> Any:
@@ -383,7 +386,8 @@ class DhcpService(service.MultiService):
         timer = DeadlineTimer(core, self.reactor)
         self.core, self.store, self.journal, self.timer = core, store, journal, timer
         if self.dhcp.admission.enabled:
-            self.admission = AdmissionWiring(self.dhcp.admission, self.reactor)
+            self.admission = AdmissionWiring(self.dhcp.admission, self.reactor,
+                                             backlog=self._backlog)
             self.admission.attach(core, self.metrics)
         warn_neighbour_limits(self.dhcp.pools, [info for info, _ in interfaces])
         if self.sightings is not None:
@@ -519,6 +523,7 @@ def build_dhcp_services(
         DhcpService(
             config, policy, reactor=reactor, metrics=getattr(ext, "metrics", None),
             sightings=getattr(ext, "dhcp_sightings", None), events=getattr(ext, "events", None),
+            backlog=getattr(ext, "backlog", None),
         )
     ]
     advertisements = config.dhcp.router_advertisements

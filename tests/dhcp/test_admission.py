@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pxestack.dhcp import admission as admission_module
 from pxestack.dhcp.admission import (
+    BACKLOGGED,
     FULL,
     IN_PROGRESS,
     LAGGING,
@@ -158,6 +159,19 @@ def test_event_loop_lag_holds_new_machines_until_it_recovers() -> None:
     assert admission.admit(mac(1), PXE, 1.0).admit
 
 
+def test_a_provisioning_backlog_holds_new_machines() -> None:
+    admission = gate(max_starting=100, max_backlog=4)
+    admission.observe_backlog(4)
+    held = admission.admit(mac(1), PXE, 0.0)
+    assert not held.admit and held.reason == BACKLOGGED
+    assert admission.admit(mac(9), IPXE, 0.0).admit  # later phases go on
+    admission.observe_backlog(3)
+    assert admission.admit(mac(1), PXE, 1.0).admit
+    off = gate(max_backlog=0)
+    off.observe_backlog(10_000)
+    assert off.admit(mac(1), PXE, 0.0).admit
+
+
 def test_lag_signal_off() -> None:
     admission = gate(max_starting=100, max_loop_lag=0.0)
     admission.observe_lag(100.0)
@@ -190,7 +204,7 @@ def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("knobs", [{"max_starting": 0}, {"start_timeout": 0.0},
-                                   {"max_loop_lag": -1.0}])
+                                   {"max_loop_lag": -1.0}, {"max_backlog": -1}])
 def test_bad_settings_are_refused(knobs: dict[str, float]) -> None:
     with pytest.raises(ApiMisuse):
         AdmissionSettings(**knobs)  # type: ignore[arg-type]

@@ -144,6 +144,21 @@ def test_the_tick_answers_a_waiting_machine_while_it_listens() -> None:
     wiring.stop()
 
 
+def test_the_tick_reads_the_provisioning_backlog() -> None:
+    clock = Clock()
+    backlog = [40]
+    wiring = AdmissionWiring(AdmissionConfig(max_backlog=32), clock, backlog=lambda: backlog[0])
+    wiring.start()
+    clock.advance(0.1)
+    assert wiring.gate.backlog == 40
+    assert not wiring.admit(discover(1), IFACE, Firmware.PXE, clock.seconds())
+    backlog[0] = 3
+    clock.advance(0.1)
+    # Machine 1 is waiting and still listening: the tick itself admits it.
+    assert wiring.gate.starting == 1
+    wiring.stop()
+
+
 def test_replay_goes_through_the_interfaces_protocol() -> None:
     wiring = AdmissionWiring(AdmissionConfig(), Clock())
     got: list[Any] = []
@@ -186,6 +201,7 @@ def test_admission_defaults_and_values(tmp_path: Path) -> None:
     ({"max_loop_lag": -1}, "dhcp.admission.max_loop_lag"),
     ({"max_loop_lag": 0.05, "lag_interval": 0.1}, "dhcp.admission.max_loop_lag"),
     ({"lag_interval": 0}, "dhcp.admission.lag_interval"),
+    ({"max_backlog": -1}, "dhcp.admission.max_backlog"),
     ({"max_startng": 3}, "dhcp.admission.max_startng"),
 ])
 def test_bad_admission_settings_name_the_field(
@@ -252,3 +268,15 @@ def test_start_up_warning(tmp_path: Path) -> None:
     small = [pool("198.18.0.0/15", "198.19.0.1", "198.19.0.100")]
     assert warn_neighbour_limits(small, interfaces, root) is None
     assert warn_neighbour_limits(pools, interfaces, tmp_path / "absent") is None
+
+
+def test_the_provisioning_layer_reports_its_backlog(tmp_path: Path) -> None:
+    from pxestack.config import load_quickstart
+    from pxestack.config.checks import create_token_file
+    from pxestack.provision.service import provisioning_extensions
+
+    config = load_quickstart(base_dir=tmp_path)
+    assert config.provision is not None and config.provision.api.token_file is not None
+    create_token_file(config.provision.api.token_file)
+    ext = provisioning_extensions(config)
+    assert ext.backlog() == 0
