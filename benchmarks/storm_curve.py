@@ -104,9 +104,13 @@ def plot(points: list[dict[str, Any]], output: Path) -> Path | None:
                      title="goodput (x: a check failed)")
     time_axis.set(xlabel="arrival rate (machines/s)", ylabel="seconds",
                   title="first arrival to last machine installed")
+    all_rates = sorted({float(p["arrival_rate"]) for p in points})
     for axis in (goodput_axis, time_axis):
         axis.set_xscale("log", base=2)
+        axis.set_xticks(all_rates, [f"{rate:g}" for rate in all_rates])
+        axis.minorticks_off()
         axis.grid(True, alpha=0.3)
+    goodput_axis.set_ylim(bottom=0)
     time_axis.set_yscale("log")
     goodput_axis.legend(fontsize=7)
     figure.tight_layout()
