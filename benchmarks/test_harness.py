@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks.bootstorm import percentiles, profile_plan, verify
+from benchmarks.bootstorm import dropped_in_the_middle, percentiles, profile_plan, verify
 from benchmarks.common import PXESTACK, Results, Summary
 from benchmarks.dhcp_bench import PerfdhcpRun, parse_perfdhcp, search_sustained, servers
 from benchmarks.floor_dhcp import FloorResponder
@@ -229,6 +230,32 @@ def test_verify_names_every_broken_invariant() -> None:
     assert "not installed" in problems
     assert "duplicate InternalAddr" in problems
     assert "profile counts" in problems
+
+
+def test_verify_fails_a_machine_dropped_after_its_first_dhcp() -> None:
+    report, hosts = _storm(20)
+    report["machines"][0]["restarts"] = {"dhcp_pxe": 2}  # held back: fine
+    assert verify(report, hosts, 20) == []
+    report["machines"][1]["restarts"] = {"tftp": 1, "dhcp_pxe": 1}
+    report["machines"][2]["restarts"] = {"dhcp_ipxe": 2}
+    assert dropped_in_the_middle(report) == {"tftp": 1, "dhcp_ipxe": 2}
+    assert "3 boots failed after their first DHCP" in " ".join(verify(report, hosts, 20))
+
+
+def test_storm_curve_keeps_one_point_per_key(tmp_path: Path) -> None:
+    from benchmarks.storm_curve import load_points, plot, save_point
+
+    results = tmp_path / "curve.json"
+    base = {"machines": 1000, "git": True, "tftp_workers": 2, "admission": True,
+            "checks_passed": True, "time_to_provision_all_s": 50.0}
+    save_point(results, {**base, "arrival_rate": 200.0, "goodput_per_s": 18.0})
+    save_point(results, {**base, "arrival_rate": 100.0, "goodput_per_s": 17.0})
+    save_point(results, {**base, "arrival_rate": 200.0, "goodput_per_s": 19.0})
+    points = load_points(results)
+    assert [(p["arrival_rate"], p["goodput_per_s"]) for p in points] == [(100.0, 17.0),
+                                                                          (200.0, 19.0)]
+    # (Drawing needs matplotlib, from the bench extra: the sweep itself draws the plot.)
+    assert plot([], tmp_path / "none.png") is None
 
 
 FLOOR_SERVER = IPv4Address("198.18.0.1")

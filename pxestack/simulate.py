@@ -25,6 +25,12 @@ The DHCP side has two shapes (:class:`StormSpec`):
 * **relay** (``relay_ip`` set): one socket on ``relay_ip``:67 acting as a DHCP relay agent
   (giaddr) for every machine, the way perfdhcp does; the boot-storm benchmark runs so.
 
+Machines wait and retry as real firmware does (docs/reference/boot-timers.md): a PXE ROM's
+DISCOVER waits 4, 8, 16 and 32 s, iPXE's DHCP and TFTP follow iPXE's retry timer, and a
+failed boot is followed by another one after a pause when :attr:`StormSpec.boot_attempts`
+allows (firmware that retries its boot order), so a machine counted as failed is one a real
+machine would have been.  Each machine records its boots and where the failed ones failed.
+
 This module speaks only the wire (:mod:`pxestack.wire`) and the standard library's asyncio:
 it never imports the servers it exercises.  ``pxestack simulate`` is its command line.
 Every wait is bounded: per-request time-outs, capped retries, a per-machine and an overall
@@ -66,6 +72,21 @@ TFTP_MAX_TIMEOUT = 10.0
 #: How often a refused TFTP transfer is tried again, and the back-off before each try.
 TFTP_ATTEMPTS = 6
 TFTP_RETRY_DELAY = (1.0, 3.0)
+
+#: The DHCP retransmission timers of the firmware, seconds to wait after each send (the
+#: machine gives up when the last one expires; docs/reference/boot-timers.md has the sources):
+#: a PXE ROM's DISCOVER (PXE 2.1: four tries, 4, 8, 16 and 32 s) and REQUEST (1, 2, 3, 4 s) ...
+PXE_DISCOVER_TIMEOUTS = (4.0, 8.0, 16.0, 32.0)
+PXE_REQUEST_TIMEOUTS = (1.0, 2.0, 3.0, 4.0)
+#: ... and iPXE's (config/dhcp.h and core/retry.c: discovery starts at 1 s and doubles up
+#: to the 10 s limit; a request starts at the retry timer's 1/4 s minimum).
+IPXE_DISCOVER_TIMEOUTS = (1.0, 2.0, 4.0, 8.0)
+IPXE_REQUEST_TIMEOUTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+#: Seconds between a failed network boot and the next try of a machine whose firmware
+#: retries its boot order (the other boot devices are tried, then the network again).
+BOOT_RETRY_DELAY = (5.0, 15.0)
+#: The timers without :attr:`StormSpec.firmware_timers`: 1 s, doubling, four tries.
+QUICK_TIMEOUTS = (1.0, 2.0, 4.0, 8.0)
 
 
 class StormError(Exception):
@@ -116,6 +137,12 @@ class StormSpec:
     missing_boot_file_ok: bool = False
     machine_deadline: float = 240.0
     storm_deadline: float = 300.0
+    #: Network boots a machine tries before it counts as failed; 0: as many as fit in
+    #: *machine_deadline* (firmware set to retry its boot order, as servers usually are).
+    boot_attempts: int = 1
+    #: Use the firmware's DHCP timers (:data:`PXE_DISCOVER_TIMEOUTS`...); False: 1 s
+    #: doubling, four tries, for quick tests against a local server.
+    firmware_timers: bool = True
     serial_prefix: str = "BS"
     mac_prefix: bytes = bytes.fromhex("525400")
     mac_offset: int = 0x100000
@@ -155,6 +182,10 @@ class Machine:
     finished: float = 0.0
     tftp_refusals: int = 0
     boot_file_missing: str = ""
+    #: Network boots started (1 when the first one went through).
+    attempts: int = 0
+    #: Failed boots by the phase they failed in (each was followed by another boot).
+    restarts: dict[str, int] = field(default_factory=dict)
 
     @property
     def mac_text(self) -> str:
@@ -204,13 +235,14 @@ class DhcpSocket(asyncio.DatagramProtocol):
             self.stray += 1
 
     async def exchange(
-        self, packet: bytes, xid: int, expect: tuple[int, ...], tries: int = 4
+        self, packet: bytes, xid: int, expect: tuple[int, ...],
+        timeouts: Sequence[float] = QUICK_TIMEOUTS,
     ) -> DhcpMessage:
-        """Send *packet* until a reply of a type in *expect* arrives (1 s, then doubling)."""
+        """Send *packet* until a reply of a type in *expect* arrives, waiting each of
+        *timeouts* in turn after a send."""
         loop = asyncio.get_running_loop()
         assert self.transport is not None
-        timeout = 1.0
-        for _ in range(tries):
+        for timeout in timeouts:
             futures = {kind: loop.create_future() for kind in expect}
             for kind, future in futures.items():
                 self.waiting[(xid, kind)] = future
@@ -223,10 +255,9 @@ class DhcpSocket(asyncio.DatagramProtocol):
             if done:
                 reply: DhcpMessage = next(iter(done)).result()
                 return reply
-            timeout *= 2
         raise StormError(
             f"no DHCP answer from {self.server[0]}:{self.server[1]} to xid {xid:#x} "
-            f"after {tries} tries"
+            f"after {len(timeouts)} tries"
         )
 
 
@@ -286,7 +317,15 @@ async def dora(
         op=c.BOOTREQUEST, xid=xid, chaddr=machine.mac, hops=hops, giaddr=giaddr,
         options=DhcpOptions(_request_options(machine, ipxe, c.DHCPDISCOVER)),
     )  # fmt: skip
-    offer = await dhcp.exchange(encode_dhcp(discover), xid, (c.DHCPOFFER,))
+    discover_timeouts: Sequence[float]
+    request_timeouts: Sequence[float]
+    if not spec.firmware_timers:
+        discover_timeouts = request_timeouts = QUICK_TIMEOUTS
+    elif ipxe:
+        discover_timeouts, request_timeouts = IPXE_DISCOVER_TIMEOUTS, IPXE_REQUEST_TIMEOUTS
+    else:
+        discover_timeouts, request_timeouts = PXE_DISCOVER_TIMEOUTS, PXE_REQUEST_TIMEOUTS
+    offer = await dhcp.exchange(encode_dhcp(discover), xid, (c.DHCPOFFER,), discover_timeouts)
     server_id = offer.options.raw(c.OPT_SERVER_ID)
     if server_id is None:
         raise StormError("OFFER without server identifier")
@@ -299,7 +338,8 @@ async def dora(
         op=c.BOOTREQUEST, xid=xid, chaddr=machine.mac, hops=hops, giaddr=giaddr,
         options=DhcpOptions(request_options),
     )  # fmt: skip
-    ack = await dhcp.exchange(encode_dhcp(request), xid, (c.DHCPACK, c.DHCPNAK))
+    ack = await dhcp.exchange(encode_dhcp(request), xid, (c.DHCPACK, c.DHCPNAK),
+                              request_timeouts)
     if ack.message_type != c.DHCPACK:
         raise StormError(f"REQUEST for {offer.yiaddr} got a NAK")
     return ack
@@ -488,9 +528,31 @@ AddressHook = Callable[[str], Awaitable[None]]
 async def run_machine(
     machine: Machine, spec: StormSpec, dhcp: DhcpSocket, add_address: AddressHook | None = None
 ) -> None:
-    """The whole flow of one machine; records phase durations or the first error."""
+    """The whole flow of one machine, booting again after a failure as its firmware would
+    (:attr:`StormSpec.boot_attempts`); records phase durations or the last error."""
     deadline = time.monotonic() + spec.machine_deadline
     machine.started = time.monotonic()
+    while True:
+        machine.attempts += 1
+        machine.phases = {}
+        await _boot_once(machine, spec, dhcp, add_address, deadline)
+        if machine.phase != FAILED:
+            return
+        failed_in = machine.error.split(":", 1)[0]
+        pause = random.uniform(*BOOT_RETRY_DELAY)  # noqa: S311 - not a secret
+        out_of_tries = spec.boot_attempts and machine.attempts >= spec.boot_attempts
+        if out_of_tries or time.monotonic() + pause >= deadline:
+            return
+        machine.restarts[failed_in] = machine.restarts.get(failed_in, 0) + 1
+        machine.error = ""
+        await asyncio.sleep(pause)
+
+
+async def _boot_once(
+    machine: Machine, spec: StormSpec, dhcp: DhcpSocket, add_address: AddressHook | None,
+    deadline: float,
+) -> None:
+    """One network boot of *machine*, from its ROM's DISCOVER to ``set_installed``."""
     try:
         machine.phase = "dhcp_pxe"
         started = time.monotonic()
@@ -664,6 +726,8 @@ def machine_report(machine: Machine, arrival: float) -> dict[str, Any]:
         "error": machine.error,
         "tftp_refusals": machine.tftp_refusals,
         "boot_file_missing": machine.boot_file_missing,
+        "attempts": machine.attempts,
+        "restarts": machine.restarts,
         "total_s": (machine.finished - arrival) if machine.finished else None,
     }
 

@@ -432,6 +432,42 @@ def two_hosts(
             _active_namespaces.difference_update((server.name, client.name))
 
 
+#: The kernel's IPv4 neighbour-table thresholds.  The table and these limits are the
+#: machine's: a network namespace other than the first has no such files.
+NEIGH_DEFAULT = Path("/proc/sys/net/ipv4/neigh/default")
+_NEIGH_THRESHOLDS = ("gc_thresh1", "gc_thresh2", "gc_thresh3")
+
+
+@contextmanager
+def neighbour_table(entries: int, root: Path = NEIGH_DEFAULT) -> Iterator[dict[str, int]]:
+    """Let the kernel's neighbour table hold at least *entries* while the block runs.
+
+    A lab whose client namespace holds thousands of addresses needs as many neighbour
+    entries in the server namespace; past ``gc_thresh3`` (1024 by default) the kernel
+    drops packets to new neighbours.  The limits are machine-wide (shared by every
+    namespace), so they are only ever raised (1:2:4 of the hard limit, as the kernel's
+    defaults are), and on exit each one is put back only if it still holds the value set
+    here (another lab may have raised it further meanwhile).  Yields the values in force.
+    """
+    before: dict[str, int] = {}
+    for name in _NEIGH_THRESHOLDS:
+        before[name] = int((root / name).read_text().split()[0])
+    wanted = {"gc_thresh1": entries // 4, "gc_thresh2": entries // 2, "gc_thresh3": entries}
+    written: dict[str, int] = {}
+    for name in reversed(_NEIGH_THRESHOLDS):  # the hard limit first: thresh1 <= 2 <= 3
+        if wanted[name] > before[name]:
+            (root / name).write_text(f"{wanted[name]}\n")
+            written[name] = wanted[name]
+    try:
+        yield {**before, **written}
+    finally:
+        for name in _NEIGH_THRESHOLDS:
+            if name in written:
+                with contextlib.suppress(OSError, ValueError):
+                    if int((root / name).read_text().split()[0]) == written[name]:
+                        (root / name).write_text(f"{before[name]}\n")
+
+
 def pxestack_argv(*args: str) -> list[str]:
     """The command line that runs ``pxestack ARGS`` with this interpreter's installation.
 
@@ -456,6 +492,7 @@ __all__ = [
     "LabError",
     "Namespace",
     "cleanup_stale",
+    "neighbour_table",
     "pxestack_argv",
     "two_hosts",
 ]

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pxestack.config._reader import Section
+from pxestack.config.admission import AdmissionConfig, read_admission
 from pxestack.dhcp.decide import BOOT_FILE_DEFAULTS
 
 DHCP_MODES = ("server", "proxy")
@@ -168,6 +169,8 @@ class DhcpConfig:
     router_advertisements: RouterAdvertisementConfig = field(
         default_factory=lambda: RouterAdvertisementConfig()
     )
+    #: Admission control of new PXE clients during a boot storm.
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
 
 def _read_pool(section: Section, default_lease: int) -> PoolConfig | None:
@@ -292,6 +295,7 @@ def read_dhcp(section: Section) -> DhcpConfig:
         router_advertisements=_read_router_advertisements(
             section.mapping("router_advertisements")
         ),
+        admission=read_admission(section.mapping("admission")),
     )
     if config.router_advertisements.enabled and not config.interfaces:
         section.problem(

@@ -252,6 +252,9 @@ class DhcpServerCore:
         #: metrics' per-machine DHCP phase uses (no :class:`LeaseEvent` is built for it).
         self.on_progress: Callable[[bool, bytes, Now], None] | None = None
         self.fast = FastPath(settings.subnets, settings.relays, entries=memo_entries)
+        #: Asked with ``(message, interface, firmware, now)`` before each OFFER; False: no
+        #: answer now (:mod:`pxestack.dhcp.admission`).  None: every DISCOVER answered.
+        self.admission: Callable[[DhcpMessage, InterfaceInfo, Firmware, Now], bool] | None = None
 
     # -- entry point -----------------------------------------------------------------
 
@@ -316,7 +319,7 @@ class DhcpServerCore:
         boot = self._boot(ctx)
         if boot is None:
             return []
-        if not self.admit_offer(ctx.message, ctx.facts.firmware, ctx.now):
+        if not self.admit_offer(ctx.message, ctx.interface, ctx.facts.firmware, ctx.now):
             return []
         requested = message.options.ip(c.OPT_REQUESTED_IP)
         lease = self.store.offer(
@@ -341,15 +344,18 @@ class DhcpServerCore:
         reply = self._reply(ctx, c.DHCPOFFER, lease, boot)
         return [] if reply is None else [reply]
 
-    def admit_offer(self, message: DhcpMessage, firmware: Firmware, now: Now) -> bool:
+    def admit_offer(self, message: DhcpMessage, interface: InterfaceInfo, firmware: Firmware,
+                    now: Now) -> bool:
         """Whether a DISCOVER that would get an OFFER gets it now; the one place the
         DISCOVER path asks, after the policy and before an address is held.
 
-        Always True here: every DISCOVER the policy answers is offered an address.  A
-        deployment that must pace new clients (a boot storm larger than the TFTP and HTTP
-        servers can feed) answers False for the ones to defer; the client retransmits its
-        DISCOVER (RFC 2131 §4.1), so a deferred client is asked again later."""
-        return True
+        Without :attr:`admission` every DISCOVER the policy answers is offered an address.
+        During a boot storm larger than the TFTP and HTTP servers can feed, the admission
+        gate (:mod:`pxestack.dhcp.admission`) answers False for new machines to defer; the
+        client retransmits its DISCOVER (RFC 2131 §4.1), so a deferred client is asked
+        again later."""
+        admission = self.admission
+        return admission is None or admission(message, interface, firmware, now)
 
     def _request(self, ctx: _Context) -> list[Outgoing]:
         message = ctx.message

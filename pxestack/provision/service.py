@@ -312,9 +312,19 @@ def _extensions(
     metrics.watch_store(store.health)
 
     pool = ThreadPool(minthreads=1, maxthreads=4, name="pxestack-provision")
+    #: Provisioning jobs submitted and not finished (running or queued for a thread): the
+    #: backlog boot-storm admission reads (``dhcp.admission.max_backlog``).
+    in_flight = [0]
+
+    def finished(result: Any) -> Any:
+        in_flight[0] -= 1
+        return result
 
     def run(work: Callable[[], Any]) -> defer.Deferred[Any]:
-        return deferToThreadPool(reactor if reactor is not None else _default_reactor(), pool, work)
+        in_flight[0] += 1
+        return deferToThreadPool(
+            reactor if reactor is not None else _default_reactor(), pool, work
+        ).addBoth(finished)
 
     def import_config(text: str) -> None:
         # Keys the client does not know (mayuctl's 2017 schema) keep their stored values;
@@ -369,6 +379,7 @@ def _extensions(
         dhcp_sightings=sightings,
         events=events,
         hosts=hosts,
+        backlog=lambda: in_flight[0],
     ), provisioning_service
 
 

@@ -8,7 +8,7 @@ and HTTP resources in through :class:`Extensions` instead of being imported here
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,6 +76,10 @@ class Extensions:
     #: The host store of the provisioning layer (``pxestack.provision``), when there is
     #: one: extensions read host records through it (:mod:`pxestack.extensions`).
     hosts: HostRecords | None = None
+    #: Returns the work the layers above have accepted and not finished (the provisioning
+    #: layer: its jobs running or queued for a thread); boot-storm admission holds new
+    #: machines while it is at ``dhcp.admission.max_backlog`` (docs/dhcp.md).
+    backlog: Callable[[], int] | None = None
 
 
 class PxeStackService(service.MultiService):

@@ -59,6 +59,8 @@ from pxestack.netif import (
     lookup_interface,
     neighbour_mac,
 )
+from pxestack.service.admission import AdmissionWiring
+from pxestack.service.neighbours import warn_neighbour_limits
 from pxestack.service.ports import UdpPortService
 from pxestack.wire import constants as c
 
@@ -228,6 +230,7 @@ class DhcpService(service.MultiService):
         sightings: DhcpSightings | None = None,
         neighbour: NeighbourLookup | None = None,
         events: Any = None,
+        backlog: Any = None,
     ) -> None:
         super().__init__()
         if config.dhcp is None:
@@ -257,6 +260,10 @@ class DhcpService(service.MultiService):
         self.events = events
         self._senders: list[Any] = []
         self._prepared = False
+        #: Boot-storm admission of new PXE clients (server mode, when enabled).
+        self.admission: AdmissionWiring | None = None
+        #: The higher layers' backlog (``Extensions.backlog``), one of admission's signals.
+        self._backlog = backlog
 
     @property
     def reactor(self) -> Any:
@@ -378,6 +385,11 @@ class DhcpService(service.MultiService):
         )
         timer = DeadlineTimer(core, self.reactor)
         self.core, self.store, self.journal, self.timer = core, store, journal, timer
+        if self.dhcp.admission.enabled:
+            self.admission = AdmissionWiring(self.dhcp.admission, self.reactor,
+                                             backlog=self._backlog)
+            self.admission.attach(core, self.metrics)
+        warn_neighbour_limits(self.dhcp.pools, [info for info, _ in interfaces])
         if self.sightings is not None:
             self.sightings.attach(LeaseSightings(store))
         for info, device in interfaces:
@@ -392,6 +404,9 @@ class DhcpService(service.MultiService):
             )
             self.protocols.append(protocol)
             self._add_port(port, protocol, "" if device else host, device, reuse=False)
+        if self.admission is not None:
+            self.admission.replay_through(
+                {p.interface.name: p for p in self.protocols if isinstance(p, DhcpServerProtocol)})
         maintenance = internet.TimerService(MAINTENANCE_INTERVAL, self.maintain)
         maintenance.clock = self.reactor
         maintenance.setServiceParent(self)
@@ -441,6 +456,8 @@ class DhcpService(service.MultiService):
         """Start (binding now if twistd did not call ``privilegedStartService``)."""
         self._prepare()
         super().startService()
+        if self.admission is not None:
+            self.admission.start()
 
     def maintain(self) -> None:
         """Periodic: compact the journal once it is mostly stale records."""
@@ -457,6 +474,8 @@ class DhcpService(service.MultiService):
         def finish(result: object) -> object:
             if self.timer is not None:
                 self.timer.stop()
+            if self.admission is not None:
+                self.admission.stop()
             for sender in self._senders:
                 close = getattr(sender, "close", None)
                 if close is not None:
@@ -505,6 +524,7 @@ def build_dhcp_services(
             config, policy, reactor=reactor, sockets=sockets,
             metrics=getattr(ext, "metrics", None),
             sightings=getattr(ext, "dhcp_sightings", None), events=getattr(ext, "events", None),
+            backlog=getattr(ext, "backlog", None),
         )
     ]
     advertisements = config.dhcp.router_advertisements
