@@ -61,6 +61,9 @@ def register(subparsers: Any) -> None:
                         help="NAK/answer clients this server has no record of")
     parser.add_argument("--no-fsync", action="store_true",
                         help="do not fsync the lease journal per ACK (tmpfs, tests)")
+    parser.add_argument("--no-admission", action="store_true",
+                        help="answer every new PXE client at once (dhcp.admission.enabled: "
+                             "false); for load generators whose clients never boot further")
     add_logging_arguments(parser)
     parser.add_argument("--check", action="store_true",
                         help="validate the flags and exit")
@@ -134,6 +137,8 @@ def mapping_from_args(args: argparse.Namespace) -> dict[str, object]:
         dhcp["authoritative"] = True
     if args.no_fsync:
         dhcp["fsync"] = False
+    if args.no_admission:
+        dhcp["admission"] = {"enabled": False}
     boot: dict[str, object] = {}
     if args.boot_url:
         boot["ipxe_script_url"] = args.boot_url

@@ -18,8 +18,9 @@ for operators):
    sends are always answered.  A machine in progress is never dropped.
 2. An admitted machine holds its admission (by MAC) for :data:`ADMISSION_MEMORY` seconds:
    its retransmitted DISCOVERs, a reboot and any later DHCP are answered without asking.
-3. A machine admitted at its first step counts as **starting** until its iPXE DISCOVER is
-   seen (its TFTP download is over) or ``start_timeout`` seconds pass.  A new machine is
+3. A machine admitted at its first step counts as **starting** until a DISCOVER of a later
+   phase is seen from it (iPXE's, or where the loader is GRUB or PXELINUX the booted
+   kernel's: its TFTP download is over) or ``start_timeout`` seconds pass.  A new machine is
    admitted while fewer than ``max_starting`` machines are starting and the event loop's
    lag (:meth:`observe_lag`, fed by the service) is below ``max_loop_lag`` and the work
    the layers above have accepted and not finished (:meth:`observe_backlog`: provisioning
@@ -201,9 +202,11 @@ class BootAdmission:
         if known is not None:
             known.seen = now
             self._admitted.move_to_end(mac)
-            if firmware is Firmware.IPXE:
+            if firmware not in FIRST_STEP_FIRMWARE:
+                # iPXE, or the booted kernel's own DHCP where the loader is GRUB or
+                # PXELINUX (they reuse the firmware's lease): past its first step.
                 self._started(mac, known)
-            elif firmware in FIRST_STEP_FIRMWARE and not known.starting:
+            elif not known.starting:
                 # A machine in progress booting again: answered, and counted again.
                 known.starting, known.admitted = True, now
                 self._starting[mac] = now

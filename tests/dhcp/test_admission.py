@@ -122,6 +122,19 @@ def test_a_machine_reaching_ipxe_frees_its_slot_for_a_waiting_one() -> None:
     assert admission.waiting == 0
 
 
+def test_a_kernel_dhcp_after_grub_or_pxelinux_frees_the_slot_too() -> None:
+    """GRUB and PXELINUX reuse the firmware's lease and never send an iPXE DISCOVER; the
+    booted kernel's own DHCP (an OS client) is the sign that the machine is past its
+    first step, so a Secure Boot fleet is not paced by ``start_timeout``."""
+    admission = gate(max_starting=1)
+    assert admission.admit(mac(1), PXE, 0.0).admit
+    assert not admission.admit(mac(2), PXE, 1.0).admit
+    assert admission.admit(mac(1), OS, 20.0).reason == IN_PROGRESS
+    assert admission.starting == 0
+    assert admission.admit(mac(2), PXE, 21.0).admit
+    assert admission.counters["start_timeouts"] == 0
+
+
 def test_machines_in_progress_and_later_phases_are_never_held_back() -> None:
     admission = gate(max_starting=1, max_loop_lag=0.5)
     assert admission.admit(mac(1), PXE, 0.0).admit
