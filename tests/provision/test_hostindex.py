@@ -186,3 +186,29 @@ def test_a_slow_work_tree_check_is_spaced_out_but_never_skipped_for_good(tmp_pat
     assert len(calls) == 2
     repo = pygit2.Repository(str(tmp_path / "c"))
     assert "NOTES" in repo.head.peel(pygit2.Commit).tree
+
+
+def test_enrolment_and_update_look_at_their_own_record_only(tmp_path, monkeypatch):
+    """The per-enrolment path never walks the hosts on record (a boot storm of N machines
+    would cost N²): one lookup of the serial being enrolled or updated, whatever N is."""
+    config = provision_config(tmp_path / "c")
+    store = FileHostStore(tmp_path / "c", git=False)
+
+    def make(serial):
+        return lambda existing: assign.new_host(
+            serial, existing, config, random_bytes=bytes, default_token="t")
+
+    for number in range(30):
+        store.enrol(f"sn-{number}", make(f"sn-{number}"), ["host created"])
+    looked_up: list[str] = []
+    real_load = FileHostStore._load
+
+    def counting_load(self: FileHostStore, serial: str):
+        looked_up.append(serial)
+        return real_load(self, serial)
+
+    monkeypatch.setattr(FileHostStore, "_load", counting_load)
+    created, is_new = store.enrol("sn-new", make("sn-new"), ["host created"])
+    assert is_new and created.host.internal_addr == IPv4Address("198.18.10.40")
+    store.update("sn-new", lambda h: (h.evolve(state=HostState.RUNNING), "running", ()))
+    assert looked_up == ["sn-new", "sn-new"]
