@@ -52,6 +52,9 @@ CORE_QUANTITY = 3
 TARGET_SECONDS = 60.0
 #: How long a machine keeps booting (again and again) before it counts as failed.
 MACHINE_DEADLINE = 900.0
+#: The tag in the lab's namespace names (``--lab-tag``): runs of several people on one
+#: machine keep their namespaces apart by it.
+LAB_TAG = "storm"
 #: Neighbour entries the lab needs beyond one per machine.
 NEIGHBOUR_HEADROOM = 1024
 
@@ -219,7 +222,7 @@ def run_once(machines: int, rate: float, *, git: bool = True,
     admin_token = secrets.token_hex(16)
     load_before = os.getloadavg()
     with lab_module.neighbour_table(machines + NEIGHBOUR_HEADROOM), \
-            lab_module.two_hosts("storm") as lab, scratch_dir("storm") as workdir:
+            lab_module.two_hosts(LAB_TAG) as lab, scratch_dir("storm") as workdir:
         tftproot = workdir / "tftproot"
         tftproot.mkdir()
         if IPXE_BINARY.exists():
@@ -425,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="machine arrivals per second")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-git", action="store_true", help="turn the git audit off")
+    parser.add_argument("--lab-tag", default="storm",
+                        help="tag in the lab's network namespace names (default: storm)")
     parser.add_argument("--no-admission", action="store_true",
                         help="turn dhcp.admission off (every DISCOVER answered at once)")
     parser.add_argument("--admission", action="append", default=[], metavar="KEY=VALUE",
@@ -434,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: the configuration's default, the usable CPUs)")
     args = parser.parse_args(argv)
     workers = tuple(int(w) for w in args.tftp_workers.split(",") if w.strip()) or (None,)
+    global LAB_TAG
+    LAB_TAG = args.lab_tag
     results = Results(meta={})
     run_bootstorm(
         results, repeats=args.repeats, machines=args.machines, rate=args.rate,

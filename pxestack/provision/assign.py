@@ -13,6 +13,7 @@ from ipaddress import IPv4Address
 from types import MappingProxyType
 
 from pxestack.config.provision import IPRange, ProfileConfig, ProvisionConfig
+from pxestack.provision.hostindex import HostIndex
 from pxestack.provision.model import Host, HostState
 
 #: The profile a machine gets when every configured profile is full (reference/mayu.md).
@@ -24,7 +25,13 @@ class AddressPoolExhausted(Exception):  # noqa: N818
 
 
 def profile_counts(hosts: Iterable[Host]) -> Counter[str]:
-    """How many hosts hold each profile; hosts in any state count, empty profiles do not."""
+    """How many hosts hold each profile; hosts in any state count, empty profiles do not.
+
+    A :class:`~pxestack.provision.hostindex.HostIndex` answers from its counts, without a
+    pass over the hosts.
+    """
+    if isinstance(hosts, HostIndex):
+        return hosts.profile_counts()
     return Counter(host.profile for host in hosts if host.profile)
 
 
@@ -39,14 +46,23 @@ def choose_profile(profiles: Sequence[ProfileConfig], counts: Counter[str]) -> s
     return DEFAULT_PROFILE
 
 
-def allocate_address(ip_range: IPRange | None, used: Iterable[IPv4Address]) -> IPv4Address | None:
+def allocate_address(
+    ip_range: IPRange | None, used: Iterable[IPv4Address] | HostIndex
+) -> IPv4Address | None:
     """The lowest free address of *ip_range* (multicast skipped), or ``None`` without a range.
 
     Unlike mayu, the end of the range is enforced: a full range raises
     :class:`AddressPoolExhausted` rather than handing out addresses beyond it.
+    *used* may be a :class:`~pxestack.provision.hostindex.HostIndex`, whose kept count of
+    taken addresses answers without a pass over the hosts.
     """
     if ip_range is None:
         return None
+    if isinstance(used, HostIndex):
+        free = used.lowest_free_address(int(ip_range.start), int(ip_range.end))
+        if free is None:
+            raise AddressPoolExhausted(f"no free address left in {ip_range.start}-{ip_range.end}")
+        return IPv4Address(free)
     taken = {int(a) for a in used}
     for number in range(int(ip_range.start), int(ip_range.end) + 1):
         if number in taken:
@@ -97,7 +113,8 @@ def new_host(
     if address is None:
         address = allocate_address(
             config.network.ip_range,
-            (h.internal_addr for h in existing if h.internal_addr is not None),
+            existing if isinstance(existing, HostIndex)
+            else (h.internal_addr for h in existing if h.internal_addr is not None),
         )
     machine_id = new_machine_id(random_bytes)
     versions: dict[str, str] = {}

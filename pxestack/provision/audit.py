@@ -27,6 +27,14 @@ from twisted.logger import Logger
 from pxestack.provision.hoststore import CURRENT_ACTOR, HistoryEntry, StoreHealth, StoreReadOnly
 from pxestack.provision.repocheck import CHECK_TIMEOUT, OPERATOR_HINT, check_repository
 
+#: A work-tree check (a full ``git status``) that took at least this long (seconds) is not
+#: repeated by :meth:`GitAudit.retry` until :data:`CHECK_SPACING` times its duration has
+#: passed: with 10 000 hosts a check costs a few hundred milliseconds under the store lock,
+#: and the provisioning service's timer asks every two seconds.
+SLOW_CHECK = 0.05
+#: How many times its own duration a slow work-tree check waits before the next one.
+CHECK_SPACING = 10
+
 #: Characters kept in an actor's git author name; others become ``_``.
 _UNSAFE_AUTHOR = re.compile(r"[^A-Za-z0-9 .,:=@/_+-]")
 
@@ -116,6 +124,9 @@ class GitAudit:
         self._pending_paths: set[str] = set()
         #: A queued change did not say what it touched: the next commit scans the work tree.
         self._scan_needed = False
+        #: When the last work-tree check started and how long it took (by *clock*).
+        self._checked_at: float | None = None
+        self._check_cost = 0.0
         isolate_git_config()
         with contextlib.suppress(AttributeError, ValueError):
             # Loose objects and refs are fsynced, so a commit survives power loss.
@@ -209,13 +220,18 @@ class GitAudit:
         """Commit pending changes; ``True`` when nothing is left pending.
 
         With nothing queued it checks the work tree (a full ``git status``) so that hand
-        edits and changes written just before an unclean stop are committed too.
+        edits and changes written just before an unclean stop are committed too.  The first
+        check always runs (start-up); a check that took :data:`SLOW_CHECK` or longer is
+        repeated only after :data:`CHECK_SPACING` times its duration, so in a large cluster
+        a hand edit is committed a few seconds later instead of the check taking a large
+        share of the store's time.  Commits of pxestack's own changes never check the work
+        tree: they stage the paths they were told.
         A damaged repository is never written to: it stays as the operator will find it.
         """
         if self.broken is not None:
             return False
         if not self.pending:
-            if not self._dirty():
+            if not self._check_due() or not self._checked_dirty():
                 return True
             self.pending.append("pxestack: recorded changes found uncommitted in the work tree")
             self._pending_actors.append(None)
@@ -244,6 +260,20 @@ class GitAudit:
         self._scan_needed = False
         self.last_error = None
         return True
+
+    def _check_due(self) -> bool:
+        if self._checked_at is None or self._check_cost < SLOW_CHECK:
+            return True
+        return self.clock() - self._checked_at >= CHECK_SPACING * self._check_cost
+
+    def _checked_dirty(self) -> bool:
+        """:meth:`_dirty`, remembering when it ran and how long it took."""
+        started = self.clock()
+        try:
+            return self._dirty()
+        finally:
+            self._checked_at = started
+            self._check_cost = max(0.0, self.clock() - started)
 
     def _dirty(self) -> bool:
         return any(

@@ -34,6 +34,7 @@ from pxestack._fs import atomic_write
 from pxestack.config.provision import ProfileConfig, ProvisionConfig, thaw
 from pxestack.provision import assign
 from pxestack.provision.flows import Flow, flow_for
+from pxestack.provision.hostindex import HostIndex
 from pxestack.provision.hoststore import HostStore, Versioned
 from pxestack.provision.machine import MESSAGES, Event, apply, next_state
 from pxestack.provision.model import (
@@ -193,7 +194,10 @@ class Provisioner:
         """
 
         def make_pending(existing: Sequence[Host]) -> Host:
-            waiting = sum(1 for host in existing if host.state is HostState.PENDING)
+            waiting = (
+                existing.count_state(HostState.PENDING) if isinstance(existing, HostIndex)
+                else sum(1 for host in existing if host.state is HostState.PENDING)
+            )
             if waiting >= self.config.max_pending:
                 raise PendingLimitReached(
                     f"{waiting} hosts already wait for approval (provision.max_pending)"
