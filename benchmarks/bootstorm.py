@@ -250,7 +250,7 @@ def run_once(machines: int, rate: float, *, git: bool = True,
                 "ifname": lab.client.ifname,
                 "prefix": lab.client.prefix,
                 "base_url": f"http://{lab.server.ip}:{HTTP_PORT}",
-                "tftp_blksize": 1432,  # what iPXE asks (docs/reference/firmware.md)
+                "tftp_blksize": 1432,  # what iPXE asks (docs/reference/pxe-wire.md)
                 "boot_file_size": (tftproot / "undionly.kpxe").stat().st_size,
                 # Firmware that retries its boot order boots again after a failure, for
                 # as long as the deadline allows: "failed" is a machine still not

@@ -1,7 +1,7 @@
 """Simulated machines: N clients that walk the whole network boot against a running pxestack.
 
 Each machine does what real hardware with a PXE ROM does, then what the iPXE binary and the
-installer do (docs/reference/mayu.md), one asyncio task per machine, started at a given
+installer do (docs/reference/mayu-api.md), one asyncio task per machine, started at a given
 arrival rate.  The phases, in order (:data:`PHASES`):
 
 1. ``dhcp_pxe``: DISCOVER/OFFER/REQUEST/ACK as a PXE ROM (option 60 ``PXEClient``,

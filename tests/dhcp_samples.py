@@ -1,4 +1,4 @@
-"""Builders of the DHCP packets real firmware sends, as captured in docs/reference/firmware.md.
+"""Builders of the DHCP packets real firmware sends, as captured in docs/reference/pxe-wire.md.
 
 Importing: this module sits directly in ``tests/``.  pytest's default ``prepend`` import mode
 puts the directory of ``tests/conftest.py`` (a rootdir conftest without ``__init__.py``) on

@@ -1,6 +1,6 @@
 """``pxestack ctl`` against the real provisioning API served on 127.0.0.1, and against a
-stand-in that implements only what mayu offers (docs/reference/mayu.md), to prove both directions of
-mayuctl compatibility: the requests ``ctl`` sends and the answers it understands.
+stand-in that implements only what mayu offers (docs/reference/mayu-api.md), to prove both
+directions of mayuctl compatibility: the requests ``ctl`` sends and the answers it understands.
 
 The server runs in the test's reactor (pytest-twisted); each ``ctl`` invocation runs in a
 worker thread (it is a blocking urllib client), exactly as an operator's shell would.
@@ -422,7 +422,7 @@ def test_unreachable_server_is_exit_1(rig, capsys):
     assert capsys.readouterr().err.startswith(f"pxestack ctl: cannot reach {rig.base}")
 
 
-# -- a server with only mayu's API (docs/reference/mayu.md) -------------------------------------
+# -- a server with only mayu's API (docs/reference/mayu-api.md) ------------------------------
 
 
 class MayuStandIn(Resource):

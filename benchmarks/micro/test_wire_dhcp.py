@@ -14,7 +14,7 @@ RELAY = IPv4Address("198.18.0.2")
 
 IPXE_REQUEST_LIST = bytes([1, 3, 6, 7, 12, 15, 17, 26, 43, 60, 66, 67, 119, 128, 129, 175, 203])
 
-#: A relayed PXE DISCOVER shaped like an iPXE ROM's (docs/reference/firmware.md): vendor class,
+#: A relayed PXE DISCOVER shaped like an iPXE ROM's (docs/reference/pxe-wire.md): vendor class,
 #: architecture 0, UUID, a long parameter request list.
 DISCOVER = DhcpMessage(
     op=c.BOOTREQUEST,

@@ -1,7 +1,7 @@
 """``pxestack ctl``: the operator's client for the admin API, with mayuctl's commands.
 
 Every mayuctl task has a ``pxestack ctl`` command (docs/cli.md has the mapping table), and
-the requests are the ones mayuctl sends (docs/reference/mayu.md): the same paths, methods and
+the requests are the ones mayuctl sends (docs/reference/mayu-api.md): the same paths, methods and
 PascalCase JSON bodies, so ``pxestack ctl`` also drives a real mayu server, and mayuctl
 drives pxestack.  What is new: a bearer token (mayu had no authentication), ``--output
 json|yaml`` for scripts, ``history`` (the git audit trail) and ``health``.
@@ -55,8 +55,8 @@ TOKEN_ENV = "PXESTACK_TOKEN"  # noqa: S105 - the variable name, not a secret
 #: loopback (a local token is never sent to another host).
 DEFAULT_TOKEN_FILE = Path("pxestack-state") / "admin-token"
 
-#: mayu's five host states (docs/reference/mayu.md); ``set SERIAL state X`` checks X client-side, as
-#: mayuctl does, so a typo never reaches the server.
+#: mayu's five host states (docs/reference/mayu-api.md); ``set SERIAL state X`` checks X
+#: client-side, as mayuctl does, so a typo never reaches the server.
 STATES = ("unknown", "configured", "installing", "installed", "running")
 
 #: mayu's answer for an unknown serial on the admin routes (400 + this text).
@@ -880,7 +880,7 @@ def _read_env(path: str, *, required: bool) -> dict[str, str]:
 
 def boot_complete_body(serial: str, os_release: Mapping[str, str], env: Mapping[str, str],
                        update_versions: bool) -> dict[str, Any]:
-    """The ``boot_complete`` body mayuctl sends (docs/reference/mayu.md).
+    """The ``boot_complete`` body mayuctl sends (docs/reference/mayu-api.md).
 
     Without ``--update-versions`` only the serial; with it the OS version goes into
     ``CoreOSVersion`` (mayu) and, on Flatcar, ``FlatcarVersion`` too (mayu era C reads only

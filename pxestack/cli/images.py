@@ -11,7 +11,7 @@
         --role kernel --sha256-url https://.../flatcar_production_pxe.vmlinuz.sha256
     pxestack images remove flatcar 3975.2.0
 
-The layout is mayu's (``<dir>/<version>/...``, docs/reference/mayu.md) for Flatcar and
+The layout is mayu's (``<dir>/<version>/...``, docs/reference/mayu-api.md) for Flatcar and
 CoreOS and ``<dir>/<os>/<version>/...`` for other OSes; see :mod:`pxestack.provision.images`.  Every
 image gets a ``.sha256`` file beside it.  ``fetch`` verifies a SHA-256 (given, or read from a
 checksum file URL) and/or a detached OpenPGP signature (with ``gpgv``) before the file is

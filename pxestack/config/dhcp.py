@@ -164,7 +164,7 @@ class DhcpConfig:
     #: Unicast replies to address-less clients as raw frames (AF_PACKET, needs root).
     raw_replies: bool = True
     #: Answer IPv6 router solicitations on ``interfaces`` with an RA (M=0, O=0, lifetime 0)
-    #: so that iPXE stops waiting for IPv6 autoconfiguration (docs/reference/firmware.md).
+    #: so that iPXE stops waiting for IPv6 autoconfiguration (docs/reference/pxe-wire.md).
     #: Only for a dedicated provisioning segment.
     router_advertisements: RouterAdvertisementConfig = field(
         default_factory=lambda: RouterAdvertisementConfig()

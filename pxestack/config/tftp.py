@@ -31,7 +31,7 @@ class TftpConfig:
     listen: tuple[str, int] = ("0.0.0.0", 69)
     root: Path = Path("tftproot")
     #: Largest blksize granted (1468 keeps a block in one Ethernet frame; see
-    #: docs/reference/firmware.md).
+    #: docs/reference/pxe-wire.md).
     max_blksize: int = 1468
     #: Largest RFC 7440 windowsize granted.
     max_windowsize: int = 16

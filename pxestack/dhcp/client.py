@@ -62,7 +62,7 @@ class Firmware(enum.Enum):
 ARCH_TYPES: Final[dict[int, tuple[Arch, bool]]] = {
     c.ARCH_X86_BIOS: (Arch.X86_BIOS, False),
     c.ARCH_EFI_IA32: (Arch.EFI_IA32, False),
-    # RFC 4578 errata 4624: 7 is x64 in practice (OVMF sends 7, docs/reference/firmware.md), and 9
+    # RFC 4578 errata 4624: 7 is x64 in practice (OVMF sends 7, docs/reference/pxe-wire.md), and 9
     # ("EFI BC") is also sent by x86-64 firmware; matching only one of them made xcat loop.
     c.ARCH_EFI_X64: (Arch.EFI_X64, False),
     c.ARCH_EFI_BC: (Arch.EFI_X64, False),
@@ -96,7 +96,7 @@ _IPXE_USER_CLASS: Final = b"iPXE"
 class IpxeDebugSecs:
     """iPXE's ``dhcp_tx()`` (iPXE @ 36a4c85) misuses BOOTP ``secs`` as a debug field:
     ``(count << 2) | (have offer ? 2 : 0) | (have proxy offer ? 1 : 0)`` (read from
-    iPXE's source, see docs/reference/firmware.md).  So 4, 8/10 and 14-18 are state, not seconds."""
+    iPXE's source, see docs/reference/pxe-wire.md).  So 4, 8/10 and 14-18 are state, not seconds."""
 
     transmissions: int
     has_offer: bool

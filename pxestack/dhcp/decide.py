@@ -12,14 +12,14 @@ Decision order of :func:`decide_boot` (smee's ``Bootfile`` order, with pxestack'
       (``recently_chainloaded``; see :class:`ChainloadMemory`).  Captures show why the
       user class alone is not enough: Debian's ``undionly.kpxe`` comes from the same iPXE
       snapshot as QEMU's ROM and sends identical options 77/175, only the broadcast flag
-      differs (docs/reference/firmware.md, "Boot paths").  Either way it gets the **HTTP
+      differs (docs/reference/pxe-wire.md, "Boot paths").  Either way it gets the **HTTP
       script URL**, never another binary.
    b. An iPXE with HTTP support gets the **HTTP script URL** (option 67).
    c. A stripped iPXE without HTTP (its option 175 lacks the HTTP feature) is
       **chainloaded** to our full iPXE binary by TFTP, like plain PXE.
 
    Every iPXE reply also carries option 175 with sub-option 176 (no-pxedhcp) = 1, which
-   ends iPXE's 2-3 s ProxyDHCP wait (docs/reference/firmware.md, "iPXE's two idle waits").
+   ends iPXE's 2-3 s ProxyDHCP wait (docs/reference/pxe-wire.md, "iPXE's two idle waits").
 3. UEFI HTTP Boot (option 60 ``HTTPClient``): an **HTTP URL** of the iPXE binary for its
    architecture, with option 60 ``HTTPClient`` echoed (UEFI 2.5 §24.7: HTTP boot clients
    ignore replies without it).
@@ -29,7 +29,7 @@ Decision order of :func:`decide_boot` (smee's ``Bootfile`` order, with pxestack'
    (some clients, the Raspberry Pi 4 among them, read only options).  In the full server
    **no option 60 PXEClient** goes to such firmware: without option 43 discovery control 8
    (or a port 4011 answer) OVMF's EDK2 client treats it as a BINL offer and fails
-   (verified with OVMF; see docs/reference/firmware.md).  In proxy mode option 60 is
+   (verified with OVMF; see docs/reference/pxe-wire.md).  In proxy mode option 60 is
    required, so option 43 with 43.6 = 8 is always sent with it, and the proxy also answers
    on port 4011.
 

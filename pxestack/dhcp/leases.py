@@ -11,7 +11,7 @@ Vocabulary, after RFC 2131:
 * a **client key** identifies a client.  RFC 2131 §4.2 says the client identifier
   (option 61) if present, else ``chaddr``.  pxestack keys on ``chaddr`` by default, because
   the client identifier changes across PXE boot stages (PXE ROM, iPXE, the installed OS;
-  see docs/reference/firmware.md) and a machine would otherwise get a second address per stage.
+  see docs/reference/pxe-wire.md) and a machine would otherwise get a second address per stage.
   :func:`client_key` builds the key either way.
 * an **offer** holds an address for ``offer_hold`` seconds, so two clients that DISCOVER in
   the same burst are never offered the same address (dnsmasq does not reserve on OFFER and

@@ -13,7 +13,7 @@ RFC 2131 §4.1); this module only carries them out:
   yiaddr.  Like ISC dhcpd and dnsmasq, the reply is written as a raw Ethernet/IPv4/UDP
   frame to ``chaddr`` through an ``AF_PACKET`` socket (:class:`RawUnicastSender`, needs
   CAP_NET_RAW).  Without one the reply is broadcast instead: iPXE, the client that leaves
-  the broadcast flag clear, accepts broadcast replies (docs/reference/firmware.md).
+  the broadcast flag clear, accepts broadcast replies (docs/reference/pxe-wire.md).
 
 Hostile input never reaches the reactor: :class:`~pxestack.errors.MalformedPacket` (from the
 decoder or from a typed option getter in the core) is logged with structured fields and

@@ -21,7 +21,7 @@ never fights the site's DHCP server: every phone on the LAN is none of our busin
 * ``efi_via_4011`` selects pixiecore's EFI variant: UEFI PXE clients get an OFFER without
   option 43 and without a boot file, so EDK2 asks port 4011 and gets the file there (some
   UEFI firmware ignores 43.6 = 8 offers, netboot#43).  The default sends 43.6 = 8 plus the
-  file straight away, which was verified with OVMF (docs/reference/firmware.md).
+  file straight away, which was verified with OVMF (docs/reference/pxe-wire.md).
 
 The core holds only a bounded :class:`~pxestack.dhcp.decide.ChainloadMemory`; ``now`` comes
 from the caller.

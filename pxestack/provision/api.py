@@ -1,6 +1,6 @@
 """twisted.web resources: mayu's machine-facing endpoints and admin API over a Provisioner.
 
-Paths, methods, bodies and status codes are mayu's (reference/mayu.md) so that existing
+Paths, methods, bodies and status codes are mayu's (reference/mayu-api.md) so that existing
 installers, scripts and ``mayuctl`` keep working:
 
 ==========================================  ====================================================
@@ -932,7 +932,7 @@ class ScriptResource(_Routed):
 
 
 #: ``/images/.../<name>`` -> file names in ``<images_dir>/<version>/`` for Flatcar, newest
-#: naming first (Flatcar's, then CoreOS's as mayu's caches have them; reference/mayu.md).  The
+#: naming first (Flatcar's, then CoreOS's as mayu's caches have them; reference/mayu-api.md).  The
 #: other flows' names are in :mod:`pxestack.provision.flows`.
 IMAGE_FILES = FLATCAR_IMAGE_FILES
 
@@ -990,7 +990,7 @@ class ImagesResource(_Routed):
 
 # -- admin -----------------------------------------------------------------------------------
 
-#: ``PUT /admin/host/<serial>/<action>`` setters: action -> JSON field (reference/mayu.md).
+#: ``PUT /admin/host/<serial>/<action>`` setters: action -> JSON field (reference/mayu-api.md).
 FIELD_SETTERS = {
     "set_metadata": "FleetMetadata",
     "set_provider_id": "ProviderId",

@@ -16,7 +16,7 @@ from pxestack.config.provision import IPRange, ProfileConfig, ProvisionConfig
 from pxestack.provision.hostindex import HostIndex
 from pxestack.provision.model import Host, HostState
 
-#: The profile a machine gets when every configured profile is full (reference/mayu.md).
+#: The profile a machine gets when every configured profile is full (reference/mayu-api.md).
 DEFAULT_PROFILE = "default"
 
 

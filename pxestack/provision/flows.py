@@ -37,7 +37,7 @@ from pxestack.config.provision import ProfileConfig
 
 #: ``/images/.../<name>`` -> candidate file names in ``<images_dir>/<version>/`` for Flatcar
 #: (Flatcar's names first, then CoreOS Container Linux's, as mayu's caches have them;
-#: reference/mayu.md).  The ``.sha256`` files are written by ``pxestack images``.
+#: reference/mayu-api.md).  The ``.sha256`` files are written by ``pxestack images``.
 FLATCAR_IMAGE_FILES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
         "vmlinuz": ("flatcar_production_pxe.vmlinuz", "coreos_production_pxe.vmlinuz"),

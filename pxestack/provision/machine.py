@@ -1,6 +1,6 @@
 """The host lifecycle as a transition table (h11 style: everything that changes state is here).
 
-States are mayu's (reference/mayu.md)::
+States are mayu's (reference/mayu-api.md)::
 
     (first contact) -> unknown --host data--> installing --set_installed--> installed
                                                    \\                          |
@@ -85,7 +85,7 @@ TRANSITIONS: Mapping[Event, Mapping[HostState, HostState]] = MappingProxyType(
     }
 )
 
-#: mayu's commit message texts (reference/mayu.md), after the ``<serial>: `` prefix.
+#: mayu's commit message texts (reference/mayu-api.md), after the ``<serial>: `` prefix.
 MESSAGES: Mapping[Event, str] = MappingProxyType(
     {
         Event.HOST_DATA: "updated host state to installing",

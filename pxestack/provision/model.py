@@ -175,7 +175,7 @@ VERSION_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class Host:
-    """One machine's record (reference/mayu.md; JSON names in the comments)."""
+    """One machine's record (reference/mayu-api.md; JSON names in the comments)."""
 
     serial: str  # Serial (lower-cased; also the directory name)
     machine_id: str = ""  # MachineID: 32 lower-case hex digits

@@ -51,7 +51,7 @@ from pxestack.provision.overrides import InvalidOverride, validate_overrides
 from pxestack.provision.store import PRIVATE_DIR
 from pxestack.provision.templates import Templates
 
-#: mayu's commit messages for an enrolment (reference/mayu.md), recorded as one commit.
+#: mayu's commit messages for an enrolment (reference/mayu-api.md), recorded as one commit.
 ENROL_MESSAGES = (
     "host created",
     "updated host InternalAddr",

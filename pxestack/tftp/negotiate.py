@@ -12,7 +12,7 @@ Rules, with the client behaviour each one serves:
   acceptable option gets no OACK at all, and the transfer starts with DATA 1 (RFC 2347 §3).
 * A repeated option is read once (its first occurrence); later copies are ignored.
 * ``blksize`` (RFC 2348 §2): 8..65464.  Larger requests are clamped to 65464, then to the
-  configured maximum.  iPXE asks for 1432 and OVMF for 1468 (docs/reference/firmware.md);
+  configured maximum.  iPXE asks for 1432 and OVMF for 1468 (docs/reference/pxe-wire.md);
   many boot ROMs cannot reassemble IP fragments, so the default maximum (1468) keeps one
   block in one Ethernet frame.  Below 8 the option is ignored.  An OACK for blksize is sent
   even when no tsize was asked (tftpy PR#63: U-Boot needs it).

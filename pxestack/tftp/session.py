@@ -19,7 +19,7 @@ Protocol rules implemented:
   atftp expect).  ACKs are matched modulo 65536 against the blocks in flight.
 * An ERROR from the client ends the transfer without an answer (RFC 1350 §7: errors are
   not acknowledged).  OVMF's size probe is exactly this: RRQ with tsize, OACK, then ERROR 0
-  "User aborted the transfer." before a second RRQ (docs/reference/firmware.md), logged as
+  "User aborted the transfer." before a second RRQ (docs/reference/pxe-wire.md), logged as
   ``aborted``.
 * Retransmission time-out (RFC 6298 applied to TFTP): the first RTO is conservative
   (:attr:`SessionSettings.initial_rto`); every ACK of a block sent only once gives a
@@ -84,7 +84,7 @@ Datagram: TypeAlias = bytes | bytearray | memoryview
 #: Why a transfer whose client never answered its first window ended (no ERROR is sent).
 NO_ANSWER = "no answer to the first window"
 
-#: OVMF's abort message after its tsize probe (docs/reference/firmware.md).
+#: OVMF's abort message after its tsize probe (docs/reference/pxe-wire.md).
 OVMF_ABORT_MESSAGE = "User aborted the transfer"
 
 

@@ -145,7 +145,7 @@ def encode_client_uuid(value: uuid.UUID) -> bytes:
     """Option 97 (RFC 4578 §2.3): type 0 then the 16 UUID octets in SMBIOS byte order.
 
     SMBIOS stores the first three UUID fields little-endian, and PXE firmware copies those
-    bytes verbatim (captured from SeaBIOS + iPXE and from OVMF; docs/reference/firmware.md).
+    bytes verbatim (captured from SeaBIOS + iPXE and from OVMF; docs/reference/pxe-wire.md).
     """
     return b"\x00" + value.bytes_le
 

@@ -1,7 +1,7 @@
 """mayuctl's requests replayed byte for byte, and the operator actions beside them.
 
 mayuctl marshals a whole host object with ``omitempty``: a zero or empty value is left out
-(docs/reference/mayu.md, "What mayuctl sends and expects").  The envelope every PUT carries
+(docs/reference/mayu-api.md, "What mayuctl sends and expects").  The envelope every PUT carries
 is ``{"ConnectedNIC":"","LastBoot":"0001-01-01T00:00:00Z","State":"unknown"}``; the bodies
 below are those bytes plus the field a command sets.
 """

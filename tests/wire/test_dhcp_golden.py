@@ -1,4 +1,4 @@
-"""Golden packets reconstructed from the firmware captures in docs/reference/firmware.md.
+"""Golden packets reconstructed from the firmware captures in docs/reference/pxe-wire.md.
 
 Each ``tests/golden/dhcp/<name>.hex`` must (1) equal what the builder in
 ``tests/dhcp_samples.py`` encodes, (2) decode back to the builder's message, and (3) show the

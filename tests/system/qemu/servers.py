@@ -232,7 +232,7 @@ LABEL reference
 
 
 def dnsmasq_config(workdir: Path, tftp_root: Path, loader: str = "ipxe") -> str:
-    """The reference dnsmasq configuration (the reference server of docs/reference/firmware.md).
+    """The reference dnsmasq configuration (the reference server of docs/reference/pxe-wire.md).
 
     *loader* ``grub`` hands UEFI PXE firmware shim instead of ``ipxe.efi``; ``pxelinux``
     hands BIOS firmware (QEMU's iPXE ROM too, which runs PXE programs) ``lpxelinux.0``
@@ -299,7 +299,7 @@ class PxestackServer:
         self.processes: list[Process] = []
         self.state = workdir / "pxestack-state"
         self.cluster_dir = self.state / "cluster"
-        # mayu's image cache layout (docs/reference/mayu.md, "Image cache layout"):
+        # mayu's image cache layout (docs/reference/mayu-api.md, "Image cache layout"):
         # <images_dir>/<version>/<flatcar names>.
         images = self.state / "images" / OS_VERSION
         tftp = self.state / "tftproot"
@@ -331,7 +331,7 @@ class PxestackServer:
             assert isinstance(boot, dict)
             boot["pxelinux_prefix"] = pxelinux_prefix
             shutil.copyfile(LOADER_FILES["ldlinux.c32"], self.state / "assets" / "ldlinux.c32")
-        # pxestack's own RA responder ends iPXE's IPv6 wait (docs/reference/firmware.md).
+        # pxestack's own RA responder ends iPXE's IPv6 wait (docs/reference/pxe-wire.md).
         dhcp["router_advertisements"] = {"enabled": True}
         if extensions:
             config["extensions"] = extensions
