@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -112,3 +113,17 @@ class PostgresLab:
         """Stop the server and remove its directory."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_lab() -> Iterator[PostgresLab]:
+    """A started :class:`PostgresLab`, stopped on exit (the caller has checked
+    :func:`pg_binaries`)."""
+    binaries = pg_binaries()
+    assert binaries is not None
+    server = PostgresLab(binaries)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

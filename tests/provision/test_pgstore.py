@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 import psycopg
 import pytest
 from conftest import require
-from pglab import SKIP_REASON, PostgresLab, pg_binaries
+from pglab import SKIP_REASON, pg_binaries, running_lab
 from provision_helpers import BASE_URL, provision_config
 
 from pxestack.provision.hoststore import (
@@ -48,14 +48,8 @@ def off_reactor(test):
 def lab():
     # Skipped locally without Debian's postgresql package; a failure in CI (strict mode).
     require(pg_binaries() is not None, SKIP_REASON)
-    binaries = pg_binaries()
-    assert binaries is not None
-    server = PostgresLab(binaries)
-    try:
-        server.start()
+    with running_lab() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pygit2
 import pytest
 from conftest import require
 from pgcluster import Server, plan, storm
-from pglab import SKIP_REASON, PostgresLab, pg_binaries
+from pglab import SKIP_REASON, pg_binaries, running_lab
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -37,14 +37,8 @@ MACHINES = int(os.environ.get("PXESTACK_PG_STORM", "1000"))
 def lab():
     # Skipped locally without Debian's postgresql package; a failure in CI (strict mode).
     require(pg_binaries() is not None, SKIP_REASON)
-    binaries = pg_binaries()
-    assert binaries is not None
-    server = PostgresLab(binaries)
-    try:
-        server.start()
+    with running_lab() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
