@@ -212,3 +212,36 @@ def test_tftp_refuses_a_missing_root_unless_create(tmp_path, capsys, monkeypatch
     assert main(["tftp", "--root", str(missing), "--listen", "127.0.0.1:0", "--create"]) == 0
     assert missing.is_dir() and started == [missing]
     assert "created --root" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", ["config", "locked"])
+def test_a_failed_build_still_writes_its_warnings_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    error: str,
+) -> None:
+    """Warnings logged while the services are built wait in twisted.logger's start-up
+    buffer until the log format is known; when building fails, serve starts logging (which
+    writes them) before it reports the failure, as a successful start would."""
+    import pxestack.app
+    import pxestack.cli._run
+    from pxestack.config import ConfigError, ConfigProblem
+    from pxestack.provision.statelock import StateLocked
+
+    order: list[str] = []
+
+    def failing_build(config: object) -> object:
+        order.append("built with a warning")
+        if error == "config":
+            raise ConfigError([ConfigProblem("http.tls.cert_file", "unreadable")])
+        raise StateLocked(tmp_path, None)
+
+    def start_logging(log_format: str, level: str, stream: object = None) -> None:
+        order.append(f"logging started ({log_format}, {level})")
+
+    monkeypatch.setattr(pxestack.app, "build_root_service", failing_build)
+    monkeypatch.setattr(pxestack.cli._run, "start_logging", start_logging)
+    code = main(["serve", "--config", str(free_config(tmp_path)), "--log-format", "json"])
+    assert code == (2 if error == "config" else 1)
+    assert order == ["built with a warning", "logging started (json, info)"]
+    err = capsys.readouterr().err
+    assert ("http.tls.cert_file: unreadable" if error == "config" else "cannot start") in err

@@ -64,13 +64,20 @@ def serve(args: argparse.Namespace) -> int:
         print(f"{config.source}: configuration is valid")
         return 0
     from pxestack.app import build_root_service, prepare_admin_token
-    from pxestack.cli._run import run_service
+    from pxestack.cli._run import run_service, start_logging
     from pxestack.provision.hoststore import StoreError
     from pxestack.provision.statelock import StateLocked
 
     try:
-        new_token = prepare_admin_token(config)
-        root = build_root_service(config)
+        try:
+            new_token = prepare_admin_token(config)
+            root = build_root_service(config)
+        except (ConfigError, StateLocked, StoreError, OSError):
+            # The warnings logged while building (held in twisted.logger's start-up buffer
+            # until the log format is known) explain a failure as often as the error itself:
+            # write them before the error, as a successful start would.
+            start_logging(config.log_format, config.log_level)
+            raise
     except ConfigError as exc:
         # Problems found while building (a token file that cannot be read, ...).
         print_problems(args.config or "<embedded quickstart>", exc.problems)
