@@ -34,13 +34,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from importlib import resources
 from ipaddress import IPv4Address
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 from twisted.logger import Logger
@@ -59,9 +57,12 @@ from pxestack.provision.hoststore import (
     etag_of,
 )
 from pxestack.provision.model import Host, InvalidHostRecord, normalize_mac
+from pxestack.service.pgschema import (
+    migrations,
+    redact_dsn,
+    upgrade_schema,
+)
 
-#: The advisory-lock key schema upgrades hold (any fixed number shared by all servers).
-MIGRATION_LOCK = 0x70786573_7461636B & 0x7FFFFFFFFFFFFFFF
 #: Transient conflicts between servers: the transaction is run again from the start.
 _RETRYABLE = (
     pg_errors.SerializationFailure,
@@ -79,50 +80,6 @@ class ClaimConflict(StoreError):  # noqa: N818 - the HTTP status it maps to
     """A change would over-fill a profile or give an address to two machines (409)."""
 
     conflict = True
-
-
-def redact_dsn(dsn: str) -> str:
-    """*dsn* without its password, for logs and errors."""
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "(an unparsable DSN)"
-    parts.pop("password", None)
-    return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
-
-
-def migrations() -> list[tuple[str, str]]:
-    """The schema migrations shipped with pxestack: (version, SQL), oldest first."""
-    folder = resources.files("pxestack.provision") / "migrations"
-    found = [
-        (entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8"))
-        for entry in folder.iterdir()
-        if entry.name.endswith(".sql")
-    ]
-    return sorted(found)
-
-
-def upgrade_schema(conn: psycopg.Connection[Any]) -> list[str]:
-    """Apply the migrations *conn*'s database lacks, in one transaction; return their names.
-
-    The transaction first takes an advisory lock, so servers starting together apply each
-    migration once: the others wait, then find it applied.
-    """
-    applied_now: list[str] = []
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS pxestack_schema ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row[0] for row in conn.execute("SELECT version FROM pxestack_schema")}
-        for version, sql in migrations():
-            if version in done:
-                continue
-            conn.execute(sql.encode())
-            conn.execute("INSERT INTO pxestack_schema (version) VALUES (%s)", (version,))
-            applied_now.append(version)
-    return applied_now
 
 
 def insert_audit(
