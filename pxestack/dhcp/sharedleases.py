@@ -50,8 +50,11 @@ class ClaimKind(enum.Enum):
     OFFER = "offer"
     #: Grant the address to the client until ``expires`` (a DHCPACK).
     BIND = "bind"
-    #: The client released the address (or its offer was withdrawn).
+    #: The client released the address it was bound to.
     FREE = "free"
+    #: The client chose another server: this server's offer ends, a binding stays (the
+    #: other server may have offered and bound the same address to the same client).
+    WITHDRAW = "withdraw"
     #: The client declined the address: quarantined until ``expires``.
     DECLINE = "decline"
     #: This server has no record of the client: the table's record of it, if any.
@@ -151,6 +154,7 @@ class SharedLeaseStore(InMemoryLeaseStore):
     ) -> None:
         super().__init__(subnets, reservations, max_offers=max_offers, listener=None)
         self.batch = ClaimBatch(self)
+        self._withdrawing = False
         self.listener = _BatchListener(self)
 
     def begin_batch(self) -> ClaimBatch:
@@ -194,6 +198,17 @@ class SharedLeaseStore(InMemoryLeaseStore):
             self.batch.add(Claim(ClaimKind.OFFER, client, lease.address, mac, client_id,
                                  lease.hostname, lease.expires))
         return lease
+
+    def release(self, client: bytes, address: IPv4Address, now: float) -> Lease | None:
+        """As in memory; the end of an offer is recorded as a withdrawal (it never frees
+        the binding the table may hold for the client, made by another server)."""
+        held = self._by_address.get(int(address))
+        self._withdrawing = (held is not None and held.client == client
+                             and held.state is LeaseState.OFFERED)
+        try:
+            return super().release(client, address, now)
+        finally:
+            self._withdrawing = False
 
     def decline(
         self, client: bytes, address: IPv4Address, now: float, quarantine: float
@@ -247,8 +262,8 @@ class _BatchListener:
                                    lease.client_id, lease.hostname, lease.expires))
 
     def freed(self, lease: Lease) -> None:
-        self.store.batch.add(Claim(ClaimKind.FREE, lease.client, lease.address,
-                                   expires=lease.expires))
+        kind = ClaimKind.WITHDRAW if self.store._withdrawing else ClaimKind.FREE
+        self.store.batch.add(Claim(kind, lease.client, lease.address, expires=lease.expires))
 
     def declined(self, decline: Decline) -> None:
         """Recorded by :meth:`SharedLeaseStore.decline`, which knows the client."""

@@ -231,6 +231,7 @@ class DhcpService(service.MultiService):
         neighbour: NeighbourLookup | None = None,
         events: Any = None,
         backlog: Any = None,
+        health: list[Any] | None = None,
     ) -> None:
         super().__init__()
         if config.dhcp is None:
@@ -267,6 +268,8 @@ class DhcpService(service.MultiService):
         #: ``dhcp.lease_store: postgresql``: the shared table and its group commit.
         self.lease_table: Any = None
         self.claims: Any = None
+        #: Where the lease table's health is reported (``Extensions.health``), or None.
+        self._health = health
 
     @property
     def reactor(self) -> Any:
@@ -440,6 +443,8 @@ class DhcpService(service.MultiService):
                  "loaded", where=table.where, server=table.server, kept=kept)
         self.lease_table = table
         self.claims = LeaseGroupCommit(store, table, self.reactor, max_inflight=config.pool)
+        if self._health is not None:
+            self._health.append(self.lease_health)
         return store
 
     def _prepare_proxy(
@@ -491,9 +496,15 @@ class DhcpService(service.MultiService):
         if self.claims is not None:
             self.claims.start()
 
-    def lease_health(self) -> dict[str, Any] | None:
-        """The shared lease table's state for ``/admin/health`` (None with the journal)."""
-        return None if self.claims is None else self.claims.health()
+    def lease_health(self) -> dict[str, Any]:
+        """The shared lease table's state for ``/admin/health`` (``ok`` false while it
+        cannot be reached); empty with the journal."""
+        if self.claims is None:
+            return {}
+        health: dict[str, Any] = self.claims.health()
+        if not health["lease_db_ok"]:
+            health["ok"] = False
+        return health
 
     def maintain(self) -> None:
         """Periodic: compact the journal once it is mostly stale records."""
@@ -565,7 +576,7 @@ def build_dhcp_services(
             config, policy, reactor=reactor, sockets=sockets,
             metrics=getattr(ext, "metrics", None),
             sightings=getattr(ext, "dhcp_sightings", None), events=getattr(ext, "events", None),
-            backlog=getattr(ext, "backlog", None),
+            backlog=getattr(ext, "backlog", None), health=getattr(ext, "health", None),
         )
     ]
     advertisements = config.dhcp.router_advertisements

@@ -88,9 +88,11 @@ class MemoryLeaseTable:
                                 and held.state is not LeaseState.FREE):
                             self.rows[other] = replace(held, state=LeaseState.FREE,
                                                        expires=now)
-            elif kind is ClaimKind.FREE:
+            elif kind in (ClaimKind.FREE, ClaimKind.WITHDRAW):
+                ends = ((LeaseState.OFFERED,) if kind is ClaimKind.WITHDRAW
+                        else (LeaseState.OFFERED, LeaseState.BOUND))
                 if (isinstance(row, Lease) and row.client == client
-                        and row.state is not LeaseState.FREE):
+                        and row.state in ends):
                     self.rows[address] = replace(row, state=LeaseState.FREE,
                                                  expires=claim.expires)
             elif kind is ClaimKind.DECLINE and (

@@ -237,3 +237,23 @@ def test_any_interleaving_never_binds_an_address_twice(
     assert all(len(clients) == 1 for clients in acked.values()), acked
     bound = table.bound(clock.seconds())
     assert len(set(bound.values())) == len(bound)
+
+
+def test_a_withdrawn_offer_never_frees_the_other_servers_binding(lab: Any) -> None:
+    table, clock, run = lab
+    a = Server(SERVER_A, table, clock, run)
+    b = Server(SERVER_B, table, clock, run)
+    # One client, both servers answer (a relay forwarding to both): the same address.
+    for node in (a, b):
+        node.protocol.receive_batch([message(c.DHCPDISCOVER, 1)])
+    run.finish()
+    assert a.transport.take()[0].yiaddr == b.transport.take()[0].yiaddr == FIRST
+    # The client chose a; the relay hands its REQUEST to both, a first.
+    request = message(c.DHCPREQUEST, 1, requested=FIRST, server=SERVER_A)
+    a.protocol.receive_batch([request])
+    run.finish()
+    b.protocol.receive_batch([request])
+    run.finish()
+    assert [kind_of(m) for m in a.transport.take()] == [c.DHCPACK]
+    assert b.transport.take() == []
+    assert table.bound(clock.seconds()) == {FIRST: b"M" + (1).to_bytes(6, "big")}

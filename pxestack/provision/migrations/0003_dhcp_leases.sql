@@ -88,6 +88,11 @@ BEGIN
             UPDATE dhcp_leases SET state = 'free', expires = (o->>'e')::double precision,
                                    server = by_server, updated_at = now()
                 WHERE address = a AND client = k AND state IN ('bound', 'offered');
+        ELSIF kind = 'withdraw' THEN
+            -- The client chose another server: only an offer ends here.
+            UPDATE dhcp_leases SET state = 'free', expires = (o->>'e')::double precision,
+                                   server = by_server, updated_at = now()
+                WHERE address = a AND client = k AND state = 'offered';
         ELSIF kind = 'decline' THEN
             INSERT INTO dhcp_leases AS l (address, client, state, expires, server)
             VALUES (a, NULL, 'declined', (o->>'e')::double precision, by_server)
