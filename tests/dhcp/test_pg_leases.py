@@ -226,3 +226,35 @@ def test_a_restarted_database_degrades_and_recovers(lab: Any, dsn: str) -> None:
         a.commit.stop()
     finally:
         first.close()
+
+
+def test_import_leases_moves_a_journal_into_the_table(dsn: str, tmp_path: Any,
+                                                      capsys: Any) -> None:
+    import time
+
+    from pxestack.cli import main
+    from pxestack.dhcp.journal import LeaseJournal
+    from pxestack.dhcp.leases import Decline
+
+    now = time.time()
+    path = tmp_path / "dhcp-leases.journal"
+    journal, _ = LeaseJournal.open(path, sync=False)
+    one, two = b"M" + bytes(5) + b"\x01", b"M" + bytes(5) + b"\x02"
+    journal.bound(Lease(FIRST, one, one[1:], LeaseState.BOUND, now + 3600, None, "alpha"))
+    journal.bound(Lease(IPv4Address(int(FIRST) + 1), two, two[1:], LeaseState.BOUND,
+                        now - 10))  # ended: not imported
+    journal.declined(Decline(LAST, now + 600))
+    journal.close()
+    assert main(["db", "import-leases", str(path), "--dsn", dsn]) == 0
+    assert "imported 1 lease(s) and 1 quarantine(s)" in capsys.readouterr().out
+    opened = table(dsn, "check", now)
+    try:
+        found = opened.lease_of(one)
+        assert isinstance(found, Lease) and found.address == FIRST
+        assert found.hostname == "alpha" and abs(found.expires - (now + 3600)) < 1e-6
+        assert opened.lease_of(two) is None
+        # Running it again changes nothing (the same client's claims succeed again).
+        assert main(["db", "import-leases", str(path), "--dsn", dsn]) == 0
+        assert bound_rows(dsn) == [(str(FIRST), one)]
+    finally:
+        opened.close()
