@@ -40,8 +40,11 @@ from pxestack.wire.dhcp import DhcpMessage, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions
 
 ADMIN_TOKEN = "storm-admin-token-0123456789abcdefgh"
-#: Attempts per request (over every server) before a machine gives up.
-ATTEMPTS = 60
+#: Attempts per request (over every server) before a machine gives up: about two minutes
+#: of retries, as a machine's firmware or installer keeps retrying.  While PostgreSQL
+#: restarts, a busy server's connection gate can refuse new requests ("server busy") for
+#: more than a minute on a loaded 2-vCPU machine.
+ATTEMPTS = 120
 #: Seconds one storm may take at most.
 STORM_DEADLINE = 900.0
 
