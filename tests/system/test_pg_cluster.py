@@ -96,8 +96,10 @@ def _check_leases(dsn: str, acks: dict) -> None:
     assert len(rows) == len(table) == MACHINES  # one binding per machine
     for mac, (address, _) in acks.items():
         assert table[b"M" + bytes.fromhex(mac.replace(":", ""))] == address, mac
-    # Every live server took part.
-    print("ACKs by server:", dict(Counter(server for _, server in acks.values())))
+    # The servers shared the pool: more than one of them granted leases.
+    by_server = Counter(server for _, server in acks.values())
+    print("ACKs by server:", dict(by_server))
+    assert len(by_server) >= 2
 
 
 def _exported_ids(shared: Path) -> list[int]:
