@@ -47,6 +47,8 @@ def lab():
 
 @pytest.fixture
 def cluster(lab, tmp_path):
+    # The DHCP relays bind port 67 on their loopback addresses.
+    require(os.geteuid() == 0, "the DHCP relays of the storm bind port 67: needs root")
     dsn = lab.create_database("storm")
     shared = tmp_path / "cluster"
     servers = [Server(tmp_path, f"pxe{n}", MACHINES, shared, dsn,
