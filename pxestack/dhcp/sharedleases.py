@@ -74,6 +74,10 @@ class Claim:
     hostname: str | None = None
     #: End of the offer hold, the binding or the quarantine; the time of a release.
     expires: float = 0.0
+    #: :attr:`ClaimKind.OFFER`: the subnet the offer is made in; the table answers the
+    #: client's binding elsewhere only when it lies in this subnet (a machine moved to
+    #: another rack gets an address of its new subnet).
+    network: str | None = None
 
 
 #: What the table answers about one claim: the index of the claim in the batch and the
@@ -196,7 +200,7 @@ class SharedLeaseStore(InMemoryLeaseStore):
         lease = super().offer(client, mac, client_id, subnet, requested, now, hold)
         if lease is not None and lease.state is LeaseState.OFFERED:
             self.batch.add(Claim(ClaimKind.OFFER, client, lease.address, mac, client_id,
-                                 lease.hostname, lease.expires))
+                                 lease.hostname, lease.expires, str(subnet.network)))
         return lease
 
     def release(self, client: bytes, address: IPv4Address, now: float) -> Lease | None:

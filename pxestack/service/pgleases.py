@@ -76,6 +76,7 @@ def _claim_json(claim: Claim) -> dict[str, Any]:
         "i": None if claim.client_id is None else claim.client_id.hex(),
         "h": claim.hostname,
         "e": claim.expires,
+        "n": claim.network,
     }
 
 

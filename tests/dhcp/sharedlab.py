@@ -64,7 +64,9 @@ class MemoryLeaseTable:
             if kind is ClaimKind.OFFER:
                 elsewhere = [r for r in self.rows.values() if isinstance(r, Lease)
                              and r.client == client and r.address != address
-                             and r.state is LeaseState.BOUND and r.expires > now]
+                             and r.state is LeaseState.BOUND and r.expires > now
+                             and (claim.network is None
+                                  or r.address in IPv4Network(claim.network))]
                 if elsewhere:
                     answers.append((index, elsewhere[0]))
                     continue

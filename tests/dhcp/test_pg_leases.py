@@ -258,3 +258,26 @@ def test_import_leases_moves_a_journal_into_the_table(dsn: str, tmp_path: Any,
         assert bound_rows(dsn) == [(str(FIRST), one)]
     finally:
         opened.close()
+
+
+def test_a_machine_moved_to_another_subnet_gets_an_address_there(dsn: str) -> None:
+    opened = table(dsn, "a")
+    try:
+        client = b"M" + bytes(5) + b"\x07"
+        claim = Claim(ClaimKind.BIND, client, FIRST, client[1:], None, None, START + 600)
+        assert opened.apply([claim], START) == []
+        # An offer in the same subnet is redirected to the client's binding ...
+        same = Claim(ClaimKind.OFFER, client, IPv4Address(int(FIRST) + 1), client[1:],
+                     None, None, START + 30, "198.18.0.0/24")
+        (index, holder), = opened.apply([same], START)
+        assert index == 0 and isinstance(holder, Lease) and holder.address == FIRST
+        # ... one in the subnet of another rack is not, and binding there ends the old one.
+        moved = IPv4Address("198.18.1.5")
+        other = Claim(ClaimKind.OFFER, client, moved, client[1:], None, None, START + 30,
+                      "198.18.1.0/24")
+        assert opened.apply([other], START) == []
+        assert opened.apply([Claim(ClaimKind.BIND, client, moved, client[1:], None, None,
+                                   START + 600)], START + 1) == []
+        assert bound_rows(dsn) == [(str(moved), client)]
+    finally:
+        opened.close()

@@ -21,7 +21,8 @@ CREATE INDEX dhcp_leases_client ON dhcp_leases (client);
 
 -- One batch of claims, applied in order in one statement (one round trip, one commit).
 -- ops: a JSON array of {"t": kind, "a": address, "k": client (hex), "m": mac (hex),
--- "i": client id (hex) or null, "h": host name or null, "e": expires}.  Returns, for each
+-- "i": client id (hex) or null, "h": host name or null, "e": expires, "n": the subnet of
+-- an offer or null}.  Returns, for each
 -- refused claim, the row that holds the address, and for each 'find', the client's row.
 CREATE FUNCTION pxestack_dhcp_claims(ops jsonb, at double precision, by_server text)
 RETURNS TABLE (op integer, r_address inet, r_client bytea, r_mac bytea, r_client_id bytea,
@@ -41,13 +42,15 @@ BEGIN
         a := (o->>'a')::inet;
         k := decode(o->>'k', 'hex');
         IF kind = 'offer' THEN
-            -- A client bound to another address (by another server) is offered that one:
-            -- answer its row, claim nothing.
+            -- A client bound to another address of the same subnet (by another server)
+            -- is offered that one: answer its row, claim nothing.  A binding in another
+            -- subnet (a machine moved to another rack) ends when it binds here.
             RETURN QUERY SELECT i, l.address, l.client, l.mac, l.client_id, l.hostname,
                                 l.state, l.expires
                 FROM dhcp_leases l
                 WHERE l.client = k AND l.address <> a AND l.state = 'bound'
                   AND l.expires > at
+                  AND (o->>'n' IS NULL OR l.address << (o->>'n')::cidr)
                 LIMIT 1;
             IF FOUND THEN
                 CONTINUE;
