@@ -598,8 +598,13 @@ class DhcpDatagramProtocol(DatagramProtocol):
     def _claims_failed(self, failure: Any, held: dict[int, list[Outgoing]]) -> None:
         dropped = sum(len(replies) for replies in held.values())
         self.unconfirmed += dropped
-        self.log.debug("lease table did not confirm a batch ({error}); {count} replies "
-                       "not sent", error=str(failure.value), count=dropped)
+        if getattr(failure.value, "database_down", False):
+            # The lease store logs the loss once; each refused batch is a debug line.
+            self.log.debug("lease table did not confirm a batch ({error}); {count} replies "
+                           "not sent", error=str(failure.value), count=dropped)
+            return
+        self.log.failure("lease table refused a batch; {count} replies not sent",
+                         failure=failure, count=dropped)
 
     def _claims_bug(self, failure: Any) -> None:
         self.bugs += 1

@@ -55,6 +55,9 @@ _STATES = {"offered": LeaseState.OFFERED, "bound": LeaseState.BOUND, "free": Lea
 class LeaseDatabaseDown(Exception):  # noqa: N818 - a state, not a bug
     """The lease table cannot be reached; the batch's replies are not sent."""
 
+    #: Read by the protocol: the loss is logged once by the lease store, not per batch.
+    database_down = True
+
 
 #: Errors that mean the database cannot be reached (the store is down until a probe works).
 _UNREACHABLE = (psycopg.OperationalError, PoolTimeout, LeaseDatabaseDown)

@@ -257,3 +257,26 @@ def test_a_withdrawn_offer_never_frees_the_other_servers_binding(lab: Any) -> No
     assert [kind_of(m) for m in a.transport.take()] == [c.DHCPACK]
     assert b.transport.take() == []
     assert table.bound(clock.seconds()) == {FIRST: b"M" + (1).to_bytes(6, "big")}
+
+
+def test_a_batch_the_table_rejects_for_another_reason_is_logged(lab: Any) -> None:
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    table, clock, run = lab
+    a = Server(SERVER_A, table, clock, run)
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+
+    def broken(claims: Any, now: float) -> Any:
+        raise ValueError("invalid input syntax for type inet")
+
+    table.apply = broken  # type: ignore[method-assign]
+    try:
+        a.protocol.receive_batch([message(c.DHCPDISCOVER, 1)])
+        run.finish()
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert a.transport.take() == []
+    assert a.commit.ok  # not a lost database: nothing to probe
+    errors = [e for e in seen if e.get("log_level") is LogLevel.critical]
+    assert errors and "1 replies not sent" in errors[0]["log_format"].format(**errors[0])
