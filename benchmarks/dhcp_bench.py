@@ -19,6 +19,12 @@ Method (docs/benchmarks.md, after docs/reference/benchmark-method.md):
   incomplete and the goodput is at least 95 % of the target.  DORA mode completes full
   exchanges; DO mode (``-i``) stops at the OFFER, which is what a proxyDHCP answers.
 * Each repetition starts a fresh server with an empty lease database.
+* ``pxestack-pg`` and ``kea-pg``: pxestack with ``dhcp.lease_store: postgresql`` and Kea
+  with its PostgreSQL lease backend (``lease-database: {type: postgresql}``, schema by
+  ``kea-admin db-init pgsql``), against one PostgreSQL of Debian's packages started for the
+  run (tests/pglab.py: a temporary directory, a unix socket, ``fsync`` and
+  ``synchronous_commit`` off, the same for both), a fresh database per repetition.  DORA
+  only: that is where a lease is written.
 * ``python-floor`` (benchmarks/floor_dhcp.py) is a reference, not a peer: a measuring stick
   that does the least possible Python work per packet (blocking ``recvfrom``, a few slices
   into a prebuilt reply, one dict lookup, ``sendto``; no RFC 2131 rules, no lease database,
@@ -200,6 +206,12 @@ class DhcpServer:
     """A DHCP server under test: how to check for it and how to start it in the lab."""
 
     name = ""
+    #: Whether the server keeps its leases in the run's PostgreSQL (:class:`PgLeases`).
+    postgresql = False
+    #: The modes measured: DORA (True) and DO (False).
+    modes: tuple[bool, ...] = (True, False)
+    #: The run's PostgreSQL, set by :func:`run_dhcp` for the servers that need it.
+    database: PgLeases | None = None
 
     def unavailable(self, peers: Peers) -> str | None:
         """Why this server cannot run here, or None."""
@@ -217,6 +229,8 @@ class KeaServer(DhcpServer):
 
     def __init__(self, peers: Peers) -> None:
         self.executable = peers.path("kea") or "kea-dhcp4"
+        #: Kea's ``lease-database`` (None: memfile on tmpfs).
+        self.lease_database: dict[str, Any] | None = None
 
     def unavailable(self, peers: Peers) -> str | None:
         """Kea needs kea-dhcp4."""
@@ -228,7 +242,7 @@ class KeaServer(DhcpServer):
             "Dhcp4": {
                 # The default raw sockets receive the relayed broadcast perfdhcp sends.
                 "interfaces-config": {"interfaces": [lab.server.ifname]},
-                "lease-database": {
+                "lease-database": self.lease_database or {
                     "type": "memfile",
                     "persist": True,
                     "name": str(workdir / "kea-leases4.csv"),
@@ -259,6 +273,92 @@ class KeaServer(DhcpServer):
             stderr=subprocess.STDOUT,
         )
         return process
+
+
+class PgLeases:
+    """The run's PostgreSQL (tests/pglab.py) and a fresh database per repetition."""
+
+    def __init__(self) -> None:
+        tests_dir = str(Path(__file__).resolve().parent.parent / "tests")
+        if tests_dir not in sys.path:
+            sys.path.insert(0, tests_dir)
+        import pglab
+
+        binaries = pglab.pg_binaries()
+        if binaries is None:
+            raise RuntimeError(pglab.SKIP_REASON)
+        self.lab = pglab.PostgresLab(binaries)
+        self.lab.start()
+        self.count = 0
+
+    def fresh(self, prefix: str) -> str:
+        """Create an empty database; its name."""
+        self.count += 1
+        name = f"{prefix}{self.count}"
+        self.lab.create_database(name)
+        return name
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.lab.close()
+
+
+def _postgresql_missing() -> str | None:
+    tests_dir = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests_dir not in sys.path:
+        sys.path.insert(0, tests_dir)
+    try:
+        import pglab
+    except ImportError as exc:  # psycopg missing
+        return f"psycopg is not installed ({exc})"
+    return None if pglab.pg_binaries() is not None else pglab.SKIP_REASON
+
+
+class KeaPgServer(KeaServer):
+    """Kea 2.x with its PostgreSQL lease backend (the shared-lease-database model)."""
+
+    name = "kea-pg"
+    postgresql = True
+    modes = (True,)
+
+    def unavailable(self, peers: Peers) -> str | None:
+        """Kea, kea-admin (with psql) and a PostgreSQL to run."""
+        import shutil
+
+        return (peers.require("kea") or _postgresql_missing()
+                or (None if shutil.which("kea-admin") and shutil.which("psql")
+                    else "missing kea-admin or psql"))
+
+    def start(self, lab: Any, workdir: Path) -> subprocess.Popen[Any]:
+        """A fresh database with Kea's schema (``kea-admin db-init pgsql``), then Kea."""
+        assert self.database is not None
+        name = self.database.fresh("kea")
+        socket_dir = str(self.database.lab.dir)
+        subprocess.run(["kea-admin", "db-init", "pgsql", "-u", self.database.lab.superuser,
+                        "-n", name, "-h", socket_dir],
+                       check=True, capture_output=True, timeout=120)
+        self.lease_database = {"type": "postgresql", "name": name, "host": socket_dir,
+                               "user": self.database.lab.superuser}
+        return super().start(lab, workdir)
+
+
+class PxestackPgServer(DhcpServer):
+    """pxestack with ``dhcp.lease_store: postgresql`` (see :class:`PxestackDhcpServer`)."""
+
+    name = f"{PXESTACK}-pg"
+    postgresql = True
+    modes = (True,)
+
+    def unavailable(self, peers: Peers) -> str | None:
+        """A PostgreSQL to run and psycopg."""
+        return _postgresql_missing()
+
+    def start(self, lab: Any, workdir: Path) -> subprocess.Popen[Any]:
+        """pxestack's benchmark configuration, leases in a fresh database."""
+        assert self.database is not None
+        name = self.database.fresh("pxestack")
+        dsn = self.database.lab.dsn(name)
+        return PxestackDhcpServer().start(lab, workdir, lease_store=dsn)
 
 
 class DnsmasqDhcpServer(DhcpServer):
@@ -311,8 +411,10 @@ class PxestackDhcpServer(DhcpServer):
             return "pxestack.dhcp.protocol does not exist yet"
         return None
 
-    def start(self, lab: Any, workdir: Path) -> subprocess.Popen[Any]:
-        """Write a DHCP-only config (leases under *workdir* on tmpfs) and serve it."""
+    def start(self, lab: Any, workdir: Path, *,
+              lease_store: str | None = None) -> subprocess.Popen[Any]:
+        """Write a DHCP-only config (leases under *workdir* on tmpfs, or in the database
+        *lease_store* names) and serve it."""
         config = (
             f"state_dir: {workdir / 'state'}\n"
             "log_level: warn\n"
@@ -340,6 +442,13 @@ class PxestackDhcpServer(DhcpServer):
             f"      start: {POOL_START}\n"
             f"      end: {POOL_END}\n"
         )
+        if lease_store is not None:
+            config += (
+                "  lease_store:\n"
+                "    kind: postgresql\n"
+                f"    dsn: '{lease_store}'\n"
+                "    pool: 2\n"
+            )
         path = workdir / "pxestack.yaml"
         path.write_text(config)
         process: subprocess.Popen[Any] = lab.server.popen(
@@ -546,7 +655,8 @@ def _one_repetition(
 
 def servers(peers: Peers) -> list[DhcpServer]:
     """pxestack first, then the peers, then the python-floor reference."""
-    return [PxestackDhcpServer(), KeaServer(peers), DnsmasqDhcpServer(peers), FloorDhcpServer()]
+    return [PxestackDhcpServer(), KeaServer(peers), PxestackPgServer(), KeaPgServer(peers),
+            DnsmasqDhcpServer(peers), FloorDhcpServer()]
 
 
 def run_dhcp(
@@ -572,16 +682,29 @@ def run_dhcp(
             results.skip("dhcp", server.name, why)
         else:
             candidates.append(server)
-    with lab_module.two_hosts("bench") as lab:
-        _install_client_rules(lab)
-        # Interleave servers within each repetition so that slow drifts in machine load
-        # (other work on this shared VM) spread over all servers rather than one.
-        for repetition in range(repeats):
-            for server in candidates:
-                for full_exchange in (True, False):
-                    mode = "dora" if full_exchange else "do"
-                    log(f"dhcp {server.name} {mode} repetition {repetition + 1}/{repeats}")
-                    _record(results, server.name, lab, server, plan, full_exchange)
+    database = PgLeases() if any(server.postgresql for server in candidates) else None
+    for server in candidates:
+        if server.postgresql:
+            server.database = database
+    try:
+        with lab_module.two_hosts("bench") as lab:
+            _interleave(results, lab, candidates, plan, repeats)
+    finally:
+        if database is not None:
+            database.close()
+
+
+def _interleave(results: Results, lab: Any, candidates: list[DhcpServer], plan: SearchPlan,
+                repeats: int) -> None:
+    _install_client_rules(lab)
+    # Interleave servers within each repetition so that slow drifts in machine load
+    # (other work on this shared VM) spread over all servers rather than one.
+    for repetition in range(repeats):
+        for server in candidates:
+            for full_exchange in server.modes:
+                mode = "dora" if full_exchange else "do"
+                log(f"dhcp {server.name} {mode} repetition {repetition + 1}/{repeats}")
+                _record(results, server.name, lab, server, plan, full_exchange)
 
 
 def _record(

@@ -7,10 +7,13 @@ Both runs use the servers and machines of ``tests/pgcluster.py``: real ``pxestac
 processes on loopback (HTTP and provisioning, git audit on, state on tmpfs) and machines
 that walk the HTTP part of a network boot (iPXE script, first-stage enrolment, host data,
 set_installed), spread over the servers.  Reported: the seconds from the first machine's
-arrival to the last set_installed, per run and the median, and the ratio one / three.
-Checked: every machine finished.  DHCP is not part of this storm (DHCP leases stay per
-server); ``benchmarks/bootstorm.py`` measures one server's whole boot including DHCP and
-TFTP.
+arrival to the last set_installed, per run and the median, and the ratio one / three;
+and where the CPU time went: the CPU seconds (user + system, from ``/proc``) each
+``pxestack serve`` process and PostgreSQL (the postmaster and its backends) used from the
+start of the storm to its end, per machine provisioned.  Checked: every machine finished.
+DHCP is not part of this storm; ``tests/system/test_pg_cluster.py`` runs the same storm
+with DHCP through relays, and ``benchmarks/bootstorm.py`` measures one server's whole boot
+including DHCP and TFTP.
 
 Three servers can only beat one when there are cores for them: on the 2-vCPU test machine
 the four processes (three servers and PostgreSQL) share two cores, and the figure says
@@ -24,9 +27,66 @@ import json
 import os
 import statistics
 import sys
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, log, scratch_dir
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (None when it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process *pid* so far (0 when it is gone)."""
+    fields = _stat(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of *pid* and of its live children (PostgreSQL's backends), plus what
+    its children that ended had used (``cutime``/``cstime``)."""
+    fields = _stat(pid)
+    if fields is None:
+        return 0.0
+    total = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / _TICKS
+    for entry in os.listdir("/proc"):
+        child = _stat(entry) if entry.isdigit() else None
+        if child is not None and int(child[1]) == pid:
+            total += (int(child[11]) + int(child[12])) / _TICKS
+    return total
+
+
+class CpuMeter:
+    """CPU seconds each named process (tree) used between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, int], trees: dict[str, int] | None = None) -> None:
+        self.pids = pids
+        self.trees = trees or {}
+        self.used: dict[str, float] = {}
+        self._start: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        now = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        now.update({name: tree_cpu_seconds(pid) for name, pid in self.trees.items()})
+        return now
+
+    def start(self) -> None:
+        """Note the CPU seconds so far."""
+        self._start = self._read()
+
+    def stop(self) -> dict[str, float]:
+        """The CPU seconds used since :meth:`start`, by name."""
+        end = self._read()
+        self.used = {name: round(end[name] - self._start.get(name, 0.0), 2) for name in end}
+        return self.used
 
 
 def _tests_helpers() -> tuple[Any, Any]:
@@ -39,22 +99,27 @@ def _tests_helpers() -> tuple[Any, Any]:
     return pgcluster, pglab
 
 
-def one_git_server(machines: int, rate: float) -> float:
-    """Seconds to provision *machines* on one server with the git-directory store."""
+def one_git_server(machines: int, rate: float) -> tuple[float, dict[str, float]]:
+    """Seconds to provision *machines* on one server with the git-directory store, and the
+    CPU seconds it used meanwhile."""
     pgcluster, _ = _tests_helpers()
     with scratch_dir("pgstorm-git") as work:
         server = pgcluster.Server(work, "git", machines, work / "cluster")
         try:
             server.wait_ready()
+            meter = CpuMeter({"git": server.process.pid})
+            meter.start()
             done, elapsed = pgcluster.storm([server], machines, rate=rate, progress=log)
+            meter.stop()
         finally:
             server.stop()
     assert len(done) == machines
-    return float(elapsed)
+    return float(elapsed), meter.used
 
 
-def three_pg_servers(machines: int, rate: float) -> float:
-    """Seconds to provision *machines* on three servers sharing one PostgreSQL."""
+def three_pg_servers(machines: int, rate: float) -> tuple[float, dict[str, float]]:
+    """Seconds to provision *machines* on three servers sharing one PostgreSQL, and the CPU
+    seconds each server and PostgreSQL used meanwhile."""
     pgcluster, pglab = _tests_helpers()
     binaries = pglab.pg_binaries()
     if binaries is None:
@@ -69,14 +134,19 @@ def three_pg_servers(machines: int, rate: float) -> float:
             try:
                 for server in servers:
                     server.wait_ready()
+                assert lab.process is not None
+                meter = CpuMeter({f"pg{n}": s.process.pid for n, s in enumerate(servers)},
+                                 {"postgresql": lab.process.pid})
+                meter.start()
                 done, elapsed = pgcluster.storm(servers, machines, rate=rate, progress=log)
+                meter.stop()
             finally:
                 for server in servers:
                     server.stop()
     finally:
         lab.close()
     assert len(done) == machines
-    return float(elapsed)
+    return float(elapsed), meter.used
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,11 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     one: list[float] = []
     three: list[float] = []
+    one_cpu: list[dict[str, float]] = []
+    three_cpu: list[dict[str, float]] = []
     for repeat in range(args.repeats):
         log(f"run {repeat + 1}/{args.repeats}: one server, git store")
-        one.append(one_git_server(args.machines, args.rate))
+        elapsed, used = one_git_server(args.machines, args.rate)
+        one.append(elapsed)
+        one_cpu.append(used)
         log(f"run {repeat + 1}/{args.repeats}: three servers, PostgreSQL")
-        three.append(three_pg_servers(args.machines, args.rate))
+        elapsed, used = three_pg_servers(args.machines, args.rate)
+        three.append(elapsed)
+        three_cpu.append(used)
     report = {
         "machines": args.machines,
         "rate": args.rate,
@@ -102,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         "one_git_server_s": one,
         "three_pg_servers_s": three,
         "speedup_median": statistics.median(one) / statistics.median(three),
+        "one_git_server_cpu_s": one_cpu,
+        "three_pg_servers_cpu_s": three_cpu,
+        "cpu_ms_per_machine_median": {
+            "one_git_server": round(statistics.median(
+                sum(run.values()) for run in one_cpu) * 1000 / args.machines, 1),
+            "three_pg_servers": round(statistics.median(
+                sum(run.values()) for run in three_cpu) * 1000 / args.machines, 1),
+            "three_pg_servers_postgresql_only": round(statistics.median(
+                run["postgresql"] for run in three_cpu) * 1000 / args.machines, 1),
+        },
     }
     print(json.dumps(report, indent=2))
     return 0

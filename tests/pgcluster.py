@@ -1,4 +1,4 @@
-"""Several ``pxestack serve`` processes and a provisioning storm against them.
+"""Several ``pxestack serve`` processes and a boot storm against them.
 
 Shared by the three-server system test (``tests/system/test_pg_cluster.py``) and the
 scale-out benchmark (``benchmarks/pgstorm.py``).  Each server is a real process serving HTTP
@@ -8,6 +8,13 @@ host-data POST, set_installed) with :func:`pxestack.simulate.http_request`, spre
 servers; a machine whose server does not answer, or answers 5xx, tries the next one after
 a short pause, as a machine behind a relay with several helper addresses would.  Every
 wait is bounded: attempts per request, machines in flight, the whole storm.
+
+With ``dhcp=True`` the servers also run pxestack's DHCP server with their leases on the
+same PostgreSQL (``dhcp.lease_store: postgresql``), each on its own loopback address, and
+every machine first gets its address through a DHCP relay agent (:class:`Relay`, one per
+rack, on its own loopback address and port 67, ``giaddr`` set) that forwards each
+DISCOVER and REQUEST to every server, as a relay with one helper address per server does:
+all servers answer, the first OFFER wins, and the servers share one pool through the table.
 """
 
 from __future__ import annotations
@@ -15,20 +22,29 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from pxestack.simulate import StormError, http_request
+from pxestack.simulate import DhcpSocket, Machine, StormError, http_request
+from pxestack.simulate import _request_options as request_options
+from pxestack.wire import constants as c
+from pxestack.wire.dhcp import DhcpMessage, encode_dhcp
+from pxestack.wire.dhcp_options import DhcpOptions
 
 ADMIN_TOKEN = "storm-admin-token-0123456789abcdefgh"
-#: Attempts per request (over every server) before a machine gives up.
-ATTEMPTS = 60
+#: Attempts per request (over every server) before a machine gives up: about two minutes
+#: of retries, as a machine's firmware or installer keeps retrying.  While PostgreSQL
+#: restarts, a busy server's connection gate can refuse new requests ("server busy") for
+#: more than a minute on a loaded 2-vCPU machine.
+ATTEMPTS = 120
 #: Seconds one storm may take at most.
 STORM_DEADLINE = 900.0
 
@@ -41,6 +57,14 @@ def free_port() -> int:
         return port
 
 
+#: The racks of the DHCP storm: each relay's address (giaddr) and its pool.
+RACKS = (("127.1.0.1", "127.1.0.0/16", "127.1.1.0", "127.1.8.255"),
+         ("127.2.0.1", "127.2.0.0/16", "127.2.1.0", "127.2.8.255"))
+#: DORA attempts per machine before it gives up, and the waits of one attempt's sends.
+DORA_ATTEMPTS = 12
+DHCP_TIMEOUTS = (0.5, 1.0, 2.0)
+
+
 def plan(machines: int) -> dict[str, int]:
     """The profile quantities of a storm of *machines*: 3 ``core``, half ``worker``."""
     core, worker = 3, machines // 2
@@ -51,8 +75,9 @@ class Server:
     """One ``pxestack serve`` process; *dsn* None: the git-directory store."""
 
     def __init__(self, workdir: Path, name: str, machines: int, cluster: Path,
-                 dsn: str | None = None) -> None:
+                 dsn: str | None = None, *, dhcp_address: str | None = None) -> None:
         self.port = free_port()
+        self.dhcp_address = dhcp_address
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"{name}.log"
         quantities = plan(machines)
@@ -68,11 +93,24 @@ class Server:
         if dsn is not None:
             provision["store"] = {"kind": "postgresql", "dsn": dsn, "pool": 4,
                                   "connect_timeout": 3}
-        config = {
+        config: dict[str, Any] = {
             "state_dir": str(workdir / name),
             "http": {"listen": f"127.0.0.1:{self.port}", "public_url": self.url},
             "provision": provision,
         }
+        if dhcp_address is not None:
+            assert dsn is not None, "shared leases need the database"
+            config["dhcp"] = {
+                "listen": f"{dhcp_address}:67",
+                "server_address": dhcp_address,
+                "relays": [rack[0] for rack in RACKS],
+                "pools": [{"subnet": subnet, "start": start, "end": end}
+                          for _, subnet, start, end in RACKS],
+                "lease_store": {"kind": "postgresql", "pool": 2, "connect_timeout": 3,
+                                "server_name": name},
+                "admission": {"enabled": False},
+                "raw_replies": False,
+            }
         self.config = workdir / f"{name}.yaml"
         self.config.write_text(json.dumps(config))
         with open(self.log, "wb") as log:
@@ -131,10 +169,75 @@ async def _request(servers: Sequence[Server], first: int, method: str, path: str
     raise AssertionError(f"{method} {path}: no server answered ({last})")
 
 
-async def _machine(index: int, servers: Sequence[Server], done: list[str]) -> None:
+class Relay(DhcpSocket):
+    """A DHCP relay agent on ``giaddr``:67 forwarding to every server (one helper address
+    per server); replies come back to it and are routed to the waiting machine by xid."""
+
+    def __init__(self, giaddr: str, servers: Sequence[tuple[str, int]]) -> None:
+        super().__init__(servers[0])
+        self.giaddr = giaddr
+        self.servers = list(servers)
+
+    async def exchange(self, packet: bytes, xid: int, expect: tuple[int, ...],
+                       timeouts: Sequence[float] = DHCP_TIMEOUTS) -> DhcpMessage:
+        loop = asyncio.get_running_loop()
+        assert self.transport is not None
+        for timeout in timeouts:
+            futures = {kind: loop.create_future() for kind in expect}
+            for kind, future in futures.items():
+                self.waiting[(xid, kind)] = future
+            for server in self.servers:
+                self.transport.sendto(packet, server)
+            done, _ = await asyncio.wait(futures.values(), timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for kind in futures:
+                self.waiting.pop((xid, kind), None)
+            if done:
+                reply: DhcpMessage = next(iter(done)).result()
+                return reply
+        raise StormError(f"no DHCP answer to xid {xid:#x}")
+
+
+async def _dora(relay: Relay, index: int, mac: bytes) -> DhcpMessage:
+    """DISCOVER, first OFFER, REQUEST to its server, ACK; again after a NAK or silence."""
+    machine = Machine(index, mac, index.to_bytes(16, "big"), f"pg-{index:05d}")
+    giaddr = IPv4Address(relay.giaddr)
+    last = ""
+    for attempt in range(DORA_ATTEMPTS):
+        xid = random.getrandbits(32)
+        try:
+            discover = DhcpMessage(
+                op=c.BOOTREQUEST, xid=xid, chaddr=mac, hops=1, giaddr=giaddr,
+                options=DhcpOptions(request_options(machine, True, c.DHCPDISCOVER)))
+            offer = await relay.exchange(encode_dhcp(discover), xid, (c.DHCPOFFER,))
+            server_id = offer.options.raw(c.OPT_SERVER_ID)
+            assert server_id is not None
+            request = DhcpMessage(
+                op=c.BOOTREQUEST, xid=xid, chaddr=mac, hops=1, giaddr=giaddr,
+                options=DhcpOptions([*request_options(machine, True, c.DHCPREQUEST),
+                                     (c.OPT_REQUESTED_IP, offer.yiaddr.packed),
+                                     (c.OPT_SERVER_ID, server_id)]))
+            reply = await relay.exchange(encode_dhcp(request), xid, (c.DHCPACK, c.DHCPNAK))
+        except StormError as exc:
+            last = str(exc)
+        else:
+            if reply.message_type == c.DHCPACK:
+                return reply
+            last = "NAK"
+        await asyncio.sleep(min(0.1 * (attempt + 1), 1.0))
+    raise AssertionError(f"machine {index}: no lease after {DORA_ATTEMPTS} attempts ({last})")
+
+
+async def _machine(index: int, servers: Sequence[Server], done: list[str],
+                   relays: Sequence[Relay] = (), acks: dict[str, Any] | None = None) -> None:
     serial = f"pg-{index:05d}"
     mac = f"52:54:01:{index >> 16 & 255:02x}:{index >> 8 & 255:02x}:{index & 255:02x}"
     first = index % len(servers)
+    if relays:
+        ack = await _dora(relays[index % len(relays)], index, bytes.fromhex(mac.replace(":", "")))
+        assert acks is not None
+        acks[mac] = (str(ack.yiaddr), str(IPv4Address(ack.options.raw(c.OPT_SERVER_ID) or
+                                                         bytes(4))))
     script = await _request(
         servers, first, "GET",
         f"/ipxebootscript?serial={serial}&uuid={index:032x}&mac={mac.replace(':', '-')}")
@@ -155,21 +258,33 @@ async def _machine(index: int, servers: Sequence[Server], done: list[str]) -> No
 def storm(
     servers: Sequence[Server], machines: int, *, rate: float = 150.0, concurrency: int = 120,
     during: Callable[[], object] | None = None, trigger_at: int = 0,
-    progress: Callable[[str], object] = print,
+    progress: Callable[[str], object] = print, acks: dict[str, Any] | None = None,
 ) -> tuple[list[str], float]:
     """Provision *machines* machines; call *during* (in a thread) once *trigger_at* are done.
 
-    Returns the serials in the order they finished and the seconds from the first arrival
-    to the last set_installed.  Raises AssertionError naming the failures.
+    With *acks* (a dict) every machine first gets its address from the servers' DHCP
+    through the relays of :data:`RACKS`; *acks* maps each machine's MAC to the address
+    and server identifier of the ACK it kept.  Returns the serials in the order they
+    finished and the seconds from the first arrival to the last set_installed.  Raises
+    AssertionError naming the failures.
     """
 
     async def main() -> tuple[list[str], float]:
         done: list[str] = []
         gate = asyncio.Semaphore(concurrency)
+        relays: list[Relay] = []
+        if acks is not None:
+            targets = [(s.dhcp_address, 67) for s in servers if s.dhcp_address is not None]
+            loop = asyncio.get_running_loop()
+            for giaddr, *_ in RACKS:
+                _, relay = await loop.create_datagram_endpoint(
+                    lambda giaddr=giaddr: Relay(giaddr, targets),
+                    local_addr=(giaddr, 67))
+                relays.append(relay)
 
         async def one(index: int) -> None:
             async with gate:
-                await _machine(index, servers, done)
+                await _machine(index, servers, done, relays, acks)
 
         async def watch() -> None:
             if during is None:
@@ -196,6 +311,9 @@ def storm(
         elapsed = time.monotonic() - started
         reporter.cancel()
         await asyncio.wait_for(watcher, 120)
+        for relay in relays:
+            if relay.transport is not None:
+                relay.transport.close()
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise AssertionError(f"{len(failures)} machines failed, first: {failures[0]!r}")

@@ -138,6 +138,19 @@ def test_dpkt_only_in_wire(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_database_driver_below_composition(path: Path) -> None:
+    """psycopg (the PostgreSQL stores) is imported from the composition layer up, never by
+    a codec, a sans-IO core (the shared-lease claims included) or an adapter."""
+    name = module_name(path)
+    layer = layer_of(name)
+    if layer is None or layer >= 4:
+        return
+    bad = [t for _, t in imported_modules(path, name)
+           if t.split(".")[0] in ("psycopg", "psycopg_pool")]
+    assert not bad, f"{name} (layer {layer}) imports {bad[0]}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_sans_io_cores_do_not_import_twisted(path: Path) -> None:
     name = module_name(path)
     if layer_of(name) not in (0, 1, 2):

@@ -6,9 +6,13 @@
   git history, into the database (the directory is locked meanwhile, so a server still
   running on it is detected and the import refused);
 * ``pxestack db export-cluster DIR``: write the database's hosts as a new cluster
-  directory with one git commit.
+  directory with one git commit;
+* ``pxestack db import-leases JOURNAL``: copy the live DHCP leases and quarantines of a
+  lease journal (``dhcp.lease_file``) into the shared lease table
+  (``dhcp.lease_store: postgresql``).
 
-The database is ``--dsn`` or ``provision.store.dsn`` of ``--config``.
+The database is ``--dsn`` or ``provision.store.dsn`` of ``--config`` (for
+``import-leases``: ``dhcp.lease_store``'s, which defaults to that one).
 """
 
 from __future__ import annotations
@@ -52,6 +56,11 @@ def register(subparsers: Any) -> None:
     exp.add_argument("directory", type=Path, help="a new or empty directory")
     common(exp)
     exp.set_defaults(func=run_export)
+    leases = actions.add_parser(
+        "import-leases", help="copy a DHCP lease journal's live leases into the lease table")
+    leases.add_argument("journal", type=Path, help="the lease journal (dhcp.lease_file)")
+    common(leases)
+    leases.set_defaults(func=run_import_leases)
     parser.set_defaults(func=lambda args: _usage(parser))
 
 
@@ -160,4 +169,67 @@ def run_export(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"exported {count} host(s) to {args.directory}")
+    return EXIT_OK
+
+
+def run_import_leases(args: argparse.Namespace) -> int:
+    """Copy a journal's live bindings and quarantines into ``dhcp_leases``; print a
+    summary, and every lease the table refused (its address held by another client)."""
+    import time
+
+    from pxestack.config import load_config_file
+    from pxestack.dhcp.journal import load_journal
+    from pxestack.dhcp.leases import LeaseState
+
+    journal: Path = args.journal
+    if not journal.is_file():
+        print(f"pxestack db import-leases: {journal} is not a file", file=sys.stderr)
+        return EXIT_USAGE
+    dsn = args.dsn
+    if dsn is None and args.config:
+        try:
+            config = load_config_file(args.config)
+        except ConfigError as exc:
+            return print_problems(args.config, exc.problems)
+        if config.dhcp is not None and config.dhcp.lease_store.kind == "postgresql":
+            dsn = config.dhcp.lease_store.dsn
+        elif config.provision is not None and config.provision.store.kind == "postgresql":
+            dsn = config.provision.store.dsn
+    if not dsn:
+        print("pxestack db import-leases: give --dsn, or --config with dhcp.lease_store "
+              "postgresql", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        from pxestack.dhcp.sharedleases import Claim, ClaimKind
+        from pxestack.service.pgleases import LeaseStoreStartError, PostgresLeaseTable
+    except ImportError:
+        print("pxestack db: psycopg is not installed: install pxestack with the postgresql "
+              "extra (pip install 'pxestack[postgresql]')", file=sys.stderr)
+        return EXIT_FAILURE
+    now = time.time()
+    contents = load_journal(journal)
+    claims = [
+        Claim(ClaimKind.BIND, lease.client, lease.address, lease.mac, lease.client_id,
+              lease.hostname, lease.expires)
+        for lease in contents.leases.values()
+        if lease.state is LeaseState.BOUND and lease.expires > now
+    ]
+    bindings = len(claims)
+    claims += [Claim(ClaimKind.DECLINE, b"", decline.address, expires=decline.until)
+               for decline in contents.declines.values() if decline.until > now]
+    table = PostgresLeaseTable(dsn, pool_size=1, server="pxestack db import-leases")
+    try:
+        table.open(now)
+        answers = table.apply(claims, now) if claims else []
+    except LeaseStoreStartError as exc:
+        print(f"pxestack db import-leases: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        table.close()
+    refused = {index for index, _ in answers}
+    print(f"imported {bindings - len(refused)} lease(s) and {len(claims) - bindings} "
+          f"quarantine(s) from {journal}; {contents.skipped_bytes} damaged bytes skipped")
+    for index, holder in answers:
+        print(f"  {claims[index].address}: held by another client in the table ({holder}); "
+              "not imported", file=sys.stderr)
     return EXIT_OK

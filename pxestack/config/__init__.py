@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,20 @@ def read_extensions(root: Section) -> tuple[ExtensionConfig, ...]:
     return tuple(found)
 
 
+def _lease_store_dsn(root: Section, dhcp: DhcpConfig | None,
+                     provision: ProvisionConfig | None) -> DhcpConfig | None:
+    """``dhcp.lease_store: postgresql`` without a DSN of its own takes the host store's."""
+    if dhcp is None or dhcp.lease_store.kind != "postgresql" or dhcp.lease_store.dsn:
+        return dhcp
+    store = provision.store if provision is not None and provision.enabled else None
+    if store is None or store.kind != "postgresql" or not store.dsn:
+        root.problem("dhcp.lease_store.dsn",
+                     "is required with kind: postgresql unless provision.store is on "
+                     "PostgreSQL too (its dsn is then used)")
+        return dhcp
+    return replace(dhcp, lease_store=replace(dhcp.lease_store, dsn=store.dsn))
+
+
 def load_config(
     data: object,
     *,
@@ -126,6 +140,7 @@ def load_config(
         else None
     )
     extensions = read_extensions(root)
+    dhcp = _lease_store_dsn(root, dhcp, provision)
     root.finish()
     if problems:
         raise ConfigError(problems)

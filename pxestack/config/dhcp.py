@@ -14,6 +14,9 @@ from pxestack.config.admission import AdmissionConfig, read_admission
 from pxestack.dhcp.decide import BOOT_FILE_DEFAULTS
 
 DHCP_MODES = ("server", "proxy")
+#: Where the full server keeps its leases: a journal file of its own, or a PostgreSQL table
+#: every server of the segment shares (docs/scale-out.md).
+LEASE_STORE_KINDS = ("journal", "postgresql")
 
 #: ``dhcp.boot.loader``'s architectures and the loaders each may choose.
 LOADER_CHOICES: dict[str, tuple[str, ...]] = {
@@ -130,6 +133,53 @@ def _read_router_advertisements(section: Section) -> RouterAdvertisementConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseStoreConfig:
+    """``dhcp.lease_store``: ``journal`` (the default) or ``postgresql``, as a word or as a
+    mapping with ``kind`` and the database settings."""
+
+    kind: str = "journal"
+    #: ``postgresql``: a libpq connection string; None takes ``provision.store.dsn``.
+    dsn: str | None = None
+    #: ``postgresql``: connections opened at most (also the batches in flight at once).
+    pool: int = 2
+    #: ``postgresql``: seconds to wait for a connection before the database counts as lost.
+    connect_timeout: float = 5.0
+    #: ``postgresql``: this server's name in the lease table (default: the host name).
+    server_name: str | None = None
+
+
+def _read_lease_store(section: Section) -> LeaseStoreConfig:
+    value = section.raw("lease_store")
+    if value is None:
+        return LeaseStoreConfig()
+    if isinstance(value, str):
+        if value not in LEASE_STORE_KINDS:
+            section.problem("lease_store", f"{value!r} is not one of "
+                            f"{', '.join(LEASE_STORE_KINDS)}")
+            return LeaseStoreConfig()
+        return LeaseStoreConfig(kind=value)
+    store = section.mapping("lease_store")
+    kind = store.str("kind", "journal", choices=LEASE_STORE_KINDS)
+    config = LeaseStoreConfig(
+        kind=kind,
+        dsn=store.str("dsn", None),
+        pool=store.int("pool", 2, minimum=1, maximum=64),
+        connect_timeout=store.float("connect_timeout", 5.0, minimum=0.5),
+        server_name=store.str("server_name", None),
+    )
+    if kind == "journal":
+        for key in ("dsn", "pool", "connect_timeout", "server_name"):
+            if store.has(key):
+                store.problem(key, "is only used with kind: postgresql")
+    elif config.dsn:
+        from pxestack.config.provision import check_dsn
+
+        check_dsn(store, config.dsn)
+    store.finish()
+    return config
+
+
+@dataclass(frozen=True, slots=True)
 class DhcpConfig:
     """Settings of the DHCP service (full server or proxyDHCP)."""
 
@@ -171,6 +221,8 @@ class DhcpConfig:
     )
     #: Admission control of new PXE clients during a boot storm.
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    #: Where leases are kept: the journal, or a PostgreSQL table shared by several servers.
+    lease_store: LeaseStoreConfig = field(default_factory=LeaseStoreConfig)
 
 
 def _read_pool(section: Section, default_lease: int) -> PoolConfig | None:
@@ -296,7 +348,15 @@ def read_dhcp(section: Section) -> DhcpConfig:
             section.mapping("router_advertisements")
         ),
         admission=read_admission(section.mapping("admission")),
+        lease_store=_read_lease_store(section),
     )
+    if config.lease_store.kind == "postgresql":
+        if config.mode != "server":
+            section.problem("lease_store", "postgresql keeps the leases of mode: server; "
+                            "a proxy hands out no address")
+        if config.lease_file is not None:
+            section.problem("lease_file", "is not used with lease_store: postgresql "
+                            "(the leases live in the database)")
     if config.router_advertisements.enabled and not config.interfaces:
         section.problem(
             "router_advertisements.enabled",

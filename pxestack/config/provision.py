@@ -218,7 +218,7 @@ class StoreConfig:
     connect_timeout: float = 5.0
 
 
-def _check_dsn(section: Section, dsn: str) -> None:
+def check_dsn(section: Section, dsn: str) -> None:
     """Report a DSN libpq cannot parse, or a missing psycopg, at the ``dsn`` key."""
     try:
         from psycopg import ProgrammingError
@@ -247,7 +247,7 @@ def _read_store(section: Section) -> StoreConfig:
             if section.has(key):
                 section.problem(key, "is only used with kind: postgresql")
     if kind == "postgresql" and dsn:
-        _check_dsn(section, dsn)
+        check_dsn(section, dsn)
     section.finish()
     return StoreConfig(kind=kind, dsn=dsn, pool=pool, connect_timeout=timeout)
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 from typing import Any, Final, Protocol
 
-from twisted.internet import error, udp
+from twisted.internet import defer, error, udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -147,6 +147,32 @@ class GroupCommit(Protocol):
 
     def commit(self) -> None:
         """Make every collected record durable; raises ``OSError`` on failure."""
+
+
+#: What a claim commit's Deferred fires with: called with the datagrams of the batch that
+#: got replies and ``now``, it applies the lease table's answers and returns the datagrams
+#: to handle again (:meth:`pxestack.dhcp.sharedleases.ClaimBatch.settle`).
+Settle = Callable[[set[int], float], set[int]]
+
+
+class ClaimCommit(Protocol):
+    """A lease table shared with other servers, committed once per batch off the reactor
+    thread (:class:`pxestack.service.pgleases.LeaseGroupCommit` implements it)."""
+
+    def begin_batch(self) -> None:
+        """Start collecting the claims of a batch."""
+
+    def start_datagram(self, index: int) -> None:
+        """Claims from now on come from datagram *index* of the batch."""
+
+    def recorded(self, index: int) -> bool:
+        """Whether datagram *index* claimed something (its replies wait for the table)."""
+        ...
+
+    def commit(self) -> defer.Deferred[Settle] | None:
+        """Send the batch's claims; None when there are none.  The Deferred fails when the
+        table could not apply them."""
+        ...
 
 
 def _grow_receive_buffer(sock: socket.socket, size: int) -> None:
@@ -427,6 +453,13 @@ class DhcpDatagramProtocol(DatagramProtocol):
         self.frames = frames
         #: Group commit of the lease journal around each batch (the full server only).
         self.journal: GroupCommit | None = None
+        #: The shared lease table the batches' claims are committed to (the full server
+        #: with ``dhcp.lease_store: postgresql`` only); replaces :attr:`journal`.
+        self.claims: ClaimCommit | None = None
+        #: Replies not sent because the lease table refused or could not confirm them
+        #: (a second lost race; a lost database).
+        self.refused = 0
+        self.unconfirmed = 0
         #: Datagrams dropped as malformed / because of a bug (bounded counters).
         self.malformed = 0
         self.bugs = 0
@@ -465,6 +498,9 @@ class DhcpDatagramProtocol(DatagramProtocol):
         lease record is durable).  If the commit fails, the waiting replies are dropped.
         Never raises into the reactor.
         """
+        if self.claims is not None:
+            self._receive_claimed(list(datagrams), again=False)
+            return
         journal = self.journal
         if journal is not None:
             journal.begin_batch()
@@ -494,6 +530,86 @@ class DhcpDatagramProtocol(DatagramProtocol):
         self.batch_done()
         for reply in held:
             self.send(reply)
+
+    def _receive_claimed(self, datagrams: list[tuple[bytes, tuple[str, int]]], *,
+                         again: bool) -> None:
+        """:meth:`receive_batch` with a shared lease table (:attr:`claims`).
+
+        A datagram that claimed nothing (an INFORM, a NAK, a request for another server)
+        is answered at once.  The others wait, in order, for the batch's one commit, which
+        runs off the reactor thread: then their replies are sent, except those of datagrams
+        whose claim the table refused (another server took the address first) or whose
+        client the table knew better; those are handled once more with what the table
+        answered (another offer, a NAK, the ACK of a lease another server granted).  A
+        datagram refused again gets no reply (the client retransmits).  If the commit
+        fails, no reply of the waiting datagrams is sent (no ACK the table did not store).
+        """
+        claims = self.claims
+        assert claims is not None
+        claims.begin_batch()
+        now = self.reactor.seconds()
+        held: dict[int, list[Outgoing]] = {}
+        handle_one = self._handle_one
+        send = self.send
+        for index, (datagram, addr) in enumerate(datagrams):
+            claims.start_datagram(index)
+            replies = handle_one(datagram, addr, now)
+            if claims.recorded(index):
+                held[index] = replies
+            else:
+                for reply in replies:
+                    send(reply)
+        try:
+            pending = claims.commit()
+        except Exception:
+            self.bugs += 1
+            self.log.failure("lease claim commit failed (a bug in pxestack); "
+                             "{count} replies not sent", count=len(held))
+            pending, held = None, {}
+        self.batch_done()
+        if pending is None:
+            for replies in held.values():
+                for reply in replies:
+                    send(reply)
+            return
+        pending.addCallbacks(self._claims_settled, self._claims_failed,
+                             callbackArgs=(datagrams, held, again), errbackArgs=(held,))
+        pending.addErrback(self._claims_bug)
+
+    def _claims_settled(self, settle: Settle, datagrams: list[tuple[bytes, tuple[str, int]]],
+                        held: dict[int, list[Outgoing]], again: bool) -> None:
+        replied = {index for index, replies in held.items() if replies}
+        redo = settle(replied, self.reactor.seconds())
+        for index, replies in held.items():
+            if index in redo:
+                continue
+            for reply in replies:
+                self.send(reply)
+        self.batch_done()
+        if not redo:
+            return
+        if again:
+            self.refused += len(redo)
+            self.log.debug("{count} DHCP requests lost a second race for an address; "
+                           "no reply (the clients retransmit)", count=len(redo))
+            return
+        self._receive_claimed([datagrams[index] for index in sorted(redo)], again=True)
+
+    def _claims_failed(self, failure: Any, held: dict[int, list[Outgoing]]) -> None:
+        dropped = sum(len(replies) for replies in held.values())
+        self.unconfirmed += dropped
+        if getattr(failure.value, "database_down", False):
+            # The lease store logs the loss once; each refused batch is a debug line.
+            self.log.debug("lease table did not confirm a batch ({error}); {count} replies "
+                           "not sent", error=str(failure.value), count=dropped)
+            return
+        self.log.failure("lease table refused a batch; {count} replies not sent",
+                         failure=failure, count=dropped)
+
+    def _claims_bug(self, failure: Any) -> None:
+        self.bugs += 1
+        self.log.failure("handling a lease table answer failed (a bug in pxestack)",
+                         failure=failure)
 
     def batch_done(self) -> None:
         """Called after every batch, before held replies go out (subclasses: timers)."""
@@ -584,6 +700,8 @@ class DhcpServerProtocol(DhcpDatagramProtocol):
     :param timer: re-armed after every batch so offer holds and leases expire on time.
     :param journal: the lease journal, committed once per batch (group commit); None when
         the lease store has no journal or syncs each record itself.
+    :param claims: the shared lease table (``dhcp.lease_store: postgresql``), committed once
+        per batch off the reactor thread; used instead of *journal*.
     """
 
     def __init__(
@@ -593,12 +711,14 @@ class DhcpServerProtocol(DhcpDatagramProtocol):
         *,
         timer: DeadlineTimer | None = None,
         journal: GroupCommit | None = None,
+        claims: ClaimCommit | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(interface, **kwargs)
         self.core = core
         self.timer = timer
         self.journal = journal
+        self.claims = claims
 
     def dispatch(self, message: DhcpMessage, source: tuple[str, int], now: float) -> list[Outgoing]:
         """Full-server handling of one message."""
@@ -634,6 +754,7 @@ __all__ = [
     "DEFAULT_MAX_BATCH",
     "BatchedDatagrams",
     "BatchingUdpPort",
+    "ClaimCommit",
     "DatagramSocket",
     "DeadlineTimer",
     "DhcpDatagramProtocol",
@@ -645,5 +766,6 @@ __all__ = [
     "ListeningPort",
     "ProxyDhcpProtocol",
     "RawUnicastSender",
+    "Settle",
     "ipv4_udp_packet",
 ]

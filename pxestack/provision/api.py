@@ -1082,7 +1082,20 @@ class AdminResource(_Routed):
 
     def health(self, request: Request, route: Route, params: dict[str, str]) -> bytes | int:
         """``GET /admin/health``: the store's health, 503 when degraded."""
-        return self.respond(request, self.api.provisioner.store.health, _health_writer)
+        store_health = self.api.provisioner.store.health
+        reports = self.api.health_reports
+
+        def health() -> StoreHealth:
+            merged: dict[str, Any] = dict(store_health())
+            for report in reports:
+                extra = dict(report())
+                ok = extra.pop("ok", True)
+                merged.update(extra)
+                if not ok:
+                    merged["ok"] = False
+            return merged  # type: ignore[return-value]
+
+        return self.respond(request, health, _health_writer)
 
     def get_mayu_config(
         self, request: Request, route: Route, params: dict[str, str]
@@ -1358,6 +1371,9 @@ class ProvisioningApi:
         self.events = events
         #: The :class:`pxestack.http.events.EventFeed` of ``/admin/events``, or None.
         self.event_feed = event_feed
+        #: More health reports merged into ``/admin/health`` (``Extensions.health``: the
+        #: DHCP lease table of ``dhcp.lease_store: postgresql``).
+        self.health_reports: list[Callable[[], dict[str, Any]]] = []
         #: ``now`` for the enrolment gate and boot steps (the reactor's ``seconds``).
         self.clock = clock
         self.admin_token = admin_token or None

@@ -34,13 +34,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from importlib import resources
 from ipaddress import IPv4Address
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 from twisted.logger import Logger
@@ -59,9 +57,12 @@ from pxestack.provision.hoststore import (
     etag_of,
 )
 from pxestack.provision.model import Host, InvalidHostRecord, normalize_mac
+from pxestack.service.pgschema import (
+    migrations,
+    redact_dsn,
+    upgrade_schema,
+)
 
-#: The advisory-lock key schema upgrades hold (any fixed number shared by all servers).
-MIGRATION_LOCK = 0x70786573_7461636B & 0x7FFFFFFFFFFFFFFF
 #: Transient conflicts between servers: the transaction is run again from the start.
 _RETRYABLE = (
     pg_errors.SerializationFailure,
@@ -79,50 +80,6 @@ class ClaimConflict(StoreError):  # noqa: N818 - the HTTP status it maps to
     """A change would over-fill a profile or give an address to two machines (409)."""
 
     conflict = True
-
-
-def redact_dsn(dsn: str) -> str:
-    """*dsn* without its password, for logs and errors."""
-    try:
-        parts = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "(an unparsable DSN)"
-    parts.pop("password", None)
-    return " ".join(f"{k}={v}" for k, v in parts.items() if v is not None)
-
-
-def migrations() -> list[tuple[str, str]]:
-    """The schema migrations shipped with pxestack: (version, SQL), oldest first."""
-    folder = resources.files("pxestack.provision") / "migrations"
-    found = [
-        (entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8"))
-        for entry in folder.iterdir()
-        if entry.name.endswith(".sql")
-    ]
-    return sorted(found)
-
-
-def upgrade_schema(conn: psycopg.Connection[Any]) -> list[str]:
-    """Apply the migrations *conn*'s database lacks, in one transaction; return their names.
-
-    The transaction first takes an advisory lock, so servers starting together apply each
-    migration once: the others wait, then find it applied.
-    """
-    applied_now: list[str] = []
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS pxestack_schema ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row[0] for row in conn.execute("SELECT version FROM pxestack_schema")}
-        for version, sql in migrations():
-            if version in done:
-                continue
-            conn.execute(sql.encode())
-            conn.execute("INSERT INTO pxestack_schema (version) VALUES (%s)", (version,))
-            applied_now.append(version)
-    return applied_now
 
 
 def insert_audit(
@@ -181,6 +138,11 @@ class PostgresHostStore:
         #: The connection of the transaction this thread is in (see :meth:`_transaction`).
         self._local = threading.local()
         self._cache: dict[str, Versioned] = {}
+        #: The audit entry up to which :attr:`_cache` holds every change (None: unknown),
+        #: and the generation of the cache it was established for (:meth:`refresh`
+        #: replaces the cache with a snapshot and starts a new generation).
+        self._synced_to: int | None = None
+        self._generation = 0
         self._mac_index: dict[str, str] = {}
         #: Why the database cannot be used right now (None: it can).
         self.unreachable: str | None = None
@@ -364,6 +326,8 @@ class PostgresHostStore:
                                serial=serial, error=str(exc))
         with self._lock:
             self._cache = fresh
+            self._generation += 1
+            self._synced_to = None
             self._mac_index = {
                 mac: v.host.serial for v in fresh.values() for mac in v.host.mac_addresses
             }
@@ -537,26 +501,54 @@ class PostgresHostStore:
         return versioned, created
 
     def _all_hosts(self, conn: psycopg.Connection[Any]) -> list[Host]:
-        """Every host, read in *conn*'s transaction; only records whose ETag differs from
-        this server's copy are fetched and parsed (an enrolment needs them all)."""
-        etags = conn.execute("SELECT serial, etag FROM hosts").fetchall()
-        cache = self._cache
-        hosts: list[Host] = []
-        missing: list[str] = []
-        for serial, etag in etags:
-            cached = cache.get(serial)
-            if cached is not None and cached.etag == etag:
-                hosts.append(cached.host)
-            else:
-                missing.append(serial)
+        """Every host, read in *conn*'s transaction (an enrolment needs them all).
+
+        Audit entries are numbered in commit order and every change writes one in its own
+        transaction, so once this server's copy is known to hold every change up to entry
+        N, the hosts named by the entries above N are all that can differ: only those are
+        read.  Otherwise (the first enrolment, or after :meth:`refresh` replaced the copy
+        with a snapshot) the serial and ETag of every host are compared with the copy and
+        the records that differ are read.
+        """
+        with self._lock:
+            synced, generation = self._synced_to, self._generation
+            copy = dict(self._cache)
+        if synced is None:
+            top = conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
+            etags = conn.execute("SELECT serial, etag FROM hosts").fetchall()
+            present = {serial for serial, _ in etags}
+            missing = [serial for serial, etag in etags
+                       if serial not in copy or copy[serial].etag != etag]
+            for gone in [serial for serial in copy if serial not in present]:
+                del copy[gone]
+            reached = int(top[0]) if top is not None else 0
+        else:
+            changed = conn.execute(
+                "SELECT id, serial FROM audit WHERE id > %s ORDER BY id", (synced,)
+            ).fetchall()
+            missing = sorted({serial for _, serial in changed if serial is not None})
+            reached = int(changed[-1][0]) if changed else synced
+        fetched: list[Versioned] = []
         if missing:
             for serial, record, etag in conn.execute(
                 "SELECT serial, record, etag FROM hosts WHERE serial = ANY(%s)", (missing,)
             ):
-                versioned = self._versioned(serial, record, etag)
-                self._remember(versioned)
-                hosts.append(versioned.host)
-        return hosts
+                fetched.append(self._versioned(serial, record, etag))
+        found = {versioned.host.serial for versioned in fetched}
+        for serial in missing:
+            if serial not in found:
+                copy.pop(serial, None)  # removed since
+        for versioned in fetched:
+            copy[versioned.host.serial] = versioned
+        for versioned in fetched:
+            self._remember(versioned)
+        for serial in missing:
+            if serial not in found:
+                self._forget(serial)
+        with self._lock:
+            if self._generation == generation:
+                self._synced_to = reached
+        return [versioned.host for versioned in copy.values()]
 
     def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
         """Apply *change* to the row-locked record in one transaction."""

@@ -380,6 +380,7 @@ def _extensions(
         events=events,
         hosts=hosts,
         backlog=lambda: in_flight[0],
+        health=api.health_reports,
     ), provisioning_service
 
 

@@ -80,6 +80,10 @@ class Extensions:
     #: layer: its jobs running or queued for a thread); boot-storm admission holds new
     #: machines while it is at ``dhcp.admission.max_backlog`` (docs/dhcp.md).
     backlog: Callable[[], int] | None = None
+    #: Health reports the protocol servers add for ``/admin/health`` (the DHCP lease table
+    #: of ``dhcp.lease_store: postgresql``): each returns a mapping merged into the answer,
+    #: and a report with ``ok`` false makes the answer 503.
+    health: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
 
 
 class PxeStackService(service.MultiService):

@@ -231,6 +231,7 @@ class DhcpService(service.MultiService):
         neighbour: NeighbourLookup | None = None,
         events: Any = None,
         backlog: Any = None,
+        health: list[Any] | None = None,
     ) -> None:
         super().__init__()
         if config.dhcp is None:
@@ -264,6 +265,11 @@ class DhcpService(service.MultiService):
         self.admission: AdmissionWiring | None = None
         #: The higher layers' backlog (``Extensions.backlog``), one of admission's signals.
         self._backlog = backlog
+        #: ``dhcp.lease_store: postgresql``: the shared table and its group commit.
+        self.lease_table: Any = None
+        self.claims: Any = None
+        #: Where the lease table's health is reported (``Extensions.health``), or None.
+        self._health = health
 
     @property
     def reactor(self) -> Any:
@@ -365,19 +371,23 @@ class DhcpService(service.MultiService):
         self, interfaces: list[tuple[InterfaceInfo, str | None]], host: str, port: int
     ) -> None:
         settings = server_settings(self.dhcp)
-        journal, contents = LeaseJournal.open(self.lease_file, sync=self.dhcp.fsync)
-        store = InMemoryLeaseStore(
-            [s.subnet for s in settings.subnets],
-            reservations(self.dhcp),
-            max_offers=self.dhcp.max_offers,
-            listener=journal,
-        )
-        now = self.reactor.seconds()
-        kept = store.restore(contents.leases.values(), contents.declines.values(), now)
-        log.info(
-            "dhcp lease journal {path}: {kept} leases restored, {skipped} damaged bytes skipped",
-            path=str(self.lease_file), kept=kept, skipped=contents.skipped_bytes,
-        )
+        journal: LeaseJournal | None = None
+        if self.dhcp.lease_store.kind == "postgresql":
+            store: InMemoryLeaseStore = self._open_shared_store(settings)
+        else:
+            journal, contents = LeaseJournal.open(self.lease_file, sync=self.dhcp.fsync)
+            store = InMemoryLeaseStore(
+                [s.subnet for s in settings.subnets],
+                reservations(self.dhcp),
+                max_offers=self.dhcp.max_offers,
+                listener=journal,
+            )
+            now = self.reactor.seconds()
+            kept = store.restore(contents.leases.values(), contents.declines.values(), now)
+            log.info(
+                "dhcp lease journal {path}: {kept} leases restored, {skipped} damaged bytes "
+                "skipped", path=str(self.lease_file), kept=kept, skipped=contents.skipped_bytes,
+            )
         core = DhcpServerCore(
             settings, store, self.policy, boot_defaults(self.config, IPv4Address(0)),
             on_event=_log_event,
@@ -399,8 +409,8 @@ class DhcpService(service.MultiService):
                 if frames is not None:
                     self._senders.append(frames)
             protocol = DhcpServerProtocol(
-                core, info, timer=timer, journal=journal, reactor=self.reactor, frames=frames,
-                **self._reply_targets(info),
+                core, info, timer=timer, journal=journal, claims=self.claims,
+                reactor=self.reactor, frames=frames, **self._reply_targets(info),
             )
             self.protocols.append(protocol)
             self._add_port(port, protocol, "" if device else host, device, reuse=False)
@@ -411,6 +421,31 @@ class DhcpService(service.MultiService):
         maintenance.clock = self.reactor
         maintenance.setServiceParent(self)
         timer.rearm()
+
+    def _open_shared_store(self, settings: ServerSettings) -> InMemoryLeaseStore:
+        """The lease store of ``dhcp.lease_store: postgresql``: memory in front of the
+        shared table, its live leases loaded now (a failure names the setting)."""
+        from pxestack.dhcp.sharedleases import SharedLeaseStore
+        from pxestack.service.pgleases import LeaseGroupCommit, PostgresLeaseTable
+
+        config = self.dhcp.lease_store
+        assert config.dsn is not None  # the configuration reader fills it in
+        table = PostgresLeaseTable(config.dsn, pool_size=config.pool,
+                                   connect_timeout=config.connect_timeout,
+                                   server=config.server_name)
+        now = self.reactor.seconds()
+        leases, declines = table.open(now)
+        store = SharedLeaseStore([s.subnet for s in settings.subnets], reservations(self.dhcp),
+                                 max_offers=self.dhcp.max_offers)
+        kept = store.restore(leases, declines, now)
+        store.begin_batch()  # restoring claims nothing: the table already holds these
+        log.info("dhcp leases on PostgreSQL {where} (server {server}): {kept} live leases "
+                 "loaded", where=table.where, server=table.server, kept=kept)
+        self.lease_table = table
+        self.claims = LeaseGroupCommit(store, table, self.reactor, max_inflight=config.pool)
+        if self._health is not None:
+            self._health.append(self.lease_health)
+        return store
 
     def _prepare_proxy(
         self, interfaces: list[tuple[InterfaceInfo, str | None]], host: str, port: int
@@ -458,6 +493,18 @@ class DhcpService(service.MultiService):
         super().startService()
         if self.admission is not None:
             self.admission.start()
+        if self.claims is not None:
+            self.claims.start()
+
+    def lease_health(self) -> dict[str, Any]:
+        """The shared lease table's state for ``/admin/health`` (``ok`` false while it
+        cannot be reached); empty with the journal."""
+        if self.claims is None:
+            return {}
+        health: dict[str, Any] = self.claims.health()
+        if not health["lease_db_ok"]:
+            health["ok"] = False
+        return health
 
     def maintain(self) -> None:
         """Periodic: compact the journal once it is mostly stale records."""
@@ -485,6 +532,11 @@ class DhcpService(service.MultiService):
                 self.journal.compact(self.store.leases(), self.store.declines())
                 self.journal.close()
                 self.journal = None
+            if self.claims is not None:
+                self.claims.stop()
+            if self.lease_table is not None:
+                self.lease_table.close()
+                self.lease_table = None
             return result
 
         stopped.addBoth(finish)
@@ -524,7 +576,7 @@ def build_dhcp_services(
             config, policy, reactor=reactor, sockets=sockets,
             metrics=getattr(ext, "metrics", None),
             sightings=getattr(ext, "dhcp_sightings", None), events=getattr(ext, "events", None),
-            backlog=getattr(ext, "backlog", None),
+            backlog=getattr(ext, "backlog", None), health=getattr(ext, "health", None),
         )
     ]
     advertisements = config.dhcp.router_advertisements

@@ -546,3 +546,31 @@ def test_a_change_that_reads_every_host_needs_no_second_connection(dsn, tmp_path
         assert store.health()["ok"] is True
     finally:
         store.close()
+
+
+@off_reactor
+def test_an_enrolment_sees_every_servers_hosts_reading_only_what_changed(servers):
+    from pxestack.provision.model import Host
+
+    (one, two, _), (prov_one, _, _) = servers
+    seen: list[set[str]] = []
+
+    def make(serial):
+        def build(hosts):
+            seen.append({host.serial for host in hosts})
+            return Host(serial=serial)
+        return build
+
+    with acting_as("admin"):
+        for n in range(3):
+            prov_one.first_contact(f"one-{n}")
+        two.enrol("two-0", make("two-0"), ["host created"])   # first: every ETag compared
+        prov_one.first_contact("one-3")
+        one.remove("one-0", "removed")
+        two.enrol("two-1", make("two-1"), ["host created"])   # then: the audit since
+        two.refresh()                                          # a snapshot: compared again
+        prov_one.first_contact("one-4")
+        two.enrol("two-2", make("two-2"), ["host created"])
+    assert seen[0] == {"one-0", "one-1", "one-2"}
+    assert seen[1] == {"one-1", "one-2", "one-3", "two-0"}
+    assert seen[2] == {"one-1", "one-2", "one-3", "one-4", "two-0", "two-1"}

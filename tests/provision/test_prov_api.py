@@ -260,3 +260,18 @@ def test_pxe_profile_gets_ignition_every_boot(tmp_path):
     # Running, but a PXE profile: it must still get the RAM boot, never a local boot.
     script = rig.client.request("GET", "/ipxebootscript?serial=sn-r&uuid=&mac=")
     assert "ignition.config.url" in script.body.decode()
+
+
+def test_health_includes_the_dhcp_lease_table(rig):
+    # What DhcpService.lease_health reports with dhcp.lease_store: postgresql.
+    report = {"lease_db_ok": True, "lease_db_error": None, "lease_db_conflicts": 2}
+    rig.api.health_reports.append(lambda: dict(report))
+    health = rig.client.request("GET", "/admin/health", token=ADMIN_TOKEN)
+    assert health.code == 200
+    assert health.json()["lease_db_ok"] is True and health.json()["lease_db_conflicts"] == 2
+    report.update(ok=False, lease_db_ok=False, lease_db_error="connection refused")
+    health = rig.client.request("GET", "/admin/health", token=ADMIN_TOKEN)
+    assert health.code == 503
+    body = health.json()
+    assert body["ok"] is False and body["lease_db_error"] == "connection refused"
+    assert body["git_ok"] is True  # the store's own report is kept

@@ -1,14 +1,18 @@
-"""Three pxestack servers on one PostgreSQL: a provisioning storm with a server ``kill -9``ed,
-and one with PostgreSQL restarted, in the middle.
+"""Three pxestack servers on one PostgreSQL: a boot storm with a server ``kill -9``ed, and
+one with PostgreSQL restarted, in the middle.
 
-Each server is a real ``pxestack serve`` process (HTTP and provisioning, loopback only) with
-``provision.store: {kind: postgresql}``; they share one cluster directory for the git
-export.  The machines and servers are those of ``tests/pgcluster.py``.  DHCP is not part of
-this storm: DHCP leases are per server (docs/scale-out.md).
+Each server is a real ``pxestack serve`` process (DHCP, HTTP and provisioning, loopback
+only) with ``provision.store: {kind: postgresql}`` and ``dhcp.lease_store: postgresql``;
+they share one cluster directory for the git export.  Every machine first gets its address
+through a DHCP relay (two racks, two relays, ``giaddr`` set) that forwards to all three
+servers, so all three answer and share one pool through the lease table; then it walks the
+HTTP part of the boot.  The machines, relays and servers are those of ``tests/pgcluster.py``.
 
 Checked after each storm: every machine provisioned (record ``installed``), the profile
-quantities exact, no address given twice, and the git export complete and in order (one
-commit per audit entry, ``Audit-Id`` strictly increasing, none missing).
+quantities exact, no internal address given twice, no DHCP address acknowledged to two
+machines (the ACKs the machines kept, and the lease table: one live binding per machine,
+the address its ACK named), and the git export complete and in order (one commit per audit
+entry, ``Audit-Id`` strictly increasing, none missing).
 """
 
 from __future__ import annotations
@@ -43,9 +47,12 @@ def lab():
 
 @pytest.fixture
 def cluster(lab, tmp_path):
+    # The DHCP relays bind port 67 on their loopback addresses.
+    require(os.geteuid() == 0, "the DHCP relays of the storm bind port 67: needs root")
     dsn = lab.create_database("storm")
     shared = tmp_path / "cluster"
-    servers = [Server(tmp_path, f"pxe{n}", MACHINES, shared, dsn) for n in range(3)]
+    servers = [Server(tmp_path, f"pxe{n}", MACHINES, shared, dsn,
+                      dhcp_address=f"127.0.0.{21 + n}") for n in range(3)]
     try:
         for server in servers:
             server.wait_ready()
@@ -78,6 +85,25 @@ def _check(dsn: str, shared: Path, live) -> None:
     assert exported == audit_ids
 
 
+def _check_leases(dsn: str, acks: dict) -> None:
+    """One ACKed address per machine, none twice, and the table agrees."""
+    assert len(acks) == MACHINES
+    addresses = [address for address, _ in acks.values()]
+    assert len(set(addresses)) == MACHINES, "an address was acknowledged to two machines"
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT host(address), client FROM dhcp_leases WHERE state = 'bound'"
+        ).fetchall()
+    table = {bytes(client): address for address, client in rows}
+    assert len(rows) == len(table) == MACHINES  # one binding per machine
+    for mac, (address, _) in acks.items():
+        assert table[b"M" + bytes.fromhex(mac.replace(":", ""))] == address, mac
+    # The servers shared the pool: more than one of them granted leases.
+    by_server = Counter(server for _, server in acks.values())
+    print("ACKs by server:", dict(by_server))
+    assert len(by_server) >= 2
+
+
 def _exported_ids(shared: Path) -> list[int]:
     if not (shared / ".git").exists():
         return []
@@ -96,11 +122,13 @@ def _exported_ids(shared: Path) -> list[int]:
 
 def test_storm_with_a_server_killed(cluster):
     dsn, shared, servers = cluster
+    acks: dict = {}
     done, elapsed = storm(servers, MACHINES, during=servers[0].kill,
-                          trigger_at=MACHINES // 3)
+                          trigger_at=MACHINES // 3, acks=acks)
     assert len(done) == MACHINES
     assert servers[0].process.returncode == -signal.SIGKILL
     _check(dsn, shared, servers[1:])
+    _check_leases(dsn, acks)
     print(f"\n{MACHINES} machines on three servers, one killed: {elapsed:.1f} s")
 
 
@@ -112,8 +140,11 @@ def test_storm_with_postgresql_restarted(lab, cluster):
         time.sleep(2.0)  # the servers notice and refuse changes meanwhile
         lab.start()
 
-    done, elapsed = storm(servers, MACHINES, during=restart, trigger_at=MACHINES // 3)
+    acks: dict = {}
+    done, elapsed = storm(servers, MACHINES, during=restart, trigger_at=MACHINES // 3,
+                          acks=acks)
     assert len(done) == MACHINES
     assert all(s.process.poll() is None for s in servers)
     _check(dsn, shared, servers)
+    _check_leases(dsn, acks)
     print(f"\n{MACHINES} machines on three servers, PostgreSQL restarted: {elapsed:.1f} s")
