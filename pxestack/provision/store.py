@@ -3,7 +3,7 @@ atomically, audited in git.
 
 :class:`FileHostStore` implements :class:`~pxestack.provision.hoststore.HostStore` with
 mayu's layout: ``<cluster-dir>/cluster.json`` and ``<cluster-dir>/<serial>/conf.json``.
-With git enabled the cluster directory is a repository and every change is one commit
+With git enabled the cluster directory is a repository and every change is recorded in a commit
 named ``<serial>: <what changed>`` (:class:`~pxestack.provision.audit.GitAudit`).
 
 Rules the file store keeps:
@@ -268,7 +268,11 @@ class FileHostStore:
         if self.damaged is not None:
             raise StoreReadOnly(self.damaged)
 
-    def _write(self, host: Host, message: str, details: Sequence[str]) -> Versioned:
+    def _write(
+        self, host: Host, message: str, details: Sequence[str]
+    ) -> tuple[Versioned, int | None]:
+        """Write *host*'s record and queue its audit entry (with the store lock held);
+        returns the record and the audit ticket to wait for once the lock is released."""
         directory = self.root / host.serial
         directory.mkdir(exist_ok=True)
         data = host.to_bytes()
@@ -276,14 +280,24 @@ class FileHostStore:
         versioned = Versioned(host, etag_of(data))
         self._remember(host.serial, _Cached((st.st_mtime_ns, st.st_size, st.st_ino), versioned))
         self.problems.pop(host.serial, None)
-        if self.audit is not None:
-            text = f"{host.serial}: {message}"
-            if details:
-                text += "\n\n" + "\n".join(details)
-            # A change nobody authenticated for is the machine's own (first contact, boot).
-            actor = CURRENT_ACTOR.get() or f"machine:{host.serial}"
-            self.audit.commit(text, [f"{host.serial}/{HOST_FILE}"], actor=actor)
-        return versioned
+        if self.audit is None:
+            return versioned, None
+        text = f"{host.serial}: {message}"
+        if details:
+            text += "\n\n" + "\n".join(details)
+        # A change nobody authenticated for is the machine's own (first contact, boot).
+        actor = CURRENT_ACTOR.get() or f"machine:{host.serial}"
+        return versioned, self.audit.enqueue(text, {f"{host.serial}/{HOST_FILE}": data},
+                                             actor=actor)
+
+    def _audited(self, ticket: int | None) -> None:
+        """Wait (without the store lock) until the change of *ticket* is committed.
+
+        Writers that wait at the same time share one commit (the audit's group commit);
+        a failed commit is logged by the audit and retried by :meth:`retry_audit`.
+        """
+        if ticket is not None and self.audit is not None:
+            self.audit.wait(ticket)
 
     def enrol(
         self, serial: str, make: Callable[[Sequence[Host]], Host], message: Sequence[str]
@@ -305,7 +319,9 @@ class FileHostStore:
             if host.serial != serial:
                 raise ValueError("make() returned a record for another serial")
             first, *details = message
-            return self._write(host, first, details), True
+            versioned, ticket = self._write(host, first, details)
+        self._audited(ticket)
+        return versioned, True
 
     def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
         """See :meth:`HostStore.update`."""
@@ -321,7 +337,9 @@ class FileHostStore:
                 raise ValueError("a change may not rename a host")
             if host == current.host and not details:
                 return current
-            return self._write(host, message, details)
+            versioned, ticket = self._write(host, message, details)
+        self._audited(ticket)
+        return versioned
 
     def remove(
         self, serial: str, message: str, *, if_match: str | None = None
@@ -341,9 +359,11 @@ class FileHostStore:
             fsync_dir(self.root)
             self._forget(serial)
             self.problems.pop(serial, None)
+            ticket = None
             if self.audit is not None:
-                self.audit.commit(f"{serial}: {message}", [f"{serial}/{HOST_FILE}"])
-            return current
+                ticket = self.audit.enqueue(f"{serial}: {message}", {f"{serial}/{HOST_FILE}": None})
+        self._audited(ticket)
+        return current
 
     def write_cluster_file(self, name: str, data: bytes, message: str) -> None:
         """Write a cluster-level file (e.g. ``mayu-config.yaml``) atomically and commit it."""
@@ -352,8 +372,10 @@ class FileHostStore:
         with self._lock:
             self._writable()
             atomic_write(self.root / name, data)
+            ticket = None
             if self.audit is not None:
-                self.audit.commit(message, [name])
+                ticket = self.audit.enqueue(message, {name: data})
+        self._audited(ticket)
 
     def history(self, serial: str, limit: int = 100) -> list[HistoryEntry]:
         """See :meth:`HostStore.history` (empty without git)."""
