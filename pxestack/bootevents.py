@@ -80,7 +80,7 @@ ADMIN = "admin"
 #: The kinds of notices: passed to subscribers, never kept.
 NOTICES = frozenset({ADMIN})
 #: Machines whose timelines are kept by default (least recently seen dropped first).
-MAX_MACHINES = 4096
+MAX_MACHINES = 2048
 #: The most characters of one log line that are kept.
 LOG_LINE_MAX = 1024
 #: The phase of image-fetch progress (not a boot phase: see the module documentation).
