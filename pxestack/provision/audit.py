@@ -185,7 +185,7 @@ def _lock_holders(path: Path) -> list[int]:
 
 
 class GitAudit:
-    """The cluster directory as a git repository; one commit per change (see the module doc).
+    """The cluster directory as a git repository; every change in a commit (see the module doc).
 
     Failures never stop auditing silently (mayu issue #53, "cluster git repo silently stopped
     being updated"): a failed commit is logged at error level with the reason, :meth:`health`
@@ -567,7 +567,15 @@ class GitAudit:
         self, relpath: str, limit: int = 100, scan_limit: int = 20000
     ) -> list[HistoryEntry]:
         """Commits that changed *relpath*, newest first (at most *limit*); of a commit
-        that records several changes, the entry shows the changes of *relpath*'s host."""
+        that records several changes, the entry shows the changes of *relpath*'s host.
+
+        Read with the commit lock held: commits are written outside the host store's lock,
+        and libgit2 does not promise that one repository is safe to read while another
+        thread writes to it."""
+        with self._commit_lock:
+            return self._history(relpath, limit, scan_limit)
+
+    def _history(self, relpath: str, limit: int, scan_limit: int) -> list[HistoryEntry]:
         serial = relpath.partition("/")[0]
         if self.repo.head_is_unborn:
             return []
