@@ -55,6 +55,8 @@ MACHINE_DEADLINE = 900.0
 #: The tag in the lab's namespace names (``--lab-tag``): runs of several people on one
 #: machine keep their namespaces apart by it.
 LAB_TAG = "storm"
+#: Addresses of the storm's ``provision.network.ip_range``: the most machines a storm has.
+PROVISION_ADDRESSES = 16382
 #: Neighbour entries the lab needs beyond one per machine.
 NEIGHBOUR_HEADROOM = 1024
 
@@ -74,6 +76,9 @@ def server_config(lab: Any, workdir: Path, machines: int, admin_token: str, git:
     *tftp_workers* sets ``tftp.workers`` (``None``: its default, the usable CPUs),
     *admission* ``dhcp.admission.enabled``, *admission_knobs* its other keys (default:
     the configuration's defaults)."""
+    if machines > PROVISION_ADDRESSES:
+        raise ValueError(f"a storm has at most {PROVISION_ADDRESSES} machines "
+                         f"(the addresses of its ip_range), not {machines}")
     base_url = f"http://{lab.server.ip}:{HTTP_PORT}"
     worker_quantity = max(machines // 2, 1)
     knobs = "".join(f"\n    {key}: {value}" for key, value in (admission_knobs or {}).items())
@@ -107,7 +112,9 @@ provision:
   git: {"true" if git else "false"}
   default_os_version: "3975.2.0"
   network:
-    ip_range: {{start: 198.18.100.1, end: 198.18.127.254}}
+    # 16 382 addresses (PROVISION_ADDRESSES): a range smaller than the storm ends it at
+    # "no free address left" for the machines past its size.
+    ip_range: {{start: 198.18.64.1, end: 198.18.127.254}}
     subnet_size: 15
     subnet_gateway: {lab.server.ip}
     dns: [{lab.server.ip}]

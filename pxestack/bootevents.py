@@ -30,7 +30,11 @@ timeline.
 
 Memory is bounded: at most ``max_machines`` machines (least recently seen dropped first),
 ``per_machine`` steps each, and a backlog of ``backlog`` steps for ``since`` catch-up and the
-boot-storm view.  Values from the network are checked before they are kept: a MAC that is
+boot-storm view.  A machine's timeline costs a few KiB (about 17 steps for one install),
+so the default keeps the :data:`MAX_MACHINES` most recent machines: a storm of 10 000
+machines would otherwise hold tens of MiB of finished timelines.  The MACs, serials,
+addresses and details of the steps are interned: a machine's 17 steps share one copy of
+each.  Values from the network are checked before they are kept: a MAC that is
 not six octets, a serial that is not a short printable word, or an unknown phase make
 :meth:`BootEventRecorder.record` return ``None`` and count in ``dropped``; the caller logs.
 
@@ -57,6 +61,7 @@ reports from its thread pool), outside the recorder's lock.
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -74,6 +79,8 @@ LOG = "log"
 ADMIN = "admin"
 #: The kinds of notices: passed to subscribers, never kept.
 NOTICES = frozenset({ADMIN})
+#: Machines whose timelines are kept by default (least recently seen dropped first).
+MAX_MACHINES = 2048
 #: The most characters of one log line that are kept.
 LOG_LINE_MAX = 1024
 #: The phase of image-fetch progress (not a boot phase: see the module documentation).
@@ -122,6 +129,11 @@ def normal_serial(value: str | None) -> str | None:
         return None
     text = value.strip().lower()
     return text if _SERIAL.fullmatch(text) else None
+
+
+def _interned(text: str | None) -> str | None:
+    """*text* as the one shared copy of its value (a machine's steps repeat it)."""
+    return None if text is None else sys.intern(text)
 
 
 def _insert_in_time_order(steps: deque[BootEvent], event: BootEvent) -> None:
@@ -189,7 +201,7 @@ Subscriber = Callable[[BootEvent], None]
 class BootEventRecorder:
     """Keeps the recent boot steps of every machine (see the module documentation)."""
 
-    def __init__(self, *, max_machines: int = 10000, per_machine: int = 128,
+    def __init__(self, *, max_machines: int = MAX_MACHINES, per_machine: int = 128,
                  backlog: int = 20000, max_subscribers: int = 64,
                  per_machine_logs: int = 500, log_backlog: int = 20000,
                  image_backlog: int = 500) -> None:
@@ -224,8 +236,8 @@ class BootEventRecorder:
         detail: str = "",
     ) -> BootEvent | None:
         """Keep one step; None (and ``dropped`` counts it) when a value is not acceptable."""
-        mac_text = normal_mac(mac)
-        serial_text = normal_serial(serial)
+        mac_text = _interned(normal_mac(mac))
+        serial_text = _interned(normal_serial(serial))
         bad = (
             phase not in PHASES
             or (mac is not None and mac_text is None)
@@ -246,10 +258,11 @@ class BootEventRecorder:
             if phase in ("dhcp_pxe", "dhcp_ipxe"):
                 phase = self._dhcp_phase(key, detail)
             if ip is not None:
+                ip = sys.intern(ip)
                 self._remember_ip(ip, serial_text, mac_text)
             self._seq += 1
             event = BootEvent(self._seq, now, phase, key, serial_text, mac_text, ip,
-                              duration, _clean_detail(detail))
+                              duration, sys.intern(_clean_detail(detail)))
             self._backlog.append(event)
             steps = self._machines.get(key)
             if steps is None:
@@ -520,6 +533,7 @@ __all__ = [
     "IMAGE_PHASE",
     "LOG",
     "LOG_LINE_MAX",
+    "MAX_MACHINES",
     "NOTICES",
     "PHASES",
     "PHASE_LABELS",

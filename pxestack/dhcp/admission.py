@@ -233,6 +233,14 @@ class BootAdmission:
             del waiting[mac]
         return self._admit_new(mac, now, entry)
 
+    def hold(self, mac: bytes, payload: object) -> None:
+        """Keep *payload* for :meth:`release` instead of the one :meth:`admit` was given,
+        if *mac* is waiting: a caller can pass nothing to :meth:`admit` on the hot path and
+        build a compact payload only for a machine that was made to wait."""
+        entry = self._waiting.get(mac)
+        if entry is not None:
+            entry.payload = payload
+
     def release(self, now: Now) -> list[tuple[bytes, object, float]]:
         """Admit the oldest waiting machines still listening, as far as there is room.
 

@@ -25,7 +25,12 @@ from typing import Any
 import pygit2
 
 from pxestack._fs import atomic_write
-from pxestack.provision.audit import GitAudit, isolate_git_config
+from pxestack.provision.audit import (
+    GitAudit,
+    author_identity,
+    change_message,
+    isolate_git_config,
+)
 from pxestack.provision.model import Host, InvalidHostRecord
 from pxestack.provision.pgstore import PostgresHostStore
 from pxestack.provision.store import CLUSTER_FILE, HOST_FILE, PRIVATE_DIR
@@ -80,7 +85,12 @@ def _git_history(root: Path, serials: set[str]) -> list[tuple[str, datetime, str
         when = datetime.fromtimestamp(commit.commit_time, UTC)
         for serial in sorted(set(mine) | set(before)):
             if mine.get(serial) != before.get(serial):
-                out.append((serial, when, commit.author.name, commit.message.rstrip("\n")))
+                message, author = commit.message.rstrip("\n"), commit.author.name
+                own = change_message(message, serial)  # a commit of several changes
+                if own is not None:
+                    message = own[0]
+                    author = author_identity(own[1])[0] if own[1] is not None else author
+                out.append((serial, when, author, message))
     return out
 
 

@@ -3,7 +3,7 @@ atomically, audited in git.
 
 :class:`FileHostStore` implements :class:`~pxestack.provision.hoststore.HostStore` with
 mayu's layout: ``<cluster-dir>/cluster.json`` and ``<cluster-dir>/<serial>/conf.json``.
-With git enabled the cluster directory is a repository and every change is one commit
+With git enabled the cluster directory is a repository and every change is recorded in a commit
 named ``<serial>: <what changed>`` (:class:`~pxestack.provision.audit.GitAudit`).
 
 Rules the file store keeps:
@@ -60,6 +60,14 @@ from pxestack.provision.hoststore import (
 from pxestack.provision.model import Host, InvalidHostRecord
 from pxestack.provision.repocheck import CHECK_TIMEOUT
 
+#: A periodic re-scan (:meth:`FileHostStore.refresh`) that took at least this long
+#: (seconds) is not repeated until :data:`SCAN_SPACING` times its duration has passed: at
+#: 10 000 hosts a re-scan (one ``stat`` per record) costs 50-150 ms under the store lock,
+#: and the provisioning service asks every two seconds.
+SLOW_SCAN = 0.05
+#: How many times its own duration a slow re-scan waits before the next one.
+SCAN_SPACING = 20
+
 CLUSTER_FILE = "cluster.json"
 HOST_FILE = "conf.json"
 #: Private per-installation data (the callback key); never committed (see .gitignore).
@@ -99,6 +107,9 @@ class FileHostStore:
         self._cache: dict[str, _Cached] = {}
         #: The records of _cache with their counts (what enrolment decisions ask).
         self._index = HostIndex()
+        #: When the last periodic re-scan started and how long it took (by *clock*).
+        self._scanned_at: float | None = None
+        self._scan_cost = 0.0
         self.problems: dict[str, str] = {}
         #: Why the cluster directory cannot be trusted (the store is read-only), or None.
         self.damaged: str | None = None
@@ -236,8 +247,25 @@ class FileHostStore:
             return seen
 
     def refresh(self) -> None:
-        """Re-scan the directory (hand edits, new or deleted hosts) and update the index."""
-        self._scan()
+        """Re-scan the directory (hand edits, new or deleted hosts) and update the index.
+
+        A re-scan that took :data:`SLOW_SCAN` or longer is repeated only after
+        :data:`SCAN_SPACING` times its duration, so in a large cluster a hand edit reaches
+        DHCP a little later instead of the scan taking a large share of the store's time
+        (a lookup of one serial always checks that serial's file).
+        """
+        if (
+            self._scanned_at is not None
+            and self._scan_cost >= SLOW_SCAN
+            and self.clock() - self._scanned_at < SCAN_SPACING * self._scan_cost
+        ):
+            return
+        started = self.clock()
+        try:
+            self._scan()
+        finally:
+            self._scanned_at = started
+            self._scan_cost = max(0.0, self.clock() - started)
 
     def read(self, serial: str) -> Versioned | None:
         """See :meth:`HostStore.read`."""
@@ -268,7 +296,11 @@ class FileHostStore:
         if self.damaged is not None:
             raise StoreReadOnly(self.damaged)
 
-    def _write(self, host: Host, message: str, details: Sequence[str]) -> Versioned:
+    def _write(
+        self, host: Host, message: str, details: Sequence[str]
+    ) -> tuple[Versioned, int | None]:
+        """Write *host*'s record and queue its audit entry (with the store lock held);
+        returns the record and the audit ticket to wait for once the lock is released."""
         directory = self.root / host.serial
         directory.mkdir(exist_ok=True)
         data = host.to_bytes()
@@ -276,14 +308,24 @@ class FileHostStore:
         versioned = Versioned(host, etag_of(data))
         self._remember(host.serial, _Cached((st.st_mtime_ns, st.st_size, st.st_ino), versioned))
         self.problems.pop(host.serial, None)
-        if self.audit is not None:
-            text = f"{host.serial}: {message}"
-            if details:
-                text += "\n\n" + "\n".join(details)
-            # A change nobody authenticated for is the machine's own (first contact, boot).
-            actor = CURRENT_ACTOR.get() or f"machine:{host.serial}"
-            self.audit.commit(text, [f"{host.serial}/{HOST_FILE}"], actor=actor)
-        return versioned
+        if self.audit is None:
+            return versioned, None
+        text = f"{host.serial}: {message}"
+        if details:
+            text += "\n\n" + "\n".join(details)
+        # A change nobody authenticated for is the machine's own (first contact, boot).
+        actor = CURRENT_ACTOR.get() or f"machine:{host.serial}"
+        return versioned, self.audit.enqueue(text, {f"{host.serial}/{HOST_FILE}": data},
+                                             actor=actor)
+
+    def _audited(self, ticket: int | None) -> None:
+        """Wait (without the store lock) until the change of *ticket* is committed.
+
+        Writers that wait at the same time share one commit (the audit's group commit);
+        a failed commit is logged by the audit and retried by :meth:`retry_audit`.
+        """
+        if ticket is not None and self.audit is not None:
+            self.audit.wait(ticket)
 
     def enrol(
         self, serial: str, make: Callable[[Sequence[Host]], Host], message: Sequence[str]
@@ -305,7 +347,9 @@ class FileHostStore:
             if host.serial != serial:
                 raise ValueError("make() returned a record for another serial")
             first, *details = message
-            return self._write(host, first, details), True
+            versioned, ticket = self._write(host, first, details)
+        self._audited(ticket)
+        return versioned, True
 
     def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
         """See :meth:`HostStore.update`."""
@@ -321,7 +365,9 @@ class FileHostStore:
                 raise ValueError("a change may not rename a host")
             if host == current.host and not details:
                 return current
-            return self._write(host, message, details)
+            versioned, ticket = self._write(host, message, details)
+        self._audited(ticket)
+        return versioned
 
     def remove(
         self, serial: str, message: str, *, if_match: str | None = None
@@ -341,9 +387,11 @@ class FileHostStore:
             fsync_dir(self.root)
             self._forget(serial)
             self.problems.pop(serial, None)
+            ticket = None
             if self.audit is not None:
-                self.audit.commit(f"{serial}: {message}", [f"{serial}/{HOST_FILE}"])
-            return current
+                ticket = self.audit.enqueue(f"{serial}: {message}", {f"{serial}/{HOST_FILE}": None})
+        self._audited(ticket)
+        return current
 
     def write_cluster_file(self, name: str, data: bytes, message: str) -> None:
         """Write a cluster-level file (e.g. ``mayu-config.yaml``) atomically and commit it."""
@@ -352,8 +400,10 @@ class FileHostStore:
         with self._lock:
             self._writable()
             atomic_write(self.root / name, data)
+            ticket = None
             if self.audit is not None:
-                self.audit.commit(message, [name])
+                ticket = self.audit.enqueue(message, {name: data})
+        self._audited(ticket)
 
     def history(self, serial: str, limit: int = 100) -> list[HistoryEntry]:
         """See :meth:`HostStore.history` (empty without git)."""
@@ -392,6 +442,8 @@ __all__ = [
     "CLUSTER_FILE",
     "HOST_FILE",
     "PRIVATE_DIR",
+    "SCAN_SPACING",
+    "SLOW_SCAN",
     "FileHostStore",
     "atomic_write",
     "fsync_dir",

@@ -32,8 +32,9 @@ from pxestack.wire.dhcp import DhcpMessage, encode_dhcp
 
 log = Logger()
 
-#: Answers a released DISCOVER again: called with the message and the interface's name.
-Replay = Callable[[DhcpMessage, str], None]
+#: Answers a released DISCOVER again: called with the DISCOVER's datagram and the
+#: interface's name.
+Replay = Callable[[bytes, str], None]
 
 
 class AdmissionWiring:
@@ -80,11 +81,10 @@ class AdmissionWiring:
         """Answer released DISCOVERs through the DHCP protocol of their interface (by name):
         the DISCOVER is handed to it again as a datagram from the client port."""
 
-        def replay(message: DhcpMessage, interface: str) -> None:
+        def replay(datagram: bytes, interface: str) -> None:
             protocol = protocols.get(interface)
             if protocol is not None:
-                protocol.receive_batch(
-                    ((encode_dhcp(message), ("0.0.0.0", c.DHCP_CLIENT_PORT)),))
+                protocol.receive_batch(((datagram, ("0.0.0.0", c.DHCP_CLIENT_PORT)),))
 
         self.replay = replay
 
@@ -92,7 +92,12 @@ class AdmissionWiring:
               now: float) -> bool:
         """The core's hook: the gate's verdict, logged when it concerns a machine's fate."""
         mac = message.chaddr
-        verdict = self.gate.admit(mac, firmware, now, (message, interface.name))
+        verdict = self.gate.admit(mac, firmware, now)
+        if not verdict.admit:
+            # A waiting machine keeps its last DISCOVER as a datagram (a few hundred bytes)
+            # rather than the parsed message (several times that): thousands wait during a
+            # storm of thousands of machines.
+            self.gate.hold(mac, (encode_dhcp(message), interface.name))
         if verdict.log:
             if verdict.admit:
                 self._log_admitted(mac, verdict.waited)
@@ -139,8 +144,8 @@ class AdmissionWiring:
             for mac, payload, waited in self.gate.release(now):
                 self._log_admitted(mac, waited)
                 if self.replay is not None and isinstance(payload, tuple):
-                    message, interface = payload
-                    self.replay(message, interface)
+                    datagram, interface = payload
+                    self.replay(datagram, interface)
         except Exception:
             log.failure("boot-storm admission tick failed (a bug in pxestack)")
         finally:

@@ -346,3 +346,17 @@ def test_without_the_hook_every_discover_is_answered() -> None:
     core.admission = None
     for n in range(1, 6):
         assert core.handle(pxe_message(c.DHCPDISCOVER, n), IFACE, float(n))
+
+
+def test_hold_replaces_the_payload_of_a_waiting_machine_only() -> None:
+    """A caller builds the payload it keeps only for a machine made to wait (hold); an
+    admitted machine or one not waiting is left as it is."""
+    gate = BootAdmission(AdmissionSettings(max_starting=1, max_loop_lag=0.0))
+    assert gate.admit(b"\x01" * 6, Firmware.PXE, 0.0).admit
+    assert not gate.admit(b"\x02" * 6, Firmware.PXE, 0.0).admit
+    gate.hold(b"\x02" * 6, b"datagram")
+    gate.hold(b"\x01" * 6, b"not kept")  # admitted, not waiting
+    gate.hold(b"\x03" * 6, b"not kept")  # unknown
+    assert gate.admit(b"\x01" * 6, Firmware.IPXE, 1.0).admit  # frees the slot
+    released = gate.release(1.0)
+    assert [(mac, payload) for mac, payload, _ in released] == [(b"\x02" * 6, b"datagram")]

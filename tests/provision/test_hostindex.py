@@ -16,7 +16,7 @@ from pxestack.provision import assign
 from pxestack.provision.audit import CHECK_SPACING, GitAudit
 from pxestack.provision.hostindex import HostIndex
 from pxestack.provision.model import Host, HostState
-from pxestack.provision.store import FileHostStore, atomic_write
+from pxestack.provision.store import SCAN_SPACING, FileHostStore, atomic_write
 
 START = int(IPv4Address("198.18.0.1"))
 SERIALS = [f"sn-{n}" for n in range(8)]
@@ -212,3 +212,32 @@ def test_enrolment_and_update_look_at_their_own_record_only(tmp_path, monkeypatc
     assert is_new and created.host.internal_addr == IPv4Address("198.18.10.40")
     store.update("sn-new", lambda h: (h.evolve(state=HostState.RUNNING), "running", ()))
     assert looked_up == ["sn-new", "sn-new"]
+
+
+def test_a_slow_rescan_is_spaced_out_but_never_skipped_for_good(tmp_path):
+    """The periodic re-scan (one stat per record) is repeated only after SCAN_SPACING times
+    its duration once it took SLOW_SCAN or more; a hand-made host is then counted by the
+    next re-scan that is due, and a lookup of its serial finds it at once."""
+    clock = _SteppingClock()  # every reading advances 1 s: each scan "takes" 1 s
+    store = FileHostStore(tmp_path / "c", git=False, clock=clock)
+    scans: list[bool] = []
+    real = store._scan
+
+    def counting() -> list:
+        scans.append(True)
+        return real()
+
+    store._scan = counting  # type: ignore[method-assign]
+    store.refresh()  # the first periodic re-scan always runs
+    assert len(scans) == 1
+    (tmp_path / "c" / "sn-hand").mkdir()
+    atomic_write(tmp_path / "c" / "sn-hand" / "conf.json",
+                 Host(serial="sn-hand", machine_id="ab" * 16).to_bytes())
+    store.refresh()  # a 1 s scan, asked 1 s later: not yet due
+    assert len(scans) == 1
+    assert store.health()["hosts"] == 0
+    clock.now += SCAN_SPACING
+    store.refresh()
+    assert len(scans) == 2
+    assert store.health()["hosts"] == 1
+    assert store.read("sn-hand") is not None

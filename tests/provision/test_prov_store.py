@@ -217,7 +217,25 @@ def test_hundred_concurrent_first_contacts_never_overfill(tmp_path):
     assert (counts["core"], counts["worker"], counts["default"]) == (3, 7, 90)
     addresses = [h.internal_addr for h in hosts]
     assert len(set(addresses)) == 100
-    assert len(_messages(tmp_path / "c")) == 101
+    # Enrolments that arrive while a commit is written share the next commit (group
+    # commit): every enrolment is recorded once, in a commit that names it, and each
+    # host's history shows its own entry.
+    recorded = []
+    repo = pygit2.Repository(str(tmp_path / "c"))
+    for commit in repo.walk(repo.head.target, pygit2.enums.SortMode.TOPOLOGICAL):
+        blocks = commit.message.rstrip("\n").split("\n\n")
+        if len(blocks) > 1 and blocks[0].split()[1:2] == ["changes:"]:
+            assert int(blocks[0].split()[0]) == len(blocks) - 1
+            recorded += [block.splitlines()[0] for block in blocks[1:]]
+        else:
+            recorded.append(blocks[0])
+    assert sorted(recorded) == sorted(
+        ["initial commit"] + [f"sn-{i:03d}: host created" for i in range(100)]
+    )
+    for index in (0, 57, 99):
+        (entry,) = store.history(f"sn-{index:03d}")
+        assert entry.message.startswith(f"sn-{index:03d}: host created")
+        assert entry.author == f"machine:sn-{index:03d}"
 
 
 def test_torn_cluster_json_makes_the_store_read_only_without_raising(tmp_path):

@@ -26,7 +26,7 @@ from pxestack.service.neighbours import (
     warn_neighbour_limits,
 )
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp import DhcpMessage
+from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions
 
 
@@ -126,7 +126,9 @@ def test_the_tick_answers_a_waiting_machine_while_it_listens() -> None:
     wiring = AdmissionWiring(AdmissionConfig(max_starting=1, max_loop_lag=0.0,
                                              lag_interval=0.1), clock)
     replayed: list[tuple[int, str]] = []
-    wiring.replay = lambda message, interface: replayed.append((message.xid, interface))
+    # A waiting machine's DISCOVER is kept as its datagram and replayed as such.
+    wiring.replay = lambda datagram, interface: replayed.append(
+        (decode_dhcp(datagram).xid, interface))
     wiring.start()
     assert wiring.admit(discover(1), IFACE, Firmware.PXE, clock.seconds())
     assert not wiring.admit(discover(2), IFACE, Firmware.PXE, clock.seconds())
@@ -165,11 +167,9 @@ def test_replay_goes_through_the_interfaces_protocol() -> None:
 
     wiring.replay_through({"eth9": Protocol()})
     assert wiring.replay is not None
-    wiring.replay(discover(5), "eth9")
-    wiring.replay(discover(6), "other")
+    wiring.replay(encode_dhcp(discover(5)), "eth9")
+    wiring.replay(encode_dhcp(discover(6)), "other")
     assert len(got) == 1 and got[0][1] == ("0.0.0.0", 68)
-    from pxestack.wire.dhcp import decode_dhcp
-
     assert decode_dhcp(got[0][0]).xid == 5
 
 
