@@ -125,8 +125,13 @@ def test_stopping_the_service_releases_the_lock(tmp_path):
     assert out.stdout.strip() == "held"
 
 
-def test_serve_says_why_it_cannot_start(tmp_path, other_server, capsys):
+def test_serve_says_why_it_cannot_start(tmp_path, other_server, capsys, monkeypatch):
+    import pxestack.cli._run
     from pxestack.cli import main
+
+    # serve starts logging before it reports the refusal; in this process that would leave
+    # an observer writing to capsys's stream after the test.
+    monkeypatch.setattr(pxestack.cli._run, "start_logging", lambda *args, **kwargs: None)
 
     config = tmp_path / "pxestack.yaml"
     config.write_text(json.dumps({
