@@ -572,7 +572,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
         Keyed by ``id(address)`` (a C call; ``int()`` and ``IPv4Address`` hashing run
         Python code): the decoder shares one object per address.  The entry keeps the
         object, so its ``id`` cannot be reused while the entry lives."""
-        entry = self._address_text.get(id(address))
+        entry = self._address_text.entries.get(id(address))
         if entry is not None and entry[0] is address:
             return entry[1]
         return self._address_text.put(id(address), (address, str(address)))[1]

@@ -101,7 +101,7 @@ def ipv4_address(value: int) -> IPv4Address:
     same few giaddr/server-id values and its pool's addresses over and over, and the objects
     are immutable, so they are shared.
     """
-    address = _ADDRESSES.get(value)
+    address = _ADDRESSES.entries.get(value)
     if address is None:
         address = _ADDRESSES.put(value, IPv4Address(value))
     return address
@@ -505,7 +505,7 @@ class DhcpOptions(Mapping[int, bytes]):
         if len(value) != 4:  # _check_length, inlined: options 50 and 54 of every REQUEST
             _check_length(code, value, 4)
         number = int.from_bytes(value, "big")
-        address = _ADDRESSES.get(number)  # ipv4_address's table, looked up inline
+        address = _ADDRESSES.entries.get(number)  # ipv4_address's table, looked up inline
         return address if address is not None else ipv4_address(number)
 
     def ips(self, code: int) -> tuple[IPv4Address, ...] | None:
