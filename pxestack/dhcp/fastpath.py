@@ -143,7 +143,7 @@ class FastPath:
     def classify(self, message: DhcpMessage) -> ClientInfo:
         """:meth:`ClientInfo.from_message <pxestack.dhcp.client.ClientInfo.from_message>`
         with the firmware model's facts remembered."""
-        return ClientInfo.from_message(message, self.model_facts(message.options.items_view()))
+        return ClientInfo.from_message(message, self.model_facts(message.options.by_code))
 
     def sizes(self) -> dict[str, int]:
         """Answers each memo holds now (each at most the ``entries`` it was made with)."""

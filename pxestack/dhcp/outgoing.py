@@ -84,7 +84,7 @@ class Outgoing:
                  source_port: int = c.DHCP_SERVER_PORT, interface: str | None = None) -> None:
         """A reply for the adapter to encode."""
         _fill_outgoing(self, message, None, None, destination, max_size, source_port, interface,
-                       message.options.raw(c.OPT_MESSAGE_TYPE))
+                       message.options.by_code.get(c.OPT_MESSAGE_TYPE))
 
     @property
     def message(self) -> DhcpMessage:
@@ -145,7 +145,7 @@ def new_outgoing(message: DhcpMessage, destination: Destination, max_size: int,
     """``Outgoing(...)`` with every field given positionally, without ``__init__``."""
     outgoing: Outgoing = _new_outgoing(message, None, None, destination, max_size,
                                        source_port, interface,
-                                       message.options.raw(c.OPT_MESSAGE_TYPE))
+                                       message.options.by_code.get(c.OPT_MESSAGE_TYPE))
     return outgoing
 
 
@@ -162,7 +162,7 @@ def encoded_outgoing(
     its ``message`` is that ``build_reply(...)``, built only if someone reads it."""
     outgoing: Outgoing = _new_outgoing(None, recipe, payload, destination, max_size,
                                        source_port, interface,
-                                       recipe[1].raw(c.OPT_MESSAGE_TYPE))
+                                       recipe[1].by_code.get(c.OPT_MESSAGE_TYPE))
     return outgoing
 
 

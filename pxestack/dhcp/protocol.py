@@ -505,7 +505,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
         received: bytes | None = None
         try:
             message = decode_dhcp(datagram)
-            received = message.options.items_view().get(c.OPT_MESSAGE_TYPE)
+            received = message.options.by_code.get(c.OPT_MESSAGE_TYPE)
             if received is not None and len(received) != 1:
                 received = None  # the key stays one of 257 values (bounded memory)
             replies = self.dispatch(message, addr, now)

@@ -233,7 +233,7 @@ class DhcpServerCore:
 
     def handle(self, message: DhcpMessage, interface: InterfaceInfo, now: Now) -> list[Outgoing]:
         """Process one decoded message that arrived on *interface* at *now*."""
-        items = message.options.items_view()
+        items = message.options.by_code
         # Option 53's raw octets pick the handler: a message without it (BOOTP, not
         # served), a malformed one and an unknown type all find none.
         raw_type = items.get(c.OPT_MESSAGE_TYPE)
@@ -496,7 +496,7 @@ class DhcpServerCore:
         """An OFFER or ACK (RFC 2131 §4.3.1 Table 3) of *lease* with the boot options."""
         message = ctx.message
         settings = ctx.settings
-        request_items = message.options.items_view()
+        request_items = message.options.by_code
         lease_time: int | None = None
         if lease is not None:
             lease_time = max(0, round(lease.expires - ctx.now)) if (
