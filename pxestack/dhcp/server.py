@@ -132,6 +132,15 @@ _CIADDR_TRUSTED: Final = frozenset(
     bytes((kind,)) for kind in (c.DHCPREQUEST, c.DHCPINFORM, c.DHCPRELEASE)
 )
 
+# The enum members the handlers test, as module constants: on CPython 3.11 every attribute
+# read on an Enum class (``Firmware.OS``) goes through the hook of ``EnumType.__getattr__``,
+# about a thousand machine instructions, where a module constant is one dictionary lookup.
+_FIRMWARE_OS: Final = Firmware.OS
+_FIRMWARE_IPXE: Final = Firmware.IPXE
+_IGNORE: Final = BootKind.IGNORE
+_BOUND: Final = LeaseState.BOUND
+_OFFERED: Final = LeaseState.OFFERED
+
 #: Lowest lease time granted, whatever shorter time a client asks for in option 51 (seconds).
 MIN_LEASE_TIME: Final = 10
 
@@ -401,7 +410,7 @@ class DhcpServerCore:
 
     def _withdraw_offer(self, ctx: _Context) -> None:
         current = self.store.lookup(ctx.client, ctx.now)
-        if current is not None and current.state is LeaseState.OFFERED:
+        if current is not None and current.state is _OFFERED:
             self.store.release(ctx.client, current.address, ctx.now)
 
     def _decline(self, ctx: _Context) -> list[Outgoing]:
@@ -463,7 +472,7 @@ class DhcpServerCore:
         :func:`~pxestack.dhcp.decide.decide_boot` makes of its answer is remembered by the
         fast path (:meth:`~pxestack.dhcp.fastpath.FastPath.decide`)."""
         facts = ctx.facts
-        if facts.firmware is Firmware.OS:
+        if facts.firmware is _FIRMWARE_OS:
             return _NO_BOOT
         message = ctx.message
         machine = Machine.from_message(message, facts, hostname=ctx.hostname,
@@ -472,12 +481,12 @@ class DhcpServerCore:
         if spec is None:  # decide_boot's first rule: the policy ignores this machine
             self.counters["ignored_by_policy"] += 1
             return None
-        recently = facts.firmware is Firmware.IPXE and self.chainloads.recent(
+        recently = facts.firmware is _FIRMWARE_IPXE and self.chainloads.recent(
             message.chaddr, message.xid, ctx.now
         )
         decision = self.fast.decide(self.boot, facts, machine.arch, spec, ctx.server_id,
                                     recently, ctx.classify)
-        if decision.kind is BootKind.IGNORE:
+        if decision.kind is _IGNORE:
             self.counters["ignored_by_policy"] += 1
             return None
         if decision.chainload:
@@ -500,7 +509,7 @@ class DhcpServerCore:
         lease_time: int | None = None
         if lease is not None:
             lease_time = max(0, round(lease.expires - ctx.now)) if (
-                lease.state is LeaseState.BOUND
+                lease.state is _BOUND
             ) else settings.lease_time
         # Option 55 as raw octets: ``code in wanted`` works on bytes, no set to build.
         wanted = request_items.get(c.OPT_PARAMETER_REQUEST_LIST)
