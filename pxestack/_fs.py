@@ -35,8 +35,15 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
     Returns the number of bytes written (``len(data)``).  Raises ``OSError`` (``EIO``) if
     a write makes no progress, rather than looping for ever.
     """
-    view = memoryview(data).cast("B")
-    total = len(view)
+    total = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+    # One write takes everything almost always (a journal record, a TFTP block): only a
+    # short write pays for the view the rest is written through.
+    written = os.write(fd, data)
+    if written == total:
+        return total
+    if written <= 0 and total:
+        raise OSError(errno.EIO, f"write made no progress with {total} bytes left")
+    view = memoryview(data).cast("B")[written:]
     while view:
         written = os.write(fd, view)
         if written <= 0:

@@ -3,7 +3,7 @@
 A DHCP server in a boot storm sees the same few values over and over (firmware models,
 relays, boot answers, addresses), so its hot path remembers answers; a peer can also send
 endless distinct values, so no memory may grow without bound.  :class:`BoundedMemo` is
-the one helper for that: a dictionary that holds at most ``capacity`` answers and forgets
+the one helper for that: a dictionary of at most ``capacity`` answers and forgets
 all of them when full (a steady state refills it in a few packets, and emptying costs
 nothing per hit, unlike keeping an LRU order).  The DHCP server core owns its memos
 (:class:`~pxestack.dhcp.fastpath.FastPath`); the codec's table of shared addresses
@@ -14,34 +14,44 @@ too.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
-class BoundedMemo(dict[_K, _V]):
-    """A dictionary of at most :attr:`capacity` remembered answers, emptied when full.
+class BoundedMemo(Generic[_K, _V]):
+    """At most :attr:`capacity` remembered answers, all forgotten when full.
 
-    Read it as a dictionary (``get(key)`` is None when absent); store only through
-    :meth:`put`, which keeps the bound.  A capacity of 0 remembers nothing.  It is a
-    ``dict`` subclass rather than a wrapper so that a lookup is the dictionary's own method
-    call, which CPython specialises (the memos are read several times per packet).
+    Read :attr:`entries`, a plain dictionary (``memo.entries.get(key)`` is None when
+    absent); store only through :meth:`put`, which keeps the bound.  A capacity of 0
+    remembers nothing.  The memo holds a dictionary rather than being a ``dict`` subclass
+    because CPython specialises a method call such as ``get`` only on an exact ``dict``:
+    on a subclass every lookup takes the generic call path, and the memos are read
+    several times per packet.
     """
 
-    __slots__ = ("capacity",)
+    __slots__ = ("capacity", "entries")
 
     def __init__(self, capacity: int) -> None:
-        super().__init__()
         self.capacity = capacity
+        self.entries: dict[_K, _V] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: _K) -> _V | None:
+        """The answer remembered under *key*, or None (hot paths read :attr:`entries`)."""
+        return self.entries.get(key)
 
     def put(self, key: _K, value: _V) -> _V:
         """Remember *value* under *key* (forgetting everything first when full)."""
-        if len(self) >= self.capacity:
-            self.clear()
+        entries = self.entries
+        if len(entries) >= self.capacity:
+            entries.clear()
             if not self.capacity:
                 return value
-        self[key] = value
+        entries[key] = value
         return value
 
 

@@ -175,7 +175,7 @@ class ClientInfo:
         header fields are read for every message.
         """
         options = message.options
-        items = options.items_view()
+        items = options.by_code
         if facts is None:
             facts = model_facts(items)
         firmware = facts.firmware
@@ -241,7 +241,7 @@ def read_identity(
 
     An option 61 that is not 2-255 octets long is dropped (see :data:`CLIENT_ID_LENGTHS`).
     """
-    items = options.items_view()
+    items = options.by_code
     problems: tuple[str, ...] = ()
     client_uuid = None
     if c.OPT_CLIENT_UUID in items:
@@ -260,7 +260,7 @@ def read_client_uuid(options: DhcpOptions) -> tuple[uuid.UUID | None, str | None
 
     ``(None, None)`` when the option is absent; never raises.
     """
-    raw_uuid = options.items_view().get(c.OPT_CLIENT_UUID)
+    raw_uuid = options.by_code.get(c.OPT_CLIENT_UUID)
     if raw_uuid == b"":
         # Some Intel PXE ROMs send option 97 with no GUID at all (pixiecore#21).
         return None, "option 97: empty, no client UUID"

@@ -133,7 +133,7 @@ class FastPath:
         get = items.get  # model_key(items), inlined: this runs for every packet
         key = (get(c.OPT_VENDOR_CLASS_ID), get(c.OPT_USER_CLASS), get(c.OPT_IPXE_ENCAP),
                get(c.OPT_CLIENT_ARCH), get(c.OPT_MAX_MESSAGE_SIZE))
-        facts = self._models.get(key)
+        facts = self._models.entries.get(key)
         if facts is None:
             facts = model_facts(items)
             if sum(len(value) for value in key if value is not None) <= MAX_PEER_KEY_OCTETS:
@@ -143,7 +143,7 @@ class FastPath:
     def classify(self, message: DhcpMessage) -> ClientInfo:
         """:meth:`ClientInfo.from_message <pxestack.dhcp.client.ClientInfo.from_message>`
         with the firmware model's facts remembered."""
-        return ClientInfo.from_message(message, self.model_facts(message.options.items_view()))
+        return ClientInfo.from_message(message, self.model_facts(message.options.by_code))
 
     def sizes(self) -> dict[str, int]:
         """Answers each memo holds now (each at most the ``entries`` it was made with)."""
@@ -162,7 +162,7 @@ class FastPath:
     def subnet_for(self, address: IPv4Address) -> SubnetSettings | None:
         """The configured subnet containing *address*, or None."""
         key = int(address)  # an int hashes in C; an IPv4Address in Python
-        settings = self._subnets.get(key)
+        settings = self._subnets.entries.get(key)
         if settings is None:
             settings = next(
                 (s for network, s in self._by_network.items() if address in network), None
@@ -173,7 +173,7 @@ class FastPath:
 
     def relay(self, giaddr: IPv4Address) -> RelayAnswer | None:
         """What *giaddr* says about the message: None when unset (not relayed)."""
-        answer = self._relay_answers.get(id(giaddr))
+        answer = self._relay_answers.entries.get(id(giaddr))
         if answer is not None and answer.giaddr is giaddr:
             return answer
         if not is_set(giaddr):
@@ -187,7 +187,7 @@ class FastPath:
 
     def boot_defaults(self, boot: BootDefaults, server: IPv4Address) -> BootDefaults:
         """*boot* with *server* (an interface's address) as its server address."""
-        entry = self._defaults.get(id(server))
+        entry = self._defaults.entries.get(id(server))
         if entry is not None and entry[0] is server:
             return entry[1]
         return self._defaults.put(id(server), (server, replace(boot, server_address=server)))[1]
@@ -227,7 +227,7 @@ class FastPath:
             id(spec.loader),
             recently,
         )
-        entry = self._decisions.get(key)
+        entry = self._decisions.entries.get(key)
         if entry is not None and entry[0] is server:
             return entry[1]
         decision = decide_boot(classify(), spec, self.boot_defaults(boot, server),
@@ -262,7 +262,7 @@ class FastPath:
             items = build(reply_type, server_id, lease_time, settings, wanted, decision)
             return ReplyOptions(DhcpOptions._trusted(items), encoded_size(items))
         key = (reply_type, server_id, lease_time, id(settings), wanted, id(boot_options))
-        entry = self._replies.get(key)
+        entry = self._replies.entries.get(key)
         if entry is not None and entry[0] is settings and entry[1] is boot_options:
             return entry[2]
         items = build(reply_type, server_id, lease_time, settings, wanted, decision)
@@ -275,7 +275,7 @@ class FastPath:
         """:func:`~pxestack.dhcp.outgoing.reply_destination`; a relay's destination is one
         remembered value per relay."""
         giaddr = request.giaddr
-        known = self._destinations.get(id(giaddr))
+        known = self._destinations.entries.get(id(giaddr))
         if known is not None and known.address is giaddr:
             return known
         destination = reply_destination(request, reply_type, yiaddr=yiaddr)
@@ -301,7 +301,10 @@ class FastPath:
         Pre-encoded options (:meth:`reply_options`) are written behind a header packed
         straight from the request (:func:`~pxestack.wire.dhcp.encode_reply`: the same
         octets, no reply message built unless someone reads it)."""
-        destination = self.destination(request, reply_type, yiaddr)
+        # The hit of destination(), without the call.
+        destination = self._destinations.entries.get(id(request.giaddr))
+        if destination is None or destination.address is not request.giaddr:
+            destination = self.destination(request, reply_type, yiaddr)
         if isinstance(options, PreEncodedOptions):
             return encoded_outgoing(
                 encode_reply(request, options, yiaddr=yiaddr, siaddr=siaddr, ciaddr=ciaddr,

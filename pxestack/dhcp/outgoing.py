@@ -67,7 +67,7 @@ class Outgoing:
     """
 
     __slots__ = ("_message", "_payload", "_recipe", "destination", "interface", "max_size",
-                 "source_port")
+                 "reply_type", "source_port")
 
     _message: DhcpMessage | None
     _recipe: Recipe | None
@@ -76,11 +76,15 @@ class Outgoing:
     max_size: int
     source_port: int
     interface: str | None
+    #: The reply's option 53 as raw octets (None when absent): what the adapter counts
+    #: replies by, read once when the reply is made rather than per reader.
+    reply_type: bytes | None
 
     def __init__(self, message: DhcpMessage, destination: Destination, max_size: int,
                  source_port: int = c.DHCP_SERVER_PORT, interface: str | None = None) -> None:
         """A reply for the adapter to encode."""
-        _fill_outgoing(self, message, None, None, destination, max_size, source_port, interface)
+        _fill_outgoing(self, message, None, None, destination, max_size, source_port, interface,
+                       message.options.by_code.get(c.OPT_MESSAGE_TYPE))
 
     @property
     def message(self) -> DhcpMessage:
@@ -93,18 +97,6 @@ class Outgoing:
                                   ciaddr=ciaddr, file=file)
             object.__setattr__(self, "_message", message)
         return message
-
-    @property
-    def reply_type(self) -> bytes | None:
-        """The reply's option 53 as raw octets (None when absent), without building it."""
-        message = self._message
-        if message is not None:
-            options = message.options
-        else:
-            assert self._recipe is not None
-            options = self._recipe[1]
-        octets: bytes | None = options.items_view().get(c.OPT_MESSAGE_TYPE)
-        return octets
 
     def encoded(self) -> bytes:
         """The UDP payload: ``encode_dhcp(message, max_size=max_size)``.
@@ -143,7 +135,7 @@ class Outgoing:
 #: Every slot of an :class:`Outgoing`, positionally (a reply is built per packet; its own
 #: ``__setattr__`` refuses, as a frozen dataclass's does).
 _SLOTS: Final = ("_message", "_recipe", "_payload", "destination", "max_size", "source_port",
-                 "interface")
+                 "interface", "reply_type")
 _new_outgoing: Final = positional_constructor(Outgoing, _SLOTS)
 _fill_outgoing: Final = slot_filler(Outgoing, _SLOTS)
 
@@ -152,7 +144,8 @@ def new_outgoing(message: DhcpMessage, destination: Destination, max_size: int,
                  source_port: int, interface: str | None) -> Outgoing:
     """``Outgoing(...)`` with every field given positionally, without ``__init__``."""
     outgoing: Outgoing = _new_outgoing(message, None, None, destination, max_size,
-                                       source_port, interface)
+                                       source_port, interface,
+                                       message.options.by_code.get(c.OPT_MESSAGE_TYPE))
     return outgoing
 
 
@@ -168,7 +161,8 @@ def encoded_outgoing(
     max_size=max_size)``, already encoded (see :func:`~pxestack.wire.dhcp.encode_reply`);
     its ``message`` is that ``build_reply(...)``, built only if someone reads it."""
     outgoing: Outgoing = _new_outgoing(None, recipe, payload, destination, max_size,
-                                       source_port, interface)
+                                       source_port, interface,
+                                       recipe[1].by_code.get(c.OPT_MESSAGE_TYPE))
     return outgoing
 
 

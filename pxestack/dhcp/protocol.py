@@ -59,6 +59,10 @@ _READ_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
 #: longer than clients wait (perfdhcp gives up after 1 s), so the server spent its time on
 #: answers nobody wanted.  1 MiB (about 800 datagrams) bounds the added wait to ~0.1 s.
 DEFAULT_RECEIVE_BUFFER = 1 << 20
+#: Destination kinds as module constants: reading a member through its Enum class costs
+#: about a thousand machine instructions on CPython 3.11 (``EnumType.__getattr__``'s hook).
+_LINK_UNICAST: Final = DestinationKind.LINK_UNICAST
+_BROADCAST_KIND: Final = DestinationKind.BROADCAST
 #: Bound of the address -> text memo of each protocol.
 _ADDRESS_TEXT_ENTRIES = 4096
 #: The reply key of :attr:`DhcpDatagramProtocol.outcomes` for a datagram a bug dropped
@@ -621,7 +625,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
         received: bytes | None = None
         try:
             message = decode_dhcp(datagram)
-            received = message.options.items_view().get(c.OPT_MESSAGE_TYPE)
+            received = message.options.by_code.get(c.OPT_MESSAGE_TYPE)
             if received is not None and len(received) != 1:
                 received = None  # the key stays one of 257 values (bounded memory)
             replies = self.dispatch(message, addr, now)
@@ -660,14 +664,14 @@ class DhcpDatagramProtocol(DatagramProtocol):
         port = destination.port
         if port == c.DHCP_CLIENT_PORT:
             port = self.client_port
-        if kind is DestinationKind.LINK_UNICAST:
+        if kind is _LINK_UNICAST:
             if self.frames is not None and self.frames.send(
                 payload, self.interface.address, destination.address, destination.chaddr, port
             ):
                 return
             # No raw socket: broadcast, which iPXE and every OS client accept.
             target = (self.broadcast_address, port)
-        elif kind is DestinationKind.BROADCAST:
+        elif kind is _BROADCAST_KIND:
             target = (self.broadcast_address, port)
         else:
             target = (self._text_address(destination.address), port)
@@ -688,7 +692,7 @@ class DhcpDatagramProtocol(DatagramProtocol):
         Keyed by ``id(address)`` (a C call; ``int()`` and ``IPv4Address`` hashing run
         Python code): the decoder shares one object per address.  The entry keeps the
         object, so its ``id`` cannot be reused while the entry lives."""
-        entry = self._address_text.get(id(address))
+        entry = self._address_text.entries.get(id(address))
         if entry is not None and entry[0] is address:
             return entry[1]
         return self._address_text.put(id(address), (address, str(address)))[1]

@@ -127,7 +127,19 @@ _BOOT: Final = frozenset(
 )
 #: Message types whose sender already has an address in ciaddr (RFC 2131 §4.3.2
 #: RENEWING: "the DHCP server will trust the value in 'ciaddr'").
-_CIADDR_TRUSTED: Final = frozenset({c.DHCPREQUEST, c.DHCPINFORM, c.DHCPRELEASE})
+#: Option 53 as raw octets, as :meth:`DhcpServerCore.handle` reads it.
+_CIADDR_TRUSTED: Final = frozenset(
+    bytes((kind,)) for kind in (c.DHCPREQUEST, c.DHCPINFORM, c.DHCPRELEASE)
+)
+
+# The enum members the handlers test, as module constants: on CPython 3.11 every attribute
+# read on an Enum class (``Firmware.OS``) goes through the hook of ``EnumType.__getattr__``,
+# about a thousand machine instructions, where a module constant is one dictionary lookup.
+_FIRMWARE_OS: Final = Firmware.OS
+_FIRMWARE_IPXE: Final = Firmware.IPXE
+_IGNORE: Final = BootKind.IGNORE
+_BOUND: Final = LeaseState.BOUND
+_OFFERED: Final = LeaseState.OFFERED
 
 #: Lowest lease time granted, whatever shorter time a client asks for in option 51 (seconds).
 MIN_LEASE_TIME: Final = 10
@@ -145,20 +157,15 @@ class LeaseEvent:
     detail: str = ""
 
 
-#: "Not read yet" for the lazily read values of a :class:`_Context`.
-_UNREAD: Final = object()
-
-
 @dataclass(slots=True)
 class _Context:
     """What the handlers of one message share.
 
-    The full classification (:meth:`classify`) and the host name are read on first use: a
-    plain OS client gets no boot decision, so its messages only need the firmware kind and
-    option 57 (:attr:`facts`), and a network-boot client needs the whole
-    :class:`ClientInfo` only when its boot decision is not remembered.  Both are pure
-    functions of :attr:`message` that never raise, so reading them later gives the same
-    values.
+    The full classification (:meth:`classify`) is built on first use: a plain OS client
+    gets no boot decision, so its messages only need the firmware kind and option 57
+    (:attr:`facts`), and a network-boot client needs the whole :class:`ClientInfo` only
+    when its boot decision is not remembered.  It is a pure function of :attr:`message`
+    that never raises, so building it later gives the same value.
     """
 
     message: DhcpMessage
@@ -173,20 +180,9 @@ class _Context:
     client_id: bytes | None
     #: What the firmware-describing options say (:func:`~pxestack.dhcp.client.model_facts`).
     facts: ModelFacts
+    #: The client's option 12 as :attr:`ClientInfo.hostname` has it (None: absent or invalid).
+    hostname: str | None
     _info: ClientInfo | None = None
-    _hostname: object = _UNREAD
-
-    @classmethod
-    def start(
-        cls, *, message: DhcpMessage, interface: InterfaceInfo, now: Now,
-        settings: SubnetSettings, server_id: IPv4Address, client: bytes,
-        client_id: bytes | None, facts: ModelFacts,
-    ) -> _Context:
-        """The context of one message, nothing read yet.
-
-        Keyword arguments to a class call make CPython 3.11 build a dictionary per call; a
-        method takes them without one, and then calls the class positionally."""
-        return cls(message, interface, now, settings, server_id, client, client_id, facts)
 
     def classify(self) -> ClientInfo:
         """:meth:`ClientInfo.from_message` of the message, built once, on first use."""
@@ -194,20 +190,6 @@ class _Context:
         if info is None:
             info = self._info = ClientInfo.from_message(self.message, self.facts)
         return info
-
-    @property
-    def hostname(self) -> str | None:
-        """The client's option 12 as :attr:`ClientInfo.hostname` has it (read once)."""
-        hostname = self._hostname
-        if hostname is _UNREAD:
-            if self._info is not None:
-                hostname = self._info.hostname
-            elif c.OPT_HOST_NAME in self.message.options.items_view():
-                hostname = read_hostname(self.message.options)[0]
-            else:
-                hostname = None
-            self._hostname = hostname
-        return hostname  # type: ignore[return-value]
 
 
 class DhcpServerCore:
@@ -260,14 +242,13 @@ class DhcpServerCore:
 
     def handle(self, message: DhcpMessage, interface: InterfaceInfo, now: Now) -> list[Outgoing]:
         """Process one decoded message that arrived on *interface* at *now*."""
-        message_type = message.message_type
-        if message.op != c.BOOTREQUEST or message_type is None or not message.chaddr:
-            # BOOTP without option 53 is not served; an empty chaddr names nobody.
-            self.counters["ignored_message"] += 1
-            return []
-        handler = self._handlers.get(message_type)
-        if handler is None:
-            self.counters["ignored_message"] += 1
+        items = message.options.by_code
+        # Option 53's raw octets pick the handler: a message without it (BOOTP, not
+        # served), a malformed one and an unknown type all find none.
+        raw_type = items.get(c.OPT_MESSAGE_TYPE)
+        handler = self._handlers.get(raw_type)
+        if handler is None or message.op != c.BOOTREQUEST or not message.chaddr:
+            self.counters["ignored_message"] += 1  # an empty chaddr names nobody
             return []
         relay = self.fast.relay(message.giaddr)
         if relay is not None and not relay.configured:
@@ -275,27 +256,22 @@ class DhcpServerCore:
             return []
         if relay is not None:
             settings = relay.settings  # RFC 2131 §4.3.1: the subnet of giaddr
-        elif message_type in _CIADDR_TRUSTED and is_set(message.ciaddr):
+        elif raw_type in _CIADDR_TRUSTED and is_set(message.ciaddr):
             settings = self.fast.subnet_for(message.ciaddr)
         else:
             settings = self.fast.subnet_for(interface.address)
         if settings is None:
             self.counters["ignored_no_subnet"] += 1  # no subnet: ignored, not an error
             return []
-        items = message.options.items_view()
         # A zero-length client identifier is ignored; chaddr identifies the client.
         client_id = items.get(c.OPT_CLIENT_ID) or None
-        context = _Context.start(
-            message=message,
-            interface=interface,
-            now=now,
-            settings=settings,
-            server_id=interface.address,
-            client=client_key(message.chaddr, client_id,
-                              match_client_id=self.settings.match_client_id),
-            client_id=client_id,
-            facts=self.fast.model_facts(items),
-        )
+        client = client_key(message.chaddr, client_id,
+                            match_client_id=self.settings.match_client_id)
+        facts = self.fast.model_facts(items)
+        hostname = read_hostname(message.options)[0] if c.OPT_HOST_NAME in items else None
+        # In field order: a class call with keyword arguments builds a dictionary per call.
+        context = _Context(message, interface, now, settings, interface.address, client,
+                           client_id, facts, hostname)
         return handler(self, context)
 
     # -- timers ------------------------------------------------------------------------
@@ -319,7 +295,9 @@ class DhcpServerCore:
         boot = self._boot(ctx)
         if boot is None:
             return []
-        if not self.admit_offer(ctx.message, ctx.interface, ctx.facts.firmware, ctx.now):
+        if self.admission is not None and not self.admit_offer(  # no gate: all admitted
+            message, ctx.interface, ctx.facts.firmware, ctx.now
+        ):
             return []
         requested = message.options.ip(c.OPT_REQUESTED_IP)
         lease = self.store.offer(
@@ -391,7 +369,10 @@ class DhcpServerCore:
         """ACK *address* if the client may have it; NAK or stay silent otherwise."""
         message = ctx.message
         current = self.store.lookup(ctx.client, ctx.now)
-        known = current is not None and current.address == address
+        # ``is`` first: the offered and the requested address are usually the decoder's
+        # one shared object, and ``IPv4Address.__eq__`` runs Python code.
+        known = current is not None and (current.address is address or
+                                         current.address == address)
         if known_required and not known:
             if current is not None:
                 # We know this client under another address: its idea is wrong.
@@ -429,7 +410,7 @@ class DhcpServerCore:
 
     def _withdraw_offer(self, ctx: _Context) -> None:
         current = self.store.lookup(ctx.client, ctx.now)
-        if current is not None and current.state is LeaseState.OFFERED:
+        if current is not None and current.state is _OFFERED:
             self.store.release(ctx.client, current.address, ctx.now)
 
     def _decline(self, ctx: _Context) -> list[Outgoing]:
@@ -470,12 +451,16 @@ class DhcpServerCore:
         self.counters["informs"] += 1
         return _one(self._reply(ctx, c.DHCPACK, None, boot))
 
-    _handlers: ClassVar[dict[int, Callable[[DhcpServerCore, _Context], list[Outgoing]]]] = {
-        c.DHCPDISCOVER: _discover,
-        c.DHCPREQUEST: _request,
-        c.DHCPDECLINE: _decline,
-        c.DHCPRELEASE: _release,
-        c.DHCPINFORM: _inform,
+    #: The handler of each message type, keyed by option 53 as raw octets (one octet,
+    #: RFC 2132 §9.6), so that reading the option and dispatching are one lookup.
+    _handlers: ClassVar[
+        dict[bytes | None, Callable[[DhcpServerCore, _Context], list[Outgoing]]]
+    ] = {
+        bytes((c.DHCPDISCOVER,)): _discover,
+        bytes((c.DHCPREQUEST,)): _request,
+        bytes((c.DHCPDECLINE,)): _decline,
+        bytes((c.DHCPRELEASE,)): _release,
+        bytes((c.DHCPINFORM,)): _inform,
     }
 
     # -- replies -----------------------------------------------------------------------
@@ -487,7 +472,7 @@ class DhcpServerCore:
         :func:`~pxestack.dhcp.decide.decide_boot` makes of its answer is remembered by the
         fast path (:meth:`~pxestack.dhcp.fastpath.FastPath.decide`)."""
         facts = ctx.facts
-        if facts.firmware is Firmware.OS:
+        if facts.firmware is _FIRMWARE_OS:
             return _NO_BOOT
         message = ctx.message
         machine = Machine.from_message(message, facts, hostname=ctx.hostname,
@@ -496,12 +481,12 @@ class DhcpServerCore:
         if spec is None:  # decide_boot's first rule: the policy ignores this machine
             self.counters["ignored_by_policy"] += 1
             return None
-        recently = facts.firmware is Firmware.IPXE and self.chainloads.recent(
+        recently = facts.firmware is _FIRMWARE_IPXE and self.chainloads.recent(
             message.chaddr, message.xid, ctx.now
         )
         decision = self.fast.decide(self.boot, facts, machine.arch, spec, ctx.server_id,
                                     recently, ctx.classify)
-        if decision.kind is BootKind.IGNORE:
+        if decision.kind is _IGNORE:
             self.counters["ignored_by_policy"] += 1
             return None
         if decision.chainload:
@@ -520,11 +505,11 @@ class DhcpServerCore:
         """An OFFER or ACK (RFC 2131 §4.3.1 Table 3) of *lease* with the boot options."""
         message = ctx.message
         settings = ctx.settings
-        request_items = message.options.items_view()
+        request_items = message.options.by_code
         lease_time: int | None = None
         if lease is not None:
             lease_time = max(0, round(lease.expires - ctx.now)) if (
-                lease.state is LeaseState.BOUND
+                lease.state is _BOUND
             ) else settings.lease_time
         # Option 55 as raw octets: ``code in wanted`` works on bytes, no set to build.
         wanted = request_items.get(c.OPT_PARAMETER_REQUEST_LIST)

@@ -48,7 +48,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from pxestack._types import Address, Now
 from pxestack.errors import ApiMisuse, MalformedPacket
@@ -131,6 +131,12 @@ class SessionState(Enum):
     FINISHED = "finished"
 
 
+#: ``SessionState.SENDING`` as a module constant, for the tests made on every block: on
+#: CPython 3.11 reading a member through its Enum class runs the hook of
+#: ``EnumType.__getattr__`` (about a thousand machine instructions).
+_SENDING: Final = SessionState.SENDING
+
+
 def error_datagram(code: int, message: str) -> bytes:
     """An encoded ERROR (RFC 1350 §5), for refusals made before a session exists."""
     return encode_tftp(Error(code, message))
@@ -152,7 +158,7 @@ class _Session:
         self.request = request
         self.client = client
         self.started = now
-        self.state = SessionState.SENDING
+        self.state = _SENDING
         self.outcome: Outcome | None = None
         self.error_message = ""
         self.finished_at: Now | None = None
@@ -274,7 +280,7 @@ class ReadSession(_Session):
             self._on_ack((datagram[2] << 8) | datagram[3], now)
             return
         packet = decode_tftp(datagram)
-        if self.state is not SessionState.SENDING:
+        if self.state is not _SENDING:
             return
         if isinstance(packet, Error):
             # RFC 1350 §7: an ERROR ends the transfer and is never answered.  OVMF's
@@ -304,7 +310,7 @@ class ReadSession(_Session):
             or acked >= self._read
             or self.windowsize != 1
             or self._oack is not None
-            or self.state is not SessionState.SENDING
+            or self.state is not _SENDING
             or len(datagram) != 4
             or datagram[1] != OP_ACK
             or datagram[0] != 0
@@ -338,7 +344,7 @@ class ReadSession(_Session):
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_deadline` must be called next; ``None`` once finished."""
-        if self.state is not SessionState.SENDING:
+        if self.state is not _SENDING:
             return None
         if self._retransmit_at is None:
             return self._deadline_at
@@ -350,7 +356,7 @@ class ReadSession(_Session):
         Calling it early is harmless (nothing is due, nothing happens), so an adapter may
         keep a lazily re-armed timer.
         """
-        if self.state is not SessionState.SENDING:
+        if self.state is not _SENDING:
             return
         if now >= self._deadline_at:
             self._fail(ErrorCode.NOT_DEFINED, "Transfer time limit exceeded",
@@ -386,7 +392,7 @@ class ReadSession(_Session):
 
     def cancel(self, now: Now, message: str = "Server shutting down") -> None:
         """Stop the transfer (shutdown); the client gets an ERROR."""
-        if self.state is SessionState.SENDING:
+        if self.state is _SENDING:
             self._fail(ErrorCode.NOT_DEFINED, message, Outcome.CANCELLED, now)
 
     @property
@@ -397,12 +403,12 @@ class ReadSession(_Session):
     @property
     def evictable(self) -> bool:
         """Never acknowledged, or stalled: admission may end it for another request."""
-        return (self.state is SessionState.SENDING
+        return (self.state is _SENDING
                 and (not self.acknowledged or self._retries >= self.settings.stall_retries))
 
     def evict(self, now: Now, reason: str) -> None:
         """End the transfer without an answer, to free its slot (``tftp.admission``)."""
-        if self.state is SessionState.SENDING:
+        if self.state is _SENDING:
             self._outbox = []
             self._finish(Outcome.EVICTED, now, reason)
 
@@ -427,7 +433,7 @@ class ReadSession(_Session):
     # ----------------------------------------------------------------- internals
 
     def _on_ack(self, block: int, now: Now) -> None:
-        if self.state is not SessionState.SENDING:
+        if self.state is not _SENDING:
             return
         if self._oack is not None:
             # Waiting for ACK 0 of the OACK (RFC 2347 §3); anything else is stale.
@@ -647,7 +653,7 @@ class WriteSession(_Session):
     def receive(self, datagram: bytes, now: Now) -> None:
         """Handle a datagram from the client's TID (MalformedPacket for garbage)."""
         packet = decode_tftp(datagram)
-        if self.state is not SessionState.SENDING:
+        if self.state is not _SENDING:
             return
         if isinstance(packet, Error):
             self._end(Outcome.ABORTED, now, f"client error {packet.code}: {packet.message}")
@@ -705,7 +711,7 @@ class WriteSession(_Session):
 
     def next_deadline(self) -> float | None:
         """When :meth:`on_deadline` is due; ``None`` once finished."""
-        if self.state is not SessionState.SENDING:
+        if self.state is not _SENDING:
             return None
         if self._dally_until is not None:
             return self._dally_until
@@ -715,7 +721,7 @@ class WriteSession(_Session):
 
     def on_deadline(self, now: Now) -> None:
         """End the dally, enforce the deadline, or resend the last ACK."""
-        if self.state is not SessionState.SENDING:
+        if self.state is not _SENDING:
             return
         if self._dally_until is not None:
             if now >= self._dally_until:
@@ -741,19 +747,19 @@ class WriteSession(_Session):
     @property
     def evictable(self) -> bool:
         """No DATA received yet, or stalled: admission may end it for another request."""
-        return (self.state is SessionState.SENDING and self._dally_until is None
+        return (self.state is _SENDING and self._dally_until is None
                 and (self._received == 0
                      or self._retries >= self.settings.stall_retries))
 
     def evict(self, now: Now, reason: str) -> None:
         """End the upload without an answer, to free its slot (partial data discarded)."""
-        if self.state is SessionState.SENDING:
+        if self.state is _SENDING:
             self._outbox = []
             self._end(Outcome.EVICTED, now, reason)
 
     def cancel(self, now: Now, message: str = "Server shutting down") -> None:
         """Stop the transfer; a partial upload is discarded."""
-        if self.state is SessionState.SENDING:
+        if self.state is _SENDING:
             if self._dally_until is not None:
                 self._end(Outcome.COMPLETE, now)
             else:

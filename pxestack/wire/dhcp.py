@@ -116,7 +116,7 @@ class DhcpMessage:
     @property
     def message_type(self) -> int | None:
         """Option 53 (RFC 2132 §9.6), or None for a plain BOOTP message."""
-        value = self.options._items.get(c.OPT_MESSAGE_TYPE)  # options.raw(), one call less
+        value = self.options.by_code.get(c.OPT_MESSAGE_TYPE)  # options.raw(), one call less
         return value[0] if value is not None and len(value) == 1 else None
 
     @property
@@ -267,7 +267,7 @@ def pre_encoded_options(items: Mapping[int, bytes]) -> DhcpOptions:
     path, with the same errors.
     """
     options = DhcpOptions(items)
-    plain = options.items_view()
+    plain = options.by_code
     if any(code in plain for code in _MANAGED_CODES):
         return options
     area = _simple_area(plain)
@@ -394,7 +394,7 @@ def encode_dhcp(message: DhcpMessage, *, max_size: int = 548, allow_overload: bo
     if type(options) is PreEncodedOptions and options.area_size <= main_capacity:
         # The server's cached option sets: the area, END and padding are already written.
         return _pack_header(message, chaddr, sname_field, file_field) + options.tail
-    items = options.items_view()
+    items = options.by_code
     _check_codes(items)
     main: bytes | bytearray | None = _simple_area(items)
     if main is None or len(main) > main_capacity:

@@ -101,7 +101,7 @@ def ipv4_address(value: int) -> IPv4Address:
     same few giaddr/server-id values and its pool's addresses over and over, and the objects
     are immutable, so they are shared.
     """
-    address = _ADDRESSES.get(value)
+    address = _ADDRESSES.entries.get(value)
     if address is None:
         address = _ADDRESSES.put(value, IPv4Address(value))
     return address
@@ -396,14 +396,17 @@ class DhcpOptions(Mapping[int, bytes]):
     :func:`pxestack.wire.dhcp.decode_dhcp`.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("by_code",)
 
-    _items: dict[int, bytes]
+    #: The option values by code, read-only by contract: the underlying dictionary itself,
+    #: no copy and no call (the codec and the DHCP cores read it several times per packet;
+    #: an attribute read costs a fraction of a method call).
+    by_code: Mapping[int, bytes]
 
     def __init__(self, items: Mapping[int, bytes] | Iterable[tuple[int, bytes]] = ()) -> None:
         """Wrap raw ``code -> bytes`` items (copied; later changes to the source do not leak)."""
-        self._items = dict(items)
-        for code, value in self._items.items():
+        self.by_code = checked = dict(items)
+        for code, value in checked.items():
             if not 1 <= code <= 254:
                 raise ApiMisuse(f"option code {code} cannot be carried as a value")
             if not isinstance(value, bytes):
@@ -413,12 +416,12 @@ class DhcpOptions(Mapping[int, bytes]):
     def _trusted(cls, items: dict[int, bytes]) -> DhcpOptions:
         """Adopt a dict produced by the decoder without re-validating it (hot path)."""
         options = cls.__new__(cls)
-        options._items = items
+        options.by_code = items
         return options
 
     def items_view(self) -> Mapping[int, bytes]:
-        """The underlying mapping, read-only by contract (no copy: the codec's hot path)."""
-        return self._items
+        """The underlying mapping, read-only by contract: :attr:`by_code`."""
+        return self.by_code
 
     @classmethod
     def build(cls, items: Mapping[int, OptionValue]) -> DhcpOptions:
@@ -431,51 +434,51 @@ class DhcpOptions(Mapping[int, bytes]):
 
     def with_option(self, code: int, value: OptionValue) -> DhcpOptions:
         """A copy with option ``code`` set (replacing any value; position kept if present)."""
-        items = dict(self._items)
+        items = dict(self.by_code)
         items[code] = encode_option_value(code, value)
         return DhcpOptions(items)
 
     def without(self, *codes: int) -> DhcpOptions:
         """A copy without the given option codes."""
-        return DhcpOptions((k, v) for k, v in self._items.items() if k not in codes)
+        return DhcpOptions((k, v) for k, v in self.by_code.items() if k not in codes)
 
     # Mapping protocol
 
     def __getitem__(self, code: int) -> bytes:
-        return self._items[code]
+        return self.by_code[code]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._items)
+        return iter(self.by_code)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.by_code)
 
     def __contains__(self, code: object) -> bool:
-        return code in self._items
+        return code in self.by_code
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, DhcpOptions):
-            return self._items == other._items
+            return self.by_code == other.by_code
         if isinstance(other, Mapping):
-            return self._items == dict(other)
+            return self.by_code == dict(other)
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(frozenset(self._items.items()))
+        return hash(frozenset(self.by_code.items()))
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{code}: {value!r}" for code, value in self._items.items())
+        inner = ", ".join(f"{code}: {value!r}" for code, value in self.by_code.items())
         return f"DhcpOptions({{{inner}}})"
 
     # Typed getters: None when absent, Invalid when present but malformed.
 
     def raw(self, code: int) -> bytes | None:
         """The value octets of ``code`` or None."""
-        return self._items.get(code)
+        return self.by_code.get(code)
 
     def u8(self, code: int) -> int | None:
         """A one-octet unsigned value."""
-        value = self._items.get(code)
+        value = self.by_code.get(code)
         if value is None:
             return None
         _check_length(code, value, 1)
@@ -483,7 +486,7 @@ class DhcpOptions(Mapping[int, bytes]):
 
     def u16(self, code: int) -> int | None:
         """A two-octet unsigned value in network order."""
-        value = self._items.get(code)
+        value = self.by_code.get(code)
         if value is None:
             return None
         _check_length(code, value, 2)
@@ -491,7 +494,7 @@ class DhcpOptions(Mapping[int, bytes]):
 
     def u32(self, code: int) -> int | None:
         """A four-octet unsigned value in network order."""
-        value = self._items.get(code)
+        value = self.by_code.get(code)
         if value is None:
             return None
         _check_length(code, value, 4)
@@ -499,18 +502,18 @@ class DhcpOptions(Mapping[int, bytes]):
 
     def ip(self, code: int) -> IPv4Address | None:
         """A single IPv4 address."""
-        value = self._items.get(code)
+        value = self.by_code.get(code)
         if value is None:
             return None
         if len(value) != 4:  # _check_length, inlined: options 50 and 54 of every REQUEST
             _check_length(code, value, 4)
         number = int.from_bytes(value, "big")
-        address = _ADDRESSES.get(number)  # ipv4_address's table, looked up inline
+        address = _ADDRESSES.entries.get(number)  # ipv4_address's table, looked up inline
         return address if address is not None else ipv4_address(number)
 
     def ips(self, code: int) -> tuple[IPv4Address, ...] | None:
         """A non-empty list of IPv4 addresses (RFC 2132: length is a multiple of 4, >= 4)."""
-        value = self._items.get(code)
+        value = self.by_code.get(code)
         if value is None:
             return None
         if not value or len(value) % 4:
@@ -524,7 +527,7 @@ class DhcpOptions(Mapping[int, bytes]):
         clients (Windows' option 12, several PXE ROMs' option 60) send one anyway.  Invalid
         UTF-8 raises :class:`~pxestack.errors.Invalid` (peer text is never trusted).
         """
-        value = self._items.get(code)
+        value = self.by_code.get(code)
         if value is None:
             return None
         try:
@@ -534,12 +537,12 @@ class DhcpOptions(Mapping[int, bytes]):
 
     def u8_list(self, code: int) -> tuple[int, ...] | None:
         """A list of octets (option 55, RFC 2132 §9.8)."""
-        value = self._items.get(code)
+        value = self.by_code.get(code)
         return None if value is None else tuple(value)
 
     def u16_list(self, code: int) -> tuple[int, ...] | None:
         """A non-empty list of 16-bit values (option 93, RFC 4578 §2.1)."""
-        value = self._items.get(code)
+        value = self.by_code.get(code)
         if value is None:
             return None
         if not value or len(value) % 2:
@@ -550,7 +553,7 @@ class DhcpOptions(Mapping[int, bytes]):
 
     def parameter_request_list(self) -> tuple[int, ...]:
         """Option 55 codes, first occurrence order, duplicates removed (bounded work)."""
-        value = self._items.get(c.OPT_PARAMETER_REQUEST_LIST, b"")
+        value = self.by_code.get(c.OPT_PARAMETER_REQUEST_LIST, b"")
         return tuple(dict.fromkeys(value))
 
     def client_architectures(self) -> tuple[int, ...] | None:
@@ -563,7 +566,7 @@ class DhcpOptions(Mapping[int, bytes]):
         A zero-length value returns None (see :mod:`pxestack.dhcp.client` for the firmware
         that sends it); any other length than 17, or a type octet other than 0, is Invalid.
         """
-        value = self._items.get(c.OPT_CLIENT_UUID)
+        value = self.by_code.get(c.OPT_CLIENT_UUID)
         if value is None or not value:
             return None
         if len(value) != 17 or value[0] != 0:
@@ -572,29 +575,29 @@ class DhcpOptions(Mapping[int, bytes]):
 
     def user_classes(self) -> tuple[bytes, ...]:
         """Option 77 in RFC 3004 or raw iPXE form (see :func:`decode_user_class`)."""
-        value = self._items.get(c.OPT_USER_CLASS)
+        value = self.by_code.get(c.OPT_USER_CLASS)
         return () if value is None else decode_user_class(value)
 
     def pxe_suboptions(self) -> dict[int, bytes] | None:
         """Option 43 decoded as PXE 2.1 §2.4 sub-options, or None when absent."""
-        value = self._items.get(c.OPT_VENDOR_SPECIFIC)
+        value = self.by_code.get(c.OPT_VENDOR_SPECIFIC)
         return None if value is None else decode_suboptions(value, what="option 43")
 
     def ipxe_suboptions(self) -> dict[int, bytes] | None:
         """Option 175 decoded as iPXE's encapsulated sub-options, or None when absent."""
-        value = self._items.get(c.OPT_IPXE_ENCAP)
+        value = self.by_code.get(c.OPT_IPXE_ENCAP)
         return None if value is None else decode_suboptions(value, what="option 175")
 
     def relay_agent_suboptions(self) -> dict[int, bytes] | None:
         """Option 82 (RFC 3046 §2.0) sub-options; the raw option is what a reply echoes."""
-        value = self._items.get(c.OPT_RELAY_AGENT_INFO)
+        value = self.by_code.get(c.OPT_RELAY_AGENT_INFO)
         if value is None:
             return None
         return decode_suboptions(value, what="option 82", allow_pad_end=False)
 
     def domain_search(self) -> tuple[str, ...] | None:
         """Option 119 (RFC 3397) as domain names."""
-        value = self._items.get(c.OPT_DOMAIN_SEARCH)
+        value = self.by_code.get(c.OPT_DOMAIN_SEARCH)
         return None if value is None else decode_domain_search(value)
 
 

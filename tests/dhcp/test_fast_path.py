@@ -28,7 +28,7 @@ from pxestack.dhcp.outgoing import Outgoing, reply_destination, size_limit
 from pxestack.dhcp.policy import BootSpec, Machine
 from pxestack.dhcp.server import DhcpServerCore, InterfaceInfo
 from pxestack.wire import constants as c
-from pxestack.wire.dhcp import DhcpMessage, encode_dhcp
+from pxestack.wire.dhcp import DhcpMessage, decode_dhcp, encode_dhcp
 from pxestack.wire.dhcp_options import DhcpOptions
 
 NOW = 1_000_000.0
@@ -119,9 +119,15 @@ def _cores(script: list[int], **switches: object) -> list[DhcpServerCore]:
     return cores
 
 
-def _wire(replies: list[Outgoing]) -> list[tuple[bytes, object, int, object]]:
-    """What the adapter sends: the payload, where, under which size limit, on which port."""
-    return [(r.encoded(), r.destination, r.max_size, r.source_port) for r in replies]
+def _wire(replies: list[Outgoing]) -> list[tuple[bytes, object, int, object, object]]:
+    """What the adapter sends: the payload, where, under which size limit, on which port,
+    and the reply type it counts the reply under (which must be the payload's option 53,
+    however the reply was made)."""
+    for reply in replies:
+        sent = decode_dhcp(reply.encoded()).options.by_code.get(c.OPT_MESSAGE_TYPE)
+        assert reply.reply_type == sent
+    return [(r.encoded(), r.destination, r.max_size, r.source_port, r.reply_type)
+            for r in replies]
 
 
 def _same_everywhere(cores: list[DhcpServerCore], request: DhcpMessage,
