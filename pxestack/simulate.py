@@ -210,10 +210,14 @@ def make_machines(spec: StormSpec) -> list[Machine]:
 
 
 class DhcpSocket(asyncio.DatagramProtocol):
-    """One UDP socket for every machine's DHCP; replies are routed to the waiting xid."""
+    """One UDP socket for every machine's DHCP; replies are routed to the waiting xid.
 
-    def __init__(self, server: tuple[str, int]) -> None:
+    Each try is sent to *server*, and also to *also* (a relay agent forwarding to several
+    servers, each of which may answer first)."""
+
+    def __init__(self, server: tuple[str, int], also: Sequence[tuple[str, int]] = ()) -> None:
         self.server = server
+        self.destinations = [server, *also]
         self.waiting: dict[tuple[int, int], asyncio.Future[DhcpMessage]] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.stray = 0
@@ -246,7 +250,8 @@ class DhcpSocket(asyncio.DatagramProtocol):
             futures = {kind: loop.create_future() for kind in expect}
             for kind, future in futures.items():
                 self.waiting[(xid, kind)] = future
-            self.transport.sendto(packet, self.server)
+            for destination in self.destinations:
+                self.transport.sendto(packet, destination)
             done, _ = await asyncio.wait(
                 futures.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )

@@ -174,28 +174,8 @@ class Relay(DhcpSocket):
     per server); replies come back to it and are routed to the waiting machine by xid."""
 
     def __init__(self, giaddr: str, servers: Sequence[tuple[str, int]]) -> None:
-        super().__init__(servers[0])
+        super().__init__(servers[0], also=servers[1:])
         self.giaddr = giaddr
-        self.servers = list(servers)
-
-    async def exchange(self, packet: bytes, xid: int, expect: tuple[int, ...],
-                       timeouts: Sequence[float] = DHCP_TIMEOUTS) -> DhcpMessage:
-        loop = asyncio.get_running_loop()
-        assert self.transport is not None
-        for timeout in timeouts:
-            futures = {kind: loop.create_future() for kind in expect}
-            for kind, future in futures.items():
-                self.waiting[(xid, kind)] = future
-            for server in self.servers:
-                self.transport.sendto(packet, server)
-            done, _ = await asyncio.wait(futures.values(), timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for kind in futures:
-                self.waiting.pop((xid, kind), None)
-            if done:
-                reply: DhcpMessage = next(iter(done)).result()
-                return reply
-        raise StormError(f"no DHCP answer to xid {xid:#x}")
 
 
 async def _dora(relay: Relay, index: int, mac: bytes) -> DhcpMessage:
@@ -209,7 +189,8 @@ async def _dora(relay: Relay, index: int, mac: bytes) -> DhcpMessage:
             discover = DhcpMessage(
                 op=c.BOOTREQUEST, xid=xid, chaddr=mac, hops=1, giaddr=giaddr,
                 options=DhcpOptions(request_options(machine, True, c.DHCPDISCOVER)))
-            offer = await relay.exchange(encode_dhcp(discover), xid, (c.DHCPOFFER,))
+            offer = await relay.exchange(encode_dhcp(discover), xid, (c.DHCPOFFER,),
+                                         DHCP_TIMEOUTS)
             server_id = offer.options.raw(c.OPT_SERVER_ID)
             assert server_id is not None
             request = DhcpMessage(
@@ -217,7 +198,8 @@ async def _dora(relay: Relay, index: int, mac: bytes) -> DhcpMessage:
                 options=DhcpOptions([*request_options(machine, True, c.DHCPREQUEST),
                                      (c.OPT_REQUESTED_IP, offer.yiaddr.packed),
                                      (c.OPT_SERVER_ID, server_id)]))
-            reply = await relay.exchange(encode_dhcp(request), xid, (c.DHCPACK, c.DHCPNAK))
+            reply = await relay.exchange(encode_dhcp(request), xid, (c.DHCPACK, c.DHCPNAK),
+                                         DHCP_TIMEOUTS)
         except StormError as exc:
             last = str(exc)
         else:

@@ -64,6 +64,11 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=lambda args: _usage(parser))
 
 
+#: What every subcommand says when the ``postgresql`` extra is missing.
+NO_PSYCOPG = ("pxestack db: psycopg is not installed: install pxestack with the postgresql "
+              "extra (pip install 'pxestack[postgresql]')")
+
+
 def _usage(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_USAGE
@@ -95,8 +100,7 @@ def _open(args: argparse.Namespace) -> Any:
     try:
         from pxestack.provision.pgstore import PostgresHostStore
     except ImportError:
-        print("pxestack db: psycopg is not installed: install pxestack with the postgresql "
-              "extra (pip install 'pxestack[postgresql]')", file=sys.stderr)
+        print(NO_PSYCOPG, file=sys.stderr)
         return EXIT_FAILURE
     store = PostgresHostStore(dsn, profiles=profiles, pool_size=2)
     try:
@@ -203,8 +207,7 @@ def run_import_leases(args: argparse.Namespace) -> int:
         from pxestack.dhcp.sharedleases import Claim, ClaimKind
         from pxestack.service.pgleases import LeaseStoreStartError, PostgresLeaseTable
     except ImportError:
-        print("pxestack db: psycopg is not installed: install pxestack with the postgresql "
-              "extra (pip install 'pxestack[postgresql]')", file=sys.stderr)
+        print(NO_PSYCOPG, file=sys.stderr)
         return EXIT_FAILURE
     now = time.time()
     contents = load_journal(journal)

@@ -166,6 +166,20 @@ class Server:
         self.transport = Transport()
         self.protocol.transport = self.transport  # type: ignore[assignment]
         self.address = address
+        self.run = run
+
+    def bind(self, mac: int) -> IPv4Address:
+        """DISCOVER, OFFER, REQUEST and ACK of client *mac* with this server alone; the
+        address it was granted."""
+        self.protocol.receive_batch([message(c.DHCPDISCOVER, mac)])
+        self.run.finish()
+        offer, = self.transport.take()
+        self.protocol.receive_batch([message(c.DHCPREQUEST, mac, requested=offer.yiaddr,
+                                             server=self.address)])
+        self.run.finish()
+        ack, = self.transport.take()
+        assert kind_of(ack) == c.DHCPACK
+        return offer.yiaddr
 
 
 def message(kind: int, mac: int, *, requested: IPv4Address | None = None,

@@ -134,13 +134,7 @@ def test_a_client_bound_by_the_other_server_is_offered_its_own_address(lab: Any)
     a = Server(SERVER_A, table, clock, run)
     b = Server(SERVER_B, table, clock, run)
     for n in (7, 8):  # B's memory hands out FIRST first, to nobody it knows yet
-        a.protocol.receive_batch([message(c.DHCPDISCOVER, n)])
-        run.finish()
-        offer, = a.transport.take()
-        a.protocol.receive_batch([message(c.DHCPREQUEST, n, requested=offer.yiaddr,
-                                          server=SERVER_A)])
-        run.finish()
-        a.transport.take()
+        a.bind(n)
     b.protocol.receive_batch([message(c.DHCPDISCOVER, 8)])
     run.finish()
     offer, = b.transport.take()
@@ -178,13 +172,7 @@ def test_release_and_decline_reach_the_table(lab: Any) -> None:
     a = Server(SERVER_A, table, clock, run)
     b = Server(SERVER_B, table, clock, run)
     for n in (1, 2):
-        a.protocol.receive_batch([message(c.DHCPDISCOVER, n)])
-        run.finish()
-        offer, = a.transport.take()
-        a.protocol.receive_batch([message(c.DHCPREQUEST, n, requested=offer.yiaddr,
-                                          server=SERVER_A)])
-        run.finish()
-        a.transport.take()
+        a.bind(n)
     second = IPv4Address(int(FIRST) + 1)
     a.protocol.receive_batch([message(c.DHCPRELEASE, 1, ciaddr=FIRST, server=SERVER_A),
                               message(c.DHCPDECLINE, 2, requested=second, server=SERVER_A)])
