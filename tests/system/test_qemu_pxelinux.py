@@ -10,6 +10,10 @@ and initrd come over HTTP.
 Timeline: power-on -> ``pxelinux`` (lpxelinux.0's banner) -> ``init`` -> ``callback``,
 beside the dnsmasq reference on the same path (lpxelinux.0 by dnsmasq's TFTP, option 210
 naming the reference HTTP server, one static ``pxelinux.cfg/default``).
+
+Both boots allow one power cycle when lpxelinux.0 hangs silently after its banner
+(``LPXELINUX_STALL``: a loader hang before any request, seen with either server); the power
+cycle is printed with the result, and a second hang fails the test.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 from conftest import require, require_root_and_tools
 from qemu.artifacts import Artifacts, cache_dir, ensure_artifacts
 from qemu.netns import Segment
-from qemu.scenario import boot_machines, reference_boot, save_results
+from qemu.scenario import LPXELINUX_STALL, boot_machines, reference_boot, save_results
 from qemu.servers import HTTP_PORT, LOADER_FILES, PxestackServer
 from qemu.vm import Machine
 
@@ -52,7 +56,7 @@ def test_pxelinux_boots_with_a_per_host_config_over_http(
         server.start()
         try:
             [result] = boot_machines(segment, [(machine, "bios")], tmp_path, server.name,
-                                     BOOT_TIMEOUT)
+                                     BOOT_TIMEOUT, [LPXELINUX_STALL])
             save_results(RESULTS, [result], scenario="pxelinux-http")
             print("\n" + result.summary())
             assert result.ok, result.summary()
@@ -74,7 +78,8 @@ def test_pxelinux_boots_with_a_per_host_config_over_http(
 
 def test_dnsmasq_reference_boots_the_same_pxelinux_path(artifacts: Artifacts,
                                                        tmp_path: Path) -> None:
-    result = reference_boot(artifacts, tmp_path, "bios", "pxelinux", BOOT_TIMEOUT)
+    result = reference_boot(artifacts, tmp_path, "bios", "pxelinux", BOOT_TIMEOUT,
+                            [LPXELINUX_STALL])
     save_results(RESULTS, [result], scenario="pxelinux-http")
     print("\n" + result.summary())
     assert result.ok, result.summary()

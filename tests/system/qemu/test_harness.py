@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qemu.artifacts import INIT_SCRIPT, MARK, CpioWriter, build_initramfs, load_order, modinfo
+from qemu.scenario import LPXELINUX_STALL, BootResult, Stall
 from qemu.vm import ConsoleWatch, Machine, qemu_command
 
 # -- module load order ------------------------------------------------------------------------
@@ -179,6 +180,31 @@ def test_console_lines_are_timestamped_when_complete(tmp_path: Path) -> None:
     watch.poll()
     assert [line for _, line in watch.lines] == ["SeaBIOS", "iPXE half line"]
     assert watch.first(r"iPXE") is not None and watch.first("nothing") is None
+
+
+def test_a_stall_is_the_milestone_then_silence() -> None:
+    watch = ConsoleWatch(Path("/nonexistent"), started=0.0)
+    watch.lines = [(0.4, "iPXE Features: DNS HTTP"), (18.6, "PXELINUX 6.04 lwIP 2020")]
+    assert LPXELINUX_STALL.matches(watch, now=18.6 + 61.0)
+    assert not LPXELINUX_STALL.matches(watch, now=18.6 + 59.0)  # not quiet long enough
+    watch.lines.append((20.1, "pxestack-e2e: init started"))
+    assert not LPXELINUX_STALL.matches(watch, now=20.1 + 59.0)  # it went on
+    silent = ConsoleWatch(Path("/nonexistent"), started=0.0)
+    silent.lines = [(0.4, "iPXE Features: DNS HTTP")]
+    assert not LPXELINUX_STALL.matches(silent, now=500.0)  # never reached the loader
+    with pytest.raises(ValueError, match="unknown milestone"):
+        Stall(after="nowhere", quiet=1.0, why="")
+
+
+def test_a_result_reports_its_power_cycles_and_the_console_tail() -> None:
+    result = BootResult(server="dnsmasq", firmware="bios", serial="E2E-SN-0001", mac="m",
+                        ok=False, exit=None, milestones={"pxelinux": 18.6},
+                        failure="timed out", power_cycles=["hang at 63.6 s"],
+                        console_tail=["PXELINUX 6.04 lwIP"])
+    line = result.summary()
+    assert "FAILED (timed out)" in line and "pxelinux=18.60" in line
+    assert "power-cycled: hang at 63.6 s" in line
+    assert line.endswith("console ended with: PXELINUX 6.04 lwIP")
 
 
 # -- QEMU command lines ---------------------------------------------------------------------

@@ -133,6 +133,14 @@ class ConsoleWatch:
         """The whole console as read so far."""
         return "\n".join(line for _, line in self.lines)
 
+    def last_line_at(self) -> float | None:
+        """When the latest complete line appeared (seconds since start), or ``None``."""
+        return self.lines[-1][0] if self.lines else None
+
+    def tail(self, count: int = 3) -> list[str]:
+        """The last *count* complete lines."""
+        return [line.strip() for _, line in self.lines[-count:]]
+
 
 class VirtualMachine:
     """A running QEMU process inside *segment*, attached to *tap*."""
@@ -152,13 +160,31 @@ class VirtualMachine:
             qemu_command(machine, firmware, tap, self.serial_log, vars_file)
         )
         self.stderr_log = workdir / f"vm{machine.index}-{firmware}-qemu.log"
+        self.power_cycles = 0
+        self._power_on()
+
+    def _power_on(self) -> None:
         self.started = time.time()
-        with self.stderr_log.open("wb") as stderr:
+        with self.stderr_log.open("ab") as stderr:
             self.process = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr
             )
         self.console = ConsoleWatch(self.serial_log, self.started)
         self.exited_after: float | None = None
+
+    def power_cycle(self) -> Path:
+        """Kill QEMU and boot the same machine again; returns where the old console went.
+
+        The new boot's timeline starts at zero again; the old console is kept beside the new
+        one as ``...-serial.<n>.log`` for the failure report.
+        """
+        self.stop()
+        self.power_cycles += 1
+        kept = self.serial_log.with_suffix(f".{self.power_cycles}.log")
+        if self.serial_log.exists():
+            self.serial_log.rename(kept)
+        self._power_on()
+        return kept
 
     def poll(self) -> bool:
         """Read the console; return True once QEMU has exited."""
@@ -180,15 +206,5 @@ class VirtualMachine:
         self.poll()
 
 
-def wait_all(machines: list[VirtualMachine], timeout: float, interval: float = 0.1) -> bool:
-    """Poll *machines* until all have exited or *timeout* seconds pass; True if all exited."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if all([vm.poll() for vm in machines]):
-            return True
-        time.sleep(interval)
-    return all([vm.poll() for vm in machines])
-
-
 __all__ = ["FIRMWARES", "NO_PXE", "OVMF_CODE_SECBOOT", "OVMF_VARS_MS", "SECURE_BOOT",
-           "ConsoleWatch", "Machine", "VirtualMachine", "qemu_command", "wait_all"]
+           "ConsoleWatch", "Machine", "VirtualMachine", "qemu_command"]
