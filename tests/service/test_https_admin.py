@@ -265,10 +265,11 @@ def test_pxestack_ctl_verifies_with_ca_file_and_presents_client_certificates(
                   str(server.bob_file), "-o", "json", "list")
     assert listing.returncode == 0, listing.stderr
     assert [host["Serial"] for host in json.loads(listing.stdout)] == [SERIAL]
+    mark = len(server.log_text())
     status = ctl(server, "--ca-file", str(server.ca.ca_file), "--cert-file",
                  str(server.alice.cert), "--key-file", str(server.alice.key),
                  "set", SERIAL, "etcdtoken", "tok-alice")
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == 0, (status.stderr, server.log_text()[mark:])
     unverified = ctl(server, "--token-file", str(server.bob_file), "list")
     assert unverified.returncode == 1
     assert "certificate" in unverified.stderr.lower()
