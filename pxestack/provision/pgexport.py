@@ -3,9 +3,12 @@
 With the database store the audit log is the ``audit`` table.  So that ``git log`` of a
 cluster directory stays the audit operators and mayu-era tools read, every server runs an
 :class:`AuditExporter` (when ``provision.git`` is on), and the one that holds a PostgreSQL
-advisory lock, the **exporter**, turns each audit entry into one commit of
-``provision.cluster_dir``: the record written to ``<serial>/conf.json`` (or removed), the
-entry's message, author and time, and a last line ``Audit-Id: N``.
+advisory lock, the **exporter**, commits the audit entries to ``provision.cluster_dir``
+through the git audit's group commit (:class:`~pxestack.provision.audit.GitAudit`): an
+entry exported alone is one commit (the record written to ``<serial>/conf.json`` or
+removed, the entry's message, author and time, and a last line ``Audit-Id: N``); entries
+waiting together share commits, one block per entry in order, each ending with its own
+``Audit-Id: N`` line (:func:`audit_ids` reads them back).
 
 * **One at a time**: the lock is a session lock on a connection the exporter keeps open.
   When the exporting server dies (``kill -9`` included) or loses the database, PostgreSQL
