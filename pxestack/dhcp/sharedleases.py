@@ -168,8 +168,8 @@ class SharedLeaseStore(InMemoryLeaseStore):
     Offers, bindings, releases and declines are decided in memory as on a single server,
     except where a new client's address is searched from (*spread*, see
     :meth:`_fresh_address`); the batch carries them to the table, and :meth:`learn` takes
-    in what the table knows better.  Claims made while no batch is open (an administrative call) are kept
-    and go with the next batch.
+    in what the table knows better.  Claims made while no batch is open (an administrative
+    call) are kept and go with the next batch.
     """
 
     def __init__(
