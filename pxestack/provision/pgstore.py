@@ -333,7 +333,9 @@ class PostgresHostStore:
                 refused = _claim_refused(exc, getattr(self._local, "writing", None))
                 if refused is not None:
                     raise refused from exc
-                if isinstance(exc, pg_errors.CheckViolation) or attempt == MAX_ATTEMPTS:
+                if isinstance(exc, pg_errors.CheckViolation):
+                    raise
+                if attempt == MAX_ATTEMPTS:
                     raise ClaimConflict(f"the change kept conflicting with others: {exc}") from exc
                 time.sleep(0.005 * attempt)
             except _RETRYABLE as exc:
