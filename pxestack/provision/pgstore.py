@@ -33,6 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from typing import Any
@@ -94,6 +95,23 @@ _CLAIM_SLOT = (
     "(SELECT 1 FROM profile_slots u WHERE u.profile = p.name AND u.slot = n)), %s "
     "FROM profiles p WHERE p.name = %s"
 )
+
+
+#: Enrolments of one server written in one transaction at most (see :meth:`enrol`).
+ENROL_BATCH = 16
+
+
+@dataclass(slots=True)
+class _Enrolment:
+    """One first contact waiting for its server's next enrolment transaction."""
+
+    serial: str
+    make: Callable[[Sequence[Host]], Host]
+    message: Sequence[str]
+    author: str
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tuple[Versioned, bool] | None = None
+    error: BaseException | None = None
 
 
 class ClaimConflict(StoreError):  # noqa: N818 - the HTTP status it maps to
@@ -186,6 +204,11 @@ class PostgresHostStore:
         self._mac_index: dict[str, str] = {}
         #: Serial -> the audit entry of the newest row of it taken from a synchronisation.
         self._versions: dict[str, int] = {}
+        #: First contacts waiting for an enrolment transaction, and the lock held by the
+        #: thread that runs one (see :meth:`enrol`).
+        self._enrolments: list[_Enrolment] = []
+        self._enrolments_lock = threading.Lock()
+        self._enrolling = threading.Lock()
         #: Why the database cannot be used right now (None: it can).
         self.unreachable: str | None = None
         #: Kept for the service's start-up report; the database store is never "damaged".
@@ -619,47 +642,145 @@ class PostgresHostStore:
     ) -> tuple[Versioned, bool]:
         """Return *serial*'s record, creating it with ``make(all_hosts)`` if absent.
 
-        ``make`` runs while this transaction holds the ``cluster`` row lock, with every host
-        of every server, so its profile and address choice is exact.  What the lock is held
-        for is kept short: one round trip reads the hosts changed since this server's copy
-        was last up to date, ``make`` decides on the copy's counts, one pipeline writes the
-        record, its claims and its audit entry, and the commit ends it.  A claim the
-        database refuses all the same (the copy was wrong) makes the copy compared with
-        every host's ETag and the enrolment run again once.
+        ``make`` runs while the enrolment's transaction holds the ``cluster`` row lock, with
+        every host of every server, so its profile and address choice is exact.  Every
+        enrolment in the cluster waits for that lock, so what it is held for is kept short:
+        one round trip reads the hosts changed since this server's copy was last up to
+        date, ``make`` decides on the copy's counts, and one pipeline writes the record, its
+        claims and its audit entry and commits.
+
+        **Group enrolment.**  The first contacts that arrive on this server while one of
+        its threads waits for or holds the lock are written by that thread's next
+        transaction together (at most :data:`ENROL_BATCH`): one lock, one delta, each
+        ``make`` in turn seeing the hosts decided before it, each record with its own
+        claims and audit entry, one commit.  A ``make`` that refuses (a full address range)
+        refuses only its own machine.  When the database refuses the transaction (a claim
+        taken after all: the copy was wrong), each enrolment is run again on its own after
+        the copy was compared with every host's ETag.
         """
         existing = self.read(serial)
         if existing is not None:
             return existing, False
-        author = _actor(serial)
         if self._synced_to is None:
             self._synchronise(full=True)
+        request = _Enrolment(serial, make, message, _actor(serial))
+        with self._enrolments_lock:
+            self._enrolments.append(request)
+        while not request.done.is_set():
+            with self._enrolling:
+                if request.done.is_set():
+                    break
+                with self._enrolments_lock:
+                    batch = self._enrolments[:ENROL_BATCH]
+                    del self._enrolments[: len(batch)]
+                if batch:
+                    try:
+                        self._enrol_batch(batch)
+                    finally:
+                        for other in batch:
+                            if not other.done.is_set():
+                                self._finish(other, error=StoreError(
+                                    f"the enrolment of {other.serial} did not complete"))
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
 
-        def work(conn: psycopg.Connection[Any]) -> tuple[Versioned, bool]:
-            with self._lock:
-                synced = self._synced_to or 0
-            # One round trip (pipeline mode): the lock, then, with every change committed
-            # before it was granted visible, the hosts changed since the copy's entry.
-            conn.execute("SELECT 1 FROM cluster WHERE id = 1 FOR UPDATE")
-            changed = conn.execute(_DELTA, (synced,)).fetchall()
-            with self._lock:
-                self._apply_delta(changed)
-                found = self._cache.get(serial)
-                if found is not None:
-                    return found, False
-                host = make(self._index)
-            if host.serial != serial:
-                raise ValueError("make() returned a record for another serial")
-            first, *details = message
-            text = f"{serial}: {first}" + ("\n\n" + "\n".join(details) if details else "")
-            return self._write(conn, host, None, text, author=author), True
-
+    def _enrol_batch(self, batch: list[_Enrolment], *, alone: bool = False) -> None:
+        """Run the enrolments of *batch* in one transaction and hand each its outcome."""
         try:
-            versioned, created = self._transaction(work, pipeline=True)
-        except ClaimConflict:
-            self._synchronise(full=True)
-            versioned, created = self._transaction(work, pipeline=True)
-        self._remember(versioned)
-        return versioned, created
+            try:
+                outcomes = self._transaction(
+                    lambda conn: self._enrol_work(conn, batch), pipeline=True)
+            finally:
+                with self._lock:
+                    # Records decided for a transaction that did not commit are dropped.
+                    for request in batch:
+                        if request.serial not in self._cache:
+                            self._index.discard(request.serial)
+        except ClaimConflict as exc:
+            if alone:
+                self._finish(batch[0], error=exc)
+                return
+            try:
+                self._synchronise(full=True)
+            except StoreError as lost:
+                for request in batch:
+                    self._finish(request, error=lost)
+                return
+            for request in batch:
+                self._enrol_batch([request], alone=True)
+            return
+        except Exception as exc:
+            for request in batch:
+                self._finish(request, error=exc)
+            return
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._finish(request, error=outcome)
+            else:
+                if outcome[1]:
+                    self._remember(outcome[0])
+                self._finish(request, result=outcome)
+
+    @staticmethod
+    def _finish(request: _Enrolment, *, result: tuple[Versioned, bool] | None = None,
+                error: BaseException | None = None) -> None:
+        request.result, request.error = result, error
+        request.done.set()
+
+    def _enrol_work(
+        self, conn: psycopg.Connection[Any], batch: Sequence[_Enrolment]
+    ) -> list[tuple[Versioned, bool] | BaseException]:
+        with self._lock:
+            synced = self._synced_to or 0
+        # One round trip (pipeline mode): the lock, then, with every change committed
+        # before it was granted visible, the hosts changed since the copy's entry.
+        conn.execute("SELECT 1 FROM cluster WHERE id = 1 FOR UPDATE")
+        changed = conn.execute(_DELTA, (synced,)).fetchall()
+        decided: list[Host | Versioned | str | BaseException] = []
+        with self._lock:
+            self._apply_delta(changed)
+            for request in batch:
+                if request.serial not in self._cache:
+                    self._index.discard(request.serial)  # decided by an attempt that failed
+            made: set[str] = set()
+            for request in batch:
+                found = self._cache.get(request.serial)
+                if found is not None:
+                    decided.append(found)
+                    continue
+                if request.serial in made:
+                    decided.append(request.serial)  # the same machine twice: one record
+                    continue
+                try:
+                    host = request.make(self._index)
+                    if host.serial != request.serial:
+                        raise ValueError("make() returned a record for another serial")
+                except Exception as exc:  # a refusal of this machine only, raised to its caller
+                    decided.append(exc)
+                    continue
+                # The next decision of this batch sees this host.
+                self._index.put(host)
+                made.add(request.serial)
+                decided.append(host)
+        outcomes: list[tuple[Versioned, bool] | BaseException] = []
+        written: dict[str, Versioned] = {}
+        for request, decision in zip(batch, decided, strict=True):
+            if isinstance(decision, Host):
+                first, *details = request.message
+                text = f"{request.serial}: {first}" + (
+                    "\n\n" + "\n".join(details) if details else "")
+                versioned = self._write(conn, decision, None, text, author=request.author)
+                written[request.serial] = versioned
+                outcomes.append((versioned, True))
+            elif isinstance(decision, Versioned):
+                outcomes.append((decision, False))
+            elif isinstance(decision, str):
+                outcomes.append((written[decision], False))
+            else:
+                outcomes.append(decision)
+        return outcomes
 
     def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
         """Apply *change* to the row-locked record in one transaction."""

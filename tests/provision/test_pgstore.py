@@ -173,6 +173,53 @@ def test_first_contact_on_three_servers_never_overfills_or_shares(servers):
 
 
 @off_reactor
+def test_first_contacts_waiting_together_share_one_transaction(servers, monkeypatch):
+    from pxestack.provision.model import Host
+
+    (one, _, _), (prov, _, _) = servers
+    batches = []
+    real = one._enrol_batch
+
+    def counted(batch, **kwargs):
+        batches.append([request.serial for request in batch])
+        real(batch, **kwargs)
+
+    monkeypatch.setattr(one, "_enrol_batch", counted)
+    # Hold the enrolment lock so that the first contacts below queue up behind it.
+    one._enrolling.acquire()
+    serials = [f"grp-{n:02d}" for n in range(6)]
+
+    def refuse(hosts):
+        raise ValueError("no place for this one")
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(prov.first_contact, serial) for serial in serials]
+        twice = pool.submit(prov.first_contact, "grp-00")
+        refused = pool.submit(one.enrol, "grp-refused", refuse, ["host created"])
+        _wait_until(lambda: len(one._enrolments) == 8, timeout=30)
+        one._enrolling.release()
+        hosts = [future.result(timeout=60)[0].host for future in futures]
+        again, created = twice.result(timeout=60)
+        with pytest.raises(ValueError, match="no place for this one"):
+            refused.result(timeout=60)
+    # All eight waited for one transaction: one batch (plus none left over).
+    assert [len(batch) for batch in batches] == [8]
+    assert again.host == hosts[0] and not created
+    # Each later decision saw the earlier ones (in the order they queued): the profiles
+    # filled in order, addresses all different.
+    order = list(dict.fromkeys(s for s in batches[0] if s != "grp-refused"))
+    by_serial = {h.serial: h for h in hosts}
+    assert [by_serial[s].profile for s in order] == ["core"] * 3 + ["worker"] * 2 + ["default"]
+    assert len({h.internal_addr for h in hosts}) == 6
+    assert one.read("grp-refused") is None
+    assert isinstance(one.read("grp-05").host, Host)
+    # Every enrolment has its own audit entry, in the order they were decided.
+    with psycopg.connect(one.dsn) as conn:
+        audited = [r[0] for r in conn.execute("SELECT serial FROM audit ORDER BY id")]
+    assert audited == order and sorted(order) == serials
+
+
+@off_reactor
 def test_constraints_refuse_what_a_racing_update_would_break(servers):
     (one, two, _), (prov, _, _) = servers
     first = prov.first_contact("claim-a")[0].host
