@@ -6,7 +6,8 @@
 ``retry_audit``) over the schema of ``pxestack/provision/migrations/*.sql``.
 
 * **One change, one transaction**: the record, its claims (profile slot, internal address)
-  and its audit row are written together or not at all.
+  and its audit row are written together or not at all (first contacts that wait together
+  share one transaction, each with its own record, claims and audit row: :meth:`enrol`).
 * **Exact claims across servers**: an enrolment locks the single ``cluster`` row (a row
   lock, held to the end of the transaction), so enrolments on every server see each other's
   hosts; on top of that, ``profile_slots`` (slot numbers unique per profile and, by a
@@ -658,9 +659,13 @@ class PostgresHostStore:
         taken after all: the copy was wrong), each enrolment is run again on its own after
         the copy was compared with every host's ETag.
         """
-        existing = self.read(serial)
-        if existing is not None:
-            return existing, False
+        if serial in self._cache:
+            # Known here: the validated read answers without the lock (a machine that
+            # boots again).  A serial the copy does not hold is looked for by the
+            # enrolment itself, which reads every host changed since the copy's entry.
+            existing = self.read(serial)
+            if existing is not None:
+                return existing, False
         if self._synced_to is None:
             self._synchronise(full=True)
         request = _Enrolment(serial, make, message, _actor(serial))
