@@ -2,6 +2,7 @@
 sharing PostgreSQL.
 
     .venv/bin/python -m benchmarks.pgstorm [--machines 1000] [--repeats 1] [--rate 150]
+        [--py-spy DIR] [--only git|pg]
 
 Both runs use the servers and machines of ``tests/pgcluster.py``: real ``pxestack serve``
 processes on loopback (HTTP and provisioning, git audit on, state on tmpfs) and machines
@@ -10,7 +11,11 @@ set_installed), spread over the servers.  Reported: the seconds from the first m
 arrival to the last set_installed, per run and the median, and the ratio one / three;
 and where the CPU time went: the CPU seconds (user + system, from ``/proc``) each
 ``pxestack serve`` process and PostgreSQL (the postmaster and its backends) used from the
-start of the storm to its end, per machine provisioned.  Checked: every machine finished.
+start of the storm to its end, per machine provisioned (the median over the runs, in
+total and per process).  With ``--py-spy DIR`` every server is sampled with py-spy during
+each storm (one collapsed-stack file per run and server in DIR) and the report lists each
+file's busiest functions; ``--summarize FILE...`` prints them for files recorded before.
+Checked: every machine finished.
 DHCP is not part of this storm; ``tests/system/test_pg_cluster.py`` runs the same storm
 with DHCP through relays, and ``benchmarks/bootstorm.py`` measures one server's whole boot
 including DHCP and TFTP.
