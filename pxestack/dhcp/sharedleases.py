@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -40,6 +41,7 @@ from pxestack.dhcp.leases import (
     LeaseState,
     Reservation,
     Subnet,
+    _SubnetState,
 )
 
 
@@ -139,14 +141,35 @@ class ClaimBatch:
         return again
 
 
+#: Addresses a new client's search looks at from its own starting place before falling
+#: back to the ranges' order.
+SPREAD_PROBES = 64
+
+
+def spread_start(client: bytes, size: int) -> int:
+    """Where in a pool of *size* addresses the search for *client*'s new address starts:
+    a hash of the client key (CRC-32, the same on every server and every run)."""
+    return zlib.crc32(client) % size
+
+
+def _nth_address(bounds: Sequence[tuple[int, int]], position: int) -> int:
+    """The address at *position* of the ranges *bounds* taken one after another."""
+    for first, last in bounds:
+        if position <= last - first:
+            return first + position
+        position -= last - first + 1
+    raise IndexError(position)
+
+
 class SharedLeaseStore(InMemoryLeaseStore):
     """An :class:`~pxestack.dhcp.leases.InMemoryLeaseStore` whose every claim is recorded
     in the open :class:`ClaimBatch` for the lease table to confirm.
 
-    Offers, bindings, releases and declines are decided in memory exactly as on a single
-    server; the batch carries them to the table, and :meth:`learn` takes in what the table
-    knows better.  Claims made while no batch is open (an administrative call) are kept
-    and go with the next batch.
+    Offers, bindings, releases and declines are decided in memory as on a single server,
+    except where a new client's address is searched from (*spread*, see
+    :meth:`_fresh_address`); the batch carries them to the table, and :meth:`learn` takes
+    in what the table knows better.  Claims made while no batch is open (an administrative
+    call) are kept and go with the next batch.
     """
 
     def __init__(
@@ -155,11 +178,35 @@ class SharedLeaseStore(InMemoryLeaseStore):
         reservations: Sequence[Reservation] = (),
         *,
         max_offers: int = DEFAULT_MAX_OFFERS,
+        spread: bool = True,
     ) -> None:
         super().__init__(subnets, reservations, max_offers=max_offers, listener=None)
+        #: Whether a new client's address is searched from its own place in the ranges
+        #: (:meth:`_fresh_address`); without, in the ranges' order as on a single server.
+        self.spread = spread
         self.batch = ClaimBatch(self)
         self._withdrawing = False
         self.listener = _BatchListener(self)
+
+    def _fresh_address(self, state: _SubnetState, client: bytes, now: float) -> int | None:
+        """An address no record holds, searched from a place in the ranges that depends
+        only on the client (:func:`spread_start`), so that servers sharing a pool offer
+        different new clients different addresses (and one client the same one) instead
+        of all taking the lowest free address and having all but one offer refused.
+
+        At most :data:`SPREAD_PROBES` addresses are looked at; after that (a nearly full
+        pool) the single server's order is used: never-used addresses in order, then
+        recycled ones.
+        """
+        size = sum(last - first + 1 for first, last in state.bounds) if self.spread else 0
+        if size > 0:
+            position = spread_start(client, size)
+            for _ in range(min(SPREAD_PROBES, size)):
+                address = _nth_address(state.bounds, position)
+                if address not in self._by_address and self._usable_by(address, client, now):
+                    return address
+                position = (position + 1) % size
+        return super()._fresh_address(state, client, now)
 
     def begin_batch(self) -> ClaimBatch:
         """Start a new batch; claims made outside any batch since the last one carry over."""

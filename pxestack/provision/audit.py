@@ -80,6 +80,8 @@ class _Change:
     actor: str | None
     #: Path -> the bytes written (None: deleted); None: stage the whole work tree.
     data: dict[str, bytes | None] | None
+    #: When it was made (epoch seconds; None: when its commit is written).
+    when: float | None = None
 
 
 def _serial_of(message: str) -> str | None:
@@ -308,7 +310,7 @@ class GitAudit:
             return [change.message for change in self._queue]
 
     def enqueue(self, message: str, data: Mapping[str, bytes | None] | None = None,
-                *, actor: str | None = None) -> int:
+                *, actor: str | None = None, when: float | None = None) -> int:
         """Queue one change for the next commit and return its ticket for :meth:`wait`.
 
         *data* maps each path the change wrote (relative to the cluster directory) to the
@@ -317,13 +319,16 @@ class GitAudit:
         whole work tree (a scan; for callers that cannot say what they touched).  Call it
         in the order the changes were made (the host store does, under its lock).
 
-        The change's author is *actor* (default: :data:`CURRENT_ACTOR`).
+        The change's author is *actor* (default: :data:`CURRENT_ACTOR`).  *when* (epoch
+        seconds) is the time the change was made, for a change recorded later than it was
+        made (an export of another store's log); the commit takes the time of its newest
+        change, or the clock's when a change has none.
         """
         who = actor if actor is not None else CURRENT_ACTOR.get()
         with self._queue_lock:
             self._tickets += 1
             self._queue.append(_Change(self._tickets, message, who,
-                                       None if data is None else dict(data)))
+                                       None if data is None else dict(data), when))
             return self._tickets
 
     def wait(self, ticket: int) -> bool:
@@ -356,6 +361,13 @@ class GitAudit:
                 except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                     data[path] = None
         return self.wait(self.enqueue(message, data, actor=actor))
+
+    def discard_pending(self) -> None:
+        """Forget the changes waiting for their commit (a caller that records them again
+        later, such as an exporter that re-reads its source after a failed commit)."""
+        with self._commit_lock, self._queue_lock:
+            self._queue.clear()
+            self._committed = self._tickets
 
     def retry(self) -> bool:
         """Commit pending changes; ``True`` when nothing is left pending.
@@ -514,7 +526,8 @@ class GitAudit:
             if head.tree_id == tree:
                 return  # nothing actually changed (e.g. a retried identical write)
             parents = [head.id]
-        when = int(self.clock())
+        times = [change.when for change in batch if change.when is not None]
+        when = int(max(times)) if len(times) == len(batch) else int(self.clock())
         signature = pygit2.Signature(self.name, self.email, when, 0)
         author = signature
         actors = {change.actor for change in batch}

@@ -3,9 +3,12 @@
 With the database store the audit log is the ``audit`` table.  So that ``git log`` of a
 cluster directory stays the audit operators and mayu-era tools read, every server runs an
 :class:`AuditExporter` (when ``provision.git`` is on), and the one that holds a PostgreSQL
-advisory lock, the **exporter**, turns each audit entry into one commit of
-``provision.cluster_dir``: the record written to ``<serial>/conf.json`` (or removed), the
-entry's message, author and time, and a last line ``Audit-Id: N``.
+advisory lock, the **exporter**, commits the audit entries to ``provision.cluster_dir``
+through the git audit's group commit (:class:`~pxestack.provision.audit.GitAudit`): an
+entry exported alone is one commit (the record written to ``<serial>/conf.json`` or
+removed, the entry's message, author and time, and a last line ``Audit-Id: N``); entries
+waiting together share commits, one block per entry in order, each ending with its own
+``Audit-Id: N`` line (:func:`audit_ids` reads them back).
 
 * **One at a time**: the lock is a session lock on a connection the exporter keeps open.
   When the exporting server dies (``kill -9`` included) or loses the database, PostgreSQL
@@ -28,8 +31,7 @@ import contextlib
 import fcntl
 import os
 import re
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +46,18 @@ from pxestack.provision.store import HOST_FILE, PRIVATE_DIR
 
 #: The advisory-lock key the exporting server holds (any fixed number shared by all servers).
 EXPORT_LOCK = 0x70786567_69746578
-#: The trailer naming the audit entry a commit exports.
-_TRAILER = re.compile(r"^Audit-Id: ([0-9]+)$", re.MULTILINE)
+#: The trailer naming an audit entry a commit exports: the message's last line, or the
+#: last line of each change's (indented) block in a commit of several entries.
+_TRAILER = re.compile(r"^(?:    )?Audit-Id: ([0-9]+)$", re.MULTILINE)
 #: Entries exported per attempt (the rest follow at the next one).
 BATCH = 500
 #: Commits searched back from HEAD for the last ``Audit-Id``.
 SCAN_LIMIT = 100_000
+
+
+def audit_ids(message: str) -> list[int]:
+    """The audit entries a commit *message* exports, in order (empty: none)."""
+    return [int(found) for found in _TRAILER.findall(message)]
 
 
 class AuditExporter:
@@ -149,13 +157,12 @@ class AuditExporter:
         with self._repository_lock():
             self.last_id = None
             done = self._last()
-            for entry_id, kind, serial, at, author, message, record in rows:
-                if entry_id <= done:
-                    continue
-                self._export(entry_id, kind, serial, at, author, message, record, files)
-        if rows:
+            fresh = [row for row in rows if row[0] > done]
+            if fresh:
+                self._export(fresh, files)
+        if fresh:
             self.log.info("exported {count} audit entries to git (up to {last})",
-                          count=len(rows), last=self.last_id)
+                          count=len(fresh), last=self.last_id)
         return len(rows)
 
     @contextlib.contextmanager
@@ -184,45 +191,65 @@ class AuditExporter:
             if not repo.head_is_unborn:
                 walker = repo.walk(repo.head.target, pygit2.enums.SortMode.TOPOLOGICAL)
                 for scanned, commit in enumerate(walker):
-                    found = _TRAILER.search(commit.message)
+                    found = audit_ids(commit.message)
                     if found or scanned >= SCAN_LIMIT:
-                        self.last_id = int(found.group(1)) if found else 0
+                        self.last_id = found[-1] if found else 0
                         break
         return self.last_id
 
-    def _export(
-        self, entry_id: int, kind: str, serial: str | None, at: datetime, author: str,
-        message: str, record: Any, files: list[tuple[str, bytes]],
-    ) -> None:
+    def _export(self, rows: list[Any], files: list[tuple[str, bytes]]) -> None:
+        """Commit the audit entries *rows* (oldest first) through the git audit's group
+        commit: the entries queued together share commits (at most the audit's
+        ``MAX_BATCH`` per commit), each with its own block, author and ``Audit-Id``.
+
+        Each entry is staged with the record it wrote, so the commits hold every entry's
+        change in order; the work tree gets each path's final content once.
+        """
         audit = self._git()
-        paths: list[str] = []
-        if kind == "change" and serial is not None and record is not None:
-            directory = self.root / serial
-            directory.mkdir(exist_ok=True)
-            data = Host.from_json(record, directory=serial).to_bytes()
-            atomic_write(directory / HOST_FILE, data)
-            paths.append(f"{serial}/{HOST_FILE}")
-        elif kind == "remove" and serial is not None:
-            path = self.root / serial / HOST_FILE
-            if path.exists():
-                path.unlink()
-                with contextlib.suppress(OSError):
-                    (self.root / serial).rmdir()
-                fsync_dir(self.root)
-            paths.append(f"{serial}/{HOST_FILE}")
-        elif kind == "cluster":
-            # The entry does not hold the file; the current content is as new or newer.
-            for name, data in files:
-                atomic_write(self.root / name, bytes(data))
-                paths.append(name)
-        clock: Callable[[], float] = audit.clock
-        audit.clock = at.timestamp
-        try:
-            audit.commit(f"{message}\n\nAudit-Id: {entry_id}", paths, actor=author)
-        finally:
-            audit.clock = clock
-        self.last_id = entry_id
-        self.exported += 1
+        final: dict[str, bytes | None] = {}
+        ticket = 0
+        for entry_id, kind, serial, at, author, message, record in rows:
+            data: dict[str, bytes | None] = {}
+            if kind == "change" and serial is not None and record is not None:
+                data[f"{serial}/{HOST_FILE}"] = Host.from_json(record, directory=serial).to_bytes()
+            elif kind == "remove" and serial is not None:
+                data[f"{serial}/{HOST_FILE}"] = None
+            elif kind == "cluster":
+                # The entry does not hold the file; the current content is as new or newer.
+                data.update((name, bytes(content)) for name, content in files)
+            if not data:
+                # A history entry copied from git by an import: its change is already in
+                # the tree, so it makes no commit.
+                continue
+            final.update(data)
+            ticket = audit.enqueue(f"{message}\n\nAudit-Id: {entry_id}", data,
+                                   actor=author, when=at.timestamp())
+        self._write_work_tree(final)
+        if ticket and not audit.wait(ticket):
+            # Logged by the audit and reported by health(); the entries are read again
+            # from the table at the next attempt, after the repository's newest Audit-Id.
+            audit.discard_pending()
+            self.last_id = None
+            return
+        self.last_id = rows[-1][0]
+        self.exported += len(rows)
+
+    def _write_work_tree(self, final: dict[str, bytes | None]) -> None:
+        """Give each path of the work tree its final content (None: removed)."""
+        removed = False
+        for relpath, content in final.items():
+            path = self.root / relpath
+            if content is None:
+                if path.exists():
+                    path.unlink()
+                    removed = True
+                    with contextlib.suppress(OSError):
+                        path.parent.rmdir()
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, content)
+        if removed:
+            fsync_dir(self.root)
 
     def health(self) -> dict[str, Any]:
         """Whether this server exports the audit to git, how far, and whether its commits
@@ -234,4 +261,4 @@ class AuditExporter:
         return out
 
 
-__all__ = ["EXPORT_LOCK", "AuditExporter"]
+__all__ = ["EXPORT_LOCK", "AuditExporter", "audit_ids"]

@@ -6,7 +6,8 @@
 ``retry_audit``) over the schema of ``pxestack/provision/migrations/*.sql``.
 
 * **One change, one transaction**: the record, its claims (profile slot, internal address)
-  and its audit row are written together or not at all.
+  and its audit row are written together or not at all (first contacts that wait together
+  share one transaction, each with its own record, claims and audit row: :meth:`enrol`).
 * **Exact claims across servers**: an enrolment locks the single ``cluster`` row (a row
   lock, held to the end of the transaction), so enrolments on every server see each other's
   hosts; on top of that, ``profile_slots`` (slot numbers unique per profile and, by a
@@ -33,6 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from typing import Any
@@ -44,6 +46,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from twisted.logger import Logger
 from twisted.python.threadable import isInIOThread
 
+from pxestack.provision.hostindex import HostIndex
 from pxestack.provision.hoststore import (
     CURRENT_ACTOR,
     Change,
@@ -74,6 +77,42 @@ MAX_ATTEMPTS = 8
 _UNREACHABLE = (psycopg.OperationalError, PoolTimeout)
 #: The author of the audit entry an import adds to each host.
 IMPORT_AUTHOR = "pxestack import"
+#: Seconds between comparisons of every host's ETag with a server's copy (in between, only
+#: the hosts the audit names as changed are read).
+FULL_SYNC = 30.0
+#: The hosts named by the audit entries after a given one, with their current rows (NULL:
+#: removed), oldest entry first.
+_DELTA = (
+    "SELECT a.id, a.serial, h.record, h.etag FROM audit a "
+    "LEFT JOIN hosts h ON h.serial = a.serial WHERE a.id > %s ORDER BY a.id"
+)
+#: Claim the lowest free slot of a profile for a serial (parameters: serial, profile;
+#: nothing for a profile that is not configured): the ``profile_slots`` trigger refuses a
+#: slot at or beyond the profile's quantity, the primary key a slot taken meanwhile.
+_CLAIM_SLOT = (
+    "INSERT INTO profile_slots (profile, slot, serial) "
+    "SELECT p.name, (SELECT min(n) FROM generate_series(0, (SELECT count(*) "
+    "FROM profile_slots t WHERE t.profile = p.name)::integer) AS n WHERE NOT EXISTS "
+    "(SELECT 1 FROM profile_slots u WHERE u.profile = p.name AND u.slot = n)), %s "
+    "FROM profiles p WHERE p.name = %s"
+)
+
+
+#: Enrolments of one server written in one transaction at most (see :meth:`enrol`).
+ENROL_BATCH = 16
+
+
+@dataclass(slots=True)
+class _Enrolment:
+    """One first contact waiting for its server's next enrolment transaction."""
+
+    serial: str
+    make: Callable[[Sequence[Host]], Host]
+    message: Sequence[str]
+    author: str
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tuple[Versioned, bool] | None = None
+    error: BaseException | None = None
 
 
 class ClaimConflict(StoreError):  # noqa: N818 - the HTTP status it maps to
@@ -100,6 +139,22 @@ def insert_audit(
         (serial, when, author, message, Jsonb(record) if record is not None else None,
          server, kind),
     )
+
+
+def _claim_refused(exc: psycopg.Error, host: Host | None) -> ClaimConflict | None:
+    """The :class:`ClaimConflict` a refused claim of *host* is (None: another error)."""
+    if host is None:
+        return None
+    if isinstance(exc, pg_errors.CheckViolation):
+        reason = exc.diag.message_primary or ""
+        if reason.startswith("profile "):
+            return ClaimConflict(f"{reason}; {host.serial} cannot join it")
+    elif exc.diag.constraint_name == "address_claims_pkey":
+        return ClaimConflict(
+            f"address {host.internal_addr} already belongs to another machine; "
+            f"{host.serial} cannot have it"
+        )
+    return None
 
 
 def _on_reactor() -> bool:
@@ -138,12 +193,23 @@ class PostgresHostStore:
         #: The connection of the transaction this thread is in (see :meth:`_transaction`).
         self._local = threading.local()
         self._cache: dict[str, Versioned] = {}
-        #: The audit entry up to which :attr:`_cache` holds every change (None: unknown),
-        #: and the generation of the cache it was established for (:meth:`refresh`
-        #: replaces the cache with a snapshot and starts a new generation).
+        #: The same records with their profile, address and MAC counts (what an enrolment
+        #: decides on), kept with :attr:`_cache` under :attr:`_lock`.
+        self._index = HostIndex()
+        #: The audit entry up to which :attr:`_cache` holds every change (None: unknown:
+        #: the next synchronisation compares every host's ETag).
         self._synced_to: int | None = None
-        self._generation = 0
+        #: When the last comparison of every host's ETag ran (by *clock*).
+        self._full_sync_at: float | None = None
+        #: MAC -> serial, read without the lock by DHCP on the reactor thread.
         self._mac_index: dict[str, str] = {}
+        #: Serial -> the audit entry of the newest row of it taken from a synchronisation.
+        self._versions: dict[str, int] = {}
+        #: First contacts waiting for an enrolment transaction, and the lock held by the
+        #: thread that runs one (see :meth:`enrol`).
+        self._enrolments: list[_Enrolment] = []
+        self._enrolments_lock = threading.Lock()
+        self._enrolling = threading.Lock()
         #: Why the database cannot be used right now (None: it can).
         self.unreachable: str | None = None
         #: Kept for the service's start-up report; the database store is never "damaged".
@@ -259,21 +325,43 @@ class PostgresHostStore:
         if first:
             self.log.error("{reason}", reason=reason)
 
-    def _transaction(self, work: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+    def _transaction(
+        self, work: Callable[[psycopg.Connection[Any]], Any], *, pipeline: bool = False
+    ) -> Any:
         """Run *work* in one transaction, again when it lost a race with another server.
 
         While *work* runs, this thread's reads (a change that looks at every host, such as
         moving a host to another profile) use the transaction's connection: a second one
         from the pool could wait for ever when every connection is such a change.
+
+        With *pipeline* the transaction runs in libpq's pipeline mode: statements are sent
+        without waiting for each other's results until *work* reads one, and the writes
+        that end *work* travel with the ``COMMIT``, so the row locks they take (the audit
+        order above all, which every change takes) are held for the database's own time,
+        not for round trips to a busy server.  A claim refused there is reported as
+        :class:`ClaimConflict` all the same.
         """
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                with self._connection() as conn, conn.transaction():
+                with self._connection() as conn, contextlib.ExitStack() as stack:
+                    if pipeline:
+                        stack.enter_context(conn.pipeline())
+                    stack.enter_context(conn.transaction())
                     self._local.conn = conn
+                    self._local.writing = None
                     try:
                         return work(conn)
                     finally:
                         self._local.conn = None
+            except (pg_errors.CheckViolation, pg_errors.UniqueViolation) as exc:
+                refused = _claim_refused(exc, getattr(self._local, "writing", None))
+                if refused is not None:
+                    raise refused from exc
+                if isinstance(exc, pg_errors.CheckViolation):
+                    raise
+                if attempt == MAX_ATTEMPTS:
+                    raise ClaimConflict(f"the change kept conflicting with others: {exc}") from exc
+                time.sleep(0.005 * attempt)
             except _RETRYABLE as exc:
                 if attempt == MAX_ATTEMPTS:
                     raise ClaimConflict(f"the change kept conflicting with others: {exc}") from exc
@@ -285,52 +373,122 @@ class PostgresHostStore:
     def _remember(self, versioned: Versioned) -> None:
         host = versioned.host
         with self._lock:
+            self._drop_macs(host.serial)
             self._cache[host.serial] = versioned
-            for mac in [m for m, s in self._mac_index.items() if s == host.serial]:
-                del self._mac_index[mac]
+            self._index.put(host)
             for mac in host.mac_addresses:
                 self._mac_index[mac] = host.serial
 
     def _forget(self, serial: str) -> None:
         with self._lock:
+            self._drop_macs(serial)
             self._cache.pop(serial, None)
-            for mac in [m for m, s in self._mac_index.items() if s == serial]:
-                del self._mac_index[mac]
+            self._index.discard(serial)
+
+    def _drop_macs(self, serial: str) -> None:
+        old = self._cache.get(serial)
+        if old is not None:
+            for mac in old.host.mac_addresses:
+                if self._mac_index.get(mac) == serial:
+                    del self._mac_index[mac]
 
     @staticmethod
     def _versioned(serial: str, record: Any, etag: str) -> Versioned:
         return Versioned(Host.from_json(record, directory=serial), etag)
 
-    def refresh(self) -> None:
-        """Reload every record (other servers' changes) and recover a lost database."""
-        current: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        try:
-            if current is not None:
-                rows = current.execute("SELECT serial, record, etag FROM hosts").fetchall()
-            else:
-                with self.pool.connection(timeout=self.connect_timeout) as conn:
-                    rows = conn.execute("SELECT serial, record, etag FROM hosts").fetchall()
-        except _UNREACHABLE as exc:
-            self._lost(exc)
-            return
-        fresh: dict[str, Versioned] = {}
-        for serial, record, etag in rows:
+    def _use(self, rows: Sequence[tuple[int, str, Any, Any]]) -> None:
+        """Take hosts' rows (version, serial, record, ETag) as read from the database into
+        the copy; a record None: the host is gone.
+
+        The version is the audit entry of the row's latest change (or a number no lower):
+        a row older than one already taken is skipped, so synchronisations that overlap
+        never put an older record over a newer one.
+        """
+        parsed: list[tuple[int, str, Versioned | None]] = []
+        for version, serial, record, etag in rows:
+            if record is None:
+                parsed.append((version, serial, None))
+                continue
             cached = self._cache.get(serial)
             if cached is not None and cached.etag == etag:
-                fresh[serial] = cached
                 continue
             try:
-                fresh[serial] = self._versioned(serial, record, etag)
+                parsed.append((version, serial, self._versioned(serial, record, etag)))
             except InvalidHostRecord as exc:
                 self.log.error("cannot use host record {serial} from the database: {error}",
                                serial=serial, error=str(exc))
         with self._lock:
-            self._cache = fresh
-            self._generation += 1
-            self._synced_to = None
-            self._mac_index = {
-                mac: v.host.serial for v in fresh.values() for mac in v.host.mac_addresses
-            }
+            for version, serial, versioned in parsed:
+                if version <= self._versions.get(serial, -1):
+                    continue
+                self._versions[serial] = version
+                if versioned is None:
+                    self._forget(serial)
+                else:
+                    self._remember(versioned)
+
+    def _sync(self, conn: psycopg.Connection[Any], *, full: bool = False) -> None:
+        """Bring this server's copy up to date with every committed change.
+
+        Audit entries are numbered in commit order and every change writes one in its own
+        transaction, so once the copy is known to hold every change up to entry N, the
+        hosts named by the entries above N are all that can differ: one query
+        (:data:`_DELTA`) returns them with their current rows.  Otherwise (the first time,
+        after a lost database, or with *full*) the serial and ETag of every host are
+        compared with the copy and only the records that differ are read.
+        """
+        synced = None if full else self._synced_to
+        if synced is not None:
+            self._apply_delta(conn.execute(_DELTA, (synced,)).fetchall())
+            return
+        started = self.clock()
+        top = conn.execute("SELECT last_id FROM audit_order WHERE id = 1").fetchone()
+        reached = int(top[0]) if top is not None else 0
+        etags = dict(conn.execute("SELECT serial, etag FROM hosts").fetchall())
+        differ = [serial for serial, etag in etags.items()
+                  if serial not in self._cache or self._cache[serial].etag != etag]
+        fetched = conn.execute(
+            "SELECT serial, record, etag FROM hosts WHERE serial = ANY(%s)", (differ,)
+        ).fetchall() if differ else []
+        # Every row read is at least as new as the entry read first.
+        self._use([(reached, serial, record, etag) for serial, record, etag in fetched])
+        with self._lock:
+            for gone in [serial for serial in self._cache if serial not in etags]:
+                if self._versions.get(gone, -1) <= reached:
+                    self._forget(gone)
+            self._synced_to = max(reached, self._synced_to or 0)
+            self._full_sync_at = started
+
+    def _apply_delta(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Apply the rows of :data:`_DELTA` (entry, serial, record, ETag), oldest first."""
+        latest = {serial: (int(entry), serial, record, etag)
+                  for entry, serial, record, etag in rows if serial is not None}
+        self._use(list(latest.values()))
+        if rows:
+            with self._lock:
+                self._synced_to = max(int(rows[-1][0]), self._synced_to or 0)
+
+    def refresh(self) -> None:
+        """Take other servers' changes into this server's copy, and recover a lost
+        database.
+
+        Only the hosts changed since the last synchronisation are read; every
+        :data:`FULL_SYNC` seconds (and after the database was lost) the ETags of all hosts
+        are compared as well, so a copy that went wrong is put right.
+        """
+        current: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        due = self._full_sync_at is None or self.clock() - self._full_sync_at >= FULL_SYNC
+        full = due or self.unreachable is not None
+        try:
+            if current is not None:
+                self._sync(current, full=full)
+            else:
+                with self.pool.connection(timeout=self.connect_timeout) as conn:
+                    self._sync(conn, full=full)
+        except _UNREACHABLE as exc:
+            self._lost(exc)
+            return
+        with self._lock:
             recovered = self.unreachable is not None
             self.unreachable = None
         if recovered:
@@ -339,6 +497,9 @@ class PostgresHostStore:
 
     def read(self, serial: str) -> Versioned | None:
         """The record of *serial*; this server's copy while the database is unreachable.
+
+        Off the reactor thread it is always the committed record: one primary-key lookup
+        that sends the record only when its ETag differs from this server's copy.
 
         On the reactor thread (the API's authentication of a machine's callback) a record
         in this server's copy is answered from it, without a round trip; a record it does
@@ -353,10 +514,15 @@ class PostgresHostStore:
                 return cached
             if self.unreachable is not None:
                 raise StoreReadOnly(self.unreachable)
+        cached = self._cache.get(serial)
         try:
             with self._connection() as conn:
+                # The ETag validates this server's copy: the record itself is sent (and
+                # parsed) only when it changed.
                 row = conn.execute(
-                    "SELECT record, etag FROM hosts WHERE serial = %s", (serial,)
+                    "SELECT etag, CASE WHEN etag = %s THEN NULL ELSE record END "
+                    "FROM hosts WHERE serial = %s",
+                    (cached.etag if cached is not None else "", serial),
                 ).fetchone()
         except StoreReadOnly:
             cached = self._cache.get(serial)
@@ -364,10 +530,17 @@ class PostgresHostStore:
                 raise
             return cached
         if row is None:
-            self._forget(serial)
+            with self._lock:
+                if self._cache.get(serial) is cached:
+                    self._forget(serial)
             return None
-        versioned = self._versioned(serial, row[0], row[1])
-        self._remember(versioned)
+        if row[1] is None and cached is not None:
+            return cached
+        versioned = self._versioned(serial, row[1], row[0])
+        with self._lock:
+            # Unless another thread took a (possibly newer) record meanwhile.
+            if self._cache.get(serial) is cached:
+                self._remember(versioned)
         return versioned
 
     def hosts(self) -> list[Host]:
@@ -411,144 +584,208 @@ class PostgresHostStore:
         insert_audit(conn, serial, datetime.fromtimestamp(self.clock(), UTC), author, text,
                      record, self.server, kind=kind)
 
-    def _claim(self, conn: psycopg.Connection[Any], host: Host, old: Host | None) -> None:
-        """Make *host*'s profile slot and address claims match its record."""
-        if old is None or old.profile != host.profile:
-            conn.execute("DELETE FROM profile_slots WHERE serial = %s", (host.serial,))
-            configured = conn.execute(
-                "SELECT quantity FROM profiles WHERE name = %s", (host.profile,)
-            ).fetchone()
-            if host.profile and configured is not None:
-                taken = {r[0] for r in conn.execute(
-                    "SELECT slot FROM profile_slots WHERE profile = %s", (host.profile,))}
-                slot = next(n for n in range(len(taken) + 1) if n not in taken)
-                try:
-                    with conn.transaction():
-                        conn.execute(
-                            "INSERT INTO profile_slots (profile, slot, serial) "
-                            "VALUES (%s, %s, %s)",
-                            (host.profile, slot, host.serial),
-                        )
-                except pg_errors.CheckViolation as exc:
-                    raise ClaimConflict(
-                        f"profile {host.profile} is full (quantity {configured[0]}); "
-                        f"{host.serial} cannot join it"
-                    ) from exc
-        if old is None or old.internal_addr != host.internal_addr:
-            conn.execute("DELETE FROM address_claims WHERE serial = %s", (host.serial,))
-            if host.internal_addr is not None:
-                owner = conn.execute(
-                    "INSERT INTO address_claims (address, serial) VALUES (%s, %s) "
-                    "ON CONFLICT (address) DO NOTHING RETURNING serial",
-                    (str(host.internal_addr), host.serial),
-                ).fetchone()
-                if owner is None:
-                    raise ClaimConflict(
-                        f"address {host.internal_addr} already belongs to another machine; "
-                        f"{host.serial} cannot have it"
-                    )
-
     def _write(
         self, conn: psycopg.Connection[Any], host: Host, old: Host | None, text: str,
         *, author: str,
     ) -> Versioned:
+        """Write *host* (replacing *old*), make its profile slot and address claims match
+        it, and append its audit entry (last: it takes the audit order's row lock).
+
+        A claim another machine holds is refused by the database (the profile's slot
+        trigger, the address's primary key) and reported as :class:`ClaimConflict`: at
+        once, or in a pipelined transaction when it commits.
+        """
         data = host.to_bytes()
         etag = etag_of(data)
         record = json.loads(data)
-        if old is None:
-            conn.execute(
-                "INSERT INTO hosts (serial, record, etag) VALUES (%s, %s, %s)",
-                (host.serial, Jsonb(record), etag),
-            )
-        else:
-            conn.execute(
-                "UPDATE hosts SET record = %s, etag = %s, changed_at = now() WHERE serial = %s",
-                (Jsonb(record), etag, host.serial),
-            )
-        self._claim(conn, host, old)
-        self._audit(conn, host.serial, text, record, author)
+        self._local.writing = host
+        try:
+            if old is None:
+                conn.execute(
+                    "INSERT INTO hosts (serial, record, etag) VALUES (%s, %s, %s)",
+                    (host.serial, Jsonb(record), etag),
+                )
+            else:
+                conn.execute(
+                    "UPDATE hosts SET record = %s, etag = %s, changed_at = now() "
+                    "WHERE serial = %s",
+                    (Jsonb(record), etag, host.serial),
+                )
+            if old is None or old.profile != host.profile:
+                if old is not None:
+                    conn.execute("DELETE FROM profile_slots WHERE serial = %s", (host.serial,))
+                if host.profile:
+                    conn.execute(_CLAIM_SLOT, (host.serial, host.profile))
+            if old is None or old.internal_addr != host.internal_addr:
+                if old is not None:
+                    conn.execute("DELETE FROM address_claims WHERE serial = %s",
+                                 (host.serial,))
+                if host.internal_addr is not None:
+                    conn.execute(
+                        "INSERT INTO address_claims (address, serial) VALUES (%s, %s)",
+                        (str(host.internal_addr), host.serial),
+                    )
+            self._audit(conn, host.serial, text, record, author)
+        except (pg_errors.CheckViolation, pg_errors.UniqueViolation) as exc:
+            refused = _claim_refused(exc, host)
+            if refused is not None:
+                raise refused from exc
+            raise
         return Versioned(host, etag)
+
+    def _synchronise(self, *, full: bool = False) -> None:
+        """:meth:`_sync` on a connection of its own (or of this thread's transaction)."""
+        with self._connection() as conn:
+            self._sync(conn, full=full)
 
     def enrol(
         self, serial: str, make: Callable[[Sequence[Host]], Host], message: Sequence[str]
     ) -> tuple[Versioned, bool]:
         """Return *serial*'s record, creating it with ``make(all_hosts)`` if absent.
 
-        ``make`` runs while this transaction holds the ``cluster`` row lock, with every host
-        of every server, so its profile and address choice is exact.
+        ``make`` runs while the enrolment's transaction holds the ``cluster`` row lock, with
+        every host of every server, so its profile and address choice is exact.  Every
+        enrolment in the cluster waits for that lock, so what it is held for is kept short:
+        one round trip reads the hosts changed since this server's copy was last up to
+        date, ``make`` decides on the copy's counts, and one pipeline writes the record, its
+        claims and its audit entry and commits.
+
+        **Group enrolment.**  The first contacts that arrive on this server while one of
+        its threads waits for or holds the lock are written by that thread's next
+        transaction together (at most :data:`ENROL_BATCH`): one lock, one delta, each
+        ``make`` in turn seeing the hosts decided before it, each record with its own
+        claims and audit entry, one commit.  A ``make`` that refuses (a full address range)
+        refuses only its own machine.  When the database refuses the transaction (a claim
+        taken after all: the copy was wrong), each enrolment is run again on its own after
+        the copy was compared with every host's ETag.
         """
-        existing = self.read(serial)
-        if existing is not None:
-            return existing, False
-        author = _actor(serial)
+        if serial in self._cache:
+            # Known here: the validated read answers without the lock (a machine that
+            # boots again).  A serial the copy does not hold is looked for by the
+            # enrolment itself, which reads every host changed since the copy's entry.
+            existing = self.read(serial)
+            if existing is not None:
+                return existing, False
+        if self._synced_to is None:
+            self._synchronise(full=True)
+        request = _Enrolment(serial, make, message, _actor(serial))
+        with self._enrolments_lock:
+            self._enrolments.append(request)
+        while not request.done.is_set():
+            with self._enrolling:
+                if request.done.is_set():
+                    break
+                with self._enrolments_lock:
+                    batch = self._enrolments[:ENROL_BATCH]
+                    del self._enrolments[: len(batch)]
+                if batch:
+                    try:
+                        self._enrol_batch(batch)
+                    finally:
+                        for other in batch:
+                            if not other.done.is_set():
+                                self._finish(other, error=StoreError(
+                                    f"the enrolment of {other.serial} did not complete"))
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
 
-        def work(conn: psycopg.Connection[Any]) -> tuple[Versioned, bool]:
-            conn.execute("SELECT 1 FROM cluster WHERE id = 1 FOR UPDATE")
-            found = conn.execute(
-                "SELECT record, etag FROM hosts WHERE serial = %s", (serial,)
-            ).fetchone()
-            if found is not None:
-                return self._versioned(serial, found[0], found[1]), False
-            host = make(self._all_hosts(conn))
-            if host.serial != serial:
-                raise ValueError("make() returned a record for another serial")
-            first, *details = message
-            text = f"{serial}: {first}" + ("\n\n" + "\n".join(details) if details else "")
-            return self._write(conn, host, None, text, author=author), True
+    def _enrol_batch(self, batch: list[_Enrolment], *, alone: bool = False) -> None:
+        """Run the enrolments of *batch* in one transaction and hand each its outcome."""
+        try:
+            try:
+                outcomes = self._transaction(
+                    lambda conn: self._enrol_work(conn, batch), pipeline=True)
+            finally:
+                with self._lock:
+                    # Records decided for a transaction that did not commit are dropped.
+                    for request in batch:
+                        if request.serial not in self._cache:
+                            self._index.discard(request.serial)
+        except ClaimConflict as exc:
+            if alone:
+                self._finish(batch[0], error=exc)
+                return
+            try:
+                self._synchronise(full=True)
+            except StoreError as lost:
+                for request in batch:
+                    self._finish(request, error=lost)
+                return
+            for request in batch:
+                self._enrol_batch([request], alone=True)
+            return
+        except Exception as exc:
+            for request in batch:
+                self._finish(request, error=exc)
+            return
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._finish(request, error=outcome)
+            else:
+                if outcome[1]:
+                    self._remember(outcome[0])
+                self._finish(request, result=outcome)
 
-        versioned, created = self._transaction(work)
-        self._remember(versioned)
-        return versioned, created
+    @staticmethod
+    def _finish(request: _Enrolment, *, result: tuple[Versioned, bool] | None = None,
+                error: BaseException | None = None) -> None:
+        request.result, request.error = result, error
+        request.done.set()
 
-    def _all_hosts(self, conn: psycopg.Connection[Any]) -> list[Host]:
-        """Every host, read in *conn*'s transaction (an enrolment needs them all).
-
-        Audit entries are numbered in commit order and every change writes one in its own
-        transaction, so once this server's copy is known to hold every change up to entry
-        N, the hosts named by the entries above N are all that can differ: only those are
-        read.  Otherwise (the first enrolment, or after :meth:`refresh` replaced the copy
-        with a snapshot) the serial and ETag of every host are compared with the copy and
-        the records that differ are read.
-        """
+    def _enrol_work(
+        self, conn: psycopg.Connection[Any], batch: Sequence[_Enrolment]
+    ) -> list[tuple[Versioned, bool] | BaseException]:
         with self._lock:
-            synced, generation = self._synced_to, self._generation
-            copy = dict(self._cache)
-        if synced is None:
-            top = conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()
-            etags = conn.execute("SELECT serial, etag FROM hosts").fetchall()
-            present = {serial for serial, _ in etags}
-            missing = [serial for serial, etag in etags
-                       if serial not in copy or copy[serial].etag != etag]
-            for gone in [serial for serial in copy if serial not in present]:
-                del copy[gone]
-            reached = int(top[0]) if top is not None else 0
-        else:
-            changed = conn.execute(
-                "SELECT id, serial FROM audit WHERE id > %s ORDER BY id", (synced,)
-            ).fetchall()
-            missing = sorted({serial for _, serial in changed if serial is not None})
-            reached = int(changed[-1][0]) if changed else synced
-        fetched: list[Versioned] = []
-        if missing:
-            for serial, record, etag in conn.execute(
-                "SELECT serial, record, etag FROM hosts WHERE serial = ANY(%s)", (missing,)
-            ):
-                fetched.append(self._versioned(serial, record, etag))
-        found = {versioned.host.serial for versioned in fetched}
-        for serial in missing:
-            if serial not in found:
-                copy.pop(serial, None)  # removed since
-        for versioned in fetched:
-            copy[versioned.host.serial] = versioned
-        for versioned in fetched:
-            self._remember(versioned)
-        for serial in missing:
-            if serial not in found:
-                self._forget(serial)
+            synced = self._synced_to or 0
+        # One round trip (pipeline mode): the lock, then, with every change committed
+        # before it was granted visible, the hosts changed since the copy's entry.
+        conn.execute("SELECT 1 FROM cluster WHERE id = 1 FOR UPDATE")
+        changed = conn.execute(_DELTA, (synced,)).fetchall()
+        decided: list[Host | Versioned | str | BaseException] = []
         with self._lock:
-            if self._generation == generation:
-                self._synced_to = reached
-        return [versioned.host for versioned in copy.values()]
+            self._apply_delta(changed)
+            for request in batch:
+                if request.serial not in self._cache:
+                    self._index.discard(request.serial)  # decided by an attempt that failed
+            made: set[str] = set()
+            for request in batch:
+                found = self._cache.get(request.serial)
+                if found is not None:
+                    decided.append(found)
+                    continue
+                if request.serial in made:
+                    decided.append(request.serial)  # the same machine twice: one record
+                    continue
+                try:
+                    host = request.make(self._index)
+                    if host.serial != request.serial:
+                        raise ValueError("make() returned a record for another serial")
+                except Exception as exc:  # a refusal of this machine only, raised to its caller
+                    decided.append(exc)
+                    continue
+                # The next decision of this batch sees this host.
+                self._index.put(host)
+                made.add(request.serial)
+                decided.append(host)
+        outcomes: list[tuple[Versioned, bool] | BaseException] = []
+        written: dict[str, Versioned] = {}
+        for request, decision in zip(batch, decided, strict=True):
+            if isinstance(decision, Host):
+                first, *details = request.message
+                text = f"{request.serial}: {first}" + (
+                    "\n\n" + "\n".join(details) if details else "")
+                versioned = self._write(conn, decision, None, text, author=request.author)
+                written[request.serial] = versioned
+                outcomes.append((versioned, True))
+            elif isinstance(decision, Versioned):
+                outcomes.append((decision, False))
+            elif isinstance(decision, str):
+                outcomes.append((written[decision], False))
+            else:
+                outcomes.append(decision)
+        return outcomes
 
     def update(self, serial: str, change: Change, *, if_match: str | None = None) -> Versioned:
         """Apply *change* to the row-locked record in one transaction."""
@@ -571,7 +808,7 @@ class PostgresHostStore:
             full = f"{serial}: {text}" + ("\n\n" + "\n".join(details) if details else "")
             return self._write(conn, host, current.host, full, author=author)
 
-        versioned: Versioned = self._transaction(work)
+        versioned: Versioned = self._transaction(work, pipeline=True)
         self._remember(versioned)
         return versioned
 
@@ -592,7 +829,7 @@ class PostgresHostStore:
             self._audit(conn, serial, f"{serial}: {message}", None, author, kind="remove")
             return current
 
-        removed: Versioned = self._transaction(work)
+        removed: Versioned = self._transaction(work, pipeline=True)
         self._forget(serial)
         return removed
 

@@ -150,9 +150,11 @@ class Server:
     """One pxestack DHCP server: core, shared store, group commit, protocol."""
 
     def __init__(self, address: IPv4Address, table: Any, clock: Clock,
-                 run: Deferring, *, authoritative: bool = False) -> None:
+                 run: Deferring, *, authoritative: bool = False, spread: bool = False) -> None:
         subnet = SubnetSettings(Subnet(NET, (AddressRange(FIRST, LAST),)))
-        self.store = SharedLeaseStore([subnet.subnet])
+        # Without *spread* both servers hand out addresses in the same order, so the tests
+        # can make their offers collide; with it, as the DHCP service runs them.
+        self.store = SharedLeaseStore([subnet.subnet], spread=spread)
         self.core = DhcpServerCore(
             ServerSettings((subnet,), offer_hold=30.0, authoritative=authoritative),
             self.store, StaticBootPolicy(),

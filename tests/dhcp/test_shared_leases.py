@@ -30,6 +30,7 @@ from sharedlab import (
 from twisted.internet.task import Clock
 
 from pxestack.dhcp.leases import Decline, Lease, LeaseState
+from pxestack.dhcp.sharedleases import spread_start
 from pxestack.wire import constants as c
 
 
@@ -84,6 +85,58 @@ def test_two_servers_never_offer_or_grant_one_address_to_two_clients(lab: Any) -
     assert [kind_of(m) for m in a.transport.take() + b.transport.take()] == [c.DHCPACK] * 2
     assert table.bound(clock.seconds()) == {FIRST: b"M" + (1).to_bytes(6, "big"),
                                             offer_b.yiaddr: b"M" + (2).to_bytes(6, "big")}
+
+
+def _key(mac: int) -> bytes:
+    return b"M" + mac.to_bytes(6, "big")
+
+
+def test_servers_search_a_new_clients_address_from_its_own_place(lab: Any) -> None:
+    table, clock, run = lab
+    a = Server(SERVER_A, table, clock, run, spread=True)
+    b = Server(SERVER_B, table, clock, run, spread=True)
+    # Two clients whose own places in the ten-address pool differ.
+    one, two = next((m, n) for m in range(1, 50) for n in range(m + 1, 50)
+                    if spread_start(_key(m), 10) != spread_start(_key(n), 10))
+    a.protocol.receive_batch([message(c.DHCPDISCOVER, one)])
+    b.protocol.receive_batch([message(c.DHCPDISCOVER, two)])
+    run.finish()
+    offer_a, = a.transport.take()
+    offer_b, = b.transport.take()
+    # Both first offers stand: nothing was refused and handled again.
+    assert offer_a.yiaddr == IPv4Address(int(FIRST) + spread_start(_key(one), 10))
+    assert offer_b.yiaddr == IPv4Address(int(FIRST) + spread_start(_key(two), 10))
+    assert table.calls == 2
+    # One client asking both servers is offered the same address by each.
+    a.protocol.receive_batch([message(c.DHCPDISCOVER, 60)])
+    b.protocol.receive_batch([message(c.DHCPDISCOVER, 60)])
+    run.finish()
+    assert a.transport.take()[0].yiaddr == b.transport.take()[0].yiaddr
+    # A place already held: the search goes on to the next address.
+    taken = offer_a.yiaddr
+    other = next(m for m in range(61, 200) if m not in (one, two)
+                 and IPv4Address(int(FIRST) + spread_start(_key(m), 10)) == taken)
+    a.protocol.receive_batch([message(c.DHCPDISCOVER, other)])
+    run.finish()
+    assert a.transport.take()[0].yiaddr not in (taken, offer_b.yiaddr)
+
+
+def test_a_client_is_offered_its_previous_address_before_its_own_place(lab: Any) -> None:
+    table, clock, run = lab
+    a = Server(SERVER_A, table, clock, run, spread=True)
+    place = IPv4Address(int(FIRST) + spread_start(_key(1), 10))
+    asked = IPv4Address(int(FIRST) + (spread_start(_key(1), 10) + 3) % 10)
+    # A client asking for an address (option 50, its previous one) that is free gets it.
+    a.protocol.receive_batch([message(c.DHCPDISCOVER, 1, requested=asked)])
+    run.finish()
+    assert a.transport.take()[0].yiaddr == asked != place
+    a.protocol.receive_batch([message(c.DHCPREQUEST, 1, requested=asked, server=SERVER_A)])
+    run.finish()
+    assert kind_of(a.transport.take()[0]) == c.DHCPACK
+    # Bound: offered that address again, not its place in the pool.
+    a.protocol.receive_batch([message(c.DHCPDISCOVER, 1)])
+    run.finish()
+    assert a.transport.take()[0].yiaddr == asked
 
 
 def test_a_request_for_an_address_the_other_server_granted_is_naked(lab: Any) -> None:
@@ -187,15 +240,15 @@ def test_release_and_decline_reach_the_table(lab: Any) -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("ab"), st.integers(1, 14), st.booleans()),
-                max_size=40))
+                max_size=40), st.booleans())
 def test_any_interleaving_never_binds_an_address_twice(
-    steps: list[tuple[str, int, bool]],
+    steps: list[tuple[str, int, bool]], spread: bool,
 ) -> None:
     clock = Clock()
     clock.advance(START)
     table, run = MemoryLeaseTable(), Deferring()
-    servers = {"a": Server(SERVER_A, table, clock, run),
-               "b": Server(SERVER_B, table, clock, run)}
+    servers = {"a": Server(SERVER_A, table, clock, run, spread=spread),
+               "b": Server(SERVER_B, table, clock, run, spread=spread)}
     acked: dict[IPv4Address, set[int]] = {}
     offered: dict[tuple[str, int], IPv4Address] = {}
     for name, mac, flush in steps:

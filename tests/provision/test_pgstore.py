@@ -173,6 +173,53 @@ def test_first_contact_on_three_servers_never_overfills_or_shares(servers):
 
 
 @off_reactor
+def test_first_contacts_waiting_together_share_one_transaction(servers, monkeypatch):
+    from pxestack.provision.model import Host
+
+    (one, _, _), (prov, _, _) = servers
+    batches = []
+    real = one._enrol_batch
+
+    def counted(batch, **kwargs):
+        batches.append([request.serial for request in batch])
+        real(batch, **kwargs)
+
+    monkeypatch.setattr(one, "_enrol_batch", counted)
+    # Hold the enrolment lock so that the first contacts below queue up behind it.
+    one._enrolling.acquire()
+    serials = [f"grp-{n:02d}" for n in range(6)]
+
+    def refuse(hosts):
+        raise ValueError("no place for this one")
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(prov.first_contact, serial) for serial in serials]
+        twice = pool.submit(prov.first_contact, "grp-00")
+        refused = pool.submit(one.enrol, "grp-refused", refuse, ["host created"])
+        _wait_until(lambda: len(one._enrolments) == 8, timeout=30)
+        one._enrolling.release()
+        hosts = [future.result(timeout=60)[0].host for future in futures]
+        again, created = twice.result(timeout=60)
+        with pytest.raises(ValueError, match="no place for this one"):
+            refused.result(timeout=60)
+    # All eight waited for one transaction: one batch (plus none left over).
+    assert [len(batch) for batch in batches] == [8]
+    assert again.host == hosts[0] and not created
+    # Each later decision saw the earlier ones (in the order they queued): the profiles
+    # filled in order, addresses all different.
+    order = list(dict.fromkeys(s for s in batches[0] if s != "grp-refused"))
+    by_serial = {h.serial: h for h in hosts}
+    assert [by_serial[s].profile for s in order] == ["core"] * 3 + ["worker"] * 2 + ["default"]
+    assert len({h.internal_addr for h in hosts}) == 6
+    assert one.read("grp-refused") is None
+    assert isinstance(one.read("grp-05").host, Host)
+    # Every enrolment has its own audit entry, in the order they were decided.
+    with psycopg.connect(one.dsn) as conn:
+        audited = [r[0] for r in conn.execute("SELECT serial FROM audit ORDER BY id")]
+    assert audited == order and sorted(order) == serials
+
+
+@off_reactor
 def test_constraints_refuse_what_a_racing_update_would_break(servers):
     (one, two, _), (prov, _, _) = servers
     first = prov.first_contact("claim-a")[0].host
@@ -437,9 +484,28 @@ def _git_log(root):
     return [(c.author.name, c.message) for c in walker]
 
 
+def _exported(log):
+    """(Audit-Id, first line, author) of every exported entry, oldest first: a commit of
+    one entry is that entry; a commit of several holds one block per entry (its first
+    line, then indented ``by <actor>``, its detail lines and its ``Audit-Id``)."""
+    import re
+
+    from pxestack.provision.pgexport import audit_ids
+
+    entries = []
+    for author, message in log:
+        if re.match(r"^[0-9]+ changes: ", message):
+            for block in message.split("\n\n")[1:]:
+                lines = block.split("\n")
+                (entry,) = audit_ids(block)
+                entries.append((entry, lines[0], lines[1].strip().removeprefix("by ")))
+        elif audit_ids(message):
+            entries.append((audit_ids(message)[-1], message.splitlines()[0], author))
+    return entries
+
+
 @off_reactor
 def test_one_server_exports_the_audit_to_git_and_another_takes_over(servers, tmp_path):
-    import re
     import signal
     import subprocess
     import sys
@@ -461,7 +527,7 @@ def test_one_server_exports_the_audit_to_git_and_another_takes_over(servers, tmp
         prov.set_state("exp-2", "installed")
         two.remove("exp-3", "host removed")
         two.write_cluster_file("mayu-config.yaml", b"profiles: []\n", "updated mayu config")
-        _wait_until(lambda: len(_git_log(shared)) >= 6, timeout=60)
+        _wait_until(lambda: len(_exported(_git_log(shared))) >= 6, timeout=60)
         # The exporting server dies; the other one takes over at its next attempt.
         leader.send_signal(signal.SIGKILL)
         leader.wait(timeout=30)
@@ -478,25 +544,75 @@ def test_one_server_exports_the_audit_to_git_and_another_takes_over(servers, tmp
             leader.kill()
             leader.wait(timeout=30)
         follower.close()
-    log = _git_log(shared)
-    ids = [int(re.search(r"Audit-Id: ([0-9]+)", m).group(1)) for _, m in log
-           if "Audit-Id" in m]
+    entries = _exported(_git_log(shared))
+    ids = [entry for entry, _, _ in entries]
     assert ids == sorted(ids) and len(ids) == len(set(ids))
     with psycopg.connect(one.dsn) as conn:
         expected = [r[0] for r in conn.execute("SELECT id FROM audit ORDER BY id")]
     assert ids == expected
-    subjects = [m.splitlines()[0] for _, m in log if "Audit-Id" in m]
+    subjects = [subject for _, subject, _ in entries]
     assert subjects == [
         "exp-1: host created", "exp-2: host created", "exp-3: host created",
         "exp-2: updated host state", "exp-3: host removed", "updated mayu config",
         "exp-1: updated host state",
     ]
-    assert [a for a, m in log if "Audit-Id" in m][:3] == ["admin"] * 3
+    assert [author for _, _, author in entries][:3] == ["admin"] * 3
     assert not (shared / "exp-3").exists()
     assert (shared / "mayu-config.yaml").read_text() == "profiles: []\n"
     for serial in ("exp-1", "exp-2"):
         assert (shared / serial / "conf.json").read_bytes() == \
             one.read(serial).host.to_bytes()
+
+
+@off_reactor
+def test_the_exporter_groups_waiting_entries_into_commits_in_order(servers, tmp_path,
+                                                                   monkeypatch):
+    import pygit2
+
+    from pxestack.provision import audit as git_audit
+    from pxestack.provision.pgexport import AuditExporter
+
+    (one, two, _), (prov, _, _) = servers
+    monkeypatch.setattr(git_audit, "MAX_BATCH", 4)
+    with acting_as("admin"):
+        for n in range(5):
+            prov.first_contact(f"grp-{n}")
+    prov.set_state("grp-1", "installed")
+    two.remove("grp-2", "host removed")
+    with psycopg.connect(one.dsn) as conn:
+        table = conn.execute("SELECT id, at FROM audit ORDER BY id").fetchall()
+    exporter = AuditExporter(one.dsn, tmp_path / "export", git_name="pxestack",
+                             git_email="pxestack@pxestack.invalid")
+    try:
+        assert exporter.step() == 7
+        log = _git_log(tmp_path / "export")
+        # Seven waiting entries, at most four per commit: two commits, every entry once,
+        # in the table's order, each block with its own author.
+        assert len(log) == 2
+        entries = _exported(log)
+        assert [e for e, _, _ in entries] == [entry for entry, _ in table]
+        assert [s for _, s, _ in entries] == [
+            *(f"grp-{n}: host created" for n in range(5)), "grp-1: updated host state",
+            "grp-2: host removed"]
+        assert [a for _, _, a in entries] == ["admin"] * 5 + ["machine:grp-1", "pxestack"]
+        assert log[0][0] == "admin"  # one actor: the commit's author
+        # A commit's time is its newest entry's.
+        repo = pygit2.Repository(str(tmp_path / "export"))
+        assert repo.head.peel(pygit2.Commit).commit_time == int(table[-1][1].timestamp())
+        # The tree holds every change; the history of one host shows its own blocks.
+        assert not (tmp_path / "export" / "grp-2").exists()
+        assert (tmp_path / "export" / "grp-1" / "conf.json").read_bytes() == \
+            one.read("grp-1").host.to_bytes()
+        history = exporter._git().history("grp-1/conf.json")
+        assert [h.message.splitlines()[0] for h in history] == [
+            "grp-1: updated host state", "grp-1: host created"]
+        # A further entry follows the repository's last Audit-Id.
+        prov.set_state("grp-3", "installed")
+        assert exporter.step() == 1 and exporter.step() == 0
+        assert [e for e, _, _ in _exported(_git_log(tmp_path / "export"))][-1] == \
+            table[-1][0] + 1
+    finally:
+        exporter.close()
 
 
 @off_reactor
