@@ -62,12 +62,12 @@ CHECK_SPACING = 50
 #: The most changes one commit records (the rest wait for the next commit).
 MAX_BATCH = 256
 #: A commit under load (it recorded several changes, or others were queued when it ended)
-#: that took at least this long (seconds) is followed by a pause: the next commit starts
-#: :data:`COMMIT_SPACING` times its duration after it ended, so the changes of that pause
+#: that took at least this much CPU time (seconds) is followed by a pause: the next commit
+#: starts :data:`COMMIT_SPACING` times its CPU time after it ended, so the changes of that pause
 #: share one commit and commits take at most a fifth of the time.  A lone writer (nothing
 #: else in flight) never pauses.
 SLOW_COMMIT = 0.002
-#: How many times its own duration a slow commit waits before the next one.
+#: How many times its own CPU time a slow commit waits before the next one.
 COMMIT_SPACING = 4
 #: The longest pause before a commit (seconds), whatever the last one cost.
 MAX_COMMIT_DELAY = 0.25
@@ -446,7 +446,7 @@ class GitAudit:
             batch = self._queue[:MAX_BATCH]
         if not batch:
             return True
-        started = time.monotonic()
+        started = time.thread_time()
         try:
             held = self._remove_stale_locks(self.root / ".git")
             if held:
@@ -482,8 +482,11 @@ class GitAudit:
             self._loaded = len(batch) > 1 or bool(self._queue)
         self._committed = batch[-1].ticket
         self.last_error = None
+        # The cost is this thread's CPU time: under load the wall time of a commit also
+        # counts the other threads that ran meanwhile, and a pause scaled by it would
+        # leave the waiting writers idle.
+        self._commit_cost = time.thread_time() - started
         self._commit_end = time.monotonic()
-        self._commit_cost = self._commit_end - started
         return True
 
     def _write_index_when_idle(self, *, spaced: bool = True) -> None:

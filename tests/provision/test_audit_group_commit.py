@@ -173,8 +173,8 @@ def test_each_hosts_changes_read_back_from_a_group_message(changes):
 
 
 class _FakeTime:
-    """time.monotonic and time.sleep of the audit module: sleeping advances the clock and
-    is recorded."""
+    """time.monotonic, time.thread_time and time.sleep of the audit module: sleeping
+    advances the clock and is recorded (a commit itself takes no time)."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -188,6 +188,9 @@ class _FakeTime:
         self.now += seconds
 
     def time(self) -> float:
+        return self.now
+
+    def thread_time(self) -> float:
         return self.now
 
 
