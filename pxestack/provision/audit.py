@@ -64,11 +64,11 @@ MAX_BATCH = 256
 #: A commit under load (it recorded several changes, or others were queued when it ended)
 #: that took at least this much CPU time (seconds) is followed by a pause: the next commit
 #: starts :data:`COMMIT_SPACING` times its CPU time after it ended, so the changes of that pause
-#: share one commit and commits take at most a tenth of the time.  A lone writer (nothing
+#: share one commit and commits take at most a fifth of the time.  A lone writer (nothing
 #: else in flight) never pauses.
 SLOW_COMMIT = 0.002
 #: How many times its own CPU time a slow commit waits before the next one.
-COMMIT_SPACING = 9
+COMMIT_SPACING = 4
 #: The longest pause before a commit (seconds), whatever the last one cost.
 MAX_COMMIT_DELAY = 0.25
 #: Writing the index file is spaced out the same way once it takes this long (seconds):
