@@ -10,6 +10,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from pxestack._malloc import limit_arenas
 from pxestack.config import Config
 from pxestack.config.checks import create_token_file, validate_for_serving
 from pxestack.service import Extensions, PxeStackService, build_service
@@ -45,6 +46,8 @@ def build_root_service(config: Config, *, reactor: Any = None,
     them is a :class:`~pxestack.config.ConfigError` naming ``extensions[i]``.
     *dhcp_sockets* is passed to :func:`~pxestack.service.build_service`.
     """
+    # Before any thread starts: threads made later share the arenas (see pxestack._malloc).
+    limit_arenas()
     prepare_admin_token(config)
     validate_for_serving(config)
     extensions = Extensions()

@@ -4,7 +4,8 @@ Layers, bottom to top:
 
 0. ``pxestack`` (the version only), ``pxestack._types``, ``pxestack._records``,
    ``pxestack._memo``, ``pxestack.errors``, ``pxestack.paths``,
-   ``pxestack._fs`` (durable file writes)
+   ``pxestack._fs`` (durable file writes), ``pxestack._malloc`` (the process's malloc
+   arenas)
 1. ``pxestack.wire`` (bytes <-> values; the only place dpkt may be imported)
 2. sans-IO cores: ``pxestack.dhcp.*`` and ``pxestack.tftp.*`` except ``protocol``, plus
    ``pxestack.http.ipxe``, ``pxestack.explain`` (capture analysis) and ``pxestack.bootevents``
@@ -37,7 +38,7 @@ SANS_IO_EXCEPTIONS = {"pxestack.dhcp.protocol", "pxestack.tftp.protocol",
 def layer_of(module: str) -> int | None:
     """The layer number of a pxestack module, or None for modules outside pxestack."""
     if module in ("pxestack", "pxestack._types", "pxestack._records", "pxestack._memo",
-                  "pxestack.errors", "pxestack.paths", "pxestack._fs"):
+                  "pxestack.errors", "pxestack.paths", "pxestack._fs", "pxestack._malloc"):
         return 0
     adapter_prefixes = tuple(m + "." for m in SANS_IO_EXCEPTIONS)
     if module in SANS_IO_EXCEPTIONS or module.startswith(adapter_prefixes):

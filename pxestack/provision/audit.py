@@ -7,18 +7,24 @@ changed>`` whose author is the actor who made it (:func:`author_identity`).  It 
 nothing of host records: :class:`pxestack.provision.store.FileHostStore` writes the files
 and hands over the bytes it wrote (:meth:`GitAudit.enqueue`).
 
-**Group commit.**  A commit rewrites the root tree, one entry per host, so its cost grows
-with the cluster (about 15 ms at 10 000 hosts on a small machine).  Changes that arrive
-while a commit is being written are therefore folded into the next commit, at most
+**Group commit.**  A commit rewrites the root tree, one entry per host (mayu's layout: one
+directory per host at the root), so its cost grows with the cluster (about 10 ms at
+10 000 hosts on a small machine).  Changes that arrive while a commit is being written, or
+during the pause after a slow one (:data:`COMMIT_SPACING` times its duration, at most
+:data:`MAX_COMMIT_DELAY`), are therefore folded into the next commit, at most
 :data:`MAX_BATCH` of them: one commit whose first line counts the changes and names the
 serials, then one block per change (its own first line, then, indented, ``by <actor>`` and
 its detail lines; :func:`change_message` reads a host's block back, which is what the
 history of a host shows).  Each change is staged with the exact bytes its writer wrote, so
 a commit holds what its changes wrote and never a later write.  The writer waits until its
 change is committed (an acknowledged change has its audit entry), so with nothing else in
-flight every change is still its own commit.  The work-tree index (``.git/index``, which
-only ``git status`` reads) is written when no further change waits, not with every commit;
-after an unclean stop the start-up check finds it stale and rewrites it.
+flight every change is still its own commit, started at once.  The root tree is kept in
+memory between commits (a tree builder holding HEAD's root entries), so a commit reads
+nothing back from the repository; an operator's own commit is noticed (HEAD moved) and
+the builder is read again from it.  The work-tree index (``.git/index``, which only
+``git status`` reads) is written when no further change waits, not with every commit, and
+spaced out like the commits once it is slow; after an unclean stop the start-up check
+finds it stale and rewrites it.
 
 A failed commit never stops the audit silently: it is logged at error level, reported by
 :meth:`GitAudit.health`, and retried with every queued message.  A damaged repository is
@@ -55,6 +61,22 @@ CHECK_SPACING = 50
 
 #: The most changes one commit records (the rest wait for the next commit).
 MAX_BATCH = 256
+#: A commit under load (it recorded several changes, or others were queued when it ended)
+#: that took at least this much CPU time (seconds) is followed by a pause: the next commit
+#: starts :data:`COMMIT_SPACING` times its CPU time after it ended, so the changes of that pause
+#: share one commit and commits take at most a fifth of the time.  A lone writer (nothing
+#: else in flight) never pauses.
+SLOW_COMMIT = 0.002
+#: How many times its own CPU time a slow commit waits before the next one.
+COMMIT_SPACING = 4
+#: The longest pause before a commit (seconds), whatever the last one cost.
+MAX_COMMIT_DELAY = 0.25
+#: Writing the index file is spaced out the same way once it takes this long (seconds):
+#: at 10 000 hosts the file holds 10 000 entries and takes about 8 ms.
+SLOW_INDEX = 0.002
+#: How many times its own duration a slow index write waits before the next one (the
+#: periodic :meth:`GitAudit.retry` writes it whenever nothing waits).
+INDEX_SPACING = 20
 #: Serials named on the first line of a commit that records several changes.
 SUBJECT_SERIALS = 8
 #: The indentation of a change's own lines inside a commit of several changes.
@@ -224,6 +246,17 @@ class GitAudit:
         self.last_error: str | None = None
         self.broken: str | None = None
         self.commits = 0
+        #: The root tree of the commit ``_root_head`` as a builder (see the module doc).
+        self._root_builder: pygit2.TreeBuilder | None = None
+        self._root_head: pygit2.Oid | None = None
+        #: When (time.monotonic) the last commit ended and how long it took.
+        self._commit_end = 0.0
+        self._commit_cost = 0.0
+        #: The last commit recorded several changes or left others queued.
+        self._loaded = False
+        #: When (time.monotonic) the index file was last written and how long it took.
+        self._index_at = 0.0
+        self._index_cost = 0.0
         #: When the last work-tree check started and how long it took (by *clock*).
         self._checked_at: float | None = None
         self._check_cost = 0.0
@@ -237,6 +270,14 @@ class GitAudit:
             # The audit reads back only HEAD and the few trees a commit changes, each
             # once, so it has nothing to gain from the cache.
             pygit2.settings.enable_caching(False)
+        with contextlib.suppress(AttributeError, ValueError, pygit2.GitError):
+            # libgit2 reads back the tree and parents a new commit names to check that they
+            # exist: a root tree of one entry per host, inflated again for every commit.
+            # The audit names only objects it has just written or read from HEAD.
+            pygit2.option(pygit2.enums.Option.ENABLE_STRICT_OBJECT_CREATION, False)
+            # pygit2 looks the new root tree up again to commit it, and libgit2 would hash
+            # the whole object once more to verify it: the object was hashed when written.
+            pygit2.option(pygit2.enums.Option.ENABLE_STRICT_HASH_VERIFICATION, False)
         self._repo = self._open_or_init(check_timeout)
 
     @property
@@ -343,10 +384,22 @@ class GitAudit:
             return False
         with self._commit_lock:
             while self._committed < ticket:
+                self._pause_after_slow_commit()
                 if not self._commit_batch():
                     return False
             self._write_index_when_idle()
             return True
+
+    def _pause_after_slow_commit(self) -> None:
+        """Wait (with the commit lock) until :data:`COMMIT_SPACING` times the last commit's
+        duration has passed since it ended, when it took :data:`SLOW_COMMIT` or longer:
+        the changes queued meanwhile share the next commit."""
+        if not self._loaded or self._commit_cost < SLOW_COMMIT:
+            return
+        due = self._commit_end + min(COMMIT_SPACING * self._commit_cost, MAX_COMMIT_DELAY)
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def commit(self, message: str, paths: Sequence[str] | None = None,
                *, actor: str | None = None) -> bool:
@@ -385,7 +438,7 @@ class GitAudit:
             return False
         with self._commit_lock:
             if not self._queue:
-                self._write_index_when_idle()
+                self._write_index_when_idle(spaced=False)
                 if not self._check_due() or not self._checked_dirty():
                     return True
                 self.enqueue("pxestack: recorded changes found uncommitted in the work tree",
@@ -393,7 +446,7 @@ class GitAudit:
             while self._queue:
                 if not self._commit_batch():
                     return False
-            self._write_index_when_idle()
+            self._write_index_when_idle(spaced=False)
             return True
 
     def _commit_batch(self) -> bool:
@@ -405,6 +458,7 @@ class GitAudit:
             batch = self._queue[:MAX_BATCH]
         if not batch:
             return True
+        started = time.thread_time()
         try:
             held = self._remove_stale_locks(self.root / ".git")
             if held:
@@ -412,6 +466,7 @@ class GitAudit:
                 # a commit now could race it, so this one waits for the next retry.
                 raise OSError(f"{held[0]} is locked by another git process")
             if any(change.data is None for change in batch):
+                self._root_builder = None
                 self._stage_work_tree()
                 self._index_stale = False
                 tree = self.repo.index.write_tree()
@@ -420,9 +475,12 @@ class GitAudit:
                 for change in batch:
                     assert change.data is not None
                     merged.update(change.data)
-                tree = self._tree_with(self._head_tree(), self._stage_bytes(merged))
+                staged = self._stage_bytes(merged)
+                tree = self._apply(self._builder_of_head(), staged)
             self._commit_tree(_batch_message(batch), tree, batch)
         except (pygit2.GitError, OSError, KeyError, ValueError) as exc:
+            # The builder may hold entries of the failed commit: read HEAD's tree again.
+            self._root_builder = None
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.log.error(
                 "git commit in {root} failed ({count} change(s) pending, will retry): {error}",
@@ -433,25 +491,40 @@ class GitAudit:
             return False
         with self._queue_lock:
             del self._queue[: len(batch)]
+            self._loaded = len(batch) > 1 or bool(self._queue)
         self._committed = batch[-1].ticket
         self.last_error = None
+        # The cost is this thread's CPU time: under load the wall time of a commit also
+        # counts the other threads that ran meanwhile, and a pause scaled by it would
+        # leave the waiting writers idle.
+        self._commit_cost = time.thread_time() - started
+        self._commit_end = time.monotonic()
         return True
 
-    def _write_index_when_idle(self) -> None:
+    def _write_index_when_idle(self, *, spaced: bool = True) -> None:
         """Write the index file when no change waits for a commit (with the commit lock).
 
         Only ``git status`` and the work-tree check read it; writing it once per burst of
         changes instead of with every commit saves a file of one entry per host per commit.
-        A failure is logged and left for the next call (the commits are not affected).
+        With *spaced*, a write that took :data:`SLOW_INDEX` or longer is repeated only
+        :data:`INDEX_SPACING` times its duration later (the periodic :meth:`retry` writes
+        it regardless).  A failure is logged and left for the next call (the commits are
+        not affected).
         """
         if not self._index_stale or self._queue:
             return
+        if (spaced and self._index_cost >= SLOW_INDEX
+                and time.monotonic() - self._index_at < INDEX_SPACING * self._index_cost):
+            return
+        started = time.monotonic()
         try:
             self.repo.index.write()
         except (pygit2.GitError, OSError) as exc:
             self.log.warn("writing the git index of {root} failed (will retry): {error}",
                           root=str(self.root), error=f"{type(exc).__name__}: {exc}")
             return
+        self._index_at = time.monotonic()
+        self._index_cost = self._index_at - started
         self._index_stale = False
 
     def _check_due(self) -> bool:
@@ -524,6 +597,7 @@ class GitAudit:
         if not self.repo.head_is_unborn:
             head = self.repo.head.peel(pygit2.Commit)
             if head.tree_id == tree:
+                self._root_head = head.id if self._root_builder is not None else None
                 return  # nothing actually changed (e.g. a retried identical write)
             parents = [head.id]
         times = [change.when for change in batch if change.when is not None]
@@ -534,24 +608,44 @@ class GitAudit:
         if len(actors) == 1 and None not in actors and _COMMITTER not in actors:
             name, email = author_identity(str(actors.pop()))
             author = pygit2.Signature(name, email, when, 0)
-        self.repo.create_commit("HEAD", author, signature, message, tree, parents)
+        commit = self.repo.create_commit("HEAD", author, signature, message, tree, parents)
         self.commits += 1
+        # The builder holds the root tree just committed (None after a work-tree commit).
+        self._root_head = commit if self._root_builder is not None else None
 
     def _head_tree(self) -> pygit2.Tree | None:
         if self.repo.head_is_unborn:
             return None
         return self.repo.head.peel(pygit2.Commit).tree
 
-    def _tree_with(
-        self, base: pygit2.Tree | None, changes: dict[str, tuple[pygit2.Oid, int] | None]
+    def _builder_of_head(self) -> pygit2.TreeBuilder:
+        """A tree builder holding HEAD's root tree: the one kept from the last commit when
+        HEAD is still that commit, else read from HEAD (start, an operator's commit, a
+        failed commit)."""
+        head = None if self.repo.head_is_unborn else self.repo.head.peel(pygit2.Commit).id
+        if self._root_builder is None or self._root_head != head:
+            base = self._head_tree()
+            self._root_builder = (self.repo.TreeBuilder(base) if base is not None
+                                  else self.repo.TreeBuilder())
+            self._root_head = head
+        return self._root_builder
+
+    def _apply(
+        self, builder: pygit2.TreeBuilder, changes: dict[str, tuple[pygit2.Oid, int] | None]
     ) -> pygit2.Oid:
-        """*base* with *changes* applied, rebuilding only the trees on the changed paths.
+        """*changes* applied to *builder*, which is written; only the trees on the changed
+        paths are rebuilt.
 
         libgit2's ``write_tree`` from the index re-reads every subtree to refresh its tree
         cache, so a commit would cost one object read per host; building from HEAD's tree
         touches one host directory and the root.
         """
-        builder = self.repo.TreeBuilder(base) if base is not None else self.repo.TreeBuilder()
+        self._change_entries(builder, changes)
+        return builder.write()
+
+    def _change_entries(
+        self, builder: pygit2.TreeBuilder, changes: dict[str, tuple[pygit2.Oid, int] | None]
+    ) -> None:
         nested: dict[str, dict[str, tuple[pygit2.Oid, int] | None]] = {}
         for path, blob in changes.items():
             head, sep, rest = path.partition("/")
@@ -565,14 +659,14 @@ class GitAudit:
         for name, sub in nested.items():
             existing = builder.get(name)
             subtree = self.repo.get(existing.id) if existing is not None else None
-            sub_id = self._tree_with(subtree if isinstance(subtree, pygit2.Tree) else None, sub)
-            written = self.repo.get(sub_id)
-            if isinstance(written, pygit2.Tree) and len(written) == 0:
+            inner = (self.repo.TreeBuilder(subtree) if isinstance(subtree, pygit2.Tree)
+                     else self.repo.TreeBuilder())
+            self._change_entries(inner, sub)
+            if len(inner) == 0:
                 if existing is not None:
                     builder.remove(name)  # git has no empty directories
             else:
-                builder.insert(name, sub_id, pygit2.enums.FileMode.TREE)
-        return builder.write()
+                builder.insert(name, inner.write(), pygit2.enums.FileMode.TREE)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -157,6 +157,16 @@ def machine_identity(serial: object, uuid: object = None) -> str:
     raise BadIdentity(f"serial {serial!r} is a placeholder and no UUID was given")
 
 
+#: The one empty read-only mapping every record without overrides, versions or unmodelled
+#: keys shares (most records have none: a mapping each cost about 300 bytes per host).
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _frozen(values: dict[str, Any]) -> Mapping[str, Any]:
+    """*values* read-only; the shared :data:`_EMPTY` when there are none."""
+    return MappingProxyType(values) if values else _EMPTY
+
+
 # -- the record ----------------------------------------------------------------------------
 
 #: Version fields boot_complete copies from its payload (mayu §5.2).
@@ -195,10 +205,10 @@ class Host:
     keep_disk_data: bool = False  # KeepDiskData
     last_boot: datetime | None = None  # LastBoot (None = never: Go's zero time)
     provider_id: str = ""  # ProviderId
-    overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    versions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    overrides: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    versions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     #: Keys of conf.json that pxestack does not model; written back unchanged.
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def evolve(self, **changes: Any) -> Host:
         """A copy with *changes* applied (the record is immutable)."""
@@ -307,9 +317,9 @@ class Host:
             keep_disk_data=_bool(data, "KeepDiskData", False),
             last_boot=parse_time(data.get("LastBoot")),
             provider_id=_str(data, "ProviderId"),
-            overrides=MappingProxyType(dict(overrides)),
-            versions=MappingProxyType(versions),
-            extra=MappingProxyType({k: v for k, v in data.items() if k not in known}),
+            overrides=_frozen(dict(overrides)),
+            versions=_frozen(versions),
+            extra=_frozen({k: v for k, v in data.items() if k not in known}),
         )
 
 

@@ -5,10 +5,13 @@ into one commit; the index file is brought up to date once nothing waits."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pygit2
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -167,3 +170,119 @@ def test_each_hosts_changes_read_back_from_a_group_message(changes):
         assert found[1] == (actors.pop() if len(actors) == 1 else None)
     assert change_message(message, "sn-z") is None
     assert change_message("sn-a: host created", "sn-a") is None
+
+
+class _FakeTime:
+    """time.monotonic, time.thread_time and time.sleep of the audit module: sleeping
+    advances the clock and is recorded (a commit itself takes no time)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    def time(self) -> float:
+        return self.now
+
+    def thread_time(self) -> float:
+        return self.now
+
+
+def _enqueue(audit: GitAudit, root: Path, serial: str, data: bytes) -> int:
+    path = f"{serial}/conf.json"
+    _write(root, path, data)
+    return audit.enqueue(f"{serial}: host created", {path: data})
+
+
+def test_a_slow_commit_under_load_is_followed_by_a_pause_a_lone_writer_never_waits(
+        tmp_path, monkeypatch):
+    fake = _FakeTime()
+    monkeypatch.setattr(audit_module, "time", fake)
+    root = tmp_path / "c"
+    audit = GitAudit(root, name="n", email="e@x", clock=lambda: 0.0)
+    # A lone writer: each change is its own commit, started at once, however slow.
+    audit._commit_cost = 0.1
+    for index in range(3):
+        assert audit.wait(_enqueue(audit, root, f"sn-{index}", b"1")) is True
+        audit._commit_cost = 0.1  # as if each commit took 100 ms
+    assert fake.sleeps == []
+    # Under load: a commit that recorded several changes and took 10 ms is followed by a
+    # pause of COMMIT_SPACING times 10 ms, and the changes queued meanwhile share a commit.
+    _enqueue(audit, root, "sn-a", b"2")
+    assert audit.wait(_enqueue(audit, root, "sn-b", b"2")) is True
+    audit._commit_end, audit._commit_cost = fake.now, 0.01
+    tickets = [_enqueue(audit, root, f"sn-{i}", b"3") for i in range(5)]
+    before = audit.commits
+    assert audit.wait(tickets[0]) is True
+    assert fake.sleeps == [pytest.approx(audit_module.COMMIT_SPACING * 0.01)]
+    assert audit.commits == before + 1 and audit.pending == []
+    # A very slow commit pauses at most MAX_COMMIT_DELAY; a cheap one not at all.
+    _enqueue(audit, root, "sn-c", b"4")
+    audit._commit_end, audit._commit_cost = fake.now, 10.0
+    audit.wait(_enqueue(audit, root, "sn-d", b"4"))
+    assert fake.sleeps[-1] == pytest.approx(audit_module.MAX_COMMIT_DELAY)
+    _enqueue(audit, root, "sn-e", b"5")
+    audit._commit_end, audit._commit_cost = fake.now, audit_module.SLOW_COMMIT / 2
+    audit.wait(_enqueue(audit, root, "sn-f", b"5"))
+    assert len(fake.sleeps) == 2
+
+
+def test_an_operators_own_commit_is_kept_under_the_next_audit_commit(tmp_path):
+    root = tmp_path / "c"
+    store = FileHostStore(root)
+    store.enrol("sn-a", lambda _e: _host("sn-a"), ["host created"])
+    # The operator commits a file of their own with git itself.
+    (root / "NOTES").write_text("rack 4 is on the new switch\n")
+    subprocess.run(["git", "-C", str(root), "add", "NOTES"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=op", "-c", "user.email=op@x",
+                    "commit", "-q", "-m", "notes"], check=True)
+    operators = _head(root).id
+    store.enrol("sn-b", lambda _e: _host("sn-b"), ["host created"])
+    head = _head(root)
+    assert head.parents[0].id == operators
+    assert {entry.name for entry in head.tree} >= {"NOTES", "sn-a", "sn-b", "cluster.json"}
+    assert _clean(root)
+
+
+def test_after_a_failed_commit_the_next_one_records_every_change_once(tmp_path, monkeypatch):
+    root = tmp_path / "c"
+    store = FileHostStore(root)
+    audit = store.audit
+    assert audit is not None
+    store.enrol("sn-a", lambda _e: _host("sn-a"), ["host created"])
+    real = audit._commit_tree
+    calls = []
+
+    def fail_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise pygit2.GitError("disk full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "_commit_tree", fail_once)
+    store.enrol("sn-b", lambda _e: _host("sn-b"), ["host created"])
+    assert audit.pending == ["sn-b: host created"]
+    store.update("sn-a", lambda h: (h.evolve(state=HostState.INSTALLING), "to installing", ()))
+    assert audit.pending == []
+    head = _head(root)
+    assert head.message.splitlines()[0] == "2 changes: sn-b, sn-a"
+    assert head.parents[0].message == "sn-a: host created"
+    assert _clean(root)
+
+
+def test_a_slow_index_write_is_spaced_and_the_periodic_retry_catches_up(tmp_path):
+    root = tmp_path / "c"
+    store = FileHostStore(root)
+    assert store.audit is not None
+    # As if the index file had just been written and that took a second.
+    store.audit._index_at, store.audit._index_cost = time.monotonic(), 1.0
+    store.enrol("sn-a", lambda _e: _host("sn-a"), ["host created"])
+    assert not _clean(root)  # committed; the index file is left for later
+    assert store.retry_audit() is True
+    assert _clean(root)
