@@ -61,8 +61,9 @@ log = Logger()
 #: under load the audit pauses between commits so that the changes of that pause share
 #: one commit (:mod:`pxestack.provision.audit`): a commit records at most as many changes
 #: as there are threads waiting, so with four threads a 10 000-host cluster paid a root
-#: tree of 10 000 entries per two changes.  Waiting threads cost no CPU; sixteen let one
-#: commit record half of ``dhcp.admission.max_backlog``'s default.
+#: tree of 10 000 entries per two changes.  Waiting threads cost no CPU; 64 is more than
+#: ``dhcp.admission.max_backlog``'s default (32), so admission, not the pool, bounds how many
+#: changes wait for one commit.
 PROVISION_THREADS = 64
 
 
