@@ -251,21 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     three: list[float] = []
     one_cpu: list[dict[str, float]] = []
     three_cpu: list[dict[str, float]] = []
+    setups = (("git", "one server, git store", one_git_server, one, one_cpu),
+              ("pg", "three servers, PostgreSQL", three_pg_servers, three, three_cpu))
     for repeat in range(args.repeats):
-        if args.only != "pg":
-            log(f"run {repeat + 1}/{args.repeats}: one server, git store")
-            elapsed, used = one_git_server(args.machines, args.rate, args.py_spy,
-                                           f"git-{repeat + 1}")
-            log(f"one server: {elapsed:.1f} s, CPU {used}")
-            one.append(elapsed)
-            one_cpu.append(used)
-        if args.only != "git":
-            log(f"run {repeat + 1}/{args.repeats}: three servers, PostgreSQL")
-            elapsed, used = three_pg_servers(args.machines, args.rate, args.py_spy,
-                                             f"pg-{repeat + 1}")
-            log(f"three servers: {elapsed:.1f} s, CPU {used}")
-            three.append(elapsed)
-            three_cpu.append(used)
+        for tag, name, run, times, cpus in setups:
+            if args.only not in (None, tag):
+                continue
+            log(f"run {repeat + 1}/{args.repeats}: {name}")
+            elapsed, used = run(args.machines, args.rate, args.py_spy, f"{tag}-{repeat + 1}")
+            log(f"{name}: {elapsed:.1f} s, CPU {used}")
+            times.append(elapsed)
+            cpus.append(used)
     def per_machine(runs: list[dict[str, float]]) -> dict[str, float]:
         """Median CPU milliseconds per machine: in total and of each process."""
         if not runs:
