@@ -3,11 +3,12 @@ mistake is reported at the key that holds it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pxestack.config import load_config
+from pxestack.config import load_config, load_config_file
 from pxestack.errors import ConfigError
 
 POOL = {"subnet": "198.18.0.0/24", "start": "198.18.0.10", "end": "198.18.0.200"}
@@ -73,3 +74,12 @@ def test_postgresql_leases_need_server_mode_and_no_journal_file() -> None:
     found = problems({"dhcp": {"mode": "proxy",
                                "lease_store": {"kind": "postgresql", "dsn": DSN}}})
     assert "proxy" in found["dhcp.lease_store"]
+
+
+def test_the_scale_out_example_puts_hosts_and_leases_in_one_database() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "scale-out.yaml"
+    config = load_config_file(example)
+    assert config.dhcp is not None and config.provision is not None
+    assert config.provision.store.kind == "postgresql"
+    assert config.dhcp.lease_store.kind == "postgresql"
+    assert config.dhcp.lease_store.dsn == config.provision.store.dsn
