@@ -176,9 +176,11 @@ def served_serial(server: Server) -> int:
 
 
 def ctl(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
+    # Run from the server's own directory: from the checkout, a quickstart token left by
+    # `dev.py serve` (pxestack-state/admin-token) would be sent to this server and refused.
     return subprocess.run(
         [sys.executable, "-m", "pxestack", "ctl", "--server", server.admin, *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, cwd=server.log.parent,
         env={**os.environ, "PXESTACK_TOKEN": ""})
 
 
